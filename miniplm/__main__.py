@@ -1,0 +1,3 @@
+from miniplm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The `miniplm` command: one function per stage, argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from miniplm.config import ConfigError, JobConfig, load_job
+from miniplm.rundir import StageError, Worker, resolve_worker
+
+EPILOG = """\
+Overrides are dotted keys after the job file, parsed as YAML values:
+  miniplm prepare jobs/demo.yaml corpus.docs_per_shard=500 run_dir=runs/try2
+"""
+
+
+def _job_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job file (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a job setting")
+
+
+def _worker_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "work split", "which share of the shards this process takes; by default from "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE, else all of them")
+    group.add_argument("--worker", type=int, metavar="I", help="this worker's index, 0-based")
+    group.add_argument("--num-workers", type=int, metavar="N", help="how many workers share the stage")
+
+
+def _worker(args: argparse.Namespace) -> Worker:
+    try:
+        return resolve_worker(args.worker, args.num_workers)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.corpus import prepare
+
+    stats = prepare.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    if stats is None:
+        print("prepare: this worker's sources are done; the last worker to finish writes the shards")
+        return 0
+    print(f"prepare: documents in {job.run_dir}/docs")
+    prepare.print_summary(stats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="miniplm",
+        description="Refine a pretraining corpus with a teacher LM and train students on it (MiniPLM).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = sub.add_parser("prepare", help="read raw sources into deduplicated document shards per split",
+                       description="Read the job's corpus.inputs, drop bad, empty and duplicate documents "
+                       "(counted by reason), and write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet "
+                       "with stats.json and rejects.jsonl. Finished work is skipped on a rerun.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    _worker_args(p)
+    p.add_argument("--force", action="store_true", help="discard earlier documents in RUN_DIR and prepare again")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[JobConfig, argparse.Namespace], int] = args.handler
+    try:
+        job = load_job(args.job, args.overrides)
+        return handler(job, args)
+    except ConfigError as e:
+        print(f"miniplm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("miniplm: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (StageError, OSError) as e:
+        # bad input under on_error: fail, a full disk, ...: the message says where
+        print(f"miniplm: {args.stage} failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Job files: the typed schema, loading, command-line overrides and validation.
+
+A job file is YAML. It is validated in full before any stage does work, and
+every error names the file and the dotted key at fault, so a typo in a job
+that would run for a day fails in the first second.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A job file (or an override) that cannot work. The message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+InputFormat = Literal["jsonl", "parquet", "text", "hf_disk", "hf_hub"]
+
+
+class InputSpec(_Strict):
+    """One raw source of documents."""
+
+    path: str = Field(description="file, folder or glob pattern; a dataset name for hf_hub")
+    format: InputFormat
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="column holding a stable document id")
+    source_field: str | None = Field(None, description="column holding each document's source label")
+    name: str | None = Field(None, description="source label when there is no source_field")
+    metadata_fields: list[str] = Field(default_factory=list, description="extra columns to carry into the shards")
+    split: str = Field("train", description="split to read for hf_disk/hf_hub datasets")
+
+    @property
+    def source_name(self) -> str:
+        """The label written to `source`: `name`, else the last plain part of the path."""
+        if self.name:
+            return self.name
+        parts = [p for p in re.split(r"[\\/]", self.path) if p and not glob.has_magic(p)]
+        stem = parts[-1] if parts else self.path
+        for suffix in (".gz", ".zst", ".jsonl", ".json", ".parquet", ".txt"):
+            stem = stem.removesuffix(suffix)
+        return stem or "input"
+
+
+class CorpusConfig(_Strict):
+    inputs: list[InputSpec] = Field(min_length=1)
+    docs_per_shard: int = Field(10_000, gt=0)
+    reference_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0)
+    on_error: Literal["skip", "fail"] = "skip"
+    max_chars: int = Field(1_000_000, gt=0, description="longer documents are rejected as too_long")
+    num_workers: int | None = Field(None, gt=0, description="prepare processes; default: one per core")
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_main_split(self) -> "CorpusConfig":
+        if self.reference_fraction + self.heldout_fraction >= 1.0:
+            raise ValueError("reference_fraction + heldout_fraction must be below 1 (the rest is the main split)")
+        return self
+
+
+class JobConfig(_Strict):
+    run_dir: Path
+    seed: int = 0
+    corpus: CorpusConfig
+
+
+# Which sections of the job each stage's outputs depend on: a change anywhere
+# else leaves the stage's finished work valid.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("seed", "corpus"),
+}
+
+
+def stage_config_hash(job: JobConfig, stage: str) -> str:
+    dumped = job.model_dump(mode="json")
+    relevant = {key: dumped[key] for key in STAGE_SECTIONS[stage]}
+    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in place; values are parsed as YAML (`0.3`, `[1, 2]`, `null`)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node: Any = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {key}: {part!r} is not an index of the list at {'.'.join(parts[:depth]) or 'top level'}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a section")
+    return data
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid job"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _check_inputs_exist(job: JobConfig, where: str) -> None:
+    for i, spec in enumerate(job.corpus.inputs):
+        if spec.format == "hf_hub":
+            continue  # a hub name: only loading can tell whether it exists
+        if not expand_input(spec):
+            raise ConfigError(f"{where}: corpus.inputs.{i}.path: nothing found at {spec.path!r} (relative to {os.getcwd()})")
+
+
+def expand_input(spec: InputSpec) -> list[str]:
+    """The sorted files (or dataset folder) an input names; empty when nothing matches.
+
+    Paths keep the form the job wrote them in, so ids derived from them are
+    the same on every machine that runs the job from the same directory.
+    """
+    if spec.format == "hf_hub":
+        return [spec.path]
+    if spec.format == "hf_disk":
+        return [spec.path] if os.path.isdir(spec.path) else []
+    matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
+    files: list[str] = []
+    for m in matches:
+        if os.path.isdir(m):
+            files.extend(sorted(str(p) for p in Path(m).rglob("*") if p.is_file()))
+        elif os.path.lexists(m):
+            files.append(m)
+    return files
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job file; raise ConfigError naming the file and key."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read job file: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a YAML mapping of keys to values")
+    overrides = overrides or []
+    apply_overrides(data, overrides)
+    where = path + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    try:
+        job = JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, where)) from None
+    _check_inputs_exist(job, where)
+    return job
+
+
+def dump_job(job: JobConfig) -> str:
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,415 @@
+"""`miniplm prepare`: raw sources -> deduplicated document shards per split.
+
+Two steps, so that the work scales and a killed run resumes:
+
+1. Per source unit (a file, a batch of text files, or a dataset), in
+   parallel processes: read, check, give each document an id, a dedup key
+   and a split, and write a *part* file plus its rejects and counts. A unit
+   whose completion marker exists is not read again.
+2. Once every part exists: drop exact duplicates (first occurrence in input
+   order wins) and repeated ids, looking at keys only, then stream the parts
+   into `docs/{split}/shard-NNNNN.parquet` and write `docs/stats.json` and
+   `docs/rejects.jsonl`.
+
+Input order, not worker timing, decides everything, so any number of worker
+processes (or SLURM array tasks) gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from miniplm.config import ConfigError, CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
+from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
+from miniplm.corpus.readers import Rejection, read_input
+from miniplm.corpus.shards import PARQUET_OPTIONS, ShardWriter
+from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json, file_lock
+
+STAGE = "prepare"
+TEXT_FILES_PER_UNIT = 2000
+PART_ROWS = 2000
+PART_BYTES = 32 << 20
+
+
+class PrepareError(StageError):
+    """Bad input under `corpus.on_error: fail`; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    input_index: int
+    paths: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"part-{self.index:05d}"
+
+
+def plan_units(corpus: CorpusConfig) -> list[Unit]:
+    """The work items of step 1, in input order."""
+    groups: list[tuple[int, tuple[str, ...]]] = []
+    for i, spec in enumerate(corpus.inputs):
+        files = expand_input(spec)
+        if spec.format in ("hf_disk", "hf_hub"):
+            groups.append((i, tuple(files)))
+        elif spec.format == "text":
+            groups += [(i, tuple(files[k : k + TEXT_FILES_PER_UNIT])) for k in range(0, len(files), TEXT_FILES_PER_UNIT)]
+        else:
+            groups += [(i, (f,)) for f in files]
+    return [Unit(n, i, paths) for n, (i, paths) in enumerate(groups)]
+
+
+def metadata_columns(corpus: CorpusConfig) -> list[str]:
+    names = [name for spec in corpus.inputs for name in spec.metadata_fields]
+    return [n for n in dict.fromkeys(names) if n not in ("id", "text", "source")]
+
+
+def shard_schema(corpus: CorpusConfig) -> pa.Schema:
+    # Metadata columns are strings (JSON for non-string values): inputs of
+    # different formats cannot be trusted to agree on a type.
+    return pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
+                     + [(name, pa.string()) for name in metadata_columns(corpus)])
+
+
+def _part_schema(corpus: CorpusConfig) -> pa.Schema:
+    extra = [("split", pa.string()), ("text_hash", pa.binary(16)), ("_file", pa.string()), ("_line", pa.int64())]
+    return pa.schema(list(shard_schema(corpus)) + extra)
+
+
+def _meta_value(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return str(value)
+
+
+# ---------------------------------------------------------------- step 1: one unit
+
+
+class _Part:
+    """Rows of one unit's part file, buffered into row groups."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.schema = schema
+        self.writer = pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+        self.rows: dict[str, list] = {name: [] for name in schema.names}
+        self.buffered_bytes = 0
+        self.total = 0
+
+    def add(self, row: dict[str, Any], size: int) -> None:
+        for name, values in self.rows.items():
+            values.append(row.get(name))
+        self.buffered_bytes += size
+        self.total += 1
+        if len(self.rows["id"]) >= PART_ROWS or self.buffered_bytes >= PART_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows["id"]:
+            self.writer.write_table(pa.table(self.rows, schema=self.schema))
+            self.rows = {name: [] for name in self.schema.names}
+            self.buffered_bytes = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+_progress_counter: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    global _progress_counter
+    _progress_counter = counter
+
+
+def _report_progress(n: int) -> None:
+    if _progress_counter is not None:
+        with _progress_counter.get_lock():
+            _progress_counter.value += n
+
+
+def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callable[[int], None] | None = None) -> dict:
+    """Step 1 for one unit: write its part, rejects and counts, then its completion marker."""
+    corpus = job.corpus
+    spec = corpus.inputs[unit.input_index]
+    rd = RunDir(job.run_dir)
+    work = rd.work(STAGE)
+    work.mkdir(parents=True, exist_ok=True)
+    progress = progress or _report_progress
+    schema = _part_schema(corpus)
+    meta_names = metadata_columns(corpus)
+    rejected: Counter[str] = Counter()
+    chars = Counter(read=0, rejected=0)
+    read = 0
+
+    with atomic_path(work / f"{unit.key}.parquet") as part_tmp, \
+            atomic_path(work / f"{unit.key}.rejects.jsonl") as rejects_tmp, \
+            open(rejects_tmp, "wb") as rejects_file:
+        part = _Part(part_tmp, schema)
+
+        def reject(r: Rejection) -> None:
+            if corpus.on_error == "fail" and r.reason in BAD_INPUT_REASONS:
+                where = f"{r.file}:{r.line}" if r.line else r.file
+                raise PrepareError(f"{where}: {r.reason}: {r.detail}")
+            rejected[r.reason] += r.count
+            rejects_file.write(orjson.dumps(dict(file=r.file, line=r.line, reason=r.reason, detail=r.detail, count=r.count)) + b"\n")
+
+        for path, item in read_input(spec, unit.paths, corpus.max_chars):
+            if isinstance(item, Rejection):
+                read += item.count
+                reject(item)
+                continue
+            read += 1
+            if read % 1000 == 0:
+                progress(1000)
+            if isinstance(item.text, str):
+                chars["read"] += len(item.text)
+            problem = problem_with(item, needs_id=spec.id_field is not None, max_chars=corpus.max_chars)
+            if problem:
+                if isinstance(item.text, str):
+                    chars["rejected"] += len(item.text)
+                reject(Rejection(problem[0], path, item.line, problem[1]))
+                continue
+            where = f"{path}:{spec.split}" if spec.format in ("hf_disk", "hf_hub") else path
+            doc_id = str(item.id) if spec.id_field else generated_id(where, item.line)
+            row = {
+                "id": doc_id,
+                "text": item.text,
+                "source": str(item.source) if item.source is not None else spec.source_name,
+                "split": assign_split(doc_id, job.seed, corpus.reference_fraction, corpus.heldout_fraction),
+                "text_hash": dedup_key(item.text),
+                "_file": path,
+                "_line": item.line,
+                **{name: _meta_value(item.meta.get(name)) for name in meta_names},
+            }
+            part.add(row, len(item.text))
+        part.close()
+        progress(read % 1000)
+
+    stats = {"read": read, "accepted": part.total, "rejected": dict(sorted(rejected.items())), "chars": dict(chars)}
+    atomic_write_json(work / f"{unit.key}.stats.json", stats)
+    rd.mark_done(STAGE, unit.key, config_hash)
+    return stats
+
+
+def _run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progress: bool) -> None:
+    processes = min(job.corpus.num_workers or os.cpu_count() or 1, len(units))
+    bar = tqdm(desc="prepare", unit="doc", disable=not show_progress or not units, dynamic_ncols=True)
+    finished_units = 0
+
+    def unit_finished() -> None:
+        nonlocal finished_units
+        finished_units += 1
+        bar.set_postfix_str(f"{finished_units}/{len(units)} sources")
+
+    try:
+        if processes <= 1:
+            for unit in units:
+                process_unit(job, unit, config_hash, progress=bar.update)
+                unit_finished()
+            return
+        # spawn, not fork: polars and pyarrow keep thread pools that fork would copy mid-use.
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("q", 0)
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = {pool.submit(process_unit, job, unit, config_hash) for unit in units}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    future.result()  # re-raise a worker's error here; leaving the block cancels the rest
+                    unit_finished()
+                bar.update(counter.value - bar.n)
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------- step 2: global
+
+
+def _duplicate_status(parts: list[Path]) -> np.ndarray:
+    """Per row of the concatenated parts: 0 keep, 1 duplicate text, 2 repeated id.
+
+    Reads only the keys (16-byte hashes and ids), never the text.
+    """
+    keys = pl.concat([pl.scan_parquet(p).select("text_hash", "id") for p in parts]).with_row_index("row").collect()
+    status = np.zeros(keys.height, dtype=np.int8)
+    duplicate = ~keys["text_hash"].is_first_distinct()
+    status[duplicate.to_numpy()] = 1
+    survivors = keys.filter(~duplicate)
+    status[survivors.filter(~pl.col("id").is_first_distinct())["row"].to_numpy()] = 2
+    return status
+
+
+def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
+    work = rd.work(STAGE)
+    parts = [work / f"{u.key}.parquet" for u in units]
+    unit_stats = [json.loads((work / f"{u.key}.stats.json").read_text()) for u in units]
+    for split in SPLITS:  # a killed earlier finalize may have left some shards
+        for stale in (rd.docs / split).glob("*shard-*"):
+            stale.unlink()
+
+    status = _duplicate_status(parts) if parts else np.zeros(0, np.int8)
+    schema = shard_schema(job.corpus)
+    writers = {s: ShardWriter(schema, lambda i, s=s: rd.doc_shard(s, i), job.corpus.docs_per_shard) for s in SPLITS}
+    kept: Counter[str] = Counter()
+    kept_chars: Counter[str] = Counter()
+    by_source: dict[str, Counter[str]] = {}
+    duplicates = duplicate_chars = 0
+    repeated_ids: list[bytes] = []
+    offset = 0
+    for part in parts:
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=4096):
+            table = pa.Table.from_batches([batch])
+            st = status[offset : offset + table.num_rows]
+            offset += table.num_rows
+            for code, label in ((1, "duplicates"), (2, "duplicate_id")):
+                dropped = table.filter(pa.array(st == code))
+                for source, n in Counter(dropped["source"].to_pylist()).items():
+                    by_source.setdefault(source, Counter())[label] += n
+                if code == 1:
+                    duplicates += dropped.num_rows
+                    duplicate_chars += pc.sum(pc.utf8_length(dropped["text"])).as_py() or 0
+                else:
+                    for row in dropped.select(["_file", "_line", "id", "text"]).to_pylist():
+                        repeated_ids.append(orjson.dumps(dict(
+                            file=row["_file"], line=row["_line"], reason="duplicate_id",
+                            detail=f"id {row['id']!r} already used", count=1, chars=len(row["text"]))))
+            good = table.filter(pa.array(st == 0))
+            for split in SPLITS:
+                rows = good.filter(pc.equal(good["split"], split))
+                if rows.num_rows:
+                    writers[split].write(rows)
+                    kept[split] += rows.num_rows
+                    kept_chars[split] += pc.sum(pc.utf8_length(rows["text"])).as_py()
+                    for source, n in Counter(rows["source"].to_pylist()).items():
+                        by_source.setdefault(source, Counter())[f"kept_{split}"] += n
+    for w in writers.values():
+        w.close()
+
+    if repeated_ids and job.corpus.on_error == "fail":
+        first = orjson.loads(repeated_ids[0])
+        raise PrepareError(f"{first['file']}:{first['line']}: duplicate_id: {first['detail']}")
+
+    with atomic_path(rd.docs / "rejects.jsonl") as tmp, open(tmp, "wb") as out:
+        for u in units:
+            with open(work / f"{u.key}.rejects.jsonl", "rb") as f:
+                shutil.copyfileobj(f, out)
+        out.writelines(line + b"\n" for line in repeated_ids)
+
+    rejected: Counter[str] = Counter()
+    chars = Counter()
+    for s in unit_stats:
+        rejected.update(s["rejected"])
+        chars.update(s["chars"])
+    if repeated_ids:
+        rejected["duplicate_id"] += len(repeated_ids)
+        chars["rejected"] += sum(orjson.loads(r)["chars"] for r in repeated_ids)
+    stats = {
+        "documents_read": sum(s["read"] for s in unit_stats),
+        "kept": {s: kept[s] for s in SPLITS},
+        "kept_total": sum(kept.values()),
+        "duplicates": duplicates,
+        "rejected": dict(sorted(rejected.items())),
+        "rejected_total": sum(rejected.values()),
+        "characters": {
+            "read": chars["read"],
+            "kept": {s: kept_chars[s] for s in SPLITS},
+            "duplicates": duplicate_chars,
+            "rejected": chars["rejected"],
+        },
+        "shards": {s: writers[s].shards_written for s in SPLITS},
+        "sources": {src: dict(sorted(c.items())) for src, c in sorted(by_source.items())},
+    }
+    atomic_write_json(rd.docs / "stats.json", stats)
+    return stats
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _clean_scratch(rd: RunDir) -> None:
+    rd.remove_work(STAGE)
+    rd.clear_markers(STAGE)
+
+
+def _reset(rd: RunDir) -> None:
+    shutil.rmtree(rd.docs, ignore_errors=True)
+    _clean_scratch(rd)
+
+
+def read_stats(run_dir: str | os.PathLike) -> dict:
+    return json.loads((RunDir(run_dir).docs / "stats.json").read_text())
+
+
+def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
+    """Prepare this worker's share of the sources; the worker that completes the set also
+    writes the shards. Returns the stats, or None while other workers still have units to do."""
+    rd = RunDir(job.run_dir)
+    config_hash = stage_config_hash(job, STAGE)
+    state = rd.stage_state(STAGE)
+    if state and state.get("config_hash") != config_hash:
+        if not force:
+            raise ConfigError(
+                f"{rd.root}: documents there were prepared with a different corpus config "
+                f"({state.get('config_hash')}, now {config_hash}); use another run_dir, or --force to prepare again")
+        force = True
+    if force:
+        _reset(rd)
+    elif state.get("state") == "done":
+        _clean_scratch(rd)
+        return read_stats(rd.root)
+
+    rd.root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(rd.job_file) as tmp:
+        tmp.write_text(dump_job(job))
+    if force or rd.stage_state(STAGE).get("state") != "running":
+        rd.start_stage(STAGE, config_hash)
+
+    try:
+        units = plan_units(job.corpus)
+        todo = [u for u in units if worker.owns(u.index) and not rd.is_done(STAGE, u.key, config_hash)]
+        _run_units(job, todo, config_hash, show_progress)
+        if not all(rd.is_done(STAGE, u.key, config_hash) for u in units):
+            return None
+        with file_lock(rd.work(STAGE) / "finalize.lock"):
+            if rd.stage_state(STAGE).get("state") == "done":
+                return read_stats(rd.root)
+            stats = _finalize(job, rd, units)
+            rd.finish_stage(STAGE, {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")})
+    except (PrepareError, OSError) as e:
+        rd.fail_stage(STAGE, str(e))
+        raise
+    _clean_scratch(rd)
+    return stats
+
+
+def print_summary(stats: dict, file=sys.stdout) -> None:
+    kept, chars = stats["kept"], stats["characters"]
+    lines = [
+        f"documents read   {stats['documents_read']:>12,}",
+        *(f"  kept {s:<11} {kept[s]:>12,}  ({chars['kept'][s]:,} chars, {stats['shards'][s]} shards)" for s in SPLITS),
+        f"  duplicates     {stats['duplicates']:>12,}",
+        *(f"  rejected {r:<14} {n:>8,}" for r, n in stats["rejected"].items()),
+    ]
+    print("\n".join(lines), file=file)

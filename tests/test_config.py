@@ -1,0 +1,106 @@
+import pytest
+
+from miniplm.config import ConfigError, apply_overrides, load_job, stage_config_hash
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "hello"}\n')
+    return path
+
+
+def test_loads_defaults_and_overrides(write_job, corpus_file):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    job = load_job(job_path, ["corpus.docs_per_shard=7", "seed=3", "corpus.inputs.0.text_field=body"])
+    assert job.corpus.docs_per_shard == 7
+    assert job.seed == 3
+    assert job.corpus.inputs[0].text_field == "body"
+    assert job.corpus.reference_fraction == 0.05 and job.corpus.heldout_fraction == 0.01
+    assert job.corpus.on_error == "skip"
+
+
+def test_unknown_key_is_named_with_the_file(write_job, corpus_file):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}], docs_per_shrad=5)
+    with pytest.raises(ConfigError) as err:
+        load_job(job_path)
+    assert str(job_path) in str(err.value)
+    assert "corpus.docs_per_shrad: unknown key" in str(err.value)
+
+
+def test_unknown_override_key_is_named(write_job, corpus_file):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    with pytest.raises(ConfigError, match=r"corpus\.keep_fracton: unknown key") as err:
+        load_job(job_path, ["corpus.keep_fracton=0.3"])
+    assert "overrides corpus.keep_fracton=0.3" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "corpus, key, words",
+    [
+        ({"docs_per_shard": "many"}, "corpus.docs_per_shard", "integer"),
+        ({"docs_per_shard": 0}, "corpus.docs_per_shard", "greater than 0"),
+        ({"reference_fraction": 1.5}, "corpus.reference_fraction", "less than 1"),
+        ({"on_error": "ignore"}, "corpus.on_error", "'skip' or 'fail'"),
+        ({"reference_fraction": 0.6, "heldout_fraction": 0.5}, "corpus", "below 1"),
+    ],
+)
+def test_bad_values_are_named(write_job, corpus_file, corpus, key, words):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}], **corpus)
+    with pytest.raises(ConfigError) as err:
+        load_job(job_path)
+    msg = str(err.value)
+    assert str(job_path) in msg and f"  {key}: " in msg and words in msg
+
+
+def test_bad_format_and_missing_keys(write_job, corpus_file):
+    job_path = write_job([{"path": str(corpus_file), "format": "csv"}])
+    with pytest.raises(ConfigError, match=r"corpus\.inputs\.0\.format: Input should be 'jsonl'"):
+        load_job(job_path)
+    job_path = write_job([{"format": "jsonl"}])
+    with pytest.raises(ConfigError, match=r"corpus\.inputs\.0\.path: required key is missing"):
+        load_job(job_path)
+
+
+def test_missing_input_path_fails_before_work(write_job, tmp_path):
+    job_path = write_job([{"path": str(tmp_path / "nope/*.jsonl"), "format": "jsonl"}])
+    with pytest.raises(ConfigError, match=r"corpus\.inputs\.0\.path: nothing found at .*nope"):
+        load_job(job_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_or_non_mapping_job_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read job file"):
+        load_job(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        load_job(bad)
+    bad.write_text("run_dir: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad)
+
+
+def test_override_syntax():
+    data = {"a": {"b": 1}, "l": [{"x": 1}]}
+    apply_overrides(data, ["a.b=2", "a.c=[1, 2]", "l.0.x=null", "new.key=text"])
+    assert data == {"a": {"b": 2, "c": [1, 2]}, "l": [{"x": None}], "new": {"key": "text"}}
+    for bad in ["novalue", "=3", "a..b=1", "l.5.x=1", "a.b.c=1"]:
+        with pytest.raises(ConfigError):
+            apply_overrides({"a": {"b": 1}, "l": [{}]}, [bad])
+
+
+def test_stage_hash_depends_only_on_the_stage_sections(write_job, corpus_file, tmp_path):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    base = stage_config_hash(load_job(job_path), "prepare")
+    assert stage_config_hash(load_job(job_path, [f"run_dir={tmp_path / 'elsewhere'}"]), "prepare") == base
+    assert stage_config_hash(load_job(job_path, ["seed=1"]), "prepare") != base
+    assert stage_config_hash(load_job(job_path, ["corpus.docs_per_shard=3"]), "prepare") != base
+
+
+def test_source_name_defaults_to_the_path_stem():
+    from miniplm.config import InputSpec
+
+    assert InputSpec(path="data/web/*.jsonl.gz", format="jsonl").source_name == "web"
+    assert InputSpec(path="data/books.jsonl.zst", format="jsonl").source_name == "books"
+    assert InputSpec(path="x/*.parquet", format="parquet", name="wiki").source_name == "wiki"

@@ -1,0 +1,83 @@
+import json
+import multiprocessing as mp
+
+import pytest
+
+from miniplm.rundir import RunDir, Worker, atomic_path, atomic_write_json, resolve_worker
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+        assert not target.exists()
+    assert target.read_text() == "whole"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_manifest_records_stage_state(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.start_stage("prepare", "abc")
+    assert rd.stage_state("prepare")["state"] == "running"
+    rd.finish_stage("prepare", {"documents": 3})
+    entry = json.loads(rd.manifest_file.read_text())["stages"]["prepare"]
+    assert entry["state"] == "done" and entry["config_hash"] == "abc" and entry["counts"] == {"documents": 3}
+    assert entry["started"] and entry["finished"]
+
+
+def _bump(root, stage, n):
+    rd = RunDir(root)
+    for i in range(n):
+        rd.update_stage(stage, **{f"k{i}": i})
+
+
+def test_manifest_updates_from_many_processes_are_not_lost(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_bump, args=(tmp_path, f"s{p}", 20)) for p in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    stages = RunDir(tmp_path).read_manifest()["stages"]
+    assert sorted(stages) == ["s0", "s1", "s2", "s3"]
+    assert all(len(v) == 20 for v in stages.values())
+
+
+def test_markers_carry_the_config_hash(tmp_path):
+    rd = RunDir(tmp_path)
+    assert not rd.is_done("score", "shard-00001", "h1")
+    rd.mark_done("score", "shard-00001", "h1")
+    assert rd.is_done("score", "shard-00001", "h1")
+    assert not rd.is_done("score", "shard-00001", "h2")
+    rd.clear_markers("score")
+    assert not rd.is_done("score", "shard-00001", "h1")
+
+
+def test_worker_from_flags_slurm_and_ranks():
+    assert resolve_worker(env={}) == Worker(0, 1)
+    assert resolve_worker(2, 5, env={"RANK": "1", "WORLD_SIZE": "2"}) == Worker(2, 5)
+    assert resolve_worker(env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4",
+                               "SLURM_ARRAY_TASK_MIN": "5"}) == Worker(2, 4)
+    assert resolve_worker(env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}) == Worker(1, 3)
+    assert resolve_worker(env={"RANK": "3", "WORLD_SIZE": "8"}) == Worker(3, 8)
+    with pytest.raises(ValueError):
+        resolve_worker(1, None, env={})
+    with pytest.raises(ValueError):
+        Worker(4, 4)
+
+
+def test_every_shard_has_exactly_one_owner():
+    for count in (1, 2, 3, 7):
+        owned = [Worker(i, count).owned(20) for i in range(count)]
+        assert sorted(s for o in owned for s in o) == list(range(20))
+        assert all(Worker(i, count).owns(s) for i, o in enumerate(owned) for s in o)
+
+
+def test_atomic_write_json_round_trip(tmp_path):
+    atomic_write_json(tmp_path / "a" / "b.json", {"x": [1, 2]})
+    assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"x": [1, 2]}
