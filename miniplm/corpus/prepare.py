@@ -404,7 +404,7 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
     return stats
 
 
-def print_summary(stats: dict, file=sys.stdout) -> None:
+def print_summary(stats: dict, file=None) -> None:
     kept, chars = stats["kept"], stats["characters"]
     lines = [
         f"documents read   {stats['documents_read']:>12,}",
@@ -412,4 +412,4 @@ def print_summary(stats: dict, file=sys.stdout) -> None:
         f"  duplicates     {stats['duplicates']:>12,}",
         *(f"  rejected {r:<14} {n:>8,}" for r, n in stats["rejected"].items()),
     ]
-    print("\n".join(lines), file=file)
+    print("\n".join(lines), file=file or sys.stdout)

@@ -47,8 +47,9 @@ class ShardWriter:
                 self._close_shard()
 
     def close(self) -> None:
-        if self._rows:
+        if self._buffer:
             self._flush()
+        if self._rows:
             self._close_shard()
 
     def _flush(self) -> None:

@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+from miniplm.cli import main
+
+from tests.conftest import write_jsonl
+
+
+def test_help_explains_the_stages(capsys):
+    for argv in (["--help"], ["prepare", "--help"]):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0
+    out = capsys.readouterr().out
+    assert "prepare" in out and "key.path=value" in out and "--num-workers" in out and "--force" in out
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (["miniplm", "--help"], [sys.executable, "-m", "miniplm", "--help"]):
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: miniplm" in result.stdout
+
+
+def test_prepare_prints_its_statistics(write_job, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "one"}, b"{bad\n"])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}])
+    assert main(["prepare", str(job_path), "corpus.reference_fraction=0", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "documents read" in out and "duplicates                1" in out and "malformed_json" in out
+    assert json.loads((tmp_path / "run" / "docs" / "stats.json").read_text())["kept_total"] == 2
+
+
+def test_config_errors_exit_2_with_the_key_and_no_traceback(write_job, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}], docs_per_shard=-1)
+    result = subprocess.run(["miniplm", "prepare", str(job_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{job_path}: invalid job" in result.stderr and "corpus.docs_per_shard" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_under_fail_exits_1_naming_the_line(write_job, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"body": "no text"}])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}], on_error="fail")
+    result = subprocess.run(["miniplm", "prepare", str(job_path), "-q"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "d.jsonl:2: missing_text" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,33 @@
+"""The bundled corpus: present, small, labelled, and prepared by the demo job."""
+
+import polars as pl
+
+from miniplm.config import load_job
+from miniplm.corpus import prepare
+
+from tests.conftest import REPO
+
+SAMPLE = REPO / "data" / "sample"
+
+
+def test_bundled_corpus_is_small_and_labelled():
+    files = sorted(SAMPLE.glob("*.parquet"))
+    assert [f.name for f in files] == ["kjv.parquet", "noise.parquet", "python-docs.parquet"]
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    docs = pl.concat([pl.read_parquet(f) for f in files])
+    counts = dict(docs.group_by("source").len().iter_rows())
+    assert counts == {"kjv": 1189, "python-docs": 497, "noise-gibberish": 60, "noise-boilerplate": 60, "noise-ocr": 60}
+    assert docs["id"].n_unique() == docs.height
+    genesis = docs.filter(pl.col("id") == "kjv/Genesis/1")["text"][0]
+    assert genesis.startswith("Genesis 1\n\n1 In the beginning God created the heaven and the earth.\n")
+
+
+def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the demo job's paths are relative to the repository
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}"])
+    stats = prepare.run(job, show_progress=False)
+    assert stats["documents_read"] == 1866
+    assert stats["duplicates"] == 9  # the repeated legal-footer pages
+    assert stats["rejected_total"] == 0
+    assert stats["kept_total"] == 1857
+    assert set(stats["sources"]) == {"kjv", "python-docs", "noise-gibberish", "noise-boilerplate", "noise-ocr"}
