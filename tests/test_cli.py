@@ -26,7 +26,7 @@ def test_console_script_and_module_entry_points():
 def test_prepare_prints_its_statistics(write_job, tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "one"}, b"{bad\n"])
     job_path = write_job([{"path": str(path), "format": "jsonl"}])
-    assert main(["prepare", str(job_path), "corpus.reference_fraction=0", "-q"]) == 0
+    assert main(["prepare", str(job_path), "-q", "corpus.reference_fraction=0"]) == 0
     out = capsys.readouterr().out
     assert "documents read" in out and "duplicates                1" in out and "malformed_json" in out
     assert json.loads((tmp_path / "run" / "docs" / "stats.json").read_text())["kept_total"] == 2

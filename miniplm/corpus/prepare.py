@@ -39,7 +39,7 @@ from tqdm import tqdm
 from miniplm.config import ConfigError, CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
 from miniplm.corpus.readers import Rejection, read_input
-from miniplm.corpus.shards import PARQUET_OPTIONS, ShardWriter
+from miniplm.corpus.parquet import ShardWriter, iter_batches
 from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json, file_lock
 
 STAGE = "prepare"
@@ -111,7 +111,8 @@ class _Part:
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.schema = schema
-        self.writer = pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+        # scratch, read once: fast compression beats small files here
+        self.writer = pq.ParquetWriter(path, schema, compression="lz4")
         self.rows: dict[str, list] = {name: [] for name in schema.names}
         self.buffered_bytes = 0
         self.total = 0
@@ -159,6 +160,7 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
     progress = progress or _report_progress
     schema = _part_schema(corpus)
     meta_names = metadata_columns(corpus)
+    default_source = spec.source_name
     rejected: Counter[str] = Counter()
     chars = Counter(read=0, rejected=0)
     read = 0
@@ -196,7 +198,7 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
             row = {
                 "id": doc_id,
                 "text": item.text,
-                "source": str(item.source) if item.source is not None else spec.source_name,
+                "source": str(item.source) if item.source is not None else default_source,
                 "split": assign_split(doc_id, job.seed, corpus.reference_fraction, corpus.heldout_fraction),
                 "text_hash": dedup_key(item.text),
                 "_file": path,
@@ -279,7 +281,7 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
     repeated_ids: list[bytes] = []
     offset = 0
     for part in parts:
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=4096):
+        for batch in iter_batches(pq.ParquetFile(part), 4096):
             table = pa.Table.from_batches([batch])
             st = status[offset : offset + table.num_rows]
             offset += table.num_rows

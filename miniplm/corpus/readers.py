@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from miniplm.config import InputSpec
+from miniplm.corpus.parquet import iter_batches
 
 TABLE_BATCH_ROWS = 1024
 
@@ -205,7 +206,7 @@ def read_parquet(path: str, spec: InputSpec) -> Iterator[Item]:
         return
     done = 0
     try:
-        for batch in pf.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=_wanted_columns(pf.schema_arrow, spec)):
+        for batch in iter_batches(pf, TABLE_BATCH_ROWS, _wanted_columns(pf.schema_arrow, spec)):
             yield from _rows_of(batch.to_pydict(), spec, done + 1, path)
             done += batch.num_rows
     except (OSError, pa.ArrowException) as e:

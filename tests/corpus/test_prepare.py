@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from miniplm.config import ConfigError, load_job
+from miniplm.config import ConfigError, load_job, stage_config_hash
 from miniplm.corpus import prepare
 from miniplm.corpus.prepare import PrepareError
 from miniplm.rundir import SPLITS, RunDir, Worker
@@ -230,6 +230,8 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == ["docs", "job.yaml", "manifest.json"]
     manifest = json.loads((Path(job.run_dir) / "manifest.json").read_text())["stages"]["prepare"]
     assert manifest["counts"]["documents_read"] == 10 and manifest["state"] == "done"
+    assert manifest["config_hash"] == stage_config_hash(job, "prepare")
+    assert load_job(Path(job.run_dir) / "job.yaml") == job  # the resolved config, as run
 
     changed = load_job(job_path, ["corpus.docs_per_shard=3"])
     with pytest.raises(ConfigError, match="different corpus config"):
