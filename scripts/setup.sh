@@ -17,8 +17,12 @@ fi
 stamp=.venv/.miniplm-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    python -m pip install -q --disable-pip-version-check --upgrade pip
-    python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
-    python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    echo "setting up .venv (the first time takes about two minutes; log in .venv/install.log)"
+    log=.venv/install.log
+    pip() { python -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1 || { cat "$log"; exit 1; }; }
+    : >"$log"
+    pip --upgrade pip
+    pip "$TORCH_SPEC"
+    pip -e ".[dev]"
     echo "$want" > "$stamp"
 fi
