@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 SPLITS = ("main", "reference", "heldout")
 
@@ -199,3 +199,45 @@ class RunDir:
 
     def fail_stage(self, stage: str, error: str) -> None:
         self.update_stage(stage, state="failed", error=error, finished=_now())
+
+    # a stage's life
+    def open_stage(self, stage: str, config_hash: str, job_yaml: str, outputs: list[Path], *, force: bool) -> bool:
+        """Begin (or rejoin) a stage; True when its work is already done and nothing is left to do.
+
+        Work done under another config is never mixed with new work: it is
+        removed with `force`, and refused without.
+        """
+        from miniplm.config import ConfigError
+
+        state = self.stage_state(stage)
+        if state and state.get("config_hash") != config_hash:
+            if not force:
+                raise ConfigError(
+                    f"{self.root}: the {stage} stage there ran with a different config "
+                    f"({state.get('config_hash')}, now {config_hash}); use another run_dir, or --force to redo {stage}")
+            force = True
+        if force:
+            for path in outputs:
+                shutil.rmtree(path, ignore_errors=True)
+        elif state.get("state") == "done":
+            self.clean_scratch(stage)
+            return True
+        if force:
+            self.clean_scratch(stage)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.job_file, job_yaml)
+        if force or state.get("state") != "running":
+            self.start_stage(stage, config_hash)
+        return False
+
+    def finish_once(self, stage: str, finalize: Callable[[], dict[str, Any]]) -> None:
+        """Run `finalize` (which returns the stage's counts) in exactly one of the workers that
+        find all work done, mark the stage done, and drop its scratch space."""
+        with file_lock(self.work(stage) / "finalize.lock"):
+            if self.stage_state(stage).get("state") != "done":
+                self.finish_stage(stage, finalize())
+        self.clean_scratch(stage)
+
+    def clean_scratch(self, stage: str) -> None:
+        self.remove_work(stage)
+        self.clear_markers(stage)

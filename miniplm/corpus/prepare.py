@@ -36,11 +36,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import ConfigError, CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
+from miniplm.config import CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.corpus.parquet import ShardWriter, iter_batches
-from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json, file_lock
+from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json
 
 STAGE = "prepare"
 TEXT_FILES_PER_UNIT = 2000
@@ -350,16 +350,6 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
 # ---------------------------------------------------------------- the stage
 
 
-def _clean_scratch(rd: RunDir) -> None:
-    rd.remove_work(STAGE)
-    rd.clear_markers(STAGE)
-
-
-def _reset(rd: RunDir) -> None:
-    shutil.rmtree(rd.docs, ignore_errors=True)
-    _clean_scratch(rd)
-
-
 def read_stats(run_dir: str | os.PathLike) -> dict:
     return json.loads((RunDir(run_dir).docs / "stats.json").read_text())
 
@@ -369,41 +359,24 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
     writes the shards. Returns the stats, or None while other workers still have units to do."""
     rd = RunDir(job.run_dir)
     config_hash = stage_config_hash(job, STAGE)
-    state = rd.stage_state(STAGE)
-    if state and state.get("config_hash") != config_hash:
-        if not force:
-            raise ConfigError(
-                f"{rd.root}: documents there were prepared with a different corpus config "
-                f"({state.get('config_hash')}, now {config_hash}); use another run_dir, or --force to prepare again")
-        force = True
-    if force:
-        _reset(rd)
-    elif state.get("state") == "done":
-        _clean_scratch(rd)
+    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.docs], force=force):
         return read_stats(rd.root)
-
-    rd.root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(rd.job_file) as tmp:
-        tmp.write_text(dump_job(job))
-    if force or rd.stage_state(STAGE).get("state") != "running":
-        rd.start_stage(STAGE, config_hash)
-
     try:
         units = plan_units(job.corpus)
         todo = [u for u in units if worker.owns(u.index) and not rd.is_done(STAGE, u.key, config_hash)]
         _run_units(job, todo, config_hash, show_progress)
         if not all(rd.is_done(STAGE, u.key, config_hash) for u in units):
             return None
-        with file_lock(rd.work(STAGE) / "finalize.lock"):
-            if rd.stage_state(STAGE).get("state") == "done":
-                return read_stats(rd.root)
+
+        def finalize() -> dict:
             stats = _finalize(job, rd, units)
-            rd.finish_stage(STAGE, {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")})
+            return {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")}
+
+        rd.finish_once(STAGE, finalize)
     except (PrepareError, OSError) as e:
         rd.fail_stage(STAGE, str(e))
         raise
-    _clean_scratch(rd)
-    return stats
+    return read_stats(rd.root)
 
 
 def print_summary(stats: dict, file=None) -> None:

@@ -234,7 +234,7 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     assert load_job(Path(job.run_dir) / "job.yaml") == job  # the resolved config, as run
 
     changed = load_job(job_path, ["corpus.docs_per_shard=3"])
-    with pytest.raises(ConfigError, match="different corpus config"):
+    with pytest.raises(ConfigError, match="prepare stage there ran with a different config"):
         prepare.run(changed, show_progress=False)
     assert shard_bytes(job.run_dir) == before
     assert prepare.run(changed, force=True, show_progress=False)["shards"]["main"] >= 3
