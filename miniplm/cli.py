@@ -47,6 +47,28 @@ def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.scoring import score
+
+    counts = score.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    if counts is None:
+        print("score: this worker's shards are done; other workers still have shards to score")
+        return 0
+    print(f"score: {counts['rows']:,} rows, {counts['tokens']:,} tokens scored, in {job.run_dir}/scores")
+    return 0
+
+
+STAGES = {
+    "prepare": (cmd_prepare, "read raw sources into deduplicated document shards per split",
+                "Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
+                "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl."),
+    "score": (cmd_score, "teacher and reference log-probabilities for every main-split document",
+              "Run the teacher and the reference over every main-split shard and write "
+              "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
+              "Resumes inside a shard after a kill."),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="miniplm",
@@ -56,16 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    p = sub.add_parser("prepare", help="read raw sources into deduplicated document shards per split",
-                       description="Read the job's corpus.inputs, drop bad, empty and duplicate documents "
-                       "(counted by reason), and write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet "
-                       "with stats.json and rejects.jsonl. Finished work is skipped on a rerun.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _job_args(p)
-    _worker_args(p)
-    p.add_argument("--force", action="store_true", help="discard earlier documents in RUN_DIR and prepare again")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_prepare)
+    for name, (handler, summary, description) in STAGES.items():
+        p = sub.add_parser(name, help=summary, description=description + " Finished work is skipped on a rerun.",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _job_args(p)
+        _worker_args(p)
+        p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(handler=handler)
     return parser
 
 

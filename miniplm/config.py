@@ -70,16 +70,49 @@ class CorpusConfig(_Strict):
         return self
 
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16", "float64"]
+
+
+class ModelSpec(_Strict):
+    """A causal LM: a local Hugging Face folder, a hub id, or `smollm2-135m` (bundled)."""
+
+    model: str
+    dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+
+
+class ScoreConfig(_Strict):
+    unit: Literal["document", "instance"] = Field(
+        "document", description="score whole documents, or fixed-length instances of the EOS-joined stream (the paper)")
+    max_length: int = Field(1024, ge=2, description="tokens per model input; longer documents are cut into windows")
+    stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
+    batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch")
+    checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard")
+    save_token_logprobs: bool = False
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _stride_below_max_length(self) -> "ScoreConfig":
+        if self.stride >= self.max_length:
+            raise ValueError(f"stride ({self.stride}) must be below max_length ({self.max_length})")
+        if self.batch_tokens < self.max_length:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold one window of max_length ({self.max_length})")
+        return self
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
     corpus: CorpusConfig
+    teacher: ModelSpec | None = None
+    reference: ModelSpec | None = None
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
 
 # Which sections of the job each stage's outputs depend on: a change anywhere
 # else leaves the stage's finished work valid.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "corpus"),
+    "score": ("seed", "corpus", "teacher", "reference", "score"),
 }
 
 
@@ -134,6 +167,16 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+def _check_models(job: JobConfig, where: str) -> None:
+    from miniplm.models.loading import looks_loadable
+
+    for key in ("teacher", "reference"):
+        spec = getattr(job, key)
+        if spec is not None and not looks_loadable(spec.model):
+            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
+                              "(give a folder, a hub id like org/name, or smollm2-135m)")
+
+
 def _check_inputs_exist(job: JobConfig, where: str) -> None:
     for i, spec in enumerate(job.corpus.inputs):
         if spec.format == "hf_hub":
@@ -182,6 +225,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, where)) from None
     _check_inputs_exist(job, where)
+    _check_models(job, where)
     return job
 
 

@@ -1,0 +1,42 @@
+"""Log-probabilities of the actual next tokens, without the [batch, seq, vocab] tensor.
+
+The base model runs once; only the hidden states at scored positions go
+through the vocabulary projection, a chunk of positions at a time, and each
+chunk is reduced to (target logit - logsumexp) at once. With a 150k-token
+vocabulary the full float32 logits of one 16k-token batch would take 10 GB;
+a chunk here takes at most LOGITS_BYTES.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOGITS_BYTES = 256 << 20
+
+
+def _project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    logits = torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None))
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.inference_mode()
+def target_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    targets: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """log p(targets[b, t] | input_ids[b, :t+1]) for every (b, t) where `scored` is true,
+    in row-major order; float32 (float64 for a float64 model)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    h = hidden[scored]
+    y = targets[scored]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    out_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    out = torch.empty(h.shape[0], dtype=out_dtype, device=h.device)
+    chunk = max(1, LOGITS_BYTES // (vocab * 4))
+    for s in range(0, h.shape[0], chunk):
+        logits = _project(model, h[s : s + chunk])
+        out[s : s + chunk] = logits.gather(1, y[s : s + chunk, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    return out

@@ -1,0 +1,243 @@
+"""`miniplm score`: teacher and reference log-probabilities for every main-split document.
+
+One score shard per document shard. Within a shard the documents are
+tokenized once, cut into windows, and packed into length-sorted batches that
+run through both models. Every `checkpoint_every` batches the results so far
+are written to the shard's scratch folder; a worker killed at any point
+resumes at the first batch not checkpointed, and because the batch plan is a
+pure function of the documents, the finished shard is bitwise what an
+uninterrupted run writes (on CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
+from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device
+from miniplm.rundir import RunDir, StageError, Worker, atomic_path
+from miniplm.scoring.logprobs import target_logprobs
+from miniplm.scoring.windows import Window, pack_instances, plan_batches, windows_for
+
+STAGE = "score"
+MODELS = ("teacher", "reference")
+
+
+@dataclass
+class ShardTokens:
+    """A document shard, tokenized: the sequences to score and what each row of output says."""
+
+    index: int
+    sequences: list[np.ndarray]  # token ids, without the leading BOS
+    rows: dict[str, Any]  # the output's leading columns, one entry per sequence
+
+
+def score_shard_path(rd: RunDir, index: int) -> Path:
+    return rd.root / "scores" / f"shard-{index:05d}.parquet"
+
+
+def tokenize_shard(job: JobConfig, tokenizer, index: int, path: Path) -> ShardTokens:
+    table = pq.read_table(path, columns=["id", "source", "text"])
+    encoded = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
+    ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
+    if job.score.unit == "document":
+        return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in encoded], {"id": ids, "source": sources})
+    instances, pieces = pack_instances(encoded, tokenizer.eos_token_id, job.score.max_length)
+    rows = {
+        "id": [f"{index:05d}-{i:06d}" for i in range(len(instances))],
+        "docs": [[{"id": ids[d], "start": s, "end": e, "offset": o} for d, s, e, o in p] for p in pieces],
+    }
+    return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in instances], rows)
+
+
+def _collate(batch: list[Window], sequences: list[np.ndarray], bos: int, device: str):
+    width = batch[0].length
+    input_ids = np.zeros((len(batch), width), dtype=np.int64)
+    targets = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=bool)
+    scored = np.zeros((len(batch), width), dtype=bool)
+    for row, w in enumerate(batch):
+        seq = np.concatenate([[bos], sequences[w.doc]])
+        input_ids[row, : w.length] = seq[w.start : w.end]
+        targets[row, : w.length] = seq[w.start + 1 : w.end + 1]
+        mask[row, : w.length] = True
+        scored[row, w.skip : w.length] = True
+    as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return as_tensor(input_ids), as_tensor(mask.astype(np.int64)), as_tensor(targets), as_tensor(scored)
+
+
+class _Checkpoints:
+    """The shard's scored windows so far, saved in files of consecutive batches."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
+        done, results = 0, {}
+        for f in sorted(self.folder.glob("batches-*.parquet")):
+            first, last = (int(x) for x in f.stem.split("-")[1:3])
+            if first != done:
+                break  # a gap can only come from a foreign file; redo from here
+            for row in pq.read_table(f).to_pylist():
+                results[(row.pop("doc"), row.pop("start"))] = row
+            done = last + 1
+        return done, results
+
+    def save(self, first: int, last: int, rows: list[dict]) -> None:
+        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+
+
+def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, torch.nn.Module], bos: int, device: str,
+                rd: RunDir, progress: _Progress) -> pa.Table:
+    cfg = job.score
+    windows = [w for d, seq in enumerate(shard.sequences) for w in windows_for(d, len(seq), cfg.max_length, cfg.stride)]
+    batches = plan_batches(windows, cfg.batch_tokens)
+    checkpoints = _Checkpoints(rd.work(STAGE) / f"shard-{shard.index:05d}")
+    done, results = checkpoints.load()
+    # documents with nothing to score, and those finished before a restart
+    progress.update(sum(len(seq) == 0 for seq in shard.sequences)
+                    + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results))
+    pending: list[dict] = []
+    first_pending = done
+    for b in range(done, len(batches)):
+        batch = batches[b]
+        tensors = _collate(batch, shard.sequences, bos, device)
+        per_model = {name: torch.split(target_logprobs(m, *tensors).cpu(), [w.scored for w in batch])
+                     for name, m in models.items()}
+        for i, w in enumerate(batch):
+            row = {"doc": w.doc, "start": w.start}
+            for name in MODELS:
+                lp = per_model[name][i]
+                row[f"{name}_logprob"] = float(lp.double().sum())
+                if cfg.save_token_logprobs:
+                    row[f"{name}_token_logprobs"] = lp.float().tolist()
+            pending.append(row)
+        progress.update(sum(w.end == len(shard.sequences[w.doc]) for w in batch), sum(w.scored for w in batch))
+        if (b + 1 - first_pending) >= cfg.checkpoint_every or b + 1 == len(batches):
+            checkpoints.save(first_pending, b, pending)
+            for row in pending:
+                results[(row.pop("doc"), row.pop("start"))] = row
+            pending, first_pending = [], b + 1
+    return _assemble(job, shard, windows, results)
+
+
+class _Progress:
+    """Documents done on the bar, scored tokens per second beside it."""
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+        self.start = time.perf_counter()
+        self.tokens = 0
+
+    def update(self, docs: int, tokens: int = 0) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+        self.bar.update(docs)
+
+
+def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results: dict) -> pa.Table:
+    """Per-sequence sums, adding each sequence's windows in order."""
+    n = len(shard.sequences)
+    sums = {name: np.zeros(n, dtype=np.float64) for name in MODELS}
+    tokens: dict[str, list[list[float]]] = {name: [[] for _ in range(n)] for name in MODELS}
+    for w in sorted(windows, key=lambda w: (w.doc, w.start)):
+        r = results[(w.doc, w.start)]
+        for name in MODELS:
+            sums[name][w.doc] += r[f"{name}_logprob"]
+            if job.score.save_token_logprobs:
+                tokens[name][w.doc].extend(r[f"{name}_token_logprobs"])
+    columns: dict[str, Any] = {
+        "id": shard.rows["id"],
+        **({"source": shard.rows["source"]} if "source" in shard.rows else {}),
+        "n_tokens": [len(s) for s in shard.sequences],
+        "teacher_logprob": sums["teacher"],
+        "reference_logprob": sums["reference"],
+    }
+    if job.score.save_token_logprobs:
+        for name in MODELS:
+            columns[f"{name}_token_logprobs"] = pa.array(tokens[name], pa.list_(pa.float32()))
+    if "docs" in shard.rows:
+        columns["docs"] = shard.rows["docs"]
+    return pa.table(columns)
+
+
+def _prefix_token(tokenizer, name: str) -> int:
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ConfigError(f"teacher {name!r}: its tokenizer has neither a BOS nor an EOS token to start documents with")
+    return token
+
+
+def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
+    """Score this worker's share of the main-split shards. Returns the stage's counts once every
+    shard is scored, or None while other workers still have shards to do."""
+    if job.teacher is None or job.reference is None:
+        raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
+    rd = RunDir(job.run_dir)
+    if rd.stage_state("prepare").get("state") != "done":
+        raise StageError(f"{rd.root}: no prepared documents; run `miniplm prepare` first")
+    # Tokenizers first: a mismatch must fail before gigabytes of weights load.
+    tokenizer = load_tokenizer(job.teacher.model)
+    check_same_tokenizer(job.teacher.model, job.reference.model, tokenizer, load_tokenizer(job.reference.model))
+    tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
+    bos = _prefix_token(tokenizer, job.teacher.model)
+    if job.score.unit == "instance" and tokenizer.eos_token_id is None:
+        raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
+
+    config_hash = stage_config_hash(job, STAGE)
+    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "scores"], force=force):
+        return rd.stage_state(STAGE)["counts"]
+    doc_shards = rd.doc_shards("main")
+    todo = [i for i in worker.owned(len(doc_shards)) if not rd.is_done(STAGE, f"shard-{i:05d}", config_hash)]
+    try:
+        if todo:
+            _score_shards(job, rd, tokenizer, bos, [(i, doc_shards[i]) for i in todo], config_hash, show_progress)
+        if not all(rd.is_done(STAGE, f"shard-{i:05d}", config_hash) for i in range(len(doc_shards))):
+            return None
+        rd.finish_once(STAGE, lambda: _counts(rd))
+    except (StageError, OSError) as e:
+        rd.fail_stage(STAGE, str(e))
+        raise
+    return rd.stage_state(STAGE)["counts"]
+
+
+def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[tuple[int, Path]],
+                  config_hash: str, show_progress: bool) -> None:
+    device = pick_device(job.score.device)
+    models = {name: load_model(getattr(job, name).model, getattr(job, name).dtype, device) for name in MODELS}
+    total = sum(pq.read_metadata(p).num_rows for _, p in shards) if job.score.unit == "document" else None
+    bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
+               disable=not show_progress, dynamic_ncols=True)
+    progress = _Progress(bar)
+    # Tokenizing the next shard overlaps with scoring this one (the tokenizer releases the GIL).
+    with ThreadPoolExecutor(1) as pool, bar:
+        upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[0])
+        for k in range(len(shards)):
+            shard = upcoming.result()
+            if k + 1 < len(shards):
+                upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[k + 1])
+            table = score_shard(job, shard, models, bos, device, rd, progress)
+            with atomic_path(score_shard_path(rd, shard.index)) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+            rd.mark_done(STAGE, f"shard-{shard.index:05d}", config_hash)
+
+
+def _counts(rd: RunDir) -> dict:
+    scores = pl.scan_parquet(str(rd.root / "scores" / "shard-*.parquet"))
+    row = scores.select(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens")).collect().row(0, named=True)
+    return {"rows": row["rows"], "tokens": int(row["tokens"] or 0), "shards": len(list((rd.root / "scores").glob("shard-*.parquet")))}

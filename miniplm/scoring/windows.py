@@ -1,0 +1,92 @@
+"""Cutting token sequences into model inputs, and packing those into batches.
+
+A document of L tokens is scored as the sequence [BOS, t1, ..., tL]: the
+model reads positions 0..L-1 and predicts t1..tL, so every token of the
+document is predicted. When L exceeds `max_length`, the sequence is cut into
+windows of at most `max_length` inputs; each window after the first starts
+`stride` tokens early, so those tokens are context only, and each target is
+scored exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Window:
+    doc: int  # index of the document (or instance) in the shard
+    start: int  # first input position in the [BOS] + tokens sequence
+    end: int  # one past the last input position
+    skip: int  # leading inputs whose predictions were scored by the previous window
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    @property
+    def scored(self) -> int:
+        return self.length - self.skip
+
+
+def windows_for(doc: int, n_tokens: int, max_length: int, stride: int) -> list[Window]:
+    """The windows that predict each of a document's `n_tokens` tokens exactly once."""
+    if n_tokens == 0:
+        return []
+    out = [Window(doc, 0, min(max_length, n_tokens), 0)]
+    while out[-1].end < n_tokens:
+        start = out[-1].end - stride
+        out.append(Window(doc, start, min(start + max_length, n_tokens), stride))
+    return out
+
+
+def plan_batches(windows: Sequence[Window], batch_tokens: int) -> list[list[Window]]:
+    """Group windows into batches of at most `batch_tokens` padded tokens.
+
+    Longest first, so each batch holds windows of similar length and little
+    padding. The plan depends only on the windows, never on timing: a resumed
+    shard sees exactly the batches an uninterrupted run would, which keeps
+    results bitwise equal.
+    """
+    order = sorted(windows, key=lambda w: (-w.length, w.doc, w.start))
+    batches: list[list[Window]] = []
+    current: list[Window] = []
+    for w in order:
+        # sorted longest first, so the batch's padded width is its first window's length
+        if current and (len(current) + 1) * current[0].length > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(w)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pack_instances(docs: Sequence[Sequence[int]], eos: int, length: int) -> tuple[list[list[int]], list[list[tuple[int, int, int, int]]]]:
+    """The paper's unit: documents joined with EOS and cut into instances of `length` tokens.
+
+    Returns the instances and, per instance, the pieces it holds as
+    (document index, first token in the document, end token in the document,
+    offset in the instance); a document's EOS counts as its token `len(doc)`.
+    """
+    instances: list[list[int]] = []
+    pieces: list[list[tuple[int, int, int, int]]] = []
+    current: list[int] = []
+    current_pieces: list[tuple[int, int, int, int]] = []
+    for d, tokens in enumerate(docs):
+        stream = list(tokens) + [eos]
+        pos = 0
+        while pos < len(stream):
+            take = min(length - len(current), len(stream) - pos)
+            current_pieces.append((d, pos, pos + take, len(current)))
+            current.extend(stream[pos : pos + take])
+            pos += take
+            if len(current) == length:
+                instances.append(current)
+                pieces.append(current_pieces)
+                current, current_pieces = [], []
+    if current:
+        instances.append(current)
+        pieces.append(current_pieces)
+    return instances, pieces

@@ -1,0 +1,183 @@
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from miniplm.config import ConfigError, load_job
+from miniplm.corpus import prepare
+from miniplm.rundir import RunDir, Worker
+from miniplm.scoring import score
+from miniplm.scoring.score import ShardTokens, _Progress
+
+from tests.conftest import write_jsonl
+
+
+def reference_sum(model, bos: int, tokens: list[int], max_length: int, stride: int) -> float:
+    """The plain float64 computation: each window through the model, full log-softmax, sum."""
+    seq = [bos] + tokens
+    total, scored_upto = 0.0, 0
+    while scored_upto < len(tokens):
+        start = max(scored_upto - stride, 0) if scored_upto else 0
+        end = min(start + max_length, len(tokens))
+        with torch.no_grad():
+            logits = model(torch.tensor([seq[start:end]])).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        for p in range(start, end):
+            if p + 1 > scored_upto:
+                total += float(logp[p - start, seq[p + 1]])
+        scored_upto = end
+    return total
+
+
+@pytest.mark.parametrize("stride", [0, 5])
+def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
+    max_length = 16
+    lengths = [1, 2, 7, 15, 16, 17, 31, 32, 33, 40, 47, 48]
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(3, 300, size=n) for n in lengths]
+    job = load_job(_job_file(tmp_path, tiny_models, "teacher"), [
+        f"score.max_length={max_length}", f"score.stride={stride}", "score.batch_tokens=64",
+        "teacher.dtype=float64", "reference.dtype=float64"])
+    models = {name: AutoModelForCausalLM.from_pretrained(tiny_models[name], dtype=torch.float64).eval()
+              for name in ("teacher", "reference")}
+    shard = ShardTokens(0, sequences, {"id": [str(i) for i in range(len(lengths))], "source": ["s"] * len(lengths)})
+    rd = RunDir(tmp_path / "run")
+    bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
+    from tqdm import tqdm
+
+    table = score.score_shard(job, shard, models, bos, "cpu", rd, _Progress(tqdm(disable=True)))
+    assert table["n_tokens"].to_pylist() == lengths
+    for name in ("teacher", "reference"):
+        expected = [reference_sum(models[name], bos, s.tolist(), max_length, stride) for s in sequences]
+        np.testing.assert_allclose(table[f"{name}_logprob"].to_numpy(), expected, rtol=1e-6)
+
+
+def _job_file(tmp_path: Path, tiny_models, reference_key="reference", **corpus) -> Path:
+    import yaml
+
+    docs = tmp_path / "docs.jsonl"
+    if not docs.exists():
+        rng = np.random.default_rng(1)
+        words = "the god created heaven earth def return print import path numbers fox dog café".split()
+        write_jsonl(docs, [{"text": " ".join(rng.choice(words, size=rng.integers(1, 60)))} for _ in range(120)])
+    job = {"run_dir": str(tmp_path / "run"),
+           "corpus": {"inputs": [{"path": str(docs), "format": "jsonl"}], "docs_per_shard": 30, **corpus},
+           "teacher": {"model": tiny_models["teacher"]},
+           "reference": {"model": tiny_models[reference_key]},
+           "score": {"max_length": 32, "stride": 8, "batch_tokens": 96, "checkpoint_every": 1}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _scores(run_dir) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((Path(run_dir) / "scores").glob("*.parquet"))}
+
+
+def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
+    job = load_job(_job_file(tmp_path, tiny_models))
+    prepare.run(job, show_progress=False)
+    counts = score.run(job, show_progress=False)
+    docs = pl.concat([pl.read_parquet(p) for p in RunDir(job.run_dir).doc_shards("main")])
+    scores = pl.read_parquet(str(Path(job.run_dir) / "scores" / "*.parquet"))
+    assert scores.columns == ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
+    assert scores["id"].to_list() == docs["id"].to_list()  # shard by shard, in document order
+    assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": 4}
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    for row in scores.head(12).iter_rows(named=True):
+        tokens = tok(docs.filter(pl.col("id") == row["id"])["text"][0], add_special_tokens=False)["input_ids"]
+        assert row["n_tokens"] == len(tokens)
+        expected = reference_sum(model, tok.bos_token_id, tokens, max_length=32, stride=8)
+        assert row["teacher_logprob"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_token_logprobs_and_instances(tiny_models, tmp_path):
+    job = load_job(_job_file(tmp_path, tiny_models), ["score.save_token_logprobs=true"])
+    prepare.run(job, show_progress=False)
+    score.run(job, show_progress=False)
+    scores = pl.read_parquet(str(Path(job.run_dir) / "scores" / "*.parquet"))
+    for row in scores.iter_rows(named=True):
+        assert len(row["teacher_token_logprobs"]) == row["n_tokens"] == len(row["reference_token_logprobs"])
+        assert sum(row["teacher_token_logprobs"]) == pytest.approx(row["teacher_logprob"], rel=1e-5, abs=1e-4)
+
+    instances = load_job(_job_file(tmp_path, tiny_models), ["score.unit=instance", f"run_dir={tmp_path / 'inst'}"])
+    prepare.run(instances, show_progress=False)
+    score.run(instances, show_progress=False)
+    rows = pl.read_parquet(str(tmp_path / "inst" / "scores" / "*.parquet"))
+    assert set(rows.columns) >= {"id", "n_tokens", "teacher_logprob", "reference_logprob", "docs"}
+    assert (rows["n_tokens"] <= 32).all()
+    # every document's tokens, plus its EOS, appear in exactly one place
+    covered = {}
+    for pieces in rows["docs"].to_list():
+        for p in pieces:
+            covered.setdefault(p["id"], []).append((p["start"], p["end"]))
+    main_ids = pl.concat([pl.read_parquet(p) for p in RunDir(instances.run_dir).doc_shards("main")])["id"]
+    assert set(covered) == set(main_ids)
+    assert sum(e - s for spans in covered.values() for s, e in spans) == rows["n_tokens"].sum()
+
+
+def test_two_workers_write_exactly_what_one_writes(tiny_models, tmp_path):
+    one = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'one'}"])
+    two = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'two'}"])
+    for job in (one, two):
+        prepare.run(job, show_progress=False)
+    score.run(one, show_progress=False)
+    assert score.run(two, Worker(1, 2), show_progress=False) is None
+    assert RunDir(two.run_dir).stage_state("score")["state"] == "running"
+    assert score.run(two, Worker(0, 2), show_progress=False)["rows"] > 0
+    assert _scores(two.run_dir) == _scores(one.run_dir) != {}
+
+
+def test_kill_9_inside_a_shard_and_resume_gives_identical_scores(tiny_models, tmp_path):
+    job_path = _job_file(tmp_path, tiny_models, docs_per_shard=200)
+    clean = load_job(job_path, [f"run_dir={tmp_path / 'clean'}"])
+    prepare.run(clean, show_progress=False)
+    score.run(clean, show_progress=False)
+
+    killed = load_job(job_path)
+    prepare.run(killed, show_progress=False)
+    cmd = [sys.executable, "-m", "miniplm", "score", str(job_path), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = Path(killed.run_dir) / "work" / "score" / "shard-00000"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.glob("batches-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpointed = len(list(work.glob("batches-*.parquet")))
+    assert checkpointed >= 3 and not (Path(killed.run_dir) / "scores").exists(), "killed before the shard finished"
+
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _scores(killed.run_dir) == _scores(clean.run_dir) != {}
+
+
+def test_tokenizer_mismatch_fails_before_any_model_loads(tiny_models, tmp_path, monkeypatch):
+    job = load_job(_job_file(tmp_path, tiny_models, reference_key="other"))
+    prepare.run(job, show_progress=False)
+    monkeypatch.setattr(score, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError) as err:
+        score.run(job, show_progress=False)
+    assert tiny_models["teacher"] in str(err.value) and tiny_models["other"] in str(err.value)
+    assert "vocabularies differ" in str(err.value)
+    assert not (Path(job.run_dir) / "scores").exists()
+
+
+def test_score_needs_prepared_documents_and_both_models(tiny_models, tmp_path):
+    from miniplm.rundir import StageError
+
+    job = load_job(_job_file(tmp_path, tiny_models))
+    with pytest.raises(StageError, match="run `miniplm prepare` first"):
+        score.run(job, show_progress=False)
+    with pytest.raises(ConfigError, match="needs both"):
+        score.run(load_job(_job_file(tmp_path, tiny_models), ["reference=null"]), show_progress=False)
+    with pytest.raises(ConfigError, match=r"teacher\.model: no model folder"):
+        load_job(_job_file(tmp_path, tiny_models), ["teacher.model=./no/such/dir"])
