@@ -116,9 +116,20 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def stage_config_hash(job: JobConfig, stage: str) -> str:
+# Settings that change how the work runs, never what it writes.
+EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device")}
+
+
+def stage_config_hash(job: JobConfig, stage: str, *extra: str) -> str:
+    """A fingerprint of everything a stage's outputs depend on: its config sections and any
+    `extra` facts the caller adds (such as the identity of its inputs)."""
     dumped = job.model_dump(mode="json")
+    for section, keys in EXECUTION_ONLY.items():
+        for key in keys:
+            if isinstance(dumped.get(section), dict):
+                dumped[section].pop(key, None)
     relevant = {key: dumped[key] for key in STAGE_SECTIONS[stage]}
+    relevant["extra"] = list(extra)
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -38,6 +38,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # flush to disk before the rename, so a node that crashes cannot leave a
+        # complete-looking name over empty content
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -205,7 +209,8 @@ class RunDir:
         """Begin (or rejoin) a stage; True when its work is already done and nothing is left to do.
 
         Work done under another config is never mixed with new work: it is
-        removed with `force`, and refused without.
+        removed with `force`, and refused without. `force` also redoes a
+        finished or failed stage; a running one with the same config is joined.
         """
         from miniplm.config import ConfigError
 
@@ -215,7 +220,10 @@ class RunDir:
                 raise ConfigError(
                     f"{self.root}: the {stage} stage there ran with a different config "
                     f"({state.get('config_hash')}, now {config_hash}); use another run_dir, or --force to redo {stage}")
-            force = True
+        elif force and state.get("state") == "running":
+            # Workers of the same run (array tasks) all get the same flags: a late
+            # one must join the work, not wipe what the others finished.
+            force = False
         if force:
             for path in outputs:
                 shutil.rmtree(path, ignore_errors=True)

@@ -81,3 +81,19 @@ def test_every_shard_has_exactly_one_owner():
 def test_atomic_write_json_round_trip(tmp_path):
     atomic_write_json(tmp_path / "a" / "b.json", {"x": [1, 2]})
     assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"x": [1, 2]}
+
+
+def test_force_joins_a_running_stage_instead_of_wiping_it(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    out = tmp_path / "run" / "scores"
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=False) is False
+    out.mkdir()
+    (out / "shard-00000.parquet").write_text("finished by another array task")
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=True) is False
+    assert (out / "shard-00000.parquet").exists()
+    rd.finish_stage("score", {})
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=False) is True
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=True) is False  # redo a finished stage
+    assert not out.exists() and rd.stage_state("score")["state"] == "running"
+    with pytest.raises(Exception, match="different config"):
+        rd.open_stage("score", "h2", "job: 2\n", [out], force=False)

@@ -10,6 +10,9 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Read column chunks through a buffer of this size: without one, pyarrow holds a
+# whole compressed row group (gigabytes in some files) before the first row.
+READ_BUFFER_BYTES = 1 << 20
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
 ROW_GROUP_ROWS = 1000
 ROW_GROUP_BYTES = 64 << 20  # long documents: flush by size before 1000 rows pile up

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from miniplm.config import CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
 from miniplm.corpus.readers import Rejection, read_input
-from miniplm.corpus.parquet import ShardWriter, iter_batches
+from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
 from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json
 
 STAGE = "prepare"
@@ -236,12 +236,16 @@ def _run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progres
         counter = ctx.Value("q", 0)
         with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
             pending = {pool.submit(process_unit, job, unit, config_hash) for unit in units}
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    future.result()  # re-raise a worker's error here; leaving the block cancels the rest
-                    unit_finished()
-                bar.update(counter.value - bar.n)
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        future.result()  # re-raise a worker's error here
+                        unit_finished()
+                    bar.update(counter.value - bar.n)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # stop at once rather than finish every unit
+                raise
     finally:
         bar.close()
 
@@ -281,7 +285,7 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
     repeated_ids: list[bytes] = []
     offset = 0
     for part in parts:
-        for batch in iter_batches(pq.ParquetFile(part), 4096):
+        for batch in iter_batches(pq.ParquetFile(part, buffer_size=READ_BUFFER_BYTES), 4096):
             table = pa.Table.from_batches([batch])
             st = status[offset : offset + table.num_rows]
             offset += table.num_rows

@@ -18,10 +18,10 @@ from typing import Any, Iterator
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
+import pyzstd
 
 from miniplm.config import InputSpec
-from miniplm.corpus.parquet import iter_batches
+from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 
 TABLE_BATCH_ROWS = 1024
 
@@ -66,55 +66,17 @@ def _fields_of(row: dict[str, Any], spec: InputSpec, line: int) -> RawDoc:
 # ---------------------------------------------------------------- JSONL
 
 
-class _ZstdFrames(io.RawIOBase):
-    """A zstd stream of one or more frames that raises EOFError when the data stops
-    mid-frame (zstandard's own stream reader reports a clean end there)."""
-
-    def __init__(self, path: str):
-        self._file = open(path, "rb")
-        self._dobj = zstandard.ZstdDecompressor().decompressobj()
-        self._pending = b""
-        self._offset = 0  # into _pending, so serving it out never copies what remains
-        self._in_frame = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        while self._offset == len(self._pending):
-            self._pending, self._offset = b"", 0
-            chunk = self._file.read(1 << 20)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd stream ends in the middle of a frame")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._pending += self._dobj.decompress(chunk)
-                chunk = b""
-                if self._dobj.eof:  # frame finished: the rest belongs to the next one
-                    chunk = self._dobj.unused_data
-                    self._dobj = zstandard.ZstdDecompressor().decompressobj()
-                    self._in_frame = False
-        n = min(len(buffer), len(self._pending) - self._offset)
-        buffer[:n] = memoryview(self._pending)[self._offset : self._offset + n]
-        self._offset += n
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
 def _open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if path.endswith(".zst") or path.endswith(".zstd"):
-        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
+        # pyzstd bounds each read's output (a small file can expand to gigabytes)
+        # and raises EOFError when the data stops mid-frame.
+        return pyzstd.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb", buffering=1 << 20)
 
 
-_STREAM_ERRORS = (OSError, EOFError, zstandard.ZstdError)
+_STREAM_ERRORS = (OSError, EOFError, pyzstd.ZstdError)
 
 
 def read_jsonl(path: str, spec: InputSpec, max_chars: int) -> Iterator[Item]:
@@ -195,7 +157,7 @@ def _rows_of(batch: dict[str, list], spec: InputSpec, first_line: int, path: str
 
 def read_parquet(path: str, spec: InputSpec) -> Iterator[Item]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES)
     except (OSError, pa.ArrowException) as e:
         yield Rejection("unreadable_file", path, None, f"{type(e).__name__}: {e}")
         return

@@ -86,6 +86,23 @@ def looks_loadable(name: str) -> bool:
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+def model_fingerprint(name: str) -> str:
+    """What identifies a model's weights without reading them: a local folder's config and
+    weight-file sizes, else the name (a hub id, or the bundled alias)."""
+    import hashlib
+
+    folder = Path(name)
+    if not folder.is_dir():
+        return name
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"{name}@{h.hexdigest()[:16]}"
+
+
 def load_tokenizer(name: str):
     """The tokenizer exactly as saved with the model.
 

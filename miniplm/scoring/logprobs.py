@@ -18,7 +18,13 @@ def _project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     head = model.get_output_embeddings()
     logits = torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None))
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    # What some architectures do to logits after the projection (Cohere, Granite, Gemma 2).
+    config = model.config
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
@@ -29,7 +35,8 @@ def target_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
                     targets: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """log p(targets[b, t] | input_ids[b, :t+1]) for every (b, t) where `scored` is true,
     in row-major order; float32 (float64 for a float64 model)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # use_cache=False: a key/value cache would only cost memory (several GB per batch for 7B models)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     h = hidden[scored]
     y = targets[scored]
     vocab = model.get_output_embeddings().weight.shape[0]

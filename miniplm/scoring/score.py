@@ -11,6 +11,7 @@ uninterrupted run writes (on CPU).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,8 @@ import torch
 from tqdm import tqdm
 
 from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
-from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device
-from miniplm.rundir import RunDir, StageError, Worker, atomic_path
+from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
+from miniplm.rundir import RunDir, StageError, Worker, atomic_path, atomic_write_text
 from miniplm.scoring.logprobs import target_logprobs
 from miniplm.scoring.windows import Window, pack_instances, plan_batches, windows_for
 
@@ -79,19 +80,39 @@ def _collate(batch: list[Window], sequences: list[np.ndarray], bos: int, device:
 
 
 class _Checkpoints:
-    """The shard's scored windows so far, saved in files of consecutive batches."""
+    """The shard's scored windows so far, saved in files of consecutive batches.
 
-    def __init__(self, folder: Path):
+    The folder also records the numeric environment (device, dtypes, attention
+    kernel, torch version) the batches were computed in; checkpoints from
+    another environment are discarded rather than mixed into one shard.
+    """
+
+    def __init__(self, folder: Path, environment: str):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        env_file = folder / "environment.txt"
+        if env_file.exists() and env_file.read_text() != environment:
+            print(f"score: {folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
+                  f"now {environment!r}; scoring the shard again", file=sys.stderr)
+            for f in folder.glob("batches-*.parquet"):
+                f.unlink()
+        if not env_file.exists() or env_file.read_text() != environment:
+            atomic_write_text(env_file, environment)
 
     def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
         done, results = 0, {}
         for f in sorted(self.folder.glob("batches-*.parquet")):
             first, last = (int(x) for x in f.stem.split("-")[1:3])
-            if first != done:
-                break  # a gap can only come from a foreign file; redo from here
-            for row in pq.read_table(f).to_pylist():
+            try:
+                rows = pq.read_table(f).to_pylist() if first == done else None
+            except (OSError, pa.ArrowException):
+                rows = None  # damaged by a crash of the machine, not the process
+            if rows is None:
+                for later in sorted(self.folder.glob("batches-*.parquet")):
+                    if int(later.stem.split("-")[1]) >= first:
+                        later.unlink()
+                break
+            for row in rows:
                 results[(row.pop("doc"), row.pop("start"))] = row
             done = last + 1
         return done, results
@@ -99,6 +120,13 @@ class _Checkpoints:
     def save(self, first: int, last: int, rows: list[dict]) -> None:
         with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
+
+
+def _environment(models: dict[str, torch.nn.Module], device: str) -> str:
+    """What decides the exact floating-point results besides the inputs."""
+    parts = [torch.device(device).type, f"torch {torch.__version__}"]
+    parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(models.items())]
+    return ", ".join(parts)
 
 
 def batch_logprobs(batch: list[Window], sequences: list[np.ndarray], models: dict[str, torch.nn.Module], bos: int,
@@ -114,7 +142,7 @@ def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, torch.nn.M
     cfg = job.score
     windows = [w for d, seq in enumerate(shard.sequences) for w in windows_for(d, len(seq), cfg.max_length, cfg.stride)]
     batches = plan_batches(windows, cfg.batch_tokens)
-    checkpoints = _Checkpoints(rd.work(STAGE) / f"shard-{shard.index:05d}")
+    checkpoints = _Checkpoints(rd.work(STAGE) / f"shard-{shard.index:05d}", _environment(models, device))
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
     progress.update(sum(len(seq) == 0 for seq in shard.sequences)
@@ -205,7 +233,9 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
     if job.score.unit == "instance" and tokenizer.eos_token_id is None:
         raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
 
-    config_hash = stage_config_hash(job, STAGE)
+    # The outputs depend on the documents and the weights too, not only on the job file.
+    config_hash = stage_config_hash(job, STAGE, (rd.docs / "stats.json").read_text(),
+                                    *(model_fingerprint(getattr(job, name).model) for name in MODELS))
     if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "scores"], force=force):
         return rd.stage_state(STAGE)["counts"]
     doc_shards = rd.doc_shards("main")
@@ -241,9 +271,12 @@ def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[
             with atomic_path(score_shard_path(rd, shard.index)) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
             rd.mark_done(STAGE, f"shard-{shard.index:05d}", config_hash)
+            shutil.rmtree(rd.work(STAGE) / f"shard-{shard.index:05d}", ignore_errors=True)
 
 
 def _counts(rd: RunDir) -> dict:
-    scores = pl.scan_parquet(str(rd.root / "scores" / "shard-*.parquet"))
-    row = scores.select(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens")).collect().row(0, named=True)
-    return {"rows": row["rows"], "tokens": int(row["tokens"] or 0), "shards": len(list((rd.root / "scores").glob("shard-*.parquet")))}
+    files = sorted((rd.root / "scores").glob("shard-*.parquet"))
+    if not files:  # an empty main split
+        return {"rows": 0, "tokens": 0, "shards": 0}
+    row = pl.scan_parquet(files).select(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens")).collect()
+    return {"rows": row["rows"][0], "tokens": int(row["tokens"][0] or 0), "shards": len(files)}

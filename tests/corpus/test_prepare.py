@@ -287,3 +287,16 @@ def test_kill_9_and_rerun_gives_the_same_shards(write_job, tmp_path):
     subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
     assert not (tmp_path / "killed" / "work").exists()
+
+
+def test_bad_input_under_fail_stops_the_other_processes_too(write_job, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_jsonl(src / "00-bad.jsonl", [b"{broken\n"])
+    for f in range(1, 40):
+        write_jsonl(src / f"{f:02d}.jsonl", [{"text": f"file {f} row {r} " + "z" * 50} for r in range(3000)])
+    job = load_job(write_job([{"path": str(src / "*.jsonl"), "format": "jsonl"}], on_error="fail", num_workers=2))
+    with pytest.raises(PrepareError, match=r"00-bad\.jsonl:1: malformed_json"):
+        prepare.run(job, show_progress=False)
+    finished = len(list((Path(job.run_dir) / "markers" / "prepare").glob("*.done")))
+    assert finished < 20, f"{finished} of 39 good files were still read after the failure"

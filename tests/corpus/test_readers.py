@@ -4,7 +4,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
+import pyzstd
 
 from miniplm.config import InputSpec, expand_input
 from miniplm.corpus.readers import RawDoc, Rejection, read_input
@@ -29,7 +29,7 @@ def test_jsonl_plain_and_compressed_read_the_same(tmp_path, suffix):
     if suffix == ".gz":
         path.write_bytes(gzip.compress(plain))
     elif suffix == ".zst":
-        path.write_bytes(zstandard.ZstdCompressor().compress(plain))
+        path.write_bytes(pyzstd.compress(plain))
     else:
         path.write_bytes(plain)
     spec = InputSpec(path=str(path), format="jsonl", id_field="id", metadata_fields=["lang"])
@@ -42,7 +42,7 @@ def test_jsonl_plain_and_compressed_read_the_same(tmp_path, suffix):
 def test_truncated_compressed_jsonl_keeps_what_was_read(tmp_path, suffix):
     rows = [{"text": f"line {i} " + "x" * 200} for i in range(5000)]
     plain = write_jsonl(tmp_path / "a.jsonl", rows).read_bytes()
-    packed = gzip.compress(plain) if suffix == ".gz" else zstandard.ZstdCompressor().compress(plain)
+    packed = gzip.compress(plain) if suffix == ".gz" else pyzstd.compress(plain)
     path = tmp_path / f"cut.jsonl{suffix}"
     path.write_bytes(packed[: len(packed) // 2])
     found = items(InputSpec(path=str(path), format="jsonl"))
@@ -51,6 +51,19 @@ def test_truncated_compressed_jsonl_keeps_what_was_read(tmp_path, suffix):
     assert [d[1] for d in docs] == [r["text"] for r in rows[: len(docs)]]
     last = found[-1]
     assert isinstance(last, Rejection) and last.reason == "truncated_file" and last.line == len(docs) + 1
+
+
+def test_a_small_zst_that_expands_hugely_is_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.jsonl.zst"
+    path.write_bytes(pyzstd.compress(b'{"text": "' + b"a" * 200_000_000 + b'"}\n{"text": "after"}\n'))
+    tracemalloc.start()
+    found = items(InputSpec(path=str(path), format="jsonl"), max_chars=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [(x.line, getattr(x, "reason", None) or x.text) for x in found] == [(1, "too_long"), (2, "after")]
+    assert path.stat().st_size < 100_000 and peak < 32 << 20, f"peak {peak / 2**20:.0f} MB"
 
 
 def test_jsonl_bad_lines_are_rejected_with_their_line(tmp_path):

@@ -181,3 +181,61 @@ def test_score_needs_prepared_documents_and_both_models(tiny_models, tmp_path):
         score.run(load_job(_job_file(tmp_path, tiny_models), ["reference=null"]), show_progress=False)
     with pytest.raises(ConfigError, match=r"teacher\.model: no model folder"):
         load_job(_job_file(tmp_path, tiny_models), ["teacher.model=./no/such/dir"])
+
+
+def test_checkpoints_from_another_environment_or_damaged_are_not_used(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from miniplm.scoring.score import _Checkpoints
+
+    folder = tmp_path / "shard-00000"
+    cp = _Checkpoints(folder, "cpu, float32")
+    cp.save(0, 1, [{"doc": 0, "start": 0, "teacher_logprob": -1.0, "reference_logprob": -2.0}])
+    cp.save(2, 3, [{"doc": 1, "start": 0, "teacher_logprob": -3.0, "reference_logprob": -4.0}])
+    assert _Checkpoints(folder, "cpu, float32").load() == (4, {
+        (0, 0): {"teacher_logprob": -1.0, "reference_logprob": -2.0},
+        (1, 0): {"teacher_logprob": -3.0, "reference_logprob": -4.0}})
+    (folder / "batches-000002-000003.parquet").write_bytes(b"")  # a crash of the machine
+    assert _Checkpoints(folder, "cpu, float32").load()[0] == 2
+    assert not (folder / "batches-000002-000003.parquet").exists()
+    assert _Checkpoints(folder, "cuda, bfloat16").load() == (0, {})
+    assert not list(folder.glob("batches-*"))
+
+
+def test_counts_of_an_empty_main_split(tmp_path):
+    assert score._counts(RunDir(tmp_path)) == {"rows": 0, "tokens": 0, "shards": 0}
+
+
+def test_logit_scaling_of_the_architecture_is_applied(tiny_models):
+    from miniplm.scoring.logprobs import target_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    x = torch.tensor([[0, 5, 9, 17, 3]])
+    ones = torch.ones_like(x[:, :-1])
+    plain = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
+    model.config.logit_scale = 0.5
+    scaled = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
+    with torch.no_grad():
+        logits = model(x[:, :-1]).logits[0] * 0.5
+    expected = torch.log_softmax(logits, -1).gather(1, x[0, 1:, None]).squeeze(1)
+    torch.testing.assert_close(scaled, expected)
+    assert not torch.allclose(plain, scaled)
+
+
+def test_changed_weights_or_documents_change_the_stage_hash(tiny_models, tmp_path):
+    import shutil
+
+    from miniplm.config import stage_config_hash
+    from miniplm.models.loading import model_fingerprint
+
+    copy = tmp_path / "teacher-copy"
+    shutil.copytree(tiny_models["teacher"], copy)
+    before = model_fingerprint(str(copy))
+    assert model_fingerprint(str(copy)) == before
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace('"rms_norm_eps"', '"rms_norm_eps_"'))
+    assert model_fingerprint(str(copy)) != before
+    job = load_job(_job_file(tmp_path, tiny_models))
+    assert stage_config_hash(job, "score", "docs-a") != stage_config_hash(job, "score", "docs-b")
+    assert stage_config_hash(job, "score") == stage_config_hash(
+        load_job(_job_file(tmp_path, tiny_models), ["score.checkpoint_every=7", "corpus.num_workers=2"]), "score")
