@@ -99,6 +99,25 @@ class ScoreConfig(_Strict):
         return self
 
 
+class SelectConfig(_Strict):
+    strategy: Literal["difference", "difference-sample", "random", "perplexity", "teacher"] = Field(
+        "difference", description="difference: MiniPLM's top by (teacher - reference) log-prob per token")
+    keep_fraction: float = Field(0.5, gt=0.0, le=1.0, description="budget: this fraction of the scored documents")
+    keep_tokens: int | None = Field(None, gt=0, description="budget in tokens instead of a fraction of documents")
+    temperature: float = Field(1.0, gt=0.0, description="difference-sample: Gumbel-top-k temperature")
+    perplexity_band: Literal["low", "middle", "high"] = Field("middle", description="perplexity: which band of reference loss")
+    min_teacher_logprob: float | None = Field(None, description="noise filter: drop below this teacher log-prob per token")
+    min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
+    max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
+    report_examples: int = Field(10, ge=0, description="rows in each example table of the report")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "SelectConfig":
+        if self.keep_tokens is not None and "keep_fraction" in self.model_fields_set:
+            raise ValueError("give keep_fraction or keep_tokens, not both")
+        return self
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
@@ -106,6 +125,7 @@ class JobConfig(_Strict):
     teacher: ModelSpec | None = None
     reference: ModelSpec | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
 
 # Which sections of the job each stage's outputs depend on: a change anywhere
@@ -113,11 +133,12 @@ class JobConfig(_Strict):
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "corpus"),
     "score": ("seed", "corpus", "teacher", "reference", "score"),
+    "select": ("seed", "select"),  # plus the score stage's own hash, which covers the rest
 }
 
 
 # Settings that change how the work runs, never what it writes.
-EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device")}
+EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device"), "select": ("report_examples",)}
 
 
 def stage_config_hash(job: JobConfig, stage: str, *extra: str) -> str:

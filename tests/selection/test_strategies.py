@@ -1,0 +1,90 @@
+import polars as pl
+import pytest
+
+from miniplm.config import SelectConfig
+from miniplm.selection.strategies import counts, decide
+
+
+def scores_table():
+    # id: (source, n_tokens, teacher per token, reference per token)
+    rows = {
+        "a": ("web", 10, -1.0, -4.0),   # difference 3.0
+        "b": ("web", 20, -2.0, -4.0),   # 2.0
+        "c": ("books", 10, -1.0, -2.0),  # 1.0
+        "d": ("books", 40, -3.0, -3.5),  # 0.5
+        "e": ("web", 10, -2.0, -2.0),   # 0.0
+        "f": ("code", 10, -6.0, -5.0),  # -1.0 (noise: teacher finds it hard)
+        "g": ("code", 30, -1.5, -3.5),  # 2.0, ties with b: id breaks it
+        "h": ("web", 2, -0.5, -5.0),    # 4.5 but only 2 tokens
+    }
+    return pl.DataFrame([
+        {"id": k, "source": s, "n_tokens": n, "teacher_logprob": t * n, "reference_logprob": r * n}
+        for k, (s, n, t, r) in rows.items()
+    ])
+
+
+def kept(cfg: SelectConfig, seed=0) -> list[str]:
+    d = decide(scores_table(), cfg, seed)
+    c = counts(d)
+    assert c["scored"] == 8 == c["kept"] + sum(c["dropped"].values())
+    return sorted(d.filter(pl.col("kept"))["id"])
+
+
+def test_difference_top_fraction_with_ties_broken_by_id():
+    assert kept(SelectConfig(keep_fraction=0.5)) == ["a", "b", "g", "h"]
+    assert kept(SelectConfig(keep_fraction=0.25)) == ["a", "h"]
+    assert kept(SelectConfig(keep_fraction=0.375)) == ["a", "b", "h"]  # b before g: same score, smaller id
+    assert kept(SelectConfig(keep_fraction=1.0)) == list("abcdefgh")
+
+
+def test_token_budget_keeps_the_longest_prefix_that_fits():
+    # ranking h(2) a(10) b(20) g(30) c(10) d(40) e f
+    assert kept(SelectConfig(keep_tokens=32)) == ["a", "b", "h"]
+    assert kept(SelectConfig(keep_tokens=62)) == ["a", "b", "g", "h"]
+    assert kept(SelectConfig(keep_tokens=61)) == ["a", "b", "h"]
+    assert kept(SelectConfig(keep_tokens=1)) == []
+
+
+def test_noise_filter_and_counts_by_reason():
+    cfg = SelectConfig(keep_fraction=0.5, min_tokens=5, min_teacher_logprob=-5.0)
+    d = decide(scores_table(), cfg, 0)
+    assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "b", "c", "g"]
+    reasons = dict(d.filter(~pl.col("kept")).select("id", "reason").iter_rows())
+    assert reasons == {"h": "too_few_tokens", "f": "low_teacher_logprob", "d": "below_cut", "e": "below_cut"}
+    assert counts(d) == {"scored": 8, "kept": 4, "tokens_scored": 132, "tokens_kept": 70,
+                         "dropped": {"too_few_tokens": 1, "low_teacher_logprob": 1, "source_cap": 0, "below_cut": 2}}
+    assert d.filter(pl.col("id") == "a")["score"][0] == pytest.approx(3.0)
+
+
+def test_source_cap():
+    # budget 4 documents, no source above half of it: web has h, a, b ranked first
+    d = decide(scores_table(), SelectConfig(keep_fraction=0.5, max_source_fraction=0.5), 0)
+    assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "c", "g", "h"]
+    assert dict(d.filter(pl.col("reason") == "source_cap").select("id", "source").iter_rows()) == {"b": "web", "e": "web"}
+
+
+def test_other_strategies():
+    assert kept(SelectConfig(strategy="teacher", keep_fraction=0.25)) == ["a", "h"]  # -0.5, -1.0, -1.0 (c loses on id)
+    assert kept(SelectConfig(strategy="perplexity", perplexity_band="low", keep_fraction=0.25)) == ["c", "e"]
+    assert kept(SelectConfig(strategy="perplexity", perplexity_band="high", keep_fraction=0.25)) == ["f", "h"]
+    # losses: a4 b4 c2 d3.5 e2 f5 g3.5 h5 -> middle band is d, g (3.5) and a, b (4)
+    assert kept(SelectConfig(strategy="perplexity", perplexity_band="middle", keep_fraction=0.5)) == ["a", "b", "d", "g"]
+
+
+def test_random_and_sampled_are_seeded_and_order_free():
+    table = scores_table()
+    for strategy in ("random", "difference-sample"):
+        cfg = SelectConfig(strategy=strategy, keep_fraction=0.5)
+        first = sorted(decide(table, cfg, 7).filter(pl.col("kept"))["id"])
+        shuffled = sorted(decide(table.sample(fraction=1.0, shuffle=True, seed=3), cfg, 7).filter(pl.col("kept"))["id"])
+        assert first == shuffled and len(first) == 4
+        others = {tuple(sorted(decide(table, cfg, s).filter(pl.col("kept"))["id"])) for s in range(10)}
+        assert len(others) > 1
+    # a cold temperature makes sampling the deterministic top-k
+    cold = SelectConfig(strategy="difference-sample", keep_fraction=0.5, temperature=1e-6)
+    assert sorted(decide(table, cold, 5).filter(pl.col("kept"))["id"]) == ["a", "b", "g", "h"]
+
+
+def test_both_budgets_is_a_config_error():
+    with pytest.raises(ValueError, match="not both"):
+        SelectConfig(keep_fraction=0.3, keep_tokens=100)
