@@ -58,6 +58,27 @@ def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.selection import select
+
+    counts = select.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    if counts is None:
+        print("select: this worker's shards are written; other workers still have shards to write")
+        return 0
+    dropped = ", ".join(f"{r} {n:,}" for r, n in counts["dropped"].items() if n)
+    print(f"select: kept {counts['kept']:,} of {counts['scored']:,} documents "
+          f"({counts['tokens_kept']:,} of {counts['tokens_scored']:,} tokens); dropped: {dropped or 'none'}")
+    print(f"report: {job.run_dir}/report/index.html")
+    return 0
+
+
+def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.selection import select
+
+    print(f"report: {select.rebuild_report(job)}")
+    return 0
+
+
 STAGES = {
     "prepare": (cmd_prepare, "read raw sources into deduplicated document shards per split",
                 "Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
@@ -66,6 +87,10 @@ STAGES = {
               "Run the teacher and the reference over every main-split shard and write "
               "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
               "Resumes inside a shard after a kill."),
+    "select": (cmd_select, "keep the documents the strategy ranks highest, with their text, and write the report",
+               "Decide from all score shards at once what to keep (select.strategy and its budget, the noise filter, "
+               "the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) and "
+               "RUN_DIR/report/."),
 }
 
 
@@ -86,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.set_defaults(handler=handler)
+    p = sub.add_parser("report", help="rebuild the selection report from the decisions on disk",
+                       description="Rebuild RUN_DIR/report/ (index.html, summary.json, plots) after select.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    p.set_defaults(handler=cmd_report)
     return parser
 
 

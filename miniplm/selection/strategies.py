@@ -15,6 +15,7 @@ shards were split among workers.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -24,70 +25,93 @@ from miniplm.config import SelectConfig
 REASONS = ("too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
 
 
-def _uniform_by_id(ids: pl.Series, seed: int) -> pl.Series:
+def _uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
     """A uniform (0, 1) draw per id: a seeded generator's numbers in sorted-id order."""
-    order = ids.arg_sort()
     u = np.empty(len(ids))
-    u[order.to_numpy()] = np.random.default_rng(seed).random(len(ids))
-    return pl.Series(np.clip(u, np.finfo(float).tiny, 1.0))
+    u[ids.arg_sort().to_numpy()] = np.random.default_rng(seed).random(len(ids))
+    return np.clip(u, np.finfo(float).tiny, 1.0)
 
 
-def _key(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.Series:
+def _key(cfg: SelectConfig, seed: int, ids: pl.Series | None, score: np.ndarray, teacher: np.ndarray,
+         loss: np.ndarray) -> np.ndarray:
     if cfg.strategy == "difference":
-        return df["score"]
+        return score
     if cfg.strategy == "difference-sample":
-        gumbel = -np.log(-np.log(_uniform_by_id(df["id"], seed).to_numpy()))
-        return df["score"] / cfg.temperature + pl.Series(gumbel)
+        return score / cfg.temperature - np.log(-np.log(_uniform_by_id(ids, seed)))
     if cfg.strategy == "random":
-        return _uniform_by_id(df["id"], seed)
+        return _uniform_by_id(ids, seed)
     if cfg.strategy == "teacher":
-        return df["teacher_per_token"]
-    loss = df["reference_loss"]
+        return teacher
     if cfg.perplexity_band == "low":
         return -loss
     if cfg.perplexity_band == "high":
         return loss
-    percentile = (loss.rank("average") - 0.5) / max(len(loss), 1)
-    return -(percentile - 0.5).abs()
+    percentile = (pl.Series(loss).rank("average").to_numpy() - 0.5) / max(len(loss), 1)
+    return -np.abs(percentile - 0.5)
+
+
+def _ranking(key: np.ndarray, id_of: Callable[[np.ndarray], pl.Series]) -> np.ndarray:
+    """Positions ordered by key, highest first, equal keys by id.
+
+    A sort on the float key alone, then a string sort of only the rows that
+    tie: sorting 100M (key, id) pairs would cost far more time and memory.
+    """
+    order = pl.Series(key).arg_sort(descending=True).to_numpy().astype(np.int64)  # a writable copy
+    ranked = key[order]
+    ties = np.flatnonzero(ranked[1:] == ranked[:-1])
+    if ties.size:
+        tied = np.unique(np.concatenate([ties, ties + 1]))
+        perm = (pl.DataFrame({"k": -ranked[tied], "id": id_of(order[tied])}).with_row_index()
+                .sort(["k", "id"])["index"].to_numpy())
+        order[tied] = order[tied][perm]
+    return order
 
 
 def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
-    """scores: id, source, n_tokens, teacher_logprob, reference_logprob (+ any columns, kept as they are)."""
-    n_scored = scores.height
-    df = scores.with_columns(
-        score=(pl.col("teacher_logprob") - pl.col("reference_logprob")) / pl.col("n_tokens"),
-        teacher_per_token=pl.col("teacher_logprob") / pl.col("n_tokens"),
-        reference_loss=-pl.col("reference_logprob") / pl.col("n_tokens"),
-    )
-    reason = pl.when(pl.col("n_tokens") < cfg.min_tokens).then(pl.lit("too_few_tokens"))
+    """scores: id, source, n_tokens, teacher_logprob, reference_logprob (+ any columns, kept as they are).
+    Returns the rows in the same order with score, teacher_per_token, reference_loss, key, kept, reason."""
+    n_tokens = scores["n_tokens"].to_numpy().astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        teacher = scores["teacher_logprob"].to_numpy() / n_tokens
+        loss = -scores["reference_logprob"].to_numpy() / n_tokens
+    score = teacher + loss
+
+    reason = np.zeros(scores.height, dtype=np.int8)  # 0: kept, else 1 + index in REASONS
+    reason[n_tokens < cfg.min_tokens] = 1
     if cfg.min_teacher_logprob is not None:
-        reason = reason.when(pl.col("teacher_per_token") < cfg.min_teacher_logprob).then(pl.lit("low_teacher_logprob"))
-    df = df.with_columns(reason=reason.otherwise(None))
+        reason[(reason == 0) & (teacher < cfg.min_teacher_logprob)] = 2
+    eligible = np.flatnonzero(reason == 0)
+    everyone = len(eligible) == scores.height  # the usual case: no copies needed
+    pick = (lambda a: a) if everyone else (lambda a: a[eligible])
+    ids = scores["id"]
+    id_of = ids.gather if everyone else (lambda positions: ids.gather(eligible[positions]))
+    key = np.full(scores.height, np.nan)
+    needs_ids = cfg.strategy in ("random", "difference-sample")
+    key[eligible] = _key(cfg, seed, id_of(np.arange(len(eligible))) if needs_ids else None,
+                         pick(score), pick(teacher), pick(loss))
+    order = eligible[_ranking(pick(key), id_of)]
 
-    eligible = df.filter(pl.col("reason").is_null())
-    eligible = eligible.with_columns(key=_key(eligible, cfg, seed)).sort(["key", "id"], descending=[True, False])
     by_tokens = cfg.keep_tokens is not None
-    budget = cfg.keep_tokens if by_tokens else math.floor(cfg.keep_fraction * n_scored + 0.5)
-    eligible = eligible.with_columns(cost=pl.col("n_tokens") if by_tokens else pl.lit(1, pl.Int64))
-    cost = pl.col("cost")
-
+    budget = cfg.keep_tokens if by_tokens else math.floor(cfg.keep_fraction * scores.height + 0.5)
+    cost = n_tokens[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
-        allowance = cfg.max_source_fraction * budget
-        capped = cost.cum_sum().over("source") > allowance
-        eligible = eligible.with_columns(reason=pl.when(capped).then(pl.lit("source_cap")).otherwise(None))
-    competing = pl.col("reason").is_null()
-    within = pl.when(competing).then(cost).otherwise(0).cum_sum() <= budget
-    eligible = eligible.with_columns(
-        kept=competing & within,
-        reason=pl.when(competing & ~within).then(pl.lit("below_cut")).otherwise(pl.col("reason")),
-    )
-    eligible = eligible.drop("cost")
-    dropped = df.filter(pl.col("reason").is_not_null()).with_columns(key=pl.lit(None, pl.Float64), kept=pl.lit(False))
-    return pl.concat([eligible, dropped.select(eligible.columns)])
+        spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
+            pl.col("cost").cum_sum().over("source"))["cost"].to_numpy()
+        reason[order[spent > cfg.max_source_fraction * budget]] = 3
+    competing = reason[order] == 0
+    within = competing & (np.cumsum(np.where(competing, cost, 0)) <= budget)
+    reason[order[competing & ~within]] = 4
+    kept = np.zeros(scores.height, dtype=bool)
+    kept[order[within]] = True
+
+    labels = pl.Series(reason).replace_strict({0: None, **{i + 1: r for i, r in enumerate(REASONS)}},
+                                              return_dtype=pl.Enum(list(REASONS)))
+    return scores.with_columns(score=score, teacher_per_token=teacher, reference_loss=loss, key=key,
+                               kept=kept, reason=labels)
 
 
 def counts(decisions: pl.DataFrame) -> dict:
-    dropped = dict(decisions.filter(~pl.col("kept")).group_by("reason").len().iter_rows())
+    dropped = dict(decisions.filter(~pl.col("kept"))["reason"].cast(pl.String).value_counts().iter_rows())
     kept = decisions.filter(pl.col("kept"))
     return {
         "scored": decisions.height,

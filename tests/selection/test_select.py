@@ -1,0 +1,169 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from miniplm.config import load_job
+from miniplm.corpus import prepare
+from miniplm.rundir import RunDir, Worker
+from miniplm.selection import select
+
+from tests.conftest import write_jsonl
+
+
+def make_scored_run(tmp_path: Path, name="run", **select_cfg):
+    """A prepared corpus of 200 documents in 4 main shards and synthetic scores with known
+    values: document i has difference score i / 100 (teacher -1 per token)."""
+    docs = tmp_path / "docs.jsonl"
+    if not docs.exists():
+        write_jsonl(docs, [{"id": f"doc-{i:03d}", "text": f"text of document {i} " + "w" * (i % 7),
+                            "src": ["web", "books"][i % 2]} for i in range(200)])
+    import yaml
+
+    job_path = tmp_path / f"{name}.yaml"
+    job_path.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / name), "seed": 3,
+        "corpus": {"inputs": [{"path": str(docs), "format": "jsonl", "id_field": "id", "source_field": "src"}],
+                   "docs_per_shard": 50, "reference_fraction": 0.0, "heldout_fraction": 0.0},
+        "select": {"report_examples": 5, **select_cfg}}))
+    job = load_job(job_path)
+    prepare.run(job, show_progress=False)
+    rd = RunDir(job.run_dir)
+    (rd.root / "scores").mkdir()
+    for k, shard in enumerate(rd.doc_shards("main")):
+        d = pl.read_parquet(shard)
+        i = d["id"].str.slice(4).cast(pl.Int64)
+        n = (i % 13 + 1)
+        d.select("id", "source").with_columns(
+            n_tokens=n, teacher_logprob=-1.0 * n, reference_logprob=(-1.0 - i / 100) * n
+        ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
+    rd.update_stage("score", state="done", config_hash="synthetic", counts={})
+    return job
+
+
+def selected_rows(run_dir) -> pl.DataFrame:
+    files = sorted((Path(run_dir) / "selected").glob("shard-*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def test_difference_keeps_the_top_half_with_text_and_score(tmp_path):
+    job = make_scored_run(tmp_path)
+    counts = select.run(job, show_progress=False)
+    assert counts["scored"] == 200 and counts["kept"] == 100
+    assert counts["kept"] + sum(counts["dropped"].values()) == counts["scored"]
+    rows = selected_rows(job.run_dir)
+    assert sorted(rows["id"]) == [f"doc-{i:03d}" for i in range(100, 200)]
+    assert rows.columns == ["id", "text", "source", "score"]
+    assert rows.filter(pl.col("id") == "doc-150")["score"][0] == pytest.approx(1.5)
+    original = pl.read_parquet(RunDir(job.run_dir).doc_shards("main")[3])
+    shard3 = pl.read_parquet(Path(job.run_dir) / "selected" / "shard-00003.parquet")
+    assert shard3["id"].to_list() == [i for i in original["id"] if i in set(shard3["id"])]  # original order
+    assert shard3["text"].to_list() == original.filter(pl.col("id").is_in(shard3["id"].to_list()))["text"].to_list()
+
+    import datasets
+
+    files = [str(p) for p in sorted((Path(job.run_dir) / "selected").glob("shard-*.parquet"))]
+    assert datasets.load_dataset("parquet", data_files=files, split="train").num_rows == 100
+
+
+def test_noise_filter_and_source_cap_counts_add_up(tmp_path):
+    job = make_scored_run(tmp_path, min_tokens=3, min_teacher_logprob=-0.5, keep_fraction=0.5)
+    counts = select.run(job, show_progress=False)
+    # teacher is -1 per token everywhere: the noise filter drops all (after the length filter)
+    assert counts["dropped"]["too_few_tokens"] == sum(1 for i in range(200) if i % 13 + 1 < 3)
+    assert counts["dropped"]["low_teacher_logprob"] == 200 - counts["dropped"]["too_few_tokens"]
+    assert counts["kept"] == 0 and selected_rows(job.run_dir).height == 0
+
+    capped = make_scored_run(tmp_path, name="capped", max_source_fraction=0.3, keep_fraction=0.5)
+    counts = select.run(capped, show_progress=False)
+    rows = selected_rows(capped.run_dir)
+    assert counts["kept"] == 60 == rows.height  # 30 per source at most, two sources
+    assert dict(rows.group_by("source").len().iter_rows()) == {"web": 30, "books": 30}
+    assert counts["dropped"]["source_cap"] == 140 and counts["dropped"]["below_cut"] == 0
+
+
+def test_same_ids_on_rerun_and_with_two_workers(tmp_path):
+    for strategy in ("difference", "difference-sample", "random"):
+        one = make_scored_run(tmp_path, name=f"one-{strategy}", strategy=strategy, keep_fraction=0.3)
+        select.run(one, show_progress=False)
+        two = make_scored_run(tmp_path, name=f"two-{strategy}", strategy=strategy, keep_fraction=0.3)
+        assert select.run(two, Worker(1, 2), show_progress=False) is None
+        assert select.run(two, Worker(0, 2), show_progress=False)["kept"] == 60
+        ids_one, ids_two = selected_rows(one.run_dir)["id"].to_list(), selected_rows(two.run_dir)["id"].to_list()
+        assert ids_one == ids_two and len(ids_one) == 60
+        shutil.rmtree(Path(one.run_dir) / "selected")
+        select.run(one, force=True, show_progress=False)
+        assert selected_rows(one.run_dir)["id"].to_list() == ids_one
+
+
+def test_report_files_and_rebuild(tmp_path):
+    job = make_scored_run(tmp_path)
+    select.run(job, show_progress=False)
+    report = Path(job.run_dir) / "report"
+    names = sorted(p.name for p in report.iterdir())
+    assert names == ["difference.png", "index.html", "lengths.png", "sources.png", "summary.json",
+                     "teacher_vs_reference.png"]
+    for png in report.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["kept"] == 100 and summary["cut_score"] == pytest.approx(1.0)
+    assert {s["source"]: s["kept"] for s in summary["sources"]} == {"web": 50, "books": 50}
+    page = (report / "index.html").read_text()
+    assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4
+    assert page.count('class="examples"') == 3 and "doc-199" in page and "text of document 199" in page
+    (report / "index.html").unlink()
+    assert select.rebuild_report(job) == report / "index.html" and (report / "index.html").exists()
+
+
+CHROMIUM = shutil.which("chromium") and shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    job = make_scored_run(tmp_path)
+    select.run(job, show_progress=False)
+    page = (Path(job.run_dir) / "report" / "index.html").resolve()
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(page.as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        tables = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => [t.className, t.rows.length])")
+    finally:
+        driver.quit()
+    assert len(images) == 4 and all(done and w > 200 and h > 200 for done, w, h in images), images
+    assert [c for c, _ in tables] == ["counts", "sources", "examples", "examples", "examples"]
+    assert all(rows > 1 for _, rows in tables)
+
+
+def test_cli_select_and_report(tmp_path, capsys):
+    from miniplm.cli import main
+
+    make_scored_run(tmp_path, keep_fraction=0.25)
+    assert main(["select", str(tmp_path / "run.yaml"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 50 of 200 documents" in out and "below_cut 150" in out and "report/index.html" in out
+    assert main(["report", str(tmp_path / "run.yaml")]) == 0
+    assert "index.html" in capsys.readouterr().out
+
+
+def test_select_needs_finished_scores(tmp_path):
+    from miniplm.rundir import StageError
+
+    job = make_scored_run(tmp_path)
+    RunDir(job.run_dir).update_stage("score", state="running")
+    with pytest.raises(StageError, match="run `miniplm score` first"):
+        select.run(job, show_progress=False)
