@@ -88,3 +88,16 @@ def test_random_and_sampled_are_seeded_and_order_free():
 def test_both_budgets_is_a_config_error():
     with pytest.raises(ValueError, match="not both"):
         SelectConfig(keep_fraction=0.3, keep_tokens=100)
+
+
+def test_random_and_sampled_selections_are_exactly_the_documented_draws():
+    import numpy as np
+
+    table = scores_table()
+    ids = sorted(table["id"])  # draws are handed out in id order
+    u = dict(zip(ids, np.random.default_rng(11).random(len(ids))))
+    top4 = lambda key: sorted(sorted(ids, key=lambda i: (-key[i], i))[:4])  # noqa: E731
+    assert kept(SelectConfig(strategy="random", keep_fraction=0.5), seed=11) == top4(u)
+    score = {r["id"]: (r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"] for r in table.iter_rows(named=True)}
+    gumbel = {i: score[i] / 2.0 - np.log(-np.log(u[i])) for i in ids}
+    assert kept(SelectConfig(strategy="difference-sample", temperature=2.0, keep_fraction=0.5), seed=11) == top4(gumbel)
