@@ -377,7 +377,7 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
             return {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")}
 
         rd.finish_once(STAGE, finalize)
-    except (PrepareError, OSError) as e:
+    except Exception as e:  # anything but an interrupt: the manifest must not say running
         rd.fail_stage(STAGE, str(e))
         raise
     return read_stats(rd.root)

@@ -246,7 +246,7 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
         if not all(rd.is_done(STAGE, f"shard-{i:05d}", config_hash) for i in range(len(doc_shards))):
             return None
         rd.finish_once(STAGE, lambda: _counts(rd))
-    except (StageError, OSError) as e:
+    except Exception as e:  # anything but an interrupt: the manifest must not say running
         rd.fail_stage(STAGE, str(e))
         raise
     return rd.stage_state(STAGE)["counts"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
+matplotlib.rcParams["text.parse_math"] = False  # source names are labels, not TeX ("$5 off")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
@@ -125,7 +126,8 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = job.select
     kept = decisions.filter(pl.col("kept"))
-    cut = float(kept["score"].min()) if cfg.strategy == "difference" and kept.height else None
+    finite_kept = _finite(kept["score"])
+    cut = float(finite_kept.min()) if cfg.strategy == "difference" and len(finite_kept) else None
     summary = {
         "strategy": cfg.strategy,
         "budget": {"keep_tokens": cfg.keep_tokens} if cfg.keep_tokens else {"keep_fraction": cfg.keep_fraction},

@@ -50,7 +50,7 @@ def read_scores(rd: RunDir) -> pl.DataFrame:
 
 def _decide_once(job: JobConfig, rd: RunDir, config_hash: str) -> None:
     with file_lock(rd.work(STAGE) / "decide.lock"):
-        if rd.is_done(STAGE, "decisions", config_hash):
+        if rd.is_done(STAGE, "decisions", config_hash) or rd.stage_state(STAGE).get("state") == "done":
             return
         decisions = decide(read_scores(rd), job.select, job.seed)
         with atomic_path(decisions_path(rd)) as tmp:
@@ -86,12 +86,16 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
         doc_shards = rd.doc_shards("main")
         todo = [i for i in worker.owned(len(doc_shards)) if not rd.is_done(STAGE, f"shard-{i:05d}", config_hash)]
         for i in tqdm(todo, desc="select", unit="shard", disable=not show_progress or not todo):
+            if rd.stage_state(STAGE).get("state") == "done":
+                break  # a late worker: the others finished the stage meanwhile
             _write_shard(rd, i, doc_shards[i])
             rd.mark_done(STAGE, f"shard-{i:05d}", config_hash)
+        if rd.stage_state(STAGE).get("state") == "done":
+            return rd.stage_state(STAGE)["counts"]
         if not all(rd.is_done(STAGE, f"shard-{i:05d}", config_hash) for i in range(len(doc_shards))):
             return None
         rd.finish_once(STAGE, lambda: _finish(job, rd))
-    except (StageError, OSError) as e:
+    except Exception as e:  # anything but an interrupt: the manifest must not say running
         rd.fail_stage(STAGE, str(e))
         raise
     return rd.stage_state(STAGE)["counts"]

@@ -2,8 +2,9 @@
 
 `decide` takes one row per scored document and returns the same rows with a
 difference score, a ranking key, `kept`, and for every dropped document the
-reason, applied in this order: too_few_tokens, low_teacher_logprob (the noise
-filter), source_cap, below_cut. So scored = kept + the sum of the reasons.
+reason, applied in this order: non_finite_score (a NaN or infinite log-prob
+from a broken model or document), too_few_tokens, low_teacher_logprob (the
+noise filter), source_cap, below_cut. So scored = kept + the sum of the reasons.
 
 Every strategy ranks by a key (higher is better) with ties broken by id, and
 keeps the longest prefix of that ranking within the budget: exact and
@@ -22,7 +23,7 @@ import polars as pl
 
 from miniplm.config import SelectConfig
 
-REASONS = ("too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
+REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
 
 
 def _uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
@@ -71,15 +72,18 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     """scores: id, source, n_tokens, teacher_logprob, reference_logprob (+ any columns, kept as they are).
     Returns the rows in the same order with score, teacher_per_token, reference_loss, key, kept, reason."""
     n_tokens = scores["n_tokens"].to_numpy().astype(np.int64)
+    t = scores["teacher_logprob"].fill_null(np.nan).to_numpy()
+    r = scores["reference_logprob"].fill_null(np.nan).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        teacher = scores["teacher_logprob"].to_numpy() / n_tokens
-        loss = -scores["reference_logprob"].to_numpy() / n_tokens
-    score = teacher + loss
+        score = (t - r) / n_tokens  # one rounding, so equal differences tie and fall to the id
+        teacher = t / n_tokens
+        loss = -r / n_tokens
 
     reason = np.zeros(scores.height, dtype=np.int8)  # 0: kept, else 1 + index in REASONS
-    reason[n_tokens < cfg.min_tokens] = 1
+    reason[~(np.isfinite(t) & np.isfinite(r))] = 1
+    reason[(reason == 0) & (n_tokens < cfg.min_tokens)] = 2
     if cfg.min_teacher_logprob is not None:
-        reason[(reason == 0) & (teacher < cfg.min_teacher_logprob)] = 2
+        reason[(reason == 0) & (teacher < cfg.min_teacher_logprob)] = 3
     eligible = np.flatnonzero(reason == 0)
     everyone = len(eligible) == scores.height  # the usual case: no copies needed
     pick = (lambda a: a) if everyone else (lambda a: a[eligible])
@@ -97,10 +101,11 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     if cfg.max_source_fraction is not None:
         spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
             pl.col("cost").cum_sum().over("source"))["cost"].to_numpy()
-        reason[order[spent > cfg.max_source_fraction * budget]] = 3
+        allowance = math.floor(cfg.max_source_fraction * budget + 1e-9)  # 0.29 * 100 is 28.999...
+        reason[order[spent > allowance]] = 4
     competing = reason[order] == 0
     within = competing & (np.cumsum(np.where(competing, cost, 0)) <= budget)
-    reason[order[competing & ~within]] = 4
+    reason[order[competing & ~within]] = 5
     kept = np.zeros(scores.height, dtype=bool)
     kept[order[within]] = True
 

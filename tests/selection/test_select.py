@@ -99,6 +99,15 @@ def test_same_ids_on_rerun_and_with_two_workers(tmp_path):
         assert selected_rows(one.run_dir)["id"].to_list() == ids_one
 
 
+def test_report_survives_odd_source_names(tmp_path):
+    job = make_scored_run(tmp_path)
+    scores = Path(job.run_dir) / "scores" / "shard-00000.parquet"
+    pl.read_parquet(scores).with_columns(source=pl.lit("$\\frac <b>&$5")).write_parquet(scores)
+    select.run(job, show_progress=False)
+    page = (Path(job.run_dir) / "report" / "index.html").read_text()
+    assert "$\\frac &lt;b&gt;&amp;$5" in page and "<b>&$5" not in page
+
+
 def test_report_files_and_rebuild(tmp_path):
     job = make_scored_run(tmp_path)
     select.run(job, show_progress=False)

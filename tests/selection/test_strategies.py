@@ -52,7 +52,8 @@ def test_noise_filter_and_counts_by_reason():
     reasons = dict(d.filter(~pl.col("kept")).select("id", "reason").iter_rows())
     assert reasons == {"h": "too_few_tokens", "f": "low_teacher_logprob", "d": "below_cut", "e": "below_cut"}
     assert counts(d) == {"scored": 8, "kept": 4, "tokens_scored": 132, "tokens_kept": 70,
-                         "dropped": {"too_few_tokens": 1, "low_teacher_logprob": 1, "source_cap": 0, "below_cut": 2}}
+                         "dropped": {"non_finite_score": 0, "too_few_tokens": 1, "low_teacher_logprob": 1,
+                                     "source_cap": 0, "below_cut": 2}}
     assert d.filter(pl.col("id") == "a")["score"][0] == pytest.approx(3.0)
 
 
@@ -101,3 +102,28 @@ def test_random_and_sampled_selections_are_exactly_the_documented_draws():
     score = {r["id"]: (r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"] for r in table.iter_rows(named=True)}
     gumbel = {i: score[i] / 2.0 - np.log(-np.log(u[i])) for i in ids}
     assert kept(SelectConfig(strategy="difference-sample", temperature=2.0, keep_fraction=0.5), seed=11) == top4(gumbel)
+
+
+def test_non_finite_scores_are_dropped_not_ranked_first():
+    table = scores_table().with_columns(
+        teacher_logprob=pl.when(pl.col("id") == "e").then(float("nan")).otherwise(pl.col("teacher_logprob")),
+        reference_logprob=pl.when(pl.col("id") == "c").then(float("-inf"))
+        .when(pl.col("id") == "d").then(None).otherwise(pl.col("reference_logprob")))
+    d = decide(table, SelectConfig(keep_fraction=0.5), 0)
+    assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "b", "g", "h"]
+    assert sorted(d.filter(pl.col("reason") == "non_finite_score")["id"]) == ["c", "d", "e"]
+
+
+def test_equal_differences_tie_exactly_and_fall_to_the_id():
+    # (t - r) / n is 1/3 for all three, though t/n - r/n would round differently
+    table = pl.DataFrame({"id": ["d11", "d5", "d7"], "source": ["s"] * 3, "n_tokens": [3, 6, 9],
+                          "teacher_logprob": [-1.0, -2.0, -3.0], "reference_logprob": [-2.0, -4.0, -6.0]})
+    d = decide(table, SelectConfig(keep_fraction=0.34), 0)
+    assert d.filter(pl.col("kept"))["id"].to_list() == ["d11"]  # ids compare as strings
+
+
+def test_source_cap_allowance_is_not_lost_to_rounding():
+    table = pl.DataFrame({"id": [f"x{i:03d}" for i in range(200)], "source": ["a", "b"] * 100, "n_tokens": [10] * 200,
+                          "teacher_logprob": [-float(i) for i in range(200)], "reference_logprob": [-300.0] * 200})
+    d = decide(table, SelectConfig(keep_fraction=0.5, max_source_fraction=0.29), 0)
+    assert dict(d.filter(pl.col("kept")).group_by("source").len().iter_rows()) == {"a": 29, "b": 29}
