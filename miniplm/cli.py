@@ -72,6 +72,20 @@ def cmd_select(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.corpus import tokenize
+
+    for name, counts in tokenize.run(job, _worker(args), only=args.only, force=args.force,
+                                     show_progress=not args.quiet).items():
+        if counts is None:
+            print(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
+        else:
+            print(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
+                  f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} tail tokens "
+                  f"left over) in {job.run_dir}/tokens/{name}")
+    return 0
+
+
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
@@ -91,6 +105,10 @@ STAGES = {
                "Decide from all score shards at once what to keep (select.strategy and its budget, the noise filter, "
                "the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) and "
                "RUN_DIR/report/."),
+    "tokenize": (cmd_tokenize, "pack documents into token rows for training",
+                 "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
+                 "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
+                 "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
 }
 
 
@@ -111,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.set_defaults(handler=handler)
+        if name == "tokenize":
+            p.add_argument("--only", metavar="NAME", help="only this token set")
     p = sub.add_parser("report", help="rebuild the selection report from the decisions on disk",
                        description="Rebuild RUN_DIR/report/ (index.html, summary.json, plots) after select.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -118,6 +118,16 @@ class SelectConfig(_Strict):
         return self
 
 
+class TokenSet(_Strict):
+    """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    input: Literal["selected", "main", "reference", "heldout"] = Field(
+        "selected", description="the selected documents, or a split of the prepared ones")
+    tokenizer: str | None = Field(None, description="a folder, hub id or smollm2-135m; default: the teacher's")
+    seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
@@ -126,6 +136,14 @@ class JobConfig(_Strict):
     reference: ModelSpec | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    tokenize: list[TokenSet] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _token_set_names_unique(self) -> "JobConfig":
+        names = [t.name for t in self.tokenize]
+        if len(names) != len(set(names)):
+            raise ValueError(f"tokenize: names must differ (got {', '.join(names)})")
+        return self
 
 
 # Which sections of the job each stage's outputs depend on: a change anywhere
@@ -134,6 +152,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "corpus"),
     "score": ("seed", "corpus", "teacher", "reference", "score"),
     "select": ("seed", "select"),  # plus the score stage's own hash, which covers the rest
+    "tokenize": ("seed",),  # plus the token set, its tokenizer and the input stage's hash
 }
 
 
