@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from miniplm.models.flops import forward_flops_per_token, matmul_rate, sync
 from miniplm.models.loading import attention_implementation
 from miniplm.scoring.score import batch_logprobs
 from miniplm.scoring.windows import plan_batches, windows_for
@@ -42,33 +43,6 @@ def documents(n: int, seed: int = 0, vocab: int = 32768) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(np.log(400), 0.8, size=n).astype(int), 1, 2048)
     return [rng.integers(10, vocab, size=int(length)) for length in lengths]
-
-
-def matmul_rate(dtype: torch.dtype, device: str) -> float:
-    n = 4096 if device == "cuda" else 1024
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    reps = 50 if device == "cuda" else 5
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
-def flops_per_token(cfg: Qwen2Config, mean_context: float) -> float:
-    d, L, f, v = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
-    kv = d * cfg.num_key_value_heads // cfg.num_attention_heads
-    per_layer = 2 * (d * d + 2 * d * kv + d * d) + 2 * 3 * d * f + 2 * 2 * d * mean_context
-    return L * per_layer + 2 * d * v
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_loop(model, docs, bos: int, device: str) -> list[float]:
@@ -100,10 +74,10 @@ def miniplm_scorer(model, docs, bos: int, device: str, batch_tokens: int, max_le
 
 
 def timed(fn, device: str):
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - start
 
 
@@ -118,7 +92,7 @@ def bench(shape: str, n_docs: int, batch_tokens: int, device: str) -> None:
     tokens = sum(len(d) for d in docs)
     mean_context = sum(len(d) * (len(d) + 1) / 2 for d in docs) / tokens
     rate = matmul_rate(dtype, device)
-    limit = rate / flops_per_token(cfg, mean_context)
+    limit = rate / forward_flops_per_token(cfg, mean_context)
 
     miniplm_scorer(model, docs[:8], 0, device, batch_tokens, 2048)  # warm-up
     plain_loop(model, docs[:8], 0, device)
@@ -127,7 +101,7 @@ def bench(shape: str, n_docs: int, batch_tokens: int, device: str) -> None:
     diff = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(fast, plain))
 
     print(f"\n{shape} on {device} ({dtype}, {attn}): {n_docs} documents, {tokens:,} tokens, "
-          f"matmul {rate / 1e12:.2f} TFLOP/s, {flops_per_token(cfg, mean_context) / 1e9:.2f} GFLOP/token, "
+          f"matmul {rate / 1e12:.2f} TFLOP/s, {forward_flops_per_token(cfg, mean_context) / 1e9:.2f} GFLOP/token, "
           f"FLOP limit {limit:,.0f} tok/s")
     print(f"{'scorer':<10} {'tok/s':>12} {'x plain':>8} {'of limit':>9}")
     for name, seconds in (("plain", t_plain), ("miniplm", t_fast)):

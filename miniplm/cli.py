@@ -86,6 +86,20 @@ def cmd_tokenize(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.training import train
+
+    results = train.run(job, only=args.only, force=args.force, show_progress=not args.quiet)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for name, counts in results.items():
+            held = counts.get("heldout_loss")
+            print(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss {counts['loss']:.4f}"
+                  + (f", held-out loss {held:.4f}" if held is not None else "") + f"; model in {job.run_dir}/models/{name}")
+    return 0
+
+
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
@@ -109,6 +123,10 @@ STAGES = {
                  "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
                  "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
                  "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
+    "train": (cmd_train, "pretrain the job's students with DeepSpeed",
+              "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
+              "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
+              "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
 }
 
 
@@ -129,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.set_defaults(handler=handler)
-        if name == "tokenize":
-            p.add_argument("--only", metavar="NAME", help="only this token set")
+        if name in ("tokenize", "train"):
+            p.add_argument("--only", metavar="NAME", help=f"only this {'token set' if name == 'tokenize' else 'student'}")
     p = sub.add_parser("report", help="rebuild the selection report from the decisions on disk",
                        description="Rebuild RUN_DIR/report/ (index.html, summary.json, plots) after select.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

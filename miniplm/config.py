@@ -128,6 +128,46 @@ class TokenSet(_Strict):
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
 
 
+class StudentConfig(_Strict):
+    """A model to pretrain with DeepSpeed on a token set: RUN_DIR/models/NAME/."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    preset: str | None = Field(None, description="tiny, tiny-4l, qwen-104m, qwen-200m, qwen-500m or qwen-1.2b")
+    config: str | None = Field(None, description="instead of a preset: a Hugging Face config.json or model folder")
+    tokens: str = Field(description="the token set (tokenize: name) to train on")
+    heldout: str | None = Field(None, description="a token set for held-out loss")
+    steps: int = Field(gt=0)
+    batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
+    micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
+    lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to lr * this")
+    warmup_steps: int = Field(2000, ge=0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    clip: float = Field(1.0, gt=0)
+    zero_stage: int = Field(1, ge=0, le=3)
+    offload_optimizer: bool = False
+    gradient_checkpointing: bool = False
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged over miniplm's DeepSpeed config")
+    eval_every: int = Field(100, gt=0)
+    eval_rows: int = Field(64, gt=0, description="held-out rows per evaluation")
+    checkpoint_every: int = Field(500, gt=0)
+    log_rows: bool = Field(False, description="write each step's row indices to the metrics (for audits and tests)")
+    tensorboard: bool = False
+    wandb: bool = False
+
+    @model_validator(mode="after")
+    def _one_architecture(self) -> "StudentConfig":
+        from miniplm.models.presets import PRESETS
+
+        if (self.preset is None) == (self.config is None):
+            raise ValueError("give a preset or a config, not both or neither")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
+        return self
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
@@ -137,6 +177,7 @@ class JobConfig(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     tokenize: list[TokenSet] = Field(default_factory=list)
+    students: list[StudentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _token_set_names_unique(self) -> "JobConfig":
@@ -153,6 +194,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "score": ("seed", "corpus", "teacher", "reference", "score"),
     "select": ("seed", "select"),  # plus the score stage's own hash, which covers the rest
     "tokenize": ("seed",),  # plus the token set, its tokenizer and the input stage's hash
+    "train": ("seed",),  # plus the student and its token sets' hashes
 }
 
 

@@ -1,0 +1,139 @@
+"""Training with DeepSpeed on CPU: resume after SIGKILL, several processes, and the exported model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import write_jsonl
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def tokenized(tiny_models, tmp_path_factory):
+    """A prepared and tokenized run directory to copy: 'main' rows to train on, 'held' for held-out loss."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    words = "the god created heaven earth def return print import path numbers fox dog".split()
+    write_jsonl(root / "docs.jsonl", [{"text": " ".join(rng.choice(words, size=rng.integers(5, 60)))} for _ in range(120)])
+    job = {"run_dir": str(root / "base"), "seed": 1,
+           "corpus": {"inputs": [{"path": str(root / "docs.jsonl"), "format": "jsonl"}], "docs_per_shard": 50,
+                      "reference_fraction": 0.0, "heldout_fraction": 0.15},
+           "teacher": {"model": tiny_models["teacher"]},
+           "tokenize": [{"name": "main", "input": "main", "seq_len": 64}, {"name": "held", "input": "heldout", "seq_len": 64}],
+           "students": [{"name": "s", "preset": "tiny", "tokens": "main", "heldout": "held", "steps": STEPS,
+                         "batch_tokens": 512, "micro_batch": 4, "warmup_steps": 3, "eval_every": 6, "eval_rows": 32,
+                         "checkpoint_every": 4, "log_rows": True}]}
+    (root / "base.yaml").write_text(yaml.safe_dump(job))
+    for stage in ("prepare", "tokenize"):
+        subprocess.run([sys.executable, "-m", "miniplm", stage, str(root / "base.yaml"), "-q"], check=True,
+                       capture_output=True)
+    return root, job
+
+
+def _copy(tokenized, name: str) -> Path:
+    import shutil
+
+    root, job = tokenized
+    shutil.copytree(root / "base", root / name)
+    job = {**job, "run_dir": str(root / name)}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _train(job_path: Path, *launcher: str) -> subprocess.CompletedProcess:
+    cmd = [*launcher, "-m", "miniplm", "train", str(job_path), "-q"] if launcher else \
+        [sys.executable, "-m", "miniplm", "train", str(job_path), "-q"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _metrics(job_path: Path) -> dict[int, dict]:
+    run_dir = Path(yaml.safe_load(job_path.read_text())["run_dir"])
+    lines = [json.loads(line) for line in (run_dir / "train" / "s" / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m for m in lines}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tokenized):
+    path = _copy(tokenized, "clean")
+    result = _train(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path, _metrics(path)
+
+
+def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninterrupted):
+    _, clean = uninterrupted
+    path = _copy(tokenized, "killed")
+    metrics = Path(yaml.safe_load(path.read_text())["run_dir"]) / "train" / "s" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "miniplm", "train", str(path), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = len(metrics.read_text().splitlines())
+    assert 10 <= logged < STEPS, f"the kill landed after step {logged}"
+
+    result = _train(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = _metrics(path)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert resumed[step]["rows"] == clean[step]["rows"]
+        assert resumed[step]["loss"] == pytest.approx(clean[step]["loss"], abs=1e-5)
+    # every row exactly once per epoch, interruption or not
+    n_rows = int(subprocess.run([sys.executable, "-c", f"from miniplm.corpus.tokens import TokenRows; "
+                                 f"print(len(TokenRows('{metrics.parents[2] / 'tokens' / 'main'}')))"],
+                                capture_output=True, text=True, check=True).stdout)
+    order = [r for step in range(1, STEPS + 1) for r in resumed[step]["rows"]]
+    assert len(order) > n_rows, "the run should cover more than one epoch"
+    assert sorted(order[:n_rows]) == list(range(n_rows))
+
+
+def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupted):
+    _, clean = uninterrupted
+    path = _copy(tokenized, "two")
+    result = _train(path, sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(29600 + os.getpid() % 300))
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = _metrics(path)
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert two[step]["rows"] == clean[step]["rows"]
+        assert two[step]["loss"] == pytest.approx(clean[step]["loss"], rel=1e-4)
+    assert two[STEPS]["heldout_loss"] == pytest.approx(clean[STEPS]["heldout_loss"], rel=1e-4)
+
+
+def test_exported_model_reloads_and_gives_the_reported_heldout_loss(tokenized, uninterrupted):
+    from transformers import AutoModelForCausalLM
+
+    from miniplm.corpus.tokens import TokenRows
+    from miniplm.models.loading import load_tokenizer
+
+    path, clean = uninterrupted
+    run_dir = Path(yaml.safe_load(path.read_text())["run_dir"])
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "models" / "s").eval()
+    assert model.config.model_type == "qwen2"
+    # (AutoTokenizer in transformers 5 would return a Qwen2Tokenizer with an extra <|endoftext|>)
+    assert len(load_tokenizer(str(run_dir / "models" / "s"))) == model.config.vocab_size == 300
+    rows = TokenRows(run_dir / "tokens" / "held")
+    batch = torch.from_numpy(np.stack([rows[i] for i in range(32)]).astype(np.int64))
+    with torch.no_grad():
+        logits = model(batch[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    assert float(loss) == pytest.approx(clean[STEPS]["heldout_loss"], abs=1e-5)
+    state = json.loads((run_dir / "manifest.json").read_text())["stages"]["train/s"]
+    assert state["state"] == "done" and state["counts"]["step"] == STEPS
