@@ -100,6 +100,18 @@ def cmd_train(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_reference(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.training import train
+
+    counts = train.run_reference(job, force=args.force, show_progress=not args.quiet)["reference"]
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
+              f"model in {job.run_dir}/models/reference")
+    return 0
+
+
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
@@ -123,11 +135,18 @@ STAGES = {
                  "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
                  "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
                  "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
+    "train-reference": (cmd_train_reference, "train the reference LM on the reference split (reference: {train: ...})",
+                        "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
+                        "DeepSpeed into RUN_DIR/models/reference, which score then uses."),
     "train": (cmd_train, "pretrain the job's students with DeepSpeed",
               "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
               "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
               "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
 }
+
+
+# the pipeline's order, for --help
+STAGES = {name: STAGES[name] for name in ("prepare", "train-reference", "score", "select", "tokenize", "train")}
 
 
 def build_parser() -> argparse.ArgumentParser:

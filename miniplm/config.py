@@ -168,12 +168,37 @@ class StudentConfig(_Strict):
         return self
 
 
+class ReferenceTraining(StudentConfig):
+    """How to train the reference LM here: on the reference split, with the teacher's tokenizer."""
+
+    name: str = "reference"
+    tokens: str = "reference"
+    preset: str | None = "qwen-104m"
+    seq_len: int = Field(1024, gt=0)
+
+
+class ReferenceSpec(_Strict):
+    """The reference LM: a model to load (`model`), or one to train in this run (`train`)."""
+
+    model: str | None = None
+    train: ReferenceTraining | None = None
+    dtype: Dtype = "auto"
+
+    @model_validator(mode="after")
+    def _model_or_train(self) -> "ReferenceSpec":
+        if (self.model is None) == (self.train is None):
+            raise ValueError("give reference.model (a checkpoint) or reference.train (train it here), not both")
+        if self.train is not None and (self.train.name, self.train.tokens) != ("reference", "reference"):
+            raise ValueError("reference.train is always named 'reference' and trains on the 'reference' token set")
+        return self
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
     corpus: CorpusConfig
     teacher: ModelSpec | None = None
-    reference: ModelSpec | None = None
+    reference: ReferenceSpec | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     tokenize: list[TokenSet] = Field(default_factory=list)
@@ -265,7 +290,7 @@ def _check_models(job: JobConfig, where: str) -> None:
 
     for key in ("teacher", "reference"):
         spec = getattr(job, key)
-        if spec is not None and not looks_loadable(spec.model):
+        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
             raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
 
@@ -324,3 +349,17 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
 
 def dump_job(job: JobConfig) -> str:
     return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_model(job: JobConfig) -> str:
+    """The reference to score with: the given checkpoint, or the one this run trains."""
+    if job.reference is None:
+        raise ConfigError("the job has no `reference:`")
+    return job.reference.model or str(job.run_dir / "models" / "reference")
+
+
+def reference_token_set(job: JobConfig) -> TokenSet:
+    """The token set a reference trained here learns from (a job may define its own 'reference' set)."""
+    assert job.reference is not None and job.reference.train is not None
+    own = next((t for t in job.tokenize if t.name == "reference"), None)
+    return own or TokenSet(name="reference", input="reference", seq_len=job.reference.train.seq_len)

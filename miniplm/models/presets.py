@@ -11,8 +11,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen-104m": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, lr=6e-4),
     "qwen-200m": dict(hidden_size=768, intermediate_size=2112, num_hidden_layers=12, num_attention_heads=12, lr=6e-4),
     "qwen-500m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16, lr=3e-4),
+    # untied: with a 152k vocabulary the output embedding is what takes it from 0.93B to 1.2B
     "qwen-1.2b": dict(hidden_size=1536, intermediate_size=4224, num_hidden_layers=24, num_attention_heads=16,
-                      head_dim=96, lr=2.5e-4),
+                      head_dim=96, tie_word_embeddings=False, lr=2.5e-4),
 }
 
 
@@ -20,10 +21,9 @@ def qwen_config(preset: str, vocab_size: int, max_positions: int, bos: int | Non
     """A Qwen2 config for a preset, with the tokenizer's vocabulary size."""
     from transformers import Qwen2Config
 
-    shape = {k: v for k, v in PRESETS[preset].items() if k != "lr"}
+    shape = {"tie_word_embeddings": True, **{k: v for k, v in PRESETS[preset].items() if k != "lr"}}
     return Qwen2Config(vocab_size=vocab_size, max_position_embeddings=max_positions,
-                       num_key_value_heads=shape["num_attention_heads"], tie_word_embeddings=True,
-                       bos_token_id=bos, eos_token_id=eos, **shape)
+                       num_key_value_heads=shape["num_attention_heads"], bos_token_id=bos, eos_token_id=eos, **shape)
 
 
 def default_lr(preset: str | None) -> float:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
+from miniplm.config import ConfigError, JobConfig, dump_job, reference_model, stage_config_hash
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
 from miniplm.rundir import RunDir, StageError, Worker, atomic_path, atomic_write_text
 from miniplm.scoring.logprobs import target_logprobs
@@ -227,7 +227,10 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
         raise StageError(f"{rd.root}: no prepared documents; run `miniplm prepare` first")
     # Tokenizers first: a mismatch must fail before gigabytes of weights load.
     tokenizer = load_tokenizer(job.teacher.model)
-    check_same_tokenizer(job.teacher.model, job.reference.model, tokenizer, load_tokenizer(job.reference.model))
+    reference = reference_model(job)
+    if not Path(reference).exists() and job.reference.train is not None:
+        raise StageError(f"{rd.root}: the reference is trained in this run; run `miniplm train-reference` first")
+    check_same_tokenizer(job.teacher.model, reference, tokenizer, load_tokenizer(reference))
     tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
     bos = _prefix_token(tokenizer, job.teacher.model)
     if job.score.unit == "instance" and tokenizer.eos_token_id is None:
@@ -235,7 +238,7 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
 
     # The outputs depend on the documents and the weights too, not only on the job file.
     config_hash = stage_config_hash(job, STAGE, (rd.docs / "stats.json").read_text(),
-                                    *(model_fingerprint(getattr(job, name).model) for name in MODELS))
+                                    model_fingerprint(job.teacher.model), model_fingerprint(reference))
     if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "scores"], force=force):
         return rd.stage_state(STAGE)["counts"]
     doc_shards = rd.doc_shards("main")
@@ -255,7 +258,8 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
 def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[tuple[int, Path]],
                   config_hash: str, show_progress: bool) -> None:
     device = pick_device(job.score.device)
-    models = {name: load_model(getattr(job, name).model, getattr(job, name).dtype, device) for name in MODELS}
+    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device),
+              "reference": load_model(reference_model(job), job.reference.dtype, device)}
     total = sum(pq.read_metadata(p).num_rows for _, p in shards) if job.score.unit == "document" else None
     bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
                disable=not show_progress, dynamic_ncols=True)

@@ -137,3 +137,21 @@ def test_exported_model_reloads_and_gives_the_reported_heldout_loss(tokenized, u
     assert float(loss) == pytest.approx(clean[STEPS]["heldout_loss"], abs=1e-5)
     state = json.loads((run_dir / "manifest.json").read_text())["stages"]["train/s"]
     assert state["state"] == "done" and state["counts"]["step"] == STEPS
+
+
+@pytest.mark.parametrize("zero_stage, offload", [(3, False), (2, True)])
+def test_other_zero_stages_train_and_export(tokenized, zero_stage, offload):
+    root, job = tokenized
+    path = _copy(tokenized, f"zero{zero_stage}")
+    job = yaml.safe_load(path.read_text())
+    job["students"][0].update(steps=3, zero_stage=zero_stage, offload_optimizer=offload,
+                              deepspeed={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": True}})
+    path.write_text(yaml.safe_dump(job))
+    result = _train(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(Path(job["run_dir"]) / "models" / "s")
+    assert sum(p.numel() for p in model.parameters()) > 10_000
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _metrics(path)[3]["loss"] < _metrics(path)[1]["loss"] + 1.0
