@@ -44,7 +44,9 @@ def _init_distributed() -> int:
     import deepspeed
     import torch
 
-    set_distributed_env()
+    _, _, local_rank = set_distributed_env()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return torch.distributed.get_rank()

@@ -116,14 +116,18 @@ class Metrics:
         if path.exists():  # drop lines past the checkpoint we resume from: they will be written again
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
-        if student.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        try:
+            if student.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writers.append(("tb", SummaryWriter(str(path.parent / "tensorboard"))))
-        if student.wandb:
-            import wandb
+                self.writers.append(("tb", SummaryWriter(str(path.parent / "tensorboard"))))
+            if student.wandb:
+                import wandb
 
-            self.writers.append(("wandb", wandb.init(project="miniplm", name=student.name, resume="allow")))
+                self.writers.append(("wandb", wandb.init(project="miniplm", name=student.name, resume="allow")))
+        except ImportError as e:
+            raise ConfigError(f"students.{student.name}: tensorboard/wandb logging needs its package "
+                              f"(pip install tensorboard / wandb): {e}") from None
 
     def log(self, record: dict) -> None:
         if not self.active:
