@@ -62,3 +62,18 @@ def test_presets_have_the_papers_shapes():
     assert math.isclose(sizes["qwen-200m"], 200, rel_tol=0.1)
     assert math.isclose(sizes["qwen-500m"], 500, rel_tol=0.1)
     assert math.isclose(sizes["qwen-1.2b"], 1200, rel_tol=0.1)
+
+
+def test_a_student_from_any_hugging_face_config(tiny_models):
+    import torch
+
+    from miniplm.config import StudentConfig
+    from miniplm.models.loading import load_tokenizer
+    from miniplm.training.trainer import build_model
+
+    student = StudentConfig(name="llama", config=tiny_models["teacher"], tokens="t", steps=1, gradient_checkpointing=True)
+    model = build_model(student, load_tokenizer(tiny_models["teacher"]), 64, torch.float32)
+    assert model.config.model_type == "llama" and model.config.vocab_size == 300
+    assert model.is_gradient_checkpointing
+    with pytest.raises(ValueError, match="not both or neither"):
+        StudentConfig(name="x", tokens="t", steps=1)

@@ -144,7 +144,7 @@ def test_other_zero_stages_train_and_export(tokenized, zero_stage, offload):
     root, job = tokenized
     path = _copy(tokenized, f"zero{zero_stage}")
     job = yaml.safe_load(path.read_text())
-    job["students"][0].update(steps=3, zero_stage=zero_stage, offload_optimizer=offload,
+    job["students"][0].update(steps=3, zero_stage=zero_stage, offload_optimizer=offload, gradient_checkpointing=offload,
                               deepspeed={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": True}})
     path.write_text(yaml.safe_dump(job))
     result = _train(path)
