@@ -30,7 +30,7 @@ def _worker_args(parser: argparse.ArgumentParser) -> None:
 
 def _worker(args: argparse.Namespace) -> Worker:
     try:
-        return resolve_worker(args.worker, args.num_workers)
+        return resolve_worker(getattr(args, "worker", None), getattr(args, "num_workers", None))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -123,6 +123,9 @@ STAGES = {
     "prepare": (cmd_prepare, "read raw sources into deduplicated document shards per split",
                 "Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
                 "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl."),
+    "train-reference": (cmd_train_reference, "train the reference LM on the reference split (reference: {train: ...})",
+                        "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
+                        "DeepSpeed into RUN_DIR/models/reference, which score then uses."),
     "score": (cmd_score, "teacher and reference log-probabilities for every main-split document",
               "Run the teacher and the reference over every main-split shard and write "
               "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
@@ -135,18 +138,11 @@ STAGES = {
                  "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
                  "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
                  "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
-    "train-reference": (cmd_train_reference, "train the reference LM on the reference split (reference: {train: ...})",
-                        "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
-                        "DeepSpeed into RUN_DIR/models/reference, which score then uses."),
     "train": (cmd_train, "pretrain the job's students with DeepSpeed",
               "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
               "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
               "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
 }
-
-
-# the pipeline's order, for --help
-STAGES = {name: STAGES[name] for name in ("prepare", "train-reference", "score", "select", "tokenize", "train")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=description + " Finished work is skipped on a rerun.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         _job_args(p)
-        _worker_args(p)
+        if not name.startswith("train"):  # training splits by process rank, not by shard
+            _worker_args(p)
         p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.set_defaults(handler=handler)
