@@ -71,7 +71,7 @@ def main() -> None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             print(f"{n_docs:>12,} {t_read:>7.1f} {t_top:>9.1f} {t_read + t_top:>8.1f} {t_tokens:>9.1f} {t_cap:>6.1f} "
                   f"{peak:>7.1f}GB", flush=True)
-            del scores, kept
+            scores = kept = None  # free the frames before the next size is written
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 import gzip
-import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -184,8 +184,6 @@ def test_score_needs_prepared_documents_and_both_models(tiny_models, tmp_path):
 
 
 def test_checkpoints_from_another_environment_or_damaged_are_not_used(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from miniplm.scoring.score import _Checkpoints
 

@@ -1,4 +1,4 @@
-from miniplm.scoring.windows import Window, pack_instances, plan_batches, windows_for
+from miniplm.scoring.windows import pack_instances, plan_batches, windows_for
 
 
 def test_windows_score_every_token_once():
