@@ -35,12 +35,19 @@ def _worker(args: argparse.Namespace) -> Worker:
         raise ConfigError(str(e)) from None
 
 
+def _run_share(stage: str, run: Callable, job: JobConfig, args: argparse.Namespace, **kwargs):
+    """Run this worker's share of a sharded stage; None (and says so) while others are still at it."""
+    result = run(job, _worker(args), force=args.force, show_progress=not args.quiet, **kwargs)
+    if result is None:
+        print(f"{stage}: this worker's share is done; the last worker to finish completes the stage")
+    return result
+
+
 def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.corpus import prepare
 
-    stats = prepare.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    stats = _run_share("prepare", prepare.run, job, args)
     if stats is None:
-        print("prepare: this worker's sources are done; the last worker to finish writes the shards")
         return 0
     print(f"prepare: documents in {job.run_dir}/docs")
     prepare.print_summary(stats)
@@ -50,9 +57,8 @@ def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
 def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.scoring import score
 
-    counts = score.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    counts = _run_share("score", score.run, job, args)
     if counts is None:
-        print("score: this worker's shards are done; other workers still have shards to score")
         return 0
     print(f"score: {counts['rows']:,} rows, {counts['tokens']:,} tokens scored, in {job.run_dir}/scores")
     return 0
@@ -61,9 +67,8 @@ def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
 def cmd_select(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
-    counts = select.run(job, _worker(args), force=args.force, show_progress=not args.quiet)
+    counts = _run_share("select", select.run, job, args)
     if counts is None:
-        print("select: this worker's shards are written; other workers still have shards to write")
         return 0
     dropped = ", ".join(f"{r} {n:,}" for r, n in counts["dropped"].items() if n)
     print(f"select: kept {counts['kept']:,} of {counts['scored']:,} documents "
