@@ -41,6 +41,8 @@ class InputSpec(_Strict):
     name: str | None = Field(None, description="source label when there is no source_field")
     metadata_fields: list[str] = Field(default_factory=list, description="extra columns to carry into the shards")
     split: str = Field("train", description="split to read for hf_disk/hf_hub datasets")
+    limit: int | None = Field(None, gt=0, description="read only the first N records of each file (of the dataset for "
+                              "hf formats; the first N files for text): a quick, small run of a big source")
 
     @property
     def source_name(self) -> str:
@@ -87,6 +89,9 @@ class ScoreConfig(_Strict):
     stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch")
     checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard")
+    max_tokens: int | None = Field(
+        None, gt=0, description="score only each document's first N tokens: a cheaper estimate of its per-token "
+        "difference score (the selection's token budgets still count whole documents)")
     save_token_logprobs: bool = False
     device: str = "auto"
 
@@ -94,6 +99,8 @@ class ScoreConfig(_Strict):
     def _stride_below_max_length(self) -> "ScoreConfig":
         if self.stride >= self.max_length:
             raise ValueError(f"stride ({self.stride}) must be below max_length ({self.max_length})")
+        if self.max_tokens is not None and self.unit != "document":
+            raise ValueError("max_tokens cuts documents short, and unit is instance: packed instances are scored whole")
         if self.batch_tokens < self.max_length:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold one window of max_length ({self.max_length})")
         return self
@@ -110,6 +117,9 @@ class SelectConfig(_Strict):
     min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
     report_examples: int = Field(10, ge=0, description="rows in each example table of the report")
+    random_baseline: bool = Field(
+        False, description="also draw a random selection of the same token budget into RUN_DIR/selected-random/, "
+        "the control a student trained on the selected text is compared with")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "SelectConfig":
@@ -122,8 +132,8 @@ class TokenSet(_Strict):
     """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    input: Literal["selected", "main", "reference", "heldout"] = Field(
-        "selected", description="the selected documents, or a split of the prepared ones")
+    input: Literal["selected", "selected-random", "main", "reference", "heldout"] = Field(
+        "selected", description="the selected documents, the random baseline selection, or a split of the prepared ones")
     tokenizer: str | None = Field(None, description="a folder, hub id or smollm2-135m; default: the teacher's")
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
 
@@ -193,6 +203,61 @@ class ReferenceSpec(_Strict):
         return self
 
 
+class SlurmResources(_Strict):
+    """sbatch settings for a stage; every key is optional and falls back to `slurm.defaults`."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = Field(None, description="time limit, as sbatch takes it: 04:00:00, 2-00:00:00")
+    cpus: int | None = Field(None, gt=0, description="CPUs per task")
+    mem: str | None = Field(None, description="memory per node, as sbatch takes it: 32G")
+    gpus: int | None = Field(None, ge=0, description="array stages: GPUs per task")
+    nodes: int | None = Field(None, gt=0, description="training stages: nodes")
+    gpus_per_node: int | None = Field(None, ge=0, description="training stages: GPUs per node (one process each)")
+    procs_per_node: int | None = Field(None, gt=0, description="training stages without GPUs: processes per node")
+    max_tasks: int | None = Field(None, gt=0, description="array stages: at most this many array tasks, each taking "
+                                  "every max_tasks-th shard; also the array size while the shard count is unknown")
+    parallel: int | None = Field(None, gt=0, description="array stages: tasks running at once (sbatch --array=...%N)")
+    sbatch: list[str] = Field(default_factory=list, description="extra #SBATCH lines, e.g. --constraint=h100")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before miniplm (module load, ...)")
+
+
+SLURM_STAGES = ("prepare", "train-reference", "score", "select", "tokenize", "train", "eval")
+
+
+class SlurmConfig(_Strict):
+    """How `miniplm slurm` renders and submits the pipeline."""
+
+    python: str | None = Field(None, description="the Python that runs miniplm on the nodes; default: the one "
+                               "running `miniplm slurm` (after setup lines: plain `python` picks up an activated env)")
+    setup: list[str] = Field(default_factory=list, description="shell lines every job runs first (module load, "
+                             "conda activate, source venv/bin/activate)")
+    templates: str | None = Field(None, description="a folder with your own array.sbatch.j2 and ranks.sbatch.j2 "
+                                  "(copy miniplm's slurm/ folder to start)")
+    defaults: SlurmResources = Field(default_factory=SlurmResources)
+    stages: dict[str, SlurmResources] = Field(
+        default_factory=dict, description="per stage (prepare, score, ..., train) or per student (train/NAME)")
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> "SlurmConfig":
+        for key in self.stages:
+            if key.split("/")[0] not in SLURM_STAGES or (key.count("/") and not key.startswith("train/")):
+                raise ValueError(f"stages: unknown stage {key!r} (stages: {', '.join(SLURM_STAGES)}, or train/NAME)")
+        return self
+
+    def resources(self, step: str) -> SlurmResources:
+        """The settings for a step (`score`, `train/small`): defaults, then the stage's, then the student's."""
+        merged = self.defaults.model_dump(exclude_unset=True)
+        for key in dict.fromkeys((step.split("/")[0], step)):  # a stage, then a student of it
+            if key in self.stages:
+                own = self.stages[key].model_dump(exclude_unset=True)
+                merged.update({k: v for k, v in own.items() if k not in ("sbatch", "setup")})
+                for k in ("sbatch", "setup"):
+                    merged[k] = merged.get(k, []) + own.get(k, [])
+        return SlurmResources.model_validate(merged)
+
+
 class JobConfig(_Strict):
     run_dir: Path
     seed: int = 0
@@ -203,12 +268,15 @@ class JobConfig(_Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     tokenize: list[TokenSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @model_validator(mode="after")
     def _token_set_names_unique(self) -> "JobConfig":
         names = [t.name for t in self.tokenize]
         if len(names) != len(set(names)):
             raise ValueError(f"tokenize: names must differ (got {', '.join(names)})")
+        if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
+            raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
         return self
 
 

@@ -21,7 +21,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ def plan_units(corpus: CorpusConfig) -> list[Unit]:
         if spec.format in ("hf_disk", "hf_hub"):
             groups.append((i, tuple(files)))
         elif spec.format == "text":
+            files = files[: spec.limit]  # a text file is one record
             groups += [(i, tuple(files[k : k + TEXT_FILES_PER_UNIT])) for k in range(0, len(files), TEXT_FILES_PER_UNIT)]
         else:
             groups += [(i, (f,)) for f in files]
@@ -178,6 +178,8 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
             rejects_file.write(orjson.dumps(dict(file=r.file, line=r.line, reason=r.reason, detail=r.detail, count=r.count)) + b"\n")
 
         for path, item in read_input(spec, unit.paths, corpus.max_chars):
+            if spec.limit is not None and read >= spec.limit and spec.format != "text":
+                break
             if isinstance(item, Rejection):
                 read += item.count
                 reject(item)
@@ -383,12 +385,11 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
     return read_stats(rd.root)
 
 
-def print_summary(stats: dict, file=None) -> None:
+def summary_lines(stats: dict) -> list[str]:
     kept, chars = stats["kept"], stats["characters"]
-    lines = [
+    return [
         f"documents read   {stats['documents_read']:>12,}",
         *(f"  kept {s:<11} {kept[s]:>12,}  ({chars['kept'][s]:,} chars, {stats['shards'][s]} shards)" for s in SPLITS),
         f"  duplicates     {stats['duplicates']:>12,}",
         *(f"  rejected {r:<14} {n:>8,}" for r, n in stats["rejected"].items()),
     ]
-    print("\n".join(lines), file=file or sys.stdout)

@@ -37,13 +37,17 @@ def output_dir(rd: RunDir, token_set: TokenSet) -> Path:
 
 def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
     """The input shards and the hash of the stage that made them."""
-    stage = "select" if token_set.input == "selected" else "prepare"
+    selected = token_set.input.startswith("selected")
+    stage = "select" if selected else "prepare"
     state = rd.stage_state(stage)
     if state.get("state") != "done":
         raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
                          f"run `miniplm {stage}` first")
-    shards = sorted((rd.root / "selected").glob("shard-*.parquet")) if stage == "select" else rd.doc_shards(token_set.input)
-    return shards, state["config_hash"]
+    if not selected:
+        return rd.doc_shards(token_set.input), state["config_hash"]
+    if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
+        raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
+    return sorted((rd.root / token_set.input).glob("shard-*.parquet")), state["config_hash"]
 
 
 def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:

@@ -11,6 +11,7 @@ uninterrupted run writes (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -49,12 +50,23 @@ def score_shard_path(rd: RunDir, index: int) -> Path:
     return rd.root / "scores" / f"shard-{index:05d}.parquet"
 
 
+@contextlib.contextmanager
+def _reading(path: Path):
+    """A damaged document shard stops the stage with its path in the message."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        raise StageError(f"{path}: cannot read the document shard: {e}") from None
+
+
 def tokenize_shard(job: JobConfig, tokenizer, index: int, path: Path) -> ShardTokens:
-    table = pq.read_table(path, columns=["id", "source", "text"])
+    with _reading(path):
+        table = pq.read_table(path, columns=["id", "source", "text"])
     encoded = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
     ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
     if job.score.unit == "document":
-        return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in encoded], {"id": ids, "source": sources})
+        sequences = [np.asarray(t[: job.score.max_tokens], dtype=np.int64) for t in encoded]
+        return ShardTokens(index, sequences, {"id": ids, "source": sources, "doc_tokens": [len(t) for t in encoded]})
     instances, pieces = pack_instances(encoded, tokenizer.eos_token_id, job.score.max_length)
     rows = {
         "id": [f"{index:05d}-{i:06d}" for i in range(len(instances))],
@@ -199,6 +211,7 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
         "id": shard.rows["id"],
         **({"source": shard.rows["source"]} if "source" in shard.rows else {}),
         "n_tokens": [len(s) for s in shard.sequences],
+        **({"doc_tokens": shard.rows["doc_tokens"]} if "doc_tokens" in shard.rows else {}),
         "teacher_logprob": sums["teacher"],
         "reference_logprob": sums["reference"],
     }
@@ -260,7 +273,12 @@ def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[
     device = pick_device(job.score.device)
     models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device),
               "reference": load_model(reference_model(job), job.reference.dtype, device)}
-    total = sum(pq.read_metadata(p).num_rows for _, p in shards) if job.score.unit == "document" else None
+    total = None
+    if job.score.unit == "document":
+        total = 0
+        for _, path in shards:
+            with _reading(path):
+                total += pq.read_metadata(path).num_rows
     bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
                disable=not show_progress, dynamic_ncols=True)
     progress = _Progress(bar)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
 from miniplm.rundir import RunDir, StageError, Worker, atomic_path, file_lock
 from miniplm.selection import report
-from miniplm.selection.strategies import counts, decide
+from miniplm.selection.strategies import counts, decide, random_baseline
 
 STAGE = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -30,8 +30,8 @@ def decisions_path(rd: RunDir) -> Path:
     return rd.root / "selection" / "decisions.parquet"
 
 
-def selected_shard(rd: RunDir, index: int) -> Path:
-    return rd.root / "selected" / f"shard-{index:05d}.parquet"
+def selected_shard(rd: RunDir, index: int, folder: str = "selected") -> Path:
+    return rd.root / folder / f"shard-{index:05d}.parquet"
 
 
 def read_scores(rd: RunDir) -> pl.DataFrame:
@@ -39,7 +39,8 @@ def read_scores(rd: RunDir) -> pl.DataFrame:
     files = sorted((rd.root / "scores").glob("shard-*.parquet"))
     if files and "docs" in pl.read_parquet_schema(files[0]):
         raise ConfigError("select keeps documents, and these scores are of instances: score with score.unit: document")
-    frames = [pl.scan_parquet(f).select(SCORE_COLUMNS).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
+    columns = SCORE_COLUMNS + (["doc_tokens"] if files and "doc_tokens" in pl.read_parquet_schema(files[0]) else [])
+    frames = [pl.scan_parquet(f).select(columns).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
               for f in files]
     if not frames:  # an empty main split
         schema = {"id": pl.String, "source": pl.String, "n_tokens": pl.Int64, "teacher_logprob": pl.Float64,
@@ -52,22 +53,27 @@ def _decide_once(job: JobConfig, rd: RunDir, config_hash: str) -> None:
     with file_lock(rd.work(STAGE) / "decide.lock"):
         if rd.is_done(STAGE, "decisions", config_hash) or rd.stage_state(STAGE).get("state") == "done":
             return
-        decisions = decide(read_scores(rd), job.select, job.seed)
+        scores = read_scores(rd)
+        decisions = decide(scores, job.select, job.seed)
+        if job.select.random_baseline:
+            decisions = decisions.with_columns(random_baseline(scores, decisions, job.seed))
         with atomic_path(decisions_path(rd)) as tmp:
             decisions.write_parquet(tmp)
         rd.mark_done(STAGE, "decisions", config_hash)
 
 
-def _write_shard(rd: RunDir, index: int, doc_shard: Path) -> None:
-    keep = (pl.scan_parquet(decisions_path(rd)).filter((pl.col("shard") == index) & pl.col("kept"))
-            .select("id", "score").collect())
+def _write_shard(rd: RunDir, index: int, doc_shard: Path, with_baseline: bool) -> None:
+    decisions = pl.scan_parquet(decisions_path(rd)).filter(pl.col("shard") == index)
     docs = pl.read_parquet(doc_shard)
-    chosen = docs.join(keep, on="id", how="inner", maintain_order="left")
-    if chosen.height != keep.height:
-        raise StageError(f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
-                         "were the documents prepared again after scoring?")
-    with atomic_path(selected_shard(rd, index)) as tmp:
-        chosen.write_parquet(tmp, compression="zstd")
+    outputs = [("kept", "selected")] + ([("random_kept", "selected-random")] if with_baseline else [])
+    for column, folder in outputs:
+        keep = decisions.filter(pl.col(column)).select("id", "score").collect()
+        chosen = docs.join(keep, on="id", how="inner", maintain_order="left")
+        if chosen.height != keep.height:
+            raise StageError(f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
+                             "were the documents prepared again after scoring?")
+        with atomic_path(selected_shard(rd, index, folder)) as tmp:
+            chosen.write_parquet(tmp, compression="zstd")
 
 
 def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
@@ -78,8 +84,8 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
     if score_state.get("state") != "done":
         raise StageError(f"{rd.root}: no finished scores; run `miniplm score` first")
     config_hash = stage_config_hash(job, STAGE, score_state["config_hash"])
-    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "selected", rd.root / "selection",
-                                                         rd.root / "report"], force=force):
+    outputs = [rd.root / name for name in ("selected", "selected-random", "selection", "report")]
+    if rd.open_stage(STAGE, config_hash, dump_job(job), outputs, force=force):
         return rd.stage_state(STAGE)["counts"]
     try:
         _decide_once(job, rd, config_hash)
@@ -88,7 +94,7 @@ def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_
         for i in tqdm(todo, desc="select", unit="shard", disable=not show_progress or not todo):
             if rd.stage_state(STAGE).get("state") == "done":
                 break  # a late worker: the others finished the stage meanwhile
-            _write_shard(rd, i, doc_shards[i])
+            _write_shard(rd, i, doc_shards[i], job.select.random_baseline)
             rd.mark_done(STAGE, f"shard-{i:05d}", config_hash)
         if rd.stage_state(STAGE).get("state") == "done":
             return rd.stage_state(STAGE)["counts"]
@@ -108,6 +114,10 @@ def _finish(job: JobConfig, rd: RunDir) -> dict:
                   for p in sorted((rd.root / "selected").glob("shard-*.parquet")))
     if written != summary["kept"]:
         raise StageError(f"selected shards hold {written} documents, the decisions keep {summary['kept']}")
+    if "random_kept" in decisions.columns:
+        baseline = decisions.filter(pl.col("random_kept"))
+        column = "doc_tokens" if "doc_tokens" in decisions.columns else "n_tokens"
+        summary["random_baseline"] = {"kept": baseline.height, "tokens": int(baseline[column].sum() or 0)}
     report.build(job, rd, decisions)
     return summary
 

@@ -97,7 +97,9 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
 
     by_tokens = cfg.keep_tokens is not None
     budget = cfg.keep_tokens if by_tokens else math.floor(cfg.keep_fraction * scores.height + 0.5)
-    cost = n_tokens[order] if by_tokens else np.ones(len(order), dtype=np.int64)
+    # a token budget counts the tokens a document will train on: all of them, even where only a prefix was scored
+    length = scores["doc_tokens"].to_numpy().astype(np.int64) if "doc_tokens" in scores.columns else n_tokens
+    cost = length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
         spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
             pl.col("cost").cum_sum().over("source"))["cost"].to_numpy()
@@ -118,10 +120,26 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
 def counts(decisions: pl.DataFrame) -> dict:
     dropped = dict(decisions.filter(~pl.col("kept"))["reason"].cast(pl.String).value_counts().iter_rows())
     kept = decisions.filter(pl.col("kept"))
-    return {
+    summary = {
         "scored": decisions.height,
         "kept": kept.height,
         "dropped": {r: int(dropped.get(r, 0)) for r in REASONS},
         "tokens_scored": int(decisions["n_tokens"].sum() or 0),
         "tokens_kept": int(kept["n_tokens"].sum() or 0),
     }
+    if "doc_tokens" in decisions.columns:  # whole documents, where only prefixes were scored
+        summary["doc_tokens"] = int(decisions["doc_tokens"].sum() or 0)
+        summary["doc_tokens_kept"] = int(kept["doc_tokens"].sum() or 0)
+    return summary
+
+
+def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int) -> pl.Series:
+    """A random selection of about the token budget `decisions` kept (never more): the control
+    for what the strategy chose. Drawn from every scored document, the noise included."""
+    column = "doc_tokens" if "doc_tokens" in decisions.columns else "n_tokens"
+    budget = int(decisions.filter(pl.col("kept"))[column].sum() or 0)
+    if budget == 0:
+        return pl.Series("random_kept", [False] * scores.height)
+    # a seed of its own: the same draws as strategy random would be a needless coupling
+    chosen = decide(scores, SelectConfig(strategy="random", keep_tokens=budget), seed + 1)["kept"]
+    return chosen.alias("random_kept")

@@ -300,3 +300,17 @@ def test_bad_input_under_fail_stops_the_other_processes_too(write_job, tmp_path)
         prepare.run(job, show_progress=False)
     finished = len(list((Path(job.run_dir) / "markers" / "prepare").glob("*.done")))
     assert finished < 20, f"{finished} of 39 good files were still read after the failure"
+
+
+def test_limit_reads_only_the_first_records_of_each_file(write_job, mixed_inputs, tmp_path):
+    inputs, expected = mixed_inputs
+    for spec in inputs:
+        spec["limit"] = 7
+    job = load_job(write_job(inputs))
+    stats = prepare.run(job, show_progress=False)
+    # a.jsonl, b.jsonl.gz and c.parquet give 7 each; the text folder its first 7 files
+    assert stats["documents_read"] == 4 * 7
+    texts = set(read_docs(job.run_dir)["text"])
+    assert {f"json doc {i}\nwith two lines and ünïcödé {i}" for i in [*range(7), *range(60, 67)]} <= texts
+    assert {f"parquet doc {i}  " for i in range(7)} <= texts and "parquet doc 7  " not in texts
+    assert {f"  text file {i}\n\n" for i in range(7)} == {t for t in texts if t.startswith("  text file")}

@@ -87,7 +87,8 @@ def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
     counts = score.run(job, show_progress=False)
     docs = pl.concat([pl.read_parquet(p) for p in RunDir(job.run_dir).doc_shards("main")])
     scores = pl.read_parquet(str(Path(job.run_dir) / "scores" / "*.parquet"))
-    assert scores.columns == ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
+    assert scores.columns == ["id", "source", "n_tokens", "doc_tokens", "teacher_logprob", "reference_logprob"]
+    assert scores["doc_tokens"].to_list() == scores["n_tokens"].to_list()
     assert scores["id"].to_list() == docs["id"].to_list()  # shard by shard, in document order
     assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": 4}
 
@@ -97,6 +98,27 @@ def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
         tokens = tok(docs.filter(pl.col("id") == row["id"])["text"][0], add_special_tokens=False)["input_ids"]
         assert row["n_tokens"] == len(tokens)
         expected = reference_sum(model, tok.bos_token_id, tokens, max_length=32, stride=8)
+        assert row["teacher_logprob"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_max_tokens_scores_a_prefix_and_keeps_the_whole_length(tiny_models, tmp_path):
+    whole = load_job(_job_file(tmp_path, tiny_models))
+    cut = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'cut'}", "score.max_tokens=5"])
+    for job in (whole, cut):
+        prepare.run(job, show_progress=False)
+        score.run(job, show_progress=False)
+    full = pl.read_parquet(str(Path(whole.run_dir) / "scores" / "*.parquet"))
+    short = pl.read_parquet(str(Path(cut.run_dir) / "scores" / "*.parquet"))
+    assert short["doc_tokens"].to_list() == full["doc_tokens"].to_list()
+    assert short["n_tokens"].to_list() == [min(n, 5) for n in full["n_tokens"]]
+    assert max(full["n_tokens"]) > 5
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    docs = pl.concat([pl.read_parquet(p) for p in RunDir(cut.run_dir).doc_shards("main")])
+    for row in short.head(6).iter_rows(named=True):
+        tokens = tok(docs.filter(pl.col("id") == row["id"])["text"][0], add_special_tokens=False)["input_ids"]
+        expected = reference_sum(model, tok.bos_token_id, tokens[:5], max_length=32, stride=8)
         assert row["teacher_logprob"] == pytest.approx(expected, rel=1e-5)
 
 

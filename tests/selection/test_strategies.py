@@ -127,3 +127,22 @@ def test_source_cap_allowance_is_not_lost_to_rounding():
                           "teacher_logprob": [-float(i) for i in range(200)], "reference_logprob": [-300.0] * 200})
     d = decide(table, SelectConfig(keep_fraction=0.5, max_source_fraction=0.29), 0)
     assert dict(d.filter(pl.col("kept")).group_by("source").len().iter_rows()) == {"a": 29, "b": 29}
+
+
+def test_random_baseline_matches_the_kept_token_budget_from_all_documents():
+    from miniplm.selection.strategies import random_baseline
+
+    table = pl.DataFrame({"id": [f"d{i:03d}" for i in range(200)], "source": ["s"] * 200,
+                          "n_tokens": [8] * 200, "doc_tokens": [10 + (i * 37) % 90 for i in range(200)],
+                          "teacher_logprob": [-1.0 * i for i in range(200)], "reference_logprob": [-2.0] * 200})
+    decisions = decide(table, SelectConfig(keep_fraction=0.3), 0)
+    budget = decisions.filter(pl.col("kept"))["doc_tokens"].sum()
+    chosen = random_baseline(table, decisions, 0)
+    spent = table.filter(chosen)["doc_tokens"].sum()
+    assert budget - 99 < spent <= budget  # whole documents (at most 99 tokens each) up to the budget
+    # random, not the strategy's choice: it reaches documents the strategy dropped
+    assert (chosen & ~decisions["kept"]).sum() > 10
+    assert random_baseline(table, decisions, 0).to_list() == chosen.to_list()
+    assert random_baseline(table.reverse(), decisions.reverse(), 0).reverse().to_list() == chosen.to_list()
+    # where only prefixes were scored, the budgets count whole documents
+    assert counts(decisions)["doc_tokens_kept"] == budget
