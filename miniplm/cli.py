@@ -7,6 +7,8 @@ import sys
 from typing import Callable
 
 from miniplm.config import ConfigError, JobConfig, load_job
+from miniplm.pipeline.plan import Step
+from miniplm.pipeline.slurm import SlurmError
 from miniplm.rundir import StageError, Worker, resolve_worker
 
 EPILOG = """\
@@ -35,86 +37,145 @@ def _worker(args: argparse.Namespace) -> Worker:
         raise ConfigError(str(e)) from None
 
 
-def _run_share(stage: str, run: Callable, job: JobConfig, args: argparse.Namespace, **kwargs):
-    """Run this worker's share of a sharded stage; None (and says so) while others are still at it."""
-    result = run(job, _worker(args), force=args.force, show_progress=not args.quiet, **kwargs)
-    if result is None:
-        print(f"{stage}: this worker's share is done; the last worker to finish completes the stage")
-    return result
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def describe(step: Step, job: JobConfig, result) -> list[str]:
+    """What a step's result says, as lines for the terminal."""
+    if step.command == "tokenize":
+        lines = []
+        for name, counts in result.items():
+            if counts is None:
+                lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
+            else:
+                lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
+                             f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "
+                             f"tail tokens left over) in {job.run_dir}/tokens/{name}")
+        return lines
+    if result is None:  # a sharded stage's worker whose share is done
+        return [f"{step.name}: this worker's share is done; the last worker to finish completes the stage"]
+    if step.command == "prepare":
+        from miniplm.corpus import prepare
+
+        return [f"prepare: documents in {job.run_dir}/docs", *prepare.summary_lines(result)]
+    if step.command == "score":
+        return [f"score: {result['rows']:,} rows, {result['tokens']:,} tokens scored, in {job.run_dir}/scores"]
+    if step.command == "select":
+        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
+        tokens = f"{result['tokens_kept']:,} of {result['tokens_scored']:,} tokens"
+        if "doc_tokens" in result and result["doc_tokens"] != result["tokens_scored"]:  # prefixes were scored
+            tokens = (f"{result['doc_tokens_kept']:,} of {result['doc_tokens']:,} tokens, scored on "
+                      f"{result['tokens_kept']:,} of {result['tokens_scored']:,}")
+        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} documents ({tokens}); "
+                 f"dropped: {dropped or 'none'}"]
+        if "random_baseline" in result:
+            base = result["random_baseline"]
+            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
+                         f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
+        return [*lines, f"report: {job.run_dir}/report/index.html"]
+    if step.command == "train-reference":
+        counts = result["reference"]
+        return [f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
+                f"model in {job.run_dir}/models/reference"]
+    lines = []
+    for name, counts in result.items():
+        held = counts.get("heldout_loss")
+        lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
+                     f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
+                     + f"; model in {job.run_dir}/models/{name}")
+    return lines
+
+
+def _run_stage(command: str, job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.pipeline.local import run_step
+
+    step = Step(command, command, "ranks" if command.startswith("train") else "array", getattr(args, "only", None))
+    result = run_step(job, step, _worker(args), force=args.force, show_progress=not args.quiet)
+    if _is_rank_zero():
+        print("\n".join(describe(step, job, result)))
+    return 0
 
 
 def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.corpus import prepare
-
-    stats = _run_share("prepare", prepare.run, job, args)
-    if stats is None:
-        return 0
-    print(f"prepare: documents in {job.run_dir}/docs")
-    prepare.print_summary(stats)
-    return 0
+    return _run_stage("prepare", job, args)
 
 
 def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.scoring import score
-
-    counts = _run_share("score", score.run, job, args)
-    if counts is None:
-        return 0
-    print(f"score: {counts['rows']:,} rows, {counts['tokens']:,} tokens scored, in {job.run_dir}/scores")
-    return 0
+    return _run_stage("score", job, args)
 
 
 def cmd_select(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.selection import select
-
-    counts = _run_share("select", select.run, job, args)
-    if counts is None:
-        return 0
-    dropped = ", ".join(f"{r} {n:,}" for r, n in counts["dropped"].items() if n)
-    print(f"select: kept {counts['kept']:,} of {counts['scored']:,} documents "
-          f"({counts['tokens_kept']:,} of {counts['tokens_scored']:,} tokens); dropped: {dropped or 'none'}")
-    print(f"report: {job.run_dir}/report/index.html")
-    return 0
+    return _run_stage("select", job, args)
 
 
 def cmd_tokenize(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.corpus import tokenize
-
-    for name, counts in tokenize.run(job, _worker(args), only=args.only, force=args.force,
-                                     show_progress=not args.quiet).items():
-        if counts is None:
-            print(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
-        else:
-            print(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
-                  f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} tail tokens "
-                  f"left over) in {job.run_dir}/tokens/{name}")
-    return 0
+    return _run_stage("tokenize", job, args)
 
 
 def cmd_train(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.training import train
-
-    results = train.run(job, only=args.only, force=args.force, show_progress=not args.quiet)
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        for name, counts in results.items():
-            held = counts.get("heldout_loss")
-            print(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss {counts['loss']:.4f}"
-                  + (f", held-out loss {held:.4f}" if held is not None else "") + f"; model in {job.run_dir}/models/{name}")
-    return 0
+    return _run_stage("train", job, args)
 
 
 def cmd_train_reference(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.training import train
+    return _run_stage("train-reference", job, args)
 
-    counts = train.run_reference(job, force=args.force, show_progress=not args.quiet)["reference"]
-    import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
-              f"model in {job.run_dir}/models/reference")
+def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.pipeline import local
+
+    def on_step(step: Step, result) -> None:
+        if _is_rank_zero():
+            print("\n".join(describe(step, job, result)), flush=True)
+
+    results = local.run(job, show_progress=not args.quiet, on_step=on_step)
+    losses = {s.name: results[f"train/{s.name}"][s.name].get("heldout_loss") for s in job.students}
+    if any(v is not None for v in losses.values()):
+        print("\nheld-out loss per token (lower is better):")
+        for student in job.students:
+            loss = losses[student.name]
+            shown = f"{loss:.4f}" if loss is not None else "not measured (no heldout token set)"
+            print(f"  {student.name:<24} {shown}   trained on {student.tokens!r}")
+    if "select" in results:
+        print(f"report: {job.run_dir}/report/index.html")
     return 0
+
+
+def cmd_slurm(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.pipeline import slurm
+    from miniplm.rundir import RunDir
+
+    rd = RunDir(job.run_dir)
+    job_file = slurm.snapshot_job(args.job, args.overrides, rd) if not args.dry_run else \
+        slurm.slurm_dir(rd).absolute() / "job.yaml"
+    submissions = slurm.plan_submissions(job, rd, job_file)
+    if args.dry_run:
+        for sub in submissions:
+            if sub.action == "submit":
+                print(f"# ---- {sub.script}\n{sub.text}")
+    else:
+        slurm.submit(job, rd, submissions)
+    print(f"{'dry run: would submit' if args.dry_run else 'submitted'} (run {rd.root}):")
+    for sub in submissions:
+        if sub.action == "submit":
+            what = f"array {len(sub.tasks)} of {sub.num_workers} tasks" if sub.step.kind == "array" else "1 job"
+            ident = f"job {sub.job_id}" if sub.job_id else " ".join(slurm.sbatch_command(sub))
+            print(f"  {sub.step.name:<22} {what}{' (' + sub.note + ')' if sub.note else ''}: {ident}")
+        else:
+            print(f"  {sub.step.name:<22} {sub.note}" + (f" (job {sub.job_id})" if sub.job_id else ""))
+    if not args.dry_run and any(s.action == "submit" for s in submissions):
+        print(f"follow it with: miniplm status {args.job} {' '.join(args.overrides)}".rstrip())
+    return 0
+
+
+def cmd_status(job: JobConfig, args: argparse.Namespace) -> int:
+    from miniplm.pipeline import status
+
+    statuses = status.collect(job)
+    print(status.render(job, statuses))
+    return 1 if status.any_failed(statuses) else 0
 
 
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
@@ -170,6 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         if name in ("tokenize", "train"):
             p.add_argument("--only", metavar="NAME", help=f"only this {'token set' if name == 'tokenize' else 'student'}")
+    p = sub.add_parser("run", help="run every stage of the job in order, here",
+                       description="Run prepare, train-reference (when the job trains its reference), score, select, "
+                       "tokenize and train each student, in this process. Finished work is skipped and unfinished "
+                       "work resumes, so after an interruption run the same command again.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("slurm", help="render one sbatch script per stage and submit them as a dependency chain",
+                       description="Write RUN_DIR/slurm/STAGE.sbatch from the templates in slurm/ and the job's "
+                       "`slurm:` block, and submit them chained with --dependency=afterok: job arrays over shards "
+                       "for prepare, score, select and tokenize, torchrun on `nodes` nodes for training. Run it "
+                       "again after a failure or a preemption: it submits only what is not finished or queued.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
+    p.set_defaults(handler=cmd_slurm)
+    p = sub.add_parser("status", help="per stage: shards done, running and failed tasks with their logs",
+                       description="Show each stage's progress from RUN_DIR and its SLURM tasks' states. Exits 1 "
+                       "when a stage or a task failed.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    p.set_defaults(handler=cmd_status)
     p = sub.add_parser("report", help="rebuild the selection report from the decisions on disk",
                        description="Rebuild RUN_DIR/report/ (index.html, summary.json, plots) after select.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("miniplm: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (StageError, OSError) as e:
+    except (StageError, SlurmError, OSError) as e:
         # bad input under on_error: fail, a full disk, ...: the message says where
         print(f"miniplm: {args.stage} failed: {e}", file=sys.stderr)
         return 1

@@ -159,29 +159,29 @@ def test_other_zero_stages_train_and_export(tokenized, zero_stage, offload):
     assert _metrics(path)[3]["loss"] < _metrics(path)[1]["loss"] + 1.0
 
 
-def test_srun_launch_from_the_sbatch_template(tokenized, uninterrupted, tmp_path):
-    """slurm/train.sbatch under a stand-in srun that starts two tasks with SLURM's variables only."""
-    from tests.conftest import REPO
+def test_training_script_rendered_for_slurm_runs_two_processes(tokenized, uninterrupted, tmp_path):
+    """The script `miniplm slurm` renders for a training step, under a stand-in srun that starts its one
+    task per node: torchrun there starts two processes."""
+    from miniplm.config import load_job
+    from miniplm.pipeline.plan import step_named
+    from miniplm.pipeline.slurm import render
+    from miniplm.rundir import RunDir
 
     _, clean = uninterrupted
     path = _copy(tokenized, "srun")
+    job = load_job(path, ["slurm.stages.train.procs_per_node=2"])
+    script = tmp_path / "train.sbatch"
+    script.write_text(render(job, RunDir(job.run_dir), step_named(job, "train/s"), path, [], 1))
+    assert "--nproc-per-node=2" in script.read_text() and "--standalone" in script.read_text()
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "srun").write_text(
-        "#!/bin/bash\n"
-        "shift  # --kill-on-bad-exit=1\n"
-        "job=$((RANDOM + 7))\n"
-        "for task in 0 1; do\n"
-        "  env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_ADDR -u MASTER_PORT SLURM_PROCID=$task SLURM_NTASKS=2 \\\n"
-        "    SLURM_LOCALID=$task SLURM_JOB_NODELIST=localhost SLURM_JOB_ID=$job \"$@\" &\n"
-        "done\n"
-        "wait -n && wait -n\n")
+    (shim / "srun").write_text("#!/bin/bash\nshift  # --kill-on-bad-exit=1\nexec \"$@\"\n")
     (shim / "srun").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PATH"] = f"{shim}:{Path(sys.executable).parent}:{env['PATH']}"
-    result = subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch"), str(path)], env=env,
-                            capture_output=True, text=True, timeout=600)
+    env.update(PATH=f"{shim}:{env['PATH']}", SLURM_JOB_ID="7", SLURM_CPUS_PER_TASK="2")
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (Path(job.run_dir) / "slurm" / "exit" / "train-s-7").read_text() == "0\n"
     two = _metrics(path)
     assert sorted(two) == list(range(1, STEPS + 1))
     assert all(two[s]["loss"] == pytest.approx(clean[s]["loss"], rel=1e-4) for s in two)

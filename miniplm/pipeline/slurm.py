@@ -1,0 +1,230 @@
+"""`miniplm slurm`: one sbatch script per step, rendered from slurm/*.sbatch.j2 into
+RUN_DIR/slurm/, submitted as a chain of `--dependency=afterok` jobs.
+
+Array steps (prepare, score, select, tokenize) run as job arrays: task i of
+N takes shards i, i+N, ... (`--worker i --num-workers N`, so a resubmitted
+subset of tasks still takes the same shards). Training steps run as one job
+of `nodes` x torchrun. Submitting again looks at the run directory and the
+queue: finished steps are skipped, steps still queued are waited on, not
+submitted twice, and of an unfinished array step only the tasks that own
+unfinished shards are submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import orjson
+import yaml
+
+from miniplm.config import ConfigError, JobConfig, SlurmResources, apply_overrides
+from miniplm.pipeline import plan
+from miniplm.pipeline.plan import Step
+from miniplm.rundir import RunDir, atomic_write_text
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
+DEFAULT_MAX_TASKS = 64
+
+
+class SlurmError(RuntimeError):
+    """sbatch or squeue failed; the message has their output."""
+
+
+@dataclass
+class Submission:
+    """One step's job, as planned (and, once submitted, its id)."""
+
+    step: Step
+    action: str  # submit | done | queued
+    script: Path | None = None
+    text: str = ""
+    tasks: list[int] = field(default_factory=list)  # array tasks to submit
+    num_workers: int = 1
+    after: list[str] = field(default_factory=list)  # job ids (or <step> placeholders) it waits for
+    job_id: str | None = None
+    note: str = ""
+
+
+def slug(step_name: str) -> str:
+    return step_name.replace("/", "-")
+
+
+def slurm_dir(rd: RunDir) -> Path:
+    return rd.root / "slurm"
+
+
+def records_file(rd: RunDir) -> Path:
+    return slurm_dir(rd) / "submissions.jsonl"
+
+
+def exit_dir(rd: RunDir) -> Path:
+    return slurm_dir(rd) / "exit"
+
+
+def log_pattern(rd: RunDir, step: Step) -> Path:
+    """Where a task's output goes, in sbatch's pattern (%A array job, %a task, %j job)."""
+    return rd.root.absolute() / "logs" / (f"{slug(step.name)}-%A_%a.log" if step.kind == "array"
+                                          else f"{slug(step.name)}-%j.log")
+
+
+def array_spec(tasks: list[int], parallel: int | None) -> str:
+    """`0-7%4` for a run of tasks, `1,5,6` otherwise."""
+    if tasks == list(range(tasks[0], tasks[-1] + 1)) and len(tasks) > 1:
+        spec = f"{tasks[0]}-{tasks[-1]}"
+    else:
+        spec = ",".join(map(str, tasks))
+    return spec + (f"%{parallel}" if parallel else "")
+
+
+def read_records(rd: RunDir) -> list[dict]:
+    try:
+        return [orjson.loads(line) for line in records_file(rd).read_bytes().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def queue_states(job_ids: set[str]) -> dict[str, str]:
+    """`JOBID` or `JOBID_TASK` -> PENDING/RUNNING/... for the given jobs still in the queue."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        task, _, state = line.partition("|")
+        if task.split("_")[0] in job_ids:
+            states[task] = state
+    return states
+
+
+def snapshot_job(job_file: str, overrides: list[str], rd: RunDir) -> Path:
+    """The job as submitted (file + overrides), which every script runs: later edits of the job
+    file do not change what queued jobs do."""
+    data = yaml.safe_load(Path(job_file).read_text(encoding="utf-8"))
+    apply_overrides(data, overrides)
+    path = slurm_dir(rd) / "job.yaml"
+    atomic_write_text(path, f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n"
+                      + yaml.safe_dump(data, sort_keys=False))
+    return path.absolute()
+
+
+def _environment(job: JobConfig) -> jinja2.Environment:
+    folder = Path(job.slurm.templates) if job.slurm.templates else TEMPLATES
+    if not folder.is_dir():
+        raise ConfigError(f"slurm.templates: no folder {str(folder)!r}")
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(folder), keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def _sbatch_lines(res: SlurmResources, rd: RunDir, step: Step) -> list[str]:
+    lines = [f"--chdir={shlex.quote(os.getcwd())}", f"--output={shlex.quote(str(log_pattern(rd, step)))}",
+             "--open-mode=append", "--requeue"]
+    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("time", "time"),
+                      ("cpus", "cpus-per-task"), ("mem", "mem")):
+        if getattr(res, key) is not None:
+            lines.append(f"--{flag}={getattr(res, key)}")
+    gpus = res.gpus if step.kind == "array" else res.gpus_per_node
+    if gpus:
+        lines.append(f"--gres=gpu:{gpus}")
+    return lines + res.sbatch
+
+
+def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[int], num_workers: int) -> str:
+    res = job.slurm.resources(step.name)
+    context = dict(step=step.name, command=step.command, job_file=shlex.quote(str(job_file)), slug=slug(step.name),
+                   job_name=f"miniplm-{slug(step.name)}", python=shlex.quote(job.slurm.python or sys.executable),
+                   setup=[*job.slurm.setup, *res.setup], sbatch_lines=_sbatch_lines(res, rd, step),
+                   exit_dir=shlex.quote(str(exit_dir(rd).absolute())))
+    if step.kind == "array":
+        template = "array.sbatch.j2"
+        extra = "corpus.num_workers=\"${SLURM_CPUS_PER_TASK:-1}\"" if step.command == "prepare" else ""
+        context.update(array=array_spec(tasks, res.parallel), num_workers=num_workers, extra_args=extra)
+    else:
+        template = "ranks.sbatch.j2"
+        nodes = res.nodes or 1
+        procs = res.gpus_per_node or res.procs_per_node or 1
+        only = f"--only {shlex.quote(step.only)}" if step.only else ""
+        context.update(nodes=nodes, procs_per_node=procs, extra_args=only, port=29500)
+    return _environment(job).get_template(template).render(template=template, **context)
+
+
+def _array_tasks(job: JobConfig, rd: RunDir, step: Step) -> tuple[list[int], int, str]:
+    """Which array tasks to submit, out of how many workers, and why."""
+    res = job.slurm.resources(step.name)
+    limit = res.max_tasks or DEFAULT_MAX_TASKS
+    n_shards = plan.shard_count(job, rd, step)
+    if n_shards is None:
+        return list(range(limit)), limit, "shard count not known until prepare is done"
+    workers = max(1, min(n_shards, limit))
+    pending = plan.pending_shards(job, rd, step)
+    if not pending:  # every shard written, the stage not closed: one task finishes it
+        return [0], workers, "all shards written; one task completes the stage"
+    tasks = sorted({i % workers for i in pending})
+    return tasks, workers, f"{len(pending)} of {n_shards} {'input units' if step.name == 'prepare' else 'shards'} to do"
+
+
+def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submission]:
+    """What `miniplm slurm` would submit now, in order, with placeholder dependencies."""
+    records = read_records(rd)
+    live = queue_states({r["job_id"] for r in records})
+    latest: dict[str, dict] = {r["step"]: r for r in records}  # each step's latest submission
+    plan_: list[Submission] = []
+    upstream: list[str] = []  # what the next step waits for
+    for step in plan.steps(job):
+        after = list(upstream)
+        record = latest.get(step.name)
+        if plan.state(job, rd, step) == "done":
+            sub = Submission(step, "done", note="finished")
+        elif record and any(t.split("_")[0] == record["job_id"] for t in live):
+            sub = Submission(step, "queued", job_id=record["job_id"], note="already queued or running")
+        else:
+            sub = Submission(step, "submit", script=slurm_dir(rd) / f"{slug(step.name)}.sbatch", after=after)
+            if step.kind == "array":
+                sub.tasks, sub.num_workers, sub.note = _array_tasks(job, rd, step)
+            sub.text = render(job, rd, step, job_file, sub.tasks, sub.num_workers)
+        plan_.append(sub)
+        if not step.name.startswith("train/"):  # students wait for the data, not for each other
+            upstream = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
+    return plan_
+
+
+def sbatch_command(sub: Submission) -> list[str]:
+    command = ["sbatch", "--parsable"]
+    if sub.after:
+        command.append("--dependency=afterok:" + ":".join(sub.after))
+    return command + [str(sub.script)]
+
+
+def submit(job: JobConfig, rd: RunDir, plan_: list[Submission]) -> None:
+    """Write the scripts and submit them in order, filling in the job ids each one waits for."""
+    ids: dict[str, str] = {}
+    for sub in plan_:
+        if sub.job_id:
+            ids[f"<{sub.step.name}>"] = sub.job_id
+        if sub.action != "submit":
+            continue
+        sub.after = [ids.get(a, a) for a in sub.after]
+        atomic_write_text(sub.script, sub.text)
+        (rd.root / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            out = subprocess.run(sbatch_command(sub), capture_output=True, text=True, timeout=120)
+        except OSError as e:
+            raise SlurmError(f"cannot run sbatch: {e}") from None
+        if out.returncode != 0:
+            raise SlurmError(f"sbatch {sub.script} failed: {out.stderr.strip() or out.stdout.strip()}")
+        sub.job_id = out.stdout.strip().split(";")[0]
+        ids[f"<{sub.step.name}>"] = sub.job_id
+        record = {"step": sub.step.name, "job_id": sub.job_id, "tasks": sub.tasks if sub.step.kind == "array" else None,
+                  "num_workers": sub.num_workers, "script": str(sub.script), "after": sub.after,
+                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with open(records_file(rd), "ab") as f:
+            f.write(orjson.dumps(record) + b"\n")

@@ -1,0 +1,142 @@
+"""`miniplm status`: per step, shards done out of all, and the state of its SLURM tasks.
+
+Progress comes from the run directory (the manifest and the shard markers),
+so it is right whichever way the stages ran. Task states come from the
+queue (pending, running) and from the exit code each task script records
+when it ends; a task that left a log but no exit code was killed (time
+limit, memory, a lost node), and one with neither never ran (cancelled, or
+a step it waited for failed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from miniplm.config import JobConfig
+from miniplm.pipeline import plan
+from miniplm.pipeline.plan import Step
+from miniplm.pipeline.slurm import exit_dir, log_pattern, queue_states, read_records, slug
+from miniplm.rundir import RunDir
+
+FAILED = ("failed", "killed")
+
+
+@dataclass
+class Task:
+    job_id: str
+    task: int | None  # the array task, None for a training job
+    state: str  # pending, running, completed, failed, killed, not run (or the queue's word)
+    exit_code: int | None
+    log: Path
+
+    @property
+    def name(self) -> str:
+        return self.job_id if self.task is None else f"{self.job_id}_{self.task}"
+
+
+@dataclass
+class StepStatus:
+    step: Step
+    state: str  # done, failed, running, waiting
+    done: int | None = None  # shards (prepare: input units) finished, for array steps
+    total: int | None = None
+    tasks: list[Task] = field(default_factory=list)  # the latest attempt of each task
+
+    @property
+    def failed_tasks(self) -> list[Task]:
+        return [] if self.state == "done" else [t for t in self.tasks if t.state in FAILED]
+
+
+def _task(rd: RunDir, step: Step, job_id: str, task: int | None, live: dict[str, str]) -> Task:
+    name = job_id if task is None else f"{job_id}_{task}"
+    log = Path(str(log_pattern(rd, step)).replace("%A", job_id).replace("%a", str(task)).replace("%j", job_id))
+    if name in live:
+        return Task(job_id, task, live[name].lower(), None, log)
+    try:
+        code = int((exit_dir(rd) / f"{slug(step.name)}-{name}").read_text().strip())
+        return Task(job_id, task, "completed" if code == 0 else "failed", code, log)
+    except (FileNotFoundError, ValueError):
+        return Task(job_id, task, "killed" if log.exists() else "not run", None, log)
+
+
+def _training_step(rd: RunDir, step: Step) -> str:
+    name = "reference" if step.name == "train-reference" else step.only
+    try:
+        last = (rd.root / "train" / str(name) / "metrics.jsonl").read_text().splitlines()[-1]
+        return f"step {json.loads(last)['step']}"
+    except (FileNotFoundError, IndexError, KeyError, json.JSONDecodeError):
+        return ""
+
+
+def collect(job: JobConfig) -> list[StepStatus]:
+    rd = RunDir(job.run_dir)
+    records = read_records(rd)
+    live = queue_states({r["job_id"] for r in records})
+    out = []
+    for step in plan.steps(job):
+        status = StepStatus(step, plan.state(job, rd, step))
+        if step.kind == "array":
+            status.total = plan.shard_count(job, rd, step)
+            if status.total is not None:
+                pending = plan.pending_shards(job, rd, step) or []
+                status.done = status.total if status.state == "done" else status.total - len(pending)
+        latest: dict[tuple, Task] = {}
+        for r in (r for r in records if r["step"] == step.name):
+            for task in r["tasks"] if r["tasks"] is not None else [None]:
+                latest[(r["num_workers"], task)] = _task(rd, step, r["job_id"], task, live)
+        status.tasks = list(latest.values())
+        out.append(status)
+    return out
+
+
+def render(job: JobConfig, statuses: list[StepStatus]) -> str:
+    rd = RunDir(job.run_dir)
+    lines = [f"run {rd.root}", f"{'step':<22}{'state':<10}{'progress':<18}slurm"]
+    for s in statuses:
+        if s.total is not None:
+            progress = f"{s.done}/{s.total} {'units' if s.step.name == 'prepare' else 'shards'}"
+        elif s.step.kind == "array":
+            progress = "after prepare"
+        else:
+            progress = _training_step(rd, s.step)
+        by_job: dict[str, Counter] = {}
+        for t in s.tasks:
+            by_job.setdefault(t.job_id, Counter())[t.state] += 1
+        jobs = "; ".join(f"job {j}: " + ", ".join(f"{n} {state}" for state, n in c.items()) for j, c in by_job.items())
+        lines.append(f"{s.step.name:<22}{s.state:<10}{progress:<18}{jobs or '-'}")
+    failures = [(s, t) for s in statuses for t in s.failed_tasks]
+    broken = [s for s in statuses if s.state == "failed"]
+    if failures or broken:
+        lines.append("")
+        lines.append("failed:")
+        for s, t in failures:
+            what = f"exit code {t.exit_code}" if t.exit_code is not None else "ended without an exit code (killed?)"
+            task = "" if t.task is None else f" task {t.task}"
+            lines.append(f"  {s.step.name}{task} (job {t.name}): {what}")
+            lines.append(f"    log: {t.log}")
+            tail = _last_line(t.log)
+            if tail:
+                lines.append(f"    last line: {tail}")
+        for s in broken:
+            if not s.failed_tasks:
+                error = RunDir(job.run_dir).stage_state(s.step.name).get("error", "")
+                lines.append(f"  {s.step.name}: failed{': ' + error if error else ''}")
+    return "\n".join(lines)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def any_failed(statuses: list[StepStatus]) -> bool:
+    return any(s.state == "failed" or s.failed_tasks for s in statuses)

@@ -1,0 +1,128 @@
+"""`miniplm slurm --dry-run`: the scripts and the plan for the shipped jobs, without a cluster."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from miniplm.config import load_job
+from miniplm.corpus import prepare
+from miniplm.pipeline import plan
+from miniplm.pipeline.slurm import array_spec, plan_submissions
+from miniplm.rundir import RunDir
+from tests.conftest import REPO, write_jsonl
+
+
+def _sbatch(text: str, key: str) -> list[str]:
+    return re.findall(rf"^#SBATCH --{key}=(.*)$", text, flags=re.M)
+
+
+@pytest.fixture
+def pile(tmp_path):
+    """Three small JSONL files standing in for the Pile."""
+    src = tmp_path / "pile"
+    src.mkdir()
+    for f in range(3):
+        write_jsonl(src / f"{f:02d}.jsonl", [{"text": f"file {f} document {i} " * 5} for i in range(30)])
+    return [f"corpus.inputs.0.path={src}/*.jsonl", f"run_dir={tmp_path / 'run'}"]
+
+
+def _plan(job_file, overrides):
+    job = load_job(job_file, overrides)
+    return job, {s.step.name: s for s in plan_submissions(job, RunDir(job.run_dir), REPO / "job.yaml")}
+
+
+def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
+    _, subs = _plan(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
+    assert list(subs) == ["prepare", "train-reference", "score", "select", "tokenize",
+                          "train/qwen-200m", "train/qwen-500m", "train/qwen-1.2b"]
+    assert all(s.action == "submit" for s in subs.values())
+
+    # arrays: prepare over the 3 input files; later stages at max_tasks, since the shards do not exist yet
+    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128), "tokenize": ("0-255", 256)}
+    for name, (array, workers) in expected.items():
+        assert _sbatch(subs[name].text, "array") == [array], name
+        assert f"--num-workers {workers} -q" in subs[name].text
+        assert "--worker \"$SLURM_ARRAY_TASK_ID\"" in subs[name].text
+        assert "--requeue" in subs[name].text
+    assert _sbatch(subs["score"].text, "gres") == ["gpu:1"]
+    assert _sbatch(subs["prepare"].text, "gres") == [] and _sbatch(subs["prepare"].text, "partition") == ["cpu"]
+    assert _sbatch(subs["score"].text, "partition") == ["gpu"]
+    assert _sbatch(subs["score"].text, "time") == ["12:00:00"] and _sbatch(subs["select"].text, "mem") == ["128G"]
+
+    # the chain: each stage after the one before; the students after the token shards, not after each other
+    after = {name: s.after for name, s in subs.items()}
+    assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
+                     "select": ["<score>"], "tokenize": ["<select>"], "train/qwen-200m": ["<tokenize>"],
+                     "train/qwen-500m": ["<tokenize>"], "train/qwen-1.2b": ["<tokenize>"]}
+
+    # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
+    for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8)):
+        text = subs[name].text
+        assert _sbatch(text, "nodes") == [str(nodes)] and _sbatch(text, "gres") == ["gpu:8"], name
+        assert _sbatch(text, "ntasks-per-node") == ["1"] and "--nproc-per-node=8" in text
+        assert ("--rdzv-backend=c10d" in text) == (nodes > 1) and ("--standalone" in text) == (nodes == 1)
+    assert "-m miniplm train " in subs["train/qwen-1.2b"].text and "--only qwen-1.2b" in subs["train/qwen-1.2b"].text
+    assert _sbatch(subs["train/qwen-1.2b"].text, "time") == ["7-00:00:00"]
+
+
+def test_cluster_example_carries_every_user_setting(tmp_path):
+    _, subs = _plan(REPO / "jobs" / "cluster-example.yaml", [f"run_dir={tmp_path / 'run'}"])
+    for name, sub in subs.items():
+        assert _sbatch(sub.text, "account") == ["my-project"] and "#SBATCH --mail-type=FAIL" in sub.text, name
+        assert "module load cuda/12.4\nsource \"$HOME/venvs/miniplm/bin/activate\"\n" in sub.text
+        assert _sbatch(sub.text, "chdir") and _sbatch(sub.text, "output")[0].startswith(str(tmp_path / "run" / "logs"))
+    assert _sbatch(subs["score"].text, "constraint") == ["h100"] and _sbatch(subs["select"].text, "constraint") == []
+    assert _sbatch(subs["train/student-random"].text, "qos") == ["low"]
+    assert _sbatch(subs["train/student-selected"].text, "qos") == ["normal"]
+    assert _sbatch(subs["prepare"].text, "array") == ["0-2"]  # three bundled files
+    assert _sbatch(subs["score"].text, "array") == ["0-15%8"]
+    assert _sbatch(subs["train/student-selected"].text, "nodes") == ["2"]
+
+
+def test_known_shards_give_one_task_per_unfinished_shard(tmp_path, pile):
+    job_file = REPO / "jobs" / "paper-pile-qwen.yaml"
+    overrides = pile + ["corpus.docs_per_shard=20", "corpus.reference_fraction=0.05"]
+    job = load_job(job_file, overrides)
+    prepare.run(job, show_progress=False)
+    rd = RunDir(job.run_dir)
+    n = len(rd.doc_shards("main"))
+    assert n >= 4
+    _, subs = _plan(job_file, overrides)
+    assert "prepare" not in [name for name, s in subs.items() if s.action == "submit"]
+    assert subs["prepare"].action == "done" and subs["train-reference"].after == []
+    assert _sbatch(subs["score"].text, "array") == [f"0-{n - 1}%64"] and f"--num-workers {n} " in subs["score"].text
+
+    # two shards scored (their markers), the stage still open: only the others' tasks go again
+    rd.start_stage("score", "h")
+    for i in (0, 2):
+        rd.mark_done("score", f"shard-{i:05d}", "h")
+    assert plan.pending_shards(job, rd, plan.step_named(job, "score")) == [1, *range(3, n)]
+    _, subs = _plan(job_file, overrides)
+    assert subs["score"].tasks == [1, *range(3, n)] and subs["score"].num_workers == n
+
+
+def test_array_spec():
+    assert array_spec([0, 1, 2, 3], None) == "0-3"
+    assert array_spec([0, 1, 2, 3], 2) == "0-3%2"
+    assert array_spec([3], None) == "3"
+    assert array_spec([1, 4, 5], 8) == "1,4,5%8"
+
+
+def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"),
+                          "--dry-run", *pile], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("#!/bin/bash") == 8
+    assert "dry run: would submit" in out.stdout
+    assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
+                     out.stdout)
+    assert not (tmp_path / "run" / "slurm").exists()
+
+
+def test_unknown_slurm_stage_is_an_error(tmp_path, pile):
+    from miniplm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="slurm: stages: unknown stage 'scoring'"):
+        load_job(REPO / "jobs" / "paper-pile-qwen.yaml", pile + ["slurm.stages.scoring.gpus=1"])
