@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-miniplm prepare jobs/demo.yaml "$@"
+miniplm run jobs/demo.yaml "$@"
