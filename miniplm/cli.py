@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Callable
 
@@ -76,6 +77,11 @@ def describe(step: Step, job: JobConfig, result) -> list[str]:
             lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
                          f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
         return [*lines, f"report: {job.run_dir}/report/index.html"]
+    if step.command == "eval":
+        from miniplm.evaluation.compare import markdown
+
+        results = json.loads((job.run_dir / "eval" / "results.json").read_text())
+        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip()]
     if step.command == "train-reference":
         counts = result["reference"]
         return [f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
@@ -132,7 +138,7 @@ def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
 
     results = local.run(job, show_progress=not args.quiet, on_step=on_step)
     losses = {s.name: results[f"train/{s.name}"][s.name].get("heldout_loss") for s in job.students}
-    if any(v is not None for v in losses.values()):
+    if "eval" not in results and any(v is not None for v in losses.values()):
         print("\nheld-out loss per token (lower is better):")
         for student in job.students:
             loss = losses[student.name]
@@ -178,6 +184,10 @@ def cmd_status(job: JobConfig, args: argparse.Namespace) -> int:
     return 1 if status.any_failed(statuses) else 0
 
 
+def cmd_eval(job: JobConfig, args: argparse.Namespace) -> int:
+    return _run_stage("eval", job, args)
+
+
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
@@ -208,6 +218,11 @@ STAGES = {
               "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
               "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
               "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
+    "eval": (cmd_eval, "held-out loss, perplexity and zero-shot accuracy of the job's models, compared",
+             "Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): loss "
+             "and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on eval.tasks "
+             "through lm-evaluation-harness. Writes RUN_DIR/eval/ (results.json, comparison.md, comparison.png) "
+             "and adds the comparison to the selection report. Models split over workers like shards."),
 }
 
 

@@ -203,6 +203,48 @@ class ReferenceSpec(_Strict):
         return self
 
 
+PAPER_TASKS = ["hellaswag", "lambada_openai", "winogrande", "openbookqa", "arc_easy", "arc_challenge", "piqa",
+               "social_iqa", "storycloze_2018"]
+
+
+class EvalModel(_Strict):
+    """A model to evaluate that the job does not train: a folder, a hub id or smollm2-135m."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+
+
+class EvalConfig(_Strict):
+    """`miniplm eval`: held-out language modelling and zero-shot tasks, per model."""
+
+    models: list[str | EvalModel] = Field(
+        default_factory=lambda: ["students"],
+        description="students (all of them), a student's name, reference, teacher, or {name, model} for any checkpoint")
+    heldout: bool = Field(True, description="loss and perplexity on the run's held-out split")
+    corpora: list[InputSpec] = Field(default_factory=list, description="extra evaluation corpora (inputs like "
+                                     "corpus.inputs; give each a name), e.g. a DCLM sample")
+    max_docs: int | None = Field(None, gt=0, description="at most this many documents per corpus")
+    max_length: int | None = Field(None, ge=2, description="tokens per window; default: a student's training "
+                                   "seq_len, else 1024")
+    stride: int = Field(0, ge=0, description="context repeated from the previous window (not scored twice)")
+    batch_tokens: int = Field(16384, gt=0)
+    tasks: list[str] = Field(default_factory=lambda: list(PAPER_TASKS),
+                             description="lm-evaluation-harness tasks (zero-shot); [] for none")
+    task_paths: list[str] = Field(default_factory=list, description="folders or files of lm-eval task YAMLs, e.g. "
+                                  "local tasks with dataset_path: json and data_files")
+    limit: int | None = Field(None, gt=0, description="at most this many examples per task")
+    num_fewshot: int = Field(0, ge=0)
+    batch_size: int = Field(16, gt=0, description="lm-eval batch size")
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _named_corpora(self) -> "EvalConfig":
+        names = [c.source_name for c in self.corpora]
+        if "heldout" in names or len(names) != len(set(names)):
+            raise ValueError(f"corpora: give each a distinct name other than heldout (got {', '.join(names)})")
+        return self
+
+
 class SlurmResources(_Strict):
     """sbatch settings for a stage; every key is optional and falls back to `slurm.defaults`."""
 
@@ -268,6 +310,7 @@ class JobConfig(_Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     tokenize: list[TokenSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
+    eval: EvalConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @model_validator(mode="after")
@@ -275,6 +318,12 @@ class JobConfig(_Strict):
         names = [t.name for t in self.tokenize]
         if len(names) != len(set(names)):
             raise ValueError(f"tokenize: names must differ (got {', '.join(names)})")
+        if self.eval is not None:
+            students = {s.name for s in self.students}
+            for m in self.eval.models:
+                if isinstance(m, str) and m not in ("students", "reference", "teacher") and m not in students:
+                    raise ValueError(f"eval.models: {m!r} is no student of the job; name a student, students, "
+                                     "reference, teacher, or give {name: ..., model: PATH}")
         if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
             raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
         return self
@@ -288,11 +337,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "select": ("seed", "select"),  # plus the score stage's own hash, which covers the rest
     "tokenize": ("seed",),  # plus the token set, its tokenizer and the input stage's hash
     "train": ("seed",),  # plus the student and its token sets' hashes
+    "eval": ("seed", "eval"),  # plus the models' fingerprints and the held-out documents
 }
 
 
 # Settings that change how the work runs, never what it writes.
-EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device"), "select": ("report_examples",)}
+EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device"), "select": ("report_examples",),
+                  "eval": ("device", "batch_size")}
 
 
 def stage_config_hash(job: JobConfig, stage: str, *extra: str) -> str:
@@ -364,11 +415,13 @@ def _check_models(job: JobConfig, where: str) -> None:
 
 
 def _check_inputs_exist(job: JobConfig, where: str) -> None:
-    for i, spec in enumerate(job.corpus.inputs):
+    inputs = [(f"corpus.inputs.{i}", spec) for i, spec in enumerate(job.corpus.inputs)]
+    inputs += [(f"eval.corpora.{i}", spec) for i, spec in enumerate(job.eval.corpora if job.eval else [])]
+    for key, spec in inputs:
         if spec.format == "hf_hub":
             continue  # a hub name: only loading can tell whether it exists
         if not expand_input(spec):
-            raise ConfigError(f"{where}: corpus.inputs.{i}.path: nothing found at {spec.path!r} (relative to {os.getcwd()})")
+            raise ConfigError(f"{where}: {key}.path: nothing found at {spec.path!r} (relative to {os.getcwd()})")
 
 
 def expand_input(spec: InputSpec) -> list[str]:

@@ -24,10 +24,34 @@ def test_bundled_corpus_is_small_and_labelled():
 
 def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo job's paths are relative to the repository
-    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}"])
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null"])
     stats = prepare.run(job, show_progress=False)
     assert stats["documents_read"] == 1866
     assert stats["duplicates"] == 9  # the repeated legal-footer pages
     assert stats["rejected_total"] == 0
     assert stats["kept_total"] == 1857
     assert set(stats["sources"]) == {"kjv", "python-docs", "noise-gibberish", "noise-boilerplate", "noise-ocr"}
+
+
+def test_demo_job_reads_its_slice_of_the_bundled_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}"])
+    stats = prepare.run(job, show_progress=False)
+    assert stats["documents_read"] == 3 * 160  # limit: 160 per file
+    assert stats["kept_total"] + stats["duplicates"] + stats["rejected_total"] == 480
+
+
+def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("build_eval_task", REPO / "data" / "build_eval_task.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "HERE", tmp_path)
+    (tmp_path / "sample").symlink_to(REPO / "data" / "sample")
+    build.main()
+    assert (tmp_path / "eval" / "bundled-cloze.jsonl").read_bytes() == (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_bytes()
+    items = [json.loads(line) for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_text().splitlines()]
+    assert len(items) == 200 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
+    assert {i["source"] for i in items} == {"kjv", "python-docs"}

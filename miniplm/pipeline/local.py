@@ -34,6 +34,10 @@ def run_step(job: JobConfig, step: Step, worker: Worker = Worker(), *, force: bo
         from miniplm.corpus import tokenize
 
         return tokenize.run(job, worker, only=step.only, **kwargs)
+    if step.command == "eval":
+        from miniplm.evaluation import evaluate
+
+        return evaluate.run(job, worker, **kwargs)
     from miniplm.training import train
 
     if step.command == "train-reference":

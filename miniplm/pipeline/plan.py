@@ -34,6 +34,8 @@ def steps(job: JobConfig) -> list[Step]:
     if job.tokenize:
         plan.append(Step("tokenize", "tokenize", "array"))
     plan += [Step(f"train/{s.name}", "train", "ranks", only=s.name) for s in job.students]
+    if job.eval is not None:
+        plan.append(Step("eval", "eval", "array"))  # its shards are the models
     return plan
 
 
@@ -70,6 +72,10 @@ def _shard_keys(job: JobConfig, rd: RunDir, step: Step) -> list[tuple[str, list[
         from miniplm.corpus.prepare import plan_units
 
         return [("prepare", [u.key for u in plan_units(job.corpus)])]
+    if step.name == "eval":
+        from miniplm.evaluation.evaluate import targets
+
+        return [("eval", [t.name for t in targets(job)])]
     if rd.stage_state("prepare").get("state") != "done":
         return None
     if step.name in ("score", "select"):

@@ -179,8 +179,9 @@ def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submiss
     latest: dict[str, dict] = {r["step"]: r for r in records}  # each step's latest submission
     plan_: list[Submission] = []
     upstream: list[str] = []  # what the next step waits for
+    students: list[str] = []  # eval waits for every student as well
     for step in plan.steps(job):
-        after = list(upstream)
+        after = list(upstream) + (students if step.name == "eval" else [])
         record = latest.get(step.name)
         if plan.state(job, rd, step) == "done":
             sub = Submission(step, "done", note="finished")
@@ -192,8 +193,11 @@ def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submiss
                 sub.tasks, sub.num_workers, sub.note = _array_tasks(job, rd, step)
             sub.text = render(job, rd, step, job_file, sub.tasks, sub.num_workers)
         plan_.append(sub)
-        if not step.name.startswith("train/"):  # students wait for the data, not for each other
-            upstream = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
+        handle = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
+        if step.name.startswith("train/"):  # students wait for the data, not for each other
+            students += handle
+        else:
+            upstream = handle
     return plan_
 
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from miniplm.config import JobConfig  # noqa: E402
+from miniplm.evaluation import compare  # noqa: E402
 from miniplm.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from miniplm.selection.strategies import REASONS, counts  # noqa: E402
 
@@ -159,8 +160,9 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ".</p>",
         "<h2>Counts</h2>", _table(["", "documents", "tokens"], count_rows, "counts"),
         "<h2>Sources</h2>", _table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
-        "<h2>Plots</h2>",
     ]
+    parts += compare.report_section(job, rd, out)  # the students trained on the selection, once they exist
+    parts.append("<h2>Plots</h2>")
     for name, caption in plots:
         data = base64.b64encode((out / name).read_bytes()).decode()
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"

@@ -16,7 +16,8 @@ def write_corpus(folder: Path, files: int = 3, docs: int = 40) -> str:
     return str(folder / "*.jsonl")
 
 
-def tiny_job(tmp_path: Path, tiny_models: dict, *, train_reference: bool = False, **slurm) -> Path:
+def tiny_job(tmp_path: Path, tiny_models: dict, *, train_reference: bool = False, evaluation: dict | None = None,
+             **slurm) -> Path:
     """A job file for the whole pipeline with tiny models; run_dir tmp_path/run."""
     reference = ({"train": {"preset": "tiny", "seq_len": 32, "steps": 4, "batch_tokens": 128, "micro_batch": 4,
                             "warmup_steps": 1, "checkpoint_every": 2}}
@@ -39,6 +40,8 @@ def tiny_job(tmp_path: Path, tiny_models: dict, *, train_reference: bool = False
                      {"name": "on-random", "tokens": "random", **student}],
         "slurm": slurm,
     }
+    if evaluation is not None:
+        job["eval"] = evaluation
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path

@@ -40,7 +40,8 @@ def _wait_for_queue(run_dir: Path, timeout: float = 600) -> None:
 
 @pytest.fixture(scope="module")
 def job_file(tiny_models, tmp_path_factory):
-    return tiny_job(tmp_path_factory.mktemp("slurm"), tiny_models, **SLURM)
+    return tiny_job(tmp_path_factory.mktemp("slurm"), tiny_models, evaluation={"models": ["students"], "tasks": []},
+                    **SLURM)
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +57,25 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     assert re.search(r"score +array 8 of 8 tasks \(shard count not known until prepare is done\): job \d+",
                      submitted.stdout), submitted.stdout
     scripts = sorted(p.name for p in (run_dir / "slurm").glob("*.sbatch"))
-    assert scripts == ["prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize.sbatch",
+    assert scripts == ["eval.sbatch", "prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize.sbatch",
                        "train-on-random.sbatch", "train-on-selected.sbatch"]
     _wait_for_queue(run_dir)
 
     status = _miniplm("status", job_file, f"run_dir={run_dir}", cwd=job_file.parent, check=False)
     assert status.returncode == 0, status.stdout + status.stderr
-    for step in ("prepare", "score", "select", "tokenize", "train/on-selected", "train/on-random"):
+    for step in ("prepare", "score", "select", "tokenize", "train/on-selected", "train/on-random", "eval"):
         assert re.search(rf"^{re.escape(step)} +done ", status.stdout, flags=re.M), status.stdout
     assert re.search(r"^score +done +\d+/\d+ shards +job \d+: 8 completed", status.stdout, flags=re.M), status.stdout
 
     assert sorted((run_dir / "selected").glob("*.parquet"))
     assert data_outputs(run_dir) == data_outputs(local_run)
+    ours = json.loads((run_dir / "eval" / "results.json").read_text())
+    local = json.loads((local_run / "eval" / "results.json").read_text())
     for student in ("on-selected", "on-random"):
         assert (run_dir / "models" / student / "model.safetensors").exists()
+        assert ours[student]["lm"]["heldout"]["tokens"] == local[student]["lm"]["heldout"]["tokens"]
+        # the same data; training under torchrun and in-process need not agree to the last bit
+        assert ours[student]["lm"]["heldout"]["loss"] == pytest.approx(local[student]["lm"]["heldout"]["loss"], rel=1e-3)
         assert list((run_dir / "logs").glob(f"train-{student}-*.log"))
 
     again = _miniplm("slurm", job_file, f"run_dir={run_dir}", cwd=job_file.parent)

@@ -25,7 +25,7 @@ def pile(tmp_path):
     src.mkdir()
     for f in range(3):
         write_jsonl(src / f"{f:02d}.jsonl", [{"text": f"file {f} document {i} " * 5} for i in range(30)])
-    return [f"corpus.inputs.0.path={src}/*.jsonl", f"run_dir={tmp_path / 'run'}"]
+    return [f"corpus.inputs.0.path={src}/*.jsonl", f"eval.corpora.0.path={src}/00.jsonl", f"run_dir={tmp_path / 'run'}"]
 
 
 def _plan(job_file, overrides):
@@ -36,17 +36,18 @@ def _plan(job_file, overrides):
 def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     _, subs = _plan(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
     assert list(subs) == ["prepare", "train-reference", "score", "select", "tokenize",
-                          "train/qwen-200m", "train/qwen-500m", "train/qwen-1.2b"]
+                          "train/qwen-200m", "train/qwen-500m", "train/qwen-1.2b", "eval"]
     assert all(s.action == "submit" for s in subs.values())
 
     # arrays: prepare over the 3 input files; later stages at max_tasks, since the shards do not exist yet
-    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128), "tokenize": ("0-255", 256)}
+    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128), "tokenize": ("0-255", 256),
+                "eval": ("0-4", 5)}  # eval: one task per model (3 students, the reference, the teacher)
     for name, (array, workers) in expected.items():
         assert _sbatch(subs[name].text, "array") == [array], name
         assert f"--num-workers {workers} -q" in subs[name].text
         assert "--worker \"$SLURM_ARRAY_TASK_ID\"" in subs[name].text
         assert "--requeue" in subs[name].text
-    assert _sbatch(subs["score"].text, "gres") == ["gpu:1"]
+    assert _sbatch(subs["score"].text, "gres") == ["gpu:1"] == _sbatch(subs["eval"].text, "gres")
     assert _sbatch(subs["prepare"].text, "gres") == [] and _sbatch(subs["prepare"].text, "partition") == ["cpu"]
     assert _sbatch(subs["score"].text, "partition") == ["gpu"]
     assert _sbatch(subs["score"].text, "time") == ["12:00:00"] and _sbatch(subs["select"].text, "mem") == ["128G"]
@@ -55,7 +56,8 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     after = {name: s.after for name, s in subs.items()}
     assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
                      "select": ["<score>"], "tokenize": ["<select>"], "train/qwen-200m": ["<tokenize>"],
-                     "train/qwen-500m": ["<tokenize>"], "train/qwen-1.2b": ["<tokenize>"]}
+                     "train/qwen-500m": ["<tokenize>"], "train/qwen-1.2b": ["<tokenize>"],
+                     "eval": ["<tokenize>", "<train/qwen-200m>", "<train/qwen-500m>", "<train/qwen-1.2b>"]}
 
     # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
     for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8)):
@@ -114,7 +116,7 @@ def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_p
     out = subprocess.run([sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"),
                           "--dry-run", *pile], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("#!/bin/bash") == 8
+    assert out.stdout.count("#!/bin/bash") == 9
     assert "dry run: would submit" in out.stdout
     assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
                      out.stdout)

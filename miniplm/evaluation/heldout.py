@@ -1,0 +1,68 @@
+"""Held-out language modelling: loss and perplexity per token of a model on a set of documents.
+
+Each document is read as [BOS] + tokens (EOS where the tokenizer has no
+BOS), exactly as the score stage reads it, so every token is predicted once;
+long documents go through windows of `max_length` tokens. The loss is the
+mean negative log-likelihood over all predicted tokens of all documents.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from itertools import islice
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from miniplm.config import ConfigError, InputSpec, expand_input
+from miniplm.corpus.readers import RawDoc, read_input
+from miniplm.rundir import RunDir
+from miniplm.scoring.score import batch_logprobs
+from miniplm.scoring.windows import plan_batches, windows_for
+
+
+def heldout_texts(rd: RunDir) -> Iterator[str]:
+    for shard in rd.doc_shards("heldout"):
+        yield from pq.read_table(shard, columns=["text"])["text"].to_pylist()
+
+
+def corpus_texts(spec: InputSpec, max_chars: int) -> Iterator[str]:
+    """The readable documents of an evaluation corpus; bad records are skipped, as prepare skips them."""
+    files = expand_input(spec)
+    if not files:
+        raise ConfigError(f"eval.corpora: nothing found at {spec.path!r}")
+    for _, item in read_input(spec, tuple(files), max_chars):
+        if isinstance(item, RawDoc) and isinstance(item.text, str) and item.text.strip():
+            yield item.text
+
+
+def take(texts: Iterator[str], limit: int | None) -> list[str]:
+    return list(islice(texts, limit))
+
+
+def prefix_token(tokenizer) -> int:
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ConfigError("held-out loss needs a tokenizer with a BOS or EOS token to start documents with")
+    return token
+
+
+def lm_loss(model, tokenizer, texts: list[str], *, max_length: int, stride: int = 0, batch_tokens: int = 16384,
+            device: str = "cpu", desc: str = "held-out", show_progress: bool = True) -> dict:
+    """Loss (mean NLL in nats) and perplexity per predicted token over `texts`."""
+    tokenizer.model_max_length = sys.maxsize  # windowed here, not truncated
+    sequences = [np.asarray(t, dtype=np.int64) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
+    bos = prefix_token(tokenizer)
+    total, count = 0.0, 0
+    for batch in tqdm(plan_batches(windows, max(batch_tokens, max_length)), desc=desc, unit="batch",
+                      disable=not show_progress, dynamic_ncols=True):
+        for lp in batch_logprobs(batch, sequences, {"model": model}, bos, device)["model"]:
+            total += float(lp.double().sum())
+            count += lp.numel()
+    loss = -total / count if count else float("nan")
+    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count,
+            "documents": len(texts)}

@@ -1,0 +1,49 @@
+"""Held-out loss equals a plain computation with the model on the same tokens."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from miniplm.evaluation.heldout import lm_loss
+from miniplm.models.loading import load_tokenizer
+
+TEXTS = ["In the beginning God created the heaven and the earth.", "def add(a, b):\n    return a + b",
+         "x", "The quick brown fox jumps over the lazy dog. " * 6, "import os\nprint(os.listdir('.'))"]
+
+
+def plain_loss(model, tokenizer, texts, max_length=None):
+    """Sum of -log p over every token of every document read as [BOS] + tokens, in float64,
+    one document (or one window of max_length inputs, scoring each token once) at a time."""
+    nll, count = 0.0, 0
+    for text in texts:
+        seq = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        step = max_length or len(seq)
+        for start in range(0, len(seq) - 1, step):
+            window = torch.tensor([seq[start : start + step + 1]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(window[:, :-1]).logits.double(), dim=-1)
+            nll -= float(logp[0].gather(1, window[0, 1:, None]).sum())
+            count += window.shape[1] - 1
+    return nll / count, count
+
+
+@pytest.mark.parametrize("max_length", [None, 8])
+def test_lm_loss_equals_a_plain_computation(tiny_models, max_length):
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    expected, count = plain_loss(model, tokenizer, TEXTS, max_length)
+    got = lm_loss(model, tokenizer, TEXTS, max_length=max_length or 1024, batch_tokens=64, show_progress=False)
+    assert got["tokens"] == count and got["documents"] == len(TEXTS)
+    assert got["loss"] == pytest.approx(expected, rel=1e-9)
+    assert got["perplexity"] == pytest.approx(math.exp(expected), rel=1e-9)
+
+
+def test_float32_model_agrees_closely(tiny_models):
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    model64 = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    model32 = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float32).eval()
+    expected, _ = plain_loss(model64, tokenizer, TEXTS)
+    assert lm_loss(model32, tokenizer, TEXTS, max_length=1024, show_progress=False)["loss"] == pytest.approx(
+        expected, rel=1e-5)
