@@ -22,14 +22,14 @@ def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     corpora = list(dict.fromkeys(c for r in results.values() for c in r["lm"]))
     tasks = list(dict.fromkeys(t for r in results.values() for t in r.get("zero_shot", {}).get("tasks", {})))
     headers = ["model", "role", "trained on"]
-    headers += [h for c in corpora for h in (f"{c} loss", f"{c} ppl")]
+    headers += [h for c in corpora for h in (f"{c} loss", f"{c} ppl", f"{c} bpb")]
     headers += [f"{t} ({_metric(results, t)})" for t in tasks] + (["average"] if tasks else [])
     rows = []
     for name, r in results.items():
         row = [name, r["role"], r.get("trained_on") or ""]
         for c in corpora:
             lm = r["lm"].get(c)
-            row += [f"{lm['loss']:.4f}", f"{lm['perplexity']:.2f}"] if lm else ["", ""]
+            row += [f"{lm['loss']:.4f}", f"{lm['perplexity']:.2f}", f"{lm['bits_per_byte']:.4f}"] if lm else [""] * 3
         zs = r.get("zero_shot", {})
         row += [f"{100 * zs['tasks'][t]['value']:.1f}" if t in zs.get("tasks", {}) else "" for t in tasks]
         if tasks:
@@ -135,6 +135,8 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         parts.append(f'<table class="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-        parts.append("<p>Loss in nats per token (lower is better); accuracies in % (acc_norm where the task has "
-                     "it, else acc). Full results: eval/results.json.</p>")
+        parts.append("<p>Loss in nats per token and perplexity (lower is better; comparable between models "
+                     "with the same tokenizer and context length), bits per byte of text (comparable across "
+                     "tokenizers); accuracies in % (acc_norm where the task has it, else acc). Full results: "
+                     "eval/results.json.</p>")
     return (["<h2>Students</h2>", *parts]) if parts else []

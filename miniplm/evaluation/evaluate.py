@@ -38,7 +38,10 @@ def targets(job: JobConfig) -> list[Target]:
     rd = RunDir(job.run_dir)
     seq_len = {t.name: t.seq_len for t in job.tokenize}
     out: dict[str, Target] = {}
+    names = {"reference", "teacher", *(s.name for s in job.students)}
     for entry in cfg.models:
+        if isinstance(entry, EvalModel) and entry.name in names:
+            raise ConfigError(f"eval.models: {entry.name!r} names a model of the job already; give it another name")
         if isinstance(entry, EvalModel):
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
@@ -101,7 +104,8 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
                                      device=device, desc=f"eval {target.name} {name}", show_progress=show_progress)
     if cfg.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, cfg.tasks, task_paths=cfg.task_paths, limit=cfg.limit,
-                                        num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size)
+                                        num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
+                                        max_length=target.max_length)
     del model
     gc.collect()
     return result

@@ -34,7 +34,7 @@ def pick_metric(task_result: dict[str, Any]) -> tuple[str, float] | None:
 
 
 def zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limit: int | None, num_fewshot: int,
-              batch_size: int, log_samples: bool = False) -> dict[str, Any]:
+              batch_size: int, max_length: int | None = None, log_samples: bool = False) -> dict[str, Any]:
     """{"tasks": {task: {"metric", "value", "n"}}, "average": mean value, "samples": ... (when asked)}."""
     require_lm_eval()
     import lm_eval
@@ -45,7 +45,12 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limi
         if not Path(path).exists():
             raise ConfigError(f"eval.task_paths: nothing at {path!r}")
     manager = TaskManager(include_path=[str(Path(p).absolute()) for p in task_paths] or None)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ConfigError(f"eval.tasks: lm-eval knows no task {', '.join(map(repr, unknown))} "
+                          "(a typo, or a local task whose folder is not in eval.task_paths)")
+    # max_length: a student's context is what it trained on, not its config's max_position_embeddings
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=log_samples, bootstrap_iters=0)
     results: dict[str, Any] = {"tasks": {}}

@@ -23,6 +23,8 @@ from miniplm.rundir import RunDir
 from miniplm.scoring.score import batch_logprobs
 from miniplm.scoring.windows import plan_batches, windows_for
 
+CHUNK_DOCS = 2048
+
 
 def heldout_texts(rd: RunDir) -> Iterator[str]:
     for shard in rd.doc_shards("heldout"):
@@ -52,17 +54,26 @@ def prefix_token(tokenizer) -> int:
 
 def lm_loss(model, tokenizer, texts: list[str], *, max_length: int, stride: int = 0, batch_tokens: int = 16384,
             device: str = "cpu", desc: str = "held-out", show_progress: bool = True) -> dict:
-    """Loss (mean NLL in nats) and perplexity per predicted token over `texts`."""
-    tokenizer.model_max_length = sys.maxsize  # windowed here, not truncated
-    sequences = [np.asarray(t, dtype=np.int64) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
+    """Loss (mean NLL in nats) and perplexity per predicted token over `texts`, and bits per byte of
+    text (comparable across tokenizers)."""
     bos = prefix_token(tokenizer)
+    saved, tokenizer.model_max_length = tokenizer.model_max_length, sys.maxsize  # windowed here, not truncated
     total, count = 0.0, 0
-    for batch in tqdm(plan_batches(windows, max(batch_tokens, max_length)), desc=desc, unit="batch",
-                      disable=not show_progress, dynamic_ncols=True):
-        for lp in batch_logprobs(batch, sequences, {"model": model}, bos, device)["model"]:
-            total += float(lp.double().sum())
-            count += lp.numel()
+    bar = tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(texts), CHUNK_DOCS):  # token lists of a large split would not fit in memory
+            chunk = texts[start : start + CHUNK_DOCS]
+            sequences = [np.asarray(t, dtype=np.int64) for t in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+            windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
+            for batch in plan_batches(windows, max(batch_tokens, max_length)):
+                for lp in batch_logprobs(batch, sequences, {"model": model}, bos, device)["model"]:
+                    total += float(lp.double().sum())
+                    count += lp.numel()
+            bar.update(len(chunk))
+    finally:
+        tokenizer.model_max_length = saved
+        bar.close()
     loss = -total / count if count else float("nan")
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count,
-            "documents": len(texts)}
+            "documents": len(texts), "bits_per_byte": -total / math.log(2) / n_bytes if n_bytes else float("nan")}

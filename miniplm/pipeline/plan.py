@@ -46,7 +46,7 @@ def step_named(job: JobConfig, name: str) -> Step:
     raise KeyError(name)
 
 
-def _manifest_stages(job: JobConfig, step: Step) -> list[str]:
+def manifest_stages(job: JobConfig, step: Step) -> list[str]:
     """The manifest entries that together make up a step."""
     if step.name == "tokenize":
         return [f"tokenize/{t.name}" for t in job.tokenize]
@@ -57,7 +57,7 @@ def _manifest_stages(job: JobConfig, step: Step) -> list[str]:
 
 def state(job: JobConfig, rd: RunDir, step: Step) -> str:
     """done, failed, running (started, not finished) or waiting (not started)."""
-    states = [rd.stage_state(s).get("state") for s in _manifest_stages(job, step)]
+    states = [rd.stage_state(s).get("state") for s in manifest_stages(job, step)]
     if all(s == "done" for s in states):
         return "done"
     if "failed" in states:
@@ -104,5 +104,6 @@ def pending_shards(job: JobConfig, rd: RunDir, step: Step) -> list[int] | None:
     for stage, names in keys:
         if rd.stage_state(stage).get("state") == "done":
             continue  # its markers are cleared once the stage is done
-        pending.update(i for i, key in enumerate(names) if not rd.marker(stage, key).exists())
+        current = rd.stage_state(stage).get("config_hash")  # markers of another config do not count
+        pending.update(i for i, key in enumerate(names) if not rd.is_done(stage, key, current or ""))
     return sorted(pending)

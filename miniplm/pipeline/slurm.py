@@ -12,6 +12,8 @@ unfinished shards are submitted.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import os
 import shlex
 import subprocess
@@ -50,6 +52,7 @@ class Submission:
     after: list[str] = field(default_factory=list)  # job ids (or <step> placeholders) it waits for
     job_id: str | None = None
     note: str = ""
+    cancel: list[str] = field(default_factory=list)  # pending jobs of this step it replaces
 
 
 def slug(step_name: str) -> str:
@@ -90,19 +93,37 @@ def read_records(rd: RunDir) -> list[dict]:
         return []
 
 
-def queue_states(job_ids: set[str]) -> dict[str, str]:
-    """`JOBID` or `JOBID_TASK` -> PENDING/RUNNING/... for the given jobs still in the queue."""
+@dataclass(frozen=True)
+class QueueState:
+    state: str  # PENDING, RUNNING, ...
+    reason: str  # why it pends: Resources, Dependency, DependencyNeverSatisfied, ...
+
+    @property
+    def dead(self) -> bool:
+        """Pending on a step that failed: it will never start (clusters without kill_invalid_depend keep it)."""
+        return self.state == "PENDING" and self.reason == "DependencyNeverSatisfied"
+
+
+def queue_states(job_ids: set[str]) -> dict[str, QueueState]:
+    """`JOBID` or `JOBID_TASK` -> its state, for the given jobs still in the queue.
+
+    Raises SlurmError when squeue fails: taking a failure for an empty queue
+    would submit running work a second time.
+    """
     if not job_ids:
         return {}
+    command = ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"]
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+        out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmError(f"cannot ask SLURM for the state of jobs {', '.join(sorted(job_ids))}: {e}") from None
+    if out.returncode != 0:
+        raise SlurmError(f"{' '.join(command)} failed: {out.stderr.strip() or out.stdout.strip()}")
     states = {}
     for line in out.stdout.splitlines():
-        task, _, state = line.partition("|")
+        task, state, reason = (line.split("|") + ["", ""])[:3]
         if task.split("_")[0] in job_ids:
-            states[task] = state
+            states[task] = QueueState(state, reason)
     return states
 
 
@@ -111,9 +132,11 @@ def snapshot_job(job_file: str, overrides: list[str], rd: RunDir) -> Path:
     file do not change what queued jobs do."""
     data = yaml.safe_load(Path(job_file).read_text(encoding="utf-8"))
     apply_overrides(data, overrides)
-    path = slurm_dir(rd) / "job.yaml"
-    atomic_write_text(path, f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n"
-                      + yaml.safe_dump(data, sort_keys=False))
+    text = f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n" + yaml.safe_dump(data, sort_keys=False)
+    # one file per distinct job: jobs queued by an earlier submission keep reading theirs
+    path = slurm_dir(rd) / f"job-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.exists():
+        atomic_write_text(path, text)
     return path.absolute()
 
 
@@ -153,7 +176,7 @@ def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[i
         nodes = res.nodes or 1
         procs = res.gpus_per_node or res.procs_per_node or 1
         only = f"--only {shlex.quote(step.only)}" if step.only else ""
-        context.update(nodes=nodes, procs_per_node=procs, extra_args=only, port=29500)
+        context.update(nodes=nodes, procs_per_node=procs, extra_args=only)
     return _environment(job).get_template(template).render(template=template, **context)
 
 
@@ -180,18 +203,26 @@ def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submiss
     plan_: list[Submission] = []
     upstream: list[str] = []  # what the next step waits for
     students: list[str] = []  # eval waits for every student as well
+    resubmitted = False  # a step before this one is submitted anew: what pends on the old jobs must follow
     for step in plan.steps(job):
         after = list(upstream) + (students if step.name == "eval" else [])
         record = latest.get(step.name)
+        mine = {t: q for t, q in live.items() if record and t.split("_")[0] == record["job_id"]}
+        replace = bool(mine) and all(q.state == "PENDING" for q in mine.values()) and (
+            resubmitted or any(q.dead for q in mine.values()))
         if plan.state(job, rd, step) == "done":
             sub = Submission(step, "done", note="finished")
-        elif record and any(t.split("_")[0] == record["job_id"] for t in live):
+        elif mine and not replace:
             sub = Submission(step, "queued", job_id=record["job_id"], note="already queued or running")
         else:
-            sub = Submission(step, "submit", script=slurm_dir(rd) / f"{slug(step.name)}.sbatch", after=after)
+            sub = Submission(step, "submit", script=slurm_dir(rd) / f"{slug(step.name)}.sbatch", after=after,
+                             cancel=[record["job_id"]] if replace else [])
+            resubmitted = True
             if step.kind == "array":
                 sub.tasks, sub.num_workers, sub.note = _array_tasks(job, rd, step)
             sub.text = render(job, rd, step, job_file, sub.tasks, sub.num_workers)
+            if sub.cancel:
+                sub.note = (sub.note + "; " if sub.note else "") + f"replaces pending job {sub.cancel[0]}"
         plan_.append(sub)
         handle = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
         if step.name.startswith("train/"):  # students wait for the data, not for each other
@@ -217,6 +248,8 @@ def submit(job: JobConfig, rd: RunDir, plan_: list[Submission]) -> None:
         if sub.action != "submit":
             continue
         sub.after = [ids.get(a, a) for a in sub.after]
+        if sub.cancel:  # pending on an old chain: it would never start, or start too early
+            subprocess.run(["scancel", *sub.cancel], capture_output=True, text=True, timeout=120)
         atomic_write_text(sub.script, sub.text)
         (rd.root / "logs").mkdir(parents=True, exist_ok=True)
         try:

@@ -44,17 +44,22 @@ class StepStatus:
     done: int | None = None  # shards (prepare: input units) finished, for array steps
     total: int | None = None
     tasks: list[Task] = field(default_factory=list)  # the latest attempt of each task
+    superseded: set[str] = field(default_factory=set)  # failed tasks whose shards were done since
 
     @property
     def failed_tasks(self) -> list[Task]:
-        return [] if self.state == "done" else [t for t in self.tasks if t.state in FAILED]
+        if self.state == "done":
+            return []
+        return [t for t in self.tasks if t.state in FAILED and t.name not in self.superseded]
 
 
 def _task(rd: RunDir, step: Step, job_id: str, task: int | None, live: dict[str, str]) -> Task:
     name = job_id if task is None else f"{job_id}_{task}"
     log = Path(str(log_pattern(rd, step)).replace("%A", job_id).replace("%a", str(task)).replace("%j", job_id))
     if name in live:
-        return Task(job_id, task, live[name].lower(), None, log)
+        q = live[name]
+        state = q.state.lower() + (f" ({q.reason})" if q.state == "PENDING" and q.reason not in ("", "None") else "")
+        return Task(job_id, task, state, None, log)
     try:
         code = int((exit_dir(rd) / f"{slug(step.name)}-{name}").read_text().strip())
         return Task(job_id, task, "completed" if code == 0 else "failed", code, log)
@@ -84,9 +89,13 @@ def collect(job: JobConfig) -> list[StepStatus]:
                 pending = plan.pending_shards(job, rd, step) or []
                 status.done = status.total if status.state == "done" else status.total - len(pending)
         latest: dict[tuple, Task] = {}
+        pending = set(plan.pending_shards(job, rd, step) or []) if step.kind == "array" else set()
         for r in (r for r in records if r["step"] == step.name):
             for task in r["tasks"] if r["tasks"] is not None else [None]:
-                latest[(r["num_workers"], task)] = _task(rd, step, r["job_id"], task, live)
+                t = latest[(r["num_workers"], task)] = _task(rd, step, r["job_id"], task, live)
+                if task is not None and status.total is not None and t.state in FAILED and not any(
+                        i % r["num_workers"] == task for i in pending):
+                    status.superseded.add(t.name)  # another task (another array size) did its shards
         status.tasks = list(latest.values())
         out.append(status)
     return out
@@ -122,7 +131,8 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
                 lines.append(f"    last line: {tail}")
         for s in broken:
             if not s.failed_tasks:
-                error = RunDir(job.run_dir).stage_state(s.step.name).get("error", "")
+                errors = [rd.stage_state(m).get("error", "") for m in plan.manifest_stages(job, s.step)]
+                error = next((e for e in errors if e), "")
                 lines.append(f"  {s.step.name}: failed{': ' + error if error else ''}")
     return "\n".join(lines)
 

@@ -57,7 +57,7 @@ def test_every_model_is_evaluated_and_heldout_loss_is_the_plain_one(evaluated, t
         assert task["n"] == len(ITEMS) and 0.0 <= task["value"] <= 1.0
 
     table = (rd.root / "eval" / "comparison.md").read_text()
-    assert table.splitlines()[0].startswith("| model | role | trained on | heldout loss | heldout ppl | code loss")
+    assert table.splitlines()[0].startswith("| model | role | trained on | heldout loss | heldout ppl | heldout bpb | code loss")
     assert "tiny_choices (acc_norm) | average |" in table.splitlines()[0]
     assert len(table.splitlines()) == 2 + 4
     loss = results["on-random"]["lm"]["heldout"]["loss"]

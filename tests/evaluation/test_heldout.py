@@ -38,6 +38,8 @@ def test_lm_loss_equals_a_plain_computation(tiny_models, max_length):
     assert got["tokens"] == count and got["documents"] == len(TEXTS)
     assert got["loss"] == pytest.approx(expected, rel=1e-9)
     assert got["perplexity"] == pytest.approx(math.exp(expected), rel=1e-9)
+    n_bytes = sum(len(t.encode()) for t in TEXTS)
+    assert got["bits_per_byte"] == pytest.approx(expected * count / math.log(2) / n_bytes, rel=1e-9)
 
 
 def test_float32_model_agrees_closely(tiny_models):

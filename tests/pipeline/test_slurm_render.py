@@ -128,3 +128,50 @@ def test_unknown_slurm_stage_is_an_error(tmp_path, pile):
 
     with pytest.raises(ConfigError, match="slurm: stages: unknown stage 'scoring'"):
         load_job(REPO / "jobs" / "paper-pile-qwen.yaml", pile + ["slurm.stages.scoring.gpus=1"])
+
+
+def test_resubmission_waits_for_live_jobs_and_replaces_those_that_can_never_start(pile, monkeypatch):
+    import orjson
+
+    from miniplm.pipeline import slurm
+
+    job = load_job(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
+    rd = RunDir(job.run_dir)
+    slurm.records_file(rd).parent.mkdir(parents=True)
+    names = [s.name for s in plan.steps(job)]
+    slurm.records_file(rd).write_bytes(b"".join(
+        orjson.dumps({"step": name, "job_id": str(10 + i), "tasks": [0], "num_workers": 1}) + b"\n"
+        for i, name in enumerate(names)))
+
+    def queue(live):
+        monkeypatch.setattr(slurm, "queue_states", lambda ids: {k: slurm.QueueState(*v) for k, v in live.items()})
+        return {s.step.name: s for s in plan_submissions(job, rd, REPO / "job.yaml")}
+
+    # prepare still running, the rest pending behind it: nothing is submitted twice
+    live = {"10_0": ("RUNNING", "None"), **{str(10 + i): ("PENDING", "Dependency") for i in range(1, len(names))}}
+    subs = queue(live)
+    assert all(s.action == "queued" for s in subs.values())
+    assert subs["score"].job_id == "12"
+
+    # prepare failed (gone from the queue); what waited on it can never start: all of it goes again
+    subs = queue({str(10 + i): ("PENDING", "DependencyNeverSatisfied") for i in range(1, len(names))})
+    assert all(s.action == "submit" for s in subs.values())
+    assert subs["prepare"].cancel == [] and subs["score"].cancel == ["12"] and subs["eval"].cancel == ["18"]
+    assert subs["score"].after == ["<train-reference>"] and "replaces pending job 12" in subs["score"].note
+
+    # a step submitted anew takes the still-pending steps after it along, chained to the new job
+    subs = queue({str(10 + i): ("PENDING", "Dependency") for i in range(3, len(names))})
+    assert [subs[n].action for n in ("prepare", "train-reference", "score", "select")] == ["submit"] * 4
+    assert subs["select"].cancel == ["13"] and subs["select"].after == ["<score>"]
+
+
+def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
+    from miniplm.pipeline import slurm
+
+    def failing(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, "", "slurm_load_jobs error: Unable to contact slurm controller")
+
+    monkeypatch.setattr(slurm.subprocess, "run", failing)
+    with pytest.raises(slurm.SlurmError, match="Unable to contact slurm controller"):
+        slurm.queue_states({"12"})
+    assert slurm.queue_states(set()) == {}

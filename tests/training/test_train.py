@@ -175,7 +175,7 @@ def test_training_script_rendered_for_slurm_runs_two_processes(tokenized, uninte
     assert "--nproc-per-node=2" in script.read_text() and "--standalone" in script.read_text()
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "srun").write_text("#!/bin/bash\nshift  # --kill-on-bad-exit=1\nexec \"$@\"\n")
+    (shim / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done  # srun\'s own options\nexec "$@"\n')
     (shim / "srun").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PATH=f"{shim}:{env['PATH']}", SLURM_JOB_ID="7", SLURM_CPUS_PER_TASK="2")
