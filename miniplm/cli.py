@@ -164,13 +164,14 @@ def cmd_slurm(job: JobConfig, args: argparse.Namespace) -> int:
     else:
         slurm.submit(job, rd, submissions)
     print(f"{'dry run: would submit' if args.dry_run else 'submitted'} (run {rd.root}):")
+    width = max(len(sub.step.name) for sub in submissions) + 2
     for sub in submissions:
         if sub.action == "submit":
             what = f"array {len(sub.tasks)} of {sub.num_workers} tasks" if sub.step.kind == "array" else "1 job"
             ident = f"job {sub.job_id}" if sub.job_id else " ".join(slurm.sbatch_command(sub))
-            print(f"  {sub.step.name:<22} {what}{' (' + sub.note + ')' if sub.note else ''}: {ident}")
+            print(f"  {sub.step.name:<{width}} {what}{' (' + sub.note + ')' if sub.note else ''}: {ident}")
         else:
-            print(f"  {sub.step.name:<22} {sub.note}" + (f" (job {sub.job_id})" if sub.job_id else ""))
+            print(f"  {sub.step.name:<{width}} {sub.note}" + (f" (job {sub.job_id})" if sub.job_id else ""))
     if not args.dry_run and any(s.action == "submit" for s in submissions):
         print(f"follow it with: miniplm status {args.job} {' '.join(args.overrides)}".rstrip())
     return 0

@@ -103,10 +103,12 @@ def collect(job: JobConfig) -> list[StepStatus]:
 
 def render(job: JobConfig, statuses: list[StepStatus]) -> str:
     rd = RunDir(job.run_dir)
-    lines = [f"run {rd.root}", f"{'step':<22}{'state':<10}{'progress':<18}slurm"]
+    width = max([len(s.step.name) for s in statuses] + [4]) + 2
+    lines = [f"run {rd.root}", f"{'step':<{width}}{'state':<10}{'progress':<18}slurm"]
+    unit = {"prepare": "units", "eval": "models"}
     for s in statuses:
         if s.total is not None:
-            progress = f"{s.done}/{s.total} {'units' if s.step.name == 'prepare' else 'shards'}"
+            progress = f"{s.done}/{s.total} {unit.get(s.step.name, 'shards')}"
         elif s.step.kind == "array":
             progress = "after prepare"
         else:
@@ -115,7 +117,7 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
         for t in s.tasks:
             by_job.setdefault(t.job_id, Counter())[t.state] += 1
         jobs = "; ".join(f"job {j}: " + ", ".join(f"{n} {state}" for state, n in c.items()) for j, c in by_job.items())
-        lines.append(f"{s.step.name:<22}{s.state:<10}{progress:<18}{jobs or '-'}")
+        lines.append(f"{s.step.name:<{width}}{s.state:<10}{progress:<18}{jobs or '-'}")
     failures = [(s, t) for s in statuses for t in s.failed_tasks]
     broken = [s for s in statuses if s.state == "failed"]
     if failures or broken:
