@@ -59,6 +59,16 @@ def test_run_goes_through_every_stage_and_prints_the_comparison(uninterrupted, j
     assert 0 < select["random_baseline"]["tokens"] <= select["doc_tokens_kept"]
     assert select["random_baseline"]["tokens"] > 0.6 * select["doc_tokens_kept"]
 
+    # status reads the same run directory: every step done, no SLURM jobs
+    status = subprocess.run([sys.executable, "-m", "miniplm", "status", str(job_file), f"run_dir={run_dir}"],
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout + status.stderr
+    table = status.stdout.splitlines()[2:]
+    assert [line.split()[:2] for line in table] == [
+        ["prepare", "done"], ["train-reference", "done"], ["score", "done"], ["select", "done"],
+        ["tokenize", "done"], ["train/on-selected", "done"], ["train/on-random", "done"]]
+    assert table[0].split()[2:] == ["3/3", "units", "-"] and table[1].split()[2:] == ["step", "4", "-"]
+
     # a second run finds everything done: it reports the same and changes nothing
     again = _run(job_file, run_dir)
     assert again.returncode == 0
