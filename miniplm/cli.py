@@ -154,8 +154,7 @@ def cmd_slurm(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.rundir import RunDir
 
     rd = RunDir(job.run_dir)
-    job_file = slurm.snapshot_job(args.job, args.overrides, rd) if not args.dry_run else \
-        slurm.slurm_dir(rd).absolute() / "job.yaml"
+    job_file = slurm.snapshot_job(args.job, args.overrides, rd, write=not args.dry_run)
     submissions = slurm.plan_submissions(job, rd, job_file)
     if args.dry_run:
         for sub in submissions:

@@ -127,7 +127,7 @@ def queue_states(job_ids: set[str]) -> dict[str, QueueState]:
     return states
 
 
-def snapshot_job(job_file: str, overrides: list[str], rd: RunDir) -> Path:
+def snapshot_job(job_file: str, overrides: list[str], rd: RunDir, *, write: bool = True) -> Path:
     """The job as submitted (file + overrides), which every script runs: later edits of the job
     file do not change what queued jobs do."""
     data = yaml.safe_load(Path(job_file).read_text(encoding="utf-8"))
@@ -135,7 +135,7 @@ def snapshot_job(job_file: str, overrides: list[str], rd: RunDir) -> Path:
     text = f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n" + yaml.safe_dump(data, sort_keys=False)
     # one file per distinct job: jobs queued by an earlier submission keep reading theirs
     path = slurm_dir(rd) / f"job-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
-    if not path.exists():
+    if write and not path.exists():
         atomic_write_text(path, text)
     return path.absolute()
 

@@ -59,6 +59,8 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     scripts = sorted(p.name for p in (run_dir / "slurm").glob("*.sbatch"))
     assert scripts == ["eval.sbatch", "prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize.sbatch",
                        "train-on-random.sbatch", "train-on-selected.sbatch"]
+    snapshots = list((run_dir / "slurm").glob("job-*.yaml"))
+    assert len(snapshots) == 1 and f"-m miniplm score {snapshots[0]} " in (run_dir / "slurm" / "score.sbatch").read_text()
     _wait_for_queue(run_dir)
 
     status = _miniplm("status", job_file, f"run_dir={run_dir}", cwd=job_file.parent, check=False)

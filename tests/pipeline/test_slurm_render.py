@@ -120,7 +120,9 @@ def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_p
     assert "dry run: would submit" in out.stdout
     assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
                      out.stdout)
-    assert not (tmp_path / "run" / "slurm").exists()
+    snapshot = re.search(r"-m miniplm score (\S+/slurm/job-[0-9a-f]{12}\.yaml) ", out.stdout)
+    assert snapshot and snapshot.group(1).startswith(str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "slurm").exists()  # named, not written
 
 
 def test_unknown_slurm_stage_is_an_error(tmp_path, pile):
