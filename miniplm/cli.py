@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Callable
@@ -105,30 +106,6 @@ def _run_stage(command: str, job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prepare(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("prepare", job, args)
-
-
-def cmd_score(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("score", job, args)
-
-
-def cmd_select(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("select", job, args)
-
-
-def cmd_tokenize(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("tokenize", job, args)
-
-
-def cmd_train(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("train", job, args)
-
-
-def cmd_train_reference(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("train-reference", job, args)
-
-
 def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.pipeline import local
 
@@ -184,10 +161,6 @@ def cmd_status(job: JobConfig, args: argparse.Namespace) -> int:
     return 1 if status.any_failed(statuses) else 0
 
 
-def cmd_eval(job: JobConfig, args: argparse.Namespace) -> int:
-    return _run_stage("eval", job, args)
-
-
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.selection import select
 
@@ -195,30 +168,31 @@ def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+# The stage commands, in pipeline order: (summary, description); each runs through _run_stage.
 STAGES = {
-    "prepare": (cmd_prepare, "read raw sources into deduplicated document shards per split",
+    "prepare": ("read raw sources into deduplicated document shards per split",
                 "Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
                 "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl."),
-    "train-reference": (cmd_train_reference, "train the reference LM on the reference split (reference: {train: ...})",
+    "train-reference": ("train the reference LM on the reference split (reference: {train: ...})",
                         "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
                         "DeepSpeed into RUN_DIR/models/reference, which score then uses."),
-    "score": (cmd_score, "teacher and reference log-probabilities for every main-split document",
+    "score": ("teacher and reference log-probabilities for every main-split document",
               "Run the teacher and the reference over every main-split shard and write "
               "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
               "Resumes inside a shard after a kill."),
-    "select": (cmd_select, "keep the documents the strategy ranks highest, with their text, and write the report",
+    "select": ("keep the documents the strategy ranks highest, with their text, and write the report",
                "Decide from all score shards at once what to keep (select.strategy and its budget, the noise filter, "
                "the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) and "
                "RUN_DIR/report/."),
-    "tokenize": (cmd_tokenize, "pack documents into token rows for training",
+    "tokenize": ("pack documents into token rows for training",
                  "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
                  "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
                  "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
-    "train": (cmd_train, "pretrain the job's students with DeepSpeed",
+    "train": ("pretrain the job's students with DeepSpeed",
               "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
               "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
               "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
-    "eval": (cmd_eval, "held-out loss, perplexity and zero-shot accuracy of the job's models, compared",
+    "eval": ("held-out loss, perplexity and zero-shot accuracy of the job's models, compared",
              "Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): loss "
              "and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on eval.tasks "
              "through lm-evaluation-harness. Writes RUN_DIR/eval/ (results.json, comparison.md, comparison.png) "
@@ -235,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    for name, (handler, summary, description) in STAGES.items():
+    for name, (summary, description) in STAGES.items():
         p = sub.add_parser(name, help=summary, description=description + " Finished work is skipped on a rerun.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         _job_args(p)
@@ -243,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             _worker_args(p)
         p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=functools.partial(_run_stage, name))
         if name in ("tokenize", "train"):
             p.add_argument("--only", metavar="NAME", help=f"only this {'token set' if name == 'tokenize' else 'student'}")
     p = sub.add_parser("run", help="run every stage of the job in order, here",

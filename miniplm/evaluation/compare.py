@@ -3,18 +3,15 @@ students' section of the selection report (held-out loss curves and the evaluati
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from miniplm.config import JobConfig  # noqa: E402
-from miniplm.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from miniplm.config import JobConfig
+from miniplm.rundir import RunDir, atomic_write_json, atomic_write_text
+from miniplm.selection.report import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
 
 
 def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -52,12 +49,6 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 def plot(results: dict[str, dict], path: Path) -> None:
     """Bars per model: the held-out loss (or the first corpus's), and the zero-shot average."""
     names = list(results)
@@ -80,7 +71,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
         for y, v in enumerate(values):
             ax.text(v, y, f" {v:.3f}" if panel != "zero-shot" else f" {v:.1f}", va="center", fontsize=9)
         ax.invert_yaxis()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write(rd: RunDir, results: dict[str, dict]) -> None:
@@ -113,7 +104,7 @@ def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
     ax.set(xlabel="training step", ylabel="held-out loss per token")
     if drawn:
         ax.legend()
-        _save(fig, path)
+        save_png(fig, path)
     else:
         plt.close(fig)
     return drawn
@@ -123,18 +114,15 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
     """HTML for the report: students' held-out loss curves and the evaluation table, when they exist."""
     parts: list[str] = []
     if _curves(job, rd, out / "students.png"):
-        data = base64.b64encode((out / "students.png").read_bytes()).decode()
-        parts.append("<figure><img alt='held-out loss curves' src='data:image/png;base64," + data + "'>"
-                     "<figcaption>Students' held-out loss during training</figcaption></figure>")
+        parts.append(figure_html(out / "students.png", "Students' held-out loss during training",
+                                 alt="held-out loss curves"))
     try:
         results = json.loads((rd.root / "eval" / "results.json").read_text())
     except FileNotFoundError:
         results = None
     if results:
         headers, rows = table(results)
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append(f'<table class="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+        parts.append(html_table(headers, [[html.escape(c) for c in row] for row in rows], "comparison"))
         parts.append("<p>Loss in nats per token and perplexity (lower is better; comparable between models "
                      "with the same tokenizer and context length), bits per byte of text (comparable across "
                      "tokenizers); accuracies in % (acc_norm where the task has it, else acc). Full results: "

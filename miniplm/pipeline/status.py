@@ -83,13 +83,13 @@ def collect(job: JobConfig) -> list[StepStatus]:
     out = []
     for step in plan.steps(job):
         status = StepStatus(step, plan.state(job, rd, step))
+        pending: set[int] = set()
         if step.kind == "array":
             status.total = plan.shard_count(job, rd, step)
             if status.total is not None:
-                pending = plan.pending_shards(job, rd, step) or []
+                pending = set(plan.pending_shards(job, rd, step) or [])
                 status.done = status.total if status.state == "done" else status.total - len(pending)
         latest: dict[tuple, Task] = {}
-        pending = set(plan.pending_shards(job, rd, step) or []) if step.kind == "array" else set()
         for r in (r for r in records if r["step"] == step.name):
             for task in r["tasks"] if r["tasks"] is not None else [None]:
                 t = latest[(r["num_workers"], task)] = _task(rd, step, r["job_id"], task, live)

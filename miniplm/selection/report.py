@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from miniplm.config import JobConfig  # noqa: E402
-from miniplm.evaluation import compare  # noqa: E402
 from miniplm.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from miniplm.selection.strategies import REASONS, counts  # noqa: E402
 
@@ -28,7 +27,7 @@ SCATTER_POINTS = 5000
 SNIPPET_CHARS = 300
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -51,7 +50,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
         ax.axvline(cut, color="tab:red", linestyle="--", label=f"cut {cut:.3f}")
     ax.set(xlabel="difference score: (log p_teacher - log p_reference) / tokens", ylabel="documents")
     ax.legend()
-    _save(fig, out / "difference.png")
+    save_png(fig, out / "difference.png")
     plots.append(("difference.png", "Difference score per document, with the cut"))
 
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -63,7 +62,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
     ax.plot([min(lims), max(lims)], [min(lims), max(lims)], color="black", linewidth=0.8, label="teacher = reference")
     ax.set(xlabel="reference log-prob per token", ylabel="teacher log-prob per token")
     ax.legend()
-    _save(fig, out / "teacher_vs_reference.png")
+    save_png(fig, out / "teacher_vs_reference.png")
     plots.append(("teacher_vs_reference.png", f"Teacher against reference (up to {SCATTER_POINTS:,} documents)"))
 
     by_source = _by_source(d)
@@ -71,7 +70,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
     ax.barh(by_source["source"].to_list(), by_source["kept_fraction"].to_list(), color="tab:green")
     ax.set(xlabel="fraction of the source's documents kept", xlim=(0, 1))
     ax.invert_yaxis()
-    _save(fig, out / "sources.png")
+    save_png(fig, out / "sources.png")
     plots.append(("sources.png", "Kept fraction per source"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -82,7 +81,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
     ax.hist(kept["n_tokens"].to_numpy(), bins=bins, alpha=0.7, label="kept", color="tab:green")
     ax.set(xscale="log", xlabel="tokens per document", ylabel="documents")
     ax.legend()
-    _save(fig, out / "lengths.png")
+    save_png(fig, out / "lengths.png")
     plots.append(("lengths.png", "Document length before and after"))
     return plots
 
@@ -111,10 +110,17 @@ def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int) -> dict[str, pl.Da
     return {title: t.with_columns(text=pl.col("id").replace_strict(texts, default="")) for title, t in picks.items()}
 
 
-def _table(headers: list[str], rows: list[list], cls: str = "") -> str:
+def html_table(headers: list[str], rows: list[list], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def figure_html(png: Path, caption: str, alt: str | None = None) -> str:
+    """The image inlined (the page opens from disk, from a copy, or as an attachment), with its caption."""
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (f"<figure><img alt='{html.escape(alt or caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _snippet(text: str) -> str:
@@ -158,20 +164,20 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         f"<p>Strategy <b>{html.escape(cfg.strategy)}</b>, budget "
         f"{html.escape(', '.join(f'{k} {v}' for k, v in summary['budget'].items()))}"
         + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ".</p>",
-        "<h2>Counts</h2>", _table(["", "documents", "tokens"], count_rows, "counts"),
-        "<h2>Sources</h2>", _table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
+        "<h2>Counts</h2>", html_table(["", "documents", "tokens"], count_rows, "counts"),
+        "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
     ]
+    from miniplm.evaluation import compare  # it draws with this module's helpers
+
     parts += compare.report_section(job, rd, out)  # the students trained on the selection, once they exist
     parts.append("<h2>Plots</h2>")
     for name, caption in plots:
-        data = base64.b64encode((out / name).read_bytes()).decode()
-        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(figure_html(out / name, caption))
     for title, table in examples.items():
         rows = [[html.escape(r["id"]), html.escape(str(r["source"])), f"{r['score']:.4f}", "yes" if r["kept"] else "no",
                  f"{r['n_tokens']:,}", _snippet(r["text"])] for r in table.iter_rows(named=True)]
         parts += [f"<h2>{html.escape(title)}</h2>",
-                  _table(["id", "source", "difference score", "kept", "tokens", "text"], rows, "examples")]
+                  html_table(["id", "source", "difference score", "kept", "tokens", "text"], rows, "examples")]
     parts.append("</body></html>")
     atomic_write_text(out / "index.html", "\n".join(parts))
     return out / "index.html"

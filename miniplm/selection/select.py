@@ -20,7 +20,7 @@ from tqdm import tqdm
 from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
 from miniplm.rundir import RunDir, StageError, Worker, atomic_path, file_lock
 from miniplm.selection import report
-from miniplm.selection.strategies import counts, decide, random_baseline
+from miniplm.selection.strategies import counts, decide, length_column, random_baseline
 
 STAGE = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -116,8 +116,8 @@ def _finish(job: JobConfig, rd: RunDir) -> dict:
         raise StageError(f"selected shards hold {written} documents, the decisions keep {summary['kept']}")
     if "random_kept" in decisions.columns:
         baseline = decisions.filter(pl.col("random_kept"))
-        column = "doc_tokens" if "doc_tokens" in decisions.columns else "n_tokens"
-        summary["random_baseline"] = {"kept": baseline.height, "tokens": int(baseline[column].sum() or 0)}
+        summary["random_baseline"] = {"kept": baseline.height,
+                                      "tokens": int(baseline[length_column(decisions)].sum() or 0)}
     report.build(job, rd, decisions)
     return summary
 

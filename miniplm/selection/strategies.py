@@ -26,6 +26,11 @@ from miniplm.config import SelectConfig
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
 
 
+def length_column(table: pl.DataFrame) -> str:
+    """The tokens a document will train on: all of them (doc_tokens), even where score saw only a prefix."""
+    return "doc_tokens" if "doc_tokens" in table.columns else "n_tokens"
+
+
 def _uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
     """A uniform (0, 1) draw per id: a seeded generator's numbers in sorted-id order."""
     u = np.empty(len(ids))
@@ -97,8 +102,7 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
 
     by_tokens = cfg.keep_tokens is not None
     budget = cfg.keep_tokens if by_tokens else math.floor(cfg.keep_fraction * scores.height + 0.5)
-    # a token budget counts the tokens a document will train on: all of them, even where only a prefix was scored
-    length = scores["doc_tokens"].to_numpy().astype(np.int64) if "doc_tokens" in scores.columns else n_tokens
+    length = scores[length_column(scores)].to_numpy().astype(np.int64)
     cost = length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
         spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
@@ -136,8 +140,7 @@ def counts(decisions: pl.DataFrame) -> dict:
 def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int) -> pl.Series:
     """A random selection of about the token budget `decisions` kept (never more): the control
     for what the strategy chose. Drawn from every scored document, the noise included."""
-    column = "doc_tokens" if "doc_tokens" in decisions.columns else "n_tokens"
-    budget = int(decisions.filter(pl.col("kept"))[column].sum() or 0)
+    budget = int(decisions.filter(pl.col("kept"))[length_column(decisions)].sum() or 0)
     if budget == 0:
         return pl.Series("random_kept", [False] * scores.height)
     # a seed of its own: the same draws as strategy random would be a needless coupling

@@ -63,6 +63,14 @@ def _metrics(job_path: Path) -> dict[int, dict]:
     return {m["step"]: m for m in lines}
 
 
+def _assert_same_curve(got: dict[int, dict], clean: dict[int, dict], **tolerance) -> None:
+    """Every step logged, each with the uninterrupted run's rows and (within tolerance) loss."""
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step]["rows"] == clean[step]["rows"]
+        assert got[step]["loss"] == pytest.approx(clean[step]["loss"], **tolerance)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tokenized):
     path = _copy(tokenized, "clean")
@@ -90,10 +98,7 @@ def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninter
     result = _train(path)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = _metrics(path)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert resumed[step]["rows"] == clean[step]["rows"]
-        assert resumed[step]["loss"] == pytest.approx(clean[step]["loss"], abs=1e-5)
+    _assert_same_curve(resumed, clean, abs=1e-5)
     # every row exactly once per epoch, interruption or not
     n_rows = int(subprocess.run([sys.executable, "-c", f"from miniplm.corpus.tokens import TokenRows; "
                                  f"print(len(TokenRows('{metrics.parents[2] / 'tokens' / 'main'}')))"],
@@ -110,10 +115,7 @@ def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupte
                     "--master_port", str(29600 + os.getpid() % 300))
     assert result.returncode == 0, result.stderr[-3000:]
     two = _metrics(path)
-    assert sorted(two) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert two[step]["rows"] == clean[step]["rows"]
-        assert two[step]["loss"] == pytest.approx(clean[step]["loss"], rel=1e-4)
+    _assert_same_curve(two, clean, rel=1e-4)
     assert two[STEPS]["heldout_loss"] == pytest.approx(clean[STEPS]["heldout_loss"], rel=1e-4)
 
 
