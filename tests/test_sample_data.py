@@ -55,3 +55,19 @@ def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch
     items = [json.loads(line) for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_text().splitlines()]
     assert len(items) == 200 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
     assert {i["source"] for i in items} == {"kjv", "python-docs"}
+
+
+def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
+    """The demo's last steps: both students evaluated on held-out text and the offline task, so its
+    report gains the comparison table (the rendering is tested on a tiny run in tests/evaluation)."""
+    from miniplm.evaluation.evaluate import targets
+    from miniplm.pipeline.plan import steps
+
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs" / "demo.yaml")
+    assert [s.name for s in steps(job)][-3:] == ["train/student-selected", "train/student-random", "eval"]
+    assert [(t.name, t.trained_on) for t in targets(job)] == [("student-selected", "selected"),
+                                                              ("student-random", "random")]
+    assert job.select.random_baseline and job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
+    for path in job.eval.task_paths:
+        assert (REPO / path / "bundled_cloze.yaml").exists()
