@@ -1,17 +1,24 @@
-"""The `miniplm` command: one function per stage, argument parsing only."""
+"""The `miniplm` command: a subcommand per registered stage, plus run, slurm, status and report.
+
+Argument parsing and printing only: what a stage is and does lives in its
+module, and the list of stages in miniplm/stages.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-from typing import Callable
+from typing import Any, Callable
 
-from miniplm.config import ConfigError, JobConfig, load_job
-from miniplm.pipeline.plan import Step
-from miniplm.pipeline.slurm import SlurmError
-from miniplm.rundir import StageError, Worker, resolve_worker
+from miniplm import logs
+from miniplm.config import JobConfig
+from miniplm.errors import ConfigError, LaunchError, StageError
+from miniplm.job import load_job
+from miniplm.rundir import RunDir
+from miniplm.stage import Stage, Step
+from miniplm.stages import STAGES
+from miniplm.workers import Worker, resolve_worker
 
 EPILOG = """\
 Overrides are dotted keys after the job file, parsed as YAML values:
@@ -22,6 +29,9 @@ Overrides are dotted keys after the job file, parsed as YAML values:
 def _job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="job file (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a job setting")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show other libraries' messages (DeepSpeed, lm-eval, ...) here instead of in "
+                        "RUN_DIR/logs/miniplm.log")
 
 
 def _worker_args(parser: argparse.ArgumentParser) -> None:
@@ -45,73 +55,28 @@ def _is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def describe(step: Step, job: JobConfig, result) -> list[str]:
-    """What a step's result says, as lines for the terminal."""
-    if step.command == "tokenize":
-        lines = []
-        for name, counts in result.items():
-            if counts is None:
-                lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
-            else:
-                lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
-                             f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "
-                             f"tail tokens left over) in {job.run_dir}/tokens/{name}")
-        return lines
+def describe(stage: Stage, job: JobConfig, result: Any) -> list[str]:
+    """What a stage's result says, as lines for the terminal."""
     if result is None:  # a sharded stage's worker whose share is done
-        return [f"{step.name}: this worker's share is done; the last worker to finish completes the stage"]
-    if step.command == "prepare":
-        from miniplm.corpus import prepare
-
-        return [f"prepare: documents in {job.run_dir}/docs", *prepare.summary_lines(result)]
-    if step.command == "score":
-        return [f"score: {result['rows']:,} rows, {result['tokens']:,} tokens scored, in {job.run_dir}/scores"]
-    if step.command == "select":
-        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
-        tokens = f"{result['tokens_kept']:,} of {result['tokens_scored']:,} tokens"
-        if "doc_tokens" in result and result["doc_tokens"] != result["tokens_scored"]:  # prefixes were scored
-            tokens = (f"{result['doc_tokens_kept']:,} of {result['doc_tokens']:,} tokens, scored on "
-                      f"{result['tokens_kept']:,} of {result['tokens_scored']:,}")
-        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} documents ({tokens}); "
-                 f"dropped: {dropped or 'none'}"]
-        if "random_baseline" in result:
-            base = result["random_baseline"]
-            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
-                         f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
-        return [*lines, f"report: {job.run_dir}/report/index.html"]
-    if step.command == "eval":
-        from miniplm.evaluation.compare import markdown
-
-        results = json.loads((job.run_dir / "eval" / "results.json").read_text())
-        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip()]
-    if step.command == "train-reference":
-        counts = result["reference"]
-        return [f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
-                f"model in {job.run_dir}/models/reference"]
-    lines = []
-    for name, counts in result.items():
-        held = counts.get("heldout_loss")
-        lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
-                     f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
-                     + f"; model in {job.run_dir}/models/{name}")
-    return lines
+        return [f"{stage.name}: this worker's share is done; the last worker to finish completes the stage"]
+    return stage.describe(job, result)
 
 
-def _run_stage(command: str, job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.pipeline.local import run_step
-
-    step = Step(command, command, "ranks" if command.startswith("train") else "array", getattr(args, "only", None))
-    result = run_step(job, step, _worker(args), force=args.force, show_progress=not args.quiet)
+def _run_stage(stage: Stage, job: JobConfig, args: argparse.Namespace) -> int:
+    result = stage.run(job, _worker(args), only=getattr(args, "only", None), force=args.force,
+                       show_progress=not args.quiet)
     if _is_rank_zero():
-        print("\n".join(describe(step, job, result)))
+        print("\n".join(describe(stage, job, result)))
     return 0
 
 
 def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.pipeline import local
+    from miniplm.pipeline.plan import stage_of
 
     def on_step(step: Step, result) -> None:
         if _is_rank_zero():
-            print("\n".join(describe(step, job, result)), flush=True)
+            print("\n".join(describe(stage_of(step), job, result)), flush=True)
 
     results = local.run(job, show_progress=not args.quiet, on_step=on_step)
     losses = {s.name: results[f"train/{s.name}"][s.name].get("heldout_loss") for s in job.students}
@@ -121,14 +86,13 @@ def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
             loss = losses[student.name]
             shown = f"{loss:.4f}" if loss is not None else "not measured (no heldout token set)"
             print(f"  {student.name:<24} {shown}   trained on {student.tokens!r}")
-    if "select" in results:
-        print(f"report: {job.run_dir}/report/index.html")
+    if RunDir(job.run_dir).report_page.exists():
+        print(f"report: {RunDir(job.run_dir).report_page}")
     return 0
 
 
 def cmd_slurm(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.pipeline import slurm
-    from miniplm.rundir import RunDir
 
     rd = RunDir(job.run_dir)
     job_file = slurm.snapshot_job(args.job, args.overrides, rd, write=not args.dry_run)
@@ -162,41 +126,47 @@ def cmd_status(job: JobConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
-    from miniplm.selection import select
+    from miniplm.report.page import assemble
 
-    print(f"report: {select.rebuild_report(job)}")
+    rd = RunDir(job.run_dir)
+    for stage in STAGES:
+        if rd.stage_state(stage.name).get("state") == "done":
+            stage.report(job, rd)
+    if not rd.report_sections.exists():
+        raise StageError(f"{rd.root}: nothing to report yet; run `miniplm select` (or `miniplm eval`) first")
+    print(f"report: {assemble(rd)}")
     return 0
 
 
-# The stage commands, in pipeline order: (summary, description); each runs through _run_stage.
-STAGES = {
-    "prepare": ("read raw sources into deduplicated document shards per split",
-                "Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
-                "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl."),
-    "train-reference": ("train the reference LM on the reference split (reference: {train: ...})",
-                        "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
-                        "DeepSpeed into RUN_DIR/models/reference, which score then uses."),
-    "score": ("teacher and reference log-probabilities for every main-split document",
-              "Run the teacher and the reference over every main-split shard and write "
-              "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
-              "Resumes inside a shard after a kill."),
-    "select": ("keep the documents the strategy ranks highest, with their text, and write the report",
-               "Decide from all score shards at once what to keep (select.strategy and its budget, the noise filter, "
-               "the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) and "
-               "RUN_DIR/report/."),
-    "tokenize": ("pack documents into token rows for training",
-                 "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
-                 "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
-                 "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."),
-    "train": ("pretrain the job's students with DeepSpeed",
-              "Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
-              "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
-              "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint."),
-    "eval": ("held-out loss, perplexity and zero-shot accuracy of the job's models, compared",
-             "Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): loss "
-             "and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on eval.tasks "
-             "through lm-evaluation-harness. Writes RUN_DIR/eval/ (results.json, comparison.md, comparison.png) "
-             "and adds the comparison to the selection report. Models split over workers like shards."),
+def _stage_parser(sub, stage: Stage) -> None:
+    p = sub.add_parser(stage.name, help=stage.summary,
+                       description=stage.description + " Finished work is skipped on a rerun.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _job_args(p)
+    if stage.kind == "array":  # ranks stages split by process rank, not by shard
+        _worker_args(p)
+    p.add_argument("--force", action="store_true", help=f"discard earlier {stage.name} output in RUN_DIR and redo it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    if stage.only:
+        p.add_argument("--only", metavar="NAME", help=f"only this {stage.only}")
+    p.set_defaults(handler=functools.partial(_run_stage, stage))
+
+
+COMMANDS = {
+    "run": ("run every stage of the job in order, here",
+            "Run every stage of the job in pipeline order ({stages}), in this process. Finished work is skipped "
+            "and unfinished work resumes, so after an interruption run the same command again.", cmd_run),
+    "slurm": ("render one sbatch script per stage and submit them as a dependency chain",
+              "Write RUN_DIR/slurm/STAGE.sbatch from the templates in slurm/ and the job's `slurm:` block, and "
+              "submit them chained with --dependency=afterok: job arrays over shards for array stages, torchrun "
+              "on `nodes` nodes for training. Run it again after a failure or a preemption: it submits only what "
+              "is not finished or queued.", cmd_slurm),
+    "status": ("per stage: shards done, running and failed tasks with their logs",
+               "Show each stage's progress from RUN_DIR and its SLURM tasks' states. Exits 1 when a stage or a "
+               "task failed.", cmd_status),
+    "report": ("rebuild the report from the finished stages' outputs",
+               "Rebuild RUN_DIR/report/ (index.html, summary.json, plots) from what the finished stages wrote.",
+               cmd_report),
 }
 
 
@@ -208,46 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-
-    for name, (summary, description) in STAGES.items():
-        p = sub.add_parser(name, help=summary, description=description + " Finished work is skipped on a rerun.",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for stage in STAGES:
+        _stage_parser(sub, stage)
+    for name, (summary, description, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=description.format(stages=", ".join(s.name for s in STAGES)))
         _job_args(p)
-        if not name.startswith("train"):  # training splits by process rank, not by shard
-            _worker_args(p)
-        p.add_argument("--force", action="store_true", help=f"discard earlier {name} output in RUN_DIR and redo it")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(handler=functools.partial(_run_stage, name))
-        if name in ("tokenize", "train"):
-            p.add_argument("--only", metavar="NAME", help=f"only this {'token set' if name == 'tokenize' else 'student'}")
-    p = sub.add_parser("run", help="run every stage of the job in order, here",
-                       description="Run prepare, train-reference (when the job trains its reference), score, select, "
-                       "tokenize and train each student, in this process. Finished work is skipped and unfinished "
-                       "work resumes, so after an interruption run the same command again.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _job_args(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_run)
-    p = sub.add_parser("slurm", help="render one sbatch script per stage and submit them as a dependency chain",
-                       description="Write RUN_DIR/slurm/STAGE.sbatch from the templates in slurm/ and the job's "
-                       "`slurm:` block, and submit them chained with --dependency=afterok: job arrays over shards "
-                       "for prepare, score, select and tokenize, torchrun on `nodes` nodes for training. Run it "
-                       "again after a failure or a preemption: it submits only what is not finished or queued.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _job_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
-    p.set_defaults(handler=cmd_slurm)
-    p = sub.add_parser("status", help="per stage: shards done, running and failed tasks with their logs",
-                       description="Show each stage's progress from RUN_DIR and its SLURM tasks' states. Exits 1 "
-                       "when a stage or a task failed.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _job_args(p)
-    p.set_defaults(handler=cmd_status)
-    p = sub.add_parser("report", help="rebuild the selection report from the decisions on disk",
-                       description="Rebuild RUN_DIR/report/ (index.html, summary.json, plots) after select.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _job_args(p)
-    p.set_defaults(handler=cmd_report)
+        if name == "run":
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if name == "slurm":
+            p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
+        p.set_defaults(handler=handler)
     return parser
 
 
@@ -263,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[JobConfig, argparse.Namespace], int] = args.handler
     try:
         job = load_job(args.job, args.overrides)
+        logs.configure(None if args.verbose else RunDir(job.run_dir).log_file)
         return handler(job, args)
     except ConfigError as e:
         print(f"miniplm: error: {e}", file=sys.stderr)
@@ -270,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("miniplm: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (StageError, SlurmError, OSError) as e:
+    except (StageError, LaunchError, OSError) as e:
         # bad input under on_error: fail, a full disk, ...: the message says where
         print(f"miniplm: {args.stage} failed: {e}", file=sys.stderr)
         return 1
+    finally:
+        logs.configure(None)
 
 
 if __name__ == "__main__":

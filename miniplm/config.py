@@ -1,8 +1,13 @@
-"""Job files: the typed schema, loading, command-line overrides and validation.
+"""Job files: the typed schema, reading, command-line overrides, and the fingerprint of a
+job's sections that a stage's outputs depend on.
 
 A job file is YAML. It is validated in full before any stage does work, and
 every error names the file and the dotted key at fault, so a typo in a job
-that would run for a day fails in the first second.
+that would run for a day fails in the first second. (The checks that need the
+stage registry or the filesystem are in miniplm/job.py.)
+
+A key that changes how work runs but never what it writes is marked
+`execution_only` where it is declared: changing it leaves finished work valid.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from miniplm.errors import ConfigError
+from miniplm.rundir import RunDir
 
-class ConfigError(ValueError):
-    """A job file (or an override) that cannot work. The message names the key and the file."""
+# json_schema_extra of a field that changes how a stage runs, never what it writes
+EXECUTION_ONLY = {"execution_only": True}
 
 
 class _Strict(BaseModel):
@@ -63,7 +70,8 @@ class CorpusConfig(_Strict):
     heldout_fraction: float = Field(0.01, ge=0.0, lt=1.0)
     on_error: Literal["skip", "fail"] = "skip"
     max_chars: int = Field(1_000_000, gt=0, description="longer documents are rejected as too_long")
-    num_workers: int | None = Field(None, gt=0, description="prepare processes; default: one per core")
+    num_workers: int | None = Field(None, gt=0, description="prepare processes; default: one per core",
+                                    json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _fractions_leave_a_main_split(self) -> "CorpusConfig":
@@ -88,12 +96,13 @@ class ScoreConfig(_Strict):
     max_length: int = Field(1024, ge=2, description="tokens per model input; longer documents are cut into windows")
     stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch")
-    checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard")
+    checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard",
+                                  json_schema_extra=EXECUTION_ONLY)
     max_tokens: int | None = Field(
         None, gt=0, description="score only each document's first N tokens: a cheaper estimate of its per-token "
         "difference score (the selection's token budgets still count whole documents)")
     save_token_logprobs: bool = False
-    device: str = "auto"
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _stride_below_max_length(self) -> "ScoreConfig":
@@ -116,7 +125,8 @@ class SelectConfig(_Strict):
     min_teacher_logprob: float | None = Field(None, description="noise filter: drop below this teacher log-prob per token")
     min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
-    report_examples: int = Field(10, ge=0, description="rows in each example table of the report")
+    report_examples: int = Field(10, ge=0, description="rows in each example table of the report",
+                                 json_schema_extra=EXECUTION_ONLY)
     random_baseline: bool = Field(
         False, description="also draw a random selection of the same token budget into RUN_DIR/selected-random/, "
         "the control a student trained on the selected text is compared with")
@@ -145,7 +155,7 @@ class StudentConfig(_Strict):
     preset: str | None = Field(None, description="tiny, tiny-4l, qwen-104m, qwen-200m, qwen-500m or qwen-1.2b")
     config: str | None = Field(None, description="instead of a preset: a Hugging Face config.json or model folder")
     tokens: str = Field(description="the token set (tokenize: name) to train on")
-    heldout: str | None = Field(None, description="a token set for held-out loss")
+    heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
     micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
@@ -160,12 +170,13 @@ class StudentConfig(_Strict):
     offload_optimizer: bool = False
     gradient_checkpointing: bool = False
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged over miniplm's DeepSpeed config")
-    eval_every: int = Field(100, gt=0)
-    eval_rows: int = Field(64, gt=0, description="held-out rows per evaluation")
-    checkpoint_every: int = Field(500, gt=0)
-    log_rows: bool = Field(False, description="write each step's row indices to the metrics (for audits and tests)")
-    tensorboard: bool = False
-    wandb: bool = False
+    eval_every: int = Field(100, gt=0, json_schema_extra=EXECUTION_ONLY)
+    eval_rows: int = Field(64, gt=0, description="held-out rows per evaluation", json_schema_extra=EXECUTION_ONLY)
+    checkpoint_every: int = Field(500, gt=0, json_schema_extra=EXECUTION_ONLY)
+    log_rows: bool = Field(False, description="write each step's row indices to the metrics (for audits and tests)",
+                           json_schema_extra=EXECUTION_ONLY)
+    tensorboard: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
+    wandb: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":
@@ -234,8 +245,8 @@ class EvalConfig(_Strict):
                                   "local tasks with dataset_path: json and data_files")
     limit: int | None = Field(None, gt=0, description="at most this many examples per task")
     num_fewshot: int = Field(0, ge=0)
-    batch_size: int = Field(16, gt=0, description="lm-eval batch size")
-    device: str = "auto"
+    batch_size: int = Field(16, gt=0, description="lm-eval batch size", json_schema_extra=EXECUTION_ONLY)
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _named_corpora(self) -> "EvalConfig":
@@ -265,9 +276,6 @@ class SlurmResources(_Strict):
     setup: list[str] = Field(default_factory=list, description="shell lines run before miniplm (module load, ...)")
 
 
-SLURM_STAGES = ("prepare", "train-reference", "score", "select", "tokenize", "train", "eval")
-
-
 class SlurmConfig(_Strict):
     """How `miniplm slurm` renders and submits the pipeline."""
 
@@ -279,14 +287,8 @@ class SlurmConfig(_Strict):
                                   "(copy miniplm's slurm/ folder to start)")
     defaults: SlurmResources = Field(default_factory=SlurmResources)
     stages: dict[str, SlurmResources] = Field(
-        default_factory=dict, description="per stage (prepare, score, ..., train) or per student (train/NAME)")
-
-    @model_validator(mode="after")
-    def _known_stages(self) -> "SlurmConfig":
-        for key in self.stages:
-            if key.split("/")[0] not in SLURM_STAGES or (key.count("/") and not key.startswith("train/")):
-                raise ValueError(f"stages: unknown stage {key!r} (stages: {', '.join(SLURM_STAGES)}, or train/NAME)")
-        return self
+        default_factory=dict, description="per stage (prepare, score, ..., train) or per student (train/NAME); "
+        "names are checked against the stage registry when the job loads")
 
     def resources(self, step: str) -> SlurmResources:
         """The settings for a step (`score`, `train/small`): defaults, then the stage's, then the student's."""
@@ -329,32 +331,35 @@ class JobConfig(_Strict):
         return self
 
 
-# Which sections of the job each stage's outputs depend on: a change anywhere
-# else leaves the stage's finished work valid.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare": ("seed", "corpus"),
-    "score": ("seed", "corpus", "teacher", "reference", "score"),
-    "select": ("seed", "select"),  # plus the score stage's own hash, which covers the rest
-    "tokenize": ("seed",),  # plus the token set, its tokenizer and the input stage's hash
-    "train": ("seed",),  # plus the student and its token sets' hashes
-    "eval": ("seed", "eval"),  # plus the models' fingerprints and the held-out documents
-}
+def hashable_dump(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON-ready data, without its execution-only keys (at any depth)."""
+
+    def strip(m: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+        for name, field in type(m).model_fields.items():
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("execution_only"):
+                dumped.pop(name, None)
+                continue
+            value = getattr(m, name)
+            if isinstance(value, BaseModel):
+                strip(value, dumped[name])
+            elif isinstance(value, (list, tuple)):
+                for v, d in zip(value, dumped[name]):
+                    if isinstance(v, BaseModel):
+                        strip(v, d)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, BaseModel):
+                        strip(v, dumped[name][k])
+        return dumped
+
+    return strip(model, model.model_dump(mode="json"))
 
 
-# Settings that change how the work runs, never what it writes.
-EXECUTION_ONLY = {"corpus": ("num_workers",), "score": ("checkpoint_every", "device"), "select": ("report_examples",),
-                  "eval": ("device", "batch_size")}
-
-
-def stage_config_hash(job: JobConfig, stage: str, *extra: str) -> str:
-    """A fingerprint of everything a stage's outputs depend on: its config sections and any
-    `extra` facts the caller adds (such as the identity of its inputs)."""
-    dumped = job.model_dump(mode="json")
-    for section, keys in EXECUTION_ONLY.items():
-        for key in keys:
-            if isinstance(dumped.get(section), dict):
-                dumped[section].pop(key, None)
-    relevant = {key: dumped[key] for key in STAGE_SECTIONS[stage]}
+def config_hash(job: "JobConfig", sections: tuple[str, ...], *extra: str) -> str:
+    """A fingerprint of everything a stage's outputs depend on: the job's `sections` (less their
+    execution-only keys) and any `extra` facts the caller adds (such as the identity of its inputs)."""
+    dumped = hashable_dump(job)
+    relevant: dict[str, Any] = {key: dumped[key] for key in sections}
     relevant["extra"] = list(extra)
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -404,26 +409,6 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def _check_models(job: JobConfig, where: str) -> None:
-    from miniplm.models.loading import looks_loadable
-
-    for key in ("teacher", "reference"):
-        spec = getattr(job, key)
-        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
-            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
-                              "(give a folder, a hub id like org/name, or smollm2-135m)")
-
-
-def _check_inputs_exist(job: JobConfig, where: str) -> None:
-    inputs = [(f"corpus.inputs.{i}", spec) for i, spec in enumerate(job.corpus.inputs)]
-    inputs += [(f"eval.corpora.{i}", spec) for i, spec in enumerate(job.eval.corpora if job.eval else [])]
-    for key, spec in inputs:
-        if spec.format == "hf_hub":
-            continue  # a hub name: only loading can tell whether it exists
-        if not expand_input(spec):
-            raise ConfigError(f"{where}: {key}.path: nothing found at {spec.path!r} (relative to {os.getcwd()})")
-
-
 def expand_input(spec: InputSpec) -> list[str]:
     """The sorted files (or dataset folder) an input names; empty when nothing matches.
 
@@ -444,8 +429,9 @@ def expand_input(spec: InputSpec) -> list[str]:
     return files
 
 
-def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
-    """Read, override and validate a job file; raise ConfigError naming the file and key."""
+def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job file against the schema; raise ConfigError naming the file
+    and key. (miniplm.job.load_job adds the checks against the stages and the filesystem.)"""
     path = str(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -458,14 +444,15 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
         raise ConfigError(f"{path}: a job file is a YAML mapping of keys to values")
     overrides = overrides or []
     apply_overrides(data, overrides)
-    where = path + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     try:
-        job = JobConfig.model_validate(data)
+        return JobConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, where)) from None
-    _check_inputs_exist(job, where)
-    _check_models(job, where)
-    return job
+        raise ConfigError(_format_validation_error(e, job_label(path, overrides))) from None
+
+
+def job_label(path: str | os.PathLike, overrides: list[str] | None) -> str:
+    """How errors name a job: its file, and the overrides given with it."""
+    return str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
 
 
 def dump_job(job: JobConfig) -> str:
@@ -476,7 +463,7 @@ def reference_model(job: JobConfig) -> str:
     """The reference to score with: the given checkpoint, or the one this run trains."""
     if job.reference is None:
         raise ConfigError("the job has no `reference:`")
-    return job.reference.model or str(job.run_dir / "models" / "reference")
+    return job.reference.model or str(RunDir(job.run_dir).model("reference"))
 
 
 def reference_token_set(job: JobConfig) -> TokenSet:
@@ -484,3 +471,19 @@ def reference_token_set(job: JobConfig) -> TokenSet:
     assert job.reference is not None and job.reference.train is not None
     own = next((t for t in job.tokenize if t.name == "reference"), None)
     return own or TokenSet(name="reference", input="reference", seq_len=job.reference.train.seq_len)
+
+
+def tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
+    """The tokenizer a token set is made with: its own, else the teacher's."""
+    if token_set.tokenizer:
+        return token_set.tokenizer
+    if job.teacher is None:
+        raise ConfigError(f"tokenize.{token_set.name}: no tokenizer given and no teacher to take it from")
+    return job.teacher.model
+
+
+def token_set_named(job: JobConfig, name: str, token_sets: list[TokenSet] | None = None) -> TokenSet:
+    for token_set in token_sets if token_sets is not None else job.tokenize:
+        if token_set.name == name:
+            return token_set
+    raise ConfigError(f"students: no token set {name!r} in the job's tokenize list")

@@ -1,118 +1,40 @@
-"""The run directory: where each stage's files live, the manifest, atomic writes,
-completion markers, and which worker owns which shard.
+"""The run directory: every path a stage reads or writes, named once; the manifest that
+records each stage's state; and the completion markers of finished shards.
 
-Everything a stage writes appears complete or not at all (temp name, then
-rename), so a worker killed at any point leaves nothing half-written that a
-rerun could mistake for finished work.
+RUN_DIR/
+  job.yaml, manifest.json
+  docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
+  scores/shard-NNNNN.parquet
+  selection/decisions.parquet, selected/, selected-random/
+  tokens/NAME/shard-NNNNN.arrow
+  models/NAME/, train/NAME/ (metrics, checkpoints)
+  eval/models/NAME.json, eval/results.json, ...
+  report/index.html (assembled from report-sections/)
+  work/STAGE/ (scratch), markers/STAGE/KEY.done, logs/, slurm/
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable
+
+from miniplm.errors import ConfigError
+from miniplm.files import atomic_write_json, atomic_write_text, file_lock
 
 SPLITS = ("main", "reference", "heldout")
 
 
-class StageError(RuntimeError):
-    """A stage that cannot go on (bad input under on_error: fail, ...); the message says where."""
+def shard_name(index: int, suffix: str) -> str:
+    return f"shard-{index:05d}{suffix}"
 
 
-# ---------------------------------------------------------------- atomic files
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # flush to disk before the rename, so a node that crashes cannot leave a
-        # complete-looking name over empty content
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock held for the block (flock: works across processes and, on most
-    cluster filesystems, across nodes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------- shard ownership
-
-
-@dataclass(frozen=True)
-class Worker:
-    """This process's place among the workers sharing a stage."""
-
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"worker index {self.index} is not in 0..{self.count - 1}")
-
-    def owns(self, shard_index: int) -> bool:
-        return shard_index % self.count == self.index
-
-    def owned(self, n_shards: int) -> list[int]:
-        return list(range(self.index, n_shards, self.count))
-
-
-def resolve_worker(index: int | None = None, count: int | None = None, env: Mapping[str, str] | None = None) -> Worker:
-    """Work out which worker this is: explicit flags, else a SLURM array task, else torchrun ranks.
-
-    SLURM array ids need not start at 0 (`--array=3-7`), so the index is
-    counted from SLURM_ARRAY_TASK_MIN.
-    """
-    env = os.environ if env is None else env
-    if index is not None or count is not None:
-        if index is None or count is None:
-            raise ValueError("--worker and --num-workers go together")
-        return Worker(index, count)
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return Worker(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Worker(int(env["RANK"]), int(env["WORLD_SIZE"]))
-    return Worker()
-
-
-# ---------------------------------------------------------------- the directory
+def shards_in(folder: Path, suffix: str = ".parquet") -> list[Path]:
+    return sorted(folder.glob(f"shard-*{suffix}"))
 
 
 def _now() -> str:
@@ -125,7 +47,7 @@ class RunDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    # paths
+    # ------------------------------------------------------------ paths
     @property
     def job_file(self) -> Path:
         return self.root / "job.yaml"
@@ -138,29 +60,106 @@ class RunDir:
     def docs(self) -> Path:
         return self.root / "docs"
 
+    @property
+    def doc_stats(self) -> Path:
+        return self.docs / "stats.json"
+
+    @property
+    def doc_rejects(self) -> Path:
+        return self.docs / "rejects.jsonl"
+
     def doc_shard(self, split: str, index: int) -> Path:
-        return self.docs / split / f"shard-{index:05d}.parquet"
+        return self.docs / split / shard_name(index, ".parquet")
 
     def doc_shards(self, split: str) -> list[Path]:
-        return sorted((self.docs / split).glob("shard-*.parquet"))
+        return shards_in(self.docs / split)
 
-    def work(self, stage: str) -> Path:
-        """Scratch space for a stage's unfinished work; removed when the stage is done."""
-        return self.root / "work" / stage
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
 
-    def remove_work(self, stage: str) -> None:
-        shutil.rmtree(self.work(stage), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (self.root / "work").rmdir()  # only once no stage has scratch left
+    def score_shard(self, index: int) -> Path:
+        return self.scores / shard_name(index, ".parquet")
 
-    def marker(self, stage: str, key: str) -> Path:
-        return self.root / "markers" / stage / f"{key}.done"
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection"
+
+    @property
+    def decisions(self) -> Path:
+        return self.selection / "decisions.parquet"
+
+    def selected(self, folder: str = "selected") -> Path:
+        """A selection's document shards: `selected`, or the random baseline `selected-random`."""
+        return self.root / folder
+
+    def selected_shard(self, index: int, folder: str = "selected") -> Path:
+        return self.selected(folder) / shard_name(index, ".parquet")
+
+    def tokens(self, name: str) -> Path:
+        return self.root / "tokens" / name
+
+    def model(self, name: str) -> Path:
+        """A model this run trains (a student, or `reference`): a save_pretrained folder."""
+        return self.root / "models" / name
+
+    def training(self, name: str) -> Path:
+        """A model's training metrics and checkpoints."""
+        return self.root / "train" / name
+
+    def metrics(self, name: str) -> Path:
+        return self.training(name) / "metrics.jsonl"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def eval_result(self, name: str) -> Path:
+        return self.eval / "models" / f"{name}.json"
+
+    @property
+    def eval_results(self) -> Path:
+        return self.eval / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_page(self) -> Path:
+        return self.report / "index.html"
+
+    @property
+    def report_sections(self) -> Path:
+        """The sections stages hand the report, which it assembles into the page."""
+        return self.root / "report-sections"
 
     @property
     def logs(self) -> Path:
         return self.root / "logs"
 
-    # completion markers
+    @property
+    def log_file(self) -> Path:
+        """Where other libraries' messages go (unless --verbose)."""
+        return self.logs / "miniplm.log"
+
+    def launcher(self, name: str) -> Path:
+        """A launcher's own files: rendered scripts, submissions, exit codes (`slurm/`)."""
+        return self.root / name
+
+    def work(self, stage: str) -> Path:
+        """Scratch space for a stage's unfinished work; removed when the stage is done."""
+        return self.root / "work" / stage
+
+    def marker(self, stage: str, key: str) -> Path:
+        return self.root / "markers" / stage / f"{key}.done"
+
+    # ------------------------------------------------------------ scratch and markers
+    def remove_work(self, stage: str) -> None:
+        shutil.rmtree(self.work(stage), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.root / "work").rmdir()  # only once no stage has scratch left
+
     def mark_done(self, stage: str, key: str, config_hash: str) -> None:
         atomic_write_text(self.marker(stage, key), config_hash + "\n")
 
@@ -175,7 +174,11 @@ class RunDir:
         with contextlib.suppress(OSError):
             (self.root / "markers").rmdir()
 
-    # manifest
+    def clean_scratch(self, stage: str) -> None:
+        self.remove_work(stage)
+        self.clear_markers(stage)
+
+    # ------------------------------------------------------------ the manifest
     def read_manifest(self) -> dict[str, Any]:
         try:
             return json.loads(self.manifest_file.read_text())
@@ -204,7 +207,7 @@ class RunDir:
     def fail_stage(self, stage: str, error: str) -> None:
         self.update_stage(stage, state="failed", error=error, finished=_now())
 
-    # a stage's life
+    # ------------------------------------------------------------ a stage's life
     def open_stage(self, stage: str, config_hash: str, job_yaml: str, outputs: list[Path], *, force: bool) -> bool:
         """Begin (or rejoin) a stage; True when its work is already done and nothing is left to do.
 
@@ -212,8 +215,6 @@ class RunDir:
         removed with `force`, and refused without. `force` also redoes a
         finished or failed stage; a running one with the same config is joined.
         """
-        from miniplm.config import ConfigError
-
         state = self.stage_state(stage)
         if state and state.get("config_hash") != config_hash:
             if not force:
@@ -245,7 +246,3 @@ class RunDir:
             if self.stage_state(stage).get("state") != "done":
                 self.finish_stage(stage, finalize())
         self.clean_scratch(stage)
-
-    def clean_scratch(self, stage: str) -> None:
-        self.remove_work(stage)
-        self.clear_markers(stage)

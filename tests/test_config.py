@@ -1,6 +1,8 @@
 import pytest
 
-from miniplm.config import ConfigError, apply_overrides, load_job, stage_config_hash
+from miniplm.config import ConfigError, apply_overrides
+from miniplm.job import load_job
+from miniplm.stages import stage_config_hash
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@ import multiprocessing as mp
 
 import pytest
 
-from miniplm.rundir import RunDir, Worker, atomic_path, atomic_write_json, resolve_worker
+from miniplm.files import atomic_path, atomic_write_json
+from miniplm.rundir import RunDir
+from miniplm.workers import Worker, resolve_worker
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

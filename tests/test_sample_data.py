@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from miniplm.config import load_job
+from miniplm.job import load_job
 from miniplm.corpus import prepare
 
 from tests.conftest import REPO
@@ -25,7 +25,7 @@ def test_bundled_corpus_is_small_and_labelled():
 def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo job's paths are relative to the repository
     job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null"])
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["documents_read"] == 1866
     assert stats["duplicates"] == 9  # the repeated legal-footer pages
     assert stats["rejected_total"] == 0
@@ -36,7 +36,7 @@ def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
 def test_demo_job_reads_its_slice_of_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}"])
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["documents_read"] == 3 * 160  # limit: 160 per file
     assert stats["kept_total"] + stats["duplicates"] + stats["rejected_total"] == 480
 

@@ -35,13 +35,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import CorpusConfig, JobConfig, dump_job, expand_input, stage_config_hash
+from miniplm.config import CorpusConfig, JobConfig, expand_input
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
-from miniplm.corpus.readers import Rejection, read_input
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
-from miniplm.rundir import SPLITS, RunDir, StageError, Worker, atomic_path, atomic_write_json
+from miniplm.corpus.readers import Rejection, read_input
+from miniplm.errors import StageError
+from miniplm.files import atomic_path, atomic_write_json
+from miniplm.rundir import SPLITS, RunDir
+from miniplm.stage import Part, ShardedStage, StageRun
 
-STAGE = "prepare"
+NAME = "prepare"
 TEXT_FILES_PER_UNIT = 2000
 PART_ROWS = 2000
 PART_BYTES = 32 << 20
@@ -155,7 +158,7 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
     corpus = job.corpus
     spec = corpus.inputs[unit.input_index]
     rd = RunDir(job.run_dir)
-    work = rd.work(STAGE)
+    work = rd.work(NAME)
     work.mkdir(parents=True, exist_ok=True)
     progress = progress or _report_progress
     schema = _part_schema(corpus)
@@ -213,7 +216,7 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
 
     stats = {"read": read, "accepted": part.total, "rejected": dict(sorted(rejected.items())), "chars": dict(chars)}
     atomic_write_json(work / f"{unit.key}.stats.json", stats)
-    rd.mark_done(STAGE, unit.key, config_hash)
+    rd.mark_done(NAME, unit.key, config_hash)
     return stats
 
 
@@ -270,7 +273,7 @@ def _duplicate_status(parts: list[Path]) -> np.ndarray:
 
 
 def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
-    work = rd.work(STAGE)
+    work = rd.work(NAME)
     parts = [work / f"{u.key}.parquet" for u in units]
     unit_stats = [json.loads((work / f"{u.key}.stats.json").read_text()) for u in units]
     for split in SPLITS:  # a killed earlier finalize may have left some shards
@@ -319,7 +322,7 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
         first = orjson.loads(repeated_ids[0])
         raise PrepareError(f"{first['file']}:{first['line']}: duplicate_id: {first['detail']}")
 
-    with atomic_path(rd.docs / "rejects.jsonl") as tmp, open(tmp, "wb") as out:
+    with atomic_path(rd.doc_rejects) as tmp, open(tmp, "wb") as out:
         for u in units:
             with open(work / f"{u.key}.rejects.jsonl", "rb") as f:
                 shutil.copyfileobj(f, out)
@@ -349,7 +352,7 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
         "shards": {s: writers[s].shards_written for s in SPLITS},
         "sources": {src: dict(sorted(c.items())) for src, c in sorted(by_source.items())},
     }
-    atomic_write_json(rd.docs / "stats.json", stats)
+    atomic_write_json(rd.doc_stats, stats)
     return stats
 
 
@@ -357,32 +360,54 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
 
 
 def read_stats(run_dir: str | os.PathLike) -> dict:
-    return json.loads((RunDir(run_dir).docs / "stats.json").read_text())
+    return json.loads(RunDir(run_dir).doc_stats.read_text())
 
 
-def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
-    """Prepare this worker's share of the sources; the worker that completes the set also
-    writes the shards. Returns the stats, or None while other workers still have units to do."""
-    rd = RunDir(job.run_dir)
-    config_hash = stage_config_hash(job, STAGE)
-    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.docs], force=force):
-        return read_stats(rd.root)
-    try:
-        units = plan_units(job.corpus)
-        todo = [u for u in units if worker.owns(u.index) and not rd.is_done(STAGE, u.key, config_hash)]
-        _run_units(job, todo, config_hash, show_progress)
-        if not all(rd.is_done(STAGE, u.key, config_hash) for u in units):
-            return None
+class Prepare(ShardedStage):
+    """Its shards are the input units; the worker that completes the set writes the document shards."""
 
-        def finalize() -> dict:
-            stats = _finalize(job, rd, units)
-            return {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")}
+    name = NAME
+    summary = "read raw sources into deduplicated document shards per split"
+    description = ("Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
+                   "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl.")
+    sections = ("seed", "corpus")
+    unit = "input units"
 
-        rd.finish_once(STAGE, finalize)
-    except Exception as e:  # anything but an interrupt: the manifest must not say running
-        rd.fail_stage(STAGE, str(e))
-        raise
-    return read_stats(rd.root)
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
+        return [u.key for u in plan_units(job.corpus)]
+
+    def slurm_arguments(self) -> str:
+        return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.docs]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return [u.key for u in self._units(run)]
+
+    def _units(self, run: StageRun) -> list[Unit]:
+        if "units" not in run.shared:
+            run.shared["units"] = plan_units(run.job.corpus)
+        return run.shared["units"]
+
+    def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        units = self._units(run)
+        _run_units(run.job, [units[i] for i in todo], run.config_hash, run.show_progress)
+
+    def finish(self, run: StageRun) -> dict:
+        stats = _finalize(run.job, run.rd, self._units(run))
+        return {k: stats[k] for k in ("documents_read", "kept", "duplicates", "rejected_total", "shards")}
+
+    def result(self, run: StageRun) -> dict:
+        return read_stats(run.rd.root)
+
+    def describe(self, job: JobConfig, result: dict | None) -> list[str]:
+        if result is None:
+            return [f"{NAME}: this worker's share is done; the last worker to finish completes the stage"]
+        return [f"prepare: documents in {job.run_dir}/docs", *summary_lines(result)]
+
+
+STAGE = Prepare()
 
 
 def summary_lines(stats: dict) -> list[str]:

@@ -16,23 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from miniplm.config import ConfigError, JobConfig, TokenSet, dump_job, stage_config_hash
+from miniplm.config import JobConfig, TokenSet, tokenizer_name
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_write_json
 from miniplm.models.loading import load_tokenizer, model_fingerprint
-from miniplm.rundir import RunDir, StageError, Worker, atomic_write_json
+from miniplm.rundir import RunDir, shard_name
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
+from miniplm.workers import Worker
 
+NAME = "tokenize"
 STATS = ("documents", "tokens", "rows", "tail_tokens_dropped")
 
 
-def stage_name(token_set: TokenSet) -> str:
-    return f"tokenize/{token_set.name}"
-
-
-def output_dir(rd: RunDir, token_set: TokenSet) -> Path:
-    return rd.root / "tokens" / token_set.name
+def part_for(token_set: TokenSet) -> Part:
+    return Part(f"{NAME}/{token_set.name}", token_set)
 
 
 def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
@@ -47,7 +47,7 @@ def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
         return rd.doc_shards(token_set.input), state["config_hash"]
     if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
         raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
-    return sorted((rd.root / token_set.input).glob("shard-*.parquet")), state["config_hash"]
+    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), state["config_hash"]
 
 
 def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -65,61 +65,84 @@ def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, ind
     for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, ["text"]):
         token_lists += tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]
     rows, tail = pack(token_lists, eos, token_set.seq_len, np.random.default_rng([job.seed, index]))
-    write_rows(out / f"shard-{index:05d}.arrow", rows)
+    write_rows(out / shard_name(index, ".arrow"), rows)
     stats = {"documents": len(token_lists), "tokens": sum(len(t) + 1 for t in token_lists),
              "rows": len(rows), "tail_tokens_dropped": tail}
-    atomic_write_json(out / f"shard-{index:05d}.json", stats)
+    atomic_write_json(out / shard_name(index, ".json"), stats)
     return stats
 
 
-def _tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
-    if token_set.tokenizer:
-        return token_set.tokenizer
-    if job.teacher is None:
-        raise ConfigError(f"tokenize.{token_set.name}: no tokenizer given and no teacher to take it from")
-    return job.teacher.model
+class Tokenize(ShardedStage):
+    """One part per token set of the job (`tokenize/NAME`); its shards are its input's shards."""
+
+    name = NAME
+    summary = "pack documents into token rows for training"
+    description = ("For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
+                   "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
+                   "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer).")
+    sections = ("seed",)  # plus the token set, its tokenizer and the input stage's hash
+    only = "token set"
+
+    def applies(self, job: JobConfig) -> bool:
+        return bool(job.tokenize)
+
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        if not job.tokenize:
+            raise ConfigError("tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])")
+        names = only_one("token set", [t.name for t in job.tokenize], only, NAME)
+        return [part_for(t) for t in job.tokenize if t.name in names]
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        token_set: TokenSet = part.item
+        return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
+
+    def inputs(self, run: StageRun) -> list[str]:
+        token_set: TokenSet = run.part.item
+        shards, input_hash = input_shards(run.rd, token_set)
+        name = tokenizer_name(run.job, token_set)
+        tokenizer = load_tokenizer(name)
+        tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
+        run.shared.update(input_shards=shards, tokenizer=tokenizer)
+        return [token_set.model_dump_json(), input_hash, model_fingerprint(name)]
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.tokens(run.part.item.name)]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return [shard_name(i, "") for i in range(len(run.shared["input_shards"]))]
+
+    def run_shard(self, run: StageRun, index: int) -> None:
+        token_set: TokenSet = run.part.item
+        tokenizer = run.shared["tokenizer"]
+        tokenize_shard(run.job, token_set, tokenizer, tokenizer.eos_token_id, index, run.shared["input_shards"][index],
+                       run.rd.tokens(token_set.name))
+
+    def finish(self, run: StageRun) -> dict:
+        token_set: TokenSet = run.part.item
+        out = run.rd.tokens(token_set.name)
+        per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
+        counts = {key: sum(s[key] for s in per_shard) for key in STATS}
+        return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len}
+
+    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
+            show_progress: bool = True) -> dict[str, dict | None]:
+        """Every token set of the job (or the one named `only`); counts per set, None for a set
+        whose shards other workers are still writing."""
+        return {p.item.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
+                for p in self.parts(job, only)}
+
+    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
+        lines = []
+        for name, counts in result.items():
+            if counts is None:
+                lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
+            else:
+                lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
+                             f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "
+                             f"tail tokens left over) in {job.run_dir}/tokens/{name}")
+        return lines
 
 
-def run_set(job: JobConfig, token_set: TokenSet, worker: Worker, *, force: bool, show_progress: bool) -> dict | None:
-    rd = RunDir(job.run_dir)
-    stage = stage_name(token_set)
-    shards, input_hash = input_shards(rd, token_set)
-    name = _tokenizer_name(job, token_set)
-    tokenizer = load_tokenizer(name)
-    tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
-    config_hash = stage_config_hash(job, "tokenize", token_set.model_dump_json(), input_hash, model_fingerprint(name))
-    out = output_dir(rd, token_set)
-    if rd.open_stage(stage, config_hash, dump_job(job), [out], force=force):
-        return rd.stage_state(stage)["counts"]
-    try:
-        todo = [i for i in worker.owned(len(shards)) if not rd.is_done(stage, f"shard-{i:05d}", config_hash)]
-        for i in tqdm(todo, desc=f"tokenize {token_set.name}", unit="shard", disable=not show_progress or not todo):
-            tokenize_shard(job, token_set, tokenizer, tokenizer.eos_token_id, i, shards[i], out)
-            rd.mark_done(stage, f"shard-{i:05d}", config_hash)
-        if not all(rd.is_done(stage, f"shard-{i:05d}", config_hash) for i in range(len(shards))):
-            return None
-        rd.finish_once(stage, lambda: _counts(out, len(shards), token_set))
-    except Exception as e:  # anything but an interrupt: the manifest must not say running
-        rd.fail_stage(stage, str(e))
-        raise
-    return rd.stage_state(stage)["counts"]
-
-
-def _counts(out: Path, n_shards: int, token_set: TokenSet) -> dict:
-    per_shard = [json.loads((out / f"shard-{i:05d}.json").read_text()) for i in range(n_shards)]
-    counts = {key: sum(s[key] for s in per_shard) for key in STATS}
-    return {**counts, "shards": n_shards, "seq_len": token_set.seq_len}
-
-
-def run(job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-        show_progress: bool = True) -> dict[str, dict | None]:
-    """Every token set of the job (or the one named `only`); counts per set, None for a set
-    whose shards other workers are still writing."""
-    sets = [t for t in job.tokenize if only is None or t.name == only]
-    if not sets:
-        known = ", ".join(t.name for t in job.tokenize) or "none"
-        raise ConfigError(f"tokenize: no token set {only!r} in the job (token sets: {known})" if only
-                          else "tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])")
-    return {t.name: run_set(job, t, worker, force=force, show_progress=show_progress) for t in sets}
+STAGE = Tokenize()

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from miniplm.rundir import atomic_path
+from miniplm.files import atomic_path
 
 BATCH_ROWS = 1024
 

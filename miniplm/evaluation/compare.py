@@ -1,5 +1,5 @@
 """The comparison across models: RUN_DIR/eval/{results.json, comparison.md, comparison.png}, and the
-students' section of the selection report (held-out loss curves and the evaluation table)."""
+students' section of the report (held-out loss curves and the evaluation table)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from miniplm.config import JobConfig
-from miniplm.rundir import RunDir, atomic_write_json, atomic_write_text
-from miniplm.selection.report import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
+from miniplm.files import atomic_write_json, atomic_write_text
+from miniplm.report.figures import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
+from miniplm.report.page import assemble, write_section
+from miniplm.rundir import RunDir
 
 
 def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -75,8 +77,8 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def write(rd: RunDir, results: dict[str, dict]) -> None:
-    out = rd.root / "eval"
-    atomic_write_json(out / "results.json", results)
+    out = rd.eval
+    atomic_write_json(rd.eval_results, results)
     atomic_write_text(out / "comparison.md", markdown(results))
     plot(results, out / "comparison.png")
 
@@ -93,7 +95,7 @@ def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
     drawn = False
     for student in job.students:
         try:
-            lines = (rd.root / "train" / student.name / "metrics.jsonl").read_text().splitlines()
+            lines = rd.metrics(student.name).read_text().splitlines()
         except FileNotFoundError:
             continue
         points = sorted({m["step"]: m["heldout_loss"] for m in map(json.loads, lines)
@@ -110,14 +112,21 @@ def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
     return drawn
 
 
+def report(job: JobConfig, rd: RunDir) -> Path:
+    """Hand the report the students' section, and assemble the page; its path."""
+    write_section(rd, 20, "students", "\n".join(report_section(job, rd, rd.report)))
+    return assemble(rd)
+
+
 def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
     """HTML for the report: students' held-out loss curves and the evaluation table, when they exist."""
+    out.mkdir(parents=True, exist_ok=True)
     parts: list[str] = []
     if _curves(job, rd, out / "students.png"):
         parts.append(figure_html(out / "students.png", "Students' held-out loss during training",
                                  alt="held-out loss curves"))
     try:
-        results = json.loads((rd.root / "eval" / "results.json").read_text())
+        results = json.loads(rd.eval_results.read_text())
     except FileNotFoundError:
         results = None
     if results:

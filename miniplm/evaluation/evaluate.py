@@ -13,11 +13,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniplm.config import ConfigError, EvalModel, JobConfig, dump_job, reference_model, stage_config_hash
-from miniplm.models.loading import load_model, load_tokenizer, model_fingerprint, pick_device
-from miniplm.rundir import RunDir, StageError, Worker, atomic_write_json
+from miniplm.config import EvalModel, JobConfig, reference_model
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_write_json
+from miniplm.models.loading import model_fingerprint
+from miniplm.rundir import RunDir
+from miniplm.stage import Part, ShardedStage, StageRun
 
-STAGE = "eval"
+NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
 
 
@@ -46,7 +49,7 @@ def targets(job: JobConfig) -> list[Target]:
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
             for s in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
-                out[s.name] = Target(s.name, str(rd.root / "models" / s.name), "student",
+                out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
                                      cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
                                      f"train/{s.name}")
         elif entry == "reference":
@@ -63,7 +66,9 @@ def targets(job: JobConfig) -> list[Target]:
     return list(out.values())
 
 
-def _config_hash(job: JobConfig, rd: RunDir, models: list[Target]) -> str:
+def _facts(job: JobConfig, rd: RunDir, models: list[Target]) -> list[str]:
+    """What the results depend on besides the eval section: each model's identity (and, for one
+    trained here, its training's hash) and the held-out documents."""
     facts = []
     for t in models:
         if t.train_stage is not None:
@@ -75,20 +80,17 @@ def _config_hash(job: JobConfig, rd: RunDir, models: list[Target]) -> str:
         facts.append(f"{t.name}={model_fingerprint(t.model)}:{t.max_length}")
     if job.eval.heldout:
         try:
-            facts.append((rd.docs / "stats.json").read_text())
+            facts.append(rd.doc_stats.read_text())
         except FileNotFoundError:
             raise StageError(f"{rd.root}: no prepared documents for held-out loss; run `miniplm prepare` first "
                              "(or set eval.heldout: false)") from None
-    return stage_config_hash(job, STAGE, *facts)
-
-
-def result_path(rd: RunDir, name: str) -> Path:
-    return rd.root / "eval" / "models" / f"{name}.json"
+    return facts
 
 
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
     from miniplm.evaluation.harness import zero_shot
     from miniplm.evaluation.heldout import corpus_texts, heldout_texts, lm_loss, take
+    from miniplm.models.loading import load_model, load_tokenizer, pick_device
 
     cfg = job.eval
     device = pick_device(cfg.device)
@@ -111,42 +113,68 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
     return result
 
 
-def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
-    """Evaluate this worker's share of the models; the comparison once all are done (None before)."""
-    if job.eval is None:
-        raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every student)")
-    rd = RunDir(job.run_dir)
-    models = targets(job)
-    if not models:
-        raise ConfigError("eval.models: nothing to evaluate (the job lists no students)")
-    if job.eval.tasks:
-        from miniplm.evaluation.harness import require_lm_eval
+class Eval(ShardedStage):
+    """Its shards are the models: each worker (or array task) evaluates its share."""
 
-        require_lm_eval()
-    config_hash = _config_hash(job, rd, models)
-    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "eval"], force=force):
-        return rd.stage_state(STAGE)["counts"]
-    try:
-        for i in worker.owned(len(models)):
-            if not rd.is_done(STAGE, models[i].name, config_hash):
-                atomic_write_json(result_path(rd, models[i].name), evaluate_model(job, rd, models[i], show_progress))
-                rd.mark_done(STAGE, models[i].name, config_hash)
-        if not all(rd.is_done(STAGE, t.name, config_hash) for t in models):
-            return None
-        rd.finish_once(STAGE, lambda: _finish(job, rd, models))
-    except Exception as e:  # anything but an interrupt: the manifest must not say running
-        rd.fail_stage(STAGE, str(e))
-        raise
-    return rd.stage_state(STAGE)["counts"]
+    name = NAME
+    summary = "held-out loss, perplexity and zero-shot accuracy of the job's models, compared"
+    description = ("Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): "
+                   "loss and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on "
+                   "eval.tasks through lm-evaluation-harness. Writes RUN_DIR/eval/ (results.json, comparison.md, "
+                   "comparison.png) and adds the comparison to the report. Models split over workers like shards.")
+    sections = ("seed", "eval")  # plus the models' fingerprints and the held-out documents
+    unit = "models"
+
+    def applies(self, job: JobConfig) -> bool:
+        return job.eval is not None
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
+        return [t.name for t in targets(job)]
+
+    def inputs(self, run: StageRun) -> list[str]:
+        job = run.job
+        if job.eval is None:
+            raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every "
+                              "student)")
+        models = targets(job)
+        if not models:
+            raise ConfigError("eval.models: nothing to evaluate (the job lists no students)")
+        if job.eval.tasks:
+            from miniplm.evaluation.harness import require_lm_eval
+
+            require_lm_eval()
+        run.shared["models"] = models
+        return _facts(job, run.rd, models)
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.eval]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return [t.name for t in run.shared["models"]]
+
+    def run_shard(self, run: StageRun, index: int) -> None:
+        target = run.shared["models"][index]
+        atomic_write_json(run.rd.eval_result(target.name), evaluate_model(run.job, run.rd, target, run.show_progress))
+
+    def finish(self, run: StageRun) -> dict:
+        from miniplm.evaluation import compare
+
+        rd = run.rd
+        results = {t.name: json.loads(rd.eval_result(t.name).read_text()) for t in run.shared["models"]}
+        compare.write(rd, results)
+        compare.report(run.job, rd)
+        return compare.summary(results)
+
+    def describe(self, job: JobConfig, result: dict) -> list[str]:
+        from miniplm.evaluation.compare import markdown
+
+        results = json.loads(RunDir(job.run_dir).eval_results.read_text())
+        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip()]
+
+    def report(self, job: JobConfig, rd: RunDir) -> None:
+        from miniplm.evaluation import compare
+
+        compare.report(job, rd)
 
 
-def _finish(job: JobConfig, rd: RunDir, models: list[Target]) -> dict:
-    from miniplm.evaluation import compare
-
-    results = {t.name: json.loads(result_path(rd, t.name).read_text()) for t in models}
-    compare.write(rd, results)
-    if rd.stage_state("select").get("state") == "done":
-        from miniplm.selection.select import rebuild_report
-
-        rebuild_report(job)
-    return compare.summary(results)
+STAGE = Eval()

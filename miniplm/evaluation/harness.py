@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from miniplm.config import ConfigError
+from miniplm.errors import ConfigError
+from miniplm.logs import library_output
 
 PREFERRED_METRICS = ("acc_norm", "acc")
 
@@ -37,6 +38,13 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limi
               batch_size: int, max_length: int | None = None, log_samples: bool = False) -> dict[str, Any]:
     """{"tasks": {task: {"metric", "value", "n"}}, "average": mean value, "samples": ... (when asked)}."""
     require_lm_eval()
+    with library_output():
+        return _zero_shot(model, tokenizer, tasks, task_paths=task_paths, limit=limit, num_fewshot=num_fewshot,
+                          batch_size=batch_size, max_length=max_length, log_samples=log_samples)
+
+
+def _zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limit: int | None, num_fewshot: int,
+               batch_size: int, max_length: int | None, log_samples: bool) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

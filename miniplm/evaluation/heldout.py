@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import ConfigError, InputSpec, expand_input
+from miniplm.config import InputSpec, expand_input
 from miniplm.corpus.readers import RawDoc, read_input
+from miniplm.errors import ConfigError
 from miniplm.rundir import RunDir
-from miniplm.scoring.score import batch_logprobs
-from miniplm.scoring.windows import plan_batches, windows_for
+from miniplm.scoring.logprobs import batch_logprobs
+from miniplm.scoring.windows import plan_batches, prefix_token, windows_for
 
 CHUNK_DOCS = 2048
 
@@ -43,13 +44,6 @@ def corpus_texts(spec: InputSpec, max_chars: int) -> Iterator[str]:
 
 def take(texts: Iterator[str], limit: int | None) -> list[str]:
     return list(islice(texts, limit))
-
-
-def prefix_token(tokenizer) -> int:
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise ConfigError("held-out loss needs a tokenizer with a BOS or EOS token to start documents with")
-    return token
 
 
 def lm_loss(model, tokenizer, texts: list[str], *, max_length: int, stride: int = 0, batch_tokens: int = 16384,

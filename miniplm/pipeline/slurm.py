@@ -19,40 +19,27 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import orjson
 import yaml
 
-from miniplm.config import ConfigError, JobConfig, SlurmResources, apply_overrides
+from miniplm.config import JobConfig, SlurmResources, apply_overrides
+from miniplm.errors import ConfigError, LaunchError
+from miniplm.files import atomic_write_text
 from miniplm.pipeline import plan
-from miniplm.pipeline.plan import Step
-from miniplm.rundir import RunDir, atomic_write_text
+from miniplm.pipeline.launcher import Launcher, QueueState, Record, Submission
+from miniplm.pipeline.submissions import plan_submissions as _plan_submissions
+from miniplm.rundir import RunDir
+from miniplm.stage import Step
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
 DEFAULT_MAX_TASKS = 64
 
 
-class SlurmError(RuntimeError):
+class SlurmError(LaunchError):
     """sbatch or squeue failed; the message has their output."""
-
-
-@dataclass
-class Submission:
-    """One step's job, as planned (and, once submitted, its id)."""
-
-    step: Step
-    action: str  # submit | done | queued
-    script: Path | None = None
-    text: str = ""
-    tasks: list[int] = field(default_factory=list)  # array tasks to submit
-    num_workers: int = 1
-    after: list[str] = field(default_factory=list)  # job ids (or <step> placeholders) it waits for
-    job_id: str | None = None
-    note: str = ""
-    cancel: list[str] = field(default_factory=list)  # pending jobs of this step it replaces
 
 
 def slug(step_name: str) -> str:
@@ -60,7 +47,7 @@ def slug(step_name: str) -> str:
 
 
 def slurm_dir(rd: RunDir) -> Path:
-    return rd.root / "slurm"
+    return rd.launcher("slurm")
 
 
 def records_file(rd: RunDir) -> Path:
@@ -73,8 +60,8 @@ def exit_dir(rd: RunDir) -> Path:
 
 def log_pattern(rd: RunDir, step: Step) -> Path:
     """Where a task's output goes, in sbatch's pattern (%A array job, %a task, %j job)."""
-    return rd.root.absolute() / "logs" / (f"{slug(step.name)}-%A_%a.log" if step.kind == "array"
-                                          else f"{slug(step.name)}-%j.log")
+    return rd.logs.absolute() / (f"{slug(step.name)}-%A_%a.log" if step.kind == "array"
+                                 else f"{slug(step.name)}-%j.log")
 
 
 def array_spec(tasks: list[int], parallel: int | None) -> str:
@@ -91,17 +78,6 @@ def read_records(rd: RunDir) -> list[dict]:
         return [orjson.loads(line) for line in records_file(rd).read_bytes().splitlines() if line.strip()]
     except FileNotFoundError:
         return []
-
-
-@dataclass(frozen=True)
-class QueueState:
-    state: str  # PENDING, RUNNING, ...
-    reason: str  # why it pends: Resources, Dependency, DependencyNeverSatisfied, ...
-
-    @property
-    def dead(self) -> bool:
-        """Pending on a step that failed: it will never start (clusters without kill_invalid_depend keep it)."""
-        return self.state == "PENDING" and self.reason == "DependencyNeverSatisfied"
 
 
 def queue_states(job_ids: set[str]) -> dict[str, QueueState]:
@@ -163,13 +139,13 @@ def _sbatch_lines(res: SlurmResources, rd: RunDir, step: Step) -> list[str]:
 
 def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[int], num_workers: int) -> str:
     res = job.slurm.resources(step.name)
-    context = dict(step=step.name, command=step.command, job_file=shlex.quote(str(job_file)), slug=slug(step.name),
+    context = dict(step=step.name, command=step.stage, job_file=shlex.quote(str(job_file)), slug=slug(step.name),
                    job_name=f"miniplm-{slug(step.name)}", python=shlex.quote(job.slurm.python or sys.executable),
                    setup=[*job.slurm.setup, *res.setup], sbatch_lines=_sbatch_lines(res, rd, step),
                    exit_dir=shlex.quote(str(exit_dir(rd).absolute())))
     if step.kind == "array":
         template = "array.sbatch.j2"
-        extra = "corpus.num_workers=\"${SLURM_CPUS_PER_TASK:-1}\"" if step.command == "prepare" else ""
+        extra = plan.stage_of(step).slurm_arguments()
         context.update(array=array_spec(tasks, res.parallel), num_workers=num_workers, extra_args=extra)
     else:
         template = "ranks.sbatch.j2"
@@ -180,58 +156,6 @@ def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[i
     return _environment(job).get_template(template).render(template=template, **context)
 
 
-def _array_tasks(job: JobConfig, rd: RunDir, step: Step) -> tuple[list[int], int, str]:
-    """Which array tasks to submit, out of how many workers, and why."""
-    res = job.slurm.resources(step.name)
-    limit = res.max_tasks or DEFAULT_MAX_TASKS
-    n_shards = plan.shard_count(job, rd, step)
-    if n_shards is None:
-        return list(range(limit)), limit, "shard count not known until prepare is done"
-    workers = max(1, min(n_shards, limit))
-    pending = plan.pending_shards(job, rd, step)
-    if not pending:  # every shard written, the stage not closed: one task finishes it
-        return [0], workers, "all shards written; one task completes the stage"
-    tasks = sorted({i % workers for i in pending})
-    return tasks, workers, f"{len(pending)} of {n_shards} {'input units' if step.name == 'prepare' else 'shards'} to do"
-
-
-def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submission]:
-    """What `miniplm slurm` would submit now, in order, with placeholder dependencies."""
-    records = read_records(rd)
-    live = queue_states({r["job_id"] for r in records})
-    latest: dict[str, dict] = {r["step"]: r for r in records}  # each step's latest submission
-    plan_: list[Submission] = []
-    upstream: list[str] = []  # what the next step waits for
-    students: list[str] = []  # eval waits for every student as well
-    resubmitted = False  # a step before this one is submitted anew: what pends on the old jobs must follow
-    for step in plan.steps(job):
-        after = list(upstream) + (students if step.name == "eval" else [])
-        record = latest.get(step.name)
-        mine = {t: q for t, q in live.items() if record and t.split("_")[0] == record["job_id"]}
-        replace = bool(mine) and all(q.state == "PENDING" for q in mine.values()) and (
-            resubmitted or any(q.dead for q in mine.values()))
-        if plan.state(job, rd, step) == "done":
-            sub = Submission(step, "done", note="finished")
-        elif mine and not replace:
-            sub = Submission(step, "queued", job_id=record["job_id"], note="already queued or running")
-        else:
-            sub = Submission(step, "submit", script=slurm_dir(rd) / f"{slug(step.name)}.sbatch", after=after,
-                             cancel=[record["job_id"]] if replace else [])
-            resubmitted = True
-            if step.kind == "array":
-                sub.tasks, sub.num_workers, sub.note = _array_tasks(job, rd, step)
-            sub.text = render(job, rd, step, job_file, sub.tasks, sub.num_workers)
-            if sub.cancel:
-                sub.note = (sub.note + "; " if sub.note else "") + f"replaces pending job {sub.cancel[0]}"
-        plan_.append(sub)
-        handle = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
-        if step.name.startswith("train/"):  # students wait for the data, not for each other
-            students += handle
-        else:
-            upstream = handle
-    return plan_
-
-
 def sbatch_command(sub: Submission) -> list[str]:
     command = ["sbatch", "--parsable"]
     if sub.after:
@@ -239,29 +163,69 @@ def sbatch_command(sub: Submission) -> list[str]:
     return command + [str(sub.script)]
 
 
-def submit(job: JobConfig, rd: RunDir, plan_: list[Submission]) -> None:
-    """Write the scripts and submit them in order, filling in the job ids each one waits for."""
-    ids: dict[str, str] = {}
-    for sub in plan_:
-        if sub.job_id:
-            ids[f"<{sub.step.name}>"] = sub.job_id
-        if sub.action != "submit":
-            continue
-        sub.after = [ids.get(a, a) for a in sub.after]
-        if sub.cancel:  # pending on an old chain: it would never start, or start too early
-            subprocess.run(["scancel", *sub.cancel], capture_output=True, text=True, timeout=120)
-        atomic_write_text(sub.script, sub.text)
-        (rd.root / "logs").mkdir(parents=True, exist_ok=True)
+class SlurmLauncher(Launcher):
+    """Array steps as job arrays, ranks steps as one job of `nodes` x torchrun; chained with afterok."""
+
+    name = "slurm"
+
+    def records(self, rd: RunDir) -> list[Record]:
+        return [Record(r["step"], r["job_id"], r["tasks"], r["num_workers"]) for r in read_records(rd)]
+
+    def queued(self, rd: RunDir, records: list[Record]) -> dict[str, QueueState]:
+        return queue_states({r.job_id for r in records})
+
+    def exit_code(self, rd: RunDir, step: Step, job_id: str, task: int | None) -> int | None:
+        name = job_id if task is None else f"{job_id}_{task}"
         try:
-            out = subprocess.run(sbatch_command(sub), capture_output=True, text=True, timeout=120)
-        except OSError as e:
-            raise SlurmError(f"cannot run sbatch: {e}") from None
-        if out.returncode != 0:
-            raise SlurmError(f"sbatch {sub.script} failed: {out.stderr.strip() or out.stdout.strip()}")
-        sub.job_id = out.stdout.strip().split(";")[0]
-        ids[f"<{sub.step.name}>"] = sub.job_id
-        record = {"step": sub.step.name, "job_id": sub.job_id, "tasks": sub.tasks if sub.step.kind == "array" else None,
-                  "num_workers": sub.num_workers, "script": str(sub.script), "after": sub.after,
-                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with open(records_file(rd), "ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
+            return int((exit_dir(rd) / f"{slug(step.name)}-{name}").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def log(self, rd: RunDir, step: Step, job_id: str, task: int | None) -> Path:
+        return Path(str(log_pattern(rd, step)).replace("%A", job_id).replace("%a", str(task)).replace("%j", job_id))
+
+    def max_tasks(self, job: JobConfig, step: Step) -> int:
+        return job.slurm.resources(step.name).max_tasks or DEFAULT_MAX_TASKS
+
+    def prepare(self, job: JobConfig, rd: RunDir, sub: Submission, job_file: Path) -> None:
+        sub.script = slurm_dir(rd) / f"{slug(sub.step.name)}.sbatch"
+        sub.text = render(job, rd, sub.step, job_file, sub.tasks, sub.num_workers)
+
+    def submit(self, job: JobConfig, rd: RunDir, plan_: list[Submission]) -> None:
+        """Write the scripts and submit them in order, filling in the job ids each one waits for."""
+        ids: dict[str, str] = {}
+        for sub in plan_:
+            if sub.job_id:
+                ids[f"<{sub.step.name}>"] = sub.job_id
+            if sub.action != "submit":
+                continue
+            sub.after = [ids.get(a, a) for a in sub.after]
+            if sub.cancel:  # pending on an old chain: it would never start, or start too early
+                subprocess.run(["scancel", *sub.cancel], capture_output=True, text=True, timeout=120)
+            atomic_write_text(sub.script, sub.text)
+            rd.logs.mkdir(parents=True, exist_ok=True)
+            try:
+                out = subprocess.run(sbatch_command(sub), capture_output=True, text=True, timeout=120)
+            except OSError as e:
+                raise SlurmError(f"cannot run sbatch: {e}") from None
+            if out.returncode != 0:
+                raise SlurmError(f"sbatch {sub.script} failed: {out.stderr.strip() or out.stdout.strip()}")
+            sub.job_id = out.stdout.strip().split(";")[0]
+            ids[f"<{sub.step.name}>"] = sub.job_id
+            record = {"step": sub.step.name, "job_id": sub.job_id,
+                      "tasks": sub.tasks if sub.step.kind == "array" else None, "num_workers": sub.num_workers,
+                      "script": str(sub.script), "after": sub.after, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            with open(records_file(rd), "ab") as f:
+                f.write(orjson.dumps(record) + b"\n")
+
+
+SLURM = SlurmLauncher()
+
+
+def plan_submissions(job: JobConfig, rd: RunDir, job_file: Path) -> list[Submission]:
+    """What `miniplm slurm` would submit now, in order, with placeholder dependencies."""
+    return _plan_submissions(job, rd, SLURM, job_file)
+
+
+def submit(job: JobConfig, rd: RunDir, plan_: list[Submission]) -> None:
+    SLURM.submit(job, rd, plan_)

@@ -1,40 +1,26 @@
-"""`miniplm status`: per step, shards done out of all, and the state of its SLURM tasks.
+"""`miniplm status`: per step, shards done out of all, and the state of its tasks.
 
 Progress comes from the run directory (the manifest and the shard markers),
 so it is right whichever way the stages ran. Task states come from the
-queue (pending, running) and from the exit code each task script records
-when it ends; a task that left a log but no exit code was killed (time
-limit, memory, a lost node), and one with neither never ran (cancelled, or
-a step it waited for failed).
+launchers (pipeline/launchers.py): the queue (pending, running) and the exit
+code each task records when it ends; a task that left a log but no exit code
+was killed (time limit, memory, a lost node), and one with neither never ran
+(cancelled, or a step it waited for failed).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from miniplm.config import JobConfig
 from miniplm.pipeline import plan
-from miniplm.pipeline.plan import Step
-from miniplm.pipeline.slurm import exit_dir, log_pattern, queue_states, read_records, slug
+from miniplm.pipeline.launcher import Launcher, Task, task_state
 from miniplm.rundir import RunDir
+from miniplm.stage import Step
 
 FAILED = ("failed", "killed")
-
-
-@dataclass
-class Task:
-    job_id: str
-    task: int | None  # the array task, None for a training job
-    state: str  # pending, running, completed, failed, killed, not run (or the queue's word)
-    exit_code: int | None
-    log: Path
-
-    @property
-    def name(self) -> str:
-        return self.job_id if self.task is None else f"{self.job_id}_{self.task}"
 
 
 @dataclass
@@ -53,33 +39,14 @@ class StepStatus:
         return [t for t in self.tasks if t.state in FAILED and t.name not in self.superseded]
 
 
-def _task(rd: RunDir, step: Step, job_id: str, task: int | None, live: dict[str, str]) -> Task:
-    name = job_id if task is None else f"{job_id}_{task}"
-    log = Path(str(log_pattern(rd, step)).replace("%A", job_id).replace("%a", str(task)).replace("%j", job_id))
-    if name in live:
-        q = live[name]
-        state = q.state.lower() + (f" ({q.reason})" if q.state == "PENDING" and q.reason not in ("", "None") else "")
-        return Task(job_id, task, state, None, log)
-    try:
-        code = int((exit_dir(rd) / f"{slug(step.name)}-{name}").read_text().strip())
-        return Task(job_id, task, "completed" if code == 0 else "failed", code, log)
-    except (FileNotFoundError, ValueError):
-        return Task(job_id, task, "killed" if log.exists() else "not run", None, log)
+def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[StepStatus]:
+    if launchers is None:
+        from miniplm.pipeline.launchers import LAUNCHERS
 
-
-def _training_step(rd: RunDir, step: Step) -> str:
-    name = "reference" if step.name == "train-reference" else step.only
-    try:
-        last = (rd.root / "train" / str(name) / "metrics.jsonl").read_text().splitlines()[-1]
-        return f"step {json.loads(last)['step']}"
-    except (FileNotFoundError, IndexError, KeyError, json.JSONDecodeError):
-        return ""
-
-
-def collect(job: JobConfig) -> list[StepStatus]:
+        launchers = LAUNCHERS
     rd = RunDir(job.run_dir)
-    records = read_records(rd)
-    live = queue_states({r["job_id"] for r in records})
+    submitted = [(launcher, launcher.records(rd)) for launcher in launchers]
+    live = {launcher.name: launcher.queued(rd, records) for launcher, records in submitted}
     out = []
     for step in plan.steps(job):
         status = StepStatus(step, plan.state(job, rd, step))
@@ -90,12 +57,14 @@ def collect(job: JobConfig) -> list[StepStatus]:
                 pending = set(plan.pending_shards(job, rd, step) or [])
                 status.done = status.total if status.state == "done" else status.total - len(pending)
         latest: dict[tuple, Task] = {}
-        for r in (r for r in records if r["step"] == step.name):
-            for task in r["tasks"] if r["tasks"] is not None else [None]:
-                t = latest[(r["num_workers"], task)] = _task(rd, step, r["job_id"], task, live)
-                if task is not None and status.total is not None and t.state in FAILED and not any(
-                        i % r["num_workers"] == task for i in pending):
-                    status.superseded.add(t.name)  # another task (another array size) did its shards
+        for launcher, records in submitted:
+            for r in (r for r in records if r.step == step.name):
+                for task in r.tasks if r.tasks is not None else [None]:
+                    t = latest[(launcher.name, r.num_workers, task)] = task_state(
+                        launcher, rd, step, r.job_id, task, live[launcher.name])
+                    if task is not None and status.total is not None and t.state in FAILED and not any(
+                            i % r.num_workers == task for i in pending):
+                        status.superseded.add(t.name)  # another task (another array size) did its shards
         status.tasks = list(latest.values())
         out.append(status)
     return out
@@ -104,15 +73,14 @@ def collect(job: JobConfig) -> list[StepStatus]:
 def render(job: JobConfig, statuses: list[StepStatus]) -> str:
     rd = RunDir(job.run_dir)
     width = max([len(s.step.name) for s in statuses] + [4]) + 2
-    lines = [f"run {rd.root}", f"{'step':<{width}}{'state':<10}{'progress':<18}slurm"]
-    unit = {"prepare": "units", "eval": "models"}
+    lines = [f"run {rd.root}", f"{'step':<{width}}{'state':<10}{'progress':<18}jobs"]
     for s in statuses:
         if s.total is not None:
-            progress = f"{s.done}/{s.total} {unit.get(s.step.name, 'shards')}"
+            progress = f"{s.done}/{s.total} {plan.stage_of(s.step).unit.split()[-1]}"
         elif s.step.kind == "array":
             progress = "after prepare"
         else:
-            progress = _training_step(rd, s.step)
+            progress = plan.progress(job, rd, s.step)
         by_job: dict[str, Counter] = {}
         for t in s.tasks:
             by_job.setdefault(t.job_id, Counter())[t.state] += 1
@@ -127,10 +95,11 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
             what = f"exit code {t.exit_code}" if t.exit_code is not None else "ended without an exit code (killed?)"
             task = "" if t.task is None else f" task {t.task}"
             lines.append(f"  {s.step.name}{task} (job {t.name}): {what}")
-            lines.append(f"    log: {t.log}")
-            tail = _last_line(t.log)
-            if tail:
-                lines.append(f"    last line: {tail}")
+            if t.log is not None:
+                lines.append(f"    log: {t.log}")
+                tail = _last_line(t.log)
+                if tail:
+                    lines.append(f"    last line: {tail}")
         for s in broken:
             if not s.failed_tasks:
                 errors = [rd.stage_state(m).get("error", "") for m in plan.manifest_stages(job, s.step)]

@@ -1,4 +1,6 @@
-"""Log-probabilities of the actual next tokens, without the [batch, seq, vocab] tensor.
+"""Log-probabilities of the actual next tokens, without the [batch, seq, vocab] tensor; and the
+glue from windows of token sequences to per-window log-probabilities, which the score stage
+and held-out evaluation share.
 
 The base model runs once; only the hidden states at scored positions go
 through the vocabulary projection, a chunk of positions at a time, and each
@@ -9,7 +11,12 @@ a chunk here takes at most LOGITS_BYTES.
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
+
+from miniplm.scoring.windows import Window
 
 LOGITS_BYTES = 256 << 20
 
@@ -47,3 +54,29 @@ def target_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
         logits = _project(model, h[s : s + chunk])
         out[s : s + chunk] = logits.gather(1, y[s : s + chunk, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
     return out
+
+
+def collate(batch: Sequence[Window], sequences: Sequence[np.ndarray], prefix: int, device: str):
+    """The padded model inputs of a batch of windows: input ids, attention mask, targets, and which
+    positions are scored. Each sequence is read as [prefix] + its tokens."""
+    width = batch[0].length
+    input_ids = np.zeros((len(batch), width), dtype=np.int64)
+    targets = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=bool)
+    scored = np.zeros((len(batch), width), dtype=bool)
+    for row, w in enumerate(batch):
+        seq = np.concatenate([[prefix], sequences[w.doc]])
+        input_ids[row, : w.length] = seq[w.start : w.end]
+        targets[row, : w.length] = seq[w.start + 1 : w.end + 1]
+        mask[row, : w.length] = True
+        scored[row, w.skip : w.length] = True
+    as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return as_tensor(input_ids), as_tensor(mask.astype(np.int64)), as_tensor(targets), as_tensor(scored)
+
+
+def batch_logprobs(batch: Sequence[Window], sequences: Sequence[np.ndarray], models: dict[str, torch.nn.Module],
+                   prefix: int, device: str) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per model, the scored tokens' log-probabilities of each window of the batch (on the CPU)."""
+    tensors = collate(batch, sequences, prefix, device)
+    sizes = [w.scored for w in batch]
+    return {name: torch.split(target_logprobs(m, *tensors).cpu(), sizes) for name, m in models.items()}

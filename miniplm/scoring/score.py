@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm import tqdm
 
-from miniplm.config import ConfigError, JobConfig, dump_job, reference_model, stage_config_hash
+from miniplm.config import JobConfig, reference_model
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_path
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
-from miniplm.rundir import RunDir, StageError, Worker, atomic_path, atomic_write_text
-from miniplm.scoring.logprobs import target_logprobs
-from miniplm.scoring.windows import Window, pack_instances, plan_batches, windows_for
+from miniplm.rundir import RunDir, shard_name
+from miniplm.scoring.windows import Window, pack_instances, plan_batches, prefix_token, windows_for
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
-STAGE = "score"
+NAME = "score"
 MODELS = ("teacher", "reference")
 
 
@@ -44,10 +44,6 @@ class ShardTokens:
     index: int
     sequences: list[np.ndarray]  # token ids, without the leading BOS
     rows: dict[str, Any]  # the output's leading columns, one entry per sequence
-
-
-def score_shard_path(rd: RunDir, index: int) -> Path:
-    return rd.root / "scores" / f"shard-{index:05d}.parquet"
 
 
 @contextlib.contextmanager
@@ -75,86 +71,24 @@ def tokenize_shard(job: JobConfig, tokenizer, index: int, path: Path) -> ShardTo
     return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in instances], rows)
 
 
-def _collate(batch: list[Window], sequences: list[np.ndarray], bos: int, device: str):
-    width = batch[0].length
-    input_ids = np.zeros((len(batch), width), dtype=np.int64)
-    targets = np.zeros((len(batch), width), dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=bool)
-    scored = np.zeros((len(batch), width), dtype=bool)
-    for row, w in enumerate(batch):
-        seq = np.concatenate([[bos], sequences[w.doc]])
-        input_ids[row, : w.length] = seq[w.start : w.end]
-        targets[row, : w.length] = seq[w.start + 1 : w.end + 1]
-        mask[row, : w.length] = True
-        scored[row, w.skip : w.length] = True
-    as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return as_tensor(input_ids), as_tensor(mask.astype(np.int64)), as_tensor(targets), as_tensor(scored)
-
-
-class _Checkpoints:
-    """The shard's scored windows so far, saved in files of consecutive batches.
-
-    The folder also records the numeric environment (device, dtypes, attention
-    kernel, torch version) the batches were computed in; checkpoints from
-    another environment are discarded rather than mixed into one shard.
-    """
-
-    def __init__(self, folder: Path, environment: str):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        env_file = folder / "environment.txt"
-        if env_file.exists() and env_file.read_text() != environment:
-            print(f"score: {folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
-                  f"now {environment!r}; scoring the shard again", file=sys.stderr)
-            for f in folder.glob("batches-*.parquet"):
-                f.unlink()
-        if not env_file.exists() or env_file.read_text() != environment:
-            atomic_write_text(env_file, environment)
-
-    def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
-        done, results = 0, {}
-        for f in sorted(self.folder.glob("batches-*.parquet")):
-            first, last = (int(x) for x in f.stem.split("-")[1:3])
-            try:
-                rows = pq.read_table(f).to_pylist() if first == done else None
-            except (OSError, pa.ArrowException):
-                rows = None  # damaged by a crash of the machine, not the process
-            if rows is None:
-                for later in sorted(self.folder.glob("batches-*.parquet")):
-                    if int(later.stem.split("-")[1]) >= first:
-                        later.unlink()
-                break
-            for row in rows:
-                results[(row.pop("doc"), row.pop("start"))] = row
-            done = last + 1
-        return done, results
-
-    def save(self, first: int, last: int, rows: list[dict]) -> None:
-        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-
-
-def _environment(models: dict[str, torch.nn.Module], device: str) -> str:
+def _environment(models: dict[str, Any], device: str) -> str:
     """What decides the exact floating-point results besides the inputs."""
+    import torch
+
     parts = [torch.device(device).type, f"torch {torch.__version__}"]
     parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(models.items())]
     return ", ".join(parts)
 
 
-def batch_logprobs(batch: list[Window], sequences: list[np.ndarray], models: dict[str, torch.nn.Module], bos: int,
-                   device: str) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Per model, the scored tokens' log-probabilities of each window of the batch (on the CPU)."""
-    tensors = _collate(batch, sequences, bos, device)
-    sizes = [w.scored for w in batch]
-    return {name: torch.split(target_logprobs(m, *tensors).cpu(), sizes) for name, m in models.items()}
-
-
-def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, torch.nn.Module], bos: int, device: str,
+def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, Any], bos: int, device: str,
                 rd: RunDir, progress: _Progress) -> pa.Table:
+    from miniplm.batch_checkpoints import BatchCheckpoints
+    from miniplm.scoring.logprobs import batch_logprobs
+
     cfg = job.score
     windows = [w for d, seq in enumerate(shard.sequences) for w in windows_for(d, len(seq), cfg.max_length, cfg.stride)]
     batches = plan_batches(windows, cfg.batch_tokens)
-    checkpoints = _Checkpoints(rd.work(STAGE) / f"shard-{shard.index:05d}", _environment(models, device))
+    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(models, device))
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
     progress.update(sum(len(seq) == 0 for seq in shard.sequences)
@@ -223,53 +157,64 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     return pa.table(columns)
 
 
-def _prefix_token(tokenizer, name: str) -> int:
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise ConfigError(f"teacher {name!r}: its tokenizer has neither a BOS nor an EOS token to start documents with")
-    return token
+class Score(ShardedStage):
+    """Its shards are the main split's document shards; a killed worker resumes inside its shard."""
+
+    name = NAME
+    summary = "teacher and reference log-probabilities for every main-split document"
+    description = ("Run the teacher and the reference over every main-split shard and write "
+                   "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
+                   "Resumes inside a shard after a kill.")
+    sections = ("seed", "corpus", "teacher", "reference", "score")
+
+    def applies(self, job: JobConfig) -> bool:
+        return job.teacher is not None and job.reference is not None
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        return doc_shard_keys(rd)
+
+    def inputs(self, run: StageRun) -> list[str]:
+        job, rd = run.job, run.rd
+        if job.teacher is None or job.reference is None:
+            raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
+        if rd.stage_state("prepare").get("state") != "done":
+            raise StageError(f"{rd.root}: no prepared documents; run `miniplm prepare` first")
+        # Tokenizers first: a mismatch must fail before gigabytes of weights load.
+        tokenizer = load_tokenizer(job.teacher.model)
+        reference = reference_model(job)
+        if not Path(reference).exists() and job.reference.train is not None:
+            raise StageError(f"{rd.root}: the reference is trained in this run; run `miniplm train-reference` first")
+        check_same_tokenizer(job.teacher.model, reference, tokenizer, load_tokenizer(reference))
+        tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
+        run.shared.update(tokenizer=tokenizer, bos=prefix_token(tokenizer, job.teacher.model))
+        if job.score.unit == "instance" and tokenizer.eos_token_id is None:
+            raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
+        # The outputs depend on the documents and the weights too, not only on the job file.
+        return [rd.doc_stats.read_text(), model_fingerprint(job.teacher.model), model_fingerprint(reference)]
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.scores]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return doc_shard_keys(run.rd) or []
+
+    def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        doc_shards = run.rd.doc_shards("main")
+        _score_shards(run, [(i, doc_shards[i]) for i in todo])
+
+    def finish(self, run: StageRun) -> dict:
+        return _counts(run.rd)
+
+    def describe(self, job: JobConfig, result: dict) -> list[str]:
+        return [f"score: {result['rows']:,} rows, {result['tokens']:,} tokens scored, in {job.run_dir}/scores"]
 
 
-def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
-    """Score this worker's share of the main-split shards. Returns the stage's counts once every
-    shard is scored, or None while other workers still have shards to do."""
-    if job.teacher is None or job.reference is None:
-        raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
-    rd = RunDir(job.run_dir)
-    if rd.stage_state("prepare").get("state") != "done":
-        raise StageError(f"{rd.root}: no prepared documents; run `miniplm prepare` first")
-    # Tokenizers first: a mismatch must fail before gigabytes of weights load.
-    tokenizer = load_tokenizer(job.teacher.model)
-    reference = reference_model(job)
-    if not Path(reference).exists() and job.reference.train is not None:
-        raise StageError(f"{rd.root}: the reference is trained in this run; run `miniplm train-reference` first")
-    check_same_tokenizer(job.teacher.model, reference, tokenizer, load_tokenizer(reference))
-    tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
-    bos = _prefix_token(tokenizer, job.teacher.model)
-    if job.score.unit == "instance" and tokenizer.eos_token_id is None:
-        raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
-
-    # The outputs depend on the documents and the weights too, not only on the job file.
-    config_hash = stage_config_hash(job, STAGE, (rd.docs / "stats.json").read_text(),
-                                    model_fingerprint(job.teacher.model), model_fingerprint(reference))
-    if rd.open_stage(STAGE, config_hash, dump_job(job), [rd.root / "scores"], force=force):
-        return rd.stage_state(STAGE)["counts"]
-    doc_shards = rd.doc_shards("main")
-    todo = [i for i in worker.owned(len(doc_shards)) if not rd.is_done(STAGE, f"shard-{i:05d}", config_hash)]
-    try:
-        if todo:
-            _score_shards(job, rd, tokenizer, bos, [(i, doc_shards[i]) for i in todo], config_hash, show_progress)
-        if not all(rd.is_done(STAGE, f"shard-{i:05d}", config_hash) for i in range(len(doc_shards))):
-            return None
-        rd.finish_once(STAGE, lambda: _counts(rd))
-    except Exception as e:  # anything but an interrupt: the manifest must not say running
-        rd.fail_stage(STAGE, str(e))
-        raise
-    return rd.stage_state(STAGE)["counts"]
+STAGE = Score()
 
 
-def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[tuple[int, Path]],
-                  config_hash: str, show_progress: bool) -> None:
+def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
+    job, rd = run.job, run.rd
+    tokenizer, bos = run.shared["tokenizer"], run.shared["bos"]
     device = pick_device(job.score.device)
     models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device),
               "reference": load_model(reference_model(job), job.reference.dtype, device)}
@@ -280,7 +225,7 @@ def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[
             with _reading(path):
                 total += pq.read_metadata(path).num_rows
     bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
-               disable=not show_progress, dynamic_ncols=True)
+               disable=not run.show_progress, dynamic_ncols=True)
     progress = _Progress(bar)
     # Tokenizing the next shard overlaps with scoring this one (the tokenizer releases the GIL).
     with ThreadPoolExecutor(1) as pool, bar:
@@ -290,14 +235,16 @@ def _score_shards(job: JobConfig, rd: RunDir, tokenizer, bos: int, shards: list[
             if k + 1 < len(shards):
                 upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[k + 1])
             table = score_shard(job, shard, models, bos, device, rd, progress)
-            with atomic_path(score_shard_path(rd, shard.index)) as tmp:
+            with atomic_path(rd.score_shard(shard.index)) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
-            rd.mark_done(STAGE, f"shard-{shard.index:05d}", config_hash)
-            shutil.rmtree(rd.work(STAGE) / f"shard-{shard.index:05d}", ignore_errors=True)
+            run.mark_done(shard_name(shard.index, ""))
+            shutil.rmtree(rd.work(NAME) / shard_name(shard.index, ""), ignore_errors=True)
 
 
 def _counts(rd: RunDir) -> dict:
-    files = sorted((rd.root / "scores").glob("shard-*.parquet"))
+    import polars as pl
+
+    files = sorted(rd.scores.glob("shard-*.parquet"))
     if not files:  # an empty main split
         return {"rows": 0, "tokens": 0, "shards": 0}
     row = pl.scan_parquet(files).select(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens")).collect()

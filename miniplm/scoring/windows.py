@@ -13,6 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from miniplm.errors import ConfigError
+
+
+def prefix_token(tokenizer, model: str = "") -> int:
+    """The token every document is read after: the tokenizer's BOS, or EOS where it has none, so
+    that the document's first token is predicted too."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        named = f"{model!r}: " if model else ""
+        raise ConfigError(f"{named}its tokenizer has neither a BOS nor an EOS token to start documents with")
+    return token
+
 
 @dataclass(frozen=True)
 class Window:

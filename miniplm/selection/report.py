@@ -1,36 +1,24 @@
-"""The selection report: RUN_DIR/report/{index.html, summary.json, *.png}.
-
-index.html is one file with its images inlined, so it opens from disk, from
-a copy, or as an e-mail attachment, without a server.
-"""
+"""The selection's part of the report: RUN_DIR/report/summary.json, its plots, and its sections of
+index.html (counts and sources; plots and the top, bottom and random documents with their text)."""
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-matplotlib.use("Agg")  # no display on cluster nodes
-matplotlib.rcParams["text.parse_math"] = False  # source names are labels, not TeX ("$5 off")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from miniplm.config import JobConfig  # noqa: E402
-from miniplm.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
-from miniplm.selection.strategies import REASONS, counts  # noqa: E402
+from miniplm.config import JobConfig
+from miniplm.files import atomic_write_json
+from miniplm.report.figures import figure_html, html_table, save_png, snippet  # also puts matplotlib in Agg mode
+from miniplm.report.page import assemble, write_section
+from miniplm.rundir import RunDir
+from miniplm.selection.strategies import REASONS, counts
 
 SCATTER_POINTS = 5000
-SNIPPET_CHARS = 300
-
-
-def save_png(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _finite(series: pl.Series) -> np.ndarray:
@@ -110,26 +98,10 @@ def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int) -> dict[str, pl.Da
     return {title: t.with_columns(text=pl.col("id").replace_strict(texts, default="")) for title, t in picks.items()}
 
 
-def html_table(headers: list[str], rows: list[list], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def figure_html(png: Path, caption: str, alt: str | None = None) -> str:
-    """The image inlined (the page opens from disk, from a copy, or as an attachment), with its caption."""
-    data = base64.b64encode(png.read_bytes()).decode()
-    return (f"<figure><img alt='{html.escape(alt or caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _snippet(text: str) -> str:
-    cut = text[:SNIPPET_CHARS] + ("…" if len(text) > SNIPPET_CHARS else "")
-    return f"<pre>{html.escape(cut)}</pre>"
-
-
 def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
-    out = rd.root / "report"
+    """The selection's sections of the report (counts and sources first, plots and examples after
+    whatever later stages add), summary.json, and the page; the page's path."""
+    out = rd.report
     out.mkdir(parents=True, exist_ok=True)
     cfg = job.select
     kept = decisions.filter(pl.col("kept"))
@@ -154,30 +126,20 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     count_rows += [[f"dropped: {r}", f"{c['dropped'][r]:,}", ""] for r in REASONS]
     source_rows = [[html.escape(str(r["source"])), f"{r['scored']:,}", f"{r['kept']:,}", f"{r['kept_fraction']:.1%}",
                     f"{r['tokens_kept']:,}"] for r in summary["sources"]]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>miniplm selection report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-        "th{background:#f3f3f3}pre{white-space:pre-wrap;margin:0;max-width:640px;font-size:12px}"
-        "figure{display:inline-block;margin:1em}img{max-width:100%}</style></head><body>",
-        f"<h1>Selection report: {html.escape(str(job.run_dir))}</h1>",
+    overview = [
+        "<h2>Selection</h2>",
         f"<p>Strategy <b>{html.escape(cfg.strategy)}</b>, budget "
         f"{html.escape(', '.join(f'{k} {v}' for k, v in summary['budget'].items()))}"
         + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ".</p>",
         "<h2>Counts</h2>", html_table(["", "documents", "tokens"], count_rows, "counts"),
         "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
     ]
-    from miniplm.evaluation import compare  # it draws with this module's helpers
-
-    parts += compare.report_section(job, rd, out)  # the students trained on the selection, once they exist
-    parts.append("<h2>Plots</h2>")
-    for name, caption in plots:
-        parts.append(figure_html(out / name, caption))
+    details = ["<h2>Plots</h2>", *(figure_html(out / name, caption) for name, caption in plots)]
     for title, table in examples.items():
         rows = [[html.escape(r["id"]), html.escape(str(r["source"])), f"{r['score']:.4f}", "yes" if r["kept"] else "no",
-                 f"{r['n_tokens']:,}", _snippet(r["text"])] for r in table.iter_rows(named=True)]
-        parts += [f"<h2>{html.escape(title)}</h2>",
-                  html_table(["id", "source", "difference score", "kept", "tokens", "text"], rows, "examples")]
-    parts.append("</body></html>")
-    atomic_write_text(out / "index.html", "\n".join(parts))
-    return out / "index.html"
+                 f"{r['n_tokens']:,}", snippet(r["text"])] for r in table.iter_rows(named=True)]
+        details += [f"<h2>{html.escape(title)}</h2>",
+                    html_table(["id", "source", "difference score", "kept", "tokens", "text"], rows, "examples")]
+    write_section(rd, 10, "selection", "\n".join(overview))
+    write_section(rd, 30, "selection-details", "\n".join(details))
+    return assemble(rd)

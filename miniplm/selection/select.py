@@ -15,28 +15,20 @@ import json
 from pathlib import Path
 
 import polars as pl
-from tqdm import tqdm
+from miniplm.config import JobConfig
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_path
+from miniplm.rundir import RunDir
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
-from miniplm.config import ConfigError, JobConfig, dump_job, stage_config_hash
-from miniplm.rundir import RunDir, StageError, Worker, atomic_path, file_lock
-from miniplm.selection import report
-from miniplm.selection.strategies import counts, decide, length_column, random_baseline
-
-STAGE = "select"
+NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
-
-
-def decisions_path(rd: RunDir) -> Path:
-    return rd.root / "selection" / "decisions.parquet"
-
-
-def selected_shard(rd: RunDir, index: int, folder: str = "selected") -> Path:
-    return rd.root / folder / f"shard-{index:05d}.parquet"
+OUTPUTS = (("kept", "selected"), ("random_kept", "selected-random"))  # decision column, output folder
 
 
 def read_scores(rd: RunDir) -> pl.DataFrame:
     """Every score row, with the index of the shard it came from."""
-    files = sorted((rd.root / "scores").glob("shard-*.parquet"))
+    files = sorted(rd.scores.glob("shard-*.parquet"))
     if files and "docs" in pl.read_parquet_schema(files[0]):
         raise ConfigError("select keeps documents, and these scores are of instances: score with score.unit: document")
     columns = SCORE_COLUMNS + (["doc_tokens"] if files and "doc_tokens" in pl.read_parquet_schema(files[0]) else [])
@@ -49,87 +41,113 @@ def read_scores(rd: RunDir) -> pl.DataFrame:
     return pl.concat(frames).collect()
 
 
-def _decide_once(job: JobConfig, rd: RunDir, config_hash: str) -> None:
-    with file_lock(rd.work(STAGE) / "decide.lock"):
-        if rd.is_done(STAGE, "decisions", config_hash) or rd.stage_state(STAGE).get("state") == "done":
-            return
-        scores = read_scores(rd)
-        decisions = decide(scores, job.select, job.seed)
-        if job.select.random_baseline:
-            decisions = decisions.with_columns(random_baseline(scores, decisions, job.seed))
-        with atomic_path(decisions_path(rd)) as tmp:
-            decisions.write_parquet(tmp)
-        rd.mark_done(STAGE, "decisions", config_hash)
-
-
 def _write_shard(rd: RunDir, index: int, doc_shard: Path, with_baseline: bool) -> None:
-    decisions = pl.scan_parquet(decisions_path(rd)).filter(pl.col("shard") == index)
+    decisions = pl.scan_parquet(rd.decisions).filter(pl.col("shard") == index)
     docs = pl.read_parquet(doc_shard)
-    outputs = [("kept", "selected")] + ([("random_kept", "selected-random")] if with_baseline else [])
-    for column, folder in outputs:
+    for column, folder in OUTPUTS[: 2 if with_baseline else 1]:
         keep = decisions.filter(pl.col(column)).select("id", "score").collect()
         chosen = docs.join(keep, on="id", how="inner", maintain_order="left")
         if chosen.height != keep.height:
             raise StageError(f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
                              "were the documents prepared again after scoring?")
-        with atomic_path(selected_shard(rd, index, folder)) as tmp:
+        with atomic_path(rd.selected_shard(index, folder)) as tmp:
             chosen.write_parquet(tmp, compression="zstd")
 
 
-def run(job: JobConfig, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True) -> dict | None:
-    """Select this worker's share of the shards. Returns the counts once every shard is written
-    (and the report built), or None while other workers still have shards to write."""
-    rd = RunDir(job.run_dir)
-    score_state = rd.stage_state("score")
-    if score_state.get("state") != "done":
-        raise StageError(f"{rd.root}: no finished scores; run `miniplm score` first")
-    config_hash = stage_config_hash(job, STAGE, score_state["config_hash"])
-    outputs = [rd.root / name for name in ("selected", "selected-random", "selection", "report")]
-    if rd.open_stage(STAGE, config_hash, dump_job(job), outputs, force=force):
-        return rd.stage_state(STAGE)["counts"]
-    try:
-        _decide_once(job, rd, config_hash)
-        doc_shards = rd.doc_shards("main")
-        todo = [i for i in worker.owned(len(doc_shards)) if not rd.is_done(STAGE, f"shard-{i:05d}", config_hash)]
-        for i in tqdm(todo, desc="select", unit="shard", disable=not show_progress or not todo):
-            if rd.stage_state(STAGE).get("state") == "done":
-                break  # a late worker: the others finished the stage meanwhile
-            _write_shard(rd, i, doc_shards[i], job.select.random_baseline)
-            rd.mark_done(STAGE, f"shard-{i:05d}", config_hash)
-        if rd.stage_state(STAGE).get("state") == "done":
-            return rd.stage_state(STAGE)["counts"]
-        if not all(rd.is_done(STAGE, f"shard-{i:05d}", config_hash) for i in range(len(doc_shards))):
-            return None
-        rd.finish_once(STAGE, lambda: _finish(job, rd))
-    except Exception as e:  # anything but an interrupt: the manifest must not say running
-        rd.fail_stage(STAGE, str(e))
-        raise
-    return rd.stage_state(STAGE)["counts"]
+class Select(ShardedStage):
+    """A global decision over all scores, then one selected shard per main-split document shard."""
+
+    name = NAME
+    summary = "keep the documents the strategy ranks highest, with their text, and write the report"
+    description = ("Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
+                   "filter, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
+                   "and RUN_DIR/report/.")
+    sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
+
+    def applies(self, job: JobConfig) -> bool:
+        return job.teacher is not None and job.reference is not None
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        return doc_shard_keys(rd)
+
+    def inputs(self, run: StageRun) -> list[str]:
+        score_state = run.rd.stage_state("score")
+        if score_state.get("state") != "done":
+            raise StageError(f"{run.rd.root}: no finished scores; run `miniplm score` first")
+        return [score_state["config_hash"]]
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        rd = run.rd
+        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection, rd.report]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return doc_shard_keys(run.rd) or []
+
+    def global_step(self, run: StageRun) -> None:
+        from miniplm.selection.strategies import decide, random_baseline
+
+        scores = read_scores(run.rd)
+        decisions = decide(scores, run.job.select, run.job.seed)
+        if run.job.select.random_baseline:
+            decisions = decisions.with_columns(random_baseline(scores, decisions, run.job.seed))
+        with atomic_path(run.rd.decisions) as tmp:
+            decisions.write_parquet(tmp)
+
+    def run_shard(self, run: StageRun, index: int) -> None:
+        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_baseline)
+
+    def finish(self, run: StageRun) -> dict:
+        from miniplm.selection import report
+        from miniplm.selection.strategies import counts, length_column
+
+        rd = run.rd
+        decisions = pl.read_parquet(rd.decisions)
+        summary = counts(decisions)
+        written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
+                      for p in sorted(rd.selected("selected").glob("shard-*.parquet")))
+        if written != summary["kept"]:
+            raise StageError(f"selected shards hold {written} documents, the decisions keep {summary['kept']}")
+        if "random_kept" in decisions.columns:
+            baseline = decisions.filter(pl.col("random_kept"))
+            summary["random_baseline"] = {"kept": baseline.height,
+                                          "tokens": int(baseline[length_column(decisions)].sum() or 0)}
+        report.build(run.job, rd, decisions)
+        return summary
+
+    def describe(self, job: JobConfig, result: dict) -> list[str]:
+        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
+        tokens = f"{result['tokens_kept']:,} of {result['tokens_scored']:,} tokens"
+        if "doc_tokens" in result and result["doc_tokens"] != result["tokens_scored"]:  # prefixes were scored
+            tokens = (f"{result['doc_tokens_kept']:,} of {result['doc_tokens']:,} tokens, scored on "
+                      f"{result['tokens_kept']:,} of {result['tokens_scored']:,}")
+        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} documents ({tokens}); "
+                 f"dropped: {dropped or 'none'}"]
+        if "random_baseline" in result:
+            base = result["random_baseline"]
+            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
+                         f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
+        return [*lines, f"report: {job.run_dir}/report/index.html"]
+
+    def report(self, job: JobConfig, rd: RunDir) -> None:
+        """Its sections of the report again, from the decisions on disk."""
+        from miniplm.selection import report
+
+        if not rd.decisions.exists():
+            raise StageError(f"{rd.root}: no selection decisions; run `miniplm select` first")
+        report.build(job, rd, pl.read_parquet(rd.decisions))
 
 
-def _finish(job: JobConfig, rd: RunDir) -> dict:
-    decisions = pl.read_parquet(decisions_path(rd))
-    summary = counts(decisions)
-    written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
-                  for p in sorted((rd.root / "selected").glob("shard-*.parquet")))
-    if written != summary["kept"]:
-        raise StageError(f"selected shards hold {written} documents, the decisions keep {summary['kept']}")
-    if "random_kept" in decisions.columns:
-        baseline = decisions.filter(pl.col("random_kept"))
-        summary["random_baseline"] = {"kept": baseline.height,
-                                      "tokens": int(baseline[length_column(decisions)].sum() or 0)}
-    report.build(job, rd, decisions)
-    return summary
+STAGE = Select()
 
 
 def rebuild_report(job: JobConfig) -> Path:
-    """`miniplm report`: the report again from the decisions on disk."""
+    """`miniplm report` for the selection: its sections from the decisions on disk, and the page."""
+    from miniplm.report.page import assemble
+
     rd = RunDir(job.run_dir)
-    if not decisions_path(rd).exists():
-        raise StageError(f"{rd.root}: no selection decisions; run `miniplm select` first")
-    return report.build(job, rd, pl.read_parquet(decisions_path(rd)))
+    STAGE.report(job, rd)
+    return assemble(rd)
 
 
 def read_summary(run_dir) -> dict:
-    return json.loads((Path(run_dir) / "report" / "summary.json").read_text())
-
+    return json.loads(RunDir(run_dir).report.joinpath("summary.json").read_text())

@@ -3,20 +3,24 @@ or as one rank of torchrun / the deepspeed launcher / srun."""
 
 from __future__ import annotations
 
+import json
 import sys
 
-from miniplm.config import (ConfigError, JobConfig, StudentConfig, TokenSet, dump_job, reference_token_set,
-                            stage_config_hash)
+from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
+                            tokenizer_name)
+from miniplm.errors import ConfigError, StageError
+from miniplm.logs import library_output
 from miniplm.models.loading import load_tokenizer
-from miniplm.rundir import RunDir, StageError
+from miniplm.rundir import RunDir
+from miniplm.stage import Stage, Step, only_one
 from miniplm.training.launch import set_distributed_env
+from miniplm.workers import Worker
 
-# Student settings that change how training is watched or saved, never the weights it ends with.
-EXECUTION_ONLY = ("eval_every", "eval_rows", "checkpoint_every", "log_rows", "tensorboard", "wandb", "heldout")
+NAME = "train"
 
 
 def stage_name(student: StudentConfig) -> str:
-    return f"train/{student.name}"
+    return f"{NAME}/{student.name}"
 
 
 def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
@@ -27,87 +31,106 @@ def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
     return state["config_hash"]
 
 
-def _tokenizer_for(job: JobConfig, token_set_name: str, token_sets: list[TokenSet]):
-    token_set = next((t for t in token_sets if t.name == token_set_name), None)
-    if token_set is None:
-        raise ConfigError(f"students: no token set {token_set_name!r} in the job's tokenize list")
-    name = token_set.tokenizer or (job.teacher.model if job.teacher else None)
-    if name is None:
-        raise ConfigError(f"tokenize.{token_set_name}: no tokenizer given and no teacher to take it from")
-    tokenizer = load_tokenizer(name)
-    tokenizer.model_max_length = sys.maxsize
-    return tokenizer
-
-
-def _init_distributed() -> int:
+def init_distributed() -> int:
     """Join (or, alone, form) the process group; this process's rank."""
-    import deepspeed
     import torch
 
     _, _, local_rank = set_distributed_env()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        with library_output():  # DeepSpeed's accelerator notice and op builds
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return torch.distributed.get_rank()
 
 
-def run_reference(job: JobConfig, *, force: bool = False, show_progress: bool = True) -> dict:
-    """`miniplm train-reference`: tokenize the reference split with the teacher's tokenizer and train
-    the reference LM into RUN_DIR/models/reference."""
+def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], token_sets: list[TokenSet], *,
+                 force: bool = False, show_progress: bool = True) -> dict:
+    """Train each of `students` once (skipping those finished under the same config); their counts."""
     import torch
 
-    from miniplm.corpus import tokenize
-    from miniplm.rundir import resolve_worker
-
-    if job.reference is None or job.reference.train is None:
-        raise ConfigError("train-reference: the job gives no `reference: {train: {...}}`")
-    _init_distributed()
-    token_set = reference_token_set(job)
-    tokenize.run_set(job, token_set, resolve_worker(), force=force, show_progress=show_progress)
-    torch.distributed.barrier()  # every rank's share of the token shards is written
-    return run(job, students=[job.reference.train], token_sets=[*job.tokenize, token_set], force=force,
-               show_progress=show_progress)
-
-
-def run(job: JobConfig, *, only: str | None = None, force: bool = False, show_progress: bool = True,
-        students: list[StudentConfig] | None = None, token_sets: list[TokenSet] | None = None) -> dict:
-    """Train the job's students (or those given), each once; returns their counts."""
-    import torch
-
-    students = [s for s in (students or job.students) if only is None or s.name == only]
-    if not students:
-        raise ConfigError(f"train: no student {only!r} in the job" if only else "train: the job lists no students")
     rd = RunDir(job.run_dir)
-    rank = _init_distributed()
+    rank = init_distributed()
     results = {}
     for student in students:
-        stage = stage_name(student)
-        dumped = {k: v for k, v in student.model_dump(mode="json").items() if k not in EXECUTION_ONLY}
+        name = stage_name(student)
+        dumped = hashable_dump(student)
         dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
         hashes = [_token_set_hash(rd, student.tokens, student)]
-        config_hash = stage_config_hash(job, "train", str(sorted(dumped.items())), *hashes)
-        done = rd.open_stage(stage, config_hash, dump_job(job), [rd.root / "models" / student.name,
-                                                                 rd.root / "train" / student.name], force=force) \
-            if rank == 0 else False
+        config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
+        outputs = [rd.model(student.name), rd.training(student.name)]
+        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False
         done_flag = torch.tensor([int(done)])
         torch.distributed.broadcast(done_flag, src=0)
         if done_flag.item():
-            results[student.name] = rd.stage_state(stage)["counts"]
+            results[student.name] = rd.stage_state(name)["counts"]
             continue
         torch.distributed.barrier()
         from miniplm.training.trainer import train
 
+        tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, student.tokens, token_sets)))
+        tokenizer.model_max_length = sys.maxsize
         try:
-            counts = train(job, student, rd, _tokenizer_for(job, student.tokens, token_sets or job.tokenize),
-                           show_progress)
+            counts = train(job, student, rd, tokenizer, show_progress)
         except Exception as e:  # anything but an interrupt: the manifest must not say running
             if rank == 0:
-                rd.fail_stage(stage, str(e))
+                rd.fail_stage(name, str(e))
             raise
         torch.distributed.barrier()
         if rank == 0:
-            rd.finish_stage(stage, counts)
-            rd.clean_scratch(stage)
+            rd.finish_stage(name, counts)
+            rd.clean_scratch(name)
         results[student.name] = counts
     return results
+
+
+def training_progress(rd: RunDir, name: str) -> str:
+    """The last step a model's training logged, in words."""
+    try:
+        last = rd.metrics(name).read_text().splitlines()[-1]
+        return f"step {json.loads(last)['step']}"
+    except (FileNotFoundError, IndexError, KeyError, json.JSONDecodeError):
+        return ""
+
+
+class Train(Stage):
+    """One step per student, each run as the ranks of one distributed job."""
+
+    name = NAME
+    summary = "pretrain the job's students with DeepSpeed"
+    description = ("Train each student on its token set and write RUN_DIR/models/NAME (save_pretrained, with the "
+                   "tokenizer), metrics and checkpoints in RUN_DIR/train/NAME. Run it alone, or under torchrun, the "
+                   "deepspeed launcher or srun for several processes; a killed run resumes from its last checkpoint.")
+    kind = "ranks"
+    only = "student"
+
+    def steps(self, job: JobConfig) -> list[Step]:
+        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in job.students]
+
+    def entries(self, job: JobConfig, step: Step) -> list[str]:
+        return [step.name]
+
+    def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
+        return training_progress(rd, str(step.only))
+
+    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
+            show_progress: bool = True) -> dict:
+        if not job.students:
+            raise ConfigError("train: the job lists no students")
+        names = only_one("student", [s.name for s in job.students], only, NAME)
+        students = [s for s in job.students if s.name in names]
+        return train_models(job, self, students, job.tokenize, force=force, show_progress=show_progress)
+
+    def describe(self, job: JobConfig, result: dict) -> list[str]:
+        lines = []
+        for name, counts in result.items():
+            held = counts.get("heldout_loss")
+            lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
+                         f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
+                         + f"; model in {job.run_dir}/models/{name}")
+        return lines
+
+
+STAGE = Train()

@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from miniplm.config import ConfigError, JobConfig, StudentConfig
+from miniplm.config import JobConfig, StudentConfig
 from miniplm.corpus.tokens import TokenRows
+from miniplm.errors import ConfigError
+from miniplm.files import atomic_write_text
+from miniplm.logs import library_output
 from miniplm.models.flops import forward_flops_per_token, matmul_rate
 from miniplm.models.loading import attention_implementation
 from miniplm.models.presets import default_lr, qwen_config
-from miniplm.rundir import RunDir, atomic_write_text
+from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
 
 
@@ -149,7 +152,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     bf16 = device.startswith("cuda")
-    rows = TokenRows(rd.root / "tokens" / student.tokens)
+    rows = TokenRows(rd.tokens(student.tokens))
     seq_len = rows.width - 1
     rows_per_step, leftover = divmod(student.batch_tokens, seq_len)
     if leftover or rows_per_step % (student.micro_batch * world):
@@ -157,16 +160,17 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                           f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})")
     accumulation = rows_per_step // (student.micro_batch * world)
     plan = RowPlan(len(rows), rows_per_step, job.seed)
-    heldout = TokenRows(rd.root / "tokens" / student.heldout) if student.heldout else None
+    heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
     torch.manual_seed(job.seed)
     model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32)
     peak_lr = student.lr or default_lr(student.preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
                                   weight_decay=student.weight_decay)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                   config=deepspeed_config(student, accumulation, bf16))
-    work = rd.root / "train" / student.name
+    with library_output():
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                       config=deepspeed_config(student, accumulation, bf16))
+    work = rd.training(student.name)
     checkpoints = work / "checkpoints"
     step = 0
     if (checkpoints / "latest").exists():
@@ -221,7 +225,7 @@ def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) ->
     state = engine._zero3_consolidated_16bit_state_dict() if student.zero_stage == 3 else engine.module.state_dict()
     if rank != 0:
         return
-    out = rd.root / "models" / student.name
+    out = rd.model(student.name)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     engine.module.save_pretrained(tmp, state_dict={k: v.float() for k, v in state.items()})

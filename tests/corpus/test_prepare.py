@@ -12,10 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from miniplm.config import ConfigError, load_job, stage_config_hash
+from miniplm.config import ConfigError
+from miniplm.job import load_job
+from miniplm.stages import stage_config_hash
 from miniplm.corpus import prepare
 from miniplm.corpus.prepare import PrepareError
-from miniplm.rundir import SPLITS, RunDir, Worker
+from miniplm.rundir import SPLITS, RunDir
+from miniplm.workers import Worker
 
 from tests.conftest import write_jsonl
 
@@ -60,7 +63,7 @@ def mixed_inputs(tmp_path):
 def test_round_trip_every_document_reads_back_identical(write_job, mixed_inputs, tmp_path):
     inputs, expected = mixed_inputs
     job = load_job(write_job(inputs, docs_per_shard=40, reference_fraction=0.2, heldout_fraction=0.1))
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
 
     docs = read_docs(job.run_dir)
     assert docs.columns == ["id", "text", "source", "url"]
@@ -109,7 +112,7 @@ def test_counts_add_up_on_every_kind_of_bad_input(write_job, tmp_path):
 
     job = load_job(write_job([{"path": str(src / "*.jsonl*"), "format": "jsonl"},
                               {"path": str(src / "*.parquet"), "format": "parquet"}], max_chars=4000))
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
 
     gz_read = sum(1 for line in (json.loads(l) for l in _lines_until_cut(packed)))
     rejected = stats["rejected"]
@@ -146,11 +149,11 @@ def test_on_error_fail_stops_naming_file_and_line(write_job, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"text": "also fine"}, b"{oops\n"])
     job = load_job(write_job([{"path": str(path), "format": "jsonl"}], on_error="fail"))
     with pytest.raises(PrepareError, match=r"bad\.jsonl:3: malformed_json"):
-        prepare.run(job, show_progress=False)
+        prepare.STAGE.run(job, show_progress=False)
     assert RunDir(job.run_dir).stage_state("prepare")["state"] == "failed"
     # Empty documents are filtering, not bad input: they do not stop the run.
     write_jsonl(path, [{"text": "fine"}, {"text": "   "}])
-    assert prepare.run(job, force=True, show_progress=False)["rejected"] == {"empty": 1}
+    assert prepare.STAGE.run(job, force=True, show_progress=False)["rejected"] == {"empty": 1}
 
 
 def test_repeated_ids_are_rejected_not_kept_twice(write_job, tmp_path):
@@ -158,7 +161,7 @@ def test_repeated_ids_are_rejected_not_kept_twice(write_job, tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "three"}, {"text": "no id"}])
     job = load_job(write_job([{"path": str(a), "format": "jsonl", "id_field": "id"},
                               {"path": str(b), "format": "jsonl", "id_field": "id"}]))
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["rejected"] == {"duplicate_id": 1, "missing_id": 1}
     assert sorted(read_docs(job.run_dir)["text"]) == ["one", "two"]
 
@@ -169,7 +172,7 @@ def test_dedup_keeps_the_first_occurrence_in_input_order(write_job, tmp_path):
     job = load_job(write_job([{"path": str(a), "format": "jsonl", "id_field": "id"},
                               {"path": str(b), "format": "jsonl", "id_field": "id"}],
                              reference_fraction=0.0, heldout_fraction=0.0))
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["duplicates"] == 1
     assert sorted(read_docs(job.run_dir)["id"]) == ["first", "third"]  # accents are not folded away
     assert stats["sources"]["a"] == {"kept_main": 1} and stats["sources"]["b"] == {"duplicates": 1, "kept_main": 1}
@@ -191,12 +194,12 @@ def test_same_output_for_any_number_of_workers_and_reruns(write_job, tmp_path):
     for name, workers in [("one", 1), ("three", 3), ("again", 1)]:
         job = load_job(write_job(inputs, name=f"{name}.yaml", run_dir=tmp_path / name, docs_per_shard=300,
                                  num_workers=workers))
-        prepare.run(job, show_progress=False)
+        prepare.STAGE.run(job, show_progress=False)
         outputs.append(shard_bytes(job.run_dir))
     # Two array tasks splitting the sources: the second to finish writes the shards.
     job = load_job(write_job(inputs, name="split.yaml", run_dir=tmp_path / "split", docs_per_shard=300))
-    assert prepare.run(job, Worker(1, 2), show_progress=False) is None
-    assert prepare.run(job, Worker(0, 2), show_progress=False) is not None
+    assert prepare.STAGE.run(job, Worker(1, 2), show_progress=False) is None
+    assert prepare.STAGE.run(job, Worker(0, 2), show_progress=False) is not None
     outputs.append(shard_bytes(job.run_dir))
     assert all(out == outputs[0] for out in outputs[1:])
     assert len(outputs[0]) > 4
@@ -210,7 +213,7 @@ def test_split_assignment_follows_the_fractions_and_the_seed(write_job, tmp_path
     for seed in (0, 1):
         job = load_job(write_job(inputs, name=f"s{seed}.yaml", run_dir=tmp_path / f"s{seed}", seed=seed,
                                  reference_fraction=0.1, heldout_fraction=0.05))
-        stats = prepare.run(job, show_progress=False)
+        stats = prepare.STAGE.run(job, show_progress=False)
         assert abs(stats["kept"]["reference"] - 400) < 80 and abs(stats["kept"]["heldout"] - 200) < 60
         runs[seed] = {s: set(read_docs(job.run_dir, s)["id"]) for s in SPLITS}
     assert runs[0]["reference"] != runs[1]["reference"]
@@ -221,10 +224,10 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"t{i}"} for i in range(10)])
     job_path = write_job([{"path": str(path), "format": "jsonl"}])
     job = load_job(job_path)
-    first = prepare.run(job, show_progress=False)
+    first = prepare.STAGE.run(job, show_progress=False)
     before = shard_bytes(job.run_dir)
     mtimes = {p: p.stat().st_mtime_ns for p in (Path(job.run_dir) / "docs").rglob("*.parquet")}
-    assert prepare.run(job, show_progress=False) == first
+    assert prepare.STAGE.run(job, show_progress=False) == first
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     # scratch space is gone once the stage is done
     assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == ["docs", "job.yaml", "manifest.json"]
@@ -235,16 +238,16 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
 
     changed = load_job(job_path, ["corpus.docs_per_shard=3"])
     with pytest.raises(ConfigError, match="prepare stage there ran with a different config"):
-        prepare.run(changed, show_progress=False)
+        prepare.STAGE.run(changed, show_progress=False)
     assert shard_bytes(job.run_dir) == before
-    assert prepare.run(changed, force=True, show_progress=False)["shards"]["main"] >= 3
+    assert prepare.STAGE.run(changed, force=True, show_progress=False)["shards"]["main"] >= 3
 
 
 def test_interrupted_shard_writing_reruns_to_the_same_output(write_job, tmp_path, monkeypatch):
     src = _many_files(tmp_path / "src", n_files=4)
     inputs = [{"path": str(src / "*.jsonl"), "format": "jsonl"}]
     clean = load_job(write_job(inputs, name="clean.yaml", run_dir=tmp_path / "clean", docs_per_shard=100))
-    prepare.run(clean, show_progress=False)
+    prepare.STAGE.run(clean, show_progress=False)
 
     job = load_job(write_job(inputs, name="cut.yaml", run_dir=tmp_path / "cut", docs_per_shard=100))
     real_close = prepare.ShardWriter._close_shard
@@ -259,10 +262,10 @@ def test_interrupted_shard_writing_reruns_to_the_same_output(write_job, tmp_path
 
     monkeypatch.setattr(prepare.ShardWriter, "_close_shard", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        prepare.run(job, show_progress=False)
+        prepare.STAGE.run(job, show_progress=False)
     monkeypatch.undo()
     assert RunDir(job.run_dir).stage_state("prepare")["state"] == "running"
-    prepare.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
     assert shard_bytes(job.run_dir) == shard_bytes(clean.run_dir)
 
 
@@ -270,7 +273,7 @@ def test_kill_9_and_rerun_gives_the_same_shards(write_job, tmp_path):
     src = _many_files(tmp_path / "src", n_files=30, per_file=400)
     inputs = [{"path": str(src / "*.jsonl"), "format": "jsonl"}]
     clean = load_job(write_job(inputs, name="clean.yaml", run_dir=tmp_path / "clean", docs_per_shard=1000))
-    prepare.run(clean, show_progress=False)
+    prepare.STAGE.run(clean, show_progress=False)
 
     job_path = write_job(inputs, name="killed.yaml", run_dir=tmp_path / "killed", docs_per_shard=1000, num_workers=1)
     cmd = [sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"]
@@ -297,7 +300,7 @@ def test_bad_input_under_fail_stops_the_other_processes_too(write_job, tmp_path)
         write_jsonl(src / f"{f:02d}.jsonl", [{"text": f"file {f} row {r} " + "z" * 50} for r in range(3000)])
     job = load_job(write_job([{"path": str(src / "*.jsonl"), "format": "jsonl"}], on_error="fail", num_workers=2))
     with pytest.raises(PrepareError, match=r"00-bad\.jsonl:1: malformed_json"):
-        prepare.run(job, show_progress=False)
+        prepare.STAGE.run(job, show_progress=False)
     finished = len(list((Path(job.run_dir) / "markers" / "prepare").glob("*.done")))
     assert finished < 20, f"{finished} of 39 good files were still read after the failure"
 
@@ -307,7 +310,7 @@ def test_limit_reads_only_the_first_records_of_each_file(write_job, mixed_inputs
     for spec in inputs:
         spec["limit"] = 7
     job = load_job(write_job(inputs))
-    stats = prepare.run(job, show_progress=False)
+    stats = prepare.STAGE.run(job, show_progress=False)
     # a.jsonl, b.jsonl.gz and c.parquet give 7 each; the text folder its first 7 files
     assert stats["documents_read"] == 4 * 7
     texts = set(read_docs(job.run_dir)["text"])

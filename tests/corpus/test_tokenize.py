@@ -5,10 +5,13 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from miniplm.config import ConfigError, load_job
+from miniplm.config import ConfigError
+from miniplm.job import load_job
 from miniplm.corpus import prepare, tokenize
 from miniplm.corpus.tokens import TokenRows
-from miniplm.rundir import RunDir, StageError, Worker
+from miniplm.errors import StageError
+from miniplm.rundir import RunDir
+from miniplm.workers import Worker
 
 from tests.conftest import write_jsonl
 
@@ -41,7 +44,7 @@ def _job(tmp_path, tiny_models, name="run", **token_set):
         "tokenize": [{"name": "ref", "input": "reference", "seq_len": 16, **token_set},
                      {"name": "main", "input": "main", "seq_len": 8}]}))
     job = load_job(path)
-    prepare.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
     return job
 
 
@@ -49,7 +52,7 @@ def test_token_shards_hold_every_document_token_and_read_memory_mapped(tiny_mode
     from transformers import AutoTokenizer
 
     job = _job(tmp_path, tiny_models)
-    counts = tokenize.run(job, show_progress=False)
+    counts = tokenize.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
     tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
     for name, split, seq_len in (("ref", "reference", 16), ("main", "main", 8)):
@@ -80,9 +83,9 @@ def test_token_shards_hold_every_document_token_and_read_memory_mapped(tiny_mode
 def test_another_tokenizer_and_two_workers(tiny_models, tmp_path):
     one = _job(tmp_path, tiny_models, name="one", input="main", tokenizer=tiny_models["other"])
     two = _job(tmp_path, tiny_models, name="two", input="main", tokenizer=tiny_models["other"])
-    tokenize.run(one, only="ref", show_progress=False)
-    assert tokenize.run(two, Worker(0, 2), only="ref", show_progress=False) == {"ref": None}
-    assert tokenize.run(two, Worker(1, 2), only="ref", show_progress=False)["ref"]["rows"] > 0
+    tokenize.STAGE.run(one, only="ref", show_progress=False)
+    assert tokenize.STAGE.run(two, Worker(0, 2), only="ref", show_progress=False) == {"ref": None}
+    assert tokenize.STAGE.run(two, Worker(1, 2), only="ref", show_progress=False)["ref"]["rows"] > 0
     files = lambda job: {p.name: p.read_bytes() for p in (Path(job.run_dir) / "tokens" / "ref").glob("*")}  # noqa: E731
     assert files(one) == files(two) != {}
     assert max(int(TokenRows(Path(one.run_dir) / "tokens" / "ref")[i].max()) for i in range(3)) < 280  # other vocab
@@ -91,9 +94,9 @@ def test_another_tokenizer_and_two_workers(tiny_models, tmp_path):
 def test_tokenize_errors(tiny_models, tmp_path):
     job = _job(tmp_path, tiny_models, input="selected")
     with pytest.raises(StageError, match="run `miniplm select` first"):
-        tokenize.run(job, only="ref", show_progress=False)
+        tokenize.STAGE.run(job, only="ref", show_progress=False)
     with pytest.raises(ConfigError, match="no token set 'nope'"):
-        tokenize.run(job, only="nope", show_progress=False)
+        tokenize.STAGE.run(job, only="nope", show_progress=False)
     path = tmp_path / "dup.yaml"
     data = yaml.safe_load((tmp_path / "run.yaml").read_text())
     data["tokenize"][1]["name"] = "ref"

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from miniplm.config import load_job
+from miniplm.job import load_job
 from miniplm.evaluation import evaluate
 from miniplm.models.loading import load_tokenizer
-from miniplm.rundir import RunDir, Worker
+from miniplm.rundir import RunDir
+from miniplm.workers import Worker
 from tests.evaluation.test_harness import ITEMS, write_task
 from tests.evaluation.test_heldout import plain_loss
 from tests.pipeline.jobs import tiny_job
@@ -84,9 +85,9 @@ def test_models_split_over_workers_give_the_same_results(evaluated, tmp_path):
     del manifest["stages"]["eval"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     job2 = job.model_copy(update={"run_dir": copy})
-    assert evaluate.run(job2, Worker(1, 2), show_progress=False) is None  # models 1 and 3 done, 0 and 2 left
+    assert evaluate.STAGE.run(job2, Worker(1, 2), show_progress=False) is None  # models 1 and 3 done, 0 and 2 left
     assert sorted(p.stem for p in (copy / "eval" / "models").glob("*.json")) == ["on-random", "other-ref"]
-    counts = evaluate.run(job2, Worker(0, 2), show_progress=False)
+    counts = evaluate.STAGE.run(job2, Worker(0, 2), show_progress=False)
     assert set(counts) == {"on-selected", "on-random", "teacher", "other-ref"}
     def without_paths(run):  # the students' folders differ; everything else must not
         results = json.loads((run / "eval" / "results.json").read_text())

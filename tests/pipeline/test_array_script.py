@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from miniplm.config import load_job
+from miniplm.job import load_job
 from miniplm.pipeline.plan import step_named
 from miniplm.pipeline.slurm import render
 from miniplm.rundir import RunDir

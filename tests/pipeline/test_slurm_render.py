@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from miniplm.config import load_job
+from miniplm.job import load_job
 from miniplm.corpus import prepare
 from miniplm.pipeline import plan
 from miniplm.pipeline.slurm import array_spec, plan_submissions
@@ -87,7 +87,7 @@ def test_known_shards_give_one_task_per_unfinished_shard(tmp_path, pile):
     job_file = REPO / "jobs" / "paper-pile-qwen.yaml"
     overrides = pile + ["corpus.docs_per_shard=20", "corpus.reference_fraction=0.05"]
     job = load_job(job_file, overrides)
-    prepare.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
     n = len(rd.doc_shards("main"))
     assert n >= 4

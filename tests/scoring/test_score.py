@@ -10,9 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from miniplm.config import ConfigError, load_job
+from miniplm.config import ConfigError
+from miniplm.job import load_job
 from miniplm.corpus import prepare
-from miniplm.rundir import RunDir, Worker
+from miniplm.rundir import RunDir
+from miniplm.workers import Worker
 from miniplm.scoring import score
 from miniplm.scoring.score import ShardTokens, _Progress
 
@@ -83,8 +85,8 @@ def _scores(run_dir) -> dict[str, bytes]:
 
 def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
     job = load_job(_job_file(tmp_path, tiny_models))
-    prepare.run(job, show_progress=False)
-    counts = score.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
+    counts = score.STAGE.run(job, show_progress=False)
     docs = pl.concat([pl.read_parquet(p) for p in RunDir(job.run_dir).doc_shards("main")])
     scores = pl.read_parquet(str(Path(job.run_dir) / "scores" / "*.parquet"))
     assert scores.columns == ["id", "source", "n_tokens", "doc_tokens", "teacher_logprob", "reference_logprob"]
@@ -105,8 +107,8 @@ def test_max_tokens_scores_a_prefix_and_keeps_the_whole_length(tiny_models, tmp_
     whole = load_job(_job_file(tmp_path, tiny_models))
     cut = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'cut'}", "score.max_tokens=5"])
     for job in (whole, cut):
-        prepare.run(job, show_progress=False)
-        score.run(job, show_progress=False)
+        prepare.STAGE.run(job, show_progress=False)
+        score.STAGE.run(job, show_progress=False)
     full = pl.read_parquet(str(Path(whole.run_dir) / "scores" / "*.parquet"))
     short = pl.read_parquet(str(Path(cut.run_dir) / "scores" / "*.parquet"))
     assert short["doc_tokens"].to_list() == full["doc_tokens"].to_list()
@@ -124,16 +126,16 @@ def test_max_tokens_scores_a_prefix_and_keeps_the_whole_length(tiny_models, tmp_
 
 def test_token_logprobs_and_instances(tiny_models, tmp_path):
     job = load_job(_job_file(tmp_path, tiny_models), ["score.save_token_logprobs=true"])
-    prepare.run(job, show_progress=False)
-    score.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
+    score.STAGE.run(job, show_progress=False)
     scores = pl.read_parquet(str(Path(job.run_dir) / "scores" / "*.parquet"))
     for row in scores.iter_rows(named=True):
         assert len(row["teacher_token_logprobs"]) == row["n_tokens"] == len(row["reference_token_logprobs"])
         assert sum(row["teacher_token_logprobs"]) == pytest.approx(row["teacher_logprob"], rel=1e-5, abs=1e-4)
 
     instances = load_job(_job_file(tmp_path, tiny_models), ["score.unit=instance", f"run_dir={tmp_path / 'inst'}"])
-    prepare.run(instances, show_progress=False)
-    score.run(instances, show_progress=False)
+    prepare.STAGE.run(instances, show_progress=False)
+    score.STAGE.run(instances, show_progress=False)
     rows = pl.read_parquet(str(tmp_path / "inst" / "scores" / "*.parquet"))
     assert set(rows.columns) >= {"id", "n_tokens", "teacher_logprob", "reference_logprob", "docs"}
     assert (rows["n_tokens"] <= 32).all()
@@ -151,22 +153,22 @@ def test_two_workers_write_exactly_what_one_writes(tiny_models, tmp_path):
     one = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'one'}"])
     two = load_job(_job_file(tmp_path, tiny_models), [f"run_dir={tmp_path / 'two'}"])
     for job in (one, two):
-        prepare.run(job, show_progress=False)
-    score.run(one, show_progress=False)
-    assert score.run(two, Worker(1, 2), show_progress=False) is None
+        prepare.STAGE.run(job, show_progress=False)
+    score.STAGE.run(one, show_progress=False)
+    assert score.STAGE.run(two, Worker(1, 2), show_progress=False) is None
     assert RunDir(two.run_dir).stage_state("score")["state"] == "running"
-    assert score.run(two, Worker(0, 2), show_progress=False)["rows"] > 0
+    assert score.STAGE.run(two, Worker(0, 2), show_progress=False)["rows"] > 0
     assert _scores(two.run_dir) == _scores(one.run_dir) != {}
 
 
 def test_kill_9_inside_a_shard_and_resume_gives_identical_scores(tiny_models, tmp_path):
     job_path = _job_file(tmp_path, tiny_models, docs_per_shard=200)
     clean = load_job(job_path, [f"run_dir={tmp_path / 'clean'}"])
-    prepare.run(clean, show_progress=False)
-    score.run(clean, show_progress=False)
+    prepare.STAGE.run(clean, show_progress=False)
+    score.STAGE.run(clean, show_progress=False)
 
     killed = load_job(job_path)
-    prepare.run(killed, show_progress=False)
+    prepare.STAGE.run(killed, show_progress=False)
     cmd = [sys.executable, "-m", "miniplm", "score", str(job_path), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     work = Path(killed.run_dir) / "work" / "score" / "shard-00000"
@@ -184,30 +186,30 @@ def test_kill_9_inside_a_shard_and_resume_gives_identical_scores(tiny_models, tm
 
 def test_tokenizer_mismatch_fails_before_any_model_loads(tiny_models, tmp_path, monkeypatch):
     job = load_job(_job_file(tmp_path, tiny_models, reference_key="other"))
-    prepare.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
     monkeypatch.setattr(score, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ConfigError) as err:
-        score.run(job, show_progress=False)
+        score.STAGE.run(job, show_progress=False)
     assert tiny_models["teacher"] in str(err.value) and tiny_models["other"] in str(err.value)
     assert "vocabularies differ" in str(err.value)
     assert not (Path(job.run_dir) / "scores").exists()
 
 
 def test_score_needs_prepared_documents_and_both_models(tiny_models, tmp_path):
-    from miniplm.rundir import StageError
+    from miniplm.errors import StageError
 
     job = load_job(_job_file(tmp_path, tiny_models))
     with pytest.raises(StageError, match="run `miniplm prepare` first"):
-        score.run(job, show_progress=False)
+        score.STAGE.run(job, show_progress=False)
     with pytest.raises(ConfigError, match="needs both"):
-        score.run(load_job(_job_file(tmp_path, tiny_models), ["reference=null"]), show_progress=False)
+        score.STAGE.run(load_job(_job_file(tmp_path, tiny_models), ["reference=null"]), show_progress=False)
     with pytest.raises(ConfigError, match=r"teacher\.model: no model folder"):
         load_job(_job_file(tmp_path, tiny_models), ["teacher.model=./no/such/dir"])
 
 
 def test_checkpoints_from_another_environment_or_damaged_are_not_used(tmp_path):
 
-    from miniplm.scoring.score import _Checkpoints
+    from miniplm.batch_checkpoints import BatchCheckpoints as _Checkpoints
 
     folder = tmp_path / "shard-00000"
     cp = _Checkpoints(folder, "cpu, float32")
@@ -246,7 +248,7 @@ def test_logit_scaling_of_the_architecture_is_applied(tiny_models):
 def test_changed_weights_or_documents_change_the_stage_hash(tiny_models, tmp_path):
     import shutil
 
-    from miniplm.config import stage_config_hash
+    from miniplm.stages import stage_config_hash
     from miniplm.models.loading import model_fingerprint
 
     copy = tmp_path / "teacher-copy"

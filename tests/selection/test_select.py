@@ -5,9 +5,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from miniplm.config import load_job
+from miniplm.job import load_job
 from miniplm.corpus import prepare
-from miniplm.rundir import RunDir, Worker
+from miniplm.rundir import RunDir
+from miniplm.workers import Worker
 from miniplm.selection import select
 
 from tests.conftest import write_jsonl
@@ -29,7 +30,7 @@ def make_scored_run(tmp_path: Path, name="run", **select_cfg):
                    "docs_per_shard": 50, "reference_fraction": 0.0, "heldout_fraction": 0.0},
         "select": {"report_examples": 5, **select_cfg}}))
     job = load_job(job_path)
-    prepare.run(job, show_progress=False)
+    prepare.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
     (rd.root / "scores").mkdir()
     for k, shard in enumerate(rd.doc_shards("main")):
@@ -50,7 +51,7 @@ def selected_rows(run_dir) -> pl.DataFrame:
 
 def test_difference_keeps_the_top_half_with_text_and_score(tmp_path):
     job = make_scored_run(tmp_path)
-    counts = select.run(job, show_progress=False)
+    counts = select.STAGE.run(job, show_progress=False)
     assert counts["scored"] == 200 and counts["kept"] == 100
     assert counts["kept"] + sum(counts["dropped"].values()) == counts["scored"]
     rows = selected_rows(job.run_dir)
@@ -70,14 +71,14 @@ def test_difference_keeps_the_top_half_with_text_and_score(tmp_path):
 
 def test_noise_filter_and_source_cap_counts_add_up(tmp_path):
     job = make_scored_run(tmp_path, min_tokens=3, min_teacher_logprob=-0.5, keep_fraction=0.5)
-    counts = select.run(job, show_progress=False)
+    counts = select.STAGE.run(job, show_progress=False)
     # teacher is -1 per token everywhere: the noise filter drops all (after the length filter)
     assert counts["dropped"]["too_few_tokens"] == sum(1 for i in range(200) if i % 13 + 1 < 3)
     assert counts["dropped"]["low_teacher_logprob"] == 200 - counts["dropped"]["too_few_tokens"]
     assert counts["kept"] == 0 and selected_rows(job.run_dir).height == 0
 
     capped = make_scored_run(tmp_path, name="capped", max_source_fraction=0.3, keep_fraction=0.5)
-    counts = select.run(capped, show_progress=False)
+    counts = select.STAGE.run(capped, show_progress=False)
     rows = selected_rows(capped.run_dir)
     assert counts["kept"] == 60 == rows.height  # 30 per source at most, two sources
     assert dict(rows.group_by("source").len().iter_rows()) == {"web": 30, "books": 30}
@@ -87,14 +88,14 @@ def test_noise_filter_and_source_cap_counts_add_up(tmp_path):
 def test_same_ids_on_rerun_and_with_two_workers(tmp_path):
     for strategy in ("difference", "difference-sample", "random"):
         one = make_scored_run(tmp_path, name=f"one-{strategy}", strategy=strategy, keep_fraction=0.3)
-        select.run(one, show_progress=False)
+        select.STAGE.run(one, show_progress=False)
         two = make_scored_run(tmp_path, name=f"two-{strategy}", strategy=strategy, keep_fraction=0.3)
-        assert select.run(two, Worker(1, 2), show_progress=False) is None
-        assert select.run(two, Worker(0, 2), show_progress=False)["kept"] == 60
+        assert select.STAGE.run(two, Worker(1, 2), show_progress=False) is None
+        assert select.STAGE.run(two, Worker(0, 2), show_progress=False)["kept"] == 60
         ids_one, ids_two = selected_rows(one.run_dir)["id"].to_list(), selected_rows(two.run_dir)["id"].to_list()
         assert ids_one == ids_two and len(ids_one) == 60
         shutil.rmtree(Path(one.run_dir) / "selected")
-        select.run(one, force=True, show_progress=False)
+        select.STAGE.run(one, force=True, show_progress=False)
         assert selected_rows(one.run_dir)["id"].to_list() == ids_one
 
 
@@ -102,14 +103,14 @@ def test_report_survives_odd_source_names(tmp_path):
     job = make_scored_run(tmp_path)
     scores = Path(job.run_dir) / "scores" / "shard-00000.parquet"
     pl.read_parquet(scores).with_columns(source=pl.lit("$\\frac <b>&$5")).write_parquet(scores)
-    select.run(job, show_progress=False)
+    select.STAGE.run(job, show_progress=False)
     page = (Path(job.run_dir) / "report" / "index.html").read_text()
     assert "$\\frac &lt;b&gt;&amp;$5" in page and "<b>&$5" not in page
 
 
 def test_report_files_and_rebuild(tmp_path):
     job = make_scored_run(tmp_path)
-    select.run(job, show_progress=False)
+    select.STAGE.run(job, show_progress=False)
     report = Path(job.run_dir) / "report"
     names = sorted(p.name for p in report.iterdir())
     assert names == ["difference.png", "index.html", "lengths.png", "sources.png", "summary.json",
@@ -135,7 +136,7 @@ def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     job = make_scored_run(tmp_path)
-    select.run(job, show_progress=False)
+    select.STAGE.run(job, show_progress=False)
     page = (Path(job.run_dir) / "report" / "index.html").resolve()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -169,9 +170,9 @@ def test_cli_select_and_report(tmp_path, capsys):
 
 
 def test_select_needs_finished_scores(tmp_path):
-    from miniplm.rundir import StageError
+    from miniplm.errors import StageError
 
     job = make_scored_run(tmp_path)
     RunDir(job.run_dir).update_stage("score", state="running")
     with pytest.raises(StageError, match="run `miniplm score` first"):
-        select.run(job, show_progress=False)
+        select.STAGE.run(job, show_progress=False)

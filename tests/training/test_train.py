@@ -164,7 +164,7 @@ def test_other_zero_stages_train_and_export(tokenized, zero_stage, offload):
 def test_training_script_rendered_for_slurm_runs_two_processes(tokenized, uninterrupted, tmp_path):
     """The script `miniplm slurm` renders for a training step, under a stand-in srun that starts its one
     task per node: torchrun there starts two processes."""
-    from miniplm.config import load_job
+    from miniplm.job import load_job
     from miniplm.pipeline.plan import step_named
     from miniplm.pipeline.slurm import render
     from miniplm.rundir import RunDir

@@ -1,0 +1,43 @@
+"""A job as the commands take it: the job file read against the schema (config.py), then checked
+against the stage registry and the filesystem, so that a job that cannot work fails in the first
+second, before any model is loaded."""
+
+from __future__ import annotations
+
+import os
+
+from miniplm.config import JobConfig, expand_input, job_label, read_job
+from miniplm.errors import ConfigError
+from miniplm.models.loading import looks_loadable
+from miniplm.stages import check_job
+
+
+def _check_models(job: JobConfig, where: str) -> None:
+    for key in ("teacher", "reference"):
+        spec = getattr(job, key)
+        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
+            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
+                              "(give a folder, a hub id like org/name, or smollm2-135m)")
+
+
+def _check_inputs_exist(job: JobConfig, where: str) -> None:
+    inputs = [(f"corpus.inputs.{i}", spec) for i, spec in enumerate(job.corpus.inputs)]
+    inputs += [(f"eval.corpora.{i}", spec) for i, spec in enumerate(job.eval.corpora if job.eval else [])]
+    for key, spec in inputs:
+        if spec.format == "hf_hub":
+            continue  # a hub name: only loading can tell whether it exists
+        if not expand_input(spec):
+            raise ConfigError(f"{where}: {key}.path: nothing found at {spec.path!r} (relative to {os.getcwd()})")
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job file; raise ConfigError naming the file and key."""
+    job = read_job(path, overrides)
+    where = job_label(path, overrides)
+    try:
+        check_job(job)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    _check_inputs_exist(job, where)
+    _check_models(job, where)
+    return job

@@ -1,0 +1,246 @@
+"""What a stage is, and the one life cycle every sharded stage runs through.
+
+A stage is one object declared in its own module: its name and help, what
+kind of work it is (an array of shards any worker may take, or the ranks of
+one distributed job), the config sections its outputs depend on, its shards,
+how it runs one shard, how it finishes and how it describes its counts. The
+registry (miniplm/stages.py) lists the stages in pipeline order; the CLI,
+`run`, `slurm`, `status` and the plan read it and nothing else.
+
+`run_sharded` is the life cycle of an array stage, written once: open the
+stage (refusing work done under another config), skip finished shards, run
+the rest, mark each one done, finish once under a lock when every shard is
+done, and record a failure in the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from miniplm.config import JobConfig, config_hash, dump_job
+from miniplm.errors import ConfigError
+from miniplm.rundir import RunDir, shard_name
+from miniplm.workers import Worker
+
+Kind = Literal["array", "ranks"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one command runs: a whole array stage, or one part of a ranks stage (a student)."""
+
+    name: str  # as in the manifest and in slurm.stages: prepare, score, ..., train/NAME
+    stage: str  # the stage (and `miniplm` subcommand) that runs it
+    kind: Kind
+    only: str | None = None  # the part it is restricted to (train: the student)
+
+
+@dataclass
+class Part:
+    """One manifest entry of a stage (`score`, `tokenize/selected`), with what it is about."""
+
+    name: str
+    item: Any = None  # the job's entry this part is for: a token set, a student
+
+
+@dataclass
+class StageRun:
+    """A part of a stage as one worker runs it: everything the stage's hooks need."""
+
+    stage: "Stage"
+    job: JobConfig
+    rd: RunDir
+    part: Part
+    worker: Worker
+    show_progress: bool
+    config_hash: str = ""
+    shared: dict[str, Any] = field(default_factory=dict)  # what the hooks hand each other
+
+    @property
+    def name(self) -> str:
+        return self.part.name
+
+    def is_done(self, key: str) -> bool:
+        return self.rd.is_done(self.name, key, self.config_hash)
+
+    def mark_done(self, key: str) -> None:
+        self.rd.mark_done(self.name, key, self.config_hash)
+
+
+class Stage:
+    """A step of the pipeline. Subclasses fill in the class attributes and the hooks they need."""
+
+    name: str = ""
+    summary: str = ""  # one line, for `miniplm --help`
+    description: str = ""  # a paragraph, for `miniplm NAME --help`
+    kind: Kind = "array"
+    sections: tuple[str, ...] = ("seed",)  # the job sections its outputs depend on
+    unit: str = "shards"  # what `status` calls its shards
+    only: str | None = None  # what `--only NAME` picks (a token set, a student); None: no --only
+
+    # ------------------------------------------------------------ the plan
+    def applies(self, job: JobConfig) -> bool:
+        """Whether the job has this stage at all."""
+        return True
+
+    def steps(self, job: JobConfig) -> list[Step]:
+        return [Step(self.name, self.name, self.kind)] if self.applies(job) else []
+
+    def entries(self, job: JobConfig, step: Step) -> list[str]:
+        """The manifest entries that together make up a step."""
+        return [part.name for part in self.parts(job, step.only)]
+
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        return [Part(self.name)]
+
+    def shard_keys(self, job: JobConfig, rd: RunDir, step: Step) -> dict[str, list[str]] | None:
+        """Per manifest entry, the marker keys of its shards; None while they cannot be known."""
+        return None
+
+    def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
+        """How far a step without shards got, in words (`step 120`)."""
+        return ""
+
+    def slurm_arguments(self) -> str:
+        """Extra command-line arguments for its SLURM array tasks."""
+        return ""
+
+    def check(self, job: JobConfig) -> None:
+        """Raise ConfigError for a job this stage cannot run, before any work starts."""
+
+    def config_hash(self, job: JobConfig, *extra: str) -> str:
+        return config_hash(job, self.sections, *extra)
+
+    # ------------------------------------------------------------ running
+    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
+            show_progress: bool = True) -> Any:
+        raise NotImplementedError
+
+    def describe(self, job: JobConfig, result: Any) -> list[str]:
+        """What a finished run's result says, as lines for the terminal."""
+        return [f"{self.name}: {result}"]
+
+    def report(self, job: JobConfig, rd: RunDir) -> None:
+        """Hand the report its sections again, from the finished stage's outputs (`miniplm report`)."""
+
+
+class ShardedStage(Stage):
+    """An array stage: each part is a list of shards any worker may take (see `run_sharded`)."""
+
+    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
+            show_progress: bool = True) -> Any:
+        parts = self.parts(job, only)
+        results = {p.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress) for p in parts}
+        return results[self.name] if list(results) == [self.name] else results
+
+    def shard_keys(self, job: JobConfig, rd: RunDir, step: Step) -> dict[str, list[str]] | None:
+        keys = {}
+        for part in self.parts(job, step.only):
+            names = self.planned_shards(job, rd, part)
+            if names is None:
+                return None
+            keys[part.name] = names
+        return keys
+
+    # ------------------------------------------------------------ hooks, in the order they are called
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        """The part's shard keys as far as they can be known before it runs (None: not yet)."""
+        return None
+
+    def inputs(self, run: StageRun) -> list[str]:
+        """Check that what the part reads is there (raise StageError naming the command to run
+        first); return the facts about it that its outputs depend on (earlier stages' hashes,
+        model fingerprints), which go into the config hash."""
+        return []
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        """What `--force` deletes before redoing the part."""
+        return []
+
+    def shards(self, run: StageRun) -> list[str]:
+        """The part's shard keys, in order; shard i belongs to worker i % count."""
+        raise NotImplementedError
+
+    def global_step(self, run: StageRun) -> None:
+        """Work done once, by the first worker to get here, before any shard (select's decisions)."""
+
+    def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        """Run this worker's unfinished shards, marking each done as it is written."""
+        from tqdm import tqdm
+
+        keys = self.shards(run)
+        unit = self.unit.split()[-1].removesuffix("s")  # shard, model, unit
+        for i in tqdm(todo, desc=run.name.replace("/", " "), unit=unit, disable=not run.show_progress):
+            if run.rd.stage_state(run.name).get("state") == "done":
+                break  # a late worker: the others finished the part meanwhile
+            self.run_shard(run, i)
+            run.mark_done(keys[i])
+
+    def run_shard(self, run: StageRun, index: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, run: StageRun) -> dict:
+        """Once every shard is done, in exactly one worker: combine, check, return the counts."""
+        return {}
+
+    def result(self, run: StageRun) -> Any:
+        """What `run` returns for a finished part: its manifest counts."""
+        return run.rd.stage_state(run.name)["counts"]
+
+
+def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker, *, force: bool = False,
+                show_progress: bool = True) -> Any:
+    """This worker's share of one part of an array stage. Returns the part's result once every
+    shard is done (by this worker or others), None while other workers still have shards to do."""
+    rd = RunDir(job.run_dir)
+    run = StageRun(stage, job, rd, part, worker, show_progress)
+    run.config_hash = stage.config_hash(job, *stage.inputs(run))
+    if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force):
+        return stage.result(run)
+    try:
+        _global_step_once(stage, run)
+        keys = stage.shards(run)
+        todo = [i for i in worker.owned(len(keys)) if not run.is_done(keys[i])]
+        if todo:
+            stage.run_shards(run, todo)
+        if rd.stage_state(run.name).get("state") != "done":
+            if not all(run.is_done(key) for key in keys):
+                return None
+            rd.finish_once(run.name, lambda: stage.finish(run))
+    except Exception as e:  # anything but an interrupt: the manifest must not say running
+        rd.fail_stage(run.name, str(e))
+        raise
+    return stage.result(run)
+
+
+GLOBAL_STEP = "global-step"
+
+
+def _global_step_once(stage: ShardedStage, run: StageRun) -> None:
+    if type(stage).global_step is ShardedStage.global_step:
+        return
+    from miniplm.files import file_lock
+
+    with file_lock(run.rd.work(run.name) / "global-step.lock"):
+        if run.is_done(GLOBAL_STEP) or run.rd.stage_state(run.name).get("state") == "done":
+            return
+        stage.global_step(run)
+        run.mark_done(GLOBAL_STEP)
+
+
+def doc_shard_keys(rd: RunDir, split: str = "main") -> list[str] | None:
+    """The shard keys of a split of the prepared documents; None until prepare is done."""
+    if rd.stage_state("prepare").get("state") != "done":
+        return None
+    return [shard_name(i, "") for i in range(len(rd.doc_shards(split)))]
+
+
+def only_one(label: str, names: list[str], only: str | None, stage: str) -> list[str]:
+    """The names `--only` keeps: all of them, or the one it names (a ConfigError otherwise)."""
+    if only is None:
+        return names
+    if only not in names:
+        raise ConfigError(f"{stage}: no {label} {only!r} in the job ({label}s: {', '.join(names) or 'none'})")
+    return [only]
