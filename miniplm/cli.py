@@ -130,7 +130,7 @@ def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
 
     rd = RunDir(job.run_dir)
     for stage in STAGES:
-        if rd.stage_state(stage.name).get("state") == "done":
+        if stage.applies(job) and any(rd.stage_state(p.name).get("state") == "done" for p in stage.parts(job)):
             stage.report(job, rd)
     if not rd.report_sections.exists():
         raise StageError(f"{rd.root}: nothing to report yet; run `miniplm select` (or `miniplm eval`) first")

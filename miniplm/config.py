@@ -138,14 +138,74 @@ class SelectConfig(_Strict):
         return self
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+Split = Literal["main", "reference", "heldout"]
+DOCUMENT_INPUTS = ("selected", "selected-random", "main", "reference", "heldout")
+GENERATED = "generated/"
+
+
+class PromptFile(_Strict):
+    """Prompts read from a file: JSONL (also .gz/.zst) or Parquet, one prompt per record."""
+
+    path: str
+    field: str = Field("prompt", description="the column or key holding the prompt text")
+    id_field: str | None = Field(None, description="a column holding a stable prompt id; default: a hash of the "
+                                 "file path and line")
+
+    @property
+    def format(self) -> Literal["jsonl", "parquet"]:
+        return "parquet" if self.path.endswith(".parquet") else "jsonl"
+
+
+class GenerateConfig(_Strict):
+    """A corpus the teacher writes (sequence-level KD): RUN_DIR/generated/NAME/."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
+    prompts: Split | PromptFile = Field(
+        "main", description="a split of the prepared corpus (each document's first prompt_tokens tokens), or "
+        "{path: prompts.jsonl, field: prompt}")
+    prompt_tokens: int = Field(32, gt=0, description="split prompts: each document's first N tokens")
+    max_new_tokens: int = Field(256, gt=0)
+    samples: int = Field(1, gt=0, description="continuations per prompt")
+    temperature: float = Field(1.0, ge=0.0, description="0: greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    include_prompt: bool = Field(True, description="text is the prompt followed by its continuation (MiniPLM's "
+                                 "SeqKD corpus); false: the continuation alone")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf: batched Hugging Face generate (CPU or GPU); vllm: on a GPU, when installed; "
+        "auto: vllm where it can run, else hf")
+    limit: int | None = Field(None, gt=0, description="use only the first N prompts")
+    batch_tokens: int = Field(16384, gt=0, description="padded tokens (prompt + max_new_tokens, per sequence) in "
+                              "a batch; batches are part of the seeded draw, so changing it changes the samples")
+    checkpoint_every: int = Field(10, gt=0, description="batches between progress checkpoints inside a shard",
+                                  json_schema_extra=EXECUTION_ONLY)
+    report_examples: int = Field(8, ge=0, description="examples shown in the report", json_schema_extra=EXECUTION_ONLY)
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+
+
 class TokenSet(_Strict):
     """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    input: Literal["selected", "selected-random", "main", "reference", "heldout"] = Field(
-        "selected", description="the selected documents, the random baseline selection, or a split of the prepared ones")
+    name: str = Field(pattern=NAME_PATTERN)
+    input: str = Field(
+        "selected", description="selected, selected-random (the random baseline selection), a split of the prepared "
+        "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)")
     tokenizer: str | None = Field(None, description="a folder, hub id or smollm2-135m; default: the teacher's")
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
+
+    @model_validator(mode="after")
+    def _known_input(self) -> "TokenSet":
+        if self.input not in DOCUMENT_INPUTS and not (
+                self.input.startswith(GENERATED) and re.match(NAME_PATTERN, self.input.removeprefix(GENERATED))):
+            raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME (got {self.input!r})")
+        return self
+
+    @property
+    def generated(self) -> str | None:
+        """The generate entry this token set reads, if it reads one."""
+        return self.input.removeprefix(GENERATED) if self.input.startswith(GENERATED) else None
 
 
 class StudentConfig(_Strict):
@@ -310,6 +370,7 @@ class JobConfig(_Strict):
     reference: ReferenceSpec | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    generate: list[GenerateConfig] = Field(default_factory=list)
     tokenize: list[TokenSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
     eval: EvalConfig | None = None
@@ -328,6 +389,16 @@ class JobConfig(_Strict):
                                      "reference, teacher, or give {name: ..., model: PATH}")
         if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
             raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
+        generated = [g.name for g in self.generate]
+        if len(generated) != len(set(generated)):
+            raise ValueError(f"generate: names must differ (got {', '.join(generated)})")
+        for g in self.generate:
+            if g.model == "teacher" and self.teacher is None:
+                raise ValueError(f"generate: {g.name!r} writes with the teacher, and the job has no teacher")
+        for t in self.tokenize:
+            if t.generated is not None and t.generated not in generated:
+                raise ValueError(f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
+                                 f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
         return self
 
 
@@ -480,6 +551,15 @@ def tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
     if job.teacher is None:
         raise ConfigError(f"tokenize.{token_set.name}: no tokenizer given and no teacher to take it from")
     return job.teacher.model
+
+
+def generating_model(job: JobConfig, entry: GenerateConfig) -> ModelSpec:
+    """The model a generate entry writes with: the job's teacher, or the model it names."""
+    if entry.model == "teacher":
+        if job.teacher is None:
+            raise ConfigError(f"generate.{entry.name}: the job has no teacher")
+        return job.teacher
+    return ModelSpec(model=entry.model)
 
 
 def token_set_named(job: JobConfig, name: str, token_sets: list[TokenSet] | None = None) -> TokenSet:

@@ -6,6 +6,7 @@ RUN_DIR/
   docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
   scores/shard-NNNNN.parquet
   selection/decisions.parquet, selected/, selected-random/
+  generated/NAME/shard-NNNNN.parquet
   tokens/NAME/shard-NNNNN.arrow
   models/NAME/, train/NAME/ (metrics, checkpoints)
   eval/models/NAME.json, eval/results.json, ...
@@ -95,6 +96,13 @@ class RunDir:
 
     def selected_shard(self, index: int, folder: str = "selected") -> Path:
         return self.selected(folder) / shard_name(index, ".parquet")
+
+    def generated(self, name: str) -> Path:
+        """A corpus the teacher wrote (generate stage): document shards with their prompts."""
+        return self.root / "generated" / name
+
+    def generated_shard(self, name: str, index: int) -> Path:
+        return self.generated(name) / shard_name(index, ".parquet")
 
     def tokens(self, name: str) -> Path:
         return self.root / "tokens" / name

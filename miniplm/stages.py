@@ -13,6 +13,7 @@ from miniplm.corpus.prepare import STAGE as PREPARE
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.errors import ConfigError
 from miniplm.evaluation.evaluate import STAGE as EVAL
+from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.select import STAGE as SELECT
 from miniplm.stage import Stage
@@ -24,6 +25,7 @@ STAGES: list[Stage] = [
     TRAIN_REFERENCE,
     SCORE,
     SELECT,
+    GENERATE,
     TOKENIZE,
     TRAIN,
     EVAL,

@@ -35,15 +35,23 @@ def part_for(token_set: TokenSet) -> Part:
     return Part(f"{NAME}/{token_set.name}", token_set)
 
 
+def _input_stage(token_set: TokenSet) -> str:
+    """The manifest entry of the stage that writes a token set's input."""
+    if token_set.generated is not None:
+        return token_set.input.replace("generated/", "generate/", 1)
+    return "select" if token_set.input.startswith("selected") else "prepare"
+
+
 def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
     """The input shards and the hash of the stage that made them."""
-    selected = token_set.input.startswith("selected")
-    stage = "select" if selected else "prepare"
+    stage = _input_stage(token_set)
     state = rd.stage_state(stage)
     if state.get("state") != "done":
         raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
-                         f"run `miniplm {stage}` first")
-    if not selected:
+                         f"run `miniplm {stage.split('/')[0]}` first")
+    if token_set.generated is not None:
+        return sorted(rd.generated(token_set.generated).glob("shard-*.parquet")), state["config_hash"]
+    if stage == "prepare":
         return rd.doc_shards(token_set.input), state["config_hash"]
     if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
         raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
@@ -94,6 +102,10 @@ class Tokenize(ShardedStage):
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set: TokenSet = part.item
+        if token_set.generated is not None:
+            if rd.stage_state(_input_stage(token_set)).get("state") != "done":
+                return None
+            return [shard_name(i, "") for i in range(len(input_shards(rd, token_set)[0]))]
         return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
 
     def inputs(self, run: StageRun) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from miniplm.config import JobConfig, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
+from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.windows import Window, pack_instances, plan_batches, prefix_token, windows_for
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
@@ -81,7 +81,7 @@ def _environment(models: dict[str, Any], device: str) -> str:
 
 
 def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, Any], bos: int, device: str,
-                rd: RunDir, progress: _Progress) -> pa.Table:
+                rd: RunDir, progress: TokenRate) -> pa.Table:
     from miniplm.batch_checkpoints import BatchCheckpoints
     from miniplm.scoring.logprobs import batch_logprobs
 
@@ -113,21 +113,6 @@ def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, Any], bos:
                 results[(row.pop("doc"), row.pop("start"))] = row
             pending, first_pending = [], b + 1
     return _assemble(job, shard, windows, results)
-
-
-class _Progress:
-    """Documents done on the bar, scored tokens per second beside it."""
-
-    def __init__(self, bar: tqdm):
-        self.bar = bar
-        self.start = time.perf_counter()
-        self.tokens = 0
-
-    def update(self, docs: int, tokens: int = 0) -> None:
-        self.tokens += tokens
-        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
-        self.bar.update(docs)
 
 
 def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results: dict) -> pa.Table:
@@ -226,7 +211,7 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
                 total += pq.read_metadata(path).num_rows
     bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
                disable=not run.show_progress, dynamic_ncols=True)
-    progress = _Progress(bar)
+    progress = TokenRate(bar)
     # Tokenizing the next shard overlaps with scoring this one (the tokenizer releases the GIL).
     with ThreadPoolExecutor(1) as pool, bar:
         upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[0])

@@ -16,7 +16,8 @@ from miniplm.corpus import prepare
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
 from miniplm.scoring import score
-from miniplm.scoring.score import ShardTokens, _Progress
+from miniplm.progress import TokenRate
+from miniplm.scoring.score import ShardTokens
 
 from tests.conftest import write_jsonl
 
@@ -54,7 +55,7 @@ def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
     from tqdm import tqdm
 
-    table = score.score_shard(job, shard, models, bos, "cpu", rd, _Progress(tqdm(disable=True)))
+    table = score.score_shard(job, shard, models, bos, "cpu", rd, TokenRate(tqdm(disable=True)))
     assert table["n_tokens"].to_pylist() == lengths
     for name in ("teacher", "reference"):
         expected = [reference_sum(models[name], bos, s.tolist(), max_length, stride) for s in sequences]

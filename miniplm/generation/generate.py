@@ -1,0 +1,272 @@
+"""`miniplm generate`: the teacher writes a corpus from prompts (sequence-level KD, SeqKD).
+
+For each entry of the job's `generate:` list, each prompt shard becomes
+RUN_DIR/generated/NAME/shard-NNNNN.parquet: per prompt, `samples` continuations
+with the document columns (`id`, `text`, `source`) and `prompt_id`, `prompt`,
+`prompt_tokens`, `new_tokens`, `finish_reason`, so `tokenize` (input:
+generated/NAME) reads it like any corpus. Every sequence starts with the
+token score reads documents after (BOS, or EOS where there is none).
+
+Within a shard, prompts are sorted by length and packed into batches of at
+most `batch_tokens` padded tokens; batch b of shard k is drawn after seeding
+with `batch_seed(seed, name, k, b)`. The plan is a pure function of the
+prompts, so a worker killed mid-shard resumes at the first batch not
+checkpointed and writes the rows an uninterrupted run writes, and any number
+of workers write what one writes (for a given backend and device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from miniplm.batch_checkpoints import BatchCheckpoints
+from miniplm.config import GenerateConfig, JobConfig, PromptFile, generating_model, hashable_dump
+from miniplm.errors import StageError
+from miniplm.files import atomic_path, atomic_write_json
+from miniplm.generation import prompts as P
+from miniplm.models.flops import forward_flops_per_token
+from miniplm.models.loading import load_tokenizer, model_fingerprint, pick_device
+from miniplm.progress import TokenRate
+from miniplm.rundir import RunDir, shard_name
+from miniplm.scoring.windows import Window, plan_batches, prefix_token
+from miniplm.stage import Part, ShardedStage, StageRun, only_one
+
+NAME = "generate"
+FINISH_REASONS = ("eos", "length")
+STATS = ("prompts", "rows", "prompt_tokens", "new_tokens", "flops")
+
+
+def part_for(entry: GenerateConfig) -> Part:
+    return Part(f"{NAME}/{entry.name}", entry)
+
+
+def _derived_seed(*parts: object) -> int:
+    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def batch_seed(seed: int, name: str, shard: int, batch: int) -> int:
+    """The torch seed set right before batch `batch` of shard `shard` is generated (hf backend)."""
+    return _derived_seed(seed, name, shard, batch)
+
+
+def prompt_seed(seed: int, name: str, prompt_id: str) -> int:
+    """The per-prompt seed (vllm backend)."""
+    return _derived_seed(seed, name, prompt_id)
+
+
+def generation_flops(config, input_tokens: int, new_tokens: int) -> float:
+    """Forward FLOPs of writing `new_tokens` after `input_tokens` with a KV cache: every position but the
+    last token's is read once, position i attending to i earlier ones (padding not counted)."""
+    n = input_tokens + new_tokens - 1
+    return n * forward_flops_per_token(config, (n + 1) / 2) if n > 0 else 0.0
+
+
+def plan(shard: P.PromptShard, prefix: int, entry: GenerateConfig) -> list[list[Window]]:
+    """Batches of prompt indices, longest first, at most batch_tokens padded tokens (prompt + new tokens,
+    per sequence, `samples` sequences per prompt)."""
+    windows = [Window(i, 0, 1 + len(t) + entry.max_new_tokens, 0) for i, t in enumerate(shard.tokens)]
+    return plan_batches(windows, max(entry.batch_tokens // entry.samples, 1))
+
+
+def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: TokenRate) -> tuple[pa.Table, dict]:
+    entry: GenerateConfig = run.part.item
+    prefix = run.shared["prefix"]
+    batches = plan(shard, prefix, entry)
+    checkpoints = BatchCheckpoints(run.rd.work(run.name) / shard_name(shard.index, ""), backend.environment())
+    done, results = checkpoints.load()
+    progress.update(len({doc for doc, _ in results}))
+    pending: list[dict] = []
+    first_pending = done
+    for b in range(done, len(batches)):
+        batch = [w.doc for w in batches[b]]
+        seeds = [prompt_seed(run.job.seed, entry.name, shard.ids[i]) for i in batch]
+        outputs = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
+                                   batch_seed(run.job.seed, entry.name, shard.index, b))
+        for i, samples in zip(batch, outputs):
+            pending += [{"doc": i, "start": k, "tokens": tokens, "finish": finish}
+                        for k, (tokens, finish) in enumerate(samples)]
+        progress.update(len(batch), sum(len(t) for s in outputs for t, _ in s))
+        if b + 1 - first_pending >= entry.checkpoint_every or b + 1 == len(batches):
+            checkpoints.save(first_pending, b, pending)
+            for row in pending:
+                results[(row.pop("doc"), row.pop("start"))] = row
+            pending, first_pending = [], b + 1
+    return _assemble(run, backend, shard, results)
+
+
+def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tuple[pa.Table, dict]:
+    entry: GenerateConfig = run.part.item
+    tokenizer = run.shared["tokenizer"]
+    columns: dict[str, list] = {k: [] for k in ("id", "text", "source", "prompt_id", "prompt_source", "prompt",
+                                                 "prompt_tokens", "new_tokens", "finish_reason")}
+    stats: dict[str, Any] = dict.fromkeys(STATS, 0) | {"finish_reasons": dict.fromkeys(FINISH_REASONS, 0)}
+    for i, prompt in enumerate(shard.tokens):
+        for k in range(entry.samples):
+            row = results[(i, k)]
+            new, finish = list(row["tokens"]), row["finish"]
+            columns["id"].append(f"{entry.name}-{shard.ids[i]}-{k}")
+            columns["text"].append(tokenizer.decode(prompt + new if entry.include_prompt else new,
+                                                    skip_special_tokens=True))
+            columns["source"].append(entry.name)
+            columns["prompt_id"].append(shard.ids[i])
+            columns["prompt_source"].append(shard.sources[i])
+            columns["prompt"].append(tokenizer.decode(prompt, skip_special_tokens=True))
+            columns["prompt_tokens"].append(len(prompt))
+            columns["new_tokens"].append(len(new))
+            columns["finish_reason"].append(finish)
+            stats["rows"] += 1
+            stats["new_tokens"] += len(new)
+            stats["finish_reasons"][finish] += 1
+            stats["flops"] += generation_flops(backend.config, 1 + len(prompt), len(new) + (finish == "eos"))
+        stats["prompts"] += 1
+        stats["prompt_tokens"] += len(prompt)
+    types = {"prompt_tokens": pa.int32(), "new_tokens": pa.int32()}
+    table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
+    return table, stats
+
+
+class Generate(ShardedStage):
+    """One part per generate entry (`generate/NAME`); its shards are its prompt shards."""
+
+    name = NAME
+    summary = "the teacher writes a corpus from prompts (sequence-level KD)"
+    description = ("For each entry of the job's `generate:` list, continue every prompt (each document's first "
+                   "prompt_tokens tokens of a split, or the prompts of a file) with the teacher and write "
+                   "RUN_DIR/generated/NAME/shard-*.parquet (id, text, source, prompt_id, prompt_tokens, new_tokens, "
+                   "finish_reason). Seeded; resumes inside a shard after a kill.")
+    sections = ("seed",)  # plus the entry, its model and its prompts
+    only = "generated corpus"
+
+    def applies(self, job: JobConfig) -> bool:
+        return bool(job.generate)
+
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        names = only_one("generated corpus", [g.name for g in job.generate], only, NAME)
+        return [part_for(g) for g in job.generate if g.name in names]
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        entry: GenerateConfig = part.item
+        if rd.stage_state(part.name).get("state") == "done":
+            return [p.stem for p in sorted(rd.generated(entry.name).glob("shard-*.parquet"))]
+        if isinstance(entry.prompts, PromptFile):
+            folder = P.prompt_folder(rd, part.name)
+            return [p.stem for p in P.file_prompt_shards(folder)] if (folder / "stats.json").exists() else None
+        if rd.stage_state("prepare").get("state") != "done":
+            return None
+        return [shard_name(k, "") for k in range(len(P.split_plan(rd, entry.prompts, entry.limit)))]
+
+    def inputs(self, run: StageRun) -> list[str]:
+        entry: GenerateConfig = run.part.item
+        job, rd = run.job, run.rd
+        spec = generating_model(job, entry)
+        if isinstance(entry.prompts, PromptFile):
+            prompts_fact = P.prompt_file_fact(entry.prompts)
+        elif rd.stage_state("prepare").get("state") != "done":
+            raise StageError(f"{rd.root}: generate {entry.name!r} takes its prompts from the {entry.prompts} split; "
+                             "run `miniplm prepare` first")
+        else:
+            prompts_fact = rd.doc_stats.read_text()
+        from miniplm.generation.backends import pick_backend
+
+        tokenizer = load_tokenizer(spec.model)
+        tokenizer.model_max_length = sys.maxsize  # prompts are cut here, not by the tokenizer
+        device = pick_device(entry.device)
+        backend = pick_backend(entry.backend, device)
+        run.shared.update(tokenizer=tokenizer, prefix=prefix_token(tokenizer, spec.model), device=device,
+                          backend=backend, model=spec)
+        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts_fact,
+                model_fingerprint(spec.model)]
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.generated(run.part.item.name)]
+
+    def global_step(self, run: StageRun) -> None:
+        entry: GenerateConfig = run.part.item
+        if isinstance(entry.prompts, PromptFile):
+            P.write_file_prompts(run.job, entry, P.prompt_folder(run.rd, run.name))
+
+    def _sources(self, run: StageRun) -> list[tuple[Path, int]]:
+        """Per generated shard, the prompt (or document) shard it reads and how many of its rows."""
+        if "sources" not in run.shared:
+            entry: GenerateConfig = run.part.item
+            if isinstance(entry.prompts, PromptFile):
+                files = P.file_prompt_shards(P.prompt_folder(run.rd, run.name))
+                run.shared["sources"] = [(f, pq.read_metadata(f).num_rows) for f in files]
+            else:
+                run.shared["sources"] = P.split_plan(run.rd, entry.prompts, entry.limit)
+        return run.shared["sources"]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return [shard_name(k, "") for k in range(len(self._sources(run)))]
+
+    def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        from miniplm.generation.backends import HFBackend, VLLMBackend
+
+        entry: GenerateConfig = run.part.item
+        rd, tokenizer, spec = run.rd, run.shared["tokenizer"], run.shared["model"]
+        sources = self._sources(run)
+        if run.shared["backend"] == "vllm":
+            backend = VLLMBackend(spec.model, spec.dtype, entry, tokenizer.eos_token_id)
+        else:
+            backend = HFBackend(spec.model, spec.dtype, run.shared["device"], entry, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id)
+        bar = tqdm(total=sum(sources[i][1] for i in todo), desc=run.name.replace("/", " "), unit="prompt",
+                   disable=not run.show_progress, dynamic_ncols=True)
+        with bar:
+            progress = TokenRate(bar)
+            for k in todo:
+                if rd.stage_state(run.name).get("state") == "done":
+                    break  # a late worker: the others finished meanwhile
+                shard = P.read_prompts(*sources[k], entry, tokenizer, k)
+                table, stats = generate_shard(run, backend, shard, progress)
+                with atomic_path(rd.generated_shard(entry.name, k)) as tmp:
+                    pq.write_table(table, tmp, compression="zstd")
+                atomic_write_json(rd.generated(entry.name) / shard_name(k, ".json"), stats)
+                run.mark_done(shard_name(k, ""))
+                shutil.rmtree(rd.work(run.name) / shard_name(k, ""), ignore_errors=True)
+
+    def finish(self, run: StageRun) -> dict:
+        from miniplm.generation.report import write_report
+
+        entry: GenerateConfig = run.part.item
+        out = run.rd.generated(entry.name)
+        per_shard = [json.loads(p.read_text()) for p in sorted(out.glob("shard-*.json"))]
+        counts: dict[str, Any] = {key: sum(s[key] for s in per_shard) for key in STATS}
+        counts["finish_reasons"] = {r: sum(s["finish_reasons"][r] for s in per_shard) for r in FINISH_REASONS}
+        counts["shards"] = len(per_shard)
+        if isinstance(entry.prompts, PromptFile):
+            counts |= P.file_prompt_stats(P.prompt_folder(run.rd, run.name))
+        counts["repetition"] = write_report(run.job, run.rd, entry)
+        return counts
+
+    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
+        lines = []
+        for part, c in result.items():
+            name = part.removeprefix(f"{NAME}/")
+            if c is None:
+                lines.append(f"generate {name}: this worker's shards are written; other workers still have shards")
+                continue
+            reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
+            lines.append(f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
+                         f"new tokens (stopped: {reasons}), {c['flops']:.3g} FLOPs; in {job.run_dir}/generated/{name}")
+        return lines
+
+    def report(self, job: JobConfig, rd: RunDir) -> None:
+        from miniplm.generation.report import write_report
+
+        for entry in job.generate:
+            if rd.stage_state(part_for(entry).name).get("state") == "done":
+                write_report(job, rd, entry)
+
+
+STAGE = Generate()

@@ -1,0 +1,123 @@
+"""Where a generate entry's prompts come from, shard by shard.
+
+Split prompts are the prepared documents of a split, each cut to its first
+`prompt_tokens` tokens: generated shard k reads document shard k, and `limit`
+keeps the first N documents in shard order (shards it does not reach are not
+generated at all). File prompts are read once, by the stage's global step:
+invalid records are skipped and counted by reason (or, under
+`corpus.on_error: fail`, stop the stage with their file and line), and the
+prompts are written in shards of `corpus.docs_per_shard` into the stage's
+scratch space, which any worker then reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from miniplm.config import GenerateConfig, InputSpec, JobConfig, PromptFile
+from miniplm.corpus.documents import BAD_INPUT_REASONS, generated_id, problem_with
+from miniplm.corpus.readers import Rejection, read_input
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_path, atomic_write_json
+from miniplm.rundir import RunDir, shard_name
+
+PROMPT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+
+
+@dataclass
+class PromptShard:
+    """The prompts of one generated shard, tokenized (without the prefix token every sequence starts with)."""
+
+    index: int
+    ids: list[str]
+    sources: list[str]
+    tokens: list[list[int]]
+
+
+def split_plan(rd: RunDir, split: str, limit: int | None) -> list[tuple[Path, int]]:
+    """Per generated shard: the document shard it reads and how many of its first documents."""
+    plan = []
+    left = limit if limit is not None else float("inf")
+    for path in rd.doc_shards(split):
+        if left <= 0:
+            break
+        take = int(min(pq.read_metadata(path).num_rows, left))
+        if take:
+            plan.append((path, take))
+        left -= take
+    return plan
+
+
+def prompt_file_fact(prompts: PromptFile) -> str:
+    """What identifies a prompt file's content (it is small next to what is generated from it)."""
+    try:
+        digest = hashlib.blake2b(Path(prompts.path).read_bytes(), digest_size=16).hexdigest()
+    except OSError as e:
+        raise ConfigError(f"generate: prompts.path: cannot read {prompts.path!r}: {e.strerror or e}") from None
+    return f"{prompts.path}@{digest}"
+
+
+def prompt_folder(rd: RunDir, part_name: str) -> Path:
+    return rd.work(part_name) / "prompts"
+
+
+def write_file_prompts(job: JobConfig, entry: GenerateConfig, folder: Path) -> dict:
+    """Read the prompt file into prompt shards under `folder`; the counts (read, kept, rejected by reason)."""
+    assert isinstance(entry.prompts, PromptFile)
+    spec = InputSpec(path=entry.prompts.path, format=entry.prompts.format, text_field=entry.prompts.field,
+                     id_field=entry.prompts.id_field, name=entry.name)
+    rows: dict[str, list] = {"id": [], "text": [], "source": []}
+    rejected: dict[str, int] = {}
+    read = 0
+    for path, item in read_input(spec, (entry.prompts.path,), job.corpus.max_chars):
+        problem = ((item.reason, item.detail) if isinstance(item, Rejection)
+                   else problem_with(item, needs_id=spec.id_field is not None, max_chars=job.corpus.max_chars))
+        read += item.count if isinstance(item, Rejection) else 1
+        if problem is not None:
+            line = item.line
+            if job.corpus.on_error == "fail" and problem[0] in BAD_INPUT_REASONS:
+                raise StageError(f"{path}:{line}: {problem[0]}: {problem[1]} (corpus.on_error: fail)")
+            rejected[problem[0]] = rejected.get(problem[0], 0) + (item.count if isinstance(item, Rejection) else 1)
+            continue
+        if entry.limit is not None and len(rows["id"]) >= entry.limit:
+            break
+        rows["id"].append(str(item.id) if item.id is not None else generated_id(path, item.line))
+        rows["text"].append(item.text)
+        rows["source"].append(entry.name)
+    if len(set(rows["id"])) != len(rows["id"]):
+        raise StageError(f"{entry.prompts.path}: prompt ids repeat; give each prompt a distinct "
+                         f"{entry.prompts.id_field!r}")
+    table = pa.table(rows, schema=PROMPT_SCHEMA)
+    per_shard = job.corpus.docs_per_shard
+    for k, start in enumerate(range(0, table.num_rows, per_shard)):
+        with atomic_path(folder / shard_name(k, ".parquet")) as tmp:
+            pq.write_table(table.slice(start, per_shard), tmp)
+    counts = {"prompts_read": read, "prompts": table.num_rows, "prompts_rejected": rejected}
+    atomic_write_json(folder / "stats.json", counts)
+    return counts
+
+
+def file_prompt_shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("shard-*.parquet"))
+
+
+def file_prompt_stats(folder: Path) -> dict:
+    return json.loads((folder / "stats.json").read_text())
+
+
+def read_prompts(source: Path, rows: int, entry: GenerateConfig, tokenizer, index: int) -> PromptShard:
+    """The first `rows` prompts of a document or prompt shard, tokenized; split prompts cut to prompt_tokens."""
+    try:
+        table = pq.read_table(source, columns=["id", "source", "text"]).slice(0, rows)
+    except (OSError, pa.ArrowException) as e:
+        raise StageError(f"{source}: cannot read the prompts: {e}") from None
+    tokens = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
+    if not isinstance(entry.prompts, PromptFile):
+        tokens = [t[: entry.prompt_tokens] for t in tokens]
+    return PromptShard(index, table["id"].to_pylist(), table["source"].to_pylist(), tokens)
