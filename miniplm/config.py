@@ -185,6 +185,54 @@ class GenerateConfig(_Strict):
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
 
+class Calibration(_Strict):
+    """The text importance is measured on: a split's first documents, EOS-joined and cut into rows."""
+
+    split: Split = "reference"
+    docs: int = Field(256, gt=0)
+    max_length: int = Field(512, ge=2, description="tokens per row")
+
+
+class PruneTarget(_Strict):
+    """The pruned shape: a preset's, and/or explicit sizes; what is not given stays the model's."""
+
+    preset: str | None = Field(None, description="take hidden_size, intermediate_size, num_hidden_layers and "
+                               "num_attention_heads from a preset (tiny, tiny-4l, qwen-104m, ...)")
+    hidden_size: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+    num_attention_heads: int | None = Field(None, gt=0)
+    num_key_value_heads: int | None = Field(None, gt=0, description="default: as many as fit (at most the model's)")
+    num_hidden_layers: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> "PruneTarget":
+        from miniplm.models.presets import PRESETS
+
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
+        return self
+
+    def sizes(self) -> dict[str, int | None]:
+        """The explicit sizes over the preset's."""
+        from miniplm.models.presets import PRESETS
+
+        preset = PRESETS[self.preset] if self.preset else {}
+        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+        return {k: getattr(self, k) or preset.get(k) for k in keys}
+
+
+class PruneConfig(_Strict):
+    """A smaller model cut out of the teacher (Minitron), to start students from: RUN_DIR/models/NAME/."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
+    calibration: Calibration = Field(default_factory=Calibration)
+    target: PruneTarget
+    batch_tokens: int = Field(16384, gt=0, description="calibration tokens per forward pass",
+                              json_schema_extra=EXECUTION_ONLY)
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+
+
 class TokenSet(_Strict):
     """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
 
@@ -199,7 +247,8 @@ class TokenSet(_Strict):
     def _known_input(self) -> "TokenSet":
         if self.input not in DOCUMENT_INPUTS and not (
                 self.input.startswith(GENERATED) and re.match(NAME_PATTERN, self.input.removeprefix(GENERATED))):
-            raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME (got {self.input!r})")
+            raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME "
+                             f"(got {self.input!r})")
         return self
 
     @property
@@ -214,6 +263,8 @@ class StudentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     preset: str | None = Field(None, description="tiny, tiny-4l, qwen-104m, qwen-200m, qwen-500m or qwen-1.2b")
     config: str | None = Field(None, description="instead of a preset: a Hugging Face config.json or model folder")
+    init: str | None = Field(None, description="instead of a preset or config: start from these weights, a prune "
+                             "entry's name or a model folder")
     tokens: str = Field(description="the token set (tokenize: name) to train on")
     heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
@@ -242,8 +293,9 @@ class StudentConfig(_Strict):
     def _one_architecture(self) -> "StudentConfig":
         from miniplm.models.presets import PRESETS
 
-        if (self.preset is None) == (self.config is None):
-            raise ValueError("give a preset or a config, not both or neither")
+        if sum(x is not None for x in (self.preset, self.config, self.init)) != 1:
+            raise ValueError("give exactly one of preset, config (random weights of that shape) or init (start from "
+                             "those weights)")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
         return self
@@ -371,6 +423,7 @@ class JobConfig(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: list[GenerateConfig] = Field(default_factory=list)
+    prune: list[PruneConfig] = Field(default_factory=list)
     tokenize: list[TokenSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
     eval: EvalConfig | None = None
@@ -389,6 +442,14 @@ class JobConfig(_Strict):
                                      "reference, teacher, or give {name: ..., model: PATH}")
         if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
             raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
+        pruned = [p.name for p in self.prune]
+        models = ["reference", *pruned, *(s.name for s in self.students)]
+        if len(models) != len(set(models)):
+            raise ValueError(f"prune and students: each writes RUN_DIR/models/NAME, so names must differ from each "
+                             f"other and from 'reference' (got {', '.join(models[1:])})")
+        for p in self.prune:
+            if p.model == "teacher" and self.teacher is None:
+                raise ValueError(f"prune: {p.name!r} prunes the teacher, and the job has no teacher")
         generated = [g.name for g in self.generate]
         if len(generated) != len(set(generated)):
             raise ValueError(f"generate: names must differ (got {', '.join(generated)})")
@@ -553,13 +614,22 @@ def tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
     return job.teacher.model
 
 
-def generating_model(job: JobConfig, entry: GenerateConfig) -> ModelSpec:
-    """The model a generate entry writes with: the job's teacher, or the model it names."""
+def source_model(job: JobConfig, entry: GenerateConfig | PruneConfig) -> ModelSpec:
+    """The model a generate or prune entry uses: the job's teacher, or the model it names."""
     if entry.model == "teacher":
         if job.teacher is None:
-            raise ConfigError(f"generate.{entry.name}: the job has no teacher")
+            raise ConfigError(f"{entry.name}: the job has no teacher")
         return job.teacher
     return ModelSpec(model=entry.model)
+
+
+def init_model(job: JobConfig, student: StudentConfig) -> str | None:
+    """The folder a student starts from: a prune entry's output, or the folder its `init` names."""
+    if student.init is None:
+        return None
+    if any(p.name == student.init for p in job.prune):
+        return str(RunDir(job.run_dir).model(student.init))
+    return student.init
 
 
 def token_set_named(job: JobConfig, name: str, token_sets: list[TokenSet] | None = None) -> TokenSet:

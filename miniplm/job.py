@@ -13,11 +13,19 @@ from miniplm.stages import check_job
 
 
 def _check_models(job: JobConfig, where: str) -> None:
-    for key in ("teacher", "reference"):
-        spec = getattr(job, key)
-        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
-            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
+    named = [(f"{key}.model", getattr(job, key).model) for key in ("teacher", "reference")
+             if getattr(job, key) is not None]
+    named += [(f"{section}.{i}.model", e.model) for section in ("generate", "prune")
+              for i, e in enumerate(getattr(job, section)) if e.model != "teacher"]
+    for key, model in named:
+        if model is not None and not looks_loadable(model):
+            raise ConfigError(f"{where}: {key}: no model folder at {model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
+    pruned = {p.name for p in job.prune}
+    for i, student in enumerate(job.students):
+        if student.init is not None and student.init not in pruned and not os.path.isdir(student.init):
+            raise ConfigError(f"{where}: students.{i}.init: {student.init!r} is neither a prune entry of the job "
+                              f"(prune: {', '.join(sorted(pruned)) or 'none'}) nor a model folder")
 
 
 def _check_inputs_exist(job: JobConfig, where: str) -> None:

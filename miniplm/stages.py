@@ -14,6 +14,7 @@ from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.errors import ConfigError
 from miniplm.evaluation.evaluate import STAGE as EVAL
 from miniplm.generation.generate import STAGE as GENERATE
+from miniplm.models.prune import STAGE as PRUNE
 from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.select import STAGE as SELECT
 from miniplm.stage import Stage
@@ -26,6 +27,7 @@ STAGES: list[Stage] = [
     SCORE,
     SELECT,
     GENERATE,
+    PRUNE,
     TOKENIZE,
     TRAIN,
     EVAL,

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
-from miniplm.config import GenerateConfig, JobConfig, PromptFile, generating_model, hashable_dump
+from miniplm.config import GenerateConfig, JobConfig, PromptFile, hashable_dump, source_model
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
@@ -168,7 +168,7 @@ class Generate(ShardedStage):
     def inputs(self, run: StageRun) -> list[str]:
         entry: GenerateConfig = run.part.item
         job, rd = run.job, run.rd
-        spec = generating_model(job, entry)
+        spec = source_model(job, entry)
         if isinstance(entry.prompts, PromptFile):
             prompts_fact = P.prompt_file_fact(entry.prompts)
         elif rd.stage_state("prepare").get("state") != "done":

@@ -10,7 +10,7 @@ from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashab
                             tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.logs import library_output
-from miniplm.models.loading import load_tokenizer
+from miniplm.models.loading import load_tokenizer, model_fingerprint
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
 from miniplm.training.launch import set_distributed_env
@@ -29,6 +29,19 @@ def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
         raise StageError(f"{rd.root}: student {student.name!r} trains on token set {name!r}; "
                          "run `miniplm tokenize` first")
     return state["config_hash"]
+
+
+def _init_fact(job: JobConfig, rd: RunDir, student: StudentConfig) -> str:
+    """What identifies the weights a student starts from: the prune that made them, or the folder's files."""
+    if student.init is None:
+        return ""
+    if any(p.name == student.init for p in job.prune):
+        state = rd.stage_state(f"prune/{student.init}")
+        if state.get("state") != "done":
+            raise StageError(f"{rd.root}: student {student.name!r} starts from the pruned model {student.init!r}; "
+                             "run `miniplm prune` first")
+        return state["config_hash"]
+    return model_fingerprint(student.init)
 
 
 def init_distributed() -> int:
@@ -58,7 +71,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
         name = stage_name(student)
         dumped = hashable_dump(student)
         dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
-        hashes = [_token_set_hash(rd, student.tokens, student)]
+        hashes = [_token_set_hash(rd, student.tokens, student), _init_fact(job, rd, student)]
         config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
         outputs = [rd.model(student.name), rd.training(student.name)]
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False

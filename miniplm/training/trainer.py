@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from miniplm.config import JobConfig, StudentConfig
+from miniplm.config import JobConfig, StudentConfig, init_model
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_write_text
@@ -63,17 +63,24 @@ def deepspeed_config(student: StudentConfig, accumulation: int, bf16: bool) -> d
     return deep_merge(config, student.deepspeed)
 
 
-def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype):
+def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, init: str | None = None):
+    """The student before its first step: random weights of its preset or config, or the weights in `init`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if student.preset:
-        config = qwen_config(student.preset, len(tokenizer), max(seq_len, 2048), tokenizer.bos_token_id,
-                             tokenizer.eos_token_id)
-    else:
-        config = AutoConfig.from_pretrained(student.config)
-        config.vocab_size = len(tokenizer)
     attn = attention_implementation() if dtype == torch.bfloat16 else "sdpa"
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+    if init is not None:
+        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation=attn, dtype=torch.float32)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ConfigError(f"students.{student.name}: init {init!r} embeds {model.config.vocab_size} tokens, and "
+                              f"its token set's tokenizer has {len(tokenizer)}")
+    else:
+        if student.preset:
+            config = qwen_config(student.preset, len(tokenizer), max(seq_len, 2048), tokenizer.bos_token_id,
+                                 tokenizer.eos_token_id)
+        else:
+            config = AutoConfig.from_pretrained(student.config)
+            config.vocab_size = len(tokenizer)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     if student.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -163,7 +170,8 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
     torch.manual_seed(job.seed)
-    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32)
+    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32,
+                        init_model(job, student))
     peak_lr = student.lr or default_lr(student.preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
                                   weight_decay=student.weight_decay)

@@ -75,5 +75,5 @@ def test_a_student_from_any_hugging_face_config(tiny_models):
     model = build_model(student, load_tokenizer(tiny_models["teacher"]), 64, torch.float32)
     assert model.config.model_type == "llama" and model.config.vocab_size == 300
     assert model.is_gradient_checkpointing
-    with pytest.raises(ValueError, match="not both or neither"):
+    with pytest.raises(ValueError, match="exactly one of preset, config"):
         StudentConfig(name="x", tokens="t", steps=1)

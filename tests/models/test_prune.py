@@ -1,0 +1,140 @@
+"""Pruning a trained teacher into a smaller student (Minitron), and training students from it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+
+from miniplm.errors import ConfigError
+from miniplm.evaluation.heldout import heldout_texts, lm_loss
+from miniplm.job import load_job
+from miniplm.models import prune
+from miniplm.models.importance import width_importance
+from miniplm.models.pruning import build, plan_width, shape_of
+from miniplm.rundir import RunDir
+from tests.pipeline.jobs import write_corpus
+
+TARGET = {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "num_hidden_layers": 3}
+
+
+def _train_teacher(path: Path, tokenizer, corpus: str) -> str:
+    """A small Llama that has learnt the test corpus (a random one has nothing worth keeping)."""
+    texts = [json.loads(line)["text"] for f in sorted(Path(corpus).parent.glob("*.jsonl")) for line in open(f)]
+    stream = torch.tensor([t for ids in tokenizer(texts)["input_ids"] for t in (*ids, tokenizer.eos_token_id)])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = stream[: len(stream) // 33 * 33].view(-1, 33)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small only wait on each other with more threads on a busy machine
+    try:
+        for step in range(120):
+            batch = rows[torch.randint(len(rows), (16,))]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    corpus = write_corpus(root / "corpus", files=3, docs=60)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_models["teacher"])
+    teacher = _train_teacher(root / "teacher", tokenizer, corpus)
+    student = {"tokens": "main", "heldout": "heldout", "steps": 8, "batch_tokens": 256, "micro_batch": 8,
+               "lr": 3e-3, "warmup_steps": 1, "eval_every": 8, "eval_rows": 64, "checkpoint_every": 8}
+    job = {"run_dir": str(root / "run"), "seed": 2,
+           "corpus": {"inputs": [{"path": corpus, "format": "jsonl"}], "docs_per_shard": 100,
+                      "reference_fraction": 0.2, "heldout_fraction": 0.1},
+           "teacher": {"model": teacher},
+           "prune": [{"name": "pruned", "calibration": {"split": "reference", "docs": 24, "max_length": 64},
+                      "target": TARGET}],
+           "tokenize": [{"name": "main", "input": "main", "seq_len": 32},
+                        {"name": "heldout", "input": "heldout", "seq_len": 32}],
+           "students": [{"name": "from-pruned", "init": "pruned", **student},
+                        {"name": "from-scratch", "config": str(root / "run" / "models" / "pruned"), **student}]}
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = subprocess.run([sys.executable, "-m", "miniplm", "run", str(path), "-q"], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_job(path), teacher, tokenizer
+
+
+def test_the_pruned_folder_has_the_target_shape_and_the_teachers_weights(pruned_run):
+    job, teacher, tokenizer = pruned_run
+    folder = RunDir(job.run_dir).model("pruned")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    source = AutoModelForCausalLM.from_pretrained(teacher)
+    assert shape_of(model.config) == TARGET and model.config.model_type == "llama"
+    assert PreTrainedTokenizerFast.from_pretrained(folder).get_vocab() == tokenizer.get_vocab()
+    record = json.loads((folder / "pruning.json").read_text())
+    assert len(record["kept_layers"]) == 3 and record["loss"]["pruned"] > record["loss"]["source"]
+    # every kept weight is the teacher's, at the kept heads and channels of a kept layer
+    channels = sorted(np.argsort(-np.asarray(record["channel_importance"]), kind="stable")[:48].tolist())
+    for new, old in enumerate(record["kept_layers"]):
+        heads = record["kept_heads"][old]
+        rows = [h * 16 + d for h in heads for d in range(16)]
+        expected = source.model.layers[old].self_attn.q_proj.weight[rows][:, channels]
+        assert torch.equal(model.model.layers[new].self_attn.q_proj.weight, expected)
+        groups = record["kept_key_value_heads"][old]
+        assert all(h // 2 in groups for h in heads)  # a kept query head reads a kept key-value head
+    assert torch.equal(model.model.embed_tokens.weight, source.model.embed_tokens.weight[:, channels])
+
+
+def test_pruned_beats_random_weights_of_its_shape_before_and_after_training(pruned_run):
+    job, _, tokenizer = pruned_run
+    rd = RunDir(job.run_dir)
+    texts = list(heldout_texts(rd))
+    pruned = AutoModelForCausalLM.from_pretrained(rd.model("pruned")).eval()
+    torch.manual_seed(0)
+    scratch = AutoModelForCausalLM.from_config(pruned.config).eval()
+    before = {name: lm_loss(m, tokenizer, texts, max_length=64, show_progress=False)["loss"]
+              for name, m in (("pruned", pruned), ("random", scratch))}
+    assert before["pruned"] < before["random"] - 0.5, before
+    stages = json.loads(rd.manifest_file.read_text())["stages"]
+    after = {name: stages[f"train/{name}"]["counts"]["heldout_loss"] for name in ("from-pruned", "from-scratch")}
+    assert after["from-pruned"] < after["from-scratch"], after
+    assert stages["prune/pruned"]["counts"]["flops"] > 0
+
+
+def test_pruning_to_the_same_shape_gives_back_the_same_model(tiny_models):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_models["reference"]).eval()  # Qwen2, with q/k/v biases
+    batch = torch.randint(3, 300, (2, 24))
+    importance, _ = width_importance(teacher, [batch])
+    same = build(teacher, plan_width(teacher.config, importance, shape_of(teacher.config)), shape_of(teacher.config))
+    assert torch.allclose(same(batch).logits, teacher(batch).logits, atol=1e-6)
+
+
+def test_models_other_than_llama_and_qwen2_are_refused(tiny_models, tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300).save_pretrained(tmp_path / "gpt2")
+    job = {"run_dir": str(tmp_path / "run"),
+           "corpus": {"inputs": [{"path": write_corpus(tmp_path / "c", files=1, docs=10), "format": "jsonl"}]},
+           "teacher": {"model": tiny_models["teacher"]},
+           "prune": [{"name": "p", "model": str(tmp_path / "gpt2"), "target": {"num_hidden_layers": 1}}]}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError, match="llama and qwen2-shaped models; this one is 'gpt2'"):
+        prune.STAGE.run(load_job(tmp_path / "job.yaml"), show_progress=False)
+    with pytest.raises(ConfigError, match="larger than the model's"):
+        prune.STAGE.run(load_job(tmp_path / "job.yaml", ["prune.0.model=teacher", "prune.0.target.hidden_size=64"]),
+                        show_progress=False)
+    with pytest.raises(ConfigError, match="students.0.init: 'nope' is neither a prune entry"):
+        load_job(tmp_path / "job.yaml", ["students=[{name: s, init: nope, tokens: t, steps: 1}]"])
