@@ -240,11 +240,21 @@ class TokenSet(_Strict):
     input: str = Field(
         "selected", description="selected, selected-random (the random baseline selection), a split of the prepared "
         "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)")
+    mix: dict[str, float] | None = Field(
+        None, description="instead of an input: rows drawn from other token sets of the job in these shares, e.g. "
+        "{generated: 0.5, original: 0.5} (as many as fit without repeating a row)")
     tokenizer: str | None = Field(None, description="a folder, hub id or smollm2-135m; default: the teacher's")
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
 
     @model_validator(mode="after")
     def _known_input(self) -> "TokenSet":
+        if self.mix is not None:
+            if "input" in self.model_fields_set or self.tokenizer is not None:
+                raise ValueError("a mix takes its rows (and tokenizer) from other token sets: give no input or "
+                                 "tokenizer")
+            if not self.mix or any(w <= 0 for w in self.mix.values()):
+                raise ValueError("mix: give each token set a positive share")
+            return self
         if self.input not in DOCUMENT_INPUTS and not (
                 self.input.startswith(GENERATED) and re.match(NAME_PATTERN, self.input.removeprefix(GENERATED))):
             raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME "
@@ -456,8 +466,18 @@ class JobConfig(_Strict):
         for g in self.generate:
             if g.model == "teacher" and self.teacher is None:
                 raise ValueError(f"generate: {g.name!r} writes with the teacher, and the job has no teacher")
+        sets = {t.name: t for t in self.tokenize}
         for t in self.tokenize:
-            if t.generated is not None and t.generated not in generated:
+            for part in t.mix or {}:
+                if part not in sets or sets[part].mix is not None:
+                    raise ValueError(f"tokenize: {t.name!r} mixes {part!r}, which is no token set of the job made "
+                                     f"from documents (token sets: {', '.join(sets)})")
+                if sets[part].seq_len != t.seq_len:
+                    raise ValueError(f"tokenize: {t.name!r} (seq_len {t.seq_len}) mixes {part!r} (seq_len "
+                                     f"{sets[part].seq_len}); give them one seq_len")
+            if len({sets[p].tokenizer for p in t.mix or {}}) > 1:
+                raise ValueError(f"tokenize: {t.name!r} mixes token sets made with different tokenizers")
+            if t.mix is None and t.generated is not None and t.generated not in generated:
                 raise ValueError(f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
                                  f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
         return self
@@ -606,7 +626,9 @@ def reference_token_set(job: JobConfig) -> TokenSet:
 
 
 def tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
-    """The tokenizer a token set is made with: its own, else the teacher's."""
+    """The tokenizer a token set is made with: its own, else the teacher's (a mix's: its sets')."""
+    if token_set.mix:
+        return tokenizer_name(job, token_set_named(job, next(iter(token_set.mix))))
     if token_set.tokenizer:
         return token_set.tokenizer
     if job.teacher is None:

@@ -6,6 +6,8 @@ tokenized, each followed by EOS, joined into one stream and cut into rows of
 seq_len + 1 tokens, the rows shuffled with a generator seeded by (seed,
 shard). The stream's tail that does not fill a row is counted, not hidden.
 Shards are independent, so any worker (or array task) can take any of them.
+A token set with `mix:` draws its rows from other token sets in given
+shares (corpus/mixture.py), written once the sets it draws on are done.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from miniplm.config import JobConfig, TokenSet, tokenizer_name
+from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
+from miniplm.corpus.mixture import write_mixture
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
@@ -80,6 +84,20 @@ def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, ind
     return stats
 
 
+def _component_hash(rd: RunDir, token_set: TokenSet, component: str) -> str:
+    state = rd.stage_state(f"{NAME}/{component}")
+    if state.get("state") != "done":
+        raise StageError(f"{rd.root}: token set {token_set.name!r} mixes {component!r}, which is not tokenized yet; "
+                         f"run `miniplm tokenize --only {component}` first")
+    return state["config_hash"]
+
+
+def _mix_waits(rd: RunDir, token_set: TokenSet) -> bool:
+    """Whether a mix must wait for other workers still writing the sets it draws on (the last of them makes it)."""
+    return token_set.mix is not None and any(rd.stage_state(f"{NAME}/{c}").get("state") == "running"
+                                             for c in token_set.mix)
+
+
 class Tokenize(ShardedStage):
     """One part per token set of the job (`tokenize/NAME`); its shards are its input's shards."""
 
@@ -98,10 +116,13 @@ class Tokenize(ShardedStage):
         if not job.tokenize:
             raise ConfigError("tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])")
         names = only_one("token set", [t.name for t in job.tokenize], only, NAME)
-        return [part_for(t) for t in job.tokenize if t.name in names]
+        # mixes last: they draw on the other sets' rows
+        return [part_for(t) for t in sorted(job.tokenize, key=lambda t: t.mix is not None) if t.name in names]
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set: TokenSet = part.item
+        if token_set.mix is not None:
+            return []  # written whole by the part's global step
         if token_set.generated is not None:
             if rd.stage_state(_input_stage(token_set)).get("state") != "done":
                 return None
@@ -110,6 +131,8 @@ class Tokenize(ShardedStage):
 
     def inputs(self, run: StageRun) -> list[str]:
         token_set: TokenSet = run.part.item
+        if token_set.mix is not None:
+            return [token_set.model_dump_json(), *(_component_hash(run.rd, token_set, c) for c in token_set.mix)]
         shards, input_hash = input_shards(run.rd, token_set)
         name = tokenizer_name(run.job, token_set)
         tokenizer = load_tokenizer(name)
@@ -123,7 +146,15 @@ class Tokenize(ShardedStage):
         return [run.rd.tokens(run.part.item.name)]
 
     def shards(self, run: StageRun) -> list[str]:
+        if run.part.item.mix is not None:
+            return []
         return [shard_name(i, "") for i in range(len(run.shared["input_shards"]))]
+
+    def global_step(self, run: StageRun) -> None:
+        token_set: TokenSet = run.part.item
+        if token_set.mix is not None:
+            write_mixture(run.rd.tokens(token_set.name), {c: run.rd.tokens(c) for c in token_set.mix}, token_set.mix,
+                          run.job.seed)
 
     def run_shard(self, run: StageRun, index: int) -> None:
         token_set: TokenSet = run.part.item
@@ -134,6 +165,8 @@ class Tokenize(ShardedStage):
     def finish(self, run: StageRun) -> dict:
         token_set: TokenSet = run.part.item
         out = run.rd.tokens(token_set.name)
+        if token_set.mix is not None:
+            return json.loads((out / MIXTURE_STATS).read_text()) | {"seq_len": token_set.seq_len}
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
         return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len}
@@ -142,7 +175,9 @@ class Tokenize(ShardedStage):
             show_progress: bool = True) -> dict[str, dict | None]:
         """Every token set of the job (or the one named `only`); counts per set, None for a set
         whose shards other workers are still writing."""
-        return {p.item.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
+        rd = RunDir(job.run_dir)
+        return {p.item.name: None if _mix_waits(rd, p.item) else
+                run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
                 for p in self.parts(job, only)}
 
     def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
@@ -150,6 +185,11 @@ class Tokenize(ShardedStage):
         for name, counts in result.items():
             if counts is None:
                 lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
+            elif "mix" in counts:
+                parts = ", ".join(f"{c['rows']:,} of {c['rows_available']:,} rows of {n}"
+                                  for n, c in counts["mix"].items())
+                lines.append(f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
+                             f"in {job.run_dir}/tokens/{name}")
             else:
                 lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
                              f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "

@@ -67,9 +67,10 @@ def write_report(job: JobConfig, rd: RunDir, entry: GenerateConfig) -> dict[str,
     rd.report.mkdir(parents=True, exist_ok=True)
     n = max(d.height, 1)
     finish = {r: d.filter(pl.col("finish_reason") == r).height for r in ("eos", "length")}
-    settings = (f"model {entry.model}, prompts {entry.prompts if isinstance(entry.prompts, str) else entry.prompts.path}"
-                f", prompt_tokens {entry.prompt_tokens}, max_new_tokens {entry.max_new_tokens}, samples "
-                f"{entry.samples}, temperature {entry.temperature}, top_p {entry.top_p}, top_k {entry.top_k}")
+    prompts = entry.prompts if isinstance(entry.prompts, str) else entry.prompts.path
+    settings = (f"model {entry.model}, prompts {prompts}, prompt_tokens {entry.prompt_tokens}, max_new_tokens "
+                f"{entry.max_new_tokens}, samples {entry.samples}, temperature {entry.temperature}, top_p "
+                f"{entry.top_p}, top_k {entry.top_k}")
     rows = [["texts", f"{d.height:,}"],
             ["new tokens (mean per text)", f"{int(d['new_tokens'].sum() or 0):,} ({d['new_tokens'].mean() or 0:.1f})"],
             ["stopped at EOS", f"{finish['eos']:,} ({finish['eos'] / n:.1%})"],

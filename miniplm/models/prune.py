@@ -48,7 +48,8 @@ def calibration_rows(rd: RunDir, entry: PruneConfig, tokenizer) -> list[list[int
         texts += pq.read_table(shard, columns=["text"])["text"].to_pylist()[: cal.docs - len(texts)]
         if len(texts) >= cal.docs:
             break
-    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in (*ids, tokenizer.eos_token_id)]
+    eos = tokenizer.eos_token_id
+    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in (*ids, eos)]
     rows = [stream[i:i + cal.max_length] for i in range(0, len(stream), cal.max_length)]
     return [r for r in rows if len(r) >= 2]
 

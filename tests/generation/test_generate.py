@@ -79,7 +79,8 @@ def test_rows_equal_a_plain_generate_call(tiny_models, tmp_path):
 
     written = tokenize.STAGE.run(job, show_progress=False)["written"]
     assert written["documents"] == rows.height
-    assert written["tokens"] == sum(len(t) + 1 for t in tok(rows["text"].to_list(), add_special_tokens=False)["input_ids"])
+    texts = rows["text"].to_list()
+    assert written["tokens"] == sum(len(t) + 1 for t in tok(texts, add_special_tokens=False)["input_ids"])
 
 
 def test_two_workers_write_what_one_writes(tiny_models, tmp_path):
