@@ -71,7 +71,7 @@ def generation_flops(config, input_tokens: int, new_tokens: int) -> float:
     return n * forward_flops_per_token(config, (n + 1) / 2) if n > 0 else 0.0
 
 
-def plan(shard: P.PromptShard, prefix: int, entry: GenerateConfig) -> list[list[Window]]:
+def plan(shard: P.PromptShard, entry: GenerateConfig) -> list[list[Window]]:
     """Batches of prompt indices, longest first, at most batch_tokens padded tokens (prompt + new tokens,
     per sequence, `samples` sequences per prompt)."""
     windows = [Window(i, 0, 1 + len(t) + entry.max_new_tokens, 0) for i, t in enumerate(shard.tokens)]
@@ -81,7 +81,7 @@ def plan(shard: P.PromptShard, prefix: int, entry: GenerateConfig) -> list[list[
 def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: TokenRate) -> tuple[pa.Table, dict]:
     entry: GenerateConfig = run.part.item
     prefix = run.shared["prefix"]
-    batches = plan(shard, prefix, entry)
+    batches = plan(shard, entry)
     checkpoints = BatchCheckpoints(run.rd.work(run.name) / shard_name(shard.index, ""), backend.environment())
     done, results = checkpoints.load()
     progress.update(len({doc for doc, _ in results}))

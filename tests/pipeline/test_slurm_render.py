@@ -177,3 +177,14 @@ def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
     with pytest.raises(slurm.SlurmError, match="Unable to contact slurm controller"):
         slurm.queue_states({"12"})
     assert slurm.queue_states(set()) == {}
+
+
+def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
+    _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
+    names = list(subs)
+    assert names[:7] == ["prepare", "train-reference", "score", "select", "generate", "prune", "tokenize"]
+    assert (subs["generate"].after, subs["prune"].after, subs["tokenize"].after) == (["<select>"], ["<generate>"],
+                                                                                    ["<prune>"])
+    assert "-m miniplm generate" in subs["generate"].text and "--requeue" in subs["generate"].text
+    assert _sbatch(subs["prune"].text, "array") == ["0"]  # one model to prune: one task
+    assert "-m miniplm prune" in subs["prune"].text
