@@ -3,6 +3,7 @@ or as one rank of torchrun / the deepspeed launcher / srun."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -42,6 +43,11 @@ def init_distributed() -> int:
         with library_output():  # DeepSpeed's accelerator notice and op builds
             import deepspeed
 
+            # DeepSpeed compiles its shared-memory all-reduce (an inference kernel miniplm never calls)
+            # when a process group starts: minutes of C++ on a small machine, and a start killed during
+            # the build leaves a lock file that every later start waits on, forever.
+            # (`deepspeed.comm.torch` as an attribute is torch itself: the module by its full name)
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return torch.distributed.get_rank()
 

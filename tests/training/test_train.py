@@ -54,7 +54,13 @@ def _copy(tokenized, name: str) -> Path:
 def _train(job_path: Path, *launcher: str) -> subprocess.CompletedProcess:
     cmd = [*launcher, "-m", "miniplm", "train", str(job_path), "-q"] if launcher else \
         [sys.executable, "-m", "miniplm", "train", str(job_path), "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(_extensions(job_path))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _extensions(job_path: Path) -> Path:
+    """Where a run's C++ ops would be built: training builds none (a build killed midway hangs later starts)."""
+    return job_path.with_name(job_path.stem + "-torch-extensions")
 
 
 def _metrics(job_path: Path) -> dict[int, dict]:
@@ -114,6 +120,7 @@ def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupte
     result = _train(path, sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_port", str(29600 + os.getpid() % 300))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not _extensions(path).exists(), "a process group start built a C++ op"
     two = _metrics(path)
     _assert_same_curve(two, clean, rel=1e-4)
     assert two[STEPS]["heldout_loss"] == pytest.approx(clean[STEPS]["heldout_loss"], rel=1e-4)
