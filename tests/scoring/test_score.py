@@ -16,7 +16,9 @@ from miniplm.corpus import prepare
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
 from miniplm.scoring import score
+from miniplm.scoring.logprobs import Scorer
 from miniplm.scoring.score import ShardTokens, _Progress
+from miniplm.scoring.windows import windows_for
 
 from tests.conftest import write_jsonl
 
@@ -38,8 +40,9 @@ def reference_sum(model, bos: int, tokens: list[int], max_length: int, stride: i
     return total
 
 
+@pytest.mark.parametrize("packing", ["padded", "packed"])
 @pytest.mark.parametrize("stride", [0, 5])
-def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
+def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride, packing):
     max_length = 16
     lengths = [1, 2, 7, 15, 16, 17, 31, 32, 33, 40, 47, 48]
     rng = np.random.default_rng(0)
@@ -54,7 +57,9 @@ def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
     from tqdm import tqdm
 
-    table = score.score_shard(job, shard, models, bos, "cpu", rd, _Progress(tqdm(disable=True)))
+    scorer = Scorer(models, bos, "cpu", packed=packing == "packed", batch_tokens=job.score.batch_tokens)
+    assert len(scorer.plan([w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)])) > 1
+    table = score.score_shard(job, shard, scorer, rd, _Progress(tqdm(disable=True)))
     assert table["n_tokens"].to_pylist() == lengths
     for name in ("teacher", "reference"):
         expected = [reference_sum(models[name], bos, s.tolist(), max_length, stride) for s in sequences]
@@ -230,14 +235,14 @@ def test_counts_of_an_empty_main_split(tmp_path):
 
 
 def test_logit_scaling_of_the_architecture_is_applied(tiny_models):
-    from miniplm.scoring.logprobs import target_logprobs
+    from miniplm.scoring.logprobs import batch_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
     x = torch.tensor([[0, 5, 9, 17, 3]])
-    ones = torch.ones_like(x[:, :-1])
-    plain = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
+    batch, sequences = windows_for(0, 4, 16, 0), [x[0, 1:].numpy()]
+    plain = batch_logprobs(batch, sequences, {"m": model}, 0, "cpu")["m"][0]
     model.config.logit_scale = 0.5
-    scaled = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
+    scaled = batch_logprobs(batch, sequences, {"m": model}, 0, "cpu")["m"][0]
     with torch.no_grad():
         logits = model(x[:, :-1]).logits[0] * 0.5
     expected = torch.log_softmax(logits, -1).gather(1, x[0, 1:, None]).squeeze(1)
