@@ -110,8 +110,8 @@ class ScoreConfig(_Strict):
         "auto", description="packed: windows back to back in one stream of batch_tokens (no padding; auto on CUDA); "
         "padded: length-sorted padded rows (auto on the CPU)", json_schema_extra=EXECUTION_ONLY)
     kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
-    compile: bool = Field(False, description="torch.compile the models' bodies (a minute or two of compiling "
-                          "per model, then faster batches)", json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(False, description="torch.compile each decoder layer of both models (compiled once, "
+                          "then faster batches)", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _stride_below_max_length(self) -> "ScoreConfig":

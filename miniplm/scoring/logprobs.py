@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from miniplm.config import KernelChoice
-from miniplm.models.kernels import linear_ce_kernel
+from miniplm.models.kernels import compile_layers, linear_ce_kernel
 from miniplm.models.linear_ce import head_of, token_logprobs
 from miniplm.scoring.packing import attention_inputs, plan_packed, position_ids, segments
 from miniplm.scoring.windows import Window, plan_batches
@@ -94,8 +94,9 @@ class Scorer:
         self.kernel = linear_ce_kernel(self.device, kernels)
         # one stream length on CUDA, so compiled kernels (flex attention, torch.compile) compile once
         self.pad_to = batch_tokens if packed and self.device.type == "cuda" else None
-        self.bodies = {name: torch.compile(m.base_model, dynamic=not packed) if compile else m.base_model
-                       for name, m in models.items()}
+        if compile:
+            for model in models.values():
+                compile_layers(model)
         self.compiled = compile
         first = next(iter(models.values()))
         self.attn, self.dtype = first.config._attn_implementation, first.dtype
@@ -117,7 +118,7 @@ class Scorer:
     @torch.inference_mode()
     def _logprobs(self, name: str, inputs: Inputs) -> torch.Tensor:
         # use_cache=False: a key/value cache would only cost memory (several GB per batch for 7B models)
-        hidden = self.bodies[name](**inputs.kwargs, use_cache=False).last_hidden_state
+        hidden = self.models[name].base_model(**inputs.kwargs, use_cache=False).last_hidden_state
         scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.rows)
         return token_logprobs(scored, inputs.targets, head_of(self.models[name]), self.kernel)
 
