@@ -98,7 +98,8 @@ def bench(shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: s
     torch.manual_seed(0)
     padded_attn = attention_implementation(dtype, device)
     packed_attn = attention_implementation(dtype, device, packed=True)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=padded_attn).to(device).eval()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=padded_attn).eval()
     docs = documents(n_docs, vocab=cfg.vocab_size)
     tokens = sum(len(d) for d in docs)
     mean_context = sum(len(d) * (len(d) + 1) / 2 for d in docs) / tokens

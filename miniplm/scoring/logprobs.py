@@ -21,7 +21,7 @@ import torch
 from miniplm.config import KernelChoice
 from miniplm.models.kernels import compile_layers, linear_ce_kernel
 from miniplm.models.linear_ce import head_of, token_logprobs
-from miniplm.scoring.packing import attention_inputs, plan_packed, position_ids, segments
+from miniplm.scoring.packing import attention_inputs, plan_packed, position_ids, segments, to_device
 from miniplm.scoring.windows import Window, plan_batches
 
 Results = dict[str, tuple[torch.Tensor, ...]]  # per model, each window's scored log-probs (CPU)
@@ -35,11 +35,6 @@ class Inputs:
     rows: torch.Tensor  # the scored positions, as indices into the flattened [batch * seq] hidden states
     targets: torch.Tensor  # the token each scored position predicts
     sizes: list[int]  # scored positions per window, in batch order
-
-
-def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
-    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
 def _window_tokens(w: Window, sequences: Sequence[np.ndarray], prefix: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +55,9 @@ def collate_padded(batch: Sequence[Window], sequences: Sequence[np.ndarray], pre
         mask[r, : w.length] = 1
         rows.append(np.arange(r * width + w.skip, r * width + w.length))
         targets.append(following[w.skip :])
-    return Inputs({"input_ids": _to(input_ids, device), "attention_mask": _to(mask, device)},
-                  _to(np.concatenate(rows), device), _to(np.concatenate(targets), device), [w.scored for w in batch])
+    return Inputs({"input_ids": to_device(input_ids, device), "attention_mask": to_device(mask, device)},
+                  to_device(np.concatenate(rows), device), to_device(np.concatenate(targets), device),
+                  [w.scored for w in batch])
 
 
 def collate_packed(batch: Sequence[Window], sequences: Sequence[np.ndarray], prefix: int, device: torch.device,
@@ -77,9 +73,9 @@ def collate_packed(batch: Sequence[Window], sequences: Sequence[np.ndarray], pre
         rows.append(np.arange(offset + w.skip, offset + w.length))
         targets.append(following[w.skip :])
         offset += w.length
-    kwargs = {"input_ids": _to(input_ids[None], device), "position_ids": _to(position_ids(parts)[None], device),
+    kwargs = {"input_ids": to_device(input_ids[None], device), "position_ids": to_device(position_ids(parts)[None], device),
               **attention_inputs(parts, attn, device, dtype)}
-    return Inputs(kwargs, _to(np.concatenate(rows), device), _to(np.concatenate(targets), device),
+    return Inputs(kwargs, to_device(np.concatenate(rows), device), to_device(np.concatenate(targets), device),
                   [w.scored for w in batch])
 
 

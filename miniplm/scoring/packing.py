@@ -62,16 +62,22 @@ def position_ids(parts: Sequence[int]) -> np.ndarray:
     return np.arange(sum(parts)) - starts
 
 
+def to_device(array: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """A numpy array on `device`; to a GPU through pinned memory, without waiting for queued kernels
+    (a copy from pageable memory waits for them)."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else tensor.to(device)
+
+
 def attention_inputs(parts: Sequence[int], attn: str, device: str | torch.device, dtype: torch.dtype) -> dict:
     """The model keyword arguments that keep each segment of a packed stream to itself under the
     attention kernel `attn` (the model's config._attn_implementation)."""
     total = sum(parts)
     if attn.startswith("flash_attention"):
-        cu = torch.from_numpy(np.cumsum([0, *parts]).astype(np.int32))
-        cu = cu.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else cu.to(device)
+        cu = to_device(np.cumsum([0, *parts]).astype(np.int32), device)
         longest = max(parts)
         return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
-    doc = torch.from_numpy(np.repeat(np.arange(len(parts)), parts)).to(device)
+    doc = to_device(np.repeat(np.arange(len(parts)), parts), device)
     if attn == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 

@@ -81,7 +81,8 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
         config = AutoConfig.from_pretrained(student.config)
         config.vocab_size = len(tokenizer)
     attn = attention_implementation(dtype, device, choice=student.kernels)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32).to(device)
+    with torch.device(device):  # initialised where it trains: a 1B model takes seconds on a GPU, minutes on a CPU
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     if student.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     apply_liger_layers(model, device, student.kernels)
