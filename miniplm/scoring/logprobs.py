@@ -155,6 +155,15 @@ class _Copy:
         return {name: torch.split(t, self.sizes) for name, t in self.host.items()}
 
 
+@torch.inference_mode()
+def target_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    targets: torch.Tensor, scored: torch.Tensor, kernels: KernelChoice = "auto") -> torch.Tensor:
+    """log p(targets[b, t] | input_ids[b, :t+1]) for every (b, t) where `scored` is true, in row-major
+    order; float32 (float64 for a float64 model)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return token_logprobs(hidden[scored], targets[scored], head_of(model), linear_ce_kernel(hidden.device, kernels))
+
+
 def batch_logprobs(batch: Sequence[Window], sequences: Sequence[np.ndarray], models: dict[str, torch.nn.Module],
                    prefix: int, device: str) -> Results:
     """Per model, the scored tokens' log-probabilities of each window of one padded batch."""

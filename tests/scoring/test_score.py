@@ -235,14 +235,14 @@ def test_counts_of_an_empty_main_split(tmp_path):
 
 
 def test_logit_scaling_of_the_architecture_is_applied(tiny_models):
-    from miniplm.scoring.logprobs import batch_logprobs
+    from miniplm.scoring.logprobs import target_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
     x = torch.tensor([[0, 5, 9, 17, 3]])
-    batch, sequences = windows_for(0, 4, 16, 0), [x[0, 1:].numpy()]
-    plain = batch_logprobs(batch, sequences, {"m": model}, 0, "cpu")["m"][0]
+    ones = torch.ones_like(x[:, :-1])
+    plain = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
     model.config.logit_scale = 0.5
-    scaled = batch_logprobs(batch, sequences, {"m": model}, 0, "cpu")["m"][0]
+    scaled = target_logprobs(model, x[:, :-1], ones, x[:, 1:], ones.bool())
     with torch.no_grad():
         logits = model(x[:, :-1]).logits[0] * 0.5
     expected = torch.log_softmax(logits, -1).gather(1, x[0, 1:, None]).squeeze(1)

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The one table of benchmarks/gpu/run.sh: each figure against its naive baseline and its target.
+
+    python benchmarks/gpu/table.py OUT_DIR
+
+Reads OUT_DIR/steps.jsonl (each step's exit code and seconds), OUT_DIR/bench.jsonl
+(the benchmarks' figures) and OUT_DIR/card.txt; prints the table and writes it
+to OUT_DIR/table.md. A step that failed or ran out of time says so in its row,
+with the last line of its log; the others are shown all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# figure -> (target in words, test on the measured numbers)
+SCORE_TARGETS = {"qwen-1.8b": (">= 150k tok/s and >= 4x naive", lambda best, x: best >= 150e3 and x >= 4),
+                 "ref-104m": (">= 1M tok/s", lambda best, x: best >= 1e6)}
+TRAIN_TARGETS = {"qwen-1.2b": 0.45, "qwen-200m": 0.35}
+DEMO_TARGET_S = 120
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:160] if lines else "empty log"
+
+
+def _status(step: dict | None, out: Path) -> str:
+    if step is None:
+        return "not run"
+    if step["rc"] == 0:
+        return ""
+    why = "timed out" if step["rc"] in (124, 137) else f"failed (exit {step['rc']})"
+    return f"{why} after {step['seconds']:.0f} s: logs/{step['step']}.log: {_last_line(out / 'logs' / (step['step'] + '.log'))}"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def rows(out: Path) -> list[list[str]]:
+    steps = {s["step"]: s for s in _lines(out / "steps.jsonl")}
+    bench = _lines(out / "bench.jsonl")
+    table = []
+
+    tests = steps.get("tests")
+    summary = (out / "logs" / "tests.log")
+    result = _last_line(summary) if summary.exists() else "not run"
+    table.append(["GPU-marked tests", result, "-", "-", "-", "all pass",
+                  _yes(tests is not None and tests["rc"] == 0) if tests else "not run"])
+
+    teacher, demo = steps.get("demo-teacher"), steps.get("demo")
+    if demo is not None and demo["rc"] == 0:
+        extra = f" (+ {teacher['seconds']:.0f} s training its teacher)" if teacher and teacher["rc"] == 0 else ""
+        table.append(["GPU demo job end to end (bf16)", f"{demo['seconds']:.0f} s{extra}", "-", "-", "-",
+                      f"<= {DEMO_TARGET_S} s", _yes(demo["seconds"] <= DEMO_TARGET_S)])
+    else:
+        table.append(["GPU demo job end to end (bf16)", _status(demo or teacher, out) or _status(teacher, out),
+                      "-", "-", "-", f"<= {DEMO_TARGET_S} s", "not measured"])
+
+    for shape, (target, met) in SCORE_TARGETS.items():
+        found = [b for b in bench if b["bench"] == "score" and b["shape"] == shape]
+        label = f"score, {shape} shape, web-like lengths"
+        if not found:
+            table.append([label, _status(steps.get("score"), out) or "not measured", "-", "-", "-", target,
+                          "not measured"])
+            continue
+        b = found[-1]
+        x = b["best_tok_s"] / b["plain_tok_s"]
+        limit = f"{b['best_tok_s'] / b['limit_tok_s']:.0%} of measured matmul rate" + (
+            f", {b['best_tok_s'] / b['sheet_tok_s']:.0%} of datasheet" if b.get("sheet_tok_s") else "")
+        table.append([label, f"{b['best_tok_s']:,.0f} tok/s ({b['best']})",
+                      f"{b['plain_tok_s']:,.0f} plain; {b['sorted_tok_s']:,.0f} sorted", f"{x:.1f}x", limit, target,
+                      _yes(met(b["best_tok_s"], x))])
+
+    for preset, target in TRAIN_TARGETS.items():
+        found = [b for b in bench if b["bench"] == "train" and b["preset"] == preset]
+        label = f"train {preset}, {found[-1]['seq_len'] if found else 1024}-token rows"
+        words = f">= {target:.0%} MFU (datasheet)"
+        if not found:
+            table.append([label, _status(steps.get("train"), out) or "not measured", "-", "-", "-", words,
+                          "not measured"])
+            continue
+        b = found[-1]
+        plain = next(r for r in b["rows"] if r["name"] == "plain")
+        best = max((r for r in b["rows"] if r["name"] != "plain"), key=lambda r: r["tok_s"])
+        sheet = best.get("mfu_datasheet")
+        shown = f"{sheet:.1%} MFU datasheet" if sheet is not None else "no datasheet peak"
+        plain_sheet = f"{plain['mfu_datasheet']:.1%}" if plain.get("mfu_datasheet") is not None else "-"
+        table.append([label, f"{shown}, {best['mfu']:.1%} measured; {best['tok_s']:,.0f} tok/s ({best['name']})",
+                      f"{plain_sheet} datasheet, {plain['mfu']:.1%} measured (plain torch)",
+                      f"{best['tok_s'] / plain['tok_s']:.1f}x", f"{b['matmul_tflops']:.0f} TFLOP/s measured",
+                      words, _yes(sheet is not None and sheet >= target)])
+    return table
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    card = (out / "card.txt").read_text().strip() if (out / "card.txt").exists() else "unknown card"
+    header = ["figure", "measured", "naive (same run)", "ratio to naive", "fraction of limit", "target", "met"]
+    lines = [f"**{card}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(out)]
+    lines.append("")
+    for step in _lines(out / "steps.jsonl"):
+        state = "ok" if step["rc"] == 0 else _status(step, out)
+        lines.append(f"- step {step['step']}: {step['seconds']:.0f} s (limit {step['limit']} s), {state}")
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
