@@ -47,6 +47,11 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def _missing(label: str, step: dict | None, target: str, out: Path) -> list[str]:
+    """The row of a figure its step did not produce."""
+    return [label, _status(step, out) or "not measured", "-", "-", "-", target, "not measured"]
+
+
 def rows(out: Path) -> list[list[str]]:
     steps = {s["step"]: s for s in _lines(out / "steps.jsonl")}
     bench = _lines(out / "bench.jsonl")
@@ -64,15 +69,14 @@ def rows(out: Path) -> list[list[str]]:
         table.append(["GPU demo job end to end (bf16)", f"{demo['seconds']:.0f} s{extra}", "-", "-", "-",
                       f"<= {DEMO_TARGET_S} s", _yes(demo["seconds"] <= DEMO_TARGET_S)])
     else:
-        table.append(["GPU demo job end to end (bf16)", _status(demo or teacher, out) or _status(teacher, out),
-                      "-", "-", "-", f"<= {DEMO_TARGET_S} s", "not measured"])
+        failed = teacher if teacher is not None and teacher["rc"] != 0 else demo
+        table.append(_missing("GPU demo job end to end (bf16)", failed, f"<= {DEMO_TARGET_S} s", out))
 
     for shape, (target, met) in SCORE_TARGETS.items():
         found = [b for b in bench if b["bench"] == "score" and b["shape"] == shape]
         label = f"score, {shape} shape, web-like lengths"
         if not found:
-            table.append([label, _status(steps.get("score"), out) or "not measured", "-", "-", "-", target,
-                          "not measured"])
+            table.append(_missing(label, steps.get("score"), target, out))
             continue
         b = found[-1]
         x = b["best_tok_s"] / b["plain_tok_s"]
@@ -87,8 +91,7 @@ def rows(out: Path) -> list[list[str]]:
         label = f"train {preset}, {found[-1]['seq_len'] if found else 1024}-token rows"
         words = f">= {target:.0%} MFU (datasheet)"
         if not found:
-            table.append([label, _status(steps.get("train"), out) or "not measured", "-", "-", "-", words,
-                          "not measured"])
+            table.append(_missing(label, steps.get("train"), words, out))
             continue
         b = found[-1]
         plain = next(r for r in b["rows"] if r["name"] == "plain")
