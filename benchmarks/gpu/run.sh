@@ -75,7 +75,7 @@ fi
 [[ -d $wheels ]] || echo "run.sh: no $wheels; run benchmarks/gpu/build_wheels.sh on a machine with a network first" >&2
 
 site=$work/site
-step install 60 "$py" -m pip install --no-index --no-deps --find-links "$wheels" --target "$site" \
+step install 40 "$py" -m pip install --no-index --no-deps --find-links "$wheels" --target "$site" \
     -r benchmarks/gpu/requirements.txt
 export PYTHONPATH=$repo:$site
 export TORCH_EXTENSIONS_DIR=$work/torch_extensions HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -101,7 +101,7 @@ if [[ $mode == cpu ]]; then
     vocab=1024
 else
     tests=(-m gpu tests/gpu)
-    limits=(60 40 120 120 100)
+    limits=(50 40 120 130 100)
     score_args=(--shape qwen-1.8b ref-104m --compile)
     train_args=(--preset qwen-1.2b qwen-200m --compile --steps 6)
     vocab=8192
