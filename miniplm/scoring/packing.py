@@ -50,10 +50,13 @@ def plan_packed(windows: Sequence[Window], batch_tokens: int) -> list[list[Windo
     return streams
 
 
+PAD_SEGMENT = 128  # flex_attention's block: padding in pieces this long costs next to no attention
+
+
 def segments(lengths: Sequence[int], total: int) -> list[int]:
-    """The stream's segments: each window, then the padding up to `total` as a segment of its own."""
-    used = sum(lengths)
-    return [*lengths, total - used] if total > used else list(lengths)
+    """The stream's segments: each window, then the padding up to `total`, in pieces of its own."""
+    pad = max(total - sum(lengths), 0)
+    return [*lengths, *[PAD_SEGMENT] * (pad // PAD_SEGMENT), *([pad % PAD_SEGMENT] if pad % PAD_SEGMENT else [])]
 
 
 def position_ids(parts: Sequence[int]) -> np.ndarray:

@@ -30,6 +30,7 @@ def test_plan_takes_every_window_once_within_the_budget_and_wastes_little():
 
 def test_segments_and_positions():
     assert segments([3, 2], 8) == [3, 2, 3] and segments([3, 2], 5) == [3, 2]
+    assert segments([100], 400) == [100, 128, 128, 44]  # padding in short pieces: little attention
     assert position_ids([3, 2, 3]).tolist() == [0, 1, 2, 0, 1, 0, 1, 2]
     mask = attention_inputs([2, 1], "sdpa", "cpu", torch.float32)["attention_mask"][0, 0]
     allowed = (mask == 0).int().tolist()
