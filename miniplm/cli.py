@@ -50,9 +50,9 @@ def _worker(args: argparse.Namespace) -> Worker:
 
 
 def _is_rank_zero() -> bool:
-    import torch.distributed as dist
+    from miniplm import distributed
 
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return distributed.is_rank_zero()
 
 
 def describe(stage: Stage, job: JobConfig, result: Any) -> list[str]:

@@ -81,6 +81,9 @@ class CorpusConfig(_Strict):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "float64"]
+KernelChoice = Literal["auto", "torch"]
+KERNELS_HELP = ("auto: cut-cross-entropy / liger-kernel / flash-attn where installed and on CUDA; "
+                "torch: the plain torch paths")
 
 
 class ModelSpec(_Strict):
@@ -95,7 +98,7 @@ class ScoreConfig(_Strict):
         "document", description="score whole documents, or fixed-length instances of the EOS-joined stream (the paper)")
     max_length: int = Field(1024, ge=2, description="tokens per model input; longer documents are cut into windows")
     stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
-    batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch")
+    batch_tokens: int = Field(16384, gt=0, description="tokens per batch, padding included")
     checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard",
                                   json_schema_extra=EXECUTION_ONLY)
     max_tokens: int | None = Field(
@@ -103,6 +106,12 @@ class ScoreConfig(_Strict):
         "difference score (the selection's token budgets still count whole documents)")
     save_token_logprobs: bool = False
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+    packing: Literal["auto", "packed", "padded"] = Field(
+        "auto", description="packed: windows back to back in one stream of batch_tokens (no padding; auto on CUDA); "
+        "padded: length-sorted padded rows (auto on the CPU)", json_schema_extra=EXECUTION_ONLY)
+    kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(False, description="torch.compile each decoder layer of both models (compiled once, "
+                          "then faster batches)", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _stride_below_max_length(self) -> "ScoreConfig":
@@ -177,6 +186,9 @@ class StudentConfig(_Strict):
                            json_schema_extra=EXECUTION_ONLY)
     tensorboard: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     wandb: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
+    kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(False, description="torch.compile each decoder layer (minutes of compiling once, then "
+                          "faster steps)", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":

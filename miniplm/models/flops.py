@@ -38,3 +38,26 @@ def matmul_rate(dtype: torch.dtype, device: str) -> float:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s, by device name (the first
+# match wins, so the more specific names come first).
+DATASHEET_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+)
+
+
+def datasheet_peak(device: str) -> float | None:
+    """The card's datasheet dense bf16 peak, which published MFU figures are against; None on the
+    CPU or for a card not listed here."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for key, peak in DATASHEET_BF16 if key in name), None)

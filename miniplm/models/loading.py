@@ -157,18 +157,16 @@ def pick_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def attention_implementation() -> str:
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def load_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """A causal LM in eval mode on `device`, with gradients off."""
-    import torch
+def load_model(name: str, dtype: str = "auto", device: str = "auto", *, packed: bool = False, kernels: str = "auto"):
+    """A causal LM in eval mode on `device`, with gradients off, and the attention kernel for
+    padded batches or (`packed`) for windows packed into one stream (models/kernels.py)."""
     from transformers import AutoModelForCausalLM
+
+    from miniplm.models.kernels import attention_implementation
 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
-    attn = attention_implementation() if torch_dtype in (torch.float16, torch.bfloat16) else "sdpa"
+    attn = attention_implementation(torch_dtype, device, packed, kernels)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch_dtype, attn_implementation=attn)
     model.to(device).eval().requires_grad_(False)
     return model

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +30,11 @@ from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
 from miniplm.rundir import RunDir, shard_name
-from miniplm.scoring.windows import Window, pack_instances, plan_batches, prefix_token, windows_for
+from miniplm.scoring.windows import Window, pack_instances, prefix_token, windows_for
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
+
+if TYPE_CHECKING:
+    from miniplm.scoring.logprobs import Scorer
 
 NAME = "score"
 MODELS = ("teacher", "reference")
@@ -71,33 +74,30 @@ def tokenize_shard(job: JobConfig, tokenizer, index: int, path: Path) -> ShardTo
     return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in instances], rows)
 
 
-def _environment(models: dict[str, Any], device: str) -> str:
+def _environment(scorer: Scorer) -> str:
     """What decides the exact floating-point results besides the inputs."""
     import torch
 
-    parts = [torch.device(device).type, f"torch {torch.__version__}"]
-    parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(models.items())]
-    return ", ".join(parts)
+    parts = [scorer.device.type, f"torch {torch.__version__}"]
+    parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(scorer.models.items())]
+    return ", ".join([*parts, scorer.describe()])
 
 
-def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, Any], bos: int, device: str,
-                rd: RunDir, progress: _Progress) -> pa.Table:
+def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, progress: _Progress) -> pa.Table:
     from miniplm.batch_checkpoints import BatchCheckpoints
-    from miniplm.scoring.logprobs import batch_logprobs
 
     cfg = job.score
     windows = [w for d, seq in enumerate(shard.sequences) for w in windows_for(d, len(seq), cfg.max_length, cfg.stride)]
-    batches = plan_batches(windows, cfg.batch_tokens)
-    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(models, device))
+    batches = scorer.plan(windows)
+    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(scorer))
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
     progress.update(sum(len(seq) == 0 for seq in shard.sequences)
                     + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results))
     pending: list[dict] = []
     first_pending = done
-    for b in range(done, len(batches)):
+    for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
         batch = batches[b]
-        per_model = batch_logprobs(batch, shard.sequences, models, bos, device)
         for i, w in enumerate(batch):
             row = {"doc": w.doc, "start": w.start}
             for name in MODELS:
@@ -215,9 +215,17 @@ STAGE = Score()
 def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     job, rd = run.job, run.rd
     tokenizer, bos = run.shared["tokenizer"], run.shared["bos"]
-    device = pick_device(job.score.device)
-    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device),
-              "reference": load_model(reference_model(job), job.reference.dtype, device)}
+    from miniplm.models.kernels import use_packing
+    from miniplm.scoring.logprobs import Scorer
+
+    cfg = job.score
+    device = pick_device(cfg.device)
+    packed = use_packing(cfg.packing, device)
+    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels),
+              "reference": load_model(reference_model(job), job.reference.dtype, device, packed=packed,
+                                      kernels=cfg.kernels)}
+    scorer = Scorer(models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels,
+                    compile=cfg.compile)
     total = None
     if job.score.unit == "document":
         total = 0
@@ -234,7 +242,7 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
             shard = upcoming.result()
             if k + 1 < len(shards):
                 upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[k + 1])
-            table = score_shard(job, shard, models, bos, device, rd, progress)
+            table = score_shard(job, shard, scorer, rd, progress)
             with atomic_path(rd.score_shard(shard.index)) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
             run.mark_done(shard_name(shard.index, ""))

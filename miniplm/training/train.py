@@ -3,18 +3,16 @@ or as one rank of torchrun / the deepspeed launcher / srun."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 
 from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
                             tokenizer_name)
 from miniplm.errors import ConfigError, StageError
-from miniplm.logs import library_output
 from miniplm.models.loading import load_tokenizer
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
-from miniplm.training.launch import set_distributed_env
+from miniplm.training.launch import init_distributed
 from miniplm.workers import Worker
 
 NAME = "train"
@@ -32,30 +30,10 @@ def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
     return state["config_hash"]
 
 
-def init_distributed() -> int:
-    """Join (or, alone, form) the process group; this process's rank."""
-    import torch
-
-    _, _, local_rank = set_distributed_env()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
-    if not torch.distributed.is_initialized():
-        with library_output():  # DeepSpeed's accelerator notice and op builds
-            import deepspeed
-
-            # DeepSpeed compiles its shared-memory all-reduce (an inference kernel miniplm never calls)
-            # when a process group starts: minutes of C++ on a small machine, and a start killed during
-            # the build leaves a lock file that every later start waits on, forever.
-            # (`deepspeed.comm.torch` as an attribute is torch itself: the module by its full name)
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank()
-
-
 def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], token_sets: list[TokenSet], *,
                  force: bool = False, show_progress: bool = True) -> dict:
     """Train each of `students` once (skipping those finished under the same config); their counts."""
-    import torch
+    from miniplm import distributed
 
     rd = RunDir(job.run_dir)
     rank = init_distributed()
@@ -68,12 +46,10 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
         config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
         outputs = [rd.model(student.name), rd.training(student.name)]
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False
-        done_flag = torch.tensor([int(done)])
-        torch.distributed.broadcast(done_flag, src=0)
-        if done_flag.item():
+        if distributed.broadcast_flag(done, src=0):
             results[student.name] = rd.stage_state(name)["counts"]
             continue
-        torch.distributed.barrier()
+        distributed.barrier()
         from miniplm.training.trainer import train
 
         tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, student.tokens, token_sets)))
@@ -84,7 +60,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
             if rank == 0:
                 rd.fail_stage(name, str(e))
             raise
-        torch.distributed.barrier()
+        distributed.barrier()
         if rank == 0:
             rd.finish_stage(name, counts)
             rd.clean_scratch(name)

@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from miniplm import distributed
 from miniplm.config import JobConfig, StudentConfig
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_write_text
 from miniplm.logs import library_output
-from miniplm.models.flops import forward_flops_per_token, matmul_rate
-from miniplm.models.loading import attention_implementation
+from miniplm.models.flops import datasheet_peak, forward_flops_per_token, matmul_rate
+from miniplm.models.kernels import apply_liger_layers, attention_implementation, compile_layers, linear_ce_kernel
 from miniplm.models.presets import default_lr, qwen_config
 from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
+from miniplm.training.objective import NextTokenLoss, lm_state_dict
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -60,10 +61,17 @@ def deepspeed_config(student: StudentConfig, accumulation: int, bf16: bool) -> d
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31,
     }
+    if bf16 and student.zero_stage >= 1:
+        # bf16 weights for the passes, float32 master weights in the optimizer (DeepSpeed's), and
+        # gradients accumulated over micro-batches in float32: in bf16, small gradients added to a
+        # large sum vanish. DeepSpeed offers float32 accumulation with ZeRO only; stage 0 keeps bf16.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
     return deep_merge(config, student.deepspeed)
 
 
-def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype):
+def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, device: str = "cpu"):
+    """The student's Hugging Face model in float32 (DeepSpeed casts it to bf16 and keeps float32
+    master weights), with liger-kernel's fused layers and compiled decoder layers where asked for."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if student.preset:
@@ -72,23 +80,22 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
     else:
         config = AutoConfig.from_pretrained(student.config)
         config.vocab_size = len(tokenizer)
-    attn = attention_implementation() if dtype == torch.bfloat16 else "sdpa"
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+    attn = attention_implementation(dtype, device, choice=student.kernels)
+    with torch.device(device):  # initialised where it trains: a 1B model takes seconds on a GPU, minutes on a CPU
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     if student.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    apply_liger_layers(model, device, student.kernels)
+    if student.compile:
+        compile_layers(model)
     return model
 
 
-def _all_mean(value: torch.Tensor, world: int) -> float:
-    if world > 1:
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
-        value = value / world
-    return float(value)
-
-
-def _loss(engine, batch: torch.Tensor) -> torch.Tensor:
-    logits = engine(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+def objective(student: StudentConfig, model: torch.nn.Module, device: str) -> NextTokenLoss:
+    """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has."""
+    zero3 = student.zero_stage == 3
+    kernel = linear_ce_kernel(device, student.kernels, weight_in_backward=not zero3)
+    return NextTokenLoss(model, kernel, zero3=zero3)
 
 
 @torch.no_grad()
@@ -96,15 +103,14 @@ def heldout_loss(engine, rows: TokenRows, n_rows: int, rank: int, world: int, mi
     """Mean token loss over the first `n_rows` held-out rows, split among ranks."""
     engine.eval()
     mine = list(range(rank, min(n_rows, len(rows)), world))
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # on the device: no wait per batch
     for start in range(0, len(mine), micro):
         batch = to_tensor(rows, mine[start : start + micro], device)
-        total[0] += float(_loss(engine, batch)) * batch[:, 1:].numel()
+        total[0] += engine(batch).double() * batch[:, 1:].numel()
         total[1] += batch[:, 1:].numel()
-    if world > 1:
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    loss_sum, count = distributed.all_sum(total)
     engine.train()
-    return float(total[0] / total[1]) if total[1] else float("nan")
+    return loss_sum / count if count else float("nan")
 
 
 class Metrics:
@@ -149,7 +155,7 @@ class Metrics:
 def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_progress: bool) -> dict:
     import deepspeed
 
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = distributed.rank(), distributed.world_size()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     bf16 = device.startswith("cuda")
     rows = TokenRows(rd.tokens(student.tokens))
@@ -163,12 +169,14 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
     torch.manual_seed(job.seed)
-    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32)
+    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device)
     peak_lr = student.lr or default_lr(student.preset)
+    # fused: one kernel for the whole update on the GPU (not for optimizer states offloaded to the CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
-                                  weight_decay=student.weight_decay)
+                                  weight_decay=student.weight_decay,
+                                  fused=bf16 and not student.offload_optimizer)
     with library_output():
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+        engine, optimizer, _, _ = deepspeed.initialize(model=objective(student, model, device), optimizer=optimizer,
                                                        config=deepspeed_config(student, accumulation, bf16))
     work = rd.training(student.name)
     checkpoints = work / "checkpoints"
@@ -180,6 +188,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
 
     flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)  # forward + backward
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
+    datasheet = datasheet_peak(device) if bf16 else None  # what other trainers' MFU is against
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
     bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
                disable=rank != 0 or not show_progress, dynamic_ncols=True)
@@ -191,16 +200,19 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
             group["lr"] = lr
         losses = []
         for micro in plan.micro_batches(step, rank, world, student.micro_batch):
-            loss = _loss(engine, to_tensor(rows, micro, device))
+            loss = engine(to_tensor(rows, micro, device))
             engine.backward(loss)
             engine.step()
             losses.append(loss.detach())
         step += 1
+        loss = distributed.all_mean(torch.stack(losses).mean())  # waits for the step's last kernel
         seconds = time.perf_counter() - started
         tokens_per_s = rows_per_step * seq_len / seconds
-        last = {"step": step, "loss": _all_mean(torch.stack(losses).mean(), world), "lr": lr,
+        last = {"step": step, "loss": loss, "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * flops_per_token / peak_flops}
+        if datasheet:
+            last["mfu_datasheet"] = tokens_per_s * flops_per_token / (datasheet * world)
         if heldout is not None and (step % student.eval_every == 0 or step == student.steps):
             last["heldout_loss"] = heldout_loss(engine, heldout, student.eval_rows, rank, world, student.micro_batch,
                                                 device)
@@ -228,7 +240,7 @@ def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) ->
     out = rd.model(student.name)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    engine.module.save_pretrained(tmp, state_dict={k: v.float() for k, v in state.items()})
+    engine.module.lm.save_pretrained(tmp, state_dict={k: v.float() for k, v in lm_state_dict(state).items()})
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

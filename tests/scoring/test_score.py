@@ -16,7 +16,9 @@ from miniplm.corpus import prepare
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
 from miniplm.scoring import score
+from miniplm.scoring.logprobs import Scorer
 from miniplm.scoring.score import ShardTokens, _Progress
+from miniplm.scoring.windows import windows_for
 
 from tests.conftest import write_jsonl
 
@@ -38,8 +40,9 @@ def reference_sum(model, bos: int, tokens: list[int], max_length: int, stride: i
     return total
 
 
+@pytest.mark.parametrize("packing", ["padded", "packed"])
 @pytest.mark.parametrize("stride", [0, 5])
-def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
+def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride, packing):
     max_length = 16
     lengths = [1, 2, 7, 15, 16, 17, 31, 32, 33, 40, 47, 48]
     rng = np.random.default_rng(0)
@@ -54,7 +57,9 @@ def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
     from tqdm import tqdm
 
-    table = score.score_shard(job, shard, models, bos, "cpu", rd, _Progress(tqdm(disable=True)))
+    scorer = Scorer(models, bos, "cpu", packed=packing == "packed", batch_tokens=job.score.batch_tokens)
+    assert len(scorer.plan([w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)])) > 1
+    table = score.score_shard(job, shard, scorer, rd, _Progress(tqdm(disable=True)))
     assert table["n_tokens"].to_pylist() == lengths
     for name in ("teacher", "reference"):
         expected = [reference_sum(models[name], bos, s.tolist(), max_length, stride) for s in sequences]
