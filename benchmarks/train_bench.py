@@ -12,8 +12,9 @@ per optimizer step (as in training, where a step is 512 rows):
 - miniplm: the trainer's set-up: DeepSpeed ZeRO-1 in bf16 with float32 master
   weights and gradient accumulation, fused AdamW, the loss straight from the
   hidden states (cut-cross-entropy / liger-kernel on CUDA when installed, else
-  chunked), liger-kernel's RMSNorm, SwiGLU and RoPE when installed;
-- miniplm+compile: the same with each decoder layer torch.compiled (--compile).
+  chunked), liger-kernel's RMSNorm and SwiGLU when installed;
+- miniplm+compile: the same with each decoder layer torch.compiled instead of
+  liger's layers (--compile).
 MFU counts every matmul of the forward and backward pass (3x the forward:
 projections, attention scores and values, MLP, lm_head), against the matmul
 rate measured in the same run, and on a GPU against the card's datasheet bf16

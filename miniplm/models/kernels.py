@@ -9,6 +9,7 @@ the tests compare everything with.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from functools import lru_cache
 from typing import Literal
@@ -74,16 +75,24 @@ def linear_ce_kernel(device: str | torch.device, choice: KernelChoice = "auto", 
 
 
 def apply_liger_layers(model: torch.nn.Module, device: str | torch.device, choice: KernelChoice = "auto") -> bool:
-    """Swap a Qwen2- or Llama-shaped model's RMSNorm, SwiGLU MLP and rotary embedding for
-    liger-kernel's fused Triton versions, in place, when installed and on CUDA. Whether it did."""
+    """Swap a Qwen2- or Llama-shaped model's RMSNorm and SwiGLU MLP for liger-kernel's fused
+    Triton versions, in place (this instance only), when installed and on CUDA. Whether it did."""
     patch = LIGER_PATCHES.get(getattr(model.config, "model_type", ""))
     if choice == "torch" or not on_cuda(device) or patch is None or not installed("liger_kernel"):
         return False
     import liger_kernel.transformers as liger
 
-    # the vocabulary projection and loss are miniplm's own (models/linear_ce.py)
-    getattr(liger, patch)(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                          fused_linear_cross_entropy=False, model=model)
+    # liger also swaps the classes in transformers' modeling module, so that every model built
+    # afterwards in this process (a CPU copy too, where Triton cannot run) would get them: put the
+    # module back, keeping only this instance's layers. Its RoPE exists only as that module-wide
+    # swap, so it stays off. The vocabulary projection and loss are miniplm's own (models/linear_ce.py).
+    modeling = importlib.import_module(f"transformers.models.{model.config.model_type}.modeling_{model.config.model_type}")
+    saved = dict(vars(modeling))
+    try:
+        getattr(liger, patch)(rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
+                              fused_linear_cross_entropy=False, model=model)
+    finally:
+        vars(modeling).update(saved)
     return True
 
 

@@ -85,9 +85,12 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     if student.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    apply_liger_layers(model, device, student.kernels)
     if student.compile:
+        # torch.compile fuses these layers itself; liger's Triton kernels inside compiled graphs
+        # crashed with an illegal memory access on an H200 (torch 2.11, triton 3.6)
         compile_layers(model)
+    else:
+        apply_liger_layers(model, device, student.kernels)
     return model
 
 
