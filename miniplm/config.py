@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from miniplm.errors import ConfigError
+from miniplm.paths import glob_paths, walk_files
 from miniplm.rundir import RunDir
 
 # json_schema_extra of a field that changes how a stage runs, never what it writes
@@ -410,23 +411,24 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def expand_input(spec: InputSpec) -> list[str]:
-    """The sorted files (or dataset folder) an input names; empty when nothing matches.
+    """The sorted files (or dataset folder) an input names, each once; empty when nothing matches.
 
     Paths keep the form the job wrote them in, so ids derived from them are
     the same on every machine that runs the job from the same directory.
+    Folders are walked through symbolic links, each real folder once.
     """
     if spec.format == "hf_hub":
         return [spec.path]
     if spec.format == "hf_disk":
         return [spec.path] if os.path.isdir(spec.path) else []
-    matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
+    matches = glob_paths(spec.path) if glob.has_magic(spec.path) else [spec.path]
     files: list[str] = []
     for m in matches:
         if os.path.isdir(m):
-            files.extend(sorted(str(p) for p in Path(m).rglob("*") if p.is_file()))
+            files.extend(walk_files(m))
         elif os.path.lexists(m):
             files.append(m)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
