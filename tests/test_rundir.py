@@ -1,5 +1,6 @@
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -99,3 +100,26 @@ def test_force_joins_a_running_stage_instead_of_wiping_it(tmp_path):
     assert not out.exists() and rd.stage_state("score")["state"] == "running"
     with pytest.raises(Exception, match="different config"):
         rd.open_stage("score", "h2", "job: 2\n", [out], force=False)
+
+
+def _prepared_job(write_job, tmp_path, run_dir, n=30, **corpus):
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"document number {i}"} for i in range(n)])
+    return write_job([{"path": str(path), "format": "jsonl"}], run_dir=run_dir, **corpus)
+
+
+def test_every_output_follows_the_umask(write_job, tmp_path):
+    from miniplm.cli import main
+
+    job = _prepared_job(write_job, tmp_path, tmp_path / "run", num_workers=1)
+    old = os.umask(0o002)  # a group that shares the run directory
+    try:
+        assert main(["prepare", str(job), "-q"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.relative_to(tmp_path / "run").as_posix() for p in files} >= {
+        "manifest.json", "job.yaml", "docs/stats.json", "docs/rejects.jsonl"}
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
+        str(p.relative_to(tmp_path)): "0o664" for p in files}
