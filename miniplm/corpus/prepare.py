@@ -41,6 +41,8 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
+from miniplm.inputs import Files, Input
+from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -378,6 +380,17 @@ class Prepare(ShardedStage):
 
     def slurm_arguments(self) -> str:
         return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task
+
+    def inputs(self, run: StageRun) -> list[Input]:
+        # Every source by content: an input edited between two workers, or across a resume,
+        # must not end up half old, half new in the shards.
+        reads: list[Input] = []
+        for i, spec in enumerate(run.job.corpus.inputs):
+            if spec.format == "hf_disk":
+                reads.append(Files(f"corpus.inputs.{i}", tuple(walk_files(spec.path))))
+            elif spec.format != "hf_hub":  # a hub dataset is known by its name alone
+                reads.append(Files(f"corpus.inputs.{i}", tuple(expand_input(spec))))
+        return reads
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.docs]

@@ -230,10 +230,13 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     assert prepare.STAGE.run(job, show_progress=False) == first
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     # scratch space is gone once the stage is done
-    assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == ["docs", "job.yaml", "manifest.json"]
+    assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == [
+        "docs", "job.yaml", "manifest.json", "records"]
     manifest = json.loads((Path(job.run_dir) / "manifest.json").read_text())["stages"]["prepare"]
     assert manifest["counts"]["documents_read"] == 10 and manifest["state"] == "done"
-    assert manifest["config_hash"] == stage_config_hash(job, "prepare")
+    # the config hash covers the job's sections and the inputs' content
+    assert manifest["inputs"]["settings"] == stage_config_hash(job, "prepare")
+    assert set(manifest["inputs"]) == {"settings", "corpus.inputs.0"}
     assert load_job(Path(job.run_dir) / "job.yaml") == job  # the resolved config, as run
 
     changed = load_job(job_path, ["corpus.docs_per_shard=3"])
