@@ -138,6 +138,10 @@ class Stage:
         """What a finished run's result says, as lines for the terminal."""
         return [f"{self.name}: {result}"]
 
+    def warnings(self, job: JobConfig, result: Any) -> list[str]:
+        """What in a finished run's result a user should not miss (nothing kept, ...)."""
+        return []
+
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Hand the report its sections again, from the finished stage's outputs (`miniplm report`)."""
 

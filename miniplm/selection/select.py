@@ -128,6 +128,13 @@ class Select(ShardedStage):
                          f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
         return [*lines, f"report: {job.run_dir}/report/index.html"]
 
+    def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        if result["kept"] or not result["scored"]:
+            return []
+        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
+        return [f"select: nothing was kept of {result['scored']:,} scored documents ({dropped}); check the "
+                "select settings (min_teacher_logprob, min_tokens, the budget)"]
+
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Its sections of the report again, from the decisions on disk."""
         from miniplm.selection import report

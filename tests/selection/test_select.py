@@ -210,3 +210,13 @@ def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_dam
     with pytest.raises(StageError, match=r"scores/shard-00009\.parquet: not written by score in this run"):
         select.STAGE.run(job, show_progress=False)
 
+
+def test_nothing_kept_is_warned_about(tmp_path, capsys):
+    from miniplm.cli import main
+
+    make_scored_run(tmp_path)
+    assert main(["select", str(tmp_path / "run.yaml"), "-q", "select.min_teacher_logprob=0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "kept 0 of 200 documents" in captured.out
+    assert "miniplm: warning: select: nothing was kept of 200 scored documents (low_teacher_logprob 200)" \
+        in captured.err
