@@ -17,21 +17,42 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from miniplm.errors import ConfigError
+from miniplm.paths import glob_paths, walk_files
 from miniplm.rundir import RunDir
 
 # json_schema_extra of a field that changes how a stage runs, never what it writes
 EXECUTION_ONLY = {"execution_only": True}
 
 
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes numbers and not booleans (pydantic would read YAML's `true` as 1)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return bool({int, float} & set(args)) and bool not in args
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or infinity anywhere: `.nan` would switch a threshold off without a word
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _home(path: str | None) -> str | None:
+    """`~` and `~user` at the start of a path mean the home folder, as in a shell."""
+    return os.path.expanduser(path) if path else path
 
 
 InputFormat = Literal["jsonl", "parquet", "text", "hf_disk", "hf_hub"]
@@ -91,6 +112,8 @@ class ModelSpec(_Strict):
 
     model: str
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+
+    _model_home = field_validator("model")(_home)
 
 
 class ScoreConfig(_Strict):
@@ -217,6 +240,8 @@ class ReferenceSpec(_Strict):
     train: ReferenceTraining | None = None
     dtype: Dtype = "auto"
 
+    _model_home = field_validator("model")(_home)
+
     @model_validator(mode="after")
     def _model_or_train(self) -> "ReferenceSpec":
         if (self.model is None) == (self.train is None):
@@ -327,6 +352,11 @@ class JobConfig(_Strict):
     eval: EvalConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _run_dir_home(cls, value: Any) -> Any:
+        return _home(str(value)) if isinstance(value, (str, Path)) else value
+
     @model_validator(mode="after")
     def _token_set_names_unique(self) -> "JobConfig":
         names = [t.name for t in self.tokenize]
@@ -405,6 +435,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Keys that say one thing two ways (one budget, one source of the reference): an override that
+# sets one of them replaces the other where the file sets it.
+ALTERNATIVES = (("select", "keep_fraction", "keep_tokens"), ("reference", "model", "train"))
+
+
+def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str]) -> None:
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for section, *keys in ALTERNATIVES:
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key, other in (keys, keys[::-1]):
+            if f"{section}.{key}" in given and values.get(key) is not None and f"{section}.{other}" not in given:
+                values.pop(other, None)
+
+
 def _format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid job"]
     for e in err.errors():
@@ -422,23 +468,24 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def expand_input(spec: InputSpec) -> list[str]:
-    """The sorted files (or dataset folder) an input names; empty when nothing matches.
+    """The sorted files (or dataset folder) an input names, each once; empty when nothing matches.
 
     Paths keep the form the job wrote them in, so ids derived from them are
     the same on every machine that runs the job from the same directory.
+    Folders are walked through symbolic links, each real folder once.
     """
     if spec.format == "hf_hub":
         return [spec.path]
     if spec.format == "hf_disk":
         return [spec.path] if os.path.isdir(spec.path) else []
-    matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
+    matches = glob_paths(spec.path) if glob.has_magic(spec.path) else [spec.path]
     files: list[str] = []
     for m in matches:
         if os.path.isdir(m):
-            files.extend(sorted(str(p) for p in Path(m).rglob("*") if p.is_file()))
+            files.extend(walk_files(m))
         elif os.path.lexists(m):
             files.append(m)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
@@ -446,16 +493,21 @@ def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     and key. (miniplm.job.load_job adds the checks against the stages and the filesystem.)"""
     path = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        raw = Path(path).read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read job file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: a job file is UTF-8 text, and line {line} is not "
+                          f"(byte {raw[e.start]:#04x}: {e.reason})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file is a YAML mapping of keys to values")
     overrides = overrides or []
     apply_overrides(data, overrides)
+    _drop_replaced_alternatives(data, overrides)
     try:
         return JobConfig.model_validate(data)
     except ValidationError as e:

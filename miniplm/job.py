@@ -15,9 +15,14 @@ from miniplm.stages import check_job
 def _check_models(job: JobConfig, where: str) -> None:
     for key in ("teacher", "reference"):
         spec = getattr(job, key)
-        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
+        if spec is None or spec.model is None:
+            continue
+        if not looks_loadable(spec.model):
             raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
+        if os.path.isdir(spec.model) and not os.path.isfile(os.path.join(spec.model, "config.json")):
+            raise ConfigError(f"{where}: {key}.model: the folder {spec.model!r} holds no model (no config.json; "
+                              "a save_pretrained folder has one)")
 
 
 def _check_inputs_exist(job: JobConfig, where: str) -> None:

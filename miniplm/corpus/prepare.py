@@ -21,6 +21,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
+from miniplm.inputs import Files, Input
+from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -142,9 +146,22 @@ class _Part:
 _progress_counter: Any = None
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _progress_counter
     _progress_counter = counter
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the process that started it ends, however it ends (SIGTERM and
+    SIGKILL included), instead of reading on, orphaned, to the end of its unit."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)
 
 
 def _report_progress(n: int) -> None:
@@ -239,7 +256,8 @@ def _run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progres
         # spawn, not fork: polars and pyarrow keep thread pools that fork would copy mid-use.
         ctx = mp.get_context("spawn")
         counter = ctx.Value("q", 0)
-        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(counter, os.getpid())) as pool:
             pending = {pool.submit(process_unit, job, unit, config_hash) for unit in units}
             try:
                 while pending:
@@ -351,6 +369,10 @@ def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
         },
         "shards": {s: writers[s].shards_written for s in SPLITS},
         "sources": {src: dict(sorted(c.items())) for src, c in sorted(by_source.items())},
+        "inputs": [{"path": spec.path,
+                    "read": sum(st["read"] for u, st in zip(units, unit_stats) if u.input_index == i),
+                    "accepted": sum(st["accepted"] for u, st in zip(units, unit_stats) if u.input_index == i)}
+                   for i, spec in enumerate(job.corpus.inputs)],
     }
     atomic_write_json(rd.doc_stats, stats)
     return stats
@@ -379,6 +401,17 @@ class Prepare(ShardedStage):
     def slurm_arguments(self) -> str:
         return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task
 
+    def inputs(self, run: StageRun) -> list[Input]:
+        # Every source by content: an input edited between two workers, or across a resume,
+        # must not end up half old, half new in the shards.
+        reads: list[Input] = []
+        for i, spec in enumerate(run.job.corpus.inputs):
+            if spec.format == "hf_disk":
+                reads.append(Files(f"corpus.inputs.{i}", tuple(walk_files(spec.path))))
+            elif spec.format != "hf_hub":  # a hub dataset is known by its name alone
+                reads.append(Files(f"corpus.inputs.{i}", tuple(expand_input(spec))))
+        return reads
+
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.docs]
 
@@ -405,6 +438,16 @@ class Prepare(ShardedStage):
         if result is None:
             return [f"{NAME}: this worker's share is done; the last worker to finish completes the stage"]
         return [f"prepare: documents in {job.run_dir}/docs", *summary_lines(result)]
+
+    def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        found = [f"prepare: corpus.inputs.{i} ({given['path']}) gave no documents: "
+                 + (f"all {given['read']:,} records read were rejected" if given["read"] else "no records in it")
+                 for i, given in enumerate(result.get("inputs", [])) if not given["accepted"]]
+        if not result["kept_total"]:
+            found.append(f"prepare: no document was kept of {result['documents_read']:,} read (rejected "
+                         f"{result['rejected_total']:,}, duplicates {result['duplicates']:,}); see "
+                         f"{job.run_dir}/docs/stats.json and rejects.jsonl")
+        return found
 
 
 STAGE = Prepare()

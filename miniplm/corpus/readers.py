@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -117,6 +118,9 @@ def read_jsonl(path: str, spec: InputSpec, max_chars: int) -> Iterator[Item]:
             if not isinstance(row, dict):
                 yield Rejection("malformed_json", path, line_no, f"expected a JSON object, got {type(row).__name__}")
                 continue
+            if spec.id_field and isinstance(row.get(spec.id_field), float):
+                # orjson reads integers beyond 64 bits as floats, and distinct ids would collide
+                row = json.loads(text)
             yield _fields_of(row, spec, line_no)
 
 

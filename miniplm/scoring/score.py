@@ -28,7 +28,8 @@ from tqdm import tqdm
 from miniplm.config import JobConfig, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
-from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.windows import Window, pack_instances, prefix_token, windows_for
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
@@ -173,7 +174,7 @@ class Score(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         job, rd = run.job, run.rd
         if job.teacher is None or job.reference is None:
             raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
@@ -190,7 +191,8 @@ class Score(ShardedStage):
         if job.score.unit == "instance" and tokenizer.eos_token_id is None:
             raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
         # The outputs depend on the documents and the weights too, not only on the job file.
-        return [rd.doc_stats.read_text(), model_fingerprint(job.teacher.model), model_fingerprint(reference)]
+        return [Upstream("prepare", ("docs/main",)), Model("teacher", resolve_model(job.teacher.model)),
+                Model("reference", resolve_model(reference))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.scores]

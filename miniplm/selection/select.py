@@ -18,6 +18,7 @@ import polars as pl
 from miniplm.config import JobConfig
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
+from miniplm.inputs import Input, Upstream
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
@@ -70,15 +71,14 @@ class Select(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[str]:
-        score_state = run.rd.stage_state("score")
-        if score_state.get("state") != "done":
-            raise StageError(f"{run.rd.root}: no finished scores; run `miniplm score` first")
-        return [score_state["config_hash"]]
+    def inputs(self, run: StageRun) -> list[Input]:
+        return [Upstream("score", ("scores",), why="select reads finished scores"),
+                Upstream("prepare", ("docs/main",))]
 
     def outputs(self, run: StageRun) -> list[Path]:
+        # not report/: the page is assembled from every stage's sections and rebuilt when select finishes
         rd = run.rd
-        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection, rd.report]
+        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection]
 
     def shards(self, run: StageRun) -> list[str]:
         return doc_shard_keys(run.rd) or []
@@ -127,6 +127,13 @@ class Select(ShardedStage):
             lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
                          f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
         return [*lines, f"report: {job.run_dir}/report/index.html"]
+
+    def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        if result["kept"] or not result["scored"]:
+            return []
+        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
+        return [f"select: nothing was kept of {result['scored']:,} scored documents ({dropped}); check the "
+                "select settings (min_teacher_logprob, min_tokens, the budget)"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Its sections of the report again, from the decisions on disk."""

@@ -43,7 +43,8 @@ class TrainReference(Stage):
             raise ConfigError("train-reference: the job gives no `reference: {train: {...}}`")
         init_distributed()
         token_set = reference_token_set(job)
-        run_sharded(TOKENIZE, job, part_for(token_set), resolve_worker(), force=force, show_progress=show_progress)
+        run_sharded(TOKENIZE, job, part_for(token_set, f"miniplm {NAME}"), resolve_worker(), force=force,
+                    show_progress=show_progress)
         distributed.barrier()  # every rank's share of the token shards is written
         return train_models(job, self, [job.reference.train], [*job.tokenize, token_set], force=force,
                             show_progress=show_progress)

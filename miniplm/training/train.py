@@ -8,7 +8,8 @@ import sys
 
 from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
                             tokenizer_name)
-from miniplm.errors import ConfigError, StageError
+from miniplm.errors import ConfigError
+from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_tokenizer
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
@@ -22,12 +23,16 @@ def stage_name(student: StudentConfig) -> str:
     return f"{NAME}/{student.name}"
 
 
-def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
-    state = rd.stage_state(f"tokenize/{name}")
-    if state.get("state") != "done":
-        raise StageError(f"{rd.root}: student {student.name!r} trains on token set {name!r}; "
-                         "run `miniplm tokenize` first")
-    return state["config_hash"]
+def _reads(rd: RunDir, student: StudentConfig) -> list[Input]:
+    """What a student's training depends on: its settings, its token set, its config file."""
+    dumped = hashable_dump(student)
+    dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
+    reads: list[Input] = [str(sorted(dumped.items())),
+                          Upstream(f"tokenize/{student.tokens}", (f"tokens/{student.tokens}",),
+                                   why=f"student {student.name!r} trains on token set {student.tokens!r}")]
+    if student.config is not None:
+        reads.append(Model("config", student.config))
+    return reads
 
 
 def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], token_sets: list[TokenSet], *,
@@ -40,12 +45,11 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     results = {}
     for student in students:
         name = stage_name(student)
-        dumped = hashable_dump(student)
-        dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
-        hashes = [_token_set_hash(rd, student.tokens, student)]
-        config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
+        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(rd, student))
         outputs = [rd.model(student.name), rd.training(student.name)]
-        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False
+        command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
+        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
+                             command=command) if rank == 0 else False
         if distributed.broadcast_flag(done, src=0):
             results[student.name] = rd.stage_state(name)["counts"]
             continue
@@ -62,7 +66,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
             raise
         distributed.barrier()
         if rank == 0:
-            rd.finish_stage(name, counts)
+            rd.finish_stage(name, counts, show_progress=show_progress)
             rd.clean_scratch(name)
         results[student.name] = counts
     return results
