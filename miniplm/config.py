@@ -183,7 +183,12 @@ class SelectConfig(_Strict):
     keep_tokens: int | None = Field(None, gt=0, description="budget in tokens instead of a fraction of documents")
     temperature: float = Field(1.0, gt=0.0, description="difference-sample: Gumbel-top-k temperature")
     perplexity_band: Literal["low", "middle", "high"] = Field("middle", description="perplexity: which band of reference loss")
-    min_teacher_logprob: float | None = Field(None, description="noise filter: drop below this teacher log-prob per token")
+    min_teacher_logprob: float | Literal["auto"] | None = Field(
+        "auto", description="noise floor: drop documents whose teacher log-prob per token is below this; auto: "
+        "below the median minus noise_floor_mads median absolute deviations of the scored documents; null: off")
+    noise_floor_mads: float = Field(3.0, gt=0.0, description="auto noise floor: how many median absolute "
+                                    "deviations (scaled by 1.4826, a standard deviation for normal data) below the "
+                                    "median it sits")
     min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
     report_examples: int = Field(10, ge=0, description="rows in each example table of the report",
