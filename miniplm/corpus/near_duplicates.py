@@ -12,7 +12,7 @@ Once, over every part (step 2): documents that share a band in the same position
 Reading one band position at a time, each document that repeats an earlier document's band is
 linked to the first document with that band; the connected components of those links (scipy) are
 the groups of near-copies, and in each group the first document in input order is kept. Memory is
-one band column and its sort at a time (about 25 bytes per document), plus the links.
+one band column and a sorted copy of it at a time (16 bytes per document), plus the links.
 
 The signatures depend only on the text and the seed and the groups only on the bands and the input
 order, so the kept set is the same for any number of workers or array tasks.
@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+import polars as pl
 import xxhash
 
 from miniplm.config import NearDuplicateConfig
@@ -68,25 +69,31 @@ class Bands:
 
 
 def _links(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) pairs: position i repeats the band of position j, the first position holding it."""
-    order = np.argsort(band, kind="stable")  # equal hashes stay in position order
-    ranked = band[order]
-    new = np.empty(len(band), dtype=bool)
-    new[:1] = True
-    np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+    """(i, j) pairs: position i repeats the band of position j, the first position holding it.
+
+    Repeated hashes are few: a plain sort finds them (an argsort of every position would cost ten
+    times as long), and only the positions holding them are ordered.
+    """
+    ranked = np.sort(band)
+    repeated = np.unique(ranked[1:][ranked[1:] == ranked[:-1]])
     del ranked
-    repeats = np.flatnonzero(~new)
-    starts = np.flatnonzero(new)
-    firsts = starts[np.searchsorted(starts, repeats, side="right") - 1]
-    return order[repeats], order[firsts]
+    if not len(repeated):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    holders = np.flatnonzero(pl.Series(band).is_in(pl.Series(repeated).implode()).to_numpy())
+    values = band[holders]
+    order = np.argsort(values, kind="stable")  # equal hashes stay in position order
+    values, holders = values[order], holders[order]
+    first = np.r_[True, values[1:] != values[:-1]]
+    firsts = holders[np.flatnonzero(first)][np.cumsum(first) - 1]
+    return holders[~first], firsts[~first]
 
 
 def near_copies(read_band: Callable[[str], np.ndarray], columns: list[str], eligible: np.ndarray) -> np.ndarray:
     """Per row: the row it is a near-copy of (the first of its group, in row order), or -1.
 
     `read_band(name)` gives one band column for every row; only `eligible` rows take part (rows
-    already dropped as exact duplicates do not link anything). Peak memory is about 25 bytes per
-    row for the band being linked (a sort of it), plus the links found.
+    already dropped as exact duplicates do not link anything). Peak memory is about 9 bytes per
+    row beyond the band being linked (a sorted copy of it, then a mask), plus the links found.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
