@@ -60,7 +60,7 @@ class Select(ShardedStage):
     name = NAME
     summary = "keep the documents the strategy ranks highest, with their text, and write the report"
     description = ("Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
-                   "filter, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
+                   "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
                    "and RUN_DIR/report/.")
     sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
 
