@@ -130,15 +130,15 @@ def test_the_first_in_input_order_is_kept_whichever_is_the_original(write_job, t
 
 def test_kill_9_and_rerun_keeps_the_same_documents(write_job, tmp_path):
     src = tmp_path / "src"
-    planted_files(src, n_files=24, per_file=40)
+    planted_files(src, n_files=16, per_file=25)
     inputs = [{"path": str(src / "*.jsonl"), "format": "jsonl", "id_field": "id"}]
     clean = load_job(write_job(inputs, name="clean.yaml", run_dir=tmp_path / "clean", quality=None, num_workers=1))
     prepare.STAGE.run(clean, show_progress=False)
 
     job_path = write_job(inputs, name="killed.yaml", run_dir=tmp_path / "killed", quality=None, num_workers=1)
-    kill_9_while_reading_then_rerun(job_path, tmp_path / "killed", after_units=4, of_units=24)
+    kill_9_while_reading_then_rerun(job_path, tmp_path / "killed", after_units=4, of_units=16)
     assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
-    assert json.loads(RunDir(tmp_path / "killed").doc_stats.read_text())["rejected"] == {"near_duplicate": 24}
+    assert json.loads(RunDir(tmp_path / "killed").doc_stats.read_text())["rejected"] == {"near_duplicate": 16}
 
 
 def test_bad_near_duplicate_settings_fail_naming_the_key(write_job, tmp_path):
