@@ -29,6 +29,9 @@ FILTERS = {
     "unscorable": ("non_finite_score", "too_few_tokens"),
 }
 BUDGET = ("source_cap", "below_cut")
+# sources shown one per row, the largest first; the rest share a row (a corpus may label thousands)
+SHOWN_IN_TERMINAL = 20
+SHOWN_IN_REPORT = 100
 
 
 def prepare_drops(rd: RunDir) -> dict[str, dict[str, int]]:
@@ -61,10 +64,30 @@ def drop_table(prepared: dict[str, dict[str, int]], decisions: pl.DataFrame) -> 
     return rows
 
 
-def noise_summary(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> dict:
-    """The noise floor the selection used and the drop table, for summary.json and the manifest."""
+def collapsed(rows: list[dict], limit: int) -> list[dict]:
+    """At most `limit` sources (those with the most documents, in name order), the others summed in one row."""
+    if len(rows) <= limit:
+        return rows
+    largest = sorted(rows, key=lambda r: (-r["documents"], r["source"]))
+    shown, rest = largest[:limit], largest[limit:]
+    other: dict = {"source": f"({len(rest):,} other sources)"}
+    for key in rows[0]:
+        if key == "reasons":
+            other[key] = {}
+            for r in rest:
+                for reason, n in r[key].items():
+                    other[key][reason] = other[key].get(reason, 0) + n
+        elif key != "source":
+            other[key] = sum(r[key] for r in rest)
+    return sorted(shown, key=lambda r: r["source"]) + [other]
+
+
+def noise_summary(job: JobConfig, rd: RunDir, decisions: pl.DataFrame, limit: int | None = None) -> dict:
+    """The noise floor the selection used and the drop table (`limit` sources at most), for summary.json
+    and the manifest."""
+    rows = drop_table(prepare_drops(rd), decisions)
     return {"noise_floor": floor_of(decisions, job.select).as_dict(),
-            "drops": drop_table(prepare_drops(rd), decisions)}
+            "drops": collapsed(rows, limit) if limit else rows}
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -93,6 +116,7 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 def table_html(rows: list[dict]) -> str:
     """The drop table for the report: per filter, then every reason."""
+    rows = collapsed(rows, SHOWN_IN_REPORT)
     columns = _columns(rows)
     summary = [[html.escape(r["source"]), f"{r['documents']:,}", *(f"{r[c]:,}" for c in columns),
                 f"{r['filtered']:,}", _percent(r["filtered"], r["documents"]), f"{r['budget']:,}", f"{r['kept']:,}",

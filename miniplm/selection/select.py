@@ -98,12 +98,12 @@ class Select(ShardedStage):
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
-        from miniplm.selection.drops import noise_summary
+        from miniplm.selection.drops import SHOWN_IN_TERMINAL, noise_summary
         from miniplm.selection.strategies import counts, length_column
 
         rd = run.rd
         decisions = pl.read_parquet(rd.decisions)
-        summary = counts(decisions) | noise_summary(run.job, rd, decisions)
+        summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
         written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
                       for p in sorted(rd.selected("selected").glob("shard-*.parquet")))
         if written != summary["kept"]:

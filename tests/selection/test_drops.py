@@ -100,3 +100,19 @@ def test_select_prints_and_reports_what_each_filter_dropped(tmp_path, capsys):
     page = (Path(job.run_dir) / "report" / "index.html").read_text()
     assert 'class="drops"' in page and 'class="drop-reasons"' in page and "auto noise floor at" in page
     assert "few_stop_words" in page and "near_duplicate" in page
+
+
+def test_many_sources_share_a_row_beyond_the_largest():
+    from miniplm.selection.drops import collapsed
+
+    decisions = pl.DataFrame([{"source": f"s{i:02d}", "reason": r} for i in range(25)
+                              for r in [None] * (i + 1) + ["below_cut"]],
+                             schema={"source": pl.String, "reason": pl.String})
+    rows = drop_table({"s00": {"few_stop_words": 100}}, decisions)
+    shown = collapsed(rows, 20)
+    assert len(shown) == 21 and shown[-1]["source"] == "(5 other sources)"
+    assert {r["source"] for r in shown[:-1]} == {"s00", *(f"s{i:02d}" for i in range(6, 25))}  # the largest 20
+    assert shown[-1]["documents"] == sum(i + 2 for i in range(1, 6)) and shown[-1]["budget"] == 5
+    assert shown[-1]["reasons"] == {"below_cut": 5}
+    for key in ("documents", "quality", "filtered", "budget", "kept"):
+        assert sum(r[key] for r in shown) == sum(r[key] for r in rows)
