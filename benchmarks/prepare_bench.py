@@ -8,6 +8,8 @@ For each size it writes one web-like JSONL file (lognormal document lengths,
 median ~2,000 characters, 1% exact duplicates), runs `miniplm prepare` on it
 in a subprocess, and samples the resident memory of the whole process tree
 every 50 ms. Flat memory means the peak does not grow with the input size.
+CPU seconds count every process of the run (a steadier figure than wall time
+on a shared machine).
 `--filters` picks the noise filters: `default` (quality rules and
 near-duplicates, as a job gets them), `near-duplicates` (only those) or
 `none`.
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,8 +84,14 @@ def tree_rss_bytes(root_pid: int) -> int:
     return total
 
 
-def run_prepare(job_path: Path) -> tuple[float, int]:
-    start = time.perf_counter()
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_prepare(job_path: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (every process of the run) and peak resident memory."""
+    start, cpu = time.perf_counter(), children_cpu_seconds()
     proc = subprocess.Popen([sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
@@ -90,7 +99,7 @@ def run_prepare(job_path: Path) -> tuple[float, int]:
         time.sleep(0.05)
     if proc.returncode:
         sys.exit(f"prepare failed with exit code {proc.returncode}")
-    return time.perf_counter() - start, peak
+    return time.perf_counter() - start, children_cpu_seconds() - cpu, peak
 
 
 def main() -> None:
@@ -102,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         print(f"{'input':>10} {'filters':>16} {'documents':>10} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} "
-              f"{'peak RSS':>9}")
+              f"{'CPU s':>7} {'MB/CPU s':>8} {'peak RSS':>9}")
         for size_mb in args.sizes_mb:
             data = tmp / f"web-{size_mb}mb.jsonl"
             n_docs = write_corpus(data, size_mb << 20)
@@ -112,11 +121,12 @@ def main() -> None:
                     "inputs": [{"path": str(data), "format": "jsonl", "metadata_fields": ["url"]}], **FILTERS[filters]}}
                 job_path = tmp / f"job-{size_mb}-{filters}.yaml"
                 job_path.write_text(yaml.safe_dump(job))
-                seconds, peak = run_prepare(job_path)
+                seconds, cpu, peak = run_prepare(job_path)
                 stats = json.loads((run_dir / "docs" / "stats.json").read_text())
                 assert stats["documents_read"] == n_docs, (stats["documents_read"], n_docs)
                 print(f"{size_mb:>8}MB {filters:>16} {n_docs:>10,} {seconds:>8.1f} {n_docs / seconds:>8,.0f} "
-                      f"{size_mb / seconds:>6.1f} {peak / 2**20:>7,.0f}MB", flush=True)
+                      f"{size_mb / seconds:>6.1f} {cpu:>7.1f} {size_mb / cpu:>8.2f} {peak / 2**20:>7,.0f}MB",
+                      flush=True)
             data.unlink()
 
 
