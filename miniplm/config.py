@@ -84,6 +84,63 @@ class InputSpec(_Strict):
         return stem or "input"
 
 
+class QualityConfig(_Strict):
+    """Gopher's quality and repetition rules (Rae et al. 2021), as datatrove's filters apply them, on
+    whitespace-separated words. Each rule is a rejection reason; a rule set to null is off.
+
+    The defaults are Gopher's, loosened where real reference text and scripture trip them (README:
+    "Noise filters" has the measurements and Gopher's own values)."""
+
+    min_words: int = Field(50, ge=0, description="documents with fewer words are too short for these ratios to mean "
+                           "anything: they are kept unjudged, or dropped as short_document with drop_short")
+    drop_short: bool = Field(False, description="drop documents under min_words (Gopher does)")
+    min_mean_word_length: float | None = Field(3.0, gt=0, description="mean_word_length: characters per word")
+    max_mean_word_length: float | None = Field(10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(0.5, gt=0, description="symbol_ratio: '#' or '...' per word "
+                                                "(Gopher: 0.1)")
+    max_bullet_lines: float | None = Field(0.9, gt=0, le=1, description="bullet_lines: lines starting with a bullet")
+    max_ellipsis_lines: float | None = Field(0.3, gt=0, le=1, description="ellipsis_lines: lines ending in '...'")
+    min_alpha_words: float | None = Field(0.75, gt=0, le=1, description="non_alpha_words: words with a letter "
+                                          "(Gopher: 0.8)")
+    min_stop_words: int | None = Field(2, gt=0, description="few_stop_words: of the, be, to, of, and, that, have, with")
+    max_duplicate_lines: float | None = Field(0.45, gt=0, le=1, description="duplicate_lines: lines repeating an "
+                                              "earlier line (Gopher: 0.3)")
+    max_duplicate_line_chars: float | None = Field(0.35, gt=0, le=1, description="duplicate_lines: their characters "
+                                                   "(Gopher: 0.2)")
+    max_duplicate_paragraphs: float | None = Field(0.3, gt=0, le=1, description="duplicate_paragraphs")
+    max_duplicate_paragraph_chars: float | None = Field(0.2, gt=0, le=1, description="duplicate_paragraphs: their "
+                                                        "characters")
+    max_top_ngram_chars: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.3, 3: 0.27, 4: 0.24},
+        description="top_ngram: n -> the most frequent word n-gram's share of the characters; {} for none "
+        "(Gopher: 0.2, 0.18, 0.16)")
+    max_duplicate_ngram_chars: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.45, 6: 0.42, 7: 0.39, 8: 0.36, 9: 0.33, 10: 0.30},
+        description="duplicate_ngrams: n -> share of the characters in repeated word n-grams; {} for none "
+        "(Gopher: 0.15 for 5-grams down to 0.10 for 10-grams)")
+
+    @model_validator(mode="after")
+    def _ngram_limits(self) -> "QualityConfig":
+        for key in ("max_top_ngram_chars", "max_duplicate_ngram_chars"):
+            for n, limit in getattr(self, key).items():
+                if n < 1 or not 0 < limit <= 1:
+                    raise ValueError(f"{key}: n-gram sizes are at least 1 and limits in (0, 1] (got {n}: {limit})")
+        lo, hi = self.min_mean_word_length, self.max_mean_word_length
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"min_mean_word_length ({lo}) must be below max_mean_word_length ({hi})")
+        return self
+
+
+class NearDuplicateConfig(_Strict):
+    """Near-duplicate removal: MinHash signatures of each document's word n-grams, LSH bands, and of
+    each group of documents whose bands collide, the first in input order kept."""
+
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of the n-gram sets at which "
+                             "a pair is found with probability about one half (LSH bands are tuned for it)")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
+
+
 class CorpusConfig(_Strict):
     inputs: list[InputSpec] = Field(min_length=1)
     docs_per_shard: int = Field(10_000, gt=0)
@@ -93,6 +150,10 @@ class CorpusConfig(_Strict):
     max_chars: int = Field(1_000_000, gt=0, description="longer documents are rejected as too_long")
     num_workers: int | None = Field(None, gt=0, description="prepare processes; default: one per core",
                                     json_schema_extra=EXECUTION_ONLY)
+    quality: QualityConfig | None = Field(default_factory=QualityConfig, description="quality and repetition "
+                                          "filters; null: off")
+    near_duplicates: NearDuplicateConfig | None = Field(default_factory=NearDuplicateConfig,
+                                                        description="near-duplicate removal; null: off")
 
     @model_validator(mode="after")
     def _fractions_leave_a_main_split(self) -> "CorpusConfig":
@@ -154,7 +215,12 @@ class SelectConfig(_Strict):
     keep_tokens: int | None = Field(None, gt=0, description="budget in tokens instead of a fraction of documents")
     temperature: float = Field(1.0, gt=0.0, description="difference-sample: Gumbel-top-k temperature")
     perplexity_band: Literal["low", "middle", "high"] = Field("middle", description="perplexity: which band of reference loss")
-    min_teacher_logprob: float | None = Field(None, description="noise filter: drop below this teacher log-prob per token")
+    min_teacher_logprob: float | Literal["auto"] | None = Field(
+        "auto", description="noise floor: drop documents whose teacher log-prob per token is below this; auto: "
+        "below the median minus noise_floor_mads median absolute deviations of the scored documents; null: off")
+    noise_floor_mads: float = Field(3.0, gt=0.0, description="auto noise floor: how many median absolute "
+                                    "deviations (scaled by 1.4826, a standard deviation for normal data) below the "
+                                    "median it sits")
     min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
     report_examples: int = Field(10, ge=0, description="rows in each example table of the report",

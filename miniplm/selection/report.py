@@ -16,6 +16,8 @@ from miniplm.files import atomic_write_json
 from miniplm.report.figures import figure_html, html_table, save_png, snippet  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
+from miniplm.selection.drops import noise_summary, table_html
+from miniplm.selection.noise_floor import NoiseFloor
 from miniplm.selection.strategies import REASONS, counts
 
 SCATTER_POINTS = 5000
@@ -114,6 +116,7 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         **counts(decisions),
         "cut_score": cut,
         "sources": _by_source(decisions).to_dicts(),
+        **noise_summary(job, rd, decisions),
     }
     atomic_write_json(out / "summary.json", summary)
 
@@ -133,6 +136,13 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ".</p>",
         "<h2>Counts</h2>", html_table(["", "documents", "tokens"], count_rows, "counts"),
         "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
+        "<h2>Noise filters</h2>",
+        f"<p>{html.escape(NoiseFloor(**summary['noise_floor']).describe())}; "
+        f"{c['dropped']['low_teacher_logprob']:,} documents below it.</p>",
+        "<p>Documents of the main split dropped per source: by prepare's filters (quality and repetition rules, "
+        "exact and near duplicates), then by the selection's (the noise floor; too few tokens or a broken score), "
+        "with the budget's cut apart.</p>",
+        table_html(summary["drops"]),
     ]
     details = ["<h2>Plots</h2>", *(figure_html(out / name, caption) for name, caption in plots)]
     for title, table in examples.items():

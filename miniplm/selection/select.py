@@ -61,7 +61,7 @@ class Select(ShardedStage):
     name = NAME
     summary = "keep the documents the strategy ranks highest, with their text, and write the report"
     description = ("Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
-                   "filter, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
+                   "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
                    "and RUN_DIR/report/.")
     sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
 
@@ -98,11 +98,12 @@ class Select(ShardedStage):
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
+        from miniplm.selection.drops import SHOWN_IN_TERMINAL, noise_summary
         from miniplm.selection.strategies import counts, length_column
 
         rd = run.rd
         decisions = pl.read_parquet(rd.decisions)
-        summary = counts(decisions)
+        summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
         written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
                       for p in sorted(rd.selected("selected").glob("shard-*.parquet")))
         if written != summary["kept"]:
@@ -122,6 +123,7 @@ class Select(ShardedStage):
                       f"{result['tokens_kept']:,} of {result['tokens_scored']:,}")
         lines = [f"select: kept {result['kept']:,} of {result['scored']:,} documents ({tokens}); "
                  f"dropped: {dropped or 'none'}"]
+        lines += _noise_lines(result)
         if "random_baseline" in result:
             base = result["random_baseline"]
             lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
@@ -145,6 +147,21 @@ class Select(ShardedStage):
 
 
 STAGE = Select()
+
+
+def _noise_lines(result: dict) -> list[str]:
+    """The noise floor it used, and what each filter dropped per source (the demo prints these)."""
+    from miniplm.selection.drops import table_lines
+    from miniplm.selection.noise_floor import NoiseFloor
+
+    if "noise_floor" not in result:  # a selection made before these were recorded
+        return []
+    below = result["dropped"]["low_teacher_logprob"]
+    lines = [f"select: {NoiseFloor(**result['noise_floor']).describe()}; {below:,} documents below it"]
+    if result["drops"]:
+        lines += ["select: documents of the main split dropped per source, by prepare's filters and the selection's "
+                  "(the budget's cut apart):", *table_lines(result["drops"])]
+    return lines
 
 
 def rebuild_report(job: JobConfig) -> Path:

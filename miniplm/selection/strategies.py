@@ -4,7 +4,7 @@
 difference score, a ranking key, `kept`, and for every dropped document the
 reason, applied in this order: non_finite_score (a NaN or infinite log-prob
 from a broken model or document), too_few_tokens, low_teacher_logprob (the
-noise filter), source_cap, below_cut. So scored = kept + the sum of the reasons.
+noise floor, selection/noise_floor.py), source_cap, below_cut. So scored = kept + the sum of the reasons.
 
 Every strategy ranks by a key (higher is better) with ties broken by id, and
 keeps the longest prefix of that ranking within the budget: exact and
@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from miniplm.config import SelectConfig
+from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
 
@@ -87,8 +88,9 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     reason = np.zeros(scores.height, dtype=np.int8)  # 0: kept, else 1 + index in REASONS
     reason[~(np.isfinite(t) & np.isfinite(r))] = 1
     reason[(reason == 0) & (n_tokens < cfg.min_tokens)] = 2
-    if cfg.min_teacher_logprob is not None:
-        reason[(reason == 0) & (teacher < cfg.min_teacher_logprob)] = 3
+    floor = noise_floor(cfg, teacher[reason == 0]).threshold
+    if floor is not None:
+        reason[(reason == 0) & (teacher < floor)] = 3
     eligible = np.flatnonzero(reason == 0)
     everyone = len(eligible) == scores.height  # the usual case: no copies needed
     pick = (lambda a: a) if everyone else (lambda a: a[eligible])
@@ -144,5 +146,6 @@ def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int) ->
     if budget == 0:
         return pl.Series("random_kept", [False] * scores.height)
     # a seed of its own: the same draws as strategy random would be a needless coupling
-    chosen = decide(scores, SelectConfig(strategy="random", keep_tokens=budget), seed + 1)["kept"]
+    every_document = SelectConfig(strategy="random", keep_tokens=budget, min_teacher_logprob=None)  # no noise floor
+    chosen = decide(scores, every_document, seed + 1)["kept"]
     return chosen.alias("random_kept")

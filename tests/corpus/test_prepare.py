@@ -279,20 +279,25 @@ def test_kill_9_and_rerun_gives_the_same_shards(write_job, tmp_path):
     prepare.STAGE.run(clean, show_progress=False)
 
     job_path = write_job(inputs, name="killed.yaml", run_dir=tmp_path / "killed", docs_per_shard=1000, num_workers=1)
+    kill_9_while_reading_then_rerun(job_path, tmp_path / "killed", after_units=5, of_units=30)
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
+    assert not (tmp_path / "killed" / "work").exists()
+
+
+def kill_9_while_reading_then_rerun(job_path: Path, run_dir: Path, after_units: int, of_units: int) -> None:
+    """`miniplm prepare` in a subprocess, killed with SIGKILL once `after_units` input units are
+    done (and before all `of_units` are), then run again to the end."""
     cmd = [sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = tmp_path / "killed" / "markers" / "prepare"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(markers.glob("*.done"))) < 5:
+    proc = subprocess.Popen(cmd, cwd=job_path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = run_dir / "markers" / "prepare"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(markers.glob("*.done"))) < after_units:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list(markers.glob("*.done")))
-    assert 5 <= done_before < 30, "the kill should land while sources are being read"
-
-    subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
-    assert not (tmp_path / "killed" / "work").exists()
+    assert after_units <= done_before < of_units, "the kill should land while sources are being read"
+    subprocess.run(cmd, cwd=job_path.parent, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_bad_input_under_fail_stops_the_other_processes_too(write_job, tmp_path):

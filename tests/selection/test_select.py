@@ -157,7 +157,7 @@ def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     finally:
         driver.quit()
     assert len(images) == 4 and all(done and w > 200 and h > 200 for done, w, h in images), images
-    assert [c for c, _ in tables] == ["counts", "sources", "examples", "examples", "examples"]
+    assert [c for c, _ in tables] == ["counts", "sources", "drops", "drop-reasons", "examples", "examples", "examples"]
     assert all(rows > 1 for _, rows in tables)
 
 
