@@ -20,13 +20,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from miniplm.config import JobConfig, StudentConfig
+from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_write_text
 from miniplm.logs import library_output
-from miniplm.models.flops import forward_flops_per_token, matmul_rate
+from miniplm.compute import record
+from miniplm.models.flops import ModelFlops, matmul_rate
 from miniplm.models.loading import attention_implementation
 from miniplm.models.presets import default_lr, qwen_config
+from miniplm.replicas import training_seed
 from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
 
@@ -86,21 +89,41 @@ def _all_mean(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
+def _token_loss(engine, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed loss over a batch's predicted tokens and their count. A PAD target (a padded
+    instance row) is not predicted; a PAD input is read as token 0, after every real one."""
+    targets = batch[:, 1:]
+    logits = engine(input_ids=batch[:, :-1].clamp(min=0)).logits
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD,
+                          reduction="sum")
+    return nll, (targets != PAD).sum()
+
+
 def _loss(engine, batch: torch.Tensor) -> torch.Tensor:
-    logits = engine(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    nll, count = _token_loss(engine, batch)
+    return nll / count.clamp(min=1)
+
+
+def heldout_batches(n_rows: int, rank: int, world: int, micro: int) -> list[list[int | None]]:
+    """This rank's micro-batches of the first `n_rows` rows, None where it pads. Every rank gets the
+    same number of full micro-batches: under ZeRO-3 each forward gathers the parameters from all
+    ranks, and a rank with one forward fewer would leave the others waiting for ever."""
+    per_rank = math.ceil(n_rows / world)
+    mine: list[int | None] = list(range(rank, n_rows, world))
+    mine += [None] * (math.ceil(per_rank / micro) * micro - len(mine))
+    return [mine[start : start + micro] for start in range(0, len(mine), micro)]
 
 
 @torch.no_grad()
 def heldout_loss(engine, rows: TokenRows, n_rows: int, rank: int, world: int, micro: int, device: str) -> float:
     """Mean token loss over the first `n_rows` held-out rows, split among ranks."""
     engine.eval()
-    mine = list(range(rank, min(n_rows, len(rows)), world))
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for start in range(0, len(mine), micro):
-        batch = to_tensor(rows, mine[start : start + micro], device)
-        total[0] += float(_loss(engine, batch)) * batch[:, 1:].numel()
-        total[1] += batch[:, 1:].numel()
+    for indices in heldout_batches(min(n_rows, len(rows)), rank, world, micro):
+        batch = to_tensor(rows, [0 if i is None else i for i in indices], device)
+        batch[torch.tensor([i is None for i in indices], device=device)] = PAD  # padding: nothing predicted
+        nll, count = _token_loss(engine, batch)
+        total += torch.stack([nll.double(), count.double()])
     if world > 1:
         torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
     engine.train()
@@ -159,11 +182,13 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         raise ConfigError(f"students.{student.name}: batch_tokens {student.batch_tokens} must be a multiple of "
                           f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})")
     accumulation = rows_per_step // (student.micro_batch * world)
-    plan = RowPlan(len(rows), rows_per_step, job.seed)
+    seed = training_seed(job, student)
+    plan = RowPlan(len(rows), rows_per_step, seed)
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
-    torch.manual_seed(job.seed)
+    torch.manual_seed(seed)
     model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32)
+    counted = ModelFlops.of(model)
     peak_lr = student.lr or default_lr(student.preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
                                   weight_decay=student.weight_decay)
@@ -178,7 +203,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         step = client["step"]
         torch.set_rng_state(client["rng"])
 
-    flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)  # forward + backward
+    flops_per_token = 3 * counted.per_token((seq_len + 1) / 2)  # forward + backward
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
     bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
@@ -217,7 +242,12 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     _export(engine, student, tokenizer, rd, rank)
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {"tokens": student.steps * rows_per_step * seq_len}
+    evaluations = len([s for s in range(1, student.steps + 1) if s % student.eval_every == 0 or s == student.steps])
+    heldout_rows = evaluations * min(student.eval_rows, len(heldout)) if heldout is not None else 0
+    flops = record(training=3 * student.steps * rows_per_step * counted.forward(seq_len),
+                   heldout=heldout_rows * counted.forward(seq_len))
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {
+        "tokens": student.steps * rows_per_step * seq_len, "seed": seed, "flops": flops}
 
 
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
