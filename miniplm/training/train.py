@@ -3,14 +3,17 @@ or as one rank of torchrun / the deepspeed launcher / srun."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 
 from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
                             tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.logs import library_output
-from miniplm.models.loading import load_tokenizer
+from miniplm.models.loading import cache_dir, load_tokenizer
+from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
 from miniplm.training.launch import set_distributed_env
@@ -36,6 +39,11 @@ def init_distributed() -> int:
     import torch
 
     _, _, local_rank = set_distributed_env()
+    # DeepSpeed builds its C++ ops into TORCH_EXTENSIONS_DIR, one folder per user by default, and
+    # the build files name the environment's paths: two environments on one machine (two venvs,
+    # two checkouts) would rebuild them in turn at every start, minutes each. One folder per one.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+        cache_dir() / "torch_extensions" / hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
     if not torch.distributed.is_initialized():
@@ -106,8 +114,14 @@ class Train(Stage):
     kind = "ranks"
     only = "student"
 
+    def check(self, job: JobConfig) -> None:
+        for student in job.students:
+            if base_name(student.name) != student.name:
+                raise ConfigError(f"students: {student.name!r}: names ending in .seedN are the seed replicas' "
+                                  "(eval.seeds); name the student otherwise")
+
     def steps(self, job: JobConfig) -> list[Step]:
-        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in job.students]
+        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in trained_students(job)]
 
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         return [step.name]
@@ -119,17 +133,18 @@ class Train(Stage):
             show_progress: bool = True) -> dict:
         if not job.students:
             raise ConfigError("train: the job lists no students")
-        names = only_one("student", [s.name for s in job.students], only, NAME)
-        students = [s for s in job.students if s.name in names]
+        names = only_one("student", [s.name for s in trained_students(job)], only, NAME)
+        students = [s for s in trained_students(job) if s.name in names]
         return train_models(job, self, students, job.tokenize, force=force, show_progress=show_progress)
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         lines = []
         for name, counts in result.items():
             held = counts.get("heldout_loss")
+            flops = counts.get("flops", {}).get("by", {}).get("training")
             lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
                          f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
-                         + f"; model in {job.run_dir}/models/{name}")
+                         + (f", {flops:.3g} FLOPs" if flops else "") + f"; model in {job.run_dir}/models/{name}")
         return lines
 
 
