@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         _job_args(p)
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+            p.add_argument("--seeds", type=int, metavar="N",
+                           help="train every student with N seeds and compare their mean and spread (the same as "
+                           "the override eval.seeds=N; the job needs an eval: section)")
         if name == "slurm":
             p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
         p.set_defaults(handler=handler)
@@ -221,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[JobConfig, argparse.Namespace], int] = args.handler
     try:
         job = load_job(args.job, args.overrides)
+        if getattr(args, "seeds", None) is not None:
+            if job.eval is None:
+                raise ConfigError(f"{args.job}: --seeds compares the students' seeds in eval, and the job has no "
+                                  "eval: section (add eval: {models: [students], tasks: []})")
+            args.overrides.append(f"eval.seeds={args.seeds}")
+            job = load_job(args.job, args.overrides)
         logs.configure(None if args.verbose else RunDir(job.run_dir).log_file)
         return handler(job, args)
     except ConfigError as e:

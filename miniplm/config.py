@@ -211,8 +211,11 @@ class ScoreConfig(_Strict):
 class SelectConfig(_Strict):
     strategy: Literal["difference", "difference-sample", "random", "perplexity", "teacher"] = Field(
         "difference", description="difference: MiniPLM's top by (teacher - reference) log-prob per token")
-    keep_fraction: float = Field(0.5, gt=0.0, le=1.0, description="budget: this fraction of the scored documents")
-    keep_tokens: int | None = Field(None, gt=0, description="budget in tokens instead of a fraction of documents")
+    keep_fraction: float | None = Field(0.5, gt=0.0, le=1.0, description="budget: this fraction of the scored "
+                                        "units (documents or instances); null to give another budget")
+    keep_tokens: int | None = Field(None, gt=0, description="budget: this many tokens")
+    keep_token_fraction: float | None = Field(None, gt=0.0, le=1.0, description="budget: this fraction of the scored "
+                                              "tokens (the paper's alpha: 0.5 kept 50B of 100B tokens)")
     temperature: float = Field(1.0, gt=0.0, description="difference-sample: Gumbel-top-k temperature")
     perplexity_band: Literal["low", "middle", "high"] = Field("middle", description="perplexity: which band of reference loss")
     min_teacher_logprob: float | Literal["auto"] | None = Field(
@@ -231,8 +234,12 @@ class SelectConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_budget(self) -> "SelectConfig":
-        if self.keep_tokens is not None and "keep_fraction" in self.model_fields_set:
-            raise ValueError("give keep_fraction or keep_tokens, not both")
+        given = [k for k in ("keep_fraction", "keep_tokens", "keep_token_fraction")
+                 if k in self.model_fields_set and getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one budget: keep_fraction, keep_tokens or keep_token_fraction (got {', '.join(given)})")
+        if self.keep_fraction is None and self.keep_tokens is None and self.keep_token_fraction is None:
+            raise ValueError("give a budget: keep_fraction, keep_tokens or keep_token_fraction")
         return self
 
 
@@ -255,6 +262,7 @@ class StudentConfig(_Strict):
     tokens: str = Field(description="the token set (tokenize: name) to train on")
     heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
+    seed: int | None = Field(None, description="the training seed (initialisation, data order); default: the job's")
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
     micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
     lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
@@ -335,6 +343,8 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["students"],
         description="students (all of them), a student's name, reference, teacher, or {name, model} for any checkpoint")
     heldout: bool = Field(True, description="loss and perplexity on the run's held-out split")
+    seeds: int = Field(1, ge=1, description="train every student this many times, with consecutive seeds, and "
+                       "compare their mean and spread (replicas are named NAME.seed1, NAME.seed2, ...)")
     corpora: list[InputSpec] = Field(default_factory=list, description="extra evaluation corpora (inputs like "
                                      "corpus.inputs; give each a name), e.g. a DCLM sample")
     max_docs: int | None = Field(None, gt=0, description="at most this many documents per corpus")
@@ -357,6 +367,15 @@ class EvalConfig(_Strict):
         if "heldout" in names or len(names) != len(set(names)):
             raise ValueError(f"corpora: give each a distinct name other than heldout (got {', '.join(names)})")
         return self
+
+
+REPLICA_SUFFIX = re.compile(r"\.seed\d+$")
+
+
+def replica_base(name: str) -> str:
+    """The student a seed replica (NAME.seed1, ...; see miniplm/replicas.py) repeats; a student's own
+    name is its base."""
+    return REPLICA_SUFFIX.sub("", name)
 
 
 class SlurmResources(_Strict):
@@ -396,7 +415,8 @@ class SlurmConfig(_Strict):
     def resources(self, step: str) -> SlurmResources:
         """The settings for a step (`score`, `train/small`): defaults, then the stage's, then the student's."""
         merged = self.defaults.model_dump(exclude_unset=True)
-        for key in dict.fromkeys((step.split("/")[0], step)):  # a stage, then a student of it
+        # a stage, then a student of it (a seed replica takes its student's settings)
+        for key in dict.fromkeys((step.split("/")[0], replica_base(step), step)):
             if key in self.stages:
                 own = self.stages[key].model_dump(exclude_unset=True)
                 merged.update({k: v for k, v in own.items() if k not in ("sbatch", "setup")})

@@ -60,3 +60,23 @@ def test_a_reader_that_goes_away_does_not_fail_a_finished_stage(write_job, tmp_p
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == ""
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["prepare"]["state"] == "done"
+
+
+def test_run_seeds_is_the_eval_seeds_override_and_needs_an_eval_section(write_job, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import miniplm.cli as cli
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}])
+    assert main(["run", str(job_path), "--seeds", "3"]) == 2
+    assert "--seeds" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+    seen = []
+    summary, description, _ = cli.COMMANDS["run"]
+    monkeypatch.setitem(cli.COMMANDS, "run", (summary, description, lambda job, args: seen.append(job) or 0))
+    job = yaml.safe_load(job_path.read_text()) | {"eval": {"models": [], "tasks": []}}
+    job_path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(job_path), "--seeds", "3"]) == 0
+    assert main(["run", str(job_path)]) == 0
+    assert [j.eval.seeds for j in seen] == [3, 1]

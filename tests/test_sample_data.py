@@ -58,33 +58,76 @@ def test_demo_job_reads_its_slice_of_the_bundled_corpus(tmp_path, monkeypatch):
     assert all(len(text.split()) < 50 for text in kept_gibberish["text"])  # too short to judge: min_words
 
 
-def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch):
+def rebuilt(script: str, output: str, tmp_path, monkeypatch) -> bytes:
+    """What a data/ build script writes now, run in a scratch folder that links the sample."""
     import importlib.util
-    import json
 
-    spec = importlib.util.spec_from_file_location("build_eval_task", REPO / "data" / "build_eval_task.py")
+    spec = importlib.util.spec_from_file_location(script, REPO / "data" / f"{script}.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     monkeypatch.setattr(build, "HERE", tmp_path)
     (tmp_path / "sample").symlink_to(REPO / "data" / "sample")
     build.main()
-    assert (tmp_path / "eval" / "bundled-cloze.jsonl").read_bytes() == (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_bytes()
+    return (tmp_path / "eval" / output).read_bytes()
+
+
+def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch):
+    import json
+
+    built = rebuilt("build_eval_task", "bundled-cloze.jsonl", tmp_path, monkeypatch)
+    assert built == (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_bytes()
     items = [json.loads(line) for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_text().splitlines()]
     assert len(items) == 200 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
     assert {i["source"] for i in items} == {"kjv", "python-docs"}
 
 
+def test_clean_heldout_corpus_is_its_build_scripts_and_apart_from_what_the_demo_reads(tmp_path, monkeypatch):
+    import json
+
+    bundled = REPO / "data" / "eval" / "clean-heldout.jsonl"
+    assert rebuilt("build_heldout", "clean-heldout.jsonl", tmp_path, monkeypatch) == bundled.read_bytes()
+    rows = [json.loads(line) for line in bundled.read_text().splitlines()]
+    assert len(rows) == 24 and {r["source"] for r in rows} == {"kjv", "python-docs"}
+    read_by_demo = set()
+    for name in ("kjv", "python-docs", "noise"):
+        read_by_demo |= set(pl.read_parquet(SAMPLE / f"{name}.parquet")["id"][:160])
+    cloze = {json.loads(line)["context"] for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").open()}
+    for r in rows:
+        assert r["id"] not in read_by_demo
+        assert not any(c in r["text"] for c in cloze)
+
+
 def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
-    """The demo's last steps: both students evaluated on held-out text and the offline task, so its
-    report gains the comparison table (the rendering is tested on a tiny run in tests/evaluation)."""
+    """The demo's last steps: both students, three seeds each, evaluated on the clean held-out corpus and
+    the offline task, so its report gains the comparison table (the rendering is tested on a tiny run in
+    tests/evaluation and tests/pipeline)."""
     from miniplm.evaluation.evaluate import targets
     from miniplm.pipeline.plan import steps
 
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "demo.yaml")
-    assert [s.name for s in steps(job)][-3:] == ["train/student-selected", "train/student-random", "eval"]
-    assert [(t.name, t.trained_on) for t in targets(job)] == [("student-selected", "selected"),
-                                                              ("student-random", "random")]
-    assert job.select.random_baseline and job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
+    students = ["student-selected", "student-selected.seed1", "student-selected.seed2",
+                "student-random", "student-random.seed1", "student-random.seed2"]
+    assert [s.name for s in steps(job)][-7:] == [*(f"train/{name}" for name in students), "eval"]
+    assert [(t.name, t.trained_on) for t in targets(job)] == [
+        (name, "selected" if "selected" in name else "random") for name in students]
+    assert job.select.random_baseline and job.select.keep_token_fraction == 0.5
+    assert not job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
+    assert [c.path for c in job.eval.corpora] == ["data/eval/clean-heldout.jsonl"]
     for path in job.eval.task_paths:
         assert (REPO / path / "bundled_cloze.yaml").exists()
+
+
+def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
+    monkeypatch.chdir(REPO)
+    demo = load_job(REPO / "jobs" / "paper-demo.yaml")
+    assert demo.score.unit == "instance" and demo.select.keep_token_fraction == 0.5
+    assert all(t.seq_len == demo.score.max_length for t in demo.tokenize if t.input.startswith("selected"))
+    from miniplm.config import read_job  # the Pile is not here: the schema and the stages' checks, not the inputs
+    from miniplm.stages import check_job
+
+    pile = read_job(REPO / "jobs" / "paper-pile-qwen.yaml")
+    check_job(pile)
+    assert pile.score.unit == "instance" and pile.score.max_length == 1024 and pile.select.keep_token_fraction == 0.5
+    assert pile.corpus.inputs[0].source_field == "meta.pile_set_name"
+    assert [t.seq_len for t in pile.tokenize if t.input == "selected"] == [1024]

@@ -5,6 +5,9 @@ split) becomes RUN_DIR/tokens/NAME/shard-NNNNN.arrow: its documents
 tokenized, each followed by EOS, joined into one stream and cut into rows of
 seq_len + 1 tokens, the rows shuffled with a generator seeded by (seed,
 shard). The stream's tail that does not fill a row is counted, not hidden.
+Selected instances (score.unit: instance) are rows already: with the scoring
+tokenizer each one is a row as it is, padded (corpus/instance_rows.py); with
+another, their text is packed like documents.
 Shards are independent, so any worker (or array task) can take any of them.
 """
 
@@ -18,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from miniplm.config import JobConfig, TokenSet, tokenizer_name
+from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
@@ -29,7 +33,7 @@ from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one
 from miniplm.workers import Worker
 
 NAME = "tokenize"
-STATS = ("documents", "tokens", "rows", "tail_tokens_dropped")
+STATS = ("documents", "tokens", "rows", "tail_tokens_dropped", "pad_tokens")
 
 
 def part_for(token_set: TokenSet, command: str | None = None) -> Part:
@@ -52,9 +56,10 @@ def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], Upstream]
     return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), Upstream(stage, (folder,))
 
 
-def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Rows of seq_len + 1 tokens from the EOS-joined stream, shuffled; and the tail left over."""
-    pieces = [np.asarray(t + [eos], dtype=np.int64) for t in token_lists]
+def pack(token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Rows of seq_len + 1 tokens from the stream of token lists (each followed by `eos`, unless
+    None), shuffled; and the tail left over."""
+    pieces = [np.asarray(t + ([eos] if eos is not None else []), dtype=np.int64) for t in token_lists]
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     width = seq_len + 1
     n_rows = len(stream) // width
@@ -62,16 +67,40 @@ def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Ge
     return rows[rng.permutation(n_rows)], len(stream) - n_rows * width
 
 
-def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, index: int, source: Path, out: Path) -> dict:
+def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, index: int, source: Path, out: Path,
+                   reading: str = "documents") -> dict:
+    """reading: documents; instances (their tokens, one row each); or instance-text (their pieces)."""
+    rng = np.random.default_rng([job.seed, index])
+    columns = {"documents": ["text"], "instances": ["input_ids"], "instance-text": ["text", "docs"]}[reading]
     token_lists: list[list[int]] = []
-    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, ["text"]):
-        token_lists += tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]
-    rows, tail = pack(token_lists, eos, token_set.seq_len, np.random.default_rng([job.seed, index]))
+    units = pad = 0
+    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, columns):
+        units += batch.num_rows
+        if reading == "documents":
+            token_lists += [t + [eos] for t in tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]]
+        elif reading == "instances":
+            token_lists += [t for t in batch.column(0).to_pylist() if len(t) > 1]  # one token predicts nothing
+        else:
+            token_lists += piece_token_lists(batch.column(0).to_pylist(), batch.column(1).to_pylist(), tokenizer, eos)
+    if reading == "instances":
+        rows, pad = padded_rows(token_lists, token_set.seq_len + 1)
+        rows, tail = rows[rng.permutation(len(rows))], 0
+    else:
+        rows, tail = pack(token_lists, None, token_set.seq_len, rng)
     write_rows(out / shard_name(index, ".arrow"), rows)
-    stats = {"documents": len(token_lists), "tokens": sum(len(t) + 1 for t in token_lists),
-             "rows": len(rows), "tail_tokens_dropped": tail}
+    stats = {"documents": units, "tokens": sum(len(t) for t in token_lists), "rows": len(rows),
+             "tail_tokens_dropped": tail, "pad_tokens": pad}
     atomic_write_json(out / shard_name(index, ".json"), stats)
     return stats
+
+
+def reading(job: JobConfig, token_set: TokenSet) -> str:
+    """How a token set reads its input: documents; or, for selected instances, their tokens as rows
+    (the tokenizer that scored them) or their text (another tokenizer)."""
+    if job.score.unit != "instance" or not token_set.input.startswith("selected"):
+        return "documents"
+    same = token_set.tokenizer is None or (job.teacher is not None and token_set.tokenizer == job.teacher.model)
+    return "instances" if same else "instance-text"
 
 
 class Tokenize(ShardedStage):
@@ -94,6 +123,14 @@ class Tokenize(ShardedStage):
         names = only_one("token set", [t.name for t in job.tokenize], only, NAME)
         return [part_for(t) for t in job.tokenize if t.name in names]
 
+    def check(self, job: JobConfig) -> None:
+        for token_set in job.tokenize:
+            if reading(job, token_set) == "instances" and token_set.seq_len != job.score.max_length:
+                raise ConfigError(
+                    f"tokenize.{token_set.name}: the selected instances are rows of score.max_length + 1 = "
+                    f"{job.score.max_length + 1} tokens, trained on as they are: set seq_len: {job.score.max_length} "
+                    "(or give another tokenizer, which packs their text)")
+
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set: TokenSet = part.item
         return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
@@ -106,7 +143,7 @@ class Tokenize(ShardedStage):
         tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
-        run.shared.update(input_shards=shards, tokenizer=tokenizer)
+        run.shared.update(input_shards=shards, tokenizer=tokenizer, reading=reading(run.job, token_set))
         return [token_set.model_dump_json(), documents, Model("tokenizer", resolve_model(name))]
 
     def outputs(self, run: StageRun) -> list[Path]:
@@ -119,14 +156,15 @@ class Tokenize(ShardedStage):
         token_set: TokenSet = run.part.item
         tokenizer = run.shared["tokenizer"]
         tokenize_shard(run.job, token_set, tokenizer, tokenizer.eos_token_id, index, run.shared["input_shards"][index],
-                       run.rd.tokens(token_set.name))
+                       run.rd.tokens(token_set.name), run.shared["reading"])
 
     def finish(self, run: StageRun) -> dict:
         token_set: TokenSet = run.part.item
         out = run.rd.tokens(token_set.name)
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
-        return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len}
+        unit = "documents" if run.shared["reading"] == "documents" else "instances"
+        return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len, "unit": unit}
 
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
             show_progress: bool = True) -> dict[str, dict | None]:
@@ -141,9 +179,11 @@ class Tokenize(ShardedStage):
             if counts is None:
                 lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
             else:
-                lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
-                             f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "
-                             f"tail tokens left over) in {job.run_dir}/tokens/{name}")
+                left = (f"{counts['pad_tokens']:,} padding" if counts.get("pad_tokens")
+                        else f"{counts['tail_tokens_dropped']:,} tail tokens left over")
+                lines.append(f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
+                             f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
+                             f"({left}) in {job.run_dir}/tokens/{name}")
         return lines
 
 

@@ -14,12 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from miniplm.compute import record, student_compute
 from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Files, Input, Model, Upstream
 from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
+from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -51,10 +53,11 @@ def targets(job: JobConfig) -> list[Target]:
         if isinstance(entry, EvalModel):
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
-            for s in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
-                out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
-                                     cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
-                                     f"train/{s.name}")
+            for student in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
+                for s in replicas(job, student):
+                    out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
+                                         cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
+                                         f"train/{s.name}")
         elif entry == "reference":
             if job.reference is None:
                 raise ConfigError("eval.models: the job has no reference")
@@ -107,6 +110,8 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
         result["lm"][name] = lm_loss(model, tokenizer, take(texts(), cfg.max_docs), max_length=target.max_length,
                                      stride=min(cfg.stride, target.max_length - 1), batch_tokens=cfg.batch_tokens,
                                      device=device, desc=f"eval {target.name} {name}", show_progress=show_progress)
+    # lm-eval's zero-shot tasks are not counted: the harness does not say what it ran
+    result["flops"] = record(**{name: lm.pop("flops") for name, lm in result["lm"].items()})
     if cfg.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, cfg.tasks, task_paths=cfg.task_paths, limit=cfg.limit,
                                         num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
@@ -164,15 +169,20 @@ class Eval(ShardedStage):
 
         rd = run.rd
         results = {t.name: json.loads(rd.eval_result(t.name).read_text()) for t in run.shared["models"]}
+        charged = student_compute(run.job, rd)
+        for name, result in results.items():
+            result["compute"] = charged.get(name)
         compare.write(rd, results)
         compare.report(run.job, rd)
-        return compare.summary(results)
+        return compare.summary(results) | {"flops": record(**{n: r["flops"]["total"] for n, r in results.items()})}
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         from miniplm.evaluation.compare import markdown
 
         results = json.loads(RunDir(job.run_dir).eval_results.read_text())
-        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip()]
+        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip(),
+                f"compare: {job.run_dir}/eval/comparison.png (each model's held-out loss and accuracy against the "
+                "compute that produced it)"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         from miniplm.evaluation import compare

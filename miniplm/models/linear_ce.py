@@ -92,16 +92,17 @@ def _scaled(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     return hidden * head.scale if head.scale != 1.0 else hidden
 
 
-def _fused_nll(kernel: LinearCE, hidden: torch.Tensor, targets: torch.Tensor, head: Head, reduction: str):
+def _fused_nll(kernel: LinearCE, hidden: torch.Tensor, targets: torch.Tensor, head: Head, reduction: str,
+               ignore_index: int = -100):
     if kernel == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
         return linear_cross_entropy(_scaled(hidden, head), head.weight, targets, softcap=head.softcap,
-                                    reduction=reduction)
+                                    reduction=reduction, ignore_index=ignore_index)
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     return liger_fused_linear_cross_entropy(_scaled(hidden, head), head.weight, targets, head.bias,
-                                            reduction=reduction, softcap=head.softcap)
+                                            ignore_index=ignore_index, reduction=reduction, softcap=head.softcap)
 
 
 def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch") -> torch.Tensor:
@@ -119,13 +120,15 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kern
     return out
 
 
-def mean_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch") -> torch.Tensor:
-    """The mean negative log-likelihood of `targets` over the rows, differentiable with respect to
-    `hidden` and the head's weight (and bias)."""
+def mean_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch",
+             ignore_index: int = -100) -> torch.Tensor:
+    """The mean negative log-likelihood of `targets` over the rows whose target is not
+    `ignore_index` (0 when there are none), differentiable with respect to `hidden` and the head's
+    weight (and bias)."""
     kernel = _fused(kernel, head)
     if kernel != "torch":
-        return _fused_nll(kernel, hidden, targets, head, "mean").float()
-    return _ChunkedNLL.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap)
+        return _fused_nll(kernel, hidden, targets, head, "mean", ignore_index).float()
+    return _ChunkedNLL.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap, ignore_index)
 
 
 class _ChunkedNLL(torch.autograd.Function):
@@ -134,8 +137,10 @@ class _ChunkedNLL(torch.autograd.Function):
     holds more than one chunk of logits; the backward pass only scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale, softcap):
-        n, vocab = hidden.shape[0], weight.shape[0]
+    def forward(ctx, hidden, weight, bias, targets, scale, softcap, ignore_index=-100):
+        vocab = weight.shape[0]
+        counted = targets != ignore_index
+        n = counted.sum().clamp(min=1)  # a tensor: no wait for the host
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         want_h, want_w, want_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if want_h else None
@@ -145,17 +150,18 @@ class _ChunkedNLL(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=hidden.device)
         chunk = _chunk_rows(vocab)
         for s in range(0, n, chunk):
-            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            h, w = hidden[s : s + chunk], counted[s : s + chunk]
+            y = torch.where(w, targets[s : s + chunk], 0)
             logits = _logits(h, head)
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * w).sum()
             if not (want_h or want_w or want_b):
                 continue
             g = torch.exp(logits - lse[:, None])  # d(nll)/d(logits): softmax minus the one-hot target
             g[torch.arange(g.shape[0], device=g.device), y] -= 1
             if softcap:
                 g *= 1 - (logits / softcap) ** 2
-            g *= scale / n
+            g *= (w * scale / n)[:, None].to(g.dtype)
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
@@ -170,4 +176,4 @@ class _ChunkedNLL(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = lambda g: None if g is None else g * grad_out.to(g.dtype)  # noqa: E731
-        return scale(grad_h), scale(grad_w), scale(grad_b), None, None, None
+        return scale(grad_h), scale(grad_w), scale(grad_b), None, None, None, None

@@ -11,6 +11,7 @@ from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashab
 from miniplm.errors import ConfigError
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_tokenizer
+from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
 from miniplm.training.launch import init_distributed
@@ -92,8 +93,14 @@ class Train(Stage):
     kind = "ranks"
     only = "student"
 
+    def check(self, job: JobConfig) -> None:
+        for student in job.students:
+            if base_name(student.name) != student.name:
+                raise ConfigError(f"students: {student.name!r}: names ending in .seedN are the seed replicas' "
+                                  "(eval.seeds); name the student otherwise")
+
     def steps(self, job: JobConfig) -> list[Step]:
-        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in job.students]
+        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in trained_students(job)]
 
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         return [step.name]
@@ -105,17 +112,18 @@ class Train(Stage):
             show_progress: bool = True) -> dict:
         if not job.students:
             raise ConfigError("train: the job lists no students")
-        names = only_one("student", [s.name for s in job.students], only, NAME)
-        students = [s for s in job.students if s.name in names]
+        names = only_one("student", [s.name for s in trained_students(job)], only, NAME)
+        students = [s for s in trained_students(job) if s.name in names]
         return train_models(job, self, students, job.tokenize, force=force, show_progress=show_progress)
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         lines = []
         for name, counts in result.items():
             held = counts.get("heldout_loss")
+            flops = counts.get("flops", {}).get("by", {}).get("training")
             lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
                          f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
-                         + f"; model in {job.run_dir}/models/{name}")
+                         + (f", {flops:.3g} FLOPs" if flops else "") + f"; model in {job.run_dir}/models/{name}")
         return lines
 
 

@@ -20,13 +20,16 @@ from tqdm import tqdm
 
 from miniplm import distributed
 from miniplm.config import JobConfig, StudentConfig
+from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_write_text
 from miniplm.logs import library_output
-from miniplm.models.flops import datasheet_peak, forward_flops_per_token, matmul_rate
+from miniplm.compute import record
+from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
 from miniplm.models.kernels import apply_liger_layers, attention_implementation, compile_layers, linear_ce_kernel
 from miniplm.models.presets import default_lr, qwen_config
+from miniplm.replicas import training_seed
 from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
 from miniplm.training.objective import NextTokenLoss, lm_state_dict
@@ -101,16 +104,27 @@ def objective(student: StudentConfig, model: torch.nn.Module, device: str) -> Ne
     return NextTokenLoss(model, kernel, zero3=zero3)
 
 
+def heldout_batches(n_rows: int, rank: int, world: int, micro: int) -> list[list[int | None]]:
+    """This rank's micro-batches of the first `n_rows` rows, None where it pads. Every rank gets the
+    same number of full micro-batches: under ZeRO-3 each forward gathers the parameters from all
+    ranks, and a rank with one forward fewer would leave the others waiting for ever."""
+    per_rank = math.ceil(n_rows / world)
+    mine: list[int | None] = list(range(rank, n_rows, world))
+    mine += [None] * (math.ceil(per_rank / micro) * micro - len(mine))
+    return [mine[start : start + micro] for start in range(0, len(mine), micro)]
+
+
 @torch.no_grad()
 def heldout_loss(engine, rows: TokenRows, n_rows: int, rank: int, world: int, micro: int, device: str) -> float:
     """Mean token loss over the first `n_rows` held-out rows, split among ranks."""
     engine.eval()
-    mine = list(range(rank, min(n_rows, len(rows)), world))
     total = torch.zeros(2, dtype=torch.float64, device=device)  # on the device: no wait per batch
-    for start in range(0, len(mine), micro):
-        batch = to_tensor(rows, mine[start : start + micro], device)
-        total[0] += engine(batch).double() * batch[:, 1:].numel()
-        total[1] += batch[:, 1:].numel()
+    for indices in heldout_batches(min(n_rows, len(rows)), rank, world, micro):
+        batch = to_tensor(rows, [0 if i is None else i for i in indices], device)
+        batch[torch.tensor([i is None for i in indices], device=device)] = PAD  # filler: nothing predicted
+        count = (batch[:, 1:] != PAD).sum()
+        total[0] += engine(batch).double() * count
+        total[1] += count
     loss_sum, count = distributed.all_sum(total)
     engine.train()
     return loss_sum / count if count else float("nan")
@@ -168,11 +182,13 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         raise ConfigError(f"students.{student.name}: batch_tokens {student.batch_tokens} must be a multiple of "
                           f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})")
     accumulation = rows_per_step // (student.micro_batch * world)
-    plan = RowPlan(len(rows), rows_per_step, job.seed)
+    seed = training_seed(job, student)
+    plan = RowPlan(len(rows), rows_per_step, seed)
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
-    torch.manual_seed(job.seed)
+    torch.manual_seed(seed)
     model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device)
+    counted = ModelFlops.of(model)
     peak_lr = student.lr or default_lr(student.preset)
     # fused: one kernel for the whole update on the GPU (not for optimizer states offloaded to the CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
@@ -189,7 +205,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         step = client["step"]
         torch.set_rng_state(client["rng"])
 
-    flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)  # forward + backward
+    flops_per_token = 3 * counted.per_token((seq_len + 1) / 2)  # forward + backward
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
     datasheet = datasheet_peak(device) if bf16 else None  # what other trainers' MFU is against
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
@@ -232,7 +248,12 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     _export(engine, student, tokenizer, rd, rank)
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {"tokens": student.steps * rows_per_step * seq_len}
+    evaluations = len([s for s in range(1, student.steps + 1) if s % student.eval_every == 0 or s == student.steps])
+    heldout_rows = evaluations * min(student.eval_rows, len(heldout)) if heldout is not None else 0
+    flops = record(training=3 * student.steps * rows_per_step * counted.forward(seq_len),
+                   heldout=heldout_rows * counted.forward(seq_len))
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {
+        "tokens": student.steps * rows_per_step * seq_len, "seed": seed, "flops": flops}
 
 
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
