@@ -25,7 +25,7 @@ from miniplm.training.launch import set_distributed_env
 from miniplm.training.trainer import _loss, build_model, deepspeed_config
 
 
-class _Vocab:
+class VocabStub:
     """Stands in for a tokenizer: build_model needs only its size and special tokens."""
 
     def __init__(self, size: int):
@@ -35,6 +35,18 @@ class _Vocab:
         return self.size
 
 
+def timed(step, steps: int, device: str, warmup: int = 2) -> float:
+    """Seconds that `steps` calls of `step` take, after `warmup` calls not timed."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def bench(preset: str, seq_len: int, micro: int, steps: int, device: str) -> None:
     import deepspeed
 
@@ -42,7 +54,7 @@ def bench(preset: str, seq_len: int, micro: int, steps: int, device: str) -> Non
     vocab = 32768 if preset.startswith("tiny") else 151936
     student = StudentConfig(name="bench", preset=preset, tokens="bench", steps=steps, micro_batch=micro,
                             batch_tokens=micro * seq_len, gradient_checkpointing=False)
-    model = build_model(student, _Vocab(vocab), seq_len, torch.bfloat16 if bf16 else torch.float32)
+    model = build_model(student, VocabStub(vocab), seq_len, torch.bfloat16 if bf16 else torch.float32)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -54,15 +66,7 @@ def bench(preset: str, seq_len: int, micro: int, steps: int, device: str) -> Non
         engine.backward(loss)
         engine.step()
 
-    for _ in range(2):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    seconds = time.perf_counter() - start
-    tokens_per_s = steps * micro * seq_len / seconds
+    tokens_per_s = steps * micro * seq_len / timed(step, steps, device)
     flops = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)
     rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device)
     print(f"{preset:<10} {params / 1e6:>8.1f}M {seq_len:>6} {micro:>5} {tokens_per_s:>12,.0f} "

@@ -18,7 +18,8 @@ from miniplm.files import atomic_path, atomic_write_text
 
 
 class BatchCheckpoints:
-    """Rows of results, keyed by (doc, start), in files `batches-FIRST-LAST.parquet`."""
+    """Results of consecutive batches in files `batches-FIRST-LAST.parquet`: tables, or rows keyed
+    by (doc, start)."""
 
     def __init__(self, folder: Path, environment: str):
         self.folder = folder
@@ -32,25 +33,37 @@ class BatchCheckpoints:
         if not env_file.exists() or env_file.read_text() != environment:
             atomic_write_text(env_file, environment)
 
-    def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
-        """(the first batch not saved, the saved rows by (doc, start))."""
-        done, results = 0, {}
+    def load_tables(self) -> tuple[int, list[pa.Table]]:
+        """(the first batch not saved, the saved tables in batch order)."""
+        done, tables = 0, []
         for f in sorted(self.folder.glob("batches-*.parquet")):
             first, last = (int(x) for x in f.stem.split("-")[1:3])
             try:
-                rows = pq.read_table(f).to_pylist() if first == done else None
+                table = pq.read_table(f) if first == done else None
             except (OSError, pa.ArrowException):
-                rows = None  # damaged by a crash of the machine, not the process
-            if rows is None:
+                table = None  # damaged by a crash of the machine, not the process
+            if table is None:
                 for later in sorted(self.folder.glob("batches-*.parquet")):
                     if int(later.stem.split("-")[1]) >= first:
                         later.unlink()
                 break
-            for row in rows:
-                results[(row.pop("doc"), row.pop("start"))] = row
+            tables.append(table)
             done = last + 1
+        return done, tables
+
+    def save_table(self, first: int, last: int, table: pa.Table) -> None:
+        """Save the results of batches first..last (inclusive)."""
+        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+
+    def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
+        """(the first batch not saved, the saved rows by (doc, start))."""
+        done, tables = self.load_tables()
+        results = {}
+        for table in tables:
+            for row in table.to_pylist():
+                results[(row.pop("doc"), row.pop("start"))] = row
         return done, results
 
     def save(self, first: int, last: int, rows: list[dict]) -> None:
-        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        self.save_table(first, last, pa.Table.from_pylist(rows))

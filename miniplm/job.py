@@ -13,10 +13,13 @@ from miniplm.stages import check_job
 
 
 def _check_models(job: JobConfig, where: str) -> None:
-    for key in ("teacher", "reference"):
-        spec = getattr(job, key)
-        if spec is not None and spec.model is not None and not looks_loadable(spec.model):
-            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
+    models = [(f"{key}.model", spec.model) for key in ("teacher", "reference")
+              if (spec := getattr(job, key)) is not None and spec.model is not None]
+    models += [(f"students.{s.name}.kd.teacher", s.kd.teacher) for s in job.students if s.kd is not None]
+    models += [(f"teacher_logits.{t.name}.teacher", t.teacher) for t in job.teacher_logits]
+    for key, model in models:
+        if model != "teacher" and not looks_loadable(model):
+            raise ConfigError(f"{where}: {key}: no model folder at {model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
 
 
@@ -34,10 +37,10 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     """Read, override and validate a job file; raise ConfigError naming the file and key."""
     job = read_job(path, overrides)
     where = job_label(path, overrides)
+    _check_models(job, where)  # before the stages' checks, which may read the models' tokenizers
     try:
         check_job(job)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _check_inputs_exist(job, where)
-    _check_models(job, where)
     return job

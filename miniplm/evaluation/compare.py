@@ -20,12 +20,16 @@ def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: one row per model; loss and perplexity per corpus, accuracy per task, the average."""
     corpora = list(dict.fromkeys(c for r in results.values() for c in r["lm"]))
     tasks = list(dict.fromkeys(t for r in results.values() for t in r.get("zero_shot", {}).get("tasks", {})))
-    headers = ["model", "role", "trained on"]
+    compute = any(r.get("compute") for r in results.values())
+    headers = ["model", "role", "trained on"] + (["train FLOPs", "teacher FLOPs"] if compute else [])
     headers += [h for c in corpora for h in (f"{c} loss", f"{c} ppl", f"{c} bpb")]
     headers += [f"{t} ({_metric(results, t)})" for t in tasks] + (["average"] if tasks else [])
     rows = []
     for name, r in results.items():
         row = [name, r["role"], r.get("trained_on") or ""]
+        if compute:
+            flops = r.get("compute") or {}
+            row += [f"{flops['flops']:.3g}", f"{flops['teacher_flops']:.3g}"] if flops else ["", ""]
         for c in corpora:
             lm = r["lm"].get(c)
             row += [f"{lm['loss']:.4f}", f"{lm['perplexity']:.2f}", f"{lm['bits_per_byte']:.4f}"] if lm else [""] * 3

@@ -19,6 +19,7 @@ from miniplm.files import atomic_write_json
 from miniplm.models.loading import model_fingerprint
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
+from miniplm.training.teacher_logits import part_name
 
 NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
@@ -49,8 +50,9 @@ def targets(job: JobConfig) -> list[Target]:
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
             for s in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
+                kd = f" + KD ({s.kd.loss}, {s.kd.source})" if s.kd is not None else ""
                 out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
-                                     cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
+                                     cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
                                      f"train/{s.name}")
         elif entry == "reference":
             if job.reference is None:
@@ -87,6 +89,20 @@ def _facts(job: JobConfig, rd: RunDir, models: list[Target]) -> list[str]:
     return facts
 
 
+def training_compute(job: JobConfig, rd: RunDir, target: Target) -> dict | None:
+    """The FLOPs that made a model this run trained: its training, the teacher's forward passes in
+    the loop, and (offline KD) the teacher-logits set it read; None for a model trained elsewhere."""
+    counts = rd.stage_state(target.train_stage).get("counts", {}) if target.train_stage else {}
+    if "flops" not in counts:
+        return None
+    flops, teacher = counts["flops"], counts.get("teacher_flops", 0.0)
+    kd = next((s.kd for s in job.students if s.name == target.name and target.role == "student"), None)
+    if kd is not None and kd.source == "offline":
+        stored = rd.stage_state(part_name(str(kd.logits))).get("counts", {}).get("flops", 0.0)
+        flops, teacher = flops + stored, teacher + stored
+    return {"flops": flops, "teacher_flops": teacher}
+
+
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
     from miniplm.evaluation.harness import zero_shot
     from miniplm.evaluation.heldout import corpus_texts, heldout_texts, lm_loss, take
@@ -99,7 +115,7 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
     corpora = {"heldout": lambda: heldout_texts(rd)} if cfg.heldout else {}
     corpora |= {c.source_name: (lambda c=c: corpus_texts(c, job.corpus.max_chars)) for c in cfg.corpora}
     result: dict = {"model": target.model, "role": target.role, "trained_on": target.trained_on,
-                    "max_length": target.max_length, "lm": {}}
+                    "max_length": target.max_length, "compute": training_compute(job, rd, target), "lm": {}}
     for name, texts in corpora.items():
         result["lm"][name] = lm_loss(model, tokenizer, take(texts(), cfg.max_docs), max_length=target.max_length,
                                      stride=min(cfg.stride, target.max_length - 1), batch_tokens=cfg.batch_tokens,

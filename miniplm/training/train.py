@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import sys
 
-from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
-                            tokenizer_name)
+from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
+                            token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.logs import library_output
-from miniplm.models.loading import load_tokenizer
+from miniplm.models.loading import load_tokenizer, model_fingerprint
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
+from miniplm.training import teacher_logits
 from miniplm.training.launch import set_distributed_env
 from miniplm.workers import Worker
 
@@ -29,6 +30,23 @@ def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
         raise StageError(f"{rd.root}: student {student.name!r} trains on token set {name!r}; "
                          "run `miniplm tokenize` first")
     return state["config_hash"]
+
+
+def _kd_facts(job: JobConfig, rd: RunDir, student: StudentConfig) -> list[str]:
+    """What a student's distillation depends on besides its settings: the teacher's identity (its
+    tokenizer checked against the student's first), or the hash of the stored log-probs it reads."""
+    kd = student.kd
+    if kd is None:
+        return []
+    if kd.source == "offline":
+        state = rd.stage_state(teacher_logits.part_name(str(kd.logits)))
+        if state.get("state") != "done":
+            raise StageError(f"{rd.root}: student {student.name!r} reads teacher log-probs {kd.logits!r}; "
+                             "run `miniplm teacher-logits` first")
+        return [state["config_hash"]]
+    teacher, dtype = teacher_model(job, kd.teacher)
+    teacher_logits.check_teacher_tokenizer(job, teacher, student.tokens, f"students.{student.name}.kd")
+    return [model_fingerprint(teacher), dtype]
 
 
 def init_distributed() -> int:
@@ -58,7 +76,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
         name = stage_name(student)
         dumped = hashable_dump(student)
         dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
-        hashes = [_token_set_hash(rd, student.tokens, student)]
+        hashes = [_token_set_hash(rd, student.tokens, student), *_kd_facts(job, rd, student)]
         config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
         outputs = [rd.model(student.name), rd.training(student.name)]
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False
@@ -114,6 +132,13 @@ class Train(Stage):
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, str(step.only))
+
+    def check(self, job: JobConfig) -> None:
+        """A student distilled online from a teacher with another tokenizer fails when the job loads."""
+        for s in job.students:
+            if s.kd is not None and s.kd.source == "online":
+                teacher_logits.check_teacher_tokenizer(job, teacher_model(job, s.kd.teacher)[0], s.tokens,
+                                                       f"students.{s.name}.kd", strict=False)
 
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
             show_progress: bool = True) -> dict:

@@ -91,6 +91,11 @@ def _loss(engine, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
+def _plain_loss(engine, batch: torch.Tensor, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Pretraining without a teacher: the cross-entropy, and no other terms to report."""
+    return _loss(engine, batch), {}
+
+
 @torch.no_grad()
 def heldout_loss(engine, rows: TokenRows, n_rows: int, rank: int, world: int, micro: int, device: str) -> float:
     """Mean token loss over the first `n_rows` held-out rows, split among ranks."""
@@ -178,7 +183,15 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         step = client["step"]
         torch.set_rng_state(client["rng"])
 
-    flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)  # forward + backward
+    step_loss = _plain_loss
+    teacher_flops_per_token = 0.0
+    if student.kd is not None:
+        from miniplm.training.distill import Distillation
+
+        distill = Distillation.for_student(job, student, rd, len(tokenizer), device, len(rows), seq_len)
+        step_loss, teacher_flops_per_token = distill.losses, distill.teacher_flops_per_token(seq_len)
+    # forward + backward of the student, and the teacher's forward when it runs in the loop
+    flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2) + teacher_flops_per_token
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
     bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
@@ -189,16 +202,17 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         lr = lr_at(step, peak_lr, student.warmup_steps, student.steps, student.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = []
+        losses: dict[str, list[torch.Tensor]] = {}
         for micro in plan.micro_batches(step, rank, world, student.micro_batch):
-            loss = _loss(engine, to_tensor(rows, micro, device))
+            loss, terms = step_loss(engine, to_tensor(rows, micro, device), micro)
             engine.backward(loss)
             engine.step()
-            losses.append(loss.detach())
+            for key, value in {"loss": loss, **terms}.items():
+                losses.setdefault(key, []).append(value.detach())
         step += 1
         seconds = time.perf_counter() - started
         tokens_per_s = rows_per_step * seq_len / seconds
-        last = {"step": step, "loss": _all_mean(torch.stack(losses).mean(), world), "lr": lr,
+        last = {"step": step, **{key: _all_mean(torch.stack(v).mean(), world) for key, v in losses.items()}, "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * flops_per_token / peak_flops}
         if heldout is not None and (step % student.eval_every == 0 or step == student.steps):
@@ -217,7 +231,9 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     _export(engine, student, tokenizer, rd, rank)
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {"tokens": student.steps * rows_per_step * seq_len}
+    tokens = student.steps * rows_per_step * seq_len
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {
+        "tokens": tokens, "flops": tokens * flops_per_token, "teacher_flops": tokens * teacher_flops_per_token}
 
 
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
