@@ -26,7 +26,7 @@ from miniplm.config import KDConfig, StudentConfig
 from miniplm.models.flops import forward_flops_per_token, matmul_rate
 from miniplm.training.distill import Distillation
 from miniplm.training.launch import set_distributed_env
-from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, rows_table, write_logits
+from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, write_logits
 from miniplm.training.teacher import Teacher
 from miniplm.training.trainer import _plain_loss, build_model, deepspeed_config
 from train_bench import VocabStub, timed  # benchmarks/, the script's folder
@@ -53,8 +53,8 @@ def stored_logits(folder: Path, rows: int, seq_len: int, k: int, vocab: int) -> 
     rng = np.random.default_rng(0)
     ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(rows * seq_len)]).reshape(rows, seq_len, k)
     logp = np.sort(np.log(rng.dirichlet(np.ones(k + 1), size=(rows, seq_len))), axis=-1)[..., ::-1]
-    table = rows_table(ids, logp[..., :k], logp[..., k], vocab, "float16")
-    write_logits(folder / "shard-00000.arrow", table, LogitsLayout(seq_len, k, vocab, 1.0))
+    layout = LogitsLayout(seq_len, k, vocab, 1.0)
+    write_logits(folder / "shard-00000.arrow", layout, [layout.table(ids, logp[..., :k], logp[..., k])])
     return TeacherLogitRows(folder)
 
 

@@ -33,23 +33,31 @@ class BatchCheckpoints:
         if not env_file.exists() or env_file.read_text() != environment:
             atomic_write_text(env_file, environment)
 
+    def saved(self) -> tuple[int, list[Path]]:
+        """(the first batch not saved, the files of the batches before it, in order). A file that
+        does not follow on from the one before, or cannot be read, is deleted with all after it."""
+        done, files = 0, []
+        found = sorted(self.folder.glob("batches-*.parquet"))
+        for i, f in enumerate(found):
+            first, last = (int(x) for x in f.stem.split("-")[1:3])
+            ok = first == done
+            try:
+                if ok:
+                    pq.read_metadata(f)  # a file cut short by a crash of the machine has no footer
+            except (OSError, pa.ArrowException):
+                ok = False
+            if not ok:
+                for later in found[i:]:
+                    later.unlink()
+                break
+            files.append(f)
+            done = last + 1
+        return done, files
+
     def load_tables(self) -> tuple[int, list[pa.Table]]:
         """(the first batch not saved, the saved tables in batch order)."""
-        done, tables = 0, []
-        for f in sorted(self.folder.glob("batches-*.parquet")):
-            first, last = (int(x) for x in f.stem.split("-")[1:3])
-            try:
-                table = pq.read_table(f) if first == done else None
-            except (OSError, pa.ArrowException):
-                table = None  # damaged by a crash of the machine, not the process
-            if table is None:
-                for later in sorted(self.folder.glob("batches-*.parquet")):
-                    if int(later.stem.split("-")[1]) >= first:
-                        later.unlink()
-                break
-            tables.append(table)
-            done = last + 1
-        return done, tables
+        done, files = self.saved()
+        return done, [pq.read_table(f) for f in files]
 
     def save_table(self, first: int, last: int, table: pa.Table) -> None:
         """Save the results of batches first..last (inclusive)."""

@@ -7,13 +7,18 @@ predicted positions, the teacher's top-k token ids (uint16 when the vocabulary
 fits, else int32), their log-probs, and the log of the mass left to the other
 tokens (float16 or float32). At k = 32 with float16 and a vocabulary under
 65,536 that is 32 x (2 + 2) + 2 = 130 bytes per token.
+
+Files are written in record batches of BATCH_ROWS rows whatever pieces the
+rows arrive in, so a shard computed in one go and one resumed after a kill
+are the same bytes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -23,51 +28,63 @@ import torch
 from miniplm.corpus.tokens import list_blocks
 from miniplm.files import atomic_path
 
-BATCH_ROWS = 64  # rows per record batch in a written file: a fixed layout, so a rerun writes the same bytes
+BATCH_ROWS = 64
 COLUMNS = ("ids", "logprobs", "rest")
-
-
-def id_dtype(vocab: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
-
-
-def rows_table(ids: np.ndarray, logp: np.ndarray, rest: np.ndarray, vocab: int, logprob_dtype: str) -> pa.Table:
-    """A table of rows from ids and log-probs [rows, seq_len, k] and the remaining mass [rows, seq_len]."""
-    n, seq_len, k = ids.shape
-    dtype = np.dtype(logprob_dtype)
-
-    def column(values: np.ndarray, as_type: np.dtype, width: int) -> pa.Array:
-        flat = pa.array(np.ascontiguousarray(values, dtype=as_type).ravel())
-        return pa.FixedSizeListArray.from_arrays(flat, width)
-
-    return pa.table({"ids": column(ids, id_dtype(vocab), seq_len * k),
-                     "logprobs": column(logp, dtype, seq_len * k),
-                     "rest": column(rest, dtype, seq_len)})
+METADATA_KEY = b"miniplm.teacher_logits"
 
 
 @dataclass(frozen=True)
 class LogitsLayout:
+    """What a set's files hold: rows of seq_len positions, top_k tokens each, over `vocab`
+    tokens, log-probs of softmax(logits / temperature) stored as `logprob_dtype`."""
+
     seq_len: int
     top_k: int
     vocab: int
     temperature: float
+    logprob_dtype: str = "float16"
 
-    def metadata(self) -> dict[bytes, bytes]:
-        return {b"miniplm.teacher_logits": json.dumps(self.__dict__).encode()}
+    @property
+    def id_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16) if self.vocab <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+    def schema(self) -> pa.Schema:
+        width, value = self.seq_len * self.top_k, pa.from_numpy_dtype(np.dtype(self.logprob_dtype))
+        return pa.schema([("ids", pa.list_(pa.from_numpy_dtype(self.id_dtype), width)),
+                          ("logprobs", pa.list_(value, width)), ("rest", pa.list_(value, self.seq_len))],
+                         metadata={METADATA_KEY: json.dumps(asdict(self)).encode()})
+
+    def table(self, ids: np.ndarray, logp: np.ndarray, rest: np.ndarray) -> pa.Table:
+        """Rows from ids and log-probs [rows, seq_len, k] and the remaining mass [rows, seq_len]."""
+        values = (ids.astype(self.id_dtype), logp.astype(self.logprob_dtype), rest.astype(self.logprob_dtype))
+        return _table(self.schema(), [pa.array(np.ascontiguousarray(v).ravel()) for v in values])
 
 
-def write_logits(path: Path, table: pa.Table, layout: LogitsLayout) -> int:
-    """Write the rows of a shard as one file (atomically); its size in bytes. The columns are rebuilt
-    from their values, so that tables read back from checkpoints (Parquet names list items
-    differently) write the same bytes as tables just computed."""
-    columns = {}
-    for name in COLUMNS:
-        column = table[name].combine_chunks()
-        columns[name] = pa.FixedSizeListArray.from_arrays(column.flatten(), column.type.list_size)
-    table = pa.table(columns).replace_schema_metadata(layout.metadata())
-    with atomic_path(path) as tmp:
-        with ipc.new_file(str(tmp), table.schema) as writer:
-            writer.write_table(table, max_chunksize=BATCH_ROWS)
+def _table(schema: pa.Schema, flat: list[pa.Array]) -> pa.Table:
+    """A table of the schema from each column's flat values (list items named as the schema names them)."""
+    columns = [pa.FixedSizeListArray.from_arrays(v, type=f.type) for v, f in zip(flat, schema)]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_logits(path: Path, layout: LogitsLayout, tables: Iterable[pa.Table]) -> int:
+    """Write a shard's rows, arriving in order as tables of any size, as one file that appears
+    complete or not at all; its size in bytes. Holds one record batch of rows at a time."""
+    schema = layout.schema()
+    with atomic_path(path) as tmp, ipc.new_file(str(tmp), schema) as writer:
+
+        def emit(rows: pa.Table) -> None:
+            # rebuilt from the values: tables read back from Parquet checkpoints name list items otherwise
+            writer.write_table(_table(schema, [rows[name].combine_chunks().flatten() for name in COLUMNS]))
+
+        pending = pa.Table.from_batches([], schema)
+        for table in tables:
+            pending = pa.concat_tables([pending, table.cast(schema)])
+            whole = pending.num_rows - pending.num_rows % BATCH_ROWS
+            for start in range(0, whole, BATCH_ROWS):
+                emit(pending.slice(start, BATCH_ROWS))
+            pending = pending.slice(whole)
+        if pending.num_rows:
+            emit(pending)
     return path.stat().st_size
 
 
@@ -83,9 +100,7 @@ class TeacherLogitRows:
         layouts = set()
         for f in self.files:
             table = ipc.open_file(pa.memory_map(str(f))).read_all()
-            meta = json.loads(table.schema.metadata[b"miniplm.teacher_logits"])
-            layout = LogitsLayout(**meta)
-            layouts.add(layout)
+            layouts.add(LogitsLayout(**json.loads(table.schema.metadata[METADATA_KEY])))
             blocks = {name: list_blocks(table[name]) for name in COLUMNS}
             self._blocks += [dict(zip(COLUMNS, parts)) for parts in zip(*blocks.values())]
         if len(layouts) > 1:

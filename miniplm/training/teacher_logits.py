@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
@@ -28,7 +29,7 @@ from miniplm.files import atomic_write_json
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, model_fingerprint, pick_device
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, only_one
-from miniplm.training.logit_files import LogitsLayout, rows_table, write_logits
+from miniplm.training.logit_files import LogitsLayout, write_logits
 
 NAME = "teacher-logits"
 STATS = ("rows", "tokens", "bytes", "flops")
@@ -81,11 +82,12 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     seq_len = run.shared["seq_len"]
     blocks = row_blocks(token_file)
     rows = np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), dtype=np.int32)
+    layout = LogitsLayout(seq_len, entry.top_k, teacher.vocab, entry.temperature, entry.logprob_dtype)
     per_batch = max(1, entry.batch_tokens // seq_len)
     starts = range(0, len(rows), per_batch)
     scratch = run.rd.work(run.name) / shard_name(index, "")
     checkpoints = BatchCheckpoints(scratch, _environment(teacher, str(teacher.device), per_batch))
-    done, tables = checkpoints.load_tables()
+    done, _ = checkpoints.saved()
     bar.update(min(done * per_batch, len(rows)) * seq_len)
     pending: list[pa.Table] = []
     for b in range(done, len(starts)):
@@ -93,20 +95,14 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
         hidden = teacher.hidden(batch)
         ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
         shape = (len(batch), seq_len)
-        pending.append(rows_table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
-                                  rest.reshape(shape).numpy(), teacher.vocab, entry.logprob_dtype))
+        pending.append(layout.table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
+                                    rest.reshape(shape).numpy()))
         bar.update(batch.numel())
         if len(pending) >= entry.checkpoint_every or b + 1 == len(starts):
             checkpoints.save_table(b + 1 - len(pending), b, pa.concat_tables(pending))
-            tables += pending
             pending = []
-    layout = LogitsLayout(seq_len=seq_len, top_k=entry.top_k, vocab=teacher.vocab, temperature=entry.temperature)
-    if not tables:  # a token shard without rows
-        k = entry.top_k
-        tables = [rows_table(np.zeros((0, seq_len, k)), np.zeros((0, seq_len, k)), np.zeros((0, seq_len)),
-                             teacher.vocab, entry.logprob_dtype)]
     out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
-    size = write_logits(out, pa.concat_tables(tables), layout)
+    size = write_logits(out, layout, (pq.read_table(f) for f in checkpoints.saved()[1]))
     stats = {"rows": len(rows), "tokens": len(rows) * seq_len, "bytes": size,
              "flops": len(rows) * seq_len * teacher.flops_per_token((seq_len + 1) / 2)}
     atomic_write_json(out.with_suffix(".json"), stats)

@@ -152,8 +152,9 @@ class Train(Stage):
         lines = []
         for name, counts in result.items():
             held = counts.get("heldout_loss")
+            terms = f" (CE {counts['ce_loss']:.4f}, KD {counts['kd_loss']:.4f})" if "kd_loss" in counts else ""
             lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
-                         f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
+                         f"{counts['loss']:.4f}{terms}" + (f", held-out loss {held:.4f}" if held is not None else "")
                          + f"; model in {job.run_dir}/models/{name}")
         return lines
 

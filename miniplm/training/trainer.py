@@ -91,6 +91,9 @@ def _loss(engine, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
+TERMS = ("ce_loss", "kd_loss")  # what a distilled student's loss is made of, in its metrics and counts
+
+
 def _plain_loss(engine, batch: torch.Tensor, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Pretraining without a teacher: the cross-entropy, and no other terms to report."""
     return _loss(engine, batch), {}
@@ -232,7 +235,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     bar.close()
     _export(engine, student, tokenizer, rd, rank)
     tokens = student.steps * rows_per_step * seq_len
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {k: last[k] for k in TERMS if k in last} | {
         "tokens": tokens, "flops": tokens * flops_per_token, "teacher_flops": tokens * teacher_flops_per_token}
 
 
