@@ -37,7 +37,7 @@ from miniplm.training.launch import init_distributed
 from miniplm.training.trainer import build_model, deepspeed_config, objective
 
 
-class _Vocab:
+class VocabStub:
     """Stands in for a tokenizer: build_model needs only its size and special tokens."""
 
     def __init__(self, size: int):
@@ -48,7 +48,7 @@ class _Vocab:
 
 
 def plain_step(student: StudentConfig, vocab: int, seq_len: int, device: str, batch: torch.Tensor, accumulation: int):
-    model = build_model(student.model_copy(update={"kernels": "torch"}), _Vocab(vocab), seq_len, torch.float32,
+    model = build_model(student.model_copy(update={"kernels": "torch"}), VocabStub(vocab), seq_len, torch.float32,
                         device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     on_cuda = device.startswith("cuda")
@@ -72,7 +72,7 @@ def miniplm_step(student: StudentConfig, vocab: int, seq_len: int, device: str, 
     import deepspeed
 
     bf16 = device.startswith("cuda")
-    model = build_model(student, _Vocab(vocab), seq_len, torch.bfloat16 if bf16 else torch.float32, device)
+    model = build_model(student, VocabStub(vocab), seq_len, torch.bfloat16 if bf16 else torch.float32, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
                                   fused=bf16)
     engine, _, _, _ = deepspeed.initialize(model=objective(student, model, device), optimizer=optimizer,

@@ -18,6 +18,8 @@ the scoring by teacher and reference. That shared work is split equally over
 the job's students that train on it (a student's seed replicas repeat one
 experiment: each carries the student's full share). A student on a random
 selection or a split is charged its training alone: it needs no scores.
+A distilled student's training includes the teacher's forward passes in the
+loop (online), or its share of the teacher-logits set it reads (offline).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ RULE = ("Compute is model FLOPs (every matmul; training counts forward and backw
         "student's total is its own training plus an equal share, among the students that train on the same "
         "selection, of the work that selection needed: the reference's training (when the run trains it) and "
         "the teacher's and the reference's scoring. Seed replicas repeat one student and each carries its full "
-        "share. A student on a random selection or a split is charged its training alone.")
+        "share. A student on a random selection or a split is charged its training alone. A distilled student's "
+        "training includes the teacher's forward passes (online KD), or it carries an equal share of the stored "
+        "teacher log-probs it reads among the students that read them (offline KD).")
 
 
 def record(**flops: float) -> dict[str, Any]:
@@ -71,6 +75,13 @@ def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | N
         if any(u is None for u in upstream):
             share = None
         training = spent(rd, f"train/{student.name}", "training")  # its held-out evaluations made nothing
+        if training is not None:  # online KD: the teacher's forward passes in the loop
+            training += spent(rd, f"train/{student.name}", "teacher") or 0.0
+        if share is not None and student.kd is not None and student.kd.source == "offline":
+            # the stored log-probs: shared by the students that read the same set
+            readers = {base_name(s.name) for s in students if s.kd is not None and s.kd.logits == student.kd.logits}
+            stored = spent(rd, f"teacher-logits/{student.kd.logits}")
+            share = share + stored / len(readers) if stored is not None else None
         total = training + share if training is not None and share is not None else None
         out[student.name] = {"training": training, "shared": share, "total": total}
     return out

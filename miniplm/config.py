@@ -253,6 +253,34 @@ class TokenSet(_Strict):
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
 
 
+class KDConfig(_Strict):
+    """Distillation in training: loss = (1 - weight) * CE + weight * KD (MiniPLM's vanilla KD: kd_ratio 0.5)."""
+
+    teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m "
+                         "(it must share the student's tokenizer)")
+    source: Literal["online", "offline"] = Field(
+        "online", description="online: the teacher runs in the training loop; offline: read the top-k log-probs the "
+        "teacher-logits stage stored for the student's token set")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"] = Field(
+        "forward_kl", description="forward_kl: vanilla KD; reverse_kl: MiniLLM's; jsd; DistiLLM's skew KLs")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="of the KD term; CE gets 1 - weight")
+    temperature: float = Field(1.0, gt=0.0, description="divides both models' logits in the KD term")
+    beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd: the teacher's share of the mixture "
+                               "(default 0.5); skew losses: the skew alpha (default 0.1)")
+    logits: str | None = Field(None, description="offline: the teacher_logits set to read (its tokens must be the "
+                               "student's)")
+
+    @model_validator(mode="after")
+    def _offline_reads_a_set(self) -> "KDConfig":
+        if self.source == "offline" and self.logits is None:
+            raise ValueError("source offline reads stored teacher log-probs: name the teacher_logits set in logits")
+        if self.source == "online" and self.logits is not None:
+            raise ValueError("logits is read with source: offline only (online runs the teacher)")
+        if self.source == "offline" and self.teacher != "teacher":
+            raise ValueError("source offline takes its teacher from the teacher_logits set; set teacher there")
+        return self
+
+
 class StudentConfig(_Strict):
     """A model to pretrain with DeepSpeed on a token set: RUN_DIR/models/NAME/."""
 
@@ -286,6 +314,7 @@ class StudentConfig(_Strict):
     kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
     compile: bool = Field(False, description="torch.compile each decoder layer (minutes of compiling once, then "
                           "faster steps)", json_schema_extra=EXECUTION_ONLY)
+    kd: KDConfig | None = Field(None, description="distill a teacher into the student while it trains")
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":
@@ -296,6 +325,25 @@ class StudentConfig(_Strict):
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
         return self
+
+
+class TeacherLogitsSet(_Strict):
+    """The teacher's top-k next-token log-probabilities at every position of a token set, for offline
+    KD: RUN_DIR/teacher-logits/NAME/, aligned with the token set's shards and rows."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    tokens: str = Field(description="the token set (tokenize: name) to run the teacher over")
+    top_k: int = Field(32, gt=0, description="tokens kept per position (at most the vocabulary size)")
+    teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m")
+    temperature: float = Field(1.0, gt=0.0, description="the log-probs are of softmax(logits / temperature); a "
+                               "student reading them distills at this temperature")
+    logprob_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="how log-probs are stored: float16 (half the bytes, ~1e-3 relative error in "
+        "probabilities) or float32")
+    batch_tokens: int = Field(16384, gt=0, description="tokens per teacher forward pass (whole rows)")
+    checkpoint_every: int = Field(20, gt=0, description="batches between progress checkpoints inside a shard",
+                                  json_schema_extra=EXECUTION_ONLY)
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
 
 class ReferenceTraining(StudentConfig):
@@ -322,6 +370,8 @@ class ReferenceSpec(_Strict):
             raise ValueError("give reference.model (a checkpoint) or reference.train (train it here), not both")
         if self.train is not None and (self.train.name, self.train.tokens) != ("reference", "reference"):
             raise ValueError("reference.train is always named 'reference' and trains on the 'reference' token set")
+        if self.train is not None and self.train.kd is not None:
+            raise ValueError("reference.train: the reference learns from its data alone (no kd)")
         return self
 
 
@@ -434,6 +484,7 @@ class JobConfig(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     tokenize: list[TokenSet] = Field(default_factory=list)
+    teacher_logits: list[TeacherLogitsSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
     eval: EvalConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
@@ -456,7 +507,38 @@ class JobConfig(_Strict):
                                      "reference, teacher, or give {name: ..., model: PATH}")
         if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
             raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
+        self._check_distillation()
         return self
+
+    def _check_distillation(self) -> None:
+        sets = {t.name: t for t in self.teacher_logits}
+        if len(sets) != len(self.teacher_logits):
+            raise ValueError(f"teacher_logits: names must differ (got {', '.join(t.name for t in self.teacher_logits)})")
+        token_sets = {t.name for t in self.tokenize}
+        for t in self.teacher_logits:
+            if t.tokens not in token_sets:
+                raise ValueError(f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize list")
+            if t.teacher == "teacher" and self.teacher is None:
+                raise ValueError(f"teacher_logits.{t.name}: teacher is the job's teacher, and the job has none")
+        for s in self.students:
+            kd = s.kd
+            if kd is None:
+                continue
+            where = f"students.{s.name}.kd"
+            if kd.teacher == "teacher" and kd.source == "online" and self.teacher is None:
+                raise ValueError(f"{where}: teacher is the job's teacher, and the job has none")
+            if kd.logits is None:
+                continue
+            if kd.logits not in sets:
+                raise ValueError(f"{where}.logits: no teacher_logits set {kd.logits!r} in the job "
+                                 f"(sets: {', '.join(sets) or 'none'})")
+            stored = sets[kd.logits]
+            if stored.tokens != s.tokens:
+                raise ValueError(f"{where}.logits: set {kd.logits!r} holds log-probs for token set {stored.tokens!r}, "
+                                 f"and the student trains on {s.tokens!r}")
+            if stored.temperature != kd.temperature:
+                raise ValueError(f"{where}.temperature: {kd.temperature} differs from teacher_logits.{kd.logits}."
+                                 f"temperature ({stored.temperature}), the temperature its log-probs were taken at")
 
 
 def hashable_dump(model: BaseModel) -> dict[str, Any]:
@@ -630,6 +712,16 @@ def tokenizer_name(job: JobConfig, token_set: TokenSet) -> str:
     if job.teacher is None:
         raise ConfigError(f"tokenize.{token_set.name}: no tokenizer given and no teacher to take it from")
     return job.teacher.model
+
+
+def teacher_model(job: JobConfig, name: str) -> tuple[str, str]:
+    """The model a `teacher:` key of kd or teacher_logits names, and its dtype: `teacher` is the
+    job's teacher (with its dtype); anything else a model in the default dtype."""
+    if name != "teacher":
+        return name, "auto"
+    if job.teacher is None:
+        raise ConfigError("the job has no `teacher:` to distill from")
+    return job.teacher.model, job.teacher.dtype
 
 
 def token_set_named(job: JobConfig, name: str, token_sets: list[TokenSet] | None = None) -> TokenSet:

@@ -13,15 +13,18 @@ from miniplm.stages import check_job
 
 
 def _check_models(job: JobConfig, where: str) -> None:
-    for key in ("teacher", "reference"):
-        spec = getattr(job, key)
-        if spec is None or spec.model is None:
+    models = [(f"{key}.model", spec.model) for key in ("teacher", "reference")
+              if (spec := getattr(job, key)) is not None and spec.model is not None]
+    models += [(f"students.{s.name}.kd.teacher", s.kd.teacher) for s in job.students if s.kd is not None]
+    models += [(f"teacher_logits.{t.name}.teacher", t.teacher) for t in job.teacher_logits]
+    for key, model in models:
+        if model == "teacher":
             continue
-        if not looks_loadable(spec.model):
-            raise ConfigError(f"{where}: {key}.model: no model folder at {spec.model!r} "
+        if not looks_loadable(model):
+            raise ConfigError(f"{where}: {key}: no model folder at {model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
-        if os.path.isdir(spec.model) and not os.path.isfile(os.path.join(spec.model, "config.json")):
-            raise ConfigError(f"{where}: {key}.model: the folder {spec.model!r} holds no model (no config.json; "
+        if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+            raise ConfigError(f"{where}: {key}: the folder {model!r} holds no model (no config.json; "
                               "a save_pretrained folder has one)")
 
 
@@ -39,10 +42,10 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     """Read, override and validate a job file; raise ConfigError naming the file and key."""
     job = read_job(path, overrides)
     where = job_label(path, overrides)
+    _check_models(job, where)  # before the stages' checks, which may read the models' tokenizers
     try:
         check_job(job)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _check_inputs_exist(job, where)
-    _check_models(job, where)
     return job

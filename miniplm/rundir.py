@@ -8,6 +8,7 @@ RUN_DIR/
   scores/shard-NNNNN.parquet
   selection/decisions.parquet, selected/, selected-random/
   tokens/NAME/shard-NNNNN.arrow
+  teacher-logits/NAME/shard-NNNNN.arrow (top-k teacher log-probs, aligned with a token set's rows)
   models/NAME/, train/NAME/ (metrics, checkpoints)
   eval/models/NAME.json, eval/results.json, ...
   report/index.html (assembled from report-sections/)
@@ -115,6 +116,10 @@ class RunDir:
 
     def tokens(self, name: str) -> Path:
         return self.root / "tokens" / name
+
+    def teacher_logits(self, name: str) -> Path:
+        """A teacher_logits set: the teacher's top-k log-probs per position of a token set's rows."""
+        return self.root / "teacher-logits" / name
 
     def model(self, name: str) -> Path:
         """A model this run trains (a student, or `reference`): a save_pretrained folder."""

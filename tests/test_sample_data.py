@@ -131,3 +131,27 @@ def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
     assert pile.score.unit == "instance" and pile.score.max_length == 1024 and pile.select.keep_token_fraction == 0.5
     assert pile.corpus.inputs[0].source_field == "meta.pile_set_name"
     assert [t.seq_len for t in pile.tokenize if t.input == "selected"] == [1024]
+
+
+def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monkeypatch):
+    """The distillation demo: students of one shape, the same steps and tokens, one per method (no KD
+    on random and on selected text, vanilla KD online, offline top-32 forward and reverse KL, selection
+    with KD), each read by eval; the stored log-probs are for the token set the student trains on."""
+    from miniplm.evaluation.evaluate import targets
+    from miniplm.pipeline.plan import steps
+
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs" / "kd-demo.yaml")
+    students = {s.name: s for s in job.students}
+    methods = {name: (s.tokens, s.kd and (s.kd.source, s.kd.loss, s.kd.logits)) for name, s in students.items()}
+    assert methods == {"random": ("random", None), "selected": ("selected", None),
+                       "vanilla-kd": ("random", ("online", "forward_kl", None)),
+                       "offline-kd": ("random", ("offline", "forward_kl", "random-top32")),
+                       "offline-reverse-kl": ("random", ("offline", "reverse_kl", "random-top32")),
+                       "selected-kd": ("selected", ("offline", "forward_kl", "selected-top32"))}
+    assert len({(s.preset, s.steps, s.batch_tokens, s.lr) for s in job.students}) == 1
+    assert all(s.kd.weight == 0.5 for s in job.students if s.kd)
+    assert {t.name: t.tokens for t in job.teacher_logits} == {"random-top32": "random", "selected-top32": "selected"}
+    names = [s.name for s in steps(job)]
+    assert names.index("teacher-logits") < names.index("train/offline-kd") and names[-1] == "eval"
+    assert {t.name for t in targets(job)} == set(students)

@@ -54,9 +54,10 @@ def targets(job: JobConfig) -> list[Target]:
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
             for student in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
+                kd = f" + KD ({student.kd.loss}, {student.kd.source})" if student.kd is not None else ""
                 for s in replicas(job, student):
                     out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
-                                         cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
+                                         cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
                                          f"train/{s.name}")
         elif entry == "reference":
             if job.reference is None:

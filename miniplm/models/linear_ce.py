@@ -68,7 +68,8 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _logits(hidden: torch.Tensor, head: Head) -> torch.Tensor:
+def head_logits(hidden: torch.Tensor, head: Head) -> torch.Tensor:
+    """Logits for hidden states [positions, d], as float32 (float64 for a float64 model)."""
     logits = _product(hidden, head.weight.t())
     if head.bias is not None:
         logits = logits + head.bias.to(logits.dtype)
@@ -79,8 +80,9 @@ def _logits(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     return logits
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(1, LOGITS_BYTES // (vocab * 4))
+def chunk_rows(vocab: int, budget: int = LOGITS_BYTES) -> int:
+    """Positions per chunk so that one [chunk, vocab] float32 tensor stays within `budget` bytes."""
+    return max(1, budget // (vocab * 4))
 
 
 def _fused(kernel: LinearCE, head: Head) -> LinearCE:
@@ -112,9 +114,9 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kern
         return -_fused_nll(kernel, hidden, targets, head, "none").float()
     out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     out = torch.empty(hidden.shape[0], dtype=out_dtype, device=hidden.device)
-    chunk = _chunk_rows(head.weight.shape[0])
+    chunk = chunk_rows(head.weight.shape[0])
     for s in range(0, hidden.shape[0], chunk):
-        logits = _logits(hidden[s : s + chunk], head)
+        logits = head_logits(hidden[s : s + chunk], head)
         y = targets[s : s + chunk, None]
         out[s : s + chunk] = logits.gather(1, y).squeeze(1) - torch.logsumexp(logits, dim=-1)
     return out
@@ -148,11 +150,11 @@ class _ChunkedNLL(torch.autograd.Function):
         grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if want_b and bias is not None else None
         head = Head(weight, bias, scale, softcap)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        chunk = _chunk_rows(vocab)
+        chunk = chunk_rows(vocab)
         for s in range(0, n, chunk):
             h, w = hidden[s : s + chunk], counted[s : s + chunk]
             y = torch.where(w, targets[s : s + chunk], 0)
-            logits = _logits(h, head)
+            logits = head_logits(h, head)
             lse = torch.logsumexp(logits, dim=-1)
             total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * w).sum()
             if not (want_h or want_w or want_b):

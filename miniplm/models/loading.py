@@ -110,9 +110,12 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None) -> None:
-    """Difference scores compare log-probabilities of the same token sequence: the two
-    models must tokenize identically. Raises ConfigError naming both models."""
+def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None, *,
+                         role: str = "reference", advice: str = "Train the reference with the teacher's tokenizer."
+                         ) -> None:
+    """Difference scores (and distillation) compare log-probabilities of the same token sequence:
+    the two models must tokenize identically. Raises ConfigError naming both models; `role` is
+    what the second one is (reference, student)."""
     tok_t = tok_t or load_tokenizer(teacher)
     tok_r = tok_r or load_tokenizer(reference)
     problems = []
@@ -125,8 +128,8 @@ def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r:
         problems.append(f"special tokens differ (bos/eos {tok_t.bos_token_id}/{tok_t.eos_token_id} "
                         f"vs {tok_r.bos_token_id}/{tok_r.eos_token_id})")
     if problems:
-        raise ConfigError(f"teacher {teacher!r} and reference {reference!r} do not share a tokenizer: "
-                          + "; ".join(problems) + ". Train the reference with the teacher's tokenizer.")
+        raise ConfigError(f"teacher {teacher!r} and {role} {reference!r} do not share a tokenizer: "
+                          + "; ".join(problems) + f". {advice}")
 
 
 def pick_device(device: str = "auto") -> str:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import sys
 
-from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
-                            tokenizer_name)
+from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
+                            token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError
 from miniplm.inputs import Input, Model, Upstream
-from miniplm.models.loading import load_tokenizer
+from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
+from miniplm.training import teacher_logits
 from miniplm.training.launch import init_distributed
 from miniplm.workers import Worker
 
@@ -24,8 +25,10 @@ def stage_name(student: StudentConfig) -> str:
     return f"{NAME}/{student.name}"
 
 
-def _reads(rd: RunDir, student: StudentConfig) -> list[Input]:
-    """What a student's training depends on: its settings, its token set, its config file."""
+def _reads(rd: RunDir, student: StudentConfig, job: JobConfig) -> list[Input]:
+    """What a student's training depends on: its settings, its token set, its config file, and for
+    distillation the teacher (its tokenizer checked against the student's first) or the stored
+    log-probs it reads."""
     dumped = hashable_dump(student)
     dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
     reads: list[Input] = [str(sorted(dumped.items())),
@@ -33,6 +36,14 @@ def _reads(rd: RunDir, student: StudentConfig) -> list[Input]:
                                    why=f"student {student.name!r} trains on token set {student.tokens!r}")]
     if student.config is not None:
         reads.append(Model("config", student.config))
+    kd = student.kd
+    if kd is not None and kd.source == "offline":
+        reads.append(Upstream(teacher_logits.part_name(str(kd.logits)), (f"teacher-logits/{kd.logits}",),
+                              why=f"student {student.name!r} reads teacher log-probs {kd.logits!r}"))
+    elif kd is not None:
+        teacher, dtype = teacher_model(job, kd.teacher)
+        teacher_logits.check_teacher_tokenizer(job, teacher, student.tokens, f"students.{student.name}.kd")
+        reads += [dtype, Model("kd teacher", resolve_model(teacher))]
     return reads
 
 
@@ -46,7 +57,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     results = {}
     for student in students:
         name = stage_name(student)
-        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(rd, student))
+        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(rd, student, job))
         outputs = [rd.model(student.name), rd.training(student.name)]
         command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
@@ -94,10 +105,15 @@ class Train(Stage):
     only = "student"
 
     def check(self, job: JobConfig) -> None:
+        """Names that are not a seed replica's; a student distilled online from a teacher with another
+        tokenizer fails when the job loads."""
         for student in job.students:
             if base_name(student.name) != student.name:
                 raise ConfigError(f"students: {student.name!r}: names ending in .seedN are the seed replicas' "
                                   "(eval.seeds); name the student otherwise")
+            if student.kd is not None and student.kd.source == "online":
+                teacher_logits.check_teacher_tokenizer(job, teacher_model(job, student.kd.teacher)[0], student.tokens,
+                                                       f"students.{student.name}.kd", strict=False)
 
     def steps(self, job: JobConfig) -> list[Step]:
         return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in trained_students(job)]
@@ -121,8 +137,9 @@ class Train(Stage):
         for name, counts in result.items():
             held = counts.get("heldout_loss")
             flops = counts.get("flops", {}).get("by", {}).get("training")
+            terms = f" (CE {counts['ce_loss']:.4f}, KD {counts['kd_loss']:.4f})" if "kd_loss" in counts else ""
             lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
-                         f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
+                         f"{counts['loss']:.4f}{terms}" + (f", held-out loss {held:.4f}" if held is not None else "")
                          + (f", {flops:.3g} FLOPs" if flops else "") + f"; model in {job.run_dir}/models/{name}")
         return lines
 

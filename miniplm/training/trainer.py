@@ -97,11 +97,12 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
     return model
 
 
-def objective(student: StudentConfig, model: torch.nn.Module, device: str) -> NextTokenLoss:
-    """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has."""
+def objective(student: StudentConfig, model: torch.nn.Module, device: str, distill=None) -> NextTokenLoss:
+    """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has
+    (and, for a distilled student, its distillation)."""
     zero3 = student.zero_stage == 3
     kernel = linear_ce_kernel(device, student.kernels, weight_in_backward=not zero3)
-    return NextTokenLoss(model, kernel, zero3=zero3)
+    return NextTokenLoss(model, kernel, zero3=zero3, distill=distill)
 
 
 def heldout_batches(n_rows: int, rank: int, world: int, micro: int) -> list[list[int | None]]:
@@ -112,6 +113,9 @@ def heldout_batches(n_rows: int, rank: int, world: int, micro: int) -> list[list
     mine: list[int | None] = list(range(rank, n_rows, world))
     mine += [None] * (math.ceil(per_rank / micro) * micro - len(mine))
     return [mine[start : start + micro] for start in range(0, len(mine), micro)]
+
+
+TERMS = ("ce_loss", "kd_loss")  # what a distilled student's loss is made of, in its metrics and counts
 
 
 @torch.no_grad()
@@ -194,8 +198,15 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
                                   weight_decay=student.weight_decay,
                                   fused=bf16 and not student.offload_optimizer)
+    distill, teacher_flops_per_token = None, 0.0
+    if student.kd is not None:
+        from miniplm.training.distill import Distillation
+
+        distill = Distillation.for_student(job, student, rd, len(tokenizer), device, len(rows), seq_len)
+        teacher_flops_per_token = distill.teacher_flops_per_token(seq_len)
     with library_output():
-        engine, optimizer, _, _ = deepspeed.initialize(model=objective(student, model, device), optimizer=optimizer,
+        engine, optimizer, _, _ = deepspeed.initialize(model=objective(student, model, device, distill),
+                                                       optimizer=optimizer,
                                                        config=deepspeed_config(student, accumulation, bf16))
     work = rd.training(student.name)
     checkpoints = work / "checkpoints"
@@ -205,7 +216,8 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         step = client["step"]
         torch.set_rng_state(client["rng"])
 
-    flops_per_token = 3 * counted.per_token((seq_len + 1) / 2)  # forward + backward
+    # forward + backward of the student, and the teacher's forward when it runs in the loop
+    flops_per_token = 3 * counted.per_token((seq_len + 1) / 2) + teacher_flops_per_token
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
     datasheet = datasheet_peak(device) if bf16 else None  # what other trainers' MFU is against
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
@@ -217,17 +229,20 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         lr = lr_at(step, peak_lr, student.warmup_steps, student.steps, student.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = []
+        losses: dict[str, list[torch.Tensor]] = {}
         for micro in plan.micro_batches(step, rank, world, student.micro_batch):
-            loss = engine(to_tensor(rows, micro, device))
+            loss = engine(to_tensor(rows, micro, device), micro)
             engine.backward(loss)
             engine.step()
-            losses.append(loss.detach())
+            for key, value in {"loss": loss, **engine.module.terms}.items():
+                losses.setdefault(key, []).append(value.detach())
         step += 1
-        loss = distributed.all_mean(torch.stack(losses).mean())  # waits for the step's last kernel
+        # the step's mean loss (and CE and KD terms) over ranks: waits for the step's last kernel
+        means = {key: distributed.all_mean(torch.stack(v).mean()) for key, v in losses.items()}
+        loss, terms = means.pop("loss"), means
         seconds = time.perf_counter() - started
         tokens_per_s = rows_per_step * seq_len / seconds
-        last = {"step": step, "loss": loss, "lr": lr,
+        last = {"step": step, "loss": loss, **terms, "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * flops_per_token / peak_flops}
         if datasheet:
@@ -250,10 +265,11 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     _export(engine, student, tokenizer, rd, rank)
     evaluations = len([s for s in range(1, student.steps + 1) if s % student.eval_every == 0 or s == student.steps])
     heldout_rows = evaluations * min(student.eval_rows, len(heldout)) if heldout is not None else 0
+    tokens = student.steps * rows_per_step * seq_len
     flops = record(training=3 * student.steps * rows_per_step * counted.forward(seq_len),
-                   heldout=heldout_rows * counted.forward(seq_len))
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {
-        "tokens": student.steps * rows_per_step * seq_len, "seed": seed, "flops": flops}
+                   heldout=heldout_rows * counted.forward(seq_len), teacher=tokens * teacher_flops_per_token)
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {k: last[k] for k in TERMS if k in last} | {
+        "tokens": tokens, "seed": seed, "flops": flops}
 
 
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
