@@ -80,9 +80,10 @@ def head_logits(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     return logits
 
 
-def chunk_rows(vocab: int, budget: int = LOGITS_BYTES) -> int:
-    """Positions per chunk so that one [chunk, vocab] float32 tensor stays within `budget` bytes."""
-    return max(1, budget // (vocab * 4))
+def chunk_rows(vocab: int, budget: int | None = None) -> int:
+    """Positions per chunk so that one [chunk, vocab] float32 tensor stays within `budget` bytes
+    (LOGITS_BYTES, read at each call)."""
+    return max(1, (budget or LOGITS_BYTES) // (vocab * 4))
 
 
 def _fused(kernel: LinearCE, head: Head) -> LinearCE:
@@ -151,7 +152,7 @@ class _ChunkedNLL(torch.autograd.Function):
         head = Head(weight, bias, scale, softcap)
         total = torch.zeros((), dtype=acc, device=hidden.device)
         chunk = chunk_rows(vocab)
-        for s in range(0, n, chunk):
+        for s in range(0, hidden.shape[0], chunk):
             h, w = hidden[s : s + chunk], counted[s : s + chunk]
             y = torch.where(w, targets[s : s + chunk], 0)
             logits = head_logits(h, head)
@@ -163,7 +164,7 @@ class _ChunkedNLL(torch.autograd.Function):
             g[torch.arange(g.shape[0], device=g.device), y] -= 1
             if softcap:
                 g *= 1 - (logits / softcap) ** 2
-            g *= (w * scale / n)[:, None].to(g.dtype)
+            g *= w[:, None].to(g.dtype) * (scale / n.to(g.dtype))  # in g's precision: float64 stays exact
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
