@@ -149,7 +149,7 @@ class _ChunkedNLL(torch.autograd.Function):
         head = Head(weight, bias, scale, softcap)
         total = torch.zeros((), dtype=acc, device=hidden.device)
         chunk = _chunk_rows(vocab)
-        for s in range(0, n, chunk):
+        for s in range(0, hidden.shape[0], chunk):
             h, w = hidden[s : s + chunk], counted[s : s + chunk]
             y = torch.where(w, targets[s : s + chunk], 0)
             logits = _logits(h, head)
@@ -161,7 +161,7 @@ class _ChunkedNLL(torch.autograd.Function):
             g[torch.arange(g.shape[0], device=g.device), y] -= 1
             if softcap:
                 g *= 1 - (logits / softcap) ** 2
-            g *= (w * scale / n)[:, None].to(g.dtype)
+            g *= w[:, None].to(g.dtype) * (scale / n.to(g.dtype))  # in g's precision: float64 stays exact
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
