@@ -39,6 +39,23 @@ def test_chunks_equal_the_full_float64_computation(monkeypatch, bias, scale, sof
     torch.testing.assert_close(per_token, torch.log_softmax(logits, -1).gather(1, y[:, None]).squeeze(1).detach())
 
 
+def test_ignored_targets_are_left_out_of_the_mean_and_its_gradients(monkeypatch):
+    """PAD targets (padded instance rows, a held-out batch's filler rows) predict nothing."""
+    monkeypatch.setattr(linear_ce, "LOGITS_BYTES", 7 * 50 * 4)
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(23, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(50, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randint(0, 50, (23,), generator=gen)
+    y[[0, 5, 6, 22]] = -1
+    expected = torch.nn.functional.cross_entropy(h @ w.t(), y, ignore_index=-1)
+    loss = mean_nll(h, y, Head(w, None), ignore_index=-1)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(loss, [h, w]), torch.autograd.grad(expected, [h, w])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # nothing to predict: a loss of 0 (a filler batch adds nothing to a sum), not NaN
+    assert mean_nll(h, torch.full_like(y, -1), Head(w, None), ignore_index=-1).item() == 0.0
+
+
 def test_the_training_objective_is_the_models_own_loss(tiny_models):
     """NextTokenLoss (the body, then the chunked loss) gives the loss of the model's full logits, and
     the same gradients."""
