@@ -603,9 +603,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-# Keys that say one thing two ways (one budget, one source of the reference): an override that
-# sets one of them replaces the other where the file sets it.
-ALTERNATIVES = (("select", "keep_fraction", "keep_tokens"), ("reference", "model", "train"))
+# Keys that say one thing several ways (one budget, one source of the reference): an override that
+# sets one of them replaces the others where the file sets them.
+ALTERNATIVES = (("select", "keep_fraction", "keep_tokens", "keep_token_fraction"), ("reference", "model", "train"))
 
 
 def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str]) -> None:
@@ -614,9 +614,11 @@ def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str]) -> N
         values = data.get(section)
         if not isinstance(values, dict):
             continue
-        for key, other in (keys, keys[::-1]):
-            if f"{section}.{key}" in given and values.get(key) is not None and f"{section}.{other}" not in given:
-                values.pop(other, None)
+        chosen = [key for key in keys if f"{section}.{key}" in given]
+        if len(chosen) == 1 and values.get(chosen[0]) is not None:
+            for other in keys:
+                if other != chosen[0]:
+                    values.pop(other, None)
 
 
 def _format_validation_error(err: ValidationError, where: str) -> str:

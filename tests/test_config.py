@@ -112,7 +112,7 @@ def test_source_name_defaults_to_the_path_stem():
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_a_threshold_is_a_finite_number(write_job, corpus_file, value):
     job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
-    with pytest.raises(ConfigError, match=r"select\.min_teacher_logprob: Input should be a finite number"):
+    with pytest.raises(ConfigError, match=r"select\.min_teacher_logprob(\.float)?: Input should be a finite number"):
         load_job(job_path, [f"select.min_teacher_logprob={value}"])  # .nan would switch the filter off
     assert load_job(job_path, ["select.min_teacher_logprob=-6"]).select.min_teacher_logprob == -6.0
 
@@ -131,10 +131,13 @@ def test_an_override_of_one_budget_replaces_the_other(write_job, corpus_file, tm
     job = load_job(job_path, ["select.keep_tokens=5000"])
     assert job.select.keep_tokens == 5000 and "keep_fraction" not in job.select.model_fields_set
     assert load_job(job_path).select.keep_fraction == 0.3
-    with pytest.raises(ConfigError, match="give keep_fraction or keep_tokens, not both"):
+    with pytest.raises(ConfigError, match="give one budget: keep_fraction, keep_tokens or keep_token_fraction"):
         load_job(job_path, ["select.keep_tokens=5000", "select.keep_fraction=0.2"])  # both on the command line
     job_path.write_text(with_fraction.replace("keep_fraction: 0.3", "keep_tokens: 100"))
     assert load_job(job_path, ["select.keep_fraction=0.2"]).select.keep_tokens is None
+    job_path.write_text(with_fraction.replace("keep_fraction: 0.3", "keep_token_fraction: 0.5"))  # the paper's budget
+    job = load_job(job_path, ["select.keep_fraction=0.2"])
+    assert job.select.keep_fraction == 0.2 and job.select.keep_token_fraction is None
 
 
 def test_run_dir_and_model_paths_may_start_at_home(write_job, corpus_file, tmp_path, monkeypatch):

@@ -117,7 +117,9 @@ def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
     assert scores["doc_tokens"].to_list() == scores["n_tokens"].to_list()
     assert scores["id"].to_list() == docs["id"].to_list()  # shard by shard, in document order
     flops = counts.pop("flops")
-    assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": 4}
+    shards = len(RunDir(job.run_dir).doc_shards("main"))
+    assert shards >= 3  # more than one shard, so shard order is exercised
+    assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": shards}
     assert flops["by"]["teacher"] == pytest.approx(hand_count(scores["n_tokens"].to_list()))
     assert flops["total"] == pytest.approx(2 * hand_count(scores["n_tokens"].to_list()))  # the same shape twice
 

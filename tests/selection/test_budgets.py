@@ -51,7 +51,7 @@ def test_token_fraction_is_spent_to_within_one_unit(make, fraction):
     table = make(np.random.default_rng(7))
     total = int(table["n_tokens"].sum())
     budget = math.floor(fraction * total + 0.5)
-    d = decide(table, SelectConfig(keep_fraction=None, keep_token_fraction=fraction), 0)
+    d = decide(table, SelectConfig(keep_fraction=None, keep_token_fraction=fraction, min_teacher_logprob=None), 0)
     chosen = d.filter(pl.col("kept"))
     assert set(chosen["id"]) == greedy(table, budget)
     spent = int(chosen["n_tokens"].sum())

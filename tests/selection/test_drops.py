@@ -68,7 +68,8 @@ def noisy_scored_run(tmp_path: Path):
         reference = rng.normal(-5, 0.5, d.height)
         d.with_columns(n_tokens=pl.lit(50), teacher_logprob=teacher * 50, reference_logprob=reference * 50
                        ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
-    rd.update_stage("score", state="done", config_hash="synthetic", counts={})
+    rd.start_stage("score", "synthetic", outputs=["scores"])
+    rd.finish_stage("score", {})  # records what it wrote, as the score stage does
     return job, job_path, kjv.height
 
 

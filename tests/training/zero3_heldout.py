@@ -11,13 +11,13 @@ import torch
 
 
 def main(out: Path, n_rows: int, micro: int) -> None:
-    from miniplm.config import StudentConfig
-    from miniplm.corpus.tokens import TokenRows, write_rows
-    from miniplm.training.train import init_distributed
-    from miniplm.training.trainer import deepspeed_config, heldout_loss
     from transformers import AutoModelForCausalLM
 
+    from miniplm.config import StudentConfig
+    from miniplm.corpus.tokens import TokenRows, write_rows
     from miniplm.models.presets import qwen_config
+    from miniplm.training.launch import init_distributed
+    from miniplm.training.trainer import deepspeed_config, heldout_loss, objective
 
     rank = init_distributed()
     import deepspeed
@@ -38,7 +38,8 @@ def main(out: Path, n_rows: int, micro: int) -> None:
     student = StudentConfig(name="s", preset="tiny", tokens="t", steps=1, micro_batch=micro, zero_stage=3,
                             deepspeed={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(student, 1, False))
+    engine, *_ = deepspeed.initialize(model=objective(student, model, "cpu"), optimizer=optimizer,
+                                      config=deepspeed_config(student, 1, False))
     loss = heldout_loss(engine, rows, n_rows, rank, world, micro, "cpu")
     if rank == 0:
         out.write_text(json.dumps({"loss": loss, "plain": plain, "world": world}))
