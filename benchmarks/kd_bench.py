@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,8 @@ from miniplm.training.distill import Distillation
 from miniplm.training.launch import set_distributed_env
 from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, write_logits
 from miniplm.training.teacher import Teacher
-from miniplm.models.flops import sync
 from miniplm.training.trainer import build_model, deepspeed_config, objective
-from train_bench import VocabStub  # benchmarks/, the script's folder
+from train_bench import VocabStub, timed  # benchmarks/, the script's folder
 
 TEACHERS = {  # Llama/Qwen shapes: (hidden, layers, FFN, heads, kv heads, vocab)
     "smollm2-135m": dict(arch="llama", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
@@ -58,18 +56,6 @@ def stored_logits(folder: Path, rows: int, seq_len: int, k: int, vocab: int) -> 
     layout = LogitsLayout(seq_len, k, vocab, 1.0)
     write_logits(folder / "shard-00000.arrow", layout, [layout.table(ids, logp[..., :k], logp[..., k])])
     return TeacherLogitRows(folder)
-
-
-def timed(step, steps: int, device: str, warmup: int = 2) -> float:
-    """Seconds that `steps` calls of `step` take, after `warmup` calls not timed."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def bench(args, device: str, folder: Path) -> None:

@@ -47,6 +47,18 @@ class VocabStub:
         return self.size
 
 
+def timed(step, steps: int, device: str, warmup: int = 2) -> float:
+    """Seconds that `steps` calls of `step` take, after `warmup` calls not timed."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def plain_step(student: StudentConfig, vocab: int, seq_len: int, device: str, batch: torch.Tensor, accumulation: int):
     model = build_model(student.model_copy(update={"kernels": "torch"}), VocabStub(vocab), seq_len, torch.float32,
                         device)
@@ -105,13 +117,7 @@ def bench(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, 
         try:
             module, step = make(config, vocab, seq_len, device, batch, accumulation)
             params = sum(p.numel() for p in module.parameters())
-            step()  # warm-up (and compiling, when asked)
-            step()
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync(device)
+            seconds = timed(step, steps, device)  # after two untimed steps: warm-up (and compiling, when asked)
         except Exception as e:  # one variant's failure (a kernel that does not build) leaves the others
             print(f"{preset:<10} {name:<16} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
@@ -120,7 +126,7 @@ def bench(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, 
             gc.collect()
             if bf16:
                 torch.cuda.empty_cache()
-        tokens_per_s = steps * accumulation * micro * seq_len / (time.perf_counter() - start)
+        tokens_per_s = steps * accumulation * micro * seq_len / seconds
         rows.append((name, params, tokens_per_s, tokens_per_s * flops / rate,
                      tokens_per_s * flops / sheet if sheet else None))
         plain = rows[0][2] if rows[0][0] == "plain" else float("nan")
