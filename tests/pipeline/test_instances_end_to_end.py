@@ -122,7 +122,7 @@ def test_comparison_shows_seeds_and_compute(run):
     mean, std = np.mean(losses), np.std(losses, ddof=1)
     total = results["on-selected"]["compute"]["total"]
     assert table[2].startswith(f"| on-selected | student | selected | {mean:.4f} ± {std:.4f} |")
-    assert table[2].endswith(f"| {total:.3g} | 2 |")
+    assert table[2].endswith(f"| {total:.2e} | 2 |")  # the format compare.py writes compute in
     page = (run_dir / "report" / "index.html").read_text()
     assert "alt='results against compute'" in page and "share, among the students" in page
     assert "| on-random | student | random |" in stdout
