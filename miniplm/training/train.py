@@ -25,7 +25,7 @@ def stage_name(student: StudentConfig) -> str:
     return f"{NAME}/{student.name}"
 
 
-def _reads(rd: RunDir, student: StudentConfig, job: JobConfig) -> list[Input]:
+def _reads(job: JobConfig, student: StudentConfig) -> list[Input]:
     """What a student's training depends on: its settings, its token set, its config file, and for
     distillation the teacher (its tokenizer checked against the student's first) or the stored
     log-probs it reads."""
@@ -57,7 +57,7 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     results = {}
     for student in students:
         name = stage_name(student)
-        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(rd, student, job))
+        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(job, student))
         outputs = [rd.model(student.name), rd.training(student.name)]
         command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,

@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -33,6 +33,10 @@ from miniplm.replicas import training_seed
 from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
 from miniplm.training.objective import NextTokenLoss, lm_state_dict
+
+
+if TYPE_CHECKING:
+    from miniplm.training.distill import Distillation
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -97,7 +101,8 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
     return model
 
 
-def objective(student: StudentConfig, model: torch.nn.Module, device: str, distill=None) -> NextTokenLoss:
+def objective(student: StudentConfig, model: torch.nn.Module, device: str,
+              distill: Distillation | None = None) -> NextTokenLoss:
     """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has
     (and, for a distilled student, its distillation)."""
     zero3 = student.zero_stage == 3
