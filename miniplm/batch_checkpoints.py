@@ -18,7 +18,8 @@ from miniplm.files import atomic_path, atomic_write_text
 
 
 class BatchCheckpoints:
-    """Rows of results, keyed by (doc, start), in files `batches-FIRST-LAST.parquet`."""
+    """Results of consecutive batches in files `batches-FIRST-LAST.parquet`: tables, or rows keyed
+    by (doc, start)."""
 
     def __init__(self, folder: Path, environment: str):
         self.folder = folder
@@ -32,25 +33,45 @@ class BatchCheckpoints:
         if not env_file.exists() or env_file.read_text() != environment:
             atomic_write_text(env_file, environment)
 
+    def saved(self) -> tuple[int, list[Path]]:
+        """(the first batch not saved, the files of the batches before it, in order). A file that
+        does not follow on from the one before, or cannot be read, is deleted with all after it."""
+        done, files = 0, []
+        found = sorted(self.folder.glob("batches-*.parquet"))
+        for i, f in enumerate(found):
+            first, last = (int(x) for x in f.stem.split("-")[1:3])
+            ok = first == done
+            try:
+                if ok:
+                    pq.read_metadata(f)  # a file cut short by a crash of the machine has no footer
+            except (OSError, pa.ArrowException):
+                ok = False
+            if not ok:
+                for later in found[i:]:
+                    later.unlink()
+                break
+            files.append(f)
+            done = last + 1
+        return done, files
+
+    def load_tables(self) -> tuple[int, list[pa.Table]]:
+        """(the first batch not saved, the saved tables in batch order)."""
+        done, files = self.saved()
+        return done, [pq.read_table(f) for f in files]
+
+    def save_table(self, first: int, last: int, table: pa.Table) -> None:
+        """Save the results of batches first..last (inclusive)."""
+        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+
     def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
         """(the first batch not saved, the saved rows by (doc, start))."""
-        done, results = 0, {}
-        for f in sorted(self.folder.glob("batches-*.parquet")):
-            first, last = (int(x) for x in f.stem.split("-")[1:3])
-            try:
-                rows = pq.read_table(f).to_pylist() if first == done else None
-            except (OSError, pa.ArrowException):
-                rows = None  # damaged by a crash of the machine, not the process
-            if rows is None:
-                for later in sorted(self.folder.glob("batches-*.parquet")):
-                    if int(later.stem.split("-")[1]) >= first:
-                        later.unlink()
-                break
-            for row in rows:
+        done, tables = self.load_tables()
+        results = {}
+        for table in tables:
+            for row in table.to_pylist():
                 results[(row.pop("doc"), row.pop("start"))] = row
-            done = last + 1
         return done, results
 
     def save(self, first: int, last: int, rows: list[dict]) -> None:
-        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        self.save_table(first, last, pa.Table.from_pylist(rows))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from typing import Any, Callable
 
@@ -34,6 +35,22 @@ def _job_args(parser: argparse.ArgumentParser) -> None:
                         "RUN_DIR/logs/miniplm.log")
 
 
+def _say(*lines: str) -> None:
+    """Print to stdout. When the reader has gone (`miniplm status JOB | head`), the rest goes
+    nowhere: the command's work and exit code do not depend on who reads what it says."""
+    try:
+        print(*lines, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _announce(stage: Stage, job: JobConfig, result: Any) -> None:
+    """A stage's result on stdout, and its warnings (nothing kept, ...) on stderr."""
+    _say("\n".join(describe(stage, job, result)))
+    for warning in stage.warnings(job, result) if result is not None else []:
+        print(f"miniplm: warning: {warning}", file=sys.stderr, flush=True)
+
+
 def _worker_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "work split", "which share of the shards this process takes; by default from "
@@ -50,9 +67,9 @@ def _worker(args: argparse.Namespace) -> Worker:
 
 
 def _is_rank_zero() -> bool:
-    import torch.distributed as dist
+    from miniplm import distributed
 
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return distributed.is_rank_zero()
 
 
 def describe(stage: Stage, job: JobConfig, result: Any) -> list[str]:
@@ -66,7 +83,7 @@ def _run_stage(stage: Stage, job: JobConfig, args: argparse.Namespace) -> int:
     result = stage.run(job, _worker(args), only=getattr(args, "only", None), force=args.force,
                        show_progress=not args.quiet)
     if _is_rank_zero():
-        print("\n".join(describe(stage, job, result)))
+        _announce(stage, job, result)
     return 0
 
 
@@ -76,18 +93,18 @@ def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
 
     def on_step(step: Step, result) -> None:
         if _is_rank_zero():
-            print("\n".join(describe(stage_of(step), job, result)), flush=True)
+            _announce(stage_of(step), job, result)
 
     results = local.run(job, show_progress=not args.quiet, on_step=on_step)
     losses = {s.name: results[f"train/{s.name}"][s.name].get("heldout_loss") for s in job.students}
     if "eval" not in results and any(v is not None for v in losses.values()):
-        print("\nheld-out loss per token (lower is better):")
+        _say("\nheld-out loss per token (lower is better):")
         for student in job.students:
             loss = losses[student.name]
             shown = f"{loss:.4f}" if loss is not None else "not measured (no heldout token set)"
-            print(f"  {student.name:<24} {shown}   trained on {student.tokens!r}")
+            _say(f"  {student.name:<24} {shown}   trained on {student.tokens!r}")
     if RunDir(job.run_dir).report_page.exists():
-        print(f"report: {RunDir(job.run_dir).report_page}")
+        _say(f"report: {RunDir(job.run_dir).report_page}")
     return 0
 
 
@@ -100,20 +117,20 @@ def cmd_slurm(job: JobConfig, args: argparse.Namespace) -> int:
     if args.dry_run:
         for sub in submissions:
             if sub.action == "submit":
-                print(f"# ---- {sub.script}\n{sub.text}")
+                _say(f"# ---- {sub.script}\n{sub.text}")
     else:
         slurm.submit(job, rd, submissions)
-    print(f"{'dry run: would submit' if args.dry_run else 'submitted'} (run {rd.root}):")
+    _say(f"{'dry run: would submit' if args.dry_run else 'submitted'} (run {rd.root}):")
     width = max(len(sub.step.name) for sub in submissions) + 2
     for sub in submissions:
         if sub.action == "submit":
             what = f"array {len(sub.tasks)} of {sub.num_workers} tasks" if sub.step.kind == "array" else "1 job"
             ident = f"job {sub.job_id}" if sub.job_id else " ".join(slurm.sbatch_command(sub))
-            print(f"  {sub.step.name:<{width}} {what}{' (' + sub.note + ')' if sub.note else ''}: {ident}")
+            _say(f"  {sub.step.name:<{width}} {what}{' (' + sub.note + ')' if sub.note else ''}: {ident}")
         else:
-            print(f"  {sub.step.name:<{width}} {sub.note}" + (f" (job {sub.job_id})" if sub.job_id else ""))
+            _say(f"  {sub.step.name:<{width}} {sub.note}" + (f" (job {sub.job_id})" if sub.job_id else ""))
     if not args.dry_run and any(s.action == "submit" for s in submissions):
-        print(f"follow it with: miniplm status {args.job} {' '.join(args.overrides)}".rstrip())
+        _say(f"follow it with: miniplm status {args.job} {' '.join(args.overrides)}".rstrip())
     return 0
 
 
@@ -121,7 +138,7 @@ def cmd_status(job: JobConfig, args: argparse.Namespace) -> int:
     from miniplm.pipeline import status
 
     statuses = status.collect(job)
-    print(status.render(job, statuses))
+    _say(status.render(job, statuses))
     return 1 if status.any_failed(statuses) else 0
 
 
@@ -134,7 +151,7 @@ def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
             stage.report(job, rd)
     if not rd.report_sections.exists():
         raise StageError(f"{rd.root}: nothing to report yet; run `miniplm select` (or `miniplm eval`) first")
-    print(f"report: {assemble(rd)}")
+    _say(f"report: {assemble(rd)}")
     return 0
 
 
@@ -186,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         _job_args(p)
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+            p.add_argument("--seeds", type=int, metavar="N",
+                           help="train every student with N seeds and compare their mean and spread (the same as "
+                           "the override eval.seeds=N; the job needs an eval: section)")
         if name == "slurm":
             p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
         p.set_defaults(handler=handler)
@@ -204,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[JobConfig, argparse.Namespace], int] = args.handler
     try:
         job = load_job(args.job, args.overrides)
+        if getattr(args, "seeds", None) is not None:
+            if job.eval is None:
+                raise ConfigError(f"{args.job}: --seeds compares the students' seeds in eval, and the job has no "
+                                  "eval: section (add eval: {models: [students], tasks: []})")
+            args.overrides.append(f"eval.seeds={args.seeds}")
+            job = load_job(args.job, args.overrides)
         logs.configure(None if args.verbose else RunDir(job.run_dir).log_file)
         return handler(job, args)
     except ConfigError as e:

@@ -17,21 +17,42 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from miniplm.errors import ConfigError
+from miniplm.paths import glob_paths, walk_files
 from miniplm.rundir import RunDir
 
 # json_schema_extra of a field that changes how a stage runs, never what it writes
 EXECUTION_ONLY = {"execution_only": True}
 
 
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes numbers and not booleans (pydantic would read YAML's `true` as 1)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return bool({int, float} & set(args)) and bool not in args
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or infinity anywhere: `.nan` would switch a threshold off without a word
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _home(path: str | None) -> str | None:
+    """`~` and `~user` at the start of a path mean the home folder, as in a shell."""
+    return os.path.expanduser(path) if path else path
 
 
 InputFormat = Literal["jsonl", "parquet", "text", "hf_disk", "hf_hub"]
@@ -63,6 +84,63 @@ class InputSpec(_Strict):
         return stem or "input"
 
 
+class QualityConfig(_Strict):
+    """Gopher's quality and repetition rules (Rae et al. 2021), as datatrove's filters apply them, on
+    whitespace-separated words. Each rule is a rejection reason; a rule set to null is off.
+
+    The defaults are Gopher's, loosened where real reference text and scripture trip them (README:
+    "Noise filters" has the measurements and Gopher's own values)."""
+
+    min_words: int = Field(50, ge=0, description="documents with fewer words are too short for these ratios to mean "
+                           "anything: they are kept unjudged, or dropped as short_document with drop_short")
+    drop_short: bool = Field(False, description="drop documents under min_words (Gopher does)")
+    min_mean_word_length: float | None = Field(3.0, gt=0, description="mean_word_length: characters per word")
+    max_mean_word_length: float | None = Field(10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(0.5, gt=0, description="symbol_ratio: '#' or '...' per word "
+                                                "(Gopher: 0.1)")
+    max_bullet_lines: float | None = Field(0.9, gt=0, le=1, description="bullet_lines: lines starting with a bullet")
+    max_ellipsis_lines: float | None = Field(0.3, gt=0, le=1, description="ellipsis_lines: lines ending in '...'")
+    min_alpha_words: float | None = Field(0.75, gt=0, le=1, description="non_alpha_words: words with a letter "
+                                          "(Gopher: 0.8)")
+    min_stop_words: int | None = Field(2, gt=0, description="few_stop_words: of the, be, to, of, and, that, have, with")
+    max_duplicate_lines: float | None = Field(0.45, gt=0, le=1, description="duplicate_lines: lines repeating an "
+                                              "earlier line (Gopher: 0.3)")
+    max_duplicate_line_chars: float | None = Field(0.35, gt=0, le=1, description="duplicate_lines: their characters "
+                                                   "(Gopher: 0.2)")
+    max_duplicate_paragraphs: float | None = Field(0.3, gt=0, le=1, description="duplicate_paragraphs")
+    max_duplicate_paragraph_chars: float | None = Field(0.2, gt=0, le=1, description="duplicate_paragraphs: their "
+                                                        "characters")
+    max_top_ngram_chars: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.3, 3: 0.27, 4: 0.24},
+        description="top_ngram: n -> the most frequent word n-gram's share of the characters; {} for none "
+        "(Gopher: 0.2, 0.18, 0.16)")
+    max_duplicate_ngram_chars: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.45, 6: 0.42, 7: 0.39, 8: 0.36, 9: 0.33, 10: 0.30},
+        description="duplicate_ngrams: n -> share of the characters in repeated word n-grams; {} for none "
+        "(Gopher: 0.15 for 5-grams down to 0.10 for 10-grams)")
+
+    @model_validator(mode="after")
+    def _ngram_limits(self) -> "QualityConfig":
+        for key in ("max_top_ngram_chars", "max_duplicate_ngram_chars"):
+            for n, limit in getattr(self, key).items():
+                if n < 1 or not 0 < limit <= 1:
+                    raise ValueError(f"{key}: n-gram sizes are at least 1 and limits in (0, 1] (got {n}: {limit})")
+        lo, hi = self.min_mean_word_length, self.max_mean_word_length
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"min_mean_word_length ({lo}) must be below max_mean_word_length ({hi})")
+        return self
+
+
+class NearDuplicateConfig(_Strict):
+    """Near-duplicate removal: MinHash signatures of each document's word n-grams, LSH bands, and of
+    each group of documents whose bands collide, the first in input order kept."""
+
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of the n-gram sets at which "
+                             "a pair is found with probability about one half (LSH bands are tuned for it)")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
+
+
 class CorpusConfig(_Strict):
     inputs: list[InputSpec] = Field(min_length=1)
     docs_per_shard: int = Field(10_000, gt=0)
@@ -72,6 +150,10 @@ class CorpusConfig(_Strict):
     max_chars: int = Field(1_000_000, gt=0, description="longer documents are rejected as too_long")
     num_workers: int | None = Field(None, gt=0, description="prepare processes; default: one per core",
                                     json_schema_extra=EXECUTION_ONLY)
+    quality: QualityConfig | None = Field(default_factory=QualityConfig, description="quality and repetition "
+                                          "filters; null: off")
+    near_duplicates: NearDuplicateConfig | None = Field(default_factory=NearDuplicateConfig,
+                                                        description="near-duplicate removal; null: off")
 
     @model_validator(mode="after")
     def _fractions_leave_a_main_split(self) -> "CorpusConfig":
@@ -81,6 +163,9 @@ class CorpusConfig(_Strict):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "float64"]
+KernelChoice = Literal["auto", "torch"]
+KERNELS_HELP = ("auto: cut-cross-entropy / liger-kernel / flash-attn where installed and on CUDA; "
+                "torch: the plain torch paths")
 
 
 class ModelSpec(_Strict):
@@ -89,13 +174,15 @@ class ModelSpec(_Strict):
     model: str
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
 
+    _model_home = field_validator("model")(_home)
+
 
 class ScoreConfig(_Strict):
     unit: Literal["document", "instance"] = Field(
         "document", description="score whole documents, or fixed-length instances of the EOS-joined stream (the paper)")
     max_length: int = Field(1024, ge=2, description="tokens per model input; longer documents are cut into windows")
     stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
-    batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch")
+    batch_tokens: int = Field(16384, gt=0, description="tokens per batch, padding included")
     checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard",
                                   json_schema_extra=EXECUTION_ONLY)
     max_tokens: int | None = Field(
@@ -103,6 +190,12 @@ class ScoreConfig(_Strict):
         "difference score (the selection's token budgets still count whole documents)")
     save_token_logprobs: bool = False
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+    packing: Literal["auto", "packed", "padded"] = Field(
+        "auto", description="packed: windows back to back in one stream of batch_tokens (no padding; auto on CUDA); "
+        "padded: length-sorted padded rows (auto on the CPU)", json_schema_extra=EXECUTION_ONLY)
+    kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(False, description="torch.compile each decoder layer of both models (compiled once, "
+                          "then faster batches)", json_schema_extra=EXECUTION_ONLY)
 
     @model_validator(mode="after")
     def _stride_below_max_length(self) -> "ScoreConfig":
@@ -118,11 +211,19 @@ class ScoreConfig(_Strict):
 class SelectConfig(_Strict):
     strategy: Literal["difference", "difference-sample", "random", "perplexity", "teacher"] = Field(
         "difference", description="difference: MiniPLM's top by (teacher - reference) log-prob per token")
-    keep_fraction: float = Field(0.5, gt=0.0, le=1.0, description="budget: this fraction of the scored documents")
-    keep_tokens: int | None = Field(None, gt=0, description="budget in tokens instead of a fraction of documents")
+    keep_fraction: float | None = Field(0.5, gt=0.0, le=1.0, description="budget: this fraction of the scored "
+                                        "units (documents or instances); null to give another budget")
+    keep_tokens: int | None = Field(None, gt=0, description="budget: this many tokens")
+    keep_token_fraction: float | None = Field(None, gt=0.0, le=1.0, description="budget: this fraction of the scored "
+                                              "tokens (the paper's alpha: 0.5 kept 50B of 100B tokens)")
     temperature: float = Field(1.0, gt=0.0, description="difference-sample: Gumbel-top-k temperature")
     perplexity_band: Literal["low", "middle", "high"] = Field("middle", description="perplexity: which band of reference loss")
-    min_teacher_logprob: float | None = Field(None, description="noise filter: drop below this teacher log-prob per token")
+    min_teacher_logprob: float | Literal["auto"] | None = Field(
+        "auto", description="noise floor: drop documents whose teacher log-prob per token is below this; auto: "
+        "below the median minus noise_floor_mads median absolute deviations of the scored documents; null: off")
+    noise_floor_mads: float = Field(3.0, gt=0.0, description="auto noise floor: how many median absolute "
+                                    "deviations (scaled by 1.4826, a standard deviation for normal data) below the "
+                                    "median it sits")
     min_tokens: int = Field(1, ge=1, description="noise filter: drop documents with fewer tokens")
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
     report_examples: int = Field(10, ge=0, description="rows in each example table of the report",
@@ -133,8 +234,12 @@ class SelectConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_budget(self) -> "SelectConfig":
-        if self.keep_tokens is not None and "keep_fraction" in self.model_fields_set:
-            raise ValueError("give keep_fraction or keep_tokens, not both")
+        given = [k for k in ("keep_fraction", "keep_tokens", "keep_token_fraction")
+                 if k in self.model_fields_set and getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one budget: keep_fraction, keep_tokens or keep_token_fraction (got {', '.join(given)})")
+        if self.keep_fraction is None and self.keep_tokens is None and self.keep_token_fraction is None:
+            raise ValueError("give a budget: keep_fraction, keep_tokens or keep_token_fraction")
         return self
 
 
@@ -267,6 +372,34 @@ class TokenSet(_Strict):
         return self.input.removeprefix(GENERATED) if self.input.startswith(GENERATED) else None
 
 
+class KDConfig(_Strict):
+    """Distillation in training: loss = (1 - weight) * CE + weight * KD (MiniPLM's vanilla KD: kd_ratio 0.5)."""
+
+    teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m "
+                         "(it must share the student's tokenizer)")
+    source: Literal["online", "offline"] = Field(
+        "online", description="online: the teacher runs in the training loop; offline: read the top-k log-probs the "
+        "teacher-logits stage stored for the student's token set")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"] = Field(
+        "forward_kl", description="forward_kl: vanilla KD; reverse_kl: MiniLLM's; jsd; DistiLLM's skew KLs")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="of the KD term; CE gets 1 - weight")
+    temperature: float = Field(1.0, gt=0.0, description="divides both models' logits in the KD term")
+    beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd: the teacher's share of the mixture "
+                               "(default 0.5); skew losses: the skew alpha (default 0.1)")
+    logits: str | None = Field(None, description="offline: the teacher_logits set to read (its tokens must be the "
+                               "student's)")
+
+    @model_validator(mode="after")
+    def _offline_reads_a_set(self) -> "KDConfig":
+        if self.source == "offline" and self.logits is None:
+            raise ValueError("source offline reads stored teacher log-probs: name the teacher_logits set in logits")
+        if self.source == "online" and self.logits is not None:
+            raise ValueError("logits is read with source: offline only (online runs the teacher)")
+        if self.source == "offline" and self.teacher != "teacher":
+            raise ValueError("source offline takes its teacher from the teacher_logits set; set teacher there")
+        return self
+
+
 class StudentConfig(_Strict):
     """A model to pretrain with DeepSpeed on a token set: RUN_DIR/models/NAME/."""
 
@@ -278,6 +411,7 @@ class StudentConfig(_Strict):
     tokens: str = Field(description="the token set (tokenize: name) to train on")
     heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
+    seed: int | None = Field(None, description="the training seed (initialisation, data order); default: the job's")
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
     micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
     lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
@@ -298,6 +432,10 @@ class StudentConfig(_Strict):
                            json_schema_extra=EXECUTION_ONLY)
     tensorboard: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     wandb: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
+    kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(False, description="torch.compile each decoder layer (minutes of compiling once, then "
+                          "faster steps)", json_schema_extra=EXECUTION_ONLY)
+    kd: KDConfig | None = Field(None, description="distill a teacher into the student while it trains")
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":
@@ -309,6 +447,25 @@ class StudentConfig(_Strict):
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
         return self
+
+
+class TeacherLogitsSet(_Strict):
+    """The teacher's top-k next-token log-probabilities at every position of a token set, for offline
+    KD: RUN_DIR/teacher-logits/NAME/, aligned with the token set's shards and rows."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    tokens: str = Field(description="the token set (tokenize: name) to run the teacher over")
+    top_k: int = Field(32, gt=0, description="tokens kept per position (at most the vocabulary size)")
+    teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m")
+    temperature: float = Field(1.0, gt=0.0, description="the log-probs are of softmax(logits / temperature); a "
+                               "student reading them distills at this temperature")
+    logprob_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="how log-probs are stored: float16 (half the bytes, ~1e-3 relative error in "
+        "probabilities) or float32")
+    batch_tokens: int = Field(16384, gt=0, description="tokens per teacher forward pass (whole rows)")
+    checkpoint_every: int = Field(20, gt=0, description="batches between progress checkpoints inside a shard",
+                                  json_schema_extra=EXECUTION_ONLY)
+    device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
 
 class ReferenceTraining(StudentConfig):
@@ -327,12 +484,16 @@ class ReferenceSpec(_Strict):
     train: ReferenceTraining | None = None
     dtype: Dtype = "auto"
 
+    _model_home = field_validator("model")(_home)
+
     @model_validator(mode="after")
     def _model_or_train(self) -> "ReferenceSpec":
         if (self.model is None) == (self.train is None):
             raise ValueError("give reference.model (a checkpoint) or reference.train (train it here), not both")
         if self.train is not None and (self.train.name, self.train.tokens) != ("reference", "reference"):
             raise ValueError("reference.train is always named 'reference' and trains on the 'reference' token set")
+        if self.train is not None and self.train.kd is not None:
+            raise ValueError("reference.train: the reference learns from its data alone (no kd)")
         return self
 
 
@@ -354,6 +515,8 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["students"],
         description="students (all of them), a student's name, reference, teacher, or {name, model} for any checkpoint")
     heldout: bool = Field(True, description="loss and perplexity on the run's held-out split")
+    seeds: int = Field(1, ge=1, description="train every student this many times, with consecutive seeds, and "
+                       "compare their mean and spread (replicas are named NAME.seed1, NAME.seed2, ...)")
     corpora: list[InputSpec] = Field(default_factory=list, description="extra evaluation corpora (inputs like "
                                      "corpus.inputs; give each a name), e.g. a DCLM sample")
     max_docs: int | None = Field(None, gt=0, description="at most this many documents per corpus")
@@ -376,6 +539,15 @@ class EvalConfig(_Strict):
         if "heldout" in names or len(names) != len(set(names)):
             raise ValueError(f"corpora: give each a distinct name other than heldout (got {', '.join(names)})")
         return self
+
+
+REPLICA_SUFFIX = re.compile(r"\.seed\d+$")
+
+
+def replica_base(name: str) -> str:
+    """The student a seed replica (NAME.seed1, ...; see miniplm/replicas.py) repeats; a student's own
+    name is its base."""
+    return REPLICA_SUFFIX.sub("", name)
 
 
 class SlurmResources(_Strict):
@@ -415,7 +587,8 @@ class SlurmConfig(_Strict):
     def resources(self, step: str) -> SlurmResources:
         """The settings for a step (`score`, `train/small`): defaults, then the stage's, then the student's."""
         merged = self.defaults.model_dump(exclude_unset=True)
-        for key in dict.fromkeys((step.split("/")[0], step)):  # a stage, then a student of it
+        # a stage, then a student of it (a seed replica takes its student's settings)
+        for key in dict.fromkeys((step.split("/")[0], replica_base(step), step)):
             if key in self.stages:
                 own = self.stages[key].model_dump(exclude_unset=True)
                 merged.update({k: v for k, v in own.items() if k not in ("sbatch", "setup")})
@@ -435,9 +608,15 @@ class JobConfig(_Strict):
     generate: list[GenerateConfig] = Field(default_factory=list)
     prune: list[PruneConfig] = Field(default_factory=list)
     tokenize: list[TokenSet] = Field(default_factory=list)
+    teacher_logits: list[TeacherLogitsSet] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
     eval: EvalConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _run_dir_home(cls, value: Any) -> Any:
+        return _home(str(value)) if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _token_set_names_unique(self) -> "JobConfig":
@@ -480,7 +659,38 @@ class JobConfig(_Strict):
             if t.mix is None and t.generated is not None and t.generated not in generated:
                 raise ValueError(f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
                                  f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
+        self._check_distillation()
         return self
+
+    def _check_distillation(self) -> None:
+        sets = {t.name: t for t in self.teacher_logits}
+        if len(sets) != len(self.teacher_logits):
+            raise ValueError(f"teacher_logits: names must differ (got {', '.join(t.name for t in self.teacher_logits)})")
+        token_sets = {t.name for t in self.tokenize}
+        for t in self.teacher_logits:
+            if t.tokens not in token_sets:
+                raise ValueError(f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize list")
+            if t.teacher == "teacher" and self.teacher is None:
+                raise ValueError(f"teacher_logits.{t.name}: teacher is the job's teacher, and the job has none")
+        for s in self.students:
+            kd = s.kd
+            if kd is None:
+                continue
+            where = f"students.{s.name}.kd"
+            if kd.teacher == "teacher" and kd.source == "online" and self.teacher is None:
+                raise ValueError(f"{where}: teacher is the job's teacher, and the job has none")
+            if kd.logits is None:
+                continue
+            if kd.logits not in sets:
+                raise ValueError(f"{where}.logits: no teacher_logits set {kd.logits!r} in the job "
+                                 f"(sets: {', '.join(sets) or 'none'})")
+            stored = sets[kd.logits]
+            if stored.tokens != s.tokens:
+                raise ValueError(f"{where}.logits: set {kd.logits!r} holds log-probs for token set {stored.tokens!r}, "
+                                 f"and the student trains on {s.tokens!r}")
+            if stored.temperature != kd.temperature:
+                raise ValueError(f"{where}.temperature: {kd.temperature} differs from teacher_logits.{kd.logits}."
+                                 f"temperature ({stored.temperature}), the temperature its log-probs were taken at")
 
 
 def hashable_dump(model: BaseModel) -> dict[str, Any]:
@@ -545,6 +755,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Keys that say one thing several ways (one budget, one source of the reference): an override that
+# sets one of them replaces the others where the file sets them.
+ALTERNATIVES = (("select", "keep_fraction", "keep_tokens", "keep_token_fraction"), ("reference", "model", "train"))
+
+
+def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str]) -> None:
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for section, *keys in ALTERNATIVES:
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        chosen = [key for key in keys if f"{section}.{key}" in given]
+        if len(chosen) == 1 and values.get(chosen[0]) is not None:
+            for other in keys:
+                if other != chosen[0]:
+                    values.pop(other, None)
+
+
 def _format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid job"]
     for e in err.errors():
@@ -562,23 +790,24 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def expand_input(spec: InputSpec) -> list[str]:
-    """The sorted files (or dataset folder) an input names; empty when nothing matches.
+    """The sorted files (or dataset folder) an input names, each once; empty when nothing matches.
 
     Paths keep the form the job wrote them in, so ids derived from them are
     the same on every machine that runs the job from the same directory.
+    Folders are walked through symbolic links, each real folder once.
     """
     if spec.format == "hf_hub":
         return [spec.path]
     if spec.format == "hf_disk":
         return [spec.path] if os.path.isdir(spec.path) else []
-    matches = sorted(glob.glob(spec.path, recursive=True)) if glob.has_magic(spec.path) else [spec.path]
+    matches = glob_paths(spec.path) if glob.has_magic(spec.path) else [spec.path]
     files: list[str] = []
     for m in matches:
         if os.path.isdir(m):
-            files.extend(sorted(str(p) for p in Path(m).rglob("*") if p.is_file()))
+            files.extend(walk_files(m))
         elif os.path.lexists(m):
             files.append(m)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
@@ -586,16 +815,21 @@ def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     and key. (miniplm.job.load_job adds the checks against the stages and the filesystem.)"""
     path = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        raw = Path(path).read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read job file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: a job file is UTF-8 text, and line {line} is not "
+                          f"(byte {raw[e.start]:#04x}: {e.reason})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file is a YAML mapping of keys to values")
     overrides = overrides or []
     apply_overrides(data, overrides)
+    _drop_replaced_alternatives(data, overrides)
     try:
         return JobConfig.model_validate(data)
     except ValidationError as e:
@@ -652,6 +886,14 @@ def init_model(job: JobConfig, student: StudentConfig) -> str | None:
     if any(p.name == student.init for p in job.prune):
         return str(RunDir(job.run_dir).model(student.init))
     return student.init
+def teacher_model(job: JobConfig, name: str) -> tuple[str, str]:
+    """The model a `teacher:` key of kd or teacher_logits names, and its dtype: `teacher` is the
+    job's teacher (with its dtype); anything else a model in the default dtype."""
+    if name != "teacher":
+        return name, "auto"
+    if job.teacher is None:
+        raise ConfigError("the job has no `teacher:` to distill from")
+    return job.teacher.model, job.teacher.dtype
 
 
 def token_set_named(job: JobConfig, name: str, token_sets: list[TokenSet] | None = None) -> TokenSet:

@@ -1,9 +1,11 @@
-"""Files that appear complete or not at all, and locks shared by processes (and, on most
-cluster filesystems, by nodes).
+"""Files that appear complete or not at all, locks shared by processes (and, on most
+cluster filesystems, by nodes), and where miniplm keeps files between runs.
 
 A worker killed at any point leaves nothing half-written that a rerun could
 mistake for finished work: everything is written under a temporary name in
-the same folder, flushed, then renamed over the final name.
+the same folder, flushed, then renamed over the final name. Files get the
+permissions of any new file (0666 less the umask), so teammates sharing a
+run directory can read them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,8 +24,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_file_next_to(path)
     try:
         yield Path(tmp)
         # flush to disk before the rename, so a node that crashes cannot leave a
@@ -35,6 +36,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_file_next_to(path: Path) -> Path:
+    """An empty file with a fresh temporary name in `path`'s folder. Created with mode 0666 so the
+    umask (and a default ACL) applies as to any new file; mkstemp would make it 0600."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def new_folder_mode() -> int:
+    """The mode a new folder gets under the current umask (read without changing it where Linux
+    says it in /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o777 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def cache_dir() -> Path:
+    """Where miniplm keeps files between runs: converted models, content fingerprints."""
+    return Path(os.environ.get("MINIPLM_CACHE", Path.home() / ".cache" / "miniplm"))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -13,14 +13,21 @@ from miniplm.stages import check_job
 
 
 def _check_models(job: JobConfig, where: str) -> None:
-    named = [(f"{key}.model", getattr(job, key).model) for key in ("teacher", "reference")
-             if getattr(job, key) is not None]
-    named += [(f"{section}.{i}.model", e.model) for section in ("generate", "prune")
-              for i, e in enumerate(getattr(job, section)) if e.model != "teacher"]
-    for key, model in named:
-        if model is not None and not looks_loadable(model):
+    models = [(f"{key}.model", spec.model) for key in ("teacher", "reference")
+              if (spec := getattr(job, key)) is not None and spec.model is not None]
+    models += [(f"{section}.{e.name}.model", e.model) for section in ("generate", "prune")
+               for e in getattr(job, section)]
+    models += [(f"students.{s.name}.kd.teacher", s.kd.teacher) for s in job.students if s.kd is not None]
+    models += [(f"teacher_logits.{t.name}.teacher", t.teacher) for t in job.teacher_logits]
+    for key, model in models:
+        if model == "teacher":
+            continue
+        if not looks_loadable(model):
             raise ConfigError(f"{where}: {key}: no model folder at {model!r} "
                               "(give a folder, a hub id like org/name, or smollm2-135m)")
+        if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+            raise ConfigError(f"{where}: {key}: the folder {model!r} holds no model (no config.json; "
+                              "a save_pretrained folder has one)")
     pruned = {p.name for p in job.prune}
     for i, student in enumerate(job.students):
         if student.init is not None and student.init not in pruned and not os.path.isdir(student.init):
@@ -42,10 +49,10 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     """Read, override and validate a job file; raise ConfigError naming the file and key."""
     job = read_job(path, overrides)
     where = job_label(path, overrides)
+    _check_models(job, where)  # before the stages' checks, which may read the models' tokenizers
     try:
         check_job(job)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _check_inputs_exist(job, where)
-    _check_models(job, where)
     return job

@@ -7,10 +7,13 @@ how it runs one shard, how it finishes and how it describes its counts. The
 registry (miniplm/stages.py) lists the stages in pipeline order; the CLI,
 `run`, `slurm`, `status` and the plan read it and nothing else.
 
-`run_sharded` is the life cycle of an array stage, written once: open the
-stage (refusing work done under another config), skip finished shards, run
-the rest, mark each one done, finish once under a lock when every shard is
-done, and record a failure in the manifest.
+`run_sharded` is the life cycle of an array stage, written once: fingerprint
+what the stage reads (its `inputs`: earlier stages' outputs checked against
+their records, files and models by content), open the stage (refusing work
+done under another config or on other inputs), skip finished shards, run the
+rest, mark each one done, finish once under a lock when every shard is done
+(checking that the inputs did not change meanwhile, and recording what the
+stage wrote), and record a failure in the manifest.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from miniplm.config import JobConfig, config_hash, dump_job
-from miniplm.errors import ConfigError
+from miniplm.errors import ConfigError, StageError
+from miniplm.inputs import Input, resolve
+from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
 from miniplm.workers import Worker
 
@@ -43,6 +48,7 @@ class Part:
 
     name: str
     item: Any = None  # the job's entry this part is for: a token set, a student
+    command: str | None = None  # the command that redoes it, when not `miniplm NAME`
 
 
 @dataclass
@@ -56,6 +62,7 @@ class StageRun:
     worker: Worker
     show_progress: bool
     config_hash: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # fingerprints of what it reads, by label
     shared: dict[str, Any] = field(default_factory=dict)  # what the hooks hand each other
 
     @property
@@ -111,7 +118,16 @@ class Stage:
         """Raise ConfigError for a job this stage cannot run, before any work starts."""
 
     def config_hash(self, job: JobConfig, *extra: str) -> str:
+        """The hash of the job sections its outputs depend on, with `extra` settings."""
         return config_hash(job, self.sections, *extra)
+
+    def fingerprint(self, job: JobConfig, rd: RunDir, name: str, reads: list[Input], worker: Worker = Worker(),
+                    show_progress: bool = False) -> tuple[str, dict[str, str]]:
+        """(config hash, the fingerprints of its inputs by label) of a part that reads `reads`."""
+        settings = self.config_hash(job, *(r for r in reads if isinstance(r, str)))
+        inputs = resolve(rd, reads, settings, reader=name, share=worker.index / worker.count,
+                         show_progress=show_progress)
+        return config_hash(job, (), *(f"{label}={value}" for label, value in inputs.items())), inputs
 
     # ------------------------------------------------------------ running
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
@@ -121,6 +137,10 @@ class Stage:
     def describe(self, job: JobConfig, result: Any) -> list[str]:
         """What a finished run's result says, as lines for the terminal."""
         return [f"{self.name}: {result}"]
+
+    def warnings(self, job: JobConfig, result: Any) -> list[str]:
+        """What in a finished run's result a user should not miss (nothing kept, ...)."""
+        return []
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Hand the report its sections again, from the finished stage's outputs (`miniplm report`)."""
@@ -149,14 +169,16 @@ class ShardedStage(Stage):
         """The part's shard keys as far as they can be known before it runs (None: not yet)."""
         return None
 
-    def inputs(self, run: StageRun) -> list[str]:
-        """Check that what the part reads is there (raise StageError naming the command to run
-        first); return the facts about it that its outputs depend on (earlier stages' hashes,
-        model fingerprints), which go into the config hash."""
+    def inputs(self, run: StageRun) -> list[Input]:
+        """What the part reads, which its outputs depend on (miniplm/inputs.py): earlier stages'
+        outputs (`Upstream`, checked against their records), files (`Files`) and models (`Model`)
+        by content, settings (strings). Raise ConfigError or StageError for
+        what cannot be read, naming the command to run first."""
         return []
 
     def outputs(self, run: StageRun) -> list[Path]:
-        """What `--force` deletes before redoing the part."""
+        """The files and folders under RUN_DIR it writes. What it wrote there is recorded when it
+        finishes; `--force` deletes that, and nothing else there."""
         return []
 
     def shards(self, run: StageRun) -> list[str]:
@@ -196,8 +218,10 @@ def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker,
     shard is done (by this worker or others), None while other workers still have shards to do."""
     rd = RunDir(job.run_dir)
     run = StageRun(stage, job, rd, part, worker, show_progress)
-    run.config_hash = stage.config_hash(job, *stage.inputs(run))
-    if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force):
+    reads = stage.inputs(run)
+    run.config_hash, run.inputs = stage.fingerprint(job, rd, run.name, reads, worker, show_progress)
+    if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force, inputs=run.inputs,
+                     command=part.command):
         return stage.result(run)
     try:
         _global_step_once(stage, run)
@@ -208,11 +232,22 @@ def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker,
         if rd.stage_state(run.name).get("state") != "done":
             if not all(run.is_done(key) for key in keys):
                 return None
-            rd.finish_once(run.name, lambda: stage.finish(run))
+            rd.finish_once(run.name, lambda: _finish(stage, run, reads), show_progress=show_progress)
     except Exception as e:  # anything but an interrupt: the manifest must not say running
         rd.fail_stage(run.name, str(e))
         raise
     return stage.result(run)
+
+
+def _finish(stage: ShardedStage, run: StageRun, reads: list[Input]) -> dict:
+    """The part's counts, once its inputs are found unchanged since it started: a file edited or a
+    model replaced mid-run would leave outputs made from two versions."""
+    now = stage.fingerprint(run.job, run.rd, run.name, reads, run.worker)[1]
+    changed = [label for label in run.inputs if now.get(label) != run.inputs[label]]
+    if changed:
+        raise StageError(f"{run.rd.root}: what {run.name} reads changed while it ran ({', '.join(changed)}); "
+                         f"run `{rerun(run.rd.stage_state(run.name), run.name)} --force` to redo it")
+    return stage.finish(run)
 
 
 GLOBAL_STEP = "global-step"

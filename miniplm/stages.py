@@ -19,6 +19,7 @@ from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.select import STAGE as SELECT
 from miniplm.stage import Stage
 from miniplm.training.reference import STAGE as TRAIN_REFERENCE
+from miniplm.training.teacher_logits import STAGE as TEACHER_LOGITS
 from miniplm.training.train import STAGE as TRAIN
 
 STAGES: list[Stage] = [
@@ -29,6 +30,7 @@ STAGES: list[Stage] = [
     GENERATE,
     PRUNE,
     TOKENIZE,
+    TEACHER_LOGITS,
     TRAIN,
     EVAL,
 ]

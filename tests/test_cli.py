@@ -48,3 +48,35 @@ def test_bad_input_under_fail_exits_1_naming_the_line(write_job, tmp_path):
     result = subprocess.run(["miniplm", "prepare", str(job_path), "-q"], capture_output=True, text=True)
     assert result.returncode == 1
     assert "d.jsonl:2: missing_text" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_does_not_fail_a_finished_stage(write_job, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two"}])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}])
+    # like `miniplm prepare JOB | true`: the reader has gone before the counts are printed
+    proc = subprocess.Popen(["miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == ""
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["prepare"]["state"] == "done"
+
+
+def test_run_seeds_is_the_eval_seeds_override_and_needs_an_eval_section(write_job, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import miniplm.cli as cli
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}])
+    job_path = write_job([{"path": str(path), "format": "jsonl"}])
+    assert main(["run", str(job_path), "--seeds", "3"]) == 2
+    assert "--seeds" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+    seen = []
+    summary, description, _ = cli.COMMANDS["run"]
+    monkeypatch.setitem(cli.COMMANDS, "run", (summary, description, lambda job, args: seen.append(job) or 0))
+    job = yaml.safe_load(job_path.read_text()) | {"eval": {"models": [], "tasks": []}}
+    job_path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(job_path), "--seeds", "3"]) == 0
+    assert main(["run", str(job_path)]) == 0
+    assert [j.eval.seeds for j in seen] == [3, 1]

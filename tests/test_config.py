@@ -1,6 +1,6 @@
 import pytest
 
-from miniplm.config import ConfigError, apply_overrides
+from miniplm.config import ConfigError, apply_overrides, read_job
 from miniplm.job import load_job
 from miniplm.stages import stage_config_hash
 
@@ -45,6 +45,7 @@ def test_unknown_override_key_is_named(write_job, corpus_file):
         ({"reference_fraction": 1.5}, "corpus.reference_fraction", "less than 1"),
         ({"on_error": "ignore"}, "corpus.on_error", "'skip' or 'fail'"),
         ({"reference_fraction": 0.6, "heldout_fraction": 0.5}, "corpus", "below 1"),
+        ({"docs_per_shard": True}, "corpus.docs_per_shard", "expected a number, not a boolean (got True)"),
     ],
 )
 def test_bad_values_are_named(write_job, corpus_file, corpus, key, words):
@@ -106,3 +107,57 @@ def test_source_name_defaults_to_the_path_stem():
     assert InputSpec(path="data/web/*.jsonl.gz", format="jsonl").source_name == "web"
     assert InputSpec(path="data/books.jsonl.zst", format="jsonl").source_name == "books"
     assert InputSpec(path="x/*.parquet", format="parquet", name="wiki").source_name == "wiki"
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_threshold_is_a_finite_number(write_job, corpus_file, value):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    with pytest.raises(ConfigError, match=r"select\.min_teacher_logprob(\.float)?: Input should be a finite number"):
+        load_job(job_path, [f"select.min_teacher_logprob={value}"])  # .nan would switch the filter off
+    assert load_job(job_path, ["select.min_teacher_logprob=-6"]).select.min_teacher_logprob == -6.0
+
+
+def test_a_job_file_that_is_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("seed: 0\nrun_dir: runs/caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: a job file is UTF-8 text, and line 2 is not \(byte 0xe9"):
+        load_job(bad)
+
+
+def test_an_override_of_one_budget_replaces_the_other(write_job, corpus_file, tmp_path):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    with_fraction = job_path.read_text() + "select: {keep_fraction: 0.3}\n"
+    job_path.write_text(with_fraction)
+    job = load_job(job_path, ["select.keep_tokens=5000"])
+    assert job.select.keep_tokens == 5000 and "keep_fraction" not in job.select.model_fields_set
+    assert load_job(job_path).select.keep_fraction == 0.3
+    with pytest.raises(ConfigError, match="give one budget: keep_fraction, keep_tokens or keep_token_fraction"):
+        load_job(job_path, ["select.keep_tokens=5000", "select.keep_fraction=0.2"])  # both on the command line
+    job_path.write_text(with_fraction.replace("keep_fraction: 0.3", "keep_tokens: 100"))
+    assert load_job(job_path, ["select.keep_fraction=0.2"]).select.keep_tokens is None
+    job_path.write_text(with_fraction.replace("keep_fraction: 0.3", "keep_token_fraction: 0.5"))  # the paper's budget
+    job = load_job(job_path, ["select.keep_fraction=0.2"])
+    assert job.select.keep_fraction == 0.2 and job.select.keep_token_fraction is None
+
+
+def test_run_dir_and_model_paths_may_start_at_home(write_job, corpus_file, tmp_path, monkeypatch):
+    from miniplm.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    assert main(["prepare", str(job_path), "-q", "run_dir=~/x"]) == 0
+    assert (tmp_path / "home" / "x" / "docs" / "stats.json").exists()
+    assert not (work / "~").exists()
+    job = read_job(job_path, ["teacher.model=~/models/teacher"])  # the schema alone: no model is there
+    assert job.teacher.model == str(tmp_path / "home" / "models" / "teacher")
+
+
+def test_a_model_folder_without_a_model_fails_before_work(write_job, corpus_file, tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    with pytest.raises(ConfigError, match=r"reference\.model: the folder .*empty-model' holds no model \(no config"):
+        load_job(job_path, [f"reference.model={empty}", "teacher.model=smollm2-135m"])

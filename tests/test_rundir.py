@@ -1,5 +1,6 @@
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -99,3 +100,95 @@ def test_force_joins_a_running_stage_instead_of_wiping_it(tmp_path):
     assert not out.exists() and rd.stage_state("score")["state"] == "running"
     with pytest.raises(Exception, match="different config"):
         rd.open_stage("score", "h2", "job: 2\n", [out], force=False)
+
+
+def _prepared_job(write_job, tmp_path, run_dir, n=30, **corpus):
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"document number {i}"} for i in range(n)])
+    return write_job([{"path": str(path), "format": "jsonl"}], run_dir=run_dir, **corpus)
+
+
+def test_force_deletes_only_what_miniplm_wrote(write_job, tmp_path):
+    from miniplm.cli import main
+
+    run = tmp_path / "X"
+    (run / "docs").mkdir(parents=True)
+    (run / "docs" / "notes.md").write_text("hi\n")  # the user's, in a folder prepare writes to
+    job = _prepared_job(write_job, tmp_path, run, docs_per_shard=5, reference_fraction=0.0, heldout_fraction=0.0)
+    assert main(["prepare", str(job), "-q", "--force"]) == 0  # no manifest yet: nothing is miniplm's
+    assert (run / "docs" / "notes.md").read_text() == "hi\n"
+    assert len(RunDir(run).doc_shards("main")) == 6
+
+    (run / "docs" / "main" / "README").write_text("mine too\n")  # added after prepare finished
+    assert main(["prepare", str(job), "-q", "--force", "corpus.docs_per_shard=10"]) == 0
+    assert (run / "docs" / "notes.md").read_text() == "hi\n"
+    assert (run / "docs" / "main" / "README").read_text() == "mine too\n"
+    assert [p.name for p in RunDir(run).doc_shards("main")] == [f"shard-0000{i}.parquet" for i in range(3)]
+    record = json.loads((run / "records" / "prepare.json").read_text())["files"]
+    assert "docs/notes.md" not in record and "docs/main/README" not in record and "docs/stats.json" in record
+
+
+def test_force_on_an_unfinished_stage_deletes_what_appeared_after_it_started(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    out = rd.root / "scores"
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("the user's")
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=False) is False
+    (out / "shard-00000.parquet").write_text("written by the stage before it was killed")
+    rd.fail_stage("score", "killed")
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=True) is False
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_a_job_file_kept_in_the_run_dir_is_not_overwritten(write_job, tmp_path):
+    from miniplm.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    job = _prepared_job(write_job, tmp_path, run)
+    kept = run / "job.yaml"
+    text = "# my experiment: do not lose this comment\n" + job.read_text()
+    kept.write_text(text)
+    assert main(["prepare", str(kept), "-q", "corpus.docs_per_shard=7"]) == 0
+    assert kept.read_text() == text
+    resolved = (run / "job.resolved.yaml").read_text()
+    assert resolved.startswith("# The job as miniplm last ran it") and "docs_per_shard: 7" in resolved
+    # where the name is free, the resolved job is job.yaml, and miniplm rewrites its own file
+    other = tmp_path / "other"
+    assert main(["prepare", str(job), "-q", f"run_dir={other}"]) == 0
+    assert main(["prepare", str(job), "-q", f"run_dir={other}"]) == 0
+    assert (other / "job.yaml").read_text().startswith("# The job as miniplm") and not (other / "job.resolved.yaml").exists()
+
+
+def test_every_output_follows_the_umask(write_job, tmp_path):
+    from miniplm.cli import main
+
+    job = _prepared_job(write_job, tmp_path, tmp_path / "run", num_workers=1)
+    old = os.umask(0o002)  # a group that shares the run directory
+    try:
+        assert main(["prepare", str(job), "-q"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.relative_to(tmp_path / "run").as_posix() for p in files} >= {
+        "manifest.json", "job.yaml", "docs/stats.json", "docs/rejects.jsonl", "records/prepare.json"}
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
+        str(p.relative_to(tmp_path)): "0o664" for p in files}
+
+
+@pytest.mark.parametrize("content", [b'{"stages": {"prepare": {"state": "do', b"", b'{"stages": [1, 2]}', b"[]",
+                                     b'{"stages": {"prepare": "done"}}', b"\xff\xfe"])
+def test_a_damaged_manifest_is_an_error_naming_it_and_the_way_out(write_job, tmp_path, content, capsys):
+    from miniplm.cli import main
+
+    job = _prepared_job(write_job, tmp_path, tmp_path / "run")
+    assert main(["prepare", str(job), "-q"]) == 0
+    manifest = tmp_path / "run" / "manifest.json"
+    manifest.write_bytes(content)
+    capsys.readouterr()
+    for command in ("status", "prepare", "report"):
+        assert main([command, str(job)]) == 1, command  # not a traceback
+        error = capsys.readouterr().err
+        assert f"{manifest}: the run's manifest is damaged" in error
+        assert f"mv {manifest} {manifest}.damaged" in error

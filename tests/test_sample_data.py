@@ -24,12 +24,17 @@ def test_bundled_corpus_is_small_and_labelled():
 
 def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo job's paths are relative to the repository
-    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null"])
+    # the whole corpus, read and deduplicated (the quality rules are measured on the demo's slice below)
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null",
+                                                 "corpus.quality=null"])
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["documents_read"] == 1866
     assert stats["duplicates"] == 9  # the repeated legal-footer pages
-    assert stats["rejected_total"] == 0
-    assert stats["kept_total"] == 1857
+    # one boilerplate page shares an LSH band with another made of the same few lines (Jaccard 0.51:
+    # found with probability 0.1% at the default threshold, and there are ~1,800 such pairs)
+    assert stats["rejected"] == {"near_duplicate": 1}
+    assert {s for s, c in stats["sources"].items() if "near_duplicate" in c} == {"noise-boilerplate"}
+    assert stats["kept_total"] == 1856
     assert set(stats["sources"]) == {"kjv", "python-docs", "noise-gibberish", "noise-boilerplate", "noise-ocr"}
 
 
@@ -40,34 +45,112 @@ def test_demo_job_reads_its_slice_of_the_bundled_corpus(tmp_path, monkeypatch):
     assert stats["documents_read"] == 3 * 160  # limit: 160 per file
     assert stats["kept_total"] + stats["duplicates"] + stats["rejected_total"] == 480
 
+    # prepare's filters on the main split: noise out, real text in (the noise floor takes the OCR
+    # garbage and short gibberish later, at selection)
+    dropped = {src: sum(n.values()) for src, n in stats["dropped_by_split"]["main"].items()}
+    in_main = {src: c.get("kept_main", 0) + dropped.get(src, 0) for src, c in stats["sources"].items()}
+    for real in ("kjv", "python-docs"):
+        assert dropped.get(real, 0) <= 0.05 * in_main[real]
+    assert dropped["noise-boilerplate"] >= 0.95 * in_main["noise-boilerplate"]
+    main_ids = set(pl.read_parquet(str(tmp_path / "demo" / "docs" / "main" / "*.parquet"))["id"])
+    noise = pl.read_parquet(SAMPLE / "noise.parquet").head(160)
+    kept_gibberish = noise.filter(pl.col("id").is_in(list(main_ids)) & (pl.col("source") == "noise-gibberish"))
+    assert all(len(text.split()) < 50 for text in kept_gibberish["text"])  # too short to judge: min_words
 
-def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch):
+
+def rebuilt(script: str, output: str, tmp_path, monkeypatch) -> bytes:
+    """What a data/ build script writes now, run in a scratch folder that links the sample."""
     import importlib.util
-    import json
 
-    spec = importlib.util.spec_from_file_location("build_eval_task", REPO / "data" / "build_eval_task.py")
+    spec = importlib.util.spec_from_file_location(script, REPO / "data" / f"{script}.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     monkeypatch.setattr(build, "HERE", tmp_path)
     (tmp_path / "sample").symlink_to(REPO / "data" / "sample")
     build.main()
-    assert (tmp_path / "eval" / "bundled-cloze.jsonl").read_bytes() == (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_bytes()
+    return (tmp_path / "eval" / output).read_bytes()
+
+
+def test_bundled_eval_task_is_what_its_build_script_writes(tmp_path, monkeypatch):
+    import json
+
+    built = rebuilt("build_eval_task", "bundled-cloze.jsonl", tmp_path, monkeypatch)
+    assert built == (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_bytes()
     items = [json.loads(line) for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").read_text().splitlines()]
     assert len(items) == 200 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
     assert {i["source"] for i in items} == {"kjv", "python-docs"}
 
 
+def test_clean_heldout_corpus_is_its_build_scripts_and_apart_from_what_the_demo_reads(tmp_path, monkeypatch):
+    import json
+
+    bundled = REPO / "data" / "eval" / "clean-heldout.jsonl"
+    assert rebuilt("build_heldout", "clean-heldout.jsonl", tmp_path, monkeypatch) == bundled.read_bytes()
+    rows = [json.loads(line) for line in bundled.read_text().splitlines()]
+    assert len(rows) == 24 and {r["source"] for r in rows} == {"kjv", "python-docs"}
+    read_by_demo = set()
+    for name in ("kjv", "python-docs", "noise"):
+        read_by_demo |= set(pl.read_parquet(SAMPLE / f"{name}.parquet")["id"][:160])
+    cloze = {json.loads(line)["context"] for line in (REPO / "data" / "eval" / "bundled-cloze.jsonl").open()}
+    for r in rows:
+        assert r["id"] not in read_by_demo
+        assert not any(c in r["text"] for c in cloze)
+
+
 def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
-    """The demo's last steps: both students evaluated on held-out text and the offline task, so its
-    report gains the comparison table (the rendering is tested on a tiny run in tests/evaluation)."""
+    """The demo's last steps: both students, two seeds each, evaluated on the clean held-out corpus and
+    the offline task, so its report gains the comparison table (the rendering is tested on a tiny run in
+    tests/evaluation and tests/pipeline)."""
     from miniplm.evaluation.evaluate import targets
     from miniplm.pipeline.plan import steps
 
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "demo.yaml")
-    assert [s.name for s in steps(job)][-3:] == ["train/student-selected", "train/student-random", "eval"]
-    assert [(t.name, t.trained_on) for t in targets(job)] == [("student-selected", "selected"),
-                                                              ("student-random", "random")]
-    assert job.select.random_baseline and job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
+    students = ["student-selected", "student-selected.seed1", "student-random", "student-random.seed1"]
+    assert [s.name for s in steps(job)][-5:] == [*(f"train/{name}" for name in students), "eval"]
+    assert [(t.name, t.trained_on) for t in targets(job)] == [
+        (name, "selected" if "selected" in name else "random") for name in students]
+    assert job.select.random_baseline and job.select.keep_token_fraction == 0.5
+    assert not job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
+    assert [c.path for c in job.eval.corpora] == ["data/eval/clean-heldout.jsonl"]
     for path in job.eval.task_paths:
         assert (REPO / path / "bundled_cloze.yaml").exists()
+
+
+def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
+    monkeypatch.chdir(REPO)
+    demo = load_job(REPO / "jobs" / "paper-demo.yaml")
+    assert demo.score.unit == "instance" and demo.select.keep_token_fraction == 0.5
+    assert all(t.seq_len == demo.score.max_length for t in demo.tokenize if t.input.startswith("selected"))
+    from miniplm.config import read_job  # the Pile is not here: the schema and the stages' checks, not the inputs
+    from miniplm.stages import check_job
+
+    pile = read_job(REPO / "jobs" / "paper-pile-qwen.yaml")
+    check_job(pile)
+    assert pile.score.unit == "instance" and pile.score.max_length == 1024 and pile.select.keep_token_fraction == 0.5
+    assert pile.corpus.inputs[0].source_field == "meta.pile_set_name"
+    assert [t.seq_len for t in pile.tokenize if t.input == "selected"] == [1024]
+
+
+def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monkeypatch):
+    """The distillation demo: students of one shape, the same steps and tokens, one per method (no KD
+    on random and on selected text, vanilla KD online, offline top-32 forward and reverse KL, selection
+    with KD), each read by eval; the stored log-probs are for the token set the student trains on."""
+    from miniplm.evaluation.evaluate import targets
+    from miniplm.pipeline.plan import steps
+
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs" / "kd-demo.yaml")
+    students = {s.name: s for s in job.students}
+    methods = {name: (s.tokens, s.kd and (s.kd.source, s.kd.loss, s.kd.logits)) for name, s in students.items()}
+    assert methods == {"random": ("random", None), "selected": ("selected", None),
+                       "vanilla-kd": ("random", ("online", "forward_kl", None)),
+                       "offline-kd": ("random", ("offline", "forward_kl", "random-top32")),
+                       "offline-reverse-kl": ("random", ("offline", "reverse_kl", "random-top32")),
+                       "selected-kd": ("selected", ("offline", "forward_kl", "selected-top32"))}
+    assert len({(s.preset, s.steps, s.batch_tokens, s.lr) for s in job.students}) == 1
+    assert all(s.kd.weight == 0.5 for s in job.students if s.kd)
+    assert {t.name: t.tokens for t in job.teacher_logits} == {"random-top32": "random", "selected-top32": "selected"}
+    names = [s.name for s in steps(job)]
+    assert names.index("teacher-logits") < names.index("train/offline-kd") and names[-1] == "eval"
+    assert {t.name for t in targets(job)} == set(students)

@@ -18,6 +18,10 @@ BAD_INPUT_REASONS = frozenset(
     {"unreadable_file", "truncated_file", "malformed_json", "invalid_utf8", "missing_text",
      "missing_id", "not_string", "too_long", "duplicate_id"}
 )
+# Reasons of the quality and repetition filters (corpus/quality.py): Gopher's rules.
+QUALITY_REASONS = ("short_document", "mean_word_length", "symbol_ratio", "bullet_lines", "ellipsis_lines",
+                   "non_alpha_words", "few_stop_words")
+REPETITION_REASONS = ("duplicate_paragraphs", "duplicate_lines", "top_ngram", "duplicate_ngrams")
 
 
 def problem_with(doc: RawDoc, *, needs_id: bool, max_chars: int) -> tuple[str, str] | None:
@@ -40,9 +44,14 @@ def generated_id(path: str, line: int) -> str:
     return hashlib.blake2b(f"{path}\x00{line}".encode(), digest_size=12).hexdigest()
 
 
-def dedup_key(text: str) -> bytes:
-    """Texts that differ only in Unicode form, case or whitespace share a key."""
-    normalised = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+def normalise(text: str) -> str:
+    """The text in NFKC form, case-folded, its words separated by single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def dedup_key(normalised: str) -> bytes:
+    """The exact-duplicate key of a normalised text: texts that differ only in Unicode form, case or
+    whitespace share it."""
     return hashlib.blake2b(normalised.encode(), digest_size=16).digest()
 
 

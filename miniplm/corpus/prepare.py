@@ -21,6 +21,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -36,11 +38,14 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from miniplm.config import CorpusConfig, JobConfig, expand_input
-from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, problem_with
+from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, normalise, problem_with
+from miniplm.corpus.near_duplicates import Bands, band_columns, near_copies
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
+from miniplm.inputs import Files, Input
+from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -48,6 +53,7 @@ NAME = "prepare"
 TEXT_FILES_PER_UNIT = 2000
 PART_ROWS = 2000
 PART_BYTES = 32 << 20
+PROGRESS_EVERY = 100  # documents between progress-bar updates from a worker
 
 
 class PrepareError(StageError):
@@ -92,9 +98,14 @@ def shard_schema(corpus: CorpusConfig) -> pa.Schema:
                      + [(name, pa.string()) for name in metadata_columns(corpus)])
 
 
+def _band_names(corpus: CorpusConfig) -> list[str]:
+    return band_columns(corpus.near_duplicates) if corpus.near_duplicates is not None else []
+
+
 def _part_schema(corpus: CorpusConfig) -> pa.Schema:
     extra = [("split", pa.string()), ("text_hash", pa.binary(16)), ("_file", pa.string()), ("_line", pa.int64())]
-    return pa.schema(list(shard_schema(corpus)) + extra)
+    bands = [(name, pa.uint64()) for name in _band_names(corpus)]
+    return pa.schema(list(shard_schema(corpus)) + extra + bands)
 
 
 def _meta_value(value: Any) -> str | None:
@@ -142,9 +153,22 @@ class _Part:
 _progress_counter: Any = None
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _progress_counter
     _progress_counter = counter
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the process that started it ends, however it ends (SIGTERM and
+    SIGKILL included), instead of reading on, orphaned, to the end of its unit."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)
 
 
 def _report_progress(n: int) -> None:
@@ -165,20 +189,29 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
     meta_names = metadata_columns(corpus)
     default_source = spec.source_name
     rejected: Counter[str] = Counter()
+    filtered: dict[str, dict[str, Counter[str]]] = {}  # split -> source -> reason
     chars = Counter(read=0, rejected=0)
     read = 0
+    quality = None
+    if corpus.quality is not None:
+        from miniplm.corpus.quality import QualityFilter  # datatrove takes a second to import
+
+        quality = QualityFilter(corpus.quality)
+    bands = Bands(corpus.near_duplicates, job.seed) if corpus.near_duplicates is not None else None
+    band_names = _band_names(corpus)
 
     with atomic_path(work / f"{unit.key}.parquet") as part_tmp, \
             atomic_path(work / f"{unit.key}.rejects.jsonl") as rejects_tmp, \
             open(rejects_tmp, "wb") as rejects_file:
         part = _Part(part_tmp, schema)
 
-        def reject(r: Rejection) -> None:
+        def reject(r: Rejection, **document: str) -> None:
             if corpus.on_error == "fail" and r.reason in BAD_INPUT_REASONS:
                 where = f"{r.file}:{r.line}" if r.line else r.file
                 raise PrepareError(f"{where}: {r.reason}: {r.detail}")
             rejected[r.reason] += r.count
-            rejects_file.write(orjson.dumps(dict(file=r.file, line=r.line, reason=r.reason, detail=r.detail, count=r.count)) + b"\n")
+            record = dict(file=r.file, line=r.line, reason=r.reason, detail=r.detail, count=r.count, **document)
+            rejects_file.write(orjson.dumps(record) + b"\n")
 
         for path, item in read_input(spec, unit.paths, corpus.max_chars):
             if spec.limit is not None and read >= spec.limit and spec.format != "text":
@@ -188,8 +221,8 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
                 reject(item)
                 continue
             read += 1
-            if read % 1000 == 0:
-                progress(1000)
+            if read % PROGRESS_EVERY == 0:
+                progress(PROGRESS_EVERY)
             if isinstance(item.text, str):
                 chars["read"] += len(item.text)
             problem = problem_with(item, needs_id=spec.id_field is not None, max_chars=corpus.max_chars)
@@ -200,21 +233,32 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
                 continue
             where = f"{path}:{spec.split}" if spec.format in ("hf_disk", "hf_hub") else path
             doc_id = str(item.id) if spec.id_field else generated_id(where, item.line)
+            source = str(item.source) if item.source is not None else default_source
+            split = assign_split(doc_id, job.seed, corpus.reference_fraction, corpus.heldout_fraction)
+            verdict = quality(item.text) if quality is not None else None
+            if verdict:
+                chars["rejected"] += len(item.text)
+                filtered.setdefault(split, {}).setdefault(source, Counter())[verdict[0]] += 1
+                reject(Rejection(verdict[0], path, item.line, verdict[1]), id=doc_id, source=source, split=split)
+                continue
+            normalised = normalise(item.text)
             row = {
                 "id": doc_id,
                 "text": item.text,
-                "source": str(item.source) if item.source is not None else default_source,
-                "split": assign_split(doc_id, job.seed, corpus.reference_fraction, corpus.heldout_fraction),
-                "text_hash": dedup_key(item.text),
+                "source": source,
+                "split": split,
+                "text_hash": dedup_key(normalised),
                 "_file": path,
                 "_line": item.line,
                 **{name: _meta_value(item.meta.get(name)) for name in meta_names},
+                **(dict(zip(band_names, bands(normalised))) if bands is not None else {}),
             }
             part.add(row, len(item.text))
         part.close()
-        progress(read % 1000)
+        progress(read % PROGRESS_EVERY)
 
-    stats = {"read": read, "accepted": part.total, "rejected": dict(sorted(rejected.items())), "chars": dict(chars)}
+    stats = {"read": read, "accepted": part.total, "rejected": dict(sorted(rejected.items())), "chars": dict(chars),
+             "filtered": filtered}
     atomic_write_json(work / f"{unit.key}.stats.json", stats)
     rd.mark_done(NAME, unit.key, config_hash)
     return stats
@@ -239,7 +283,8 @@ def _run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progres
         # spawn, not fork: polars and pyarrow keep thread pools that fork would copy mid-use.
         ctx = mp.get_context("spawn")
         counter = ctx.Value("q", 0)
-        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as pool:
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(counter, os.getpid())) as pool:
             pending = {pool.submit(process_unit, job, unit, config_hash) for unit in units}
             try:
                 while pending:
@@ -258,102 +303,167 @@ def _run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progres
 # ---------------------------------------------------------------- step 2: global
 
 
-def _duplicate_status(parts: list[Path]) -> np.ndarray:
-    """Per row of the concatenated parts: 0 keep, 1 duplicate text, 2 repeated id.
+KEEP, DUPLICATE, REPEATED_ID, NEAR_DUPLICATE = range(4)
+DROPS = {DUPLICATE: "duplicates", REPEATED_ID: "duplicate_id", NEAR_DUPLICATE: "near_duplicate"}
 
-    Reads only the keys (16-byte hashes and ids), never the text.
+
+def _drop_status(parts: list[Path], corpus: CorpusConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Per row of the concatenated parts: its status (KEEP or why it is dropped), and for near-copies
+    the row of the document they copy (else -1); with the ids of the rows copied.
+
+    Reads only the keys (16-byte hashes, ids, band hashes), never the text. Exact duplicates go
+    first, then repeated ids, then near-copies among what is left.
     """
     keys = pl.concat([pl.scan_parquet(p).select("text_hash", "id") for p in parts]).with_row_index("row").collect()
     status = np.zeros(keys.height, dtype=np.int8)
     duplicate = ~keys["text_hash"].is_first_distinct()
-    status[duplicate.to_numpy()] = 1
+    status[duplicate.to_numpy()] = DUPLICATE
     survivors = keys.filter(~duplicate)
-    status[survivors.filter(~pl.col("id").is_first_distinct())["row"].to_numpy()] = 2
-    return status
+    status[survivors.filter(~pl.col("id").is_first_distinct())["row"].to_numpy()] = REPEATED_ID
+    copy_of = np.full(keys.height, -1, dtype=np.int64)
+    if corpus.near_duplicates is not None:
+        def read_band(name: str) -> np.ndarray:
+            return pl.concat([pl.scan_parquet(p).select(name) for p in parts]).collect()[name].to_numpy()
+
+        copy_of = near_copies(read_band, _band_names(corpus), status == KEEP)
+        status[copy_of >= 0] = NEAR_DUPLICATE
+    copied = np.unique(copy_of[copy_of >= 0])
+    return status, copy_of, dict(zip(copied.tolist(), keys["id"].gather(copied).to_list()))
 
 
 def _finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
     work = rd.work(NAME)
+    work.mkdir(parents=True, exist_ok=True)
     parts = [work / f"{u.key}.parquet" for u in units]
     unit_stats = [json.loads((work / f"{u.key}.stats.json").read_text()) for u in units]
     for split in SPLITS:  # a killed earlier finalize may have left some shards
         for stale in (rd.docs / split).glob("*shard-*"):
             stale.unlink()
 
-    status = _duplicate_status(parts) if parts else np.zeros(0, np.int8)
+    status, copy_of, copied_ids = _drop_status(parts, job.corpus) if parts else (np.zeros(0, np.int8), None, {})
     schema = shard_schema(job.corpus)
     writers = {s: ShardWriter(schema, lambda i, s=s: rd.doc_shard(s, i), job.corpus.docs_per_shard) for s in SPLITS}
     kept: Counter[str] = Counter()
     kept_chars: Counter[str] = Counter()
     by_source: dict[str, Counter[str]] = {}
-    duplicates = duplicate_chars = 0
-    repeated_ids: list[bytes] = []
     offset = 0
-    for part in parts:
-        for batch in iter_batches(pq.ParquetFile(part, buffer_size=READ_BUFFER_BYTES), 4096):
-            table = pa.Table.from_batches([batch])
-            st = status[offset : offset + table.num_rows]
-            offset += table.num_rows
-            for code, label in ((1, "duplicates"), (2, "duplicate_id")):
-                dropped = table.filter(pa.array(st == code))
-                for source, n in Counter(dropped["source"].to_pylist()).items():
-                    by_source.setdefault(source, Counter())[label] += n
-                if code == 1:
-                    duplicates += dropped.num_rows
-                    duplicate_chars += pc.sum(pc.utf8_length(dropped["text"])).as_py() or 0
-                else:
-                    for row in dropped.select(["_file", "_line", "id", "text"]).to_pylist():
-                        repeated_ids.append(orjson.dumps(dict(
-                            file=row["_file"], line=row["_line"], reason="duplicate_id",
-                            detail=f"id {row['id']!r} already used", count=1, chars=len(row["text"]))))
-            good = table.filter(pa.array(st == 0))
-            for split in SPLITS:
-                rows = good.filter(pc.equal(good["split"], split))
-                if rows.num_rows:
-                    writers[split].write(rows)
-                    kept[split] += rows.num_rows
-                    kept_chars[split] += pc.sum(pc.utf8_length(rows["text"])).as_py()
-                    for source, n in Counter(rows["source"].to_pylist()).items():
-                        by_source.setdefault(source, Counter())[f"kept_{split}"] += n
+    with _Drops(work / "global.rejects.jsonl", _merged_filter_counts(unit_stats), copy_of, copied_ids) as drops:
+        for part in parts:
+            for batch in iter_batches(pq.ParquetFile(part, buffer_size=READ_BUFFER_BYTES), 4096):
+                table = pa.Table.from_batches([batch])
+                st = status[offset : offset + table.num_rows]
+                drops.add(table, st, offset)
+                offset += table.num_rows
+                good = table.filter(pa.array(st == KEEP))
+                for split in SPLITS:
+                    rows = good.filter(pc.equal(good["split"], split))
+                    if rows.num_rows:
+                        writers[split].write(rows)
+                        kept[split] += rows.num_rows
+                        kept_chars[split] += pc.sum(pc.utf8_length(rows["text"])).as_py()
+                        for source, n in Counter(rows["source"].to_pylist()).items():
+                            by_source.setdefault(source, Counter())[f"kept_{split}"] += n
     for w in writers.values():
         w.close()
 
-    if repeated_ids and job.corpus.on_error == "fail":
-        first = orjson.loads(repeated_ids[0])
-        raise PrepareError(f"{first['file']}:{first['line']}: duplicate_id: {first['detail']}")
+    repeated = drops.first_repeated_id
+    if repeated and job.corpus.on_error == "fail":
+        raise PrepareError(f"{repeated['file']}:{repeated['line']}: duplicate_id: {repeated['detail']}")
 
     with atomic_path(rd.doc_rejects) as tmp, open(tmp, "wb") as out:
-        for u in units:
-            with open(work / f"{u.key}.rejects.jsonl", "rb") as f:
+        for name in [f"{u.key}.rejects.jsonl" for u in units] + [drops.path.name]:
+            with open(work / name, "rb") as f:
                 shutil.copyfileobj(f, out)
-        out.writelines(line + b"\n" for line in repeated_ids)
 
     rejected: Counter[str] = Counter()
     chars = Counter()
     for s in unit_stats:
         rejected.update(s["rejected"])
         chars.update(s["chars"])
-    if repeated_ids:
-        rejected["duplicate_id"] += len(repeated_ids)
-        chars["rejected"] += sum(orjson.loads(r)["chars"] for r in repeated_ids)
+    rejected.update(drops.rejected)
+    chars["rejected"] += drops.rejected_chars
+    for sources in drops.by_split.values():
+        for source, reasons in sources.items():
+            by_source.setdefault(source, Counter()).update(reasons)
     stats = {
         "documents_read": sum(s["read"] for s in unit_stats),
         "kept": {s: kept[s] for s in SPLITS},
         "kept_total": sum(kept.values()),
-        "duplicates": duplicates,
+        "duplicates": drops.duplicates,
         "rejected": dict(sorted(rejected.items())),
         "rejected_total": sum(rejected.values()),
         "characters": {
             "read": chars["read"],
             "kept": {s: kept_chars[s] for s in SPLITS},
-            "duplicates": duplicate_chars,
+            "duplicates": drops.duplicate_chars,
             "rejected": chars["rejected"],
         },
         "shards": {s: writers[s].shards_written for s in SPLITS},
         "sources": {src: dict(sorted(c.items())) for src, c in sorted(by_source.items())},
+        "inputs": [{"path": spec.path,
+                    "read": sum(st["read"] for u, st in zip(units, unit_stats) if u.input_index == i),
+                    "accepted": sum(st["accepted"] for u, st in zip(units, unit_stats) if u.input_index == i)}
+                   for i, spec in enumerate(job.corpus.inputs)],
+        # what each filter dropped (duplicates included), by the split the document's id falls in
+        "dropped_by_split": {split: {src: dict(sorted(c.items())) for src, c in sorted(sources.items())}
+                             for split, sources in sorted(drops.by_split.items())},
     }
     atomic_write_json(rd.doc_stats, stats)
     return stats
+
+
+class _Drops:
+    """What the global step drops, batch by batch: counts per split and source, and a rejects line
+    (written as it goes) for each repeated id and near-copy."""
+
+    def __init__(self, path: Path, by_split: dict[str, dict[str, Counter[str]]], copy_of: np.ndarray | None,
+                 copied_ids: dict[int, str]):
+        self.path = path
+        self.by_split = by_split  # split -> source -> reason, step 1's filters included
+        self.copy_of, self.copied_ids = copy_of, copied_ids
+        self.duplicates = self.duplicate_chars = self.rejected_chars = 0
+        self.rejected: Counter[str] = Counter()
+        self.first_repeated_id: dict | None = None
+
+    def __enter__(self) -> "_Drops":
+        self.file = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def add(self, table: pa.Table, status: np.ndarray, offset: int) -> None:
+        for code, label in DROPS.items():
+            where = np.flatnonzero(status == code)
+            if not len(where):
+                continue
+            dropped = table.take(pa.array(where))
+            for split, source in zip(dropped["split"].to_pylist(), dropped["source"].to_pylist()):
+                self.by_split.setdefault(split, {}).setdefault(source, Counter())[label] += 1
+            if code == DUPLICATE:  # counted, not listed
+                self.duplicates += dropped.num_rows
+                self.duplicate_chars += pc.sum(pc.utf8_length(dropped["text"])).as_py() or 0
+                continue
+            rows = dropped.select(["_file", "_line", "id", "source", "split", "text"]).to_pylist()
+            for row, at in zip(rows, offset + where):
+                detail = (f"a near-copy of document {self.copied_ids[self.copy_of[at]]!r}" if code == NEAR_DUPLICATE
+                          else f"id {row['id']!r} already used")
+                record = dict(file=row["_file"], line=row["_line"], reason=label, detail=detail, count=1,
+                              id=row["id"], source=row["source"], split=row["split"], chars=len(row["text"]))
+                self.file.write(orjson.dumps(record) + b"\n")
+                self.rejected[label] += 1
+                self.rejected_chars += record["chars"]
+                if code == REPEATED_ID and self.first_repeated_id is None:
+                    self.first_repeated_id = record
+
+
+def _merged_filter_counts(unit_stats: list[dict]) -> dict[str, dict[str, Counter[str]]]:
+    merged: dict[str, dict[str, Counter[str]]] = {}
+    for s in unit_stats:
+        for split, sources in s.get("filtered", {}).items():
+            for source, reasons in sources.items():
+                merged.setdefault(split, {}).setdefault(source, Counter()).update(reasons)
+    return merged
 
 
 # ---------------------------------------------------------------- the stage
@@ -368,7 +478,8 @@ class Prepare(ShardedStage):
 
     name = NAME
     summary = "read raw sources into deduplicated document shards per split"
-    description = ("Read the job's corpus.inputs, drop bad, empty and duplicate documents (counted by reason), and "
+    description = ("Read the job's corpus.inputs, drop bad, empty and duplicate documents, near-copies and noise "
+                   "(corpus.quality: Gopher's rules; corpus.near_duplicates: MinHash), each counted by reason, and "
                    "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl.")
     sections = ("seed", "corpus")
     unit = "input units"
@@ -378,6 +489,17 @@ class Prepare(ShardedStage):
 
     def slurm_arguments(self) -> str:
         return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task
+
+    def inputs(self, run: StageRun) -> list[Input]:
+        # Every source by content: an input edited between two workers, or across a resume,
+        # must not end up half old, half new in the shards.
+        reads: list[Input] = []
+        for i, spec in enumerate(run.job.corpus.inputs):
+            if spec.format == "hf_disk":
+                reads.append(Files(f"corpus.inputs.{i}", tuple(walk_files(spec.path))))
+            elif spec.format != "hf_hub":  # a hub dataset is known by its name alone
+                reads.append(Files(f"corpus.inputs.{i}", tuple(expand_input(spec))))
+        return reads
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.docs]
@@ -406,15 +528,26 @@ class Prepare(ShardedStage):
             return [f"{NAME}: this worker's share is done; the last worker to finish completes the stage"]
         return [f"prepare: documents in {job.run_dir}/docs", *summary_lines(result)]
 
+    def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        found = [f"prepare: corpus.inputs.{i} ({given['path']}) gave no documents: "
+                 + (f"all {given['read']:,} records read were rejected" if given["read"] else "no records in it")
+                 for i, given in enumerate(result.get("inputs", [])) if not given["accepted"]]
+        if not result["kept_total"]:
+            found.append(f"prepare: no document was kept of {result['documents_read']:,} read (rejected "
+                         f"{result['rejected_total']:,}, duplicates {result['duplicates']:,}); see "
+                         f"{job.run_dir}/docs/stats.json and rejects.jsonl")
+        return found
+
 
 STAGE = Prepare()
 
 
 def summary_lines(stats: dict) -> list[str]:
     kept, chars = stats["kept"], stats["characters"]
+    reason_width = max([14, *map(len, stats["rejected"])])  # the filters' reasons are long
     return [
         f"documents read   {stats['documents_read']:>12,}",
         *(f"  kept {s:<11} {kept[s]:>12,}  ({chars['kept'][s]:,} chars, {stats['shards'][s]} shards)" for s in SPLITS),
         f"  duplicates     {stats['duplicates']:>12,}",
-        *(f"  rejected {r:<14} {n:>8,}" for r, n in stats["rejected"].items()),
+        *(f"  rejected {r:<{reason_width}} {n:>8,}" for r, n in stats["rejected"].items()),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -53,13 +54,25 @@ def max_line_bytes(max_chars: int) -> int:
     return max_chars * 12 + (1 << 20)
 
 
+def _field(row: dict[str, Any], name: str) -> Any:
+    """A record's field; a dotted name reaches into nested objects (the Pile's meta.pile_set_name)."""
+    if name in row:
+        return row[name]
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
 def _fields_of(row: dict[str, Any], spec: InputSpec, line: int) -> RawDoc:
     return RawDoc(
         line=line,
-        text=row.get(spec.text_field),
-        id=row.get(spec.id_field) if spec.id_field else None,
-        source=row.get(spec.source_field) if spec.source_field else None,
-        meta={name: row.get(name) for name in spec.metadata_fields},
+        text=_field(row, spec.text_field),
+        id=_field(row, spec.id_field) if spec.id_field else None,
+        source=_field(row, spec.source_field) if spec.source_field else None,
+        meta={name: _field(row, name) for name in spec.metadata_fields},
     )
 
 
@@ -117,6 +130,9 @@ def read_jsonl(path: str, spec: InputSpec, max_chars: int) -> Iterator[Item]:
             if not isinstance(row, dict):
                 yield Rejection("malformed_json", path, line_no, f"expected a JSON object, got {type(row).__name__}")
                 continue
+            if spec.id_field and isinstance(row.get(spec.id_field), float):
+                # orjson reads integers beyond 64 bits as floats, and distinct ids would collide
+                row = json.loads(text)
             yield _fields_of(row, spec, line_no)
 
 

@@ -5,6 +5,9 @@ split) becomes RUN_DIR/tokens/NAME/shard-NNNNN.arrow: its documents
 tokenized, each followed by EOS, joined into one stream and cut into rows of
 seq_len + 1 tokens, the rows shuffled with a generator seeded by (seed,
 shard). The stream's tail that does not fill a row is counted, not hidden.
+Selected instances (score.unit: instance) are rows already: with the scoring
+tokenizer each one is a row as it is, padded (corpus/instance_rows.py); with
+another, their text is packed like documents.
 Shards are independent, so any worker (or array task) can take any of them.
 A token set with `mix:` draws its rows from other token sets in given
 shares (corpus/mixture.py), written once the sets it draws on are done.
@@ -20,23 +23,25 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from miniplm.config import JobConfig, TokenSet, tokenizer_name
+from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.models.loading import load_tokenizer, model_fingerprint
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
 from miniplm.workers import Worker
 
 NAME = "tokenize"
-STATS = ("documents", "tokens", "rows", "tail_tokens_dropped")
+STATS = ("documents", "tokens", "rows", "tail_tokens_dropped", "pad_tokens")
 
 
-def part_for(token_set: TokenSet) -> Part:
-    return Part(f"{NAME}/{token_set.name}", token_set)
+def part_for(token_set: TokenSet, command: str | None = None) -> Part:
+    return Part(f"{NAME}/{token_set.name}", token_set, command or f"miniplm {NAME} --only {token_set.name}")
 
 
 def _input_stage(token_set: TokenSet) -> str:
@@ -46,25 +51,27 @@ def _input_stage(token_set: TokenSet) -> str:
     return "select" if token_set.input.startswith("selected") else "prepare"
 
 
-def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], str]:
-    """The input shards and the hash of the stage that made them."""
+def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], Upstream]:
+    """The input shards, and the earlier stage's output they are."""
     stage = _input_stage(token_set)
     state = rd.stage_state(stage)
     if state.get("state") != "done":
         raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
                          f"run `miniplm {stage.split('/')[0]}` first")
     if token_set.generated is not None:
-        return sorted(rd.generated(token_set.generated).glob("shard-*.parquet")), state["config_hash"]
+        return (sorted(rd.generated(token_set.generated).glob("shard-*.parquet")),
+                Upstream(stage, (token_set.input,)))
     if stage == "prepare":
-        return rd.doc_shards(token_set.input), state["config_hash"]
+        return rd.doc_shards(token_set.input), Upstream(stage, (f"docs/{token_set.input}",))
     if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
         raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
-    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), state["config_hash"]
+    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), Upstream(stage, (token_set.input,))
 
 
-def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Rows of seq_len + 1 tokens from the EOS-joined stream, shuffled; and the tail left over."""
-    pieces = [np.asarray(t + [eos], dtype=np.int64) for t in token_lists]
+def pack(token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Rows of seq_len + 1 tokens from the stream of token lists (each followed by `eos`, unless
+    None), shuffled; and the tail left over."""
+    pieces = [np.asarray(t + ([eos] if eos is not None else []), dtype=np.int64) for t in token_lists]
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     width = seq_len + 1
     n_rows = len(stream) // width
@@ -72,30 +79,46 @@ def pack(token_lists: list[list[int]], eos: int, seq_len: int, rng: np.random.Ge
     return rows[rng.permutation(n_rows)], len(stream) - n_rows * width
 
 
-def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, index: int, source: Path, out: Path) -> dict:
+def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, index: int, source: Path, out: Path,
+                   reading: str = "documents") -> dict:
+    """reading: documents; instances (their tokens, one row each); or instance-text (their pieces)."""
+    rng = np.random.default_rng([job.seed, index])
+    columns = {"documents": ["text"], "instances": ["input_ids"], "instance-text": ["text", "docs"]}[reading]
     token_lists: list[list[int]] = []
-    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, ["text"]):
-        token_lists += tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]
-    rows, tail = pack(token_lists, eos, token_set.seq_len, np.random.default_rng([job.seed, index]))
+    units = pad = 0
+    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, columns):
+        units += batch.num_rows
+        if reading == "documents":
+            token_lists += [t + [eos] for t in tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]]
+        elif reading == "instances":
+            token_lists += [t for t in batch.column(0).to_pylist() if len(t) > 1]  # one token predicts nothing
+        else:
+            token_lists += piece_token_lists(batch.column(0).to_pylist(), batch.column(1).to_pylist(), tokenizer, eos)
+    if reading == "instances":
+        rows, pad = padded_rows(token_lists, token_set.seq_len + 1)
+        rows, tail = rows[rng.permutation(len(rows))], 0
+    else:
+        rows, tail = pack(token_lists, None, token_set.seq_len, rng)
     write_rows(out / shard_name(index, ".arrow"), rows)
-    stats = {"documents": len(token_lists), "tokens": sum(len(t) + 1 for t in token_lists),
-             "rows": len(rows), "tail_tokens_dropped": tail}
+    stats = {"documents": units, "tokens": sum(len(t) for t in token_lists), "rows": len(rows),
+             "tail_tokens_dropped": tail, "pad_tokens": pad}
     atomic_write_json(out / shard_name(index, ".json"), stats)
     return stats
-
-
-def _component_hash(rd: RunDir, token_set: TokenSet, component: str) -> str:
-    state = rd.stage_state(f"{NAME}/{component}")
-    if state.get("state") != "done":
-        raise StageError(f"{rd.root}: token set {token_set.name!r} mixes {component!r}, which is not tokenized yet; "
-                         f"run `miniplm tokenize --only {component}` first")
-    return state["config_hash"]
 
 
 def _mix_waits(rd: RunDir, token_set: TokenSet) -> bool:
     """Whether a mix must wait for other workers still writing the sets it draws on (the last of them makes it)."""
     return token_set.mix is not None and any(rd.stage_state(f"{NAME}/{c}").get("state") == "running"
                                              for c in token_set.mix)
+
+
+def reading(job: JobConfig, token_set: TokenSet) -> str:
+    """How a token set reads its input: documents; or, for selected instances, their tokens as rows
+    (the tokenizer that scored them) or their text (another tokenizer)."""
+    if job.score.unit != "instance" or not token_set.input.startswith("selected"):
+        return "documents"
+    same = token_set.tokenizer is None or (job.teacher is not None and token_set.tokenizer == job.teacher.model)
+    return "instances" if same else "instance-text"
 
 
 class Tokenize(ShardedStage):
@@ -119,6 +142,14 @@ class Tokenize(ShardedStage):
         # mixes last: they draw on the other sets' rows
         return [part_for(t) for t in sorted(job.tokenize, key=lambda t: t.mix is not None) if t.name in names]
 
+    def check(self, job: JobConfig) -> None:
+        for token_set in job.tokenize:
+            if reading(job, token_set) == "instances" and token_set.seq_len != job.score.max_length:
+                raise ConfigError(
+                    f"tokenize.{token_set.name}: the selected instances are rows of score.max_length + 1 = "
+                    f"{job.score.max_length + 1} tokens, trained on as they are: set seq_len: {job.score.max_length} "
+                    "(or give another tokenizer, which packs their text)")
+
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set: TokenSet = part.item
         if token_set.mix is not None:
@@ -129,18 +160,20 @@ class Tokenize(ShardedStage):
             return [shard_name(i, "") for i in range(len(input_shards(rd, token_set)[0]))]
         return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         token_set: TokenSet = run.part.item
         if token_set.mix is not None:
-            return [token_set.model_dump_json(), *(_component_hash(run.rd, token_set, c) for c in token_set.mix)]
-        shards, input_hash = input_shards(run.rd, token_set)
+            return [token_set.model_dump_json(),
+                    *(Upstream(f"{NAME}/{c}", (f"tokens/{c}",), why=f"token set {token_set.name!r} mixes {c!r}")
+                      for c in token_set.mix)]
+        shards, documents = input_shards(run.rd, token_set)
         name = tokenizer_name(run.job, token_set)
         tokenizer = load_tokenizer(name)
         tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
-        run.shared.update(input_shards=shards, tokenizer=tokenizer)
-        return [token_set.model_dump_json(), input_hash, model_fingerprint(name)]
+        run.shared.update(input_shards=shards, tokenizer=tokenizer, reading=reading(run.job, token_set))
+        return [token_set.model_dump_json(), documents, Model("tokenizer", resolve_model(name))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.tokens(run.part.item.name)]
@@ -160,7 +193,7 @@ class Tokenize(ShardedStage):
         token_set: TokenSet = run.part.item
         tokenizer = run.shared["tokenizer"]
         tokenize_shard(run.job, token_set, tokenizer, tokenizer.eos_token_id, index, run.shared["input_shards"][index],
-                       run.rd.tokens(token_set.name))
+                       run.rd.tokens(token_set.name), run.shared["reading"])
 
     def finish(self, run: StageRun) -> dict:
         token_set: TokenSet = run.part.item
@@ -169,7 +202,8 @@ class Tokenize(ShardedStage):
             return json.loads((out / MIXTURE_STATS).read_text()) | {"seq_len": token_set.seq_len}
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
-        return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len}
+        unit = "documents" if run.shared["reading"] == "documents" else "instances"
+        return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len, "unit": unit}
 
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
             show_progress: bool = True) -> dict[str, dict | None]:
@@ -191,9 +225,11 @@ class Tokenize(ShardedStage):
                 lines.append(f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
                              f"in {job.run_dir}/tokens/{name}")
             else:
-                lines.append(f"tokenize {name}: {counts['documents']:,} documents, {counts['tokens']:,} tokens -> "
-                             f"{counts['rows']:,} rows of {counts['seq_len'] + 1} ({counts['tail_tokens_dropped']:,} "
-                             f"tail tokens left over) in {job.run_dir}/tokens/{name}")
+                left = (f"{counts['pad_tokens']:,} padding" if counts.get("pad_tokens")
+                        else f"{counts['tail_tokens_dropped']:,} tail tokens left over")
+                lines.append(f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
+                             f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
+                             f"({left}) in {job.run_dir}/tokens/{name}")
         return lines
 
 

@@ -29,20 +29,27 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
             writer.write_batch(pa.record_batch([column], schema=schema))
 
 
+def list_blocks(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A column of fixed-size lists as [rows, width] views of its values, one per chunk (no copy)."""
+    width = column.type.list_size
+    return [chunk.values.to_numpy(zero_copy_only=True)[chunk.offset * width : (chunk.offset + len(chunk)) * width]
+            .reshape(-1, width) for chunk in column.chunks]
+
+
+def row_blocks(path: Path) -> list[np.ndarray]:
+    """The rows of one token shard as [rows, width] views into the mapped file."""
+    return list_blocks(ipc.open_file(pa.memory_map(str(path))).read_all()["input_ids"])
+
+
 class TokenRows:
     """All rows of a token set's shards, in shard order, memory-mapped (nothing is copied)."""
 
     def __init__(self, folder: str | Path):
         self.files = sorted(Path(folder).glob("shard-*.arrow"))
         self._blocks: list[np.ndarray] = []  # [rows, width] views into the mapped files
-        widths = set()
         for f in self.files:
-            column = ipc.open_file(pa.memory_map(str(f))).read_all()["input_ids"]
-            width = column.type.list_size
-            widths.add(width)
-            for chunk in column.chunks:
-                flat = chunk.values.to_numpy(zero_copy_only=True)
-                self._blocks.append(flat[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width))
+            self._blocks += row_blocks(f)
+        widths = {b.shape[1] for b in self._blocks}
         if len(widths) > 1:
             raise ValueError(f"{folder}: shards with different row widths {sorted(widths)}")
         self.width = widths.pop() if widths else 0

@@ -1,38 +1,96 @@
 """The comparison across models: RUN_DIR/eval/{results.json, comparison.md, comparison.png}, and the
-students' section of the report (held-out loss curves and the evaluation table)."""
+students' section of the report (held-out loss curves, the table, results against compute).
+
+One row per model; a student trained with several seeds (eval.seeds) is one
+row with the mean and the spread (sample standard deviation) of its replicas,
+so a difference between students can be read against the noise between runs
+of one recipe. Compute columns: each student's training FLOPs and its total
+with its share of the teacher and reference work (miniplm/compute.py).
+"""
 
 from __future__ import annotations
 
 import html
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 
+from miniplm.compute import RULE
 from miniplm.config import JobConfig
+from miniplm.evaluation.plots import against_compute, headline, spread
 from miniplm.files import atomic_write_json, atomic_write_text
+from miniplm.replicas import base_name
 from miniplm.report.figures import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
 
 
+def groups(results: dict[str, dict]) -> dict[str, list[str]]:
+    """Models by the student they repeat (a model that is no replica is its own group), in order."""
+    out: dict[str, list[str]] = {}
+    for name, r in results.items():
+        out.setdefault(base_name(name) if r["role"] == "student" else name, []).append(name)
+    return out
+
+
+def _cell(rs: list[dict], get: Callable[[dict], float | None], fmt: str, scale: float = 1.0, *,
+          with_spread: bool = True) -> str:
+    values = [v * scale for v in map(get, rs) if v is not None]
+    if len(values) < len(rs) or not values:
+        return ""
+    mean, std = spread(values)
+    return format(mean, fmt) + (f" ± {format(std, fmt)}" if std is not None and with_spread else "")
+
+
+def _lm(corpus: str, key: str, packed: bool = False) -> Callable[[dict], float | None]:
+    def get(r: dict) -> float | None:
+        lm = r["lm"].get(corpus)
+        lm = lm.get("packed") if lm is not None and packed else lm
+        return None if lm is None else lm.get(key)
+    return get
+
+
+def _task(task: str) -> Callable[[dict], float | None]:
+    return lambda r: r.get("zero_shot", {}).get("tasks", {}).get(task, {}).get("value")
+
+
+def _compute(key: str) -> Callable[[dict], float | None]:
+    return lambda r: (r.get("compute") or {}).get(key)
+
+
 def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: one row per model; loss and perplexity per corpus, accuracy per task, the average."""
+    """Headers and rows: one row per model (a student's seed replicas together); loss, perplexity and
+    bits per byte per corpus, the loss on packed instances, accuracy per task and their average,
+    training and total FLOPs, and the number of seeds when any student has several."""
     corpora = list(dict.fromkeys(c for r in results.values() for c in r["lm"]))
+    packed = [c for c in corpora if any("packed" in r["lm"].get(c, {}) for r in results.values())]
     tasks = list(dict.fromkeys(t for r in results.values() for t in r.get("zero_shot", {}).get("tasks", {})))
+    with_compute = any(r.get("compute") for r in results.values())
+    grouped = groups(results)
+    several = any(len(names) > 1 for names in grouped.values())
     headers = ["model", "role", "trained on"]
     headers += [h for c in corpora for h in (f"{c} loss", f"{c} ppl", f"{c} bpb")]
+    headers += [f"{c} packed loss" for c in packed]
     headers += [f"{t} ({_metric(results, t)})" for t in tasks] + (["average"] if tasks else [])
+    headers += ["train FLOPs", "total FLOPs"] if with_compute else []
+    headers += ["seeds"] if several else []
     rows = []
-    for name, r in results.items():
-        row = [name, r["role"], r.get("trained_on") or ""]
+    for group, names in grouped.items():
+        rs = [results[n] for n in names]
+        row = [group, rs[0]["role"], rs[0].get("trained_on") or ""]
         for c in corpora:
-            lm = r["lm"].get(c)
-            row += [f"{lm['loss']:.4f}", f"{lm['perplexity']:.2f}", f"{lm['bits_per_byte']:.4f}"] if lm else [""] * 3
-        zs = r.get("zero_shot", {})
-        row += [f"{100 * zs['tasks'][t]['value']:.1f}" if t in zs.get("tasks", {}) else "" for t in tasks]
+            row += [_cell(rs, _lm(c, "loss"), ".4f"), _cell(rs, _lm(c, "perplexity"), ".2f"),
+                    _cell(rs, _lm(c, "bits_per_byte"), ".4f")]
+        row += [_cell(rs, _lm(c, "loss", packed=True), ".4f") for c in packed]
+        row += [_cell(rs, _task(t), ".1f", 100) for t in tasks]
         if tasks:
-            row.append(f"{100 * zs['average']:.1f}" if zs.get("average") is not None else "")
+            row.append(_cell(rs, lambda r: r.get("zero_shot", {}).get("average"), ".1f", 100))
+        if with_compute:
+            row += [_cell(rs, _compute(key), ".2e", with_spread=False) for key in ("training", "total")]
+        if several:
+            row.append(str(len(names)))
         rows.append(row)
     return headers, rows
 
@@ -51,49 +109,28 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
-    """Bars per model: the held-out loss (or the first corpus's), and the zero-shot average."""
-    names = list(results)
-    corpus = next((c for r in results.values() for c in r["lm"]), None)
-    with_tasks = any(r.get("zero_shot", {}).get("average") is not None for r in results.values())
-    panels = [p for p in (corpus, "zero-shot" if with_tasks else None) if p]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 0.45 * len(names) + 1.5),
-                             squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        if panel == "zero-shot":
-            values = [100 * (results[n].get("zero_shot", {}).get("average") or 0) for n in names]
-            ax.set(xlabel="zero-shot average accuracy (%)")
-        else:
-            values = [results[n]["lm"].get(panel, {}).get("loss", float("nan")) for n in names]
-            ax.set(xlabel=f"{panel} loss per token (nats, lower is better)")
-            finite = [v for v in values if v == v]
-            if finite:  # losses differ in the second decimal: start the axis near them
-                ax.set_xlim(min(finite) - 0.1 * (max(finite) - min(finite) + 0.1), max(finite) * 1.01)
-        ax.barh(names, values, color=["tab:green" if results[n]["role"] == "student" else "tab:gray" for n in names])
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.3f}" if panel != "zero-shot" else f" {v:.1f}", va="center", fontsize=9)
-        ax.invert_yaxis()
-    save_png(fig, path)
-
-
 def write(rd: RunDir, results: dict[str, dict]) -> None:
     out = rd.eval
     atomic_write_json(rd.eval_results, results)
     atomic_write_text(out / "comparison.md", markdown(results))
-    plot(results, out / "comparison.png")
+    against_compute(results, groups(results), out / "comparison.png")
 
 
-def summary(results: dict[str, dict]) -> dict:
+def summary(results: dict[str, dict]) -> dict[str, Any]:
     """Per model, the headline numbers (the manifest's counts)."""
     return {name: {"lm_loss": {c: v["loss"] for c, v in r["lm"].items()},
-                   "zero_shot_average": r.get("zero_shot", {}).get("average")} for name, r in results.items()}
+                   "packed_loss": {c: v["packed"]["loss"] for c, v in r["lm"].items() if "packed" in v},
+                   "zero_shot_average": r.get("zero_shot", {}).get("average"),
+                   "compute": (r.get("compute") or {}).get("total")} for name, r in results.items()}
 
 
 def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
     """Held-out loss against step for every student with one in its metrics; False when none has."""
+    from miniplm.replicas import trained_students
+
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
-    for student in job.students:
+    for student in trained_students(job):
         try:
             lines = rd.metrics(student.name).read_text().splitlines()
         except FileNotFoundError:
@@ -105,7 +142,7 @@ def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
             drawn = True
     ax.set(xlabel="training step", ylabel="held-out loss per token")
     if drawn:
-        ax.legend()
+        ax.legend(fontsize=8)
         save_png(fig, path)
     else:
         plt.close(fig)
@@ -119,7 +156,8 @@ def report(job: JobConfig, rd: RunDir) -> Path:
 
 
 def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
-    """HTML for the report: students' held-out loss curves and the evaluation table, when they exist."""
+    """HTML for the report: students' held-out loss curves, the evaluation table and the results
+    against compute, when they exist."""
     out.mkdir(parents=True, exist_ok=True)
     parts: list[str] = []
     if _curves(job, rd, out / "students.png"):
@@ -132,8 +170,14 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
     if results:
         headers, rows = table(results)
         parts.append(html_table(headers, [[html.escape(c) for c in row] for row in rows], "comparison"))
+        corpus = headline(results)
+        against_compute(results, groups(results), out / "compute.png")
+        parts.append(figure_html(out / "compute.png", f"Held-out loss ({corpus}) and zero-shot accuracy against "
+                                 "the compute that produced each model", alt="results against compute"))
         parts.append("<p>Loss in nats per token and perplexity (lower is better; comparable between models "
                      "with the same tokenizer and context length), bits per byte of text (comparable across "
-                     "tokenizers); accuracies in % (acc_norm where the task has it, else acc). Full results: "
-                     "eval/results.json.</p>")
+                     "tokenizers); the packed loss reads the text as the paper does, joined and cut into "
+                     "instances of max_length + 1 tokens. Accuracies in % (acc_norm where the task has it, else "
+                     "acc). With several seeds a cell is the mean ± the standard deviation over them. "
+                     f"{html.escape(RULE)} Full results: eval/results.json.</p>")
     return (["<h2>Students</h2>", *parts]) if parts else []

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniplm.config import EvalModel, JobConfig, reference_model
+from miniplm.compute import record, student_compute
+from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.models.loading import model_fingerprint
+from miniplm.inputs import Files, Input, Model, Upstream
+from miniplm.models.loading import resolve_model
+from miniplm.paths import walk_files
+from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
 
@@ -48,10 +53,12 @@ def targets(job: JobConfig) -> list[Target]:
         if isinstance(entry, EvalModel):
             out[entry.name] = Target(entry.name, entry.model, "baseline", cfg.max_length or DEFAULT_MAX_LENGTH)
         elif entry in ("students", *(s.name for s in job.students)):
-            for s in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
-                out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
-                                     cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens,
-                                     f"train/{s.name}")
+            for student in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
+                kd = f" + KD ({student.kd.loss}, {student.kd.source})" if student.kd is not None else ""
+                for s in replicas(job, student):
+                    out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
+                                         cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
+                                         f"train/{s.name}")
         elif entry == "reference":
             if job.reference is None:
                 raise ConfigError("eval.models: the job has no reference")
@@ -66,25 +73,25 @@ def targets(job: JobConfig) -> list[Target]:
     return list(out.values())
 
 
-def _facts(job: JobConfig, rd: RunDir, models: list[Target]) -> list[str]:
-    """What the results depend on besides the eval section: each model's identity (and, for one
-    trained here, its training's hash) and the held-out documents."""
-    facts = []
+def _reads(job: JobConfig, rd: RunDir, models: list[Target]) -> list[Input]:
+    """What the results depend on besides the eval section: each model's content (one trained
+    here must be trained), the held-out documents, extra corpora and task files."""
+    assert job.eval is not None
+    reads: list[Input] = []
     for t in models:
-        if t.train_stage is not None:
-            state = rd.stage_state(t.train_stage)
-            if state.get("state") != "done":
-                raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
-                                 f"{'train-reference' if t.role == 'reference' else 'train'}` first")
-            facts.append(f"{t.name}:{state['config_hash']}")
-        facts.append(f"{t.name}={model_fingerprint(t.model)}:{t.max_length}")
+        if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
+            raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
+                             f"{'train-reference' if t.role == 'reference' else 'train'}` first")
+        reads += [f"{t.name}:{t.max_length}", Model(f"model {t.name}", resolve_model(t.model))]
     if job.eval.heldout:
-        try:
-            facts.append(rd.doc_stats.read_text())
-        except FileNotFoundError:
-            raise StageError(f"{rd.root}: no prepared documents for held-out loss; run `miniplm prepare` first "
-                             "(or set eval.heldout: false)") from None
-    return facts
+        reads.append(Upstream("prepare", ("docs/heldout",), why="eval measures held-out loss on the prepared "
+                              "held-out split (or set eval.heldout: false)"))
+    reads += [Files(f"eval.corpora.{i}", tuple(expand_input(c)))
+              for i, c in enumerate(job.eval.corpora) if c.format != "hf_hub"]
+    for i, path in enumerate(job.eval.task_paths):  # lm-eval says what is wrong with a path that is not there
+        files = walk_files(path) if os.path.isdir(path) else [path] if os.path.isfile(path) else []
+        reads.append(Files(f"eval.task_paths.{i}", tuple(files)))
+    return reads
 
 
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
@@ -104,6 +111,8 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
         result["lm"][name] = lm_loss(model, tokenizer, take(texts(), cfg.max_docs), max_length=target.max_length,
                                      stride=min(cfg.stride, target.max_length - 1), batch_tokens=cfg.batch_tokens,
                                      device=device, desc=f"eval {target.name} {name}", show_progress=show_progress)
+    # lm-eval's zero-shot tasks are not counted: the harness does not say what it ran
+    result["flops"] = record(**{name: lm.pop("flops") for name, lm in result["lm"].items()})
     if cfg.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, cfg.tasks, task_paths=cfg.task_paths, limit=cfg.limit,
                                         num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
@@ -131,7 +140,7 @@ class Eval(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in targets(job)]
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         job = run.job
         if job.eval is None:
             raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every "
@@ -144,7 +153,7 @@ class Eval(ShardedStage):
 
             require_lm_eval()
         run.shared["models"] = models
-        return _facts(job, run.rd, models)
+        return _reads(job, run.rd, models)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.eval]
@@ -161,15 +170,20 @@ class Eval(ShardedStage):
 
         rd = run.rd
         results = {t.name: json.loads(rd.eval_result(t.name).read_text()) for t in run.shared["models"]}
+        charged = student_compute(run.job, rd)
+        for name, result in results.items():
+            result["compute"] = charged.get(name)
         compare.write(rd, results)
         compare.report(run.job, rd)
-        return compare.summary(results)
+        return compare.summary(results) | {"flops": record(**{n: r["flops"]["total"] for n, r in results.items()})}
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         from miniplm.evaluation.compare import markdown
 
         results = json.loads(RunDir(job.run_dir).eval_results.read_text())
-        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip()]
+        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip(),
+                f"compare: {job.run_dir}/eval/comparison.png (each model's held-out loss and accuracy against the "
+                "compute that produced it)"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         from miniplm.evaluation import compare

@@ -1,9 +1,13 @@
 """Held-out language modelling: loss and perplexity per token of a model on a set of documents.
 
-Each document is read as [BOS] + tokens (EOS where the tokenizer has no
-BOS), exactly as the score stage reads it, so every token is predicted once;
-long documents go through windows of `max_length` tokens. The loss is the
-mean negative log-likelihood over all predicted tokens of all documents.
+Two readings. Per document: each document is read as [BOS] + tokens (EOS
+where the tokenizer has no BOS), exactly as the score stage reads it, so
+every token is predicted once; long documents go through windows of
+`max_length` tokens. Packed, as the paper measures its LM loss: the
+documents joined with EOS and cut into instances of at most max_length + 1
+tokens at sentence ends (miniplm/scoring/instances.py), each read with its
+first token as context. Either loss is the mean negative log-likelihood over
+all predicted tokens.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from miniplm.config import InputSpec, expand_input
 from miniplm.corpus.readers import RawDoc, read_input
 from miniplm.errors import ConfigError
 from miniplm.rundir import RunDir
+from miniplm.models.flops import ModelFlops
+from miniplm.scoring.instances import Boundaries, pack_source
 from miniplm.scoring.logprobs import batch_logprobs
-from miniplm.scoring.windows import plan_batches, prefix_token, windows_for
+from miniplm.scoring.windows import Window, instance_window, plan_batches, prefix_token, windows_for
 
 CHUNK_DOCS = 2048
 
@@ -46,28 +52,58 @@ def take(texts: Iterator[str], limit: int | None) -> list[str]:
     return list(islice(texts, limit))
 
 
+class _Tally:
+    """Summed log-prob and count of predicted tokens, the units read and the FLOPs spent."""
+
+    def __init__(self) -> None:
+        self.logprob, self.tokens, self.units, self.flops = 0.0, 0, 0, 0.0
+
+    def add(self, model, sequences: list[np.ndarray], windows: list[Window], prefix: int, batch_tokens: int,
+            device: str) -> None:
+        counted = ModelFlops.of(model)
+        for batch in plan_batches(windows, batch_tokens):
+            for lp in batch_logprobs(batch, sequences, {"model": model}, prefix, device)["model"]:
+                self.logprob += float(lp.double().sum())
+                self.tokens += lp.numel()
+        self.units += len({w.doc for w in windows})
+        self.flops += sum(counted.forward(w.length, w.scored) for w in windows)
+
+    def loss(self) -> float:
+        return -self.logprob / self.tokens if self.tokens else float("nan")
+
+
 def lm_loss(model, tokenizer, texts: list[str], *, max_length: int, stride: int = 0, batch_tokens: int = 16384,
-            device: str = "cpu", desc: str = "held-out", show_progress: bool = True) -> dict:
+            device: str = "cpu", desc: str = "held-out", show_progress: bool = True, packed: bool = True) -> dict:
     """Loss (mean NLL in nats) and perplexity per predicted token over `texts`, and bits per byte of
-    text (comparable across tokenizers)."""
+    text (comparable across tokenizers); with `packed`, the same on packed instances; FLOPs spent."""
     bos = prefix_token(tokenizer)
+    boundaries = Boundaries.for_tokenizer(tokenizer) if packed else None
     saved, tokenizer.model_max_length = tokenizer.model_max_length, sys.maxsize  # windowed here, not truncated
-    total, count = 0.0, 0
+    documents, instances = _Tally(), _Tally()
+    batch_tokens = max(batch_tokens, max_length)
     bar = tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress, dynamic_ncols=True)
     try:
         for start in range(0, len(texts), CHUNK_DOCS):  # token lists of a large split would not fit in memory
             chunk = texts[start : start + CHUNK_DOCS]
-            sequences = [np.asarray(t, dtype=np.int64) for t in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+            encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            sequences = [np.asarray(t, dtype=np.int64) for t in encoded]
             windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
-            for batch in plan_batches(windows, max(batch_tokens, max_length)):
-                for lp in batch_logprobs(batch, sequences, {"model": model}, bos, device)["model"]:
-                    total += float(lp.double().sum())
-                    count += lp.numel()
+            documents.add(model, sequences, windows, bos, batch_tokens, device)
+            if boundaries is not None:  # one stream, as one source; the chunk's tail is its last instance
+                pieces = pack_source(encoded, [""] * len(encoded), None, tokenizer.eos_token_id, max_length,
+                                     boundaries).tokens
+                windows = [instance_window(d, len(p)) for d, p in enumerate(pieces) if len(p) > 1]
+                instances.add(model, pieces, windows, bos, batch_tokens, device)
             bar.update(len(chunk))
     finally:
         tokenizer.model_max_length = saved
         bar.close()
+    total, count = documents.logprob, documents.tokens
     loss = -total / count if count else float("nan")
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count,
-            "documents": len(texts), "bits_per_byte": -total / math.log(2) / n_bytes if n_bytes else float("nan")}
+    result = {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count,
+              "documents": len(texts), "bits_per_byte": -total / math.log(2) / n_bytes if n_bytes else float("nan")}
+    if boundaries is not None:
+        result["packed"] = {"loss": instances.loss(), "perplexity": math.exp(instances.loss()) if instances.tokens
+                            else float("nan"), "tokens": instances.tokens, "instances": instances.units}
+    return result | {"flops": documents.flops + instances.flops}

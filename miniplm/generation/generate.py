@@ -30,11 +30,13 @@ from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.config import GenerateConfig, JobConfig, PromptFile, hashable_dump, source_model
+from miniplm import compute
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.models.loading import load_tokenizer, model_fingerprint, pick_device
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
@@ -165,17 +167,16 @@ class Generate(ShardedStage):
             return None
         return [shard_name(k, "") for k in range(len(P.split_plan(rd, entry.prompts, entry.limit)))]
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         entry: GenerateConfig = run.part.item
         job, rd = run.job, run.rd
         spec = source_model(job, entry)
+        prompts: Input
         if isinstance(entry.prompts, PromptFile):
-            prompts_fact = P.prompt_file_fact(entry.prompts)
-        elif rd.stage_state("prepare").get("state") != "done":
-            raise StageError(f"{rd.root}: generate {entry.name!r} takes its prompts from the {entry.prompts} split; "
-                             "run `miniplm prepare` first")
+            prompts = P.prompt_file_fact(entry.prompts)
         else:
-            prompts_fact = rd.doc_stats.read_text()
+            prompts = Upstream("prepare", (f"docs/{entry.prompts}",),
+                               why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split")
         from miniplm.generation.backends import pick_backend
 
         tokenizer = load_tokenizer(spec.model)
@@ -184,8 +185,8 @@ class Generate(ShardedStage):
         backend = pick_backend(entry.backend, device)
         run.shared.update(tokenizer=tokenizer, prefix=prefix_token(tokenizer, spec.model), device=device,
                           backend=backend, model=spec)
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts_fact,
-                model_fingerprint(spec.model)]
+        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts,
+                Model("model", resolve_model(spec.model))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.generated(run.part.item.name)]
@@ -247,6 +248,7 @@ class Generate(ShardedStage):
         if isinstance(entry.prompts, PromptFile):
             counts |= P.file_prompt_stats(P.prompt_folder(run.rd, run.name))
         counts["repetition"] = write_report(run.job, run.rd, entry)
+        counts["flops"] = compute.record(generation=counts["flops"])
         return counts
 
     def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
@@ -258,7 +260,7 @@ class Generate(ShardedStage):
                 continue
             reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
             lines.append(f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
-                         f"new tokens (stopped: {reasons}), {c['flops']:.3g} FLOPs; in {job.run_dir}/generated/{name}")
+                         f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}")
         return lines
 
     def report(self, job: JobConfig, rd: RunDir) -> None:

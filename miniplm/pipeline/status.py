@@ -5,7 +5,8 @@ so it is right whichever way the stages ran. Task states come from the
 launchers (pipeline/launchers.py): the queue (pending, running) and the exit
 code each task records when it ends; a task that left a log but no exit code
 was killed (time limit, memory, a lost node), and one with neither never ran
-(cancelled, or a step it waited for failed).
+(cancelled, or a step it waited for failed). A finished step whose outputs are
+gone or changed in size since (records.py) is shown as damaged.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from pathlib import Path
 from miniplm.config import JobConfig
 from miniplm.pipeline import plan
 from miniplm.pipeline.launcher import Launcher, Task, task_state
+from miniplm.records import problems, rerun
 from miniplm.rundir import RunDir
 from miniplm.stage import Step
 
 FAILED = ("failed", "killed")
+BROKEN = ("failed", "damaged")
 
 
 @dataclass
 class StepStatus:
     step: Step
-    state: str  # done, failed, running, waiting
+    state: str  # done, damaged (done, but its outputs changed since), failed, running, waiting
+    problems: list[str] = field(default_factory=list)  # what is wrong with a damaged step's outputs
     done: int | None = None  # shards (prepare: input units) finished, for array steps
     total: int | None = None
     tasks: list[Task] = field(default_factory=list)  # the latest attempt of each task
@@ -50,6 +54,13 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
     out = []
     for step in plan.steps(job):
         status = StepStatus(step, plan.state(job, rd, step))
+        if status.state == "done":
+            for entry in plan.manifest_stages(job, step):
+                state = rd.stage_state(entry)
+                status.problems += [f"{p}; run `{rerun(state, entry)} --force` to redo {entry}"
+                                    for p in problems(rd.root, entry, state)]
+            if status.problems:
+                status.state = "damaged"
         pending: set[int] = set()
         if step.kind == "array":
             status.total = plan.shard_count(job, rd, step)
@@ -87,7 +98,7 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
         jobs = "; ".join(f"job {j}: " + ", ".join(f"{n} {state}" for state, n in c.items()) for j, c in by_job.items())
         lines.append(f"{s.step.name:<{width}}{s.state:<10}{progress:<18}{jobs or '-'}")
     failures = [(s, t) for s in statuses for t in s.failed_tasks]
-    broken = [s for s in statuses if s.state == "failed"]
+    broken = [s for s in statuses if s.state in BROKEN]
     if failures or broken:
         lines.append("")
         lines.append("failed:")
@@ -101,7 +112,9 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
                 if tail:
                     lines.append(f"    last line: {tail}")
         for s in broken:
-            if not s.failed_tasks:
+            for problem in s.problems:
+                lines.append(f"  {s.step.name}: damaged: {problem}")
+            if s.state == "failed" and not s.failed_tasks:
                 errors = [rd.stage_state(m).get("error", "") for m in plan.manifest_stages(job, s.step)]
                 error = next((e for e in errors if e), "")
                 lines.append(f"  {s.step.name}: failed{': ' + error if error else ''}")
@@ -120,4 +133,4 @@ def _last_line(log: Path) -> str:
 
 
 def any_failed(statuses: list[StepStatus]) -> bool:
-    return any(s.state == "failed" or s.failed_tasks for s in statuses)
+    return any(s.state in BROKEN or s.failed_tasks for s in statuses)

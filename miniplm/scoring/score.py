@@ -17,7 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +27,16 @@ from tqdm import tqdm
 from miniplm.config import JobConfig, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
-from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, model_fingerprint, pick_device
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
-from miniplm.scoring.windows import Window, pack_instances, plan_batches, prefix_token, windows_for
+from miniplm.scoring.instances import Boundaries, pack_documents
+from miniplm.scoring.windows import Window, instance_window, prefix_token, windows_for
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
+
+if TYPE_CHECKING:
+    from miniplm.scoring.logprobs import Scorer
 
 NAME = "score"
 MODELS = ("teacher", "reference")
@@ -44,6 +49,16 @@ class ShardTokens:
     index: int
     sequences: list[np.ndarray]  # token ids, without the leading BOS
     rows: dict[str, Any]  # the output's leading columns, one entry per sequence
+    first_is_context: bool = False  # instances: the first token is read, not predicted (no BOS)
+
+    def windows(self, max_length: int, stride: int) -> list[Window]:
+        if self.first_is_context:  # an instance is at most max_length + 1 tokens: one window
+            return [instance_window(d, len(seq)) for d, seq in enumerate(self.sequences) if len(seq) > 1]
+        return [w for d, seq in enumerate(self.sequences) for w in windows_for(d, len(seq), max_length, stride)]
+
+    def predicted(self) -> list[int]:
+        """Tokens predicted per sequence."""
+        return [max(len(s) - self.first_is_context, 0) for s in self.sequences]
 
 
 @contextlib.contextmanager
@@ -55,49 +70,43 @@ def _reading(path: Path):
         raise StageError(f"{path}: cannot read the document shard: {e}") from None
 
 
-def tokenize_shard(job: JobConfig, tokenizer, index: int, path: Path) -> ShardTokens:
+def tokenize_shard(job: JobConfig, tokenizer, boundaries: Boundaries | None, index: int, path: Path) -> ShardTokens:
     with _reading(path):
         table = pq.read_table(path, columns=["id", "source", "text"])
-    encoded = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
     ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
     if job.score.unit == "document":
+        encoded = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
         sequences = [np.asarray(t[: job.score.max_tokens], dtype=np.int64) for t in encoded]
         return ShardTokens(index, sequences, {"id": ids, "source": sources, "doc_tokens": [len(t) for t in encoded]})
-    instances, pieces = pack_instances(encoded, tokenizer.eos_token_id, job.score.max_length)
-    rows = {
-        "id": [f"{index:05d}-{i:06d}" for i in range(len(instances))],
-        "docs": [[{"id": ids[d], "start": s, "end": e, "offset": o} for d, s, e, o in p] for p in pieces],
-    }
-    return ShardTokens(index, [np.asarray(t, dtype=np.int64) for t in instances], rows)
+    packed = pack_documents(table["text"].to_pylist(), ids, sources, tokenizer, job.score.max_length, boundaries)
+    rows = {"id": [f"{index:05d}-{i:06d}" for i in range(len(packed["input_ids"]))], **packed}
+    return ShardTokens(index, rows["input_ids"], rows, first_is_context=True)
 
 
-def _environment(models: dict[str, Any], device: str) -> str:
+def _environment(scorer: Scorer) -> str:
     """What decides the exact floating-point results besides the inputs."""
     import torch
 
-    parts = [torch.device(device).type, f"torch {torch.__version__}"]
-    parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(models.items())]
-    return ", ".join(parts)
+    parts = [scorer.device.type, f"torch {torch.__version__}"]
+    parts += [f"{name} {m.dtype} {m.config._attn_implementation}" for name, m in sorted(scorer.models.items())]
+    return ", ".join([*parts, scorer.describe()])
 
 
-def score_shard(job: JobConfig, shard: ShardTokens, models: dict[str, Any], bos: int, device: str,
-                rd: RunDir, progress: TokenRate) -> pa.Table:
+def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, progress: TokenRate) -> pa.Table:
     from miniplm.batch_checkpoints import BatchCheckpoints
-    from miniplm.scoring.logprobs import batch_logprobs
 
     cfg = job.score
-    windows = [w for d, seq in enumerate(shard.sequences) for w in windows_for(d, len(seq), cfg.max_length, cfg.stride)]
-    batches = plan_batches(windows, cfg.batch_tokens)
-    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(models, device))
+    windows = shard.windows(cfg.max_length, cfg.stride)
+    batches = scorer.plan(windows)
+    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(scorer))
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
-    progress.update(sum(len(seq) == 0 for seq in shard.sequences)
+    progress.update(sum(n == 0 for n in shard.predicted())
                     + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results))
     pending: list[dict] = []
     first_pending = done
-    for b in range(done, len(batches)):
+    for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
         batch = batches[b]
-        per_model = batch_logprobs(batch, shard.sequences, models, bos, device)
         for i, w in enumerate(batch):
             row = {"doc": w.doc, "start": w.start}
             for name in MODELS:
@@ -129,7 +138,7 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     columns: dict[str, Any] = {
         "id": shard.rows["id"],
         **({"source": shard.rows["source"]} if "source" in shard.rows else {}),
-        "n_tokens": [len(s) for s in shard.sequences],
+        "n_tokens": shard.predicted(),
         **({"doc_tokens": shard.rows["doc_tokens"]} if "doc_tokens" in shard.rows else {}),
         "teacher_logprob": sums["teacher"],
         "reference_logprob": sums["reference"],
@@ -137,7 +146,8 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     if job.score.save_token_logprobs:
         for name in MODELS:
             columns[f"{name}_token_logprobs"] = pa.array(tokens[name], pa.list_(pa.float32()))
-    if "docs" in shard.rows:
+    if "docs" in shard.rows:  # instances: their tokens and provenance
+        columns["input_ids"] = pa.array(shard.rows["input_ids"], pa.list_(pa.int32()))
         columns["docs"] = shard.rows["docs"]
     return pa.table(columns)
 
@@ -158,7 +168,7 @@ class Score(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[str]:
+    def inputs(self, run: StageRun) -> list[Input]:
         job, rd = run.job, run.rd
         if job.teacher is None or job.reference is None:
             raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
@@ -172,10 +182,13 @@ class Score(ShardedStage):
         check_same_tokenizer(job.teacher.model, reference, tokenizer, load_tokenizer(reference))
         tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
         run.shared.update(tokenizer=tokenizer, bos=prefix_token(tokenizer, job.teacher.model))
-        if job.score.unit == "instance" and tokenizer.eos_token_id is None:
-            raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
+        if job.score.unit == "instance":
+            if tokenizer.eos_token_id is None:
+                raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
+            run.shared["boundaries"] = Boundaries.for_tokenizer(tokenizer)
         # The outputs depend on the documents and the weights too, not only on the job file.
-        return [rd.doc_stats.read_text(), model_fingerprint(job.teacher.model), model_fingerprint(reference)]
+        return [Upstream("prepare", ("docs/main",)), Model("teacher", resolve_model(job.teacher.model)),
+                Model("reference", resolve_model(reference))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.scores]
@@ -188,10 +201,11 @@ class Score(ShardedStage):
         _score_shards(run, [(i, doc_shards[i]) for i in todo])
 
     def finish(self, run: StageRun) -> dict:
-        return _counts(run.rd)
+        return _counts(run.rd) | {"flops": _flops(run.job, run.rd)}
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
-        return [f"score: {result['rows']:,} rows, {result['tokens']:,} tokens scored, in {job.run_dir}/scores"]
+        flops = f", {result['flops']['total']:.3g} FLOPs" if "flops" in result else ""
+        return [f"score: {result['rows']:,} rows, {result['tokens']:,} tokens scored{flops}, in {job.run_dir}/scores"]
 
 
 STAGE = Score()
@@ -199,10 +213,18 @@ STAGE = Score()
 
 def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     job, rd = run.job, run.rd
-    tokenizer, bos = run.shared["tokenizer"], run.shared["bos"]
-    device = pick_device(job.score.device)
-    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device),
-              "reference": load_model(reference_model(job), job.reference.dtype, device)}
+    tokenizer, bos, boundaries = run.shared["tokenizer"], run.shared["bos"], run.shared.get("boundaries")
+    from miniplm.models.kernels import use_packing
+    from miniplm.scoring.logprobs import Scorer
+
+    cfg = job.score
+    device = pick_device(cfg.device)
+    packed = use_packing(cfg.packing, device)
+    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels),
+              "reference": load_model(reference_model(job), job.reference.dtype, device, packed=packed,
+                                      kernels=cfg.kernels)}
+    scorer = Scorer(models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels,
+                    compile=cfg.compile)
     total = None
     if job.score.unit == "document":
         total = 0
@@ -214,16 +236,31 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     progress = TokenRate(bar)
     # Tokenizing the next shard overlaps with scoring this one (the tokenizer releases the GIL).
     with ThreadPoolExecutor(1) as pool, bar:
-        upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[0])
+        upcoming = pool.submit(tokenize_shard, job, tokenizer, boundaries, *shards[0])
         for k in range(len(shards)):
             shard = upcoming.result()
             if k + 1 < len(shards):
-                upcoming = pool.submit(tokenize_shard, job, tokenizer, *shards[k + 1])
-            table = score_shard(job, shard, models, bos, device, rd, progress)
+                upcoming = pool.submit(tokenize_shard, job, tokenizer, boundaries, *shards[k + 1])
+            table = score_shard(job, shard, scorer, rd, progress)
             with atomic_path(rd.score_shard(shard.index)) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
             run.mark_done(shard_name(shard.index, ""))
             shutil.rmtree(rd.work(NAME) / shard_name(shard.index, ""), ignore_errors=True)
+
+
+def _flops(job: JobConfig, rd: RunDir) -> dict:
+    """What teacher and reference spent on every scored unit (scoring/cost.py)."""
+    import polars as pl
+
+    from miniplm.compute import record
+    from miniplm.models.flops import model_flops
+    from miniplm.scoring.cost import scoring_flops
+
+    files = sorted(rd.scores.glob("shard-*.parquet"))
+    n_tokens = pl.scan_parquet(files).select("n_tokens").collect()["n_tokens"].to_numpy() if files else np.zeros(0)
+    cfg = job.score
+    return record(**{name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
+                     for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))})
 
 
 def _counts(rd: RunDir) -> dict:

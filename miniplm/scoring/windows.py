@@ -75,30 +75,8 @@ def plan_batches(windows: Sequence[Window], batch_tokens: int) -> list[list[Wind
     return batches
 
 
-def pack_instances(docs: Sequence[Sequence[int]], eos: int, length: int) -> tuple[list[list[int]], list[list[tuple[int, int, int, int]]]]:
-    """The paper's unit: documents joined with EOS and cut into instances of `length` tokens.
-
-    Returns the instances and, per instance, the pieces it holds as
-    (document index, first token in the document, end token in the document,
-    offset in the instance); a document's EOS counts as its token `len(doc)`.
-    """
-    instances: list[list[int]] = []
-    pieces: list[list[tuple[int, int, int, int]]] = []
-    current: list[int] = []
-    current_pieces: list[tuple[int, int, int, int]] = []
-    for d, tokens in enumerate(docs):
-        stream = list(tokens) + [eos]
-        pos = 0
-        while pos < len(stream):
-            take = min(length - len(current), len(stream) - pos)
-            current_pieces.append((d, pos, pos + take, len(current)))
-            current.extend(stream[pos : pos + take])
-            pos += take
-            if len(current) == length:
-                instances.append(current)
-                pieces.append(current_pieces)
-                current, current_pieces = [], []
-    if current:
-        instances.append(current)
-        pieces.append(current_pieces)
-    return instances, pieces
+def instance_window(doc: int, n_tokens: int) -> Window:
+    """The one window of a packed instance (miniplm/scoring/instances.py): its first token is
+    context, every other one is predicted. (Inputs start at position 1 of [prefix] + tokens, so
+    the prefix is never read.)"""
+    return Window(doc, 1, n_tokens, 0)

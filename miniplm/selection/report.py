@@ -11,12 +11,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from miniplm.config import JobConfig
+from miniplm.config import JobConfig, SelectConfig
 from miniplm.files import atomic_write_json
 from miniplm.report.figures import figure_html, html_table, save_png, snippet  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
-from miniplm.selection.strategies import REASONS, counts
+from miniplm.scoring.instances import instance_text
+from miniplm.selection.drops import noise_summary, table_html
+from miniplm.selection.noise_floor import NoiseFloor
+from miniplm.selection.strategies import REASONS, counts, length_column
 
 SCATTER_POINTS = 5000
 
@@ -26,7 +29,7 @@ def _finite(series: pl.Series) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tuple[str, str]]:
+def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) -> list[tuple[str, str]]:
     kept, dropped = d.filter(pl.col("kept")), d.filter(~pl.col("kept"))
     plots = []
 
@@ -36,10 +39,10 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
             label=["kept", "dropped"], color=["tab:green", "tab:gray"])
     if cut is not None:
         ax.axvline(cut, color="tab:red", linestyle="--", label=f"cut {cut:.3f}")
-    ax.set(xlabel="difference score: (log p_teacher - log p_reference) / tokens", ylabel="documents")
+    ax.set(xlabel="difference score: (log p_teacher - log p_reference) / tokens", ylabel=f"{unit}s")
     ax.legend()
     save_png(fig, out / "difference.png")
-    plots.append(("difference.png", "Difference score per document, with the cut"))
+    plots.append(("difference.png", f"Difference score per {unit}, with the cut"))
 
     fig, ax = plt.subplots(figsize=(6, 6))
     sample = d.sample(min(SCATTER_POINTS, d.height), seed=seed) if d.height else d
@@ -51,12 +54,12 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
     ax.set(xlabel="reference log-prob per token", ylabel="teacher log-prob per token")
     ax.legend()
     save_png(fig, out / "teacher_vs_reference.png")
-    plots.append(("teacher_vs_reference.png", f"Teacher against reference (up to {SCATTER_POINTS:,} documents)"))
+    plots.append(("teacher_vs_reference.png", f"Teacher against reference (up to {SCATTER_POINTS:,} {unit}s)"))
 
     by_source = _by_source(d)
     fig, ax = plt.subplots(figsize=(7, 0.4 * max(by_source.height, 3) + 1))
     ax.barh(by_source["source"].to_list(), by_source["kept_fraction"].to_list(), color="tab:green")
-    ax.set(xlabel="fraction of the source's documents kept", xlim=(0, 1))
+    ax.set(xlabel=f"fraction of the source's {unit}s kept", xlim=(0, 1))
     ax.invert_yaxis()
     save_png(fig, out / "sources.png")
     plots.append(("sources.png", "Kept fraction per source"))
@@ -67,10 +70,10 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int) -> list[tup
     bins = np.unique(np.logspace(0, math.log10(top + 1), 40).astype(int))
     ax.hist(lengths, bins=bins, alpha=0.5, label="scored", color="tab:gray")
     ax.hist(kept["n_tokens"].to_numpy(), bins=bins, alpha=0.7, label="kept", color="tab:green")
-    ax.set(xscale="log", xlabel="tokens per document", ylabel="documents")
+    ax.set(xscale="log", xlabel=f"tokens per {unit}", ylabel=f"{unit}s")
     ax.legend()
     save_png(fig, out / "lengths.png")
-    plots.append(("lengths.png", "Document length before and after"))
+    plots.append(("lengths.png", f"{unit.capitalize()} length before and after"))
     return plots
 
 
@@ -81,21 +84,46 @@ def _by_source(d: pl.DataFrame) -> pl.DataFrame:
             .sort("source"))
 
 
-def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int) -> dict[str, pl.DataFrame]:
+def _texts(rd: RunDir, wanted: pl.DataFrame, unit: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The text of each wanted unit (id, shard), and for instances the documents each holds."""
+    texts: dict[str, str] = {}
+    held: dict[str, str] = {}
+    shards = rd.doc_shards("main")
+    for shard in wanted["shard"].unique().to_list():
+        ids = wanted.filter(pl.col("shard") == shard)["id"].to_list()
+        if unit == "document":
+            rows = pl.scan_parquet(shards[shard]).filter(pl.col("id").is_in(ids)).select("id", "text").collect()
+            texts.update(dict(rows.iter_rows()))
+            continue
+        instances = pl.scan_parquet(rd.score_shard(shard)).filter(pl.col("id").is_in(ids)).select("id", "docs").collect()
+        doc_ids = list({p["id"] for pieces in instances["docs"] for p in pieces})
+        docs = dict(pl.scan_parquet(shards[shard]).filter(pl.col("id").is_in(doc_ids)).select("id", "text")
+                    .collect().iter_rows())
+        for instance_id, pieces in instances.iter_rows():
+            texts[instance_id] = instance_text(pieces, docs)
+            held[instance_id] = "; ".join(f"{p['id']} [{p['start']}:{p['end']}]" for p in pieces)
+    return texts, held
+
+
+def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int, unit: str) -> dict[str, pl.DataFrame]:
     scored = d.filter(pl.col("score").is_not_null() & pl.col("score").is_finite())
     picks = {
         "Top by difference score": scored.sort(["score", "id"], descending=[True, False]).head(n),
         "Bottom by difference score": scored.sort(["score", "id"]).head(n),
-        "Random documents": scored.sample(min(n, scored.height), seed=seed) if scored.height else scored,
+        f"Random {unit}s": scored.sample(min(n, scored.height), seed=seed) if scored.height else scored,
     }
-    wanted = pl.concat(list(picks.values())).select("id", "shard").unique()
-    texts: dict[str, str] = {}
-    shards = rd.doc_shards("main")
-    for shard in wanted["shard"].unique().to_list():
-        ids = wanted.filter(pl.col("shard") == shard)["id"]
-        rows = pl.scan_parquet(shards[shard]).filter(pl.col("id").is_in(ids.to_list())).select("id", "text").collect()
-        texts.update(dict(rows.iter_rows()))
-    return {title: t.with_columns(text=pl.col("id").replace_strict(texts, default="")) for title, t in picks.items()}
+    texts, held = _texts(rd, pl.concat(list(picks.values())).select("id", "shard").unique(), unit)
+    return {title: t.with_columns(text=pl.col("id").replace_strict(texts, default=""),
+                                  held=pl.col("id").replace_strict(held, default=""))
+            for title, t in picks.items()}
+
+
+def _budget(cfg: SelectConfig) -> str:
+    if cfg.keep_tokens is not None:
+        return f"{cfg.keep_tokens:,} tokens"
+    if cfg.keep_token_fraction is not None:
+        return f"{cfg.keep_token_fraction:.1%} of the scored tokens"
+    return f"{cfg.keep_fraction:.1%} of the scored units"
 
 
 def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
@@ -104,42 +132,57 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     out = rd.report
     out.mkdir(parents=True, exist_ok=True)
     cfg = job.select
+    unit = job.score.unit
     kept = decisions.filter(pl.col("kept"))
     finite_kept = _finite(kept["score"])
     cut = float(finite_kept.min()) if cfg.strategy == "difference" and len(finite_kept) else None
     summary = {
         "strategy": cfg.strategy,
-        "budget": {"keep_tokens": cfg.keep_tokens} if cfg.keep_tokens else {"keep_fraction": cfg.keep_fraction},
+        "unit": unit,
+        "budget": _budget(cfg),
         "select": cfg.model_dump(mode="json"),
         **counts(decisions),
         "cut_score": cut,
         "sources": _by_source(decisions).to_dicts(),
+        **noise_summary(job, rd, decisions),
     }
     atomic_write_json(out / "summary.json", summary)
 
-    plots = _plots(decisions, cut, out, job.seed)
-    examples = _examples(decisions, rd, cfg.report_examples, job.seed)
+    plots = _plots(decisions, cut, out, job.seed, unit)
+    examples = _examples(decisions, rd, cfg.report_examples, job.seed, unit)
 
     c = summary
-    count_rows = [["scored", f"{c['scored']:,}", f"{c['tokens_scored']:,}"],
-                  ["kept", f"{c['kept']:,}", f"{c['tokens_kept']:,}"]]
+    length = length_column(decisions)
+    total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
+    count_rows = [["scored", f"{c['scored']:,}", f"{total:,}"],
+                  ["kept", f"{c['kept']:,} ({c['kept_fraction']['units']:.1%})",
+                   f"{kept_tokens:,} ({c['kept_fraction']['tokens']:.1%})"]]
     count_rows += [[f"dropped: {r}", f"{c['dropped'][r]:,}", ""] for r in REASONS]
     source_rows = [[html.escape(str(r["source"])), f"{r['scored']:,}", f"{r['kept']:,}", f"{r['kept_fraction']:.1%}",
                     f"{r['tokens_kept']:,}"] for r in summary["sources"]]
     overview = [
         "<h2>Selection</h2>",
-        f"<p>Strategy <b>{html.escape(cfg.strategy)}</b>, budget "
-        f"{html.escape(', '.join(f'{k} {v}' for k, v in summary['budget'].items()))}"
-        + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ".</p>",
-        "<h2>Counts</h2>", html_table(["", "documents", "tokens"], count_rows, "counts"),
+        f"<p>Strategy <b>{html.escape(cfg.strategy)}</b> over {unit}s, budget {html.escape(summary['budget'])}"
+        + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ". A token budget keeps each "
+        f"{unit} in rank order that still fits, so it is spent to within one {unit}.</p>",
+        "<h2>Counts</h2>", html_table(["", f"{unit}s", "tokens"], count_rows, "counts"),
         "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
+        "<h2>Noise filters</h2>",
+        f"<p>{html.escape(NoiseFloor(**summary['noise_floor']).describe())}; "
+        f"{c['dropped']['low_teacher_logprob']:,} documents below it.</p>",
+        "<p>Documents of the main split dropped per source: by prepare's filters (quality and repetition rules, "
+        "exact and near duplicates), then by the selection's (the noise floor; too few tokens or a broken score), "
+        "with the budget's cut apart.</p>",
+        table_html(summary["drops"]),
     ]
     details = ["<h2>Plots</h2>", *(figure_html(out / name, caption) for name, caption in plots)]
     for title, table in examples.items():
         rows = [[html.escape(r["id"]), html.escape(str(r["source"])), f"{r['score']:.4f}", "yes" if r["kept"] else "no",
-                 f"{r['n_tokens']:,}", snippet(r["text"])] for r in table.iter_rows(named=True)]
-        details += [f"<h2>{html.escape(title)}</h2>",
-                    html_table(["id", "source", "difference score", "kept", "tokens", "text"], rows, "examples")]
+                 f"{r['n_tokens']:,}", *([html.escape(r["held"])] if unit == "instance" else []), snippet(r["text"])]
+                for r in table.iter_rows(named=True)]
+        headers = ["id", "source", "difference score", "kept", "tokens",
+                   *(["documents [token range]"] if unit == "instance" else []), "text"]
+        details += [f"<h2>{html.escape(title)}</h2>", html_table(headers, rows, "examples")]
     write_section(rd, 10, "selection", "\n".join(overview))
     write_section(rd, 30, "selection-details", "\n".join(details))
     return assemble(rd)

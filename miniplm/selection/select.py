@@ -1,4 +1,5 @@
-"""`miniplm select`: keep the documents the strategy ranks highest, with their text.
+"""`miniplm select`: keep the units (documents or packed instances) the strategy ranks highest,
+with their text.
 
 Two steps that scale:
 1. global, once: read every score shard (ids and scores, never text), decide
@@ -6,6 +7,9 @@ Two steps that scale:
    RUN_DIR/selection/decisions.parquet;
 2. per document shard, by any worker: keep that shard's chosen rows, in
    their original order, with a `score` column, as selected/shard-NNNNN.parquet.
+   Instances keep their tokens (`input_ids`, which a student of the scoring
+   tokenizer trains on as they are), their provenance (`docs`) and their text
+   rebuilt from the documents (for a student of another tokenizer).
 When the last shard is written the report is built.
 """
 
@@ -16,8 +20,9 @@ from pathlib import Path
 
 import polars as pl
 from miniplm.config import JobConfig
-from miniplm.errors import ConfigError, StageError
+from miniplm.errors import StageError
 from miniplm.files import atomic_path
+from miniplm.inputs import Input, Upstream
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
@@ -29,8 +34,6 @@ OUTPUTS = (("kept", "selected"), ("random_kept", "selected-random"))  # decision
 def read_scores(rd: RunDir) -> pl.DataFrame:
     """Every score row, with the index of the shard it came from."""
     files = sorted(rd.scores.glob("shard-*.parquet"))
-    if files and "docs" in pl.read_parquet_schema(files[0]):
-        raise ConfigError("select keeps documents, and these scores are of instances: score with score.unit: document")
     columns = SCORE_COLUMNS + (["doc_tokens"] if files and "doc_tokens" in pl.read_parquet_schema(files[0]) else [])
     frames = [pl.scan_parquet(f).select(columns).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
               for f in files]
@@ -41,12 +44,27 @@ def read_scores(rd: RunDir) -> pl.DataFrame:
     return pl.concat(frames).collect()
 
 
-def _write_shard(rd: RunDir, index: int, doc_shard: Path, with_baseline: bool) -> None:
+INSTANCE_COLUMNS = ["id", "text", "source", "score", "n_tokens", "input_ids", "docs"]
+
+
+def _instances(rd: RunDir, index: int, doc_shard: Path) -> pl.DataFrame:
+    """A shard's scored instances with their text, rebuilt from the documents they hold."""
+    from miniplm.scoring.instances import instance_text
+
+    instances = pl.read_parquet(rd.score_shard(index), columns=["id", "source", "n_tokens", "input_ids", "docs"])
+    texts = dict(pl.read_parquet(doc_shard, columns=["id", "text"]).iter_rows())
+    return instances.with_columns(text=pl.Series([instance_text(p, texts) for p in instances["docs"].to_list()],
+                                                 dtype=pl.String))
+
+
+def _write_shard(rd: RunDir, index: int, doc_shard: Path, with_baseline: bool, unit: str) -> None:
     decisions = pl.scan_parquet(rd.decisions).filter(pl.col("shard") == index)
-    docs = pl.read_parquet(doc_shard)
+    units = pl.read_parquet(doc_shard) if unit == "document" else _instances(rd, index, doc_shard)
     for column, folder in OUTPUTS[: 2 if with_baseline else 1]:
         keep = decisions.filter(pl.col(column)).select("id", "score").collect()
-        chosen = docs.join(keep, on="id", how="inner", maintain_order="left")
+        chosen = units.join(keep, on="id", how="inner", maintain_order="left")
+        if unit == "instance":
+            chosen = chosen.select(INSTANCE_COLUMNS)
         if chosen.height != keep.height:
             raise StageError(f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
                              "were the documents prepared again after scoring?")
@@ -60,7 +78,7 @@ class Select(ShardedStage):
     name = NAME
     summary = "keep the documents the strategy ranks highest, with their text, and write the report"
     description = ("Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
-                   "filter, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
+                   "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
                    "and RUN_DIR/report/.")
     sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
 
@@ -70,15 +88,14 @@ class Select(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[str]:
-        score_state = run.rd.stage_state("score")
-        if score_state.get("state") != "done":
-            raise StageError(f"{run.rd.root}: no finished scores; run `miniplm score` first")
-        return [score_state["config_hash"]]
+    def inputs(self, run: StageRun) -> list[Input]:
+        return [Upstream("score", ("scores",), why="select reads finished scores"),
+                Upstream("prepare", ("docs/main",))]
 
     def outputs(self, run: StageRun) -> list[Path]:
+        # not report/: the page is assembled from every stage's sections and rebuilt when select finishes
         rd = run.rd
-        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection, rd.report]
+        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection]
 
     def shards(self, run: StageRun) -> list[str]:
         return doc_shard_keys(run.rd) or []
@@ -94,15 +111,17 @@ class Select(ShardedStage):
             decisions.write_parquet(tmp)
 
     def run_shard(self, run: StageRun, index: int) -> None:
-        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_baseline)
+        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_baseline,
+                     run.job.score.unit)
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
+        from miniplm.selection.drops import SHOWN_IN_TERMINAL, noise_summary
         from miniplm.selection.strategies import counts, length_column
 
         rd = run.rd
         decisions = pl.read_parquet(rd.decisions)
-        summary = counts(decisions)
+        summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
         written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
                       for p in sorted(rd.selected("selected").glob("shard-*.parquet")))
         if written != summary["kept"]:
@@ -111,22 +130,34 @@ class Select(ShardedStage):
             baseline = decisions.filter(pl.col("random_kept"))
             summary["random_baseline"] = {"kept": baseline.height,
                                           "tokens": int(baseline[length_column(decisions)].sum() or 0)}
+        summary["unit"] = run.job.score.unit
         report.build(run.job, rd, decisions)
         return summary
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
-        tokens = f"{result['tokens_kept']:,} of {result['tokens_scored']:,} tokens"
-        if "doc_tokens" in result and result["doc_tokens"] != result["tokens_scored"]:  # prefixes were scored
-            tokens = (f"{result['doc_tokens_kept']:,} of {result['doc_tokens']:,} tokens, scored on "
-                      f"{result['tokens_kept']:,} of {result['tokens_scored']:,}")
-        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} documents ({tokens}); "
-                 f"dropped: {dropped or 'none'}"]
+        kept, total = result["tokens_kept"], result["tokens_scored"]
+        scored_on = ""
+        if "doc_tokens" in result and result["doc_tokens"] != total:  # prefixes were scored: budgets count all
+            scored_on = f", scored on {kept:,} of {total:,}"
+            kept, total = result["doc_tokens_kept"], result["doc_tokens"]
+        units = f"{result.get('unit', 'document')}s"
+        share = lambda part, whole: f" ({part / whole:.1%})" if whole else ""  # noqa: E731
+        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} {units}{share(result['kept'], result['scored'])}"
+                 f" and {kept:,} of {total:,} tokens{share(kept, total)}{scored_on}; dropped: {dropped or 'none'}"]
+        lines += _noise_lines(result)
         if "random_baseline" in result:
             base = result["random_baseline"]
-            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} documents, "
+            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} {units}, "
                          f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
         return [*lines, f"report: {job.run_dir}/report/index.html"]
+
+    def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        if result["kept"] or not result["scored"]:
+            return []
+        dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
+        return [f"select: nothing was kept of {result['scored']:,} scored documents ({dropped}); check the "
+                "select settings (min_teacher_logprob, min_tokens, the budget)"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Its sections of the report again, from the decisions on disk."""
@@ -138,6 +169,21 @@ class Select(ShardedStage):
 
 
 STAGE = Select()
+
+
+def _noise_lines(result: dict) -> list[str]:
+    """The noise floor it used, and what each filter dropped per source (the demo prints these)."""
+    from miniplm.selection.drops import table_lines
+    from miniplm.selection.noise_floor import NoiseFloor
+
+    if "noise_floor" not in result:  # a selection made before these were recorded
+        return []
+    below = result["dropped"]["low_teacher_logprob"]
+    lines = [f"select: {NoiseFloor(**result['noise_floor']).describe()}; {below:,} documents below it"]
+    if result["drops"]:
+        lines += ["select: documents of the main split dropped per source, by prepare's filters and the selection's "
+                  "(the budget's cut apart):", *table_lines(result["drops"])]
+    return lines
 
 
 def rebuild_report(job: JobConfig) -> Path:

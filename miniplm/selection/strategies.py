@@ -4,11 +4,15 @@
 difference score, a ranking key, `kept`, and for every dropped document the
 reason, applied in this order: non_finite_score (a NaN or infinite log-prob
 from a broken model or document), too_few_tokens, low_teacher_logprob (the
-noise filter), source_cap, below_cut. So scored = kept + the sum of the reasons.
+noise floor, selection/noise_floor.py), source_cap, below_cut. So scored = kept + the sum of the reasons.
 
 Every strategy ranks by a key (higher is better) with ties broken by id, and
-keeps the longest prefix of that ranking within the budget: exact and
-deterministic. Random draws come from a generator seeded with `seed`, handed
+walks that ranking keeping what fits the budget: a fraction of the units
+(`keep_fraction`: the top of the ranking), a number of tokens (`keep_tokens`)
+or a fraction of the scored tokens (`keep_token_fraction`, the paper's alpha).
+A token budget keeps every unit that still fits when its turn comes, so one
+huge document passes its turn to the next ones that fit and the budget is
+spent to within one unit: exact and deterministic. Random draws come from a generator seeded with `seed`, handed
 out in id order, so they depend only on the set of documents, not on how
 shards were split among workers.
 """
@@ -22,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from miniplm.config import SelectConfig
+from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
 
@@ -87,8 +92,9 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     reason = np.zeros(scores.height, dtype=np.int8)  # 0: kept, else 1 + index in REASONS
     reason[~(np.isfinite(t) & np.isfinite(r))] = 1
     reason[(reason == 0) & (n_tokens < cfg.min_tokens)] = 2
-    if cfg.min_teacher_logprob is not None:
-        reason[(reason == 0) & (teacher < cfg.min_teacher_logprob)] = 3
+    floor = noise_floor(cfg, teacher[reason == 0]).threshold
+    if floor is not None:
+        reason[(reason == 0) & (teacher < floor)] = 3
     eligible = np.flatnonzero(reason == 0)
     everyone = len(eligible) == scores.height  # the usual case: no copies needed
     pick = (lambda a: a) if everyone else (lambda a: a[eligible])
@@ -100,18 +106,18 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
                          pick(score), pick(teacher), pick(loss))
     order = eligible[_ranking(pick(key), id_of)]
 
-    by_tokens = cfg.keep_tokens is not None
-    budget = cfg.keep_tokens if by_tokens else math.floor(cfg.keep_fraction * scores.height + 0.5)
     length = scores[length_column(scores)].to_numpy().astype(np.int64)
+    budget, by_tokens = _budget(cfg, scores.height, length)
     cost = length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
         spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
             pl.col("cost").cum_sum().over("source"))["cost"].to_numpy()
         allowance = math.floor(cfg.max_source_fraction * budget + 1e-9)  # 0.29 * 100 is 28.999...
         reason[order[spent > allowance]] = 4
-    competing = reason[order] == 0
-    within = competing & (np.cumsum(np.where(competing, cost, 0)) <= budget)
-    reason[order[competing & ~within]] = 5
+    competing = np.flatnonzero(reason[order] == 0)
+    within = np.zeros(len(order), dtype=bool)
+    within[competing] = fill(cost[competing], budget)
+    reason[order[competing[~within[competing]]]] = 5
     kept = np.zeros(scores.height, dtype=bool)
     kept[order[within]] = True
 
@@ -119,6 +125,34 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
                                               return_dtype=pl.Enum(list(REASONS)))
     return scores.with_columns(score=score, teacher_per_token=teacher, reference_loss=loss, key=key,
                                kept=kept, reason=labels)
+
+
+def _budget(cfg: SelectConfig, n_units: int, length: np.ndarray) -> tuple[int, bool]:
+    """The budget, and whether it counts tokens (else units)."""
+    if cfg.keep_tokens is not None:
+        return cfg.keep_tokens, True
+    if cfg.keep_token_fraction is not None:
+        return math.floor(cfg.keep_token_fraction * int(length.sum()) + 0.5), True
+    return math.floor(cfg.keep_fraction * n_units + 0.5), False
+
+
+def fill(cost: np.ndarray, budget: int) -> np.ndarray:
+    """Which units, taken in rank order, a budget keeps: every unit that still fits when its turn
+    comes. One too big for what is left is passed over and the next ones that fit fill the rest,
+    so what is left at the end is smaller than any unit passed over."""
+    keep = np.zeros(len(cost), dtype=bool)
+    rest = np.arange(len(cost))
+    left = int(budget)
+    while len(rest):
+        rest = rest[cost[rest] <= left]  # what is left only shrinks: a unit too big now stays too big
+        if not len(rest):
+            break
+        spent = np.cumsum(cost[rest])
+        k = int(np.searchsorted(spent, left, side="right"))  # >= 1: the first one fits
+        keep[rest[:k]] = True
+        left -= int(spent[k - 1])
+        rest = rest[k + 1 :]  # rest[k], if any, did not fit
+    return keep
 
 
 def counts(decisions: pl.DataFrame) -> dict:
@@ -131,6 +165,10 @@ def counts(decisions: pl.DataFrame) -> dict:
         "tokens_scored": int(decisions["n_tokens"].sum() or 0),
         "tokens_kept": int(kept["n_tokens"].sum() or 0),
     }
+    length = length_column(decisions)
+    total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
+    summary["kept_fraction"] = {"units": kept.height / decisions.height if decisions.height else 0.0,
+                                "tokens": kept_tokens / total if total else 0.0}
     if "doc_tokens" in decisions.columns:  # whole documents, where only prefixes were scored
         summary["doc_tokens"] = int(decisions["doc_tokens"].sum() or 0)
         summary["doc_tokens_kept"] = int(kept["doc_tokens"].sum() or 0)
@@ -140,9 +178,10 @@ def counts(decisions: pl.DataFrame) -> dict:
 def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int) -> pl.Series:
     """A random selection of about the token budget `decisions` kept (never more): the control
     for what the strategy chose. Drawn from every scored document, the noise included."""
-    budget = int(decisions.filter(pl.col("kept"))[length_column(decisions)].sum() or 0)
+    budget = int(decisions.filter(pl.col("kept"))[length_column(decisions)].sum() or 0)  # filled the same way
     if budget == 0:
         return pl.Series("random_kept", [False] * scores.height)
     # a seed of its own: the same draws as strategy random would be a needless coupling
-    chosen = decide(scores, SelectConfig(strategy="random", keep_tokens=budget), seed + 1)["kept"]
+    every_document = SelectConfig(strategy="random", keep_tokens=budget, min_teacher_logprob=None)  # no noise floor
+    chosen = decide(scores, every_document, seed + 1)["kept"]
     return chosen.alias("random_kept")

@@ -1,13 +1,16 @@
-"""Where this process sits in a distributed job: torchrun or the deepspeed launcher set
-RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; under srun they come from SLURM's variables; alone,
-it is rank 0 of 1 (DeepSpeed still wants the variables, or it goes looking for MPI)."""
+"""Where this process sits in a distributed job, and joining it: torchrun or the deepspeed
+launcher set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; under srun they come from SLURM's variables;
+alone, it is rank 0 of 1 (DeepSpeed still wants the variables, or it goes looking for MPI)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
 from typing import MutableMapping
+
+from miniplm.logs import library_output
 
 
 def _first_host(nodelist: str) -> str:
@@ -39,3 +42,25 @@ def set_distributed_env(env: MutableMapping[str, str] | None = None) -> tuple[in
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", str(_free_port()))
     return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+
+
+def init_distributed() -> int:
+    """Join (or, alone, form) the process group, on this process's GPU when there is one; this
+    process's rank. nccl on CUDA, gloo on the CPU: miniplm.distributed puts every collective's
+    tensor where the backend serves it."""
+    import torch
+
+    _, _, local_rank = set_distributed_env()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
+    if not torch.distributed.is_initialized():
+        with library_output():  # DeepSpeed's accelerator notice and op builds
+            import deepspeed
+
+            # DeepSpeed compiles its shared-memory all-reduce (an inference kernel miniplm never calls)
+            # when a process group starts: minutes of C++ on a small machine, and a start killed during
+            # the build leaves a lock file that every later start waits on, forever.
+            # (`deepspeed.comm.torch` as an attribute is torch itself: the module by its full name)
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank()

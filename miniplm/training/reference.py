@@ -9,7 +9,8 @@ from miniplm.corpus.tokenize import part_for
 from miniplm.errors import ConfigError
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, run_sharded
-from miniplm.training.train import init_distributed, train_models, training_progress
+from miniplm.training.launch import init_distributed
+from miniplm.training.train import train_models, training_progress
 from miniplm.workers import Worker, resolve_worker
 
 NAME = "train-reference"
@@ -36,14 +37,15 @@ class TrainReference(Stage):
 
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
             show_progress: bool = True) -> dict:
-        import torch
+        from miniplm import distributed
 
         if job.reference is None or job.reference.train is None:
             raise ConfigError("train-reference: the job gives no `reference: {train: {...}}`")
         init_distributed()
         token_set = reference_token_set(job)
-        run_sharded(TOKENIZE, job, part_for(token_set), resolve_worker(), force=force, show_progress=show_progress)
-        torch.distributed.barrier()  # every rank's share of the token shards is written
+        run_sharded(TOKENIZE, job, part_for(token_set, f"miniplm {NAME}"), resolve_worker(), force=force,
+                    show_progress=show_progress)
+        distributed.barrier()  # every rank's share of the token shards is written
         return train_models(job, self, [job.reference.train], [*job.tokenize, token_set], force=force,
                             show_progress=show_progress)
 

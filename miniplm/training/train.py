@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import sys
 
-from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, token_set_named,
-                            tokenizer_name)
-from miniplm.errors import ConfigError, StageError
-from miniplm.logs import library_output
-from miniplm.models.loading import load_tokenizer, model_fingerprint
+from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
+                            token_set_named, tokenizer_name)
+from miniplm.errors import ConfigError
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import load_tokenizer, resolve_model
+from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step, only_one
-from miniplm.training.launch import set_distributed_env
+from miniplm.training import teacher_logits
+from miniplm.training.launch import init_distributed
 from miniplm.workers import Worker
 
 NAME = "train"
@@ -23,64 +25,52 @@ def stage_name(student: StudentConfig) -> str:
     return f"{NAME}/{student.name}"
 
 
-def _token_set_hash(rd: RunDir, name: str, student: StudentConfig) -> str:
-    state = rd.stage_state(f"tokenize/{name}")
-    if state.get("state") != "done":
-        raise StageError(f"{rd.root}: student {student.name!r} trains on token set {name!r}; "
-                         "run `miniplm tokenize` first")
-    return state["config_hash"]
-
-
-def _init_fact(job: JobConfig, rd: RunDir, student: StudentConfig) -> str:
-    """What identifies the weights a student starts from: the prune that made them, or the folder's files."""
-    if student.init is None:
-        return ""
-    if any(p.name == student.init for p in job.prune):
-        state = rd.stage_state(f"prune/{student.init}")
-        if state.get("state") != "done":
-            raise StageError(f"{rd.root}: student {student.name!r} starts from the pruned model {student.init!r}; "
-                             "run `miniplm prune` first")
-        return state["config_hash"]
-    return model_fingerprint(student.init)
-
-
-def init_distributed() -> int:
-    """Join (or, alone, form) the process group; this process's rank."""
-    import torch
-
-    _, _, local_rank = set_distributed_env()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # before anything lands on a GPU: one GPU per process
-    if not torch.distributed.is_initialized():
-        with library_output():  # DeepSpeed's accelerator notice and op builds
-            import deepspeed
-
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank()
+def _reads(job: JobConfig, student: StudentConfig) -> list[Input]:
+    """What a student's training depends on: its settings, its token set, its config file or the
+    weights it starts from, and for distillation the teacher (its tokenizer checked against the
+    student's first) or the stored log-probs it reads."""
+    dumped = hashable_dump(student)
+    dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
+    reads: list[Input] = [str(sorted(dumped.items())),
+                          Upstream(f"tokenize/{student.tokens}", (f"tokens/{student.tokens}",),
+                                   why=f"student {student.name!r} trains on token set {student.tokens!r}")]
+    if student.config is not None:
+        reads.append(Model("config", student.config))
+    if student.init is not None and any(p.name == student.init for p in job.prune):
+        reads.append(Upstream(f"prune/{student.init}", (f"models/{student.init}",),
+                              why=f"student {student.name!r} starts from the pruned model {student.init!r}"))
+    elif student.init is not None:
+        reads.append(Model("init", student.init))
+    kd = student.kd
+    if kd is not None and kd.source == "offline":
+        reads.append(Upstream(teacher_logits.part_name(str(kd.logits)), (f"teacher-logits/{kd.logits}",),
+                              why=f"student {student.name!r} reads teacher log-probs {kd.logits!r}"))
+    elif kd is not None:
+        teacher, dtype = teacher_model(job, kd.teacher)
+        teacher_logits.check_teacher_tokenizer(job, teacher, student.tokens, f"students.{student.name}.kd")
+        reads += [dtype, Model("kd teacher", resolve_model(teacher))]
+    return reads
 
 
 def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], token_sets: list[TokenSet], *,
                  force: bool = False, show_progress: bool = True) -> dict:
     """Train each of `students` once (skipping those finished under the same config); their counts."""
-    import torch
+    from miniplm import distributed
 
     rd = RunDir(job.run_dir)
     rank = init_distributed()
     results = {}
     for student in students:
         name = stage_name(student)
-        dumped = hashable_dump(student)
-        dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
-        hashes = [_token_set_hash(rd, student.tokens, student), _init_fact(job, rd, student)]
-        config_hash = stage.config_hash(job, str(sorted(dumped.items())), *hashes)
+        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(job, student))
         outputs = [rd.model(student.name), rd.training(student.name)]
-        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force) if rank == 0 else False
-        done_flag = torch.tensor([int(done)])
-        torch.distributed.broadcast(done_flag, src=0)
-        if done_flag.item():
+        command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
+        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
+                             command=command) if rank == 0 else False
+        if distributed.broadcast_flag(done, src=0):
             results[student.name] = rd.stage_state(name)["counts"]
             continue
-        torch.distributed.barrier()
+        distributed.barrier()
         from miniplm.training.trainer import train
 
         tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, student.tokens, token_sets)))
@@ -91,9 +81,9 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
             if rank == 0:
                 rd.fail_stage(name, str(e))
             raise
-        torch.distributed.barrier()
+        distributed.barrier()
         if rank == 0:
-            rd.finish_stage(name, counts)
+            rd.finish_stage(name, counts, show_progress=show_progress)
             rd.clean_scratch(name)
         results[student.name] = counts
     return results
@@ -119,8 +109,19 @@ class Train(Stage):
     kind = "ranks"
     only = "student"
 
+    def check(self, job: JobConfig) -> None:
+        """Names that are not a seed replica's; a student distilled online from a teacher with another
+        tokenizer fails when the job loads."""
+        for student in job.students:
+            if base_name(student.name) != student.name:
+                raise ConfigError(f"students: {student.name!r}: names ending in .seedN are the seed replicas' "
+                                  "(eval.seeds); name the student otherwise")
+            if student.kd is not None and student.kd.source == "online":
+                teacher_logits.check_teacher_tokenizer(job, teacher_model(job, student.kd.teacher)[0], student.tokens,
+                                                       f"students.{student.name}.kd", strict=False)
+
     def steps(self, job: JobConfig) -> list[Step]:
-        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in job.students]
+        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in trained_students(job)]
 
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         return [step.name]
@@ -132,17 +133,19 @@ class Train(Stage):
             show_progress: bool = True) -> dict:
         if not job.students:
             raise ConfigError("train: the job lists no students")
-        names = only_one("student", [s.name for s in job.students], only, NAME)
-        students = [s for s in job.students if s.name in names]
+        names = only_one("student", [s.name for s in trained_students(job)], only, NAME)
+        students = [s for s in trained_students(job) if s.name in names]
         return train_models(job, self, students, job.tokenize, force=force, show_progress=show_progress)
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         lines = []
         for name, counts in result.items():
             held = counts.get("heldout_loss")
+            flops = counts.get("flops", {}).get("by", {}).get("training")
+            terms = f" (CE {counts['ce_loss']:.4f}, KD {counts['kd_loss']:.4f})" if "kd_loss" in counts else ""
             lines.append(f"train {name}: {counts['step']} steps, {counts['tokens']:,} tokens, final loss "
-                         f"{counts['loss']:.4f}" + (f", held-out loss {held:.4f}" if held is not None else "")
-                         + f"; model in {job.run_dir}/models/{name}")
+                         f"{counts['loss']:.4f}{terms}" + (f", held-out loss {held:.4f}" if held is not None else "")
+                         + (f", {flops:.3g} FLOPs" if flops else "") + f"; model in {job.run_dir}/models/{name}")
         return lines
 
 

@@ -13,22 +13,30 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from miniplm import distributed
 from miniplm.config import JobConfig, StudentConfig, init_model
+from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_write_text
 from miniplm.logs import library_output
-from miniplm.models.flops import forward_flops_per_token, matmul_rate
-from miniplm.models.loading import attention_implementation
+from miniplm.compute import record
+from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
+from miniplm.models.kernels import apply_liger_layers, attention_implementation, compile_layers, linear_ce_kernel
 from miniplm.models.presets import default_lr, qwen_config
+from miniplm.replicas import training_seed
 from miniplm.rundir import RunDir
 from miniplm.training.data import RowPlan, to_tensor
+from miniplm.training.objective import NextTokenLoss, lm_state_dict
+
+
+if TYPE_CHECKING:
+    from miniplm.training.distill import Distillation
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -60,16 +68,25 @@ def deepspeed_config(student: StudentConfig, accumulation: int, bf16: bool) -> d
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31,
     }
+    if bf16 and student.zero_stage >= 1:
+        # bf16 weights for the passes, float32 master weights in the optimizer (DeepSpeed's), and
+        # gradients accumulated over micro-batches in float32: in bf16, small gradients added to a
+        # large sum vanish. DeepSpeed offers float32 accumulation with ZeRO only; stage 0 keeps bf16.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
     return deep_merge(config, student.deepspeed)
 
 
-def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, init: str | None = None):
-    """The student before its first step: random weights of its preset or config, or the weights in `init`."""
+def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, device: str = "cpu",
+                init: str | None = None):
+    """The student's Hugging Face model in float32 (DeepSpeed casts it to bf16 and keeps float32
+    master weights): random weights of its preset or config, or the weights in `init`; with
+    liger-kernel's fused layers and compiled decoder layers where asked for."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    attn = attention_implementation() if dtype == torch.bfloat16 else "sdpa"
+    attn = attention_implementation(dtype, device, choice=student.kernels)
     if init is not None:
-        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation=attn, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation=attn, dtype=torch.float32,
+                                                     device_map=device)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             raise ConfigError(f"students.{student.name}: init {init!r} embeds {model.config.vocab_size} tokens, and "
                               f"its token set's tokenizer has {len(tokenizer)}")
@@ -80,38 +97,55 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
         else:
             config = AutoConfig.from_pretrained(student.config)
             config.vocab_size = len(tokenizer)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+        with torch.device(device):  # initialised where it trains: a 1B model takes seconds on a GPU, minutes on a CPU
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     if student.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if student.compile:
+        # torch.compile fuses these layers itself; liger's Triton kernels inside compiled graphs
+        # crashed with an illegal memory access on an H200 (torch 2.11, triton 3.6)
+        compile_layers(model)
+    else:
+        apply_liger_layers(model, device, student.kernels)
     return model
 
 
-def _all_mean(value: torch.Tensor, world: int) -> float:
-    if world > 1:
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
-        value = value / world
-    return float(value)
+def objective(student: StudentConfig, model: torch.nn.Module, device: str,
+              distill: Distillation | None = None) -> NextTokenLoss:
+    """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has
+    (and, for a distilled student, its distillation)."""
+    zero3 = student.zero_stage == 3
+    kernel = linear_ce_kernel(device, student.kernels, weight_in_backward=not zero3)
+    return NextTokenLoss(model, kernel, zero3=zero3, distill=distill)
 
 
-def _loss(engine, batch: torch.Tensor) -> torch.Tensor:
-    logits = engine(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+def heldout_batches(n_rows: int, rank: int, world: int, micro: int) -> list[list[int | None]]:
+    """This rank's micro-batches of the first `n_rows` rows, None where it pads. Every rank gets the
+    same number of full micro-batches: under ZeRO-3 each forward gathers the parameters from all
+    ranks, and a rank with one forward fewer would leave the others waiting for ever."""
+    per_rank = math.ceil(n_rows / world)
+    mine: list[int | None] = list(range(rank, n_rows, world))
+    mine += [None] * (math.ceil(per_rank / micro) * micro - len(mine))
+    return [mine[start : start + micro] for start in range(0, len(mine), micro)]
+
+
+TERMS = ("ce_loss", "kd_loss")  # what a distilled student's loss is made of, in its metrics and counts
 
 
 @torch.no_grad()
 def heldout_loss(engine, rows: TokenRows, n_rows: int, rank: int, world: int, micro: int, device: str) -> float:
     """Mean token loss over the first `n_rows` held-out rows, split among ranks."""
     engine.eval()
-    mine = list(range(rank, min(n_rows, len(rows)), world))
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for start in range(0, len(mine), micro):
-        batch = to_tensor(rows, mine[start : start + micro], device)
-        total[0] += float(_loss(engine, batch)) * batch[:, 1:].numel()
-        total[1] += batch[:, 1:].numel()
-    if world > 1:
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # on the device: no wait per batch
+    for indices in heldout_batches(min(n_rows, len(rows)), rank, world, micro):
+        batch = to_tensor(rows, [0 if i is None else i for i in indices], device)
+        batch[torch.tensor([i is None for i in indices], device=device)] = PAD  # filler: nothing predicted
+        count = (batch[:, 1:] != PAD).sum()
+        total[0] += engine(batch).double() * count
+        total[1] += count
+    loss_sum, count = distributed.all_sum(total)
     engine.train()
-    return float(total[0] / total[1]) if total[1] else float("nan")
+    return loss_sum / count if count else float("nan")
 
 
 class Metrics:
@@ -156,7 +190,7 @@ class Metrics:
 def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_progress: bool) -> dict:
     import deepspeed
 
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = distributed.rank(), distributed.world_size()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     bf16 = device.startswith("cuda")
     rows = TokenRows(rd.tokens(student.tokens))
@@ -166,17 +200,28 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         raise ConfigError(f"students.{student.name}: batch_tokens {student.batch_tokens} must be a multiple of "
                           f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})")
     accumulation = rows_per_step // (student.micro_batch * world)
-    plan = RowPlan(len(rows), rows_per_step, job.seed)
+    seed = training_seed(job, student)
+    plan = RowPlan(len(rows), rows_per_step, seed)
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
-    torch.manual_seed(job.seed)
-    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32,
+    torch.manual_seed(seed)
+    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device,
                         init_model(job, student))
+    counted = ModelFlops.of(model)
     peak_lr = student.lr or default_lr(student.preset)
+    # fused: one kernel for the whole update on the GPU (not for optimizer states offloaded to the CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
-                                  weight_decay=student.weight_decay)
+                                  weight_decay=student.weight_decay,
+                                  fused=bf16 and not student.offload_optimizer)
+    distill, teacher_flops_per_token = None, 0.0
+    if student.kd is not None:
+        from miniplm.training.distill import Distillation
+
+        distill = Distillation.for_student(job, student, rd, len(tokenizer), device, len(rows), seq_len)
+        teacher_flops_per_token = distill.teacher_flops_per_token(seq_len)
     with library_output():
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+        engine, optimizer, _, _ = deepspeed.initialize(model=objective(student, model, device, distill),
+                                                       optimizer=optimizer,
                                                        config=deepspeed_config(student, accumulation, bf16))
     work = rd.training(student.name)
     checkpoints = work / "checkpoints"
@@ -186,8 +231,10 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         step = client["step"]
         torch.set_rng_state(client["rng"])
 
-    flops_per_token = 3 * forward_flops_per_token(model.config, (seq_len + 1) / 2)  # forward + backward
+    # forward + backward of the student, and the teacher's forward when it runs in the loop
+    flops_per_token = 3 * counted.per_token((seq_len + 1) / 2) + teacher_flops_per_token
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
+    datasheet = datasheet_peak(device) if bf16 else None  # what other trainers' MFU is against
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
     bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
                disable=rank != 0 or not show_progress, dynamic_ncols=True)
@@ -197,18 +244,24 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         lr = lr_at(step, peak_lr, student.warmup_steps, student.steps, student.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = []
+        losses: dict[str, list[torch.Tensor]] = {}
         for micro in plan.micro_batches(step, rank, world, student.micro_batch):
-            loss = _loss(engine, to_tensor(rows, micro, device))
+            loss = engine(to_tensor(rows, micro, device), micro)
             engine.backward(loss)
             engine.step()
-            losses.append(loss.detach())
+            for key, value in {"loss": loss, **engine.module.terms}.items():
+                losses.setdefault(key, []).append(value.detach())
         step += 1
+        # the step's mean loss (and CE and KD terms) over ranks: waits for the step's last kernel
+        means = {key: distributed.all_mean(torch.stack(v).mean()) for key, v in losses.items()}
+        loss, terms = means.pop("loss"), means
         seconds = time.perf_counter() - started
         tokens_per_s = rows_per_step * seq_len / seconds
-        last = {"step": step, "loss": _all_mean(torch.stack(losses).mean(), world), "lr": lr,
+        last = {"step": step, "loss": loss, **terms, "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * flops_per_token / peak_flops}
+        if datasheet:
+            last["mfu_datasheet"] = tokens_per_s * flops_per_token / (datasheet * world)
         if heldout is not None and (step % student.eval_every == 0 or step == student.steps):
             last["heldout_loss"] = heldout_loss(engine, heldout, student.eval_rows, rank, world, student.micro_batch,
                                                 device)
@@ -225,7 +278,13 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     _export(engine, student, tokenizer, rd, rank)
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {"tokens": student.steps * rows_per_step * seq_len}
+    evaluations = len([s for s in range(1, student.steps + 1) if s % student.eval_every == 0 or s == student.steps])
+    heldout_rows = evaluations * min(student.eval_rows, len(heldout)) if heldout is not None else 0
+    tokens = student.steps * rows_per_step * seq_len
+    flops = record(training=3 * student.steps * rows_per_step * counted.forward(seq_len),
+                   heldout=heldout_rows * counted.forward(seq_len), teacher=tokens * teacher_flops_per_token)
+    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {k: last[k] for k in TERMS if k in last} | {
+        "tokens": tokens, "seed": seed, "flops": flops}
 
 
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
@@ -236,7 +295,7 @@ def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) ->
     out = rd.model(student.name)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    engine.module.save_pretrained(tmp, state_dict={k: v.float() for k, v in state.items()})
+    engine.module.lm.save_pretrained(tmp, state_dict={k: v.float() for k, v in lm_state_dict(state).items()})
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -230,10 +230,13 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     assert prepare.STAGE.run(job, show_progress=False) == first
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     # scratch space is gone once the stage is done
-    assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == ["docs", "job.yaml", "manifest.json"]
+    assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == [
+        "docs", "job.yaml", "manifest.json", "records"]
     manifest = json.loads((Path(job.run_dir) / "manifest.json").read_text())["stages"]["prepare"]
     assert manifest["counts"]["documents_read"] == 10 and manifest["state"] == "done"
-    assert manifest["config_hash"] == stage_config_hash(job, "prepare")
+    # the config hash covers the job's sections and the inputs' content
+    assert manifest["inputs"]["settings"] == stage_config_hash(job, "prepare")
+    assert set(manifest["inputs"]) == {"settings", "corpus.inputs.0"}
     assert load_job(Path(job.run_dir) / "job.yaml") == job  # the resolved config, as run
 
     changed = load_job(job_path, ["corpus.docs_per_shard=3"])
@@ -276,20 +279,25 @@ def test_kill_9_and_rerun_gives_the_same_shards(write_job, tmp_path):
     prepare.STAGE.run(clean, show_progress=False)
 
     job_path = write_job(inputs, name="killed.yaml", run_dir=tmp_path / "killed", docs_per_shard=1000, num_workers=1)
+    kill_9_while_reading_then_rerun(job_path, tmp_path / "killed", after_units=5, of_units=30)
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
+    assert not (tmp_path / "killed" / "work").exists()
+
+
+def kill_9_while_reading_then_rerun(job_path: Path, run_dir: Path, after_units: int, of_units: int) -> None:
+    """`miniplm prepare` in a subprocess, killed with SIGKILL once `after_units` input units are
+    done (and before all `of_units` are), then run again to the end."""
     cmd = [sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = tmp_path / "killed" / "markers" / "prepare"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(markers.glob("*.done"))) < 5:
+    proc = subprocess.Popen(cmd, cwd=job_path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = run_dir / "markers" / "prepare"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(markers.glob("*.done"))) < after_units:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list(markers.glob("*.done")))
-    assert 5 <= done_before < 30, "the kill should land while sources are being read"
-
-    subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
-    assert not (tmp_path / "killed" / "work").exists()
+    assert after_units <= done_before < of_units, "the kill should land while sources are being read"
+    subprocess.run(cmd, cwd=job_path.parent, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_bad_input_under_fail_stops_the_other_processes_too(write_job, tmp_path):
@@ -317,3 +325,77 @@ def test_limit_reads_only_the_first_records_of_each_file(write_job, mixed_inputs
     assert {f"json doc {i}\nwith two lines and ünïcödé {i}" for i in [*range(7), *range(60, 67)]} <= texts
     assert {f"parquet doc {i}  " for i in range(7)} <= texts and "parquet doc 7  " not in texts
     assert {f"  text file {i}\n\n" for i in range(7)} == {t for t in texts if t.startswith("  text file")}
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_prepare_ends_its_worker_processes_too(write_job, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b.txt"):  # reading a pipe nobody writes to blocks: a unit that never ends
+        os.mkfifo(src / name)
+    job = write_job([{"path": str(src / name), "format": "text"} for name in ("a.txt", "b.txt")], num_workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "miniplm", "prepare", str(job), "-q"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list((tmp_path / "run" / "work" / "prepare").glob(".part-*"))) < 2:
+            time.sleep(0.05)  # both workers are inside their unit (their part files exist)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "workers left running after their parent ended"
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_integer_ids_beyond_64_bits_stay_distinct(write_job, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [b'{"id": 18446744073709551616, "text": "one"}\n',
+                                             b'{"id": 18446744073709551617, "text": "two"}\n'])
+    job = load_job(write_job([{"path": str(path), "format": "jsonl", "id_field": "id"}],
+                             reference_fraction=0.0, heldout_fraction=0.0))
+    stats = prepare.STAGE.run(job, show_progress=False)
+    assert stats["kept_total"] == 2 and stats["rejected_total"] == 0
+    assert sorted(read_docs(job.run_dir)["id"]) == ["18446744073709551616", "18446744073709551617"]
+
+
+def test_an_input_that_gives_no_documents_is_warned_about(write_job, tmp_path, capsys):
+    from miniplm.cli import main
+
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "kept"}])
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"body": "no text field"}, {"body": "none here"}])
+    job = write_job([{"path": str(good), "format": "jsonl"}, {"path": str(empty), "format": "jsonl"}], num_workers=1)
+    assert main(["prepare", str(job), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"miniplm: warning: prepare: corpus.inputs.1 ({empty}) gave no documents: all 2 records read were " \
+           "rejected" in err
+    assert "corpus.inputs.0" not in err and "no document was kept" not in err
+    assert main(["prepare", str(job), "-q", "corpus.inputs.0.text_field=body", "corpus.inputs.1.text_field=nothing",
+                 f"run_dir={tmp_path / 'none'}"]) == 0
+    assert "no document was kept of 3 read" in capsys.readouterr().err

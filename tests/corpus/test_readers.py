@@ -147,3 +147,12 @@ def test_hf_hub_unreachable_is_a_counted_rejection(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     [r] = items(InputSpec(path="nobody/no-such-dataset", format="hf_hub"))
     assert r.reason == "unreadable_file" and r.file == "nobody/no-such-dataset"
+
+
+def test_a_dotted_field_reaches_into_nested_objects(tmp_path):
+    # the Pile: {"text": ..., "meta": {"pile_set_name": "ArXiv"}}
+    rows = [{"text": "a", "meta": {"pile_set_name": "ArXiv"}}, {"text": "b", "meta": {}}, {"text": "c", "meta": 3},
+            {"text": "d", "meta.pile_set_name": "flat key"}]
+    spec = InputSpec(path=str(write_jsonl(tmp_path / "pile.jsonl", rows)), format="jsonl",
+                     source_field="meta.pile_set_name")
+    assert [d.source for d in items(spec)] == ["ArXiv", None, None, "flat key"]

@@ -88,7 +88,7 @@ def test_models_split_over_workers_give_the_same_results(evaluated, tmp_path):
     assert evaluate.STAGE.run(job2, Worker(1, 2), show_progress=False) is None  # models 1 and 3 done, 0 and 2 left
     assert sorted(p.stem for p in (copy / "eval" / "models").glob("*.json")) == ["on-random", "other-ref"]
     counts = evaluate.STAGE.run(job2, Worker(0, 2), show_progress=False)
-    assert set(counts) == {"on-selected", "on-random", "teacher", "other-ref"}
+    assert set(counts) == {"on-selected", "on-random", "teacher", "other-ref", "flops"}
     def without_paths(run):  # the students' folders differ; everything else must not
         results = json.loads((run / "eval" / "results.json").read_text())
         return {name: {k: v for k, v in r.items() if k != "model"} for name, r in results.items()}

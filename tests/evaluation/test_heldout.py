@@ -49,3 +49,25 @@ def test_float32_model_agrees_closely(tiny_models):
     expected, _ = plain_loss(model64, tokenizer, TEXTS)
     assert lm_loss(model32, tokenizer, TEXTS, max_length=1024, show_progress=False)["loss"] == pytest.approx(
         expected, rel=1e-5)
+
+
+def test_packed_loss_is_the_plain_loss_over_the_packed_instances(tiny_models):
+    import numpy as np
+
+    from miniplm.scoring.instances import Boundaries, cut_points
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    stream = [t for text in TEXTS for t in tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    ends = cut_points(Boundaries.for_tokenizer(tokenizer).mask(np.array(stream)), 8 + 1)
+    nll, count = 0.0, 0
+    spans = [(a, b) for a, b in zip([0, *ends[:-1]], ends) if b - a > 1]  # a lone last token predicts nothing
+    for a, b in spans:
+        instance = torch.tensor([stream[a:b]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(instance[:, :-1]).logits.double(), dim=-1)
+        nll -= float(logp[0].gather(1, instance[0, 1:, None]).sum())
+        count += b - a - 1
+    got = lm_loss(model, tokenizer, TEXTS, max_length=8, batch_tokens=64, show_progress=False)["packed"]
+    assert got["tokens"] == count and got["instances"] == len(spans)
+    assert got["loss"] == pytest.approx(nll / count, rel=1e-9)

@@ -73,7 +73,8 @@ def test_rows_equal_a_plain_generate_call(tiny_models, tmp_path):
             n = 7 + stop + (stop < 10) - 1
             expected_flops += n * forward_flops_per_token(model.config, (n + 1) / 2)
     assert counts["rows"] == rows.height == 2 * counts["prompts"]
-    assert counts["flops"] == pytest.approx(expected_flops)
+    assert counts["flops"]["total"] == pytest.approx(expected_flops)
+    assert counts["flops"]["by"] == {"generation": counts["flops"]["total"]}
     assert counts["finish_reasons"]["eos"] + counts["finish_reasons"]["length"] == rows.height
     assert "Generated corpus: seqkd" in rd.report_page.read_text()
 

@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 
 from miniplm.config import ConfigError
-from miniplm.models.loading import (SMOLLM2, attention_implementation, check_same_tokenizer, load_model,
-                                    load_tokenizer, looks_loadable, pick_dtype)
+from miniplm.models.kernels import attention_implementation
+from miniplm.models.loading import SMOLLM2, check_same_tokenizer, load_model, load_tokenizer, looks_loadable, pick_dtype
 
 
 def test_dtype_and_attention_defaults():
@@ -13,8 +13,13 @@ def test_dtype_and_attention_defaults():
     assert pick_dtype("auto", "cpu") == torch.float32
     assert pick_dtype("auto", "cuda:0") == torch.bfloat16
     assert pick_dtype("float64", "cpu") == torch.float64
+    assert attention_implementation(torch.float32, "cpu") == attention_implementation(torch.bfloat16, "cpu") == "sdpa"
+    assert attention_implementation(torch.bfloat16, "cpu", packed=True) == "sdpa"  # the dense block mask
     expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-    assert attention_implementation() == expected
+    assert attention_implementation(torch.bfloat16, "cuda:0") == expected
+    packed = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+    assert attention_implementation(torch.bfloat16, "cuda:0", packed=True) == packed
+    assert attention_implementation(torch.float32, "cuda:0") == "sdpa"
 
 
 def test_model_names_that_can_be_tried(tmp_path):

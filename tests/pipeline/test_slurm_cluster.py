@@ -88,11 +88,13 @@ def test_failed_array_task_is_reported_and_only_its_shard_resubmitted(slurm_clus
     cwd = job_file.parent
     run_dir = cwd / "with-failure"
     _miniplm("prepare", job_file, f"run_dir={run_dir}", "-q", cwd=cwd)
-    shard = run_dir / "docs" / "main" / "shard-00001.parquet"
     n_shards = len(list((run_dir / "docs" / "main").glob("*.parquet")))
     assert n_shards >= 3
-    original = shard.read_bytes()
-    shard.write_bytes(b"not a parquet file")  # score's task 1 (it owns shard 1) fails on it
+    # score's task 1 (it owns shard 1) fails on a file where that shard keeps its resume points (a
+    # damaged document shard would stop every task: each checks what it reads before starting)
+    blocker = run_dir / "work" / "score" / "shard-00001"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
 
     _miniplm("slurm", job_file, f"run_dir={run_dir}", cwd=cwd)
     _wait_for_queue(run_dir)
@@ -102,12 +104,12 @@ def test_failed_array_task_is_reported_and_only_its_shard_resubmitted(slurm_clus
     assert failed, status.stdout
     log = Path(failed.group(2))
     assert log == run_dir.absolute() / "logs" / f"score-{failed.group(1)}_1.log" and log.exists()
-    assert "shard-00001.parquet" in log.read_text()
+    assert "work/score/shard-00001" in log.read_text()
     assert re.search(rf"^score +\w+ +{n_shards - 1}/{n_shards} shards +job \d+: {n_shards - 1} completed, 1 failed",
                      status.stdout, flags=re.M), status.stdout
     assert re.search(r"^select +waiting .* not run", status.stdout, flags=re.M), status.stdout
 
-    shard.write_bytes(original)
+    blocker.unlink()
     again = _miniplm("slurm", job_file, f"run_dir={run_dir}", cwd=cwd)
     assert re.search(rf"score +array 1 of {n_shards} tasks \(1 of {n_shards} shards to do\): job \d+", again.stdout)
     assert "#SBATCH --array=1%2\n" in (run_dir / "slurm" / "score.sbatch").read_text()

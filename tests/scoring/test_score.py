@@ -17,7 +17,9 @@ from miniplm.rundir import RunDir
 from miniplm.workers import Worker
 from miniplm.scoring import score
 from miniplm.progress import TokenRate
+from miniplm.scoring.logprobs import Scorer
 from miniplm.scoring.score import ShardTokens
+from miniplm.scoring.windows import windows_for
 
 from tests.conftest import write_jsonl
 
@@ -39,8 +41,9 @@ def reference_sum(model, bos: int, tokens: list[int], max_length: int, stride: i
     return total
 
 
+@pytest.mark.parametrize("packing", ["padded", "packed"])
 @pytest.mark.parametrize("stride", [0, 5])
-def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
+def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride, packing):
     max_length = 16
     lengths = [1, 2, 7, 15, 16, 17, 31, 32, 33, 40, 47, 48]
     rng = np.random.default_rng(0)
@@ -55,11 +58,32 @@ def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride):
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
     from tqdm import tqdm
 
-    table = score.score_shard(job, shard, models, bos, "cpu", rd, TokenRate(tqdm(disable=True)))
+    scorer = Scorer(models, bos, "cpu", packed=packing == "packed", batch_tokens=job.score.batch_tokens)
+    assert len(scorer.plan([w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)])) > 1
+    table = score.score_shard(job, shard, scorer, rd, TokenRate(tqdm(disable=True)))
     assert table["n_tokens"].to_pylist() == lengths
     for name in ("teacher", "reference"):
         expected = [reference_sum(models[name], bos, s.tolist(), max_length, stride) for s in sequences]
         np.testing.assert_allclose(table[f"{name}_logprob"].to_numpy(), expected, rtol=1e-6)
+
+
+def hand_count(n_tokens: list[int], max_length=32, stride=8) -> float:
+    """Scoring FLOPs of one tiny model (hidden 32, FFN 64, 2 layers, 4 heads of 8, 2 key/value
+    heads, vocabulary 300) over documents of these lengths, read in windows of 32 inputs that
+    repeat 8 tokens of context."""
+    body = 2 * 2 * (32 * 32 + 32 * 16 + 32 * 16 + 32 * 32 + 3 * 32 * 64)  # q, k, v, o and the MLP
+    head = 2 * 32 * 300
+    pair = 2 * 4 * 32  # per (query, key): scores and values, both layers
+    total = 0.0
+    for n in n_tokens:
+        windows = [(min(n, max_length), min(n, max_length))] if n else []  # (inputs, scored)
+        covered = min(n, max_length)
+        while covered < n:
+            length = min(n - covered + stride, max_length)
+            windows.append((length, length - stride))
+            covered += length - stride
+        total += sum(m * body + s * head + pair * m * (m + 1) / 2 for m, s in windows)
+    return total
 
 
 def _job_file(tmp_path: Path, tiny_models, reference_key="reference", **corpus) -> Path:
@@ -93,7 +117,12 @@ def test_score_stage_matches_the_models_directly(tiny_models, tmp_path):
     assert scores.columns == ["id", "source", "n_tokens", "doc_tokens", "teacher_logprob", "reference_logprob"]
     assert scores["doc_tokens"].to_list() == scores["n_tokens"].to_list()
     assert scores["id"].to_list() == docs["id"].to_list()  # shard by shard, in document order
-    assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": 4}
+    flops = counts.pop("flops")
+    shards = len(RunDir(job.run_dir).doc_shards("main"))
+    assert shards >= 3  # more than one shard, so shard order is exercised
+    assert counts == {"rows": docs.height, "tokens": scores["n_tokens"].sum(), "shards": shards}
+    assert flops["by"]["teacher"] == pytest.approx(hand_count(scores["n_tokens"].to_list()))
+    assert flops["total"] == pytest.approx(2 * hand_count(scores["n_tokens"].to_list()))  # the same shape twice
 
     tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
@@ -136,10 +165,12 @@ def test_token_logprobs_and_instances(tiny_models, tmp_path):
 
     instances = load_job(_job_file(tmp_path, tiny_models), ["score.unit=instance", f"run_dir={tmp_path / 'inst'}"])
     prepare.STAGE.run(instances, show_progress=False)
-    score.STAGE.run(instances, show_progress=False)
+    counts = score.STAGE.run(instances, show_progress=False)
     rows = pl.read_parquet(str(tmp_path / "inst" / "scores" / "*.parquet"))
-    assert set(rows.columns) >= {"id", "n_tokens", "teacher_logprob", "reference_logprob", "docs"}
-    assert (rows["n_tokens"] <= 32).all()
+    assert set(rows.columns) >= {"id", "source", "n_tokens", "teacher_logprob", "reference_logprob", "input_ids", "docs"}
+    # an instance is at most max_length + 1 tokens, read with its first token as context (no BOS)
+    assert (rows["input_ids"].list.len() <= 33).all()
+    assert rows["n_tokens"].to_list() == [max(n - 1, 0) for n in rows["input_ids"].list.len()]
     # every document's tokens, plus its EOS, appear in exactly one place
     covered = {}
     for pieces in rows["docs"].to_list():
@@ -147,7 +178,21 @@ def test_token_logprobs_and_instances(tiny_models, tmp_path):
             covered.setdefault(p["id"], []).append((p["start"], p["end"]))
     main_ids = pl.concat([pl.read_parquet(p) for p in RunDir(instances.run_dir).doc_shards("main")])["id"]
     assert set(covered) == set(main_ids)
-    assert sum(e - s for spans in covered.values() for s, e in spans) == rows["n_tokens"].sum()
+    assert sum(e - s for spans in covered.values() for s, e in spans) == rows["input_ids"].list.len().sum()
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
+    for row in rows.filter(pl.col("n_tokens") > 0).head(8).iter_rows(named=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([row["input_ids"][:-1]])).logits[0].double(), -1)
+        expected = float(logp.gather(1, torch.tensor(row["input_ids"][1:])[:, None]).sum())
+        assert row["teacher_logprob"] == pytest.approx(expected, rel=1e-5)
+    # FLOPs: each model reads every instance once, n_tokens inputs all projected
+    flops = counts["flops"]["by"]
+    from miniplm.models.flops import model_flops
+
+    for name in ("teacher", "reference"):
+        f = model_flops(tiny_models[name])
+        expected = sum(n * (f.body + f.head) + f.attention * n * (n + 1) / 2 for n in rows["n_tokens"])
+        assert flops[name] == pytest.approx(expected)
 
 
 def test_two_workers_write_exactly_what_one_writes(tiny_models, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def make_scored_run(tmp_path: Path, name="run", **select_cfg):
         d.select("id", "source").with_columns(
             n_tokens=n, teacher_logprob=-1.0 * n, reference_logprob=(-1.0 - i / 100) * n
         ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
-    rd.update_stage("score", state="done", config_hash="synthetic", counts={})
+    rd.start_stage("score", "synthetic", outputs=["scores"])
+    rd.finish_stage("score", {})  # records what it wrote, as the score stage does
     return job
 
 
@@ -103,6 +105,7 @@ def test_report_survives_odd_source_names(tmp_path):
     job = make_scored_run(tmp_path)
     scores = Path(job.run_dir) / "scores" / "shard-00000.parquet"
     pl.read_parquet(scores).with_columns(source=pl.lit("$\\frac <b>&$5")).write_parquet(scores)
+    RunDir(job.run_dir).finish_stage("score", {})  # as if score had written these
     select.STAGE.run(job, show_progress=False)
     page = (Path(job.run_dir) / "report" / "index.html").read_text()
     assert "$\\frac &lt;b&gt;&amp;$5" in page and "<b>&$5" not in page
@@ -154,7 +157,7 @@ def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     finally:
         driver.quit()
     assert len(images) == 4 and all(done and w > 200 and h > 200 for done, w, h in images), images
-    assert [c for c, _ in tables] == ["counts", "sources", "examples", "examples", "examples"]
+    assert [c for c, _ in tables] == ["counts", "sources", "drops", "drop-reasons", "examples", "examples", "examples"]
     assert all(rows > 1 for _, rows in tables)
 
 
@@ -176,3 +179,44 @@ def test_select_needs_finished_scores(tmp_path):
     RunDir(job.run_dir).update_stage("score", state="running")
     with pytest.raises(StageError, match="run `miniplm score` first"):
         select.STAGE.run(job, show_progress=False)
+
+
+def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_damaged(tmp_path, capsys):
+    from miniplm.cli import main
+    from miniplm.errors import StageError
+
+    job = make_scored_run(tmp_path)
+    scores = Path(job.run_dir) / "scores"
+    (scores / "shard-00002.parquet").unlink()
+    with pytest.raises(StageError, match=r"scores/shard-00002\.parquet: missing \(score wrote it\); run "
+                                         r"`miniplm score --force` to redo score"):
+        select.STAGE.run(job, show_progress=False)
+    assert not (Path(job.run_dir) / "selected").exists()
+    # (hub ids that status never loads, so that the job has a score step)
+    assert main(["status", str(tmp_path / "run.yaml"), "teacher.model=org/t", "reference.model=org/r"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^score +damaged", out, re.M) and re.search(r"^prepare +done", out, re.M)
+    assert "score: damaged: " in out and "scores/shard-00002.parquet: missing; run `miniplm score --force`" in out
+
+    job = make_scored_run(tmp_path, name="cut")
+    shard = Path(job.run_dir) / "docs" / "main" / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])  # a copy that stopped short
+    with pytest.raises(StageError, match=r"docs/main/shard-00001\.parquet: damaged: .* bytes where prepare "
+                                         r"wrote .*; run `miniplm prepare --force`"):
+        select.STAGE.run(job, show_progress=False)
+
+    job = make_scored_run(tmp_path, name="stray")
+    shutil.copy(scores / "shard-00000.parquet", Path(job.run_dir) / "scores" / "shard-00009.parquet")
+    with pytest.raises(StageError, match=r"scores/shard-00009\.parquet: not written by score in this run"):
+        select.STAGE.run(job, show_progress=False)
+
+
+def test_nothing_kept_is_warned_about(tmp_path, capsys):
+    from miniplm.cli import main
+
+    make_scored_run(tmp_path)
+    assert main(["select", str(tmp_path / "run.yaml"), "-q", "select.min_teacher_logprob=0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "kept 0 of 200 documents" in captured.out
+    assert "miniplm: warning: select: nothing was kept of 200 scored documents (low_teacher_logprob 200)" \
+        in captured.err

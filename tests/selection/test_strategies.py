@@ -37,12 +37,16 @@ def test_difference_top_fraction_with_ties_broken_by_id():
     assert kept(SelectConfig(keep_fraction=1.0)) == list("abcdefgh")
 
 
-def test_token_budget_keeps_the_longest_prefix_that_fits():
-    # ranking h(2) a(10) b(20) g(30) c(10) d(40) e f
+def test_token_budget_keeps_whatever_still_fits_in_rank_order():
+    # ranking h(2) a(10) b(20) g(30) c(10) d(40) e(10) f(10)
     assert kept(SelectConfig(keep_tokens=32)) == ["a", "b", "h"]
     assert kept(SelectConfig(keep_tokens=62)) == ["a", "b", "g", "h"]
-    assert kept(SelectConfig(keep_tokens=61)) == ["a", "b", "h"]
+    # g (30) does not fit in the 29 left after h, a, b: c and e fill the budget (d and f do not fit)
+    assert kept(SelectConfig(keep_tokens=61)) == ["a", "b", "c", "e", "h"]
     assert kept(SelectConfig(keep_tokens=1)) == []
+    # a fraction of the 132 scored tokens: 0.25 -> 33 (h a b, then nothing of 10 or less fits in 1)
+    assert kept(SelectConfig(keep_token_fraction=0.25)) == ["a", "b", "h"]
+    assert kept(SelectConfig(keep_token_fraction=0.5)) == ["a", "b", "g", "h"]  # 66: 62, and no 4-token unit left
 
 
 def test_noise_filter_and_counts_by_reason():
@@ -52,6 +56,7 @@ def test_noise_filter_and_counts_by_reason():
     reasons = dict(d.filter(~pl.col("kept")).select("id", "reason").iter_rows())
     assert reasons == {"h": "too_few_tokens", "f": "low_teacher_logprob", "d": "below_cut", "e": "below_cut"}
     assert counts(d) == {"scored": 8, "kept": 4, "tokens_scored": 132, "tokens_kept": 70,
+                         "kept_fraction": {"units": 0.5, "tokens": 70 / 132},
                          "dropped": {"non_finite_score": 0, "too_few_tokens": 1, "low_teacher_logprob": 1,
                                      "source_cap": 0, "below_cut": 2}}
     assert d.filter(pl.col("id") == "a")["score"][0] == pytest.approx(3.0)
@@ -87,8 +92,13 @@ def test_random_and_sampled_are_seeded_and_order_free():
 
 
 def test_both_budgets_is_a_config_error():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="give one budget"):
         SelectConfig(keep_fraction=0.3, keep_tokens=100)
+    with pytest.raises(ValueError, match="give one budget"):
+        SelectConfig(keep_tokens=100, keep_token_fraction=0.5)
+    assert SelectConfig(keep_fraction=None, keep_token_fraction=0.5).keep_token_fraction == 0.5
+    with pytest.raises(ValueError, match="give a budget"):
+        SelectConfig(keep_fraction=None)
 
 
 def test_random_and_sampled_selections_are_exactly_the_documented_draws():

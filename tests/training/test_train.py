@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import write_jsonl
+from tests.training.runs import copy_run, kill_when, tokenized_run
+from tests.training.runs import metrics as read_metrics
 
 STEPS = 30
 
@@ -21,46 +20,30 @@ STEPS = 30
 @pytest.fixture(scope="module")
 def tokenized(tiny_models, tmp_path_factory):
     """A prepared and tokenized run directory to copy: 'main' rows to train on, 'held' for held-out loss."""
-    root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    words = "the god created heaven earth def return print import path numbers fox dog".split()
-    write_jsonl(root / "docs.jsonl", [{"text": " ".join(rng.choice(words, size=rng.integers(5, 60)))} for _ in range(120)])
-    job = {"run_dir": str(root / "base"), "seed": 1,
-           "corpus": {"inputs": [{"path": str(root / "docs.jsonl"), "format": "jsonl"}], "docs_per_shard": 50,
-                      "reference_fraction": 0.0, "heldout_fraction": 0.15},
-           "teacher": {"model": tiny_models["teacher"]},
-           "tokenize": [{"name": "main", "input": "main", "seq_len": 64}, {"name": "held", "input": "heldout", "seq_len": 64}],
-           "students": [{"name": "s", "preset": "tiny", "tokens": "main", "heldout": "held", "steps": STEPS,
-                         "batch_tokens": 512, "micro_batch": 4, "warmup_steps": 3, "eval_every": 6, "eval_rows": 32,
-                         "checkpoint_every": 4, "log_rows": True}]}
-    (root / "base.yaml").write_text(yaml.safe_dump(job))
-    for stage in ("prepare", "tokenize"):
-        subprocess.run([sys.executable, "-m", "miniplm", stage, str(root / "base.yaml"), "-q"], check=True,
-                       capture_output=True)
-    return root, job
+    student = {"name": "s", "preset": "tiny", "tokens": "main", "heldout": "held", "steps": STEPS, "batch_tokens": 512,
+               "micro_batch": 4, "warmup_steps": 3, "eval_every": 6, "eval_rows": 32, "checkpoint_every": 4,
+               "log_rows": True}
+    return tokenized_run(tmp_path_factory.mktemp("train"), tiny_models["teacher"], {"students": [student]})
 
 
 def _copy(tokenized, name: str) -> Path:
-    import shutil
-
-    root, job = tokenized
-    shutil.copytree(root / "base", root / name)
-    job = {**job, "run_dir": str(root / name)}
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return copy_run(tokenized, name)
 
 
 def _train(job_path: Path, *launcher: str) -> subprocess.CompletedProcess:
     cmd = [*launcher, "-m", "miniplm", "train", str(job_path), "-q"] if launcher else \
         [sys.executable, "-m", "miniplm", "train", str(job_path), "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(_extensions(job_path))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _extensions(job_path: Path) -> Path:
+    """Where a run's C++ ops would be built: training builds none (a build killed midway hangs later starts)."""
+    return job_path.with_name(job_path.stem + "-torch-extensions")
 
 
 def _metrics(job_path: Path) -> dict[int, dict]:
-    run_dir = Path(yaml.safe_load(job_path.read_text())["run_dir"])
-    lines = [json.loads(line) for line in (run_dir / "train" / "s" / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m for m in lines}
+    return read_metrics(job_path, "s")
 
 
 def _assert_same_curve(got: dict[int, dict], clean: dict[int, dict], **tolerance) -> None:
@@ -83,15 +66,7 @@ def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninter
     _, clean = uninterrupted
     path = _copy(tokenized, "killed")
     metrics = Path(yaml.safe_load(path.read_text())["run_dir"]) / "train" / "s" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "miniplm", "train", str(path), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 10:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(["train", str(path)], lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 10)
     logged = len(metrics.read_text().splitlines())
     assert 10 <= logged < STEPS, f"the kill landed after step {logged}"
 
@@ -114,6 +89,7 @@ def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupte
     result = _train(path, sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_port", str(29600 + os.getpid() % 300))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not _extensions(path).exists(), "a process group start built a C++ op"
     two = _metrics(path)
     _assert_same_curve(two, clean, rel=1e-4)
     assert two[STEPS]["heldout_loss"] == pytest.approx(clean[STEPS]["heldout_loss"], rel=1e-4)

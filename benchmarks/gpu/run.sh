@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The GPU check in one call, for a bare GPU machine without a network (one H100 or H200):
+#
+#   bash benchmarks/gpu/build_wheels.sh     # here, once: what the GPU machine lacks, as wheels in .whl/gpu/
+#   bash benchmarks/gpu/run.sh --out DIR    # there, with .whl/gpu/ carried along: about 10 minutes
+#   bash benchmarks/gpu/run.sh --cpu        # here: the same steps, tiny, on the CPU, in a fresh venv that
+#                                           # has only what the GPU image has, plus .whl/gpu/
+#   bash benchmarks/gpu/run.sh --steps tests,train   # only these steps (install always runs)
+#
+# Steps, each with its own time limit; one that fails or runs out of time is reported in the
+# table and the others still run:
+#   install        the wheels: pip install --no-index --no-deps --target (the machine's packages stay)
+#   tests          pytest -m gpu (tests/gpu/); with --cpu, the CPU tests of the same code paths
+#   demo-teacher   a BPE tokenizer and a small teacher trained from scratch (jobs/demo-gpu-teacher.yaml)
+#   demo           `miniplm run jobs/demo-gpu.yaml`: the pipeline end to end, in bf16 on a GPU
+#   score          benchmarks/score_bench.py at the paper's shapes, the plain loop in the same run
+#   train          benchmarks/train_bench.py for qwen-1.2b and qwen-200m, plain torch in the same run
+# Then benchmarks/gpu/table.py prints one table (card, figure, ratio to naive, fraction of limit,
+# target), also written to OUT/table.md. Logs are in OUT/logs/.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+mode=gpu
+out=""
+only=",tests,demo-teacher,demo,score,train,"
+while (($#)); do
+    case $1 in
+        --cpu) mode=cpu ;;
+        --out) out=$2; shift ;;
+        --steps) only=",$2,"; shift ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+out=$(mkdir -p "${out:-runs/gpu-check-$mode}" && cd "${out:-runs/gpu-check-$mode}" && pwd)
+work=${MINIPLM_GPU_WORK:-/tmp/miniplm-gpu-$mode}   # installed packages and run directories: not sent back
+wheels=$repo/.whl/gpu
+rm -rf "$work" "$out/logs" "$out"/*.jsonl "$out/table.md"
+mkdir -p "$work" "$out/logs"
+: >"$out/steps.jsonl"
+: >"$out/bench.jsonl"
+
+step() { # step NAME LIMIT_SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    [[ $name == install || $only == *,$name,* ]] || return 0
+    local start rc seconds
+    start=$(date +%s.%N)
+    echo "== $name (at most $limit s)"
+    timeout --kill-after=15 "$limit" "$@" >"$out/logs/$name.log" 2>&1
+    rc=$?
+    seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    printf '{"step": "%s", "rc": %d, "seconds": %s, "limit": %d}\n' "$name" "$rc" "$seconds" "$limit" >>"$out/steps.jsonl"
+    echo "   exit $rc after $seconds s"
+    tail -n 2 "$out/logs/$name.log" | cut -c1-200 | sed 's/^/   | /'
+}
+
+if [[ $mode == cpu ]]; then
+    # What the GPU machine's image holds (Python, torch, transformers 5.17 and the rest), on this
+    # machine's Python with the CPU build of torch; made once and kept between runs.
+    image=${MINIPLM_GPU_IMAGE:-/tmp/miniplm-gpu-image}
+    image_packages=(torch==2.13.0 transformers==5.17.0 tokenizers accelerate pyarrow pandas numpy tqdm jinja2
+        matplotlib pyyaml xxhash safetensors scipy psutil pytest pytest-timeout)
+    if [[ ! -x $image/bin/python || $(cat "$image/.packages" 2>/dev/null) != "${image_packages[*]}" ]]; then
+        echo "== image: a venv with the GPU image's packages at $image (once; a few minutes)"
+        rm -rf "$image"
+        python3 -m venv "$image" && "$image/bin/python" -m pip install -q "${image_packages[@]}" \
+            >"$out/logs/image.log" 2>&1 || { echo "could not build $image; see $out/logs/image.log" >&2; exit 1; }
+        echo "${image_packages[*]}" >"$image/.packages"
+    fi
+    py=$image/bin/python
+    carried=$( (git ls-files -co --exclude-standard -z | xargs -0 cat; find "$wheels" -type f -exec cat {} +) | wc -c)
+    echo "== a device call would carry $((carried >> 20)) MiB (the working tree and .whl/gpu/; at most 64)"
+    ((carried < 64 << 20)) || echo "   over the 64 MiB a device call carries" >&2
+else
+    py=${PYTHON:-python3}
+fi
+[[ -d $wheels ]] || echo "run.sh: no $wheels; run benchmarks/gpu/build_wheels.sh on a machine with a network first" >&2
+
+site=$work/site
+step install 40 "$py" -m pip install --no-index --no-deps --find-links "$wheels" --target "$site" \
+    -r benchmarks/gpu/requirements.txt
+export PYTHONPATH=$repo:$site
+export TORCH_EXTENSIONS_DIR=$work/torch_extensions HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$py" -c "import torch, transformers
+card = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU (no GPU)'
+print(f'{card}; torch {torch.__version__}, transformers {transformers.__version__}')" >"$out/card.txt" 2>&1
+echo "== on $(cat "$out/card.txt")"
+
+demo=$work/demo
+teacher_job=(jobs/demo-gpu-teacher.yaml "run_dir=$demo/teacher" "tokenize.0.tokenizer=$demo/tokenizer")
+demo_job=(jobs/demo-gpu.yaml "run_dir=$demo/run" "teacher.model=$demo/teacher/models/teacher")
+if [[ $mode == cpu ]]; then
+    tests=(tests/gpu tests/test_distributed.py tests/models/test_linear_ce.py tests/scoring/test_packing.py)
+    limits=(900 900 1200 900 900)
+    small="students.0.batch_tokens=2048 students.0.micro_batch=8 students.0.steps=3"
+    teacher_job+=(corpus.inputs.0.limit=30 tokenize.0.seq_len=128 students.0.preset=tiny $small)
+    demo_job+=(corpus.inputs.0.limit=30 score.packing=packed score.max_length=256 score.batch_tokens=2048
+        reference.train.preset=tiny reference.train.steps=3 reference.train.batch_tokens=2048
+        reference.train.micro_batch=8 $small ${small//students.0/students.1} students.0.preset=tiny
+        students.1.preset=tiny)
+    score_args=(--shape tiny --docs 16 --batch-tokens 2048)
+    train_args=(--preset tiny --steps 2 --seq-len 64 --micro 2)
+    vocab=1024
+else
+    tests=(-m gpu tests/gpu)
+    limits=(120 100 120 130 100)
+    score_args=(--shape qwen-1.8b ref-104m --compile)
+    train_args=(--preset qwen-1.2b qwen-200m --compile --steps 6)
+    vocab=8192
+fi
+
+step tests "${limits[0]}" "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
+step demo-teacher "${limits[1]}" bash -c "set -e
+    '$py' benchmarks/gpu/make_tokenizer.py '$demo/tokenizer' --vocab $vocab
+    for stage in prepare tokenize train; do '$py' -m miniplm \$stage ${teacher_job[*]} -q; done"
+step demo "${limits[2]}" "$py" -m miniplm run "${demo_job[@]}" -q
+step score "${limits[3]}" "$py" benchmarks/score_bench.py "${score_args[@]}" --json "$out/bench.jsonl"
+step train "${limits[4]}" "$py" benchmarks/train_bench.py "${train_args[@]}" --json "$out/bench.jsonl"
+cp "$demo/run/eval/comparison.md" "$out/demo-comparison.md" 2>/dev/null
+python3 benchmarks/gpu/table.py "$out"

@@ -1,0 +1,107 @@
+"""What a run spent, in FLOPs, and the compute behind each student's results.
+
+Recording: every stage that runs a model puts `flops` into the counts it
+finishes with (so into the manifest), made by `record`: FLOPs per part of its
+work (`teacher`, `reference`, `training`, ...) and their total. Counts are
+model FLOPs (models/flops.py): every matmul, a forward once, training three
+times (forward and backward; recomputation under gradient checkpointing not
+counted), over the sequences the work is defined by: a scored document's
+windows, an instance, a training row's seq_len positions (a padded instance
+row included), an evaluated text's windows. Padding added to fill a batch is
+not counted, and a killed and resumed run records what an uninterrupted one
+does.
+
+Charging: a student's compute is its own training plus its share of the work
+its training data and starting weights needed. That work is manifest entries
+(`upstream`): the selected text needed the reference's training (when this
+run trains it) and the scoring by teacher and reference; a generated corpus
+its generate entry; a mix the work of every set it draws on; a student
+started from pruned weights the prune entry; offline KD the teacher-logits set
+it reads. Each entry's FLOPs are split equally over the job's students that
+need it (a student's seed replicas repeat one experiment: each carries the
+student's full share). A student on a random selection or a split is charged
+its training alone: it needs no scores. An online-KD student's training
+includes the teacher's forward passes in the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miniplm.config import JobConfig, StudentConfig
+from miniplm.replicas import base_name, trained_students
+from miniplm.rundir import RunDir
+
+# Per token-set input, the manifest entries whose work a student trained on it shares.
+UPSTREAM: dict[str, tuple[str, ...]] = {"selected": ("train/reference", "score")}
+
+RULE = ("Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
+        "student's total is its own training plus an equal share, among the students that need it, of the work "
+        "its data and starting weights needed: for selected text the reference's training (when the run trains "
+        "it) and the teacher's and the reference's scoring; for teacher-written text its generation; for a mix "
+        "the work of each set it draws on; for pruned weights the pruning; for offline KD the stored teacher "
+        "log-probs. Seed replicas repeat one student and each carries its full share. A student on a random "
+        "selection or a split is charged its training alone. An online-KD student's training includes the "
+        "teacher's forward passes.")
+
+
+def record(**flops: float) -> dict[str, Any]:
+    """The `flops` entry of a stage's counts: FLOPs per part of its work, and the total."""
+    by = {name: float(value) for name, value in flops.items()}
+    return {"by": by, "total": float(sum(by.values()))}
+
+
+def spent(rd: RunDir, entry: str, part: str | None = None) -> float | None:
+    """The FLOPs a finished manifest entry recorded (in all, or for one part of its work); None when
+    it is not done or recorded none."""
+    state = rd.stage_state(entry)
+    if state.get("state") != "done":
+        return None
+    flops = state.get("counts", {}).get("flops")
+    if flops is None:
+        return None
+    return float(flops["total"] if part is None else flops["by"].get(part, 0.0))
+
+
+def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
+    """The manifest entries whose work a student's data, starting weights and stored teacher log-probs needed."""
+    sets = {t.name: t for t in job.tokenize}
+    entries: set[str] = set()
+    pending = [student.tokens]
+    while pending:
+        token_set = sets.get(pending.pop())
+        if token_set is None:
+            continue
+        if token_set.mix is not None:
+            pending += list(token_set.mix)
+        elif token_set.generated is not None:
+            entries.add(f"generate/{token_set.generated}")
+        else:
+            entries.update(UPSTREAM.get(token_set.input, ()))
+    if job.reference is None or job.reference.train is None:
+        entries.discard("train/reference")
+    if student.init is not None and any(p.name == student.init for p in job.prune):
+        entries.add(f"prune/{student.init}")
+    if student.kd is not None and student.kd.source == "offline":
+        entries.add(f"teacher-logits/{student.kd.logits}")
+    return entries
+
+
+def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | None]]:
+    """Per trained student (seed replicas included): its training FLOPs (with an online teacher's),
+    its share of the work it needed (`upstream`), and the total; None where a stage recorded nothing."""
+    students = trained_students(job)
+    needs = {s.name: upstream(job, s) for s in students}
+    out: dict[str, dict[str, float | None]] = {}
+    for student in students:
+        share: float | None = 0.0
+        for entry in sorted(needs[student.name]):
+            sharing = {base_name(s.name) for s in students if entry in needs[s.name]}
+            cost = spent(rd, entry)
+            share = share + cost / len(sharing) if share is not None and cost is not None else None
+        training = spent(rd, f"train/{student.name}", "training")  # its held-out evaluations made nothing
+        if training is not None:  # online KD: the teacher's forward passes in the loop
+            training += spent(rd, f"train/{student.name}", "teacher") or 0.0
+        total = training + share if training is not None and share is not None else None
+        out[student.name] = {"training": training, "shared": share, "total": total}
+    return out

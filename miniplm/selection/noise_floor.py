@@ -1,0 +1,76 @@
+"""The noise floor: documents the teacher finds far harder per token than the rest of the corpus.
+
+With a weak reference the difference score ranks some noise high (text the reference cannot model
+either), so the selection first drops what the teacher itself scores as an outlier. A fixed
+threshold depends on the teacher; `auto` (the default) adapts to it: the floor sits `k` median
+absolute deviations below the median teacher log-prob per token of the scored documents (those
+still in the running after the non-finite and length checks), a rule that a minority of noise
+cannot drag along. The deviation is scaled by 1.4826, so that k = 3 is three standard deviations
+on normal data. It is decided once, in the selection's global step, from
+scores alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+
+from miniplm.config import SelectConfig
+
+# The median absolute deviation of normal data is this many times smaller than its standard
+# deviation: 1 / Phi^-1(3/4), scipy's median_abs_deviation(scale="normal").
+NORMAL_MAD = 1.482602218505602
+# Below this many documents the median and its deviation are too rough to call anything an outlier.
+AUTO_MIN_DOCUMENTS = 50
+# decide's reasons that come before the floor: those documents do not shape it
+BEFORE_FLOOR = ("non_finite_score", "too_few_tokens")
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    rule: str  # "auto", "fixed" or "off"
+    threshold: float | None  # teacher log-prob per token; None: nothing is dropped
+    documents: int  # the documents it was measured on
+    median: float | None = None
+    mad: float | None = None
+    k: float | None = None
+    note: str = ""  # why an auto floor was not set
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.rule == "off":
+            return "noise floor off (select.min_teacher_logprob: null)"
+        if self.threshold is None:
+            return f"no auto noise floor: {self.note}"
+        if self.rule == "fixed":
+            return f"noise floor at teacher log-prob {self.threshold:.3f} per token (select.min_teacher_logprob)"
+        return (f"auto noise floor at teacher log-prob {self.threshold:.3f} per token: median {self.median:.3f} "
+                f"minus {self.k:g} x {self.mad:.3f} (scaled median absolute deviation) over {self.documents:,} "
+                "documents")
+
+
+def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
+    """The floor for documents whose teacher log-prob per token are `teacher_per_token` (finite)."""
+    n = len(teacher_per_token)
+    if cfg.min_teacher_logprob is None:
+        return NoiseFloor("off", None, n)
+    if cfg.min_teacher_logprob != "auto":
+        return NoiseFloor("fixed", float(cfg.min_teacher_logprob), n)
+    if n < AUTO_MIN_DOCUMENTS:
+        return NoiseFloor("auto", None, n, note=f"{n} documents, fewer than the {AUTO_MIN_DOCUMENTS} it needs")
+    median = float(np.median(teacher_per_token))
+    mad = float(np.median(np.abs(teacher_per_token - median))) * NORMAL_MAD
+    if mad == 0.0:
+        return NoiseFloor("auto", None, n, median, mad, cfg.noise_floor_mads,
+                          note="half the documents or more score the same, so there is no spread to measure")
+    return NoiseFloor("auto", median - cfg.noise_floor_mads * mad, n, median, mad, cfg.noise_floor_mads)
+
+
+def floor_of(decisions: pl.DataFrame, cfg: SelectConfig) -> NoiseFloor:
+    """The floor `decide` used, measured again from its decisions (the same documents, the same numbers)."""
+    measured = decisions.filter(pl.col("reason").is_null() | ~pl.col("reason").cast(pl.String).is_in(BEFORE_FLOOR))
+    return noise_floor(cfg, measured["teacher_per_token"].to_numpy())

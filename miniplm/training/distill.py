@@ -1,0 +1,79 @@
+"""What distillation adds to a training step: the teacher's side of each micro-batch (the teacher run
+on the rows, or the top-k log-probs the teacher-logits stage stored for them, read in the same
+(seed, step) row order), and the loss (1 - weight) * CE + weight * KD computed from the student's
+final hidden states a chunk of positions at a time (miniplm/training/kd_losses.py).
+
+The teacher is a frozen copy on every rank, outside DeepSpeed. The loss takes the student's final
+hidden states and output layer as tensors (training/objective.py hands them over) and computes its
+gradients in the forward pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from miniplm.config import JobConfig, KDConfig, StudentConfig, teacher_model
+from miniplm.errors import StageError
+from miniplm.models.linear_ce import Head
+from miniplm.rundir import RunDir
+from miniplm.training.kd_losses import (KDLoss, OnlineTeacher, TopKTeacher, distill_losses, liger_applies,
+                                       liger_distill_losses)
+from miniplm.training.logit_files import TeacherLogitRows
+from miniplm.training.teacher import Teacher
+
+
+class Distillation:
+    """A student's KD: built once per training run, asked for each micro-batch's losses. The
+    teacher's side is a Teacher (online) or stored rows (offline)."""
+
+    def __init__(self, kd: KDConfig, vocab: int, device: str, teacher: Teacher | TeacherLogitRows):
+        self.kd = KDLoss(kd.loss, kd.temperature, kd.beta)
+        self.weight = kd.weight
+        self.vocab = vocab
+        self.device = device
+        self.teacher = teacher if isinstance(teacher, Teacher) else None
+        self.stored = teacher if isinstance(teacher, TeacherLogitRows) else None
+        # liger-kernel's fused linear JSD on CUDA, when installed (its Triton kernels need a GPU)
+        self.fused = device.startswith("cuda") and all(importlib.util.find_spec(m) for m in ("liger_kernel", "triton"))
+
+    @classmethod
+    def for_student(cls, job: JobConfig, student: StudentConfig, rd: RunDir, vocab: int, device: str, n_rows: int,
+                    seq_len: int) -> "Distillation":
+        """Load the teacher, or open the stored log-probs (checking that they cover the token set)."""
+        kd = student.kd
+        assert kd is not None
+        if kd.source == "online":
+            name, dtype = teacher_model(job, kd.teacher)
+            return cls(kd, vocab, device, Teacher(name, vocab, dtype, device))
+        folder = rd.teacher_logits(str(kd.logits))
+        stored = TeacherLogitRows(folder)
+        layout = stored.layout
+        if (len(stored), layout.seq_len, layout.vocab) != (n_rows, seq_len, vocab):
+            raise StageError(f"{folder}: {len(stored)} rows of {layout.seq_len} positions over {layout.vocab} tokens, "
+                             f"and token set {student.tokens!r} has {n_rows} rows of {seq_len} over {vocab}; run "
+                             "`miniplm teacher-logits --force`")
+        return cls(kd, vocab, device, stored)
+
+    def teacher_flops_per_token(self, seq_len: int) -> float:
+        """The teacher's forward FLOPs per trained token (none offline: the teacher-logits stage spent them)."""
+        return self.teacher.flops_per_token((seq_len + 1) / 2) if self.teacher is not None else 0.0
+
+    def _teacher_side(self, batch: torch.Tensor, rows: np.ndarray) -> OnlineTeacher | TopKTeacher:
+        if self.teacher is not None:
+            return self.teacher.side(batch[:, :-1])
+        assert self.stored is not None
+        ids, logp, rest = self.stored.batch(rows, self.device)
+        # k = vocabulary: nothing is left over, and the loss is the full one
+        return TopKTeacher(ids, logp, None if self.stored.layout.top_k == self.vocab else rest)
+
+    def losses(self, hidden: torch.Tensor, batch: torch.Tensor, rows: np.ndarray,
+               head: Head) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss to back-propagate for a micro-batch of token rows (`rows`: their indices in the
+        token set), from the student's final hidden states [positions, d] and output layer; and its
+        cross-entropy and KD terms."""
+        args = (hidden, batch[:, 1:].reshape(-1), head, self.kd, self._teacher_side(batch, rows), self.weight)
+        fused = self.fused and liger_applies(*args[2:5])
+        return liger_distill_losses(*args) if fused else distill_losses(*args)

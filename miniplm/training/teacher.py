@@ -1,0 +1,70 @@
+"""The teacher in distillation: one frozen copy per process (bfloat16 on GPU, float32 on CPU), its
+final hidden states for a batch of token rows, its logits over the student's vocabulary, and its
+top-k log-probabilities for the teacher-logits stage.
+
+A teacher's output layer may be wider than its tokenizer (Qwen pads 151,646 tokens to 151,936):
+the padding ids are never in the data, so the teacher's distribution is taken over the tokenizer's
+ids, the student's whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from miniplm.errors import ConfigError
+from miniplm.models.flops import forward_flops_per_token
+from miniplm.models.loading import load_model
+from miniplm.models.linear_ce import chunk_rows, head_logits, head_of
+from miniplm.training.kd_losses import OnlineTeacher
+
+
+class Teacher:
+    def __init__(self, name: str, vocab: int, dtype: str = "auto", device: str = "auto"):
+        self.name = name
+        self.model = load_model(name, dtype, device)
+        width = self.model.get_output_embeddings().weight.shape[0]
+        if width < vocab:
+            raise ConfigError(f"teacher {name!r}: its output layer has {width} tokens, fewer than the tokenizer's "
+                              f"{vocab}")
+        self.vocab = vocab
+        self.head = head_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [rows, positions, d] of full rows of tokens (no padding)."""
+        # use_cache=False: a key/value cache would only cost memory
+        return self.model.base_model(input_ids=input_ids.to(self.device), use_cache=False).last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [positions, vocab] over the student's vocabulary, for hidden states [positions, d]."""
+        return head_logits(hidden, self.head)[:, : self.vocab]
+
+    def side(self, input_ids: torch.Tensor) -> OnlineTeacher:
+        """The teacher's side of the KD loss for a batch of rows: its hidden states, flattened to positions."""
+        hidden = self.hidden(input_ids)
+        return OnlineTeacher(hidden.reshape(-1, hidden.shape[-1]), self.head, self.vocab)
+
+    @torch.no_grad()
+    def top_k(self, hidden: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
+        """Per position of `hidden` ([positions, d]): the k most likely token ids under
+        softmax(logits / temperature), most likely first, their log-probs, and the log of the mass
+        left to the other tokens (-inf when k is the whole vocabulary)."""
+        n = hidden.shape[0]
+        ids = torch.empty(n, k, dtype=torch.int64)
+        logp = torch.empty(n, k, dtype=torch.float32)
+        rest = torch.empty(n, dtype=torch.float32)
+        step = chunk_rows(self.vocab)
+        for s in range(0, n, step):
+            lp = torch.log_softmax(self.logits(hidden[s : s + step]) / temperature, dim=-1)
+            values, indices = torch.topk(lp, k, dim=-1)
+            ids[s : s + step], logp[s : s + step] = indices.cpu(), values.cpu()
+            rest[s : s + step] = torch.logsumexp(lp.scatter(1, indices, float("-inf")), dim=-1).cpu()
+        return ids, logp, rest
+
+    def flops_per_token(self, mean_context: float) -> float:
+        """Forward FLOPs per token (every matmul, the vocabulary projection included)."""
+        return forward_flops_per_token(self.model.config, mean_context)

@@ -1,0 +1,213 @@
+"""`miniplm teacher-logits`: the teacher's top-k next-token log-probs at every position of a token
+set's rows, stored once for offline distillation (the teacher never sits in training memory).
+
+One part per `teacher_logits:` entry (`teacher-logits/NAME`), one shard per shard of its token set:
+`teacher-logits/NAME/shard-NNNNN.arrow` holds, row for row, what the teacher predicts at each
+position of `tokens/TOKENS/shard-NNNNN.arrow` (miniplm/training/logit_files.py). Within a shard the
+rows go through the teacher in fixed batches; every `checkpoint_every` batches the results so far
+are saved to the shard's scratch folder, so a worker killed at any point resumes at the first batch
+not saved and writes the same bytes an uninterrupted run writes (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from miniplm.batch_checkpoints import BatchCheckpoints
+from miniplm.compute import record
+from miniplm.config import JobConfig, TeacherLogitsSet, hashable_dump, teacher_model, token_set_named, tokenizer_name
+from miniplm.corpus import tokenize
+from miniplm.corpus.tokens import row_blocks
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_write_json
+from miniplm.inputs import Input, Model, Upstream
+from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
+from miniplm.rundir import RunDir, shard_name
+from miniplm.stage import Part, ShardedStage, StageRun, only_one
+from miniplm.training.logit_files import LogitsLayout, write_logits
+
+NAME = "teacher-logits"
+STATS = ("rows", "tokens", "bytes", "flops")
+
+
+def part_name(name: str) -> str:
+    """The manifest entry of a teacher_logits set."""
+    return f"{NAME}/{name}"
+
+
+def part_for(entry: TeacherLogitsSet) -> Part:
+    return Part(part_name(entry.name), entry)
+
+
+def check_teacher_tokenizer(job: JobConfig, teacher: str, token_set: str, where: str, *, strict: bool = True) -> None:
+    """Distillation compares the two models' distributions over the same next token: refuse a
+    teacher whose tokenizer is not the token set's, naming both, before any model loads. Not
+    `strict`: a tokenizer that cannot be read yet (a hub id offline) is left for the stage to check."""
+    student = tokenizer_name(job, token_set_named(job, token_set))
+    if student == teacher:
+        return
+    try:
+        tok_t, tok_s = load_tokenizer(teacher), load_tokenizer(student)
+    except OSError:
+        if strict:
+            raise
+        return
+    try:
+        check_same_tokenizer(teacher, student, tok_t, tok_s, role="student's tokenizer",
+                             advice="Distill a teacher that shares the student's tokenizer (cross-tokenizer "
+                             "distillation, such as ULD or DSKD, is not supported).")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _environment(teacher, device: str, rows_per_batch: int) -> str:
+    """What decides the exact floating-point results besides the inputs."""
+    import torch
+
+    model = teacher.model
+    return (f"{torch.device(device).type}, torch {torch.__version__}, teacher {model.dtype} "
+            f"{model.config._attn_implementation}, {rows_per_batch} rows per batch")
+
+
+def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm) -> dict:
+    """Compute (resuming where a killed worker stopped) and write one shard; its stats."""
+    import torch
+
+    entry: TeacherLogitsSet = run.part.item
+    seq_len = run.shared["seq_len"]
+    blocks = row_blocks(token_file)
+    rows = np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), dtype=np.int32)
+    layout = LogitsLayout(seq_len, entry.top_k, teacher.vocab, entry.temperature, entry.logprob_dtype)
+    per_batch = max(1, entry.batch_tokens // seq_len)
+    starts = range(0, len(rows), per_batch)
+    scratch = run.rd.work(run.name) / shard_name(index, "")
+    checkpoints = BatchCheckpoints(scratch, _environment(teacher, str(teacher.device), per_batch))
+    done, _ = checkpoints.saved()
+    bar.update(min(done * per_batch, len(rows)) * seq_len)
+    pending: list[pa.Table] = []
+    for b in range(done, len(starts)):
+        batch = torch.from_numpy(rows[starts[b] : starts[b] + per_batch, :-1].astype(np.int64))
+        hidden = teacher.hidden(batch)
+        ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
+        shape = (len(batch), seq_len)
+        pending.append(layout.table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
+                                    rest.reshape(shape).numpy()))
+        bar.update(batch.numel())
+        if len(pending) >= entry.checkpoint_every or b + 1 == len(starts):
+            checkpoints.save_table(b + 1 - len(pending), b, pa.concat_tables(pending))
+            pending = []
+    out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
+    size = write_logits(out, layout, (pq.read_table(f) for f in checkpoints.saved()[1]))
+    stats = {"rows": len(rows), "tokens": len(rows) * seq_len, "bytes": size,
+             "flops": len(rows) * seq_len * teacher.flops_per_token((seq_len + 1) / 2)}
+    atomic_write_json(out.with_suffix(".json"), stats)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return stats
+
+
+class TeacherLogits(ShardedStage):
+    """One part per teacher_logits set; its shards are its token set's shards."""
+
+    name = NAME
+    summary = "store the teacher's top-k log-probs for a token set (offline KD)"
+    description = ("For each set in the job's `teacher_logits:` list, run the teacher over every row of its token set "
+                   "and write, per position, the top-k token ids, their log-probs and the log of the remaining mass "
+                   "to RUN_DIR/teacher-logits/NAME/shard-*.arrow, aligned with the token set's shards and rows. "
+                   "Students with kd: {source: offline, logits: NAME} read them instead of running the teacher. "
+                   "Resumes inside a shard after a kill.")
+    sections = ("seed",)  # plus the set, its token set's hash and the teacher's fingerprint
+    only = "logits set"
+
+    def applies(self, job: JobConfig) -> bool:
+        return bool(job.teacher_logits)
+
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        if not job.teacher_logits:
+            raise ConfigError("teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])")
+        names = only_one("logits set", [t.name for t in job.teacher_logits], only, NAME)
+        return [part_for(t) for t in job.teacher_logits if t.name in names]
+
+    def check(self, job: JobConfig) -> None:
+        """A set whose teacher has another tokenizer than its token set fails when the job loads."""
+        for entry in job.teacher_logits:
+            check_teacher_tokenizer(job, teacher_model(job, entry.teacher)[0], entry.tokens,
+                                    f"teacher_logits.{entry.name}", strict=False)
+
+    def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
+        token_set = token_set_named(job, part.item.tokens)
+        return tokenize.STAGE.planned_shards(job, rd, tokenize.part_for(token_set))
+
+    def inputs(self, run: StageRun) -> list[Input]:
+        entry: TeacherLogitsSet = run.part.item
+        job, rd = run.job, run.rd
+        tokens = Upstream(tokenize.part_for(token_set_named(job, entry.tokens)).name, (f"tokens/{entry.tokens}",),
+                          why=f"teacher-logits {entry.name!r} reads token set {entry.tokens!r}")
+        state = rd.stage_state(tokens.stage)
+        if state.get("state") != "done":
+            raise StageError(f"{rd.root}: {tokens.why}; run `miniplm tokenize` first")
+        teacher, dtype = teacher_model(job, entry.teacher)
+        check_teacher_tokenizer(job, teacher, entry.tokens, f"teacher_logits.{entry.name}")
+        tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, entry.tokens)))
+        if entry.top_k > len(tokenizer):
+            raise ConfigError(f"teacher_logits.{entry.name}.top_k: {entry.top_k} is more than the vocabulary "
+                              f"({len(tokenizer)} tokens)")
+        files = sorted(rd.tokens(entry.tokens).glob("shard-*.arrow"))
+        run.shared.update(teacher=teacher, dtype=dtype, vocab=len(tokenizer), token_files=files,
+                          seq_len=state["counts"]["seq_len"])
+        return [json.dumps(hashable_dump(entry), sort_keys=True), tokens, Model("teacher", resolve_model(teacher)),
+                dtype]
+
+    def outputs(self, run: StageRun) -> list[Path]:
+        return [run.rd.teacher_logits(run.part.item.name)]
+
+    def shards(self, run: StageRun) -> list[str]:
+        return [shard_name(i, "") for i in range(len(run.shared["token_files"]))]
+
+    def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        from miniplm.training.teacher import Teacher
+
+        entry: TeacherLogitsSet = run.part.item
+        files = run.shared["token_files"]
+        teacher = Teacher(run.shared["teacher"], run.shared["vocab"], run.shared["dtype"], pick_device(entry.device))
+        seq_len = run.shared["seq_len"]
+        total = sum(len(block) for i in todo for block in row_blocks(files[i])) * seq_len
+        with tqdm(total=total, desc=run.name.replace("/", " "), unit="tok", unit_scale=True,
+                  disable=not run.show_progress, dynamic_ncols=True) as bar:
+            for i in todo:
+                if run.rd.stage_state(run.name).get("state") == "done":
+                    break  # a late worker: the others finished the part meanwhile
+                logits_shard(run, teacher, i, files[i], bar)
+                run.mark_done(shard_name(i, ""))
+
+    def finish(self, run: StageRun) -> dict:
+        entry: TeacherLogitsSet = run.part.item
+        out = run.rd.teacher_logits(entry.name)
+        per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
+        counts = {key: sum(s[key] for s in per_shard) for key in STATS}
+        counts["flops"] = record(teacher=counts["flops"])
+        counts["bytes_per_token"] = counts["bytes"] / max(counts["tokens"], 1)
+        return {**counts, "shards": len(per_shard), "top_k": entry.top_k, "token_set": entry.tokens}
+
+    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
+        lines = []
+        for part, counts in result.items():
+            name = part.removeprefix(f"{NAME}/")
+            if counts is None:
+                lines.append(f"teacher-logits {name}: this worker's shards are written; other workers still have "
+                              "shards to write")
+                continue
+            lines.append(f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
+                         f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
+                         f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
+                         f"in {job.run_dir}/teacher-logits/{name}")
+        return lines
+
+
+STAGE = TeacherLogits()

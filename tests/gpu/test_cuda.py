@@ -1,0 +1,199 @@
+"""On a CUDA GPU: what the CPU tests cannot reach. benchmarks/gpu/run.sh runs them (pytest -m gpu);
+without a GPU they are skipped, and say so.
+
+Collectives under nccl, DeepSpeed's bf16 set-up, the fused kernels against the torch reference,
+packed scoring under flex_attention / flash-attn against padded batches and the float64
+computation, liger-kernel's layers, and no host synchronisation in the scoring and training passes.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DEVICE = "cuda:0"
+
+
+@pytest.fixture(scope="module")
+def nccl():
+    from miniplm.training.launch import init_distributed
+
+    init_distributed()
+    assert torch.distributed.get_backend() == "nccl"
+
+
+def test_every_collective_runs_under_nccl(nccl):
+    from miniplm import distributed
+
+    assert distributed.collective_device().type == "cuda"
+    assert distributed.broadcast_flag(True) is True
+    assert distributed.all_sum([1.5, 2.0]) == [1.5, 2.0]
+    assert distributed.all_mean(torch.tensor(3.0, device=DEVICE)) == 3.0
+    distributed.barrier()
+    with pytest.raises(Exception, match="device type cpu"):  # what `miniplm train` did before
+        torch.distributed.broadcast(torch.tensor([1]), src=0)
+
+
+class _Vocab:
+    def __init__(self, size):
+        self.size, self.bos_token_id, self.eos_token_id = size, 0, 1
+
+    def __len__(self):
+        return self.size
+
+
+def test_deepspeed_trains_bf16_with_fp32_master_weights_and_fp32_accumulation(nccl):
+    import deepspeed
+
+    from miniplm.config import StudentConfig
+    from miniplm.training.trainer import build_model, deepspeed_config, objective
+
+    student = StudentConfig(name="s", preset="tiny-4l", tokens="t", steps=8, micro_batch=4, batch_tokens=8 * 64)
+    model = build_model(student, _Vocab(512), 64, torch.bfloat16, DEVICE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
+    engine, _, _, _ = deepspeed.initialize(model=objective(student, model, DEVICE), optimizer=optimizer,
+                                           config=deepspeed_config(student, 2, True))
+    assert type(engine.optimizer).__name__ == "BF16_Optimizer"
+    assert engine.get_data_types() == (torch.bfloat16, torch.float32)
+    assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
+    assert all(p.dtype == torch.float32 for p in engine.optimizer.fp32_groups_flat_partition)
+    assert engine.optimizer.optimizer.defaults["fused"] is True
+    rows = torch.randint(2, 512, (4, 65), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    losses = []
+    for _ in range(16):  # 8 optimizer steps of 2 micro-batches
+        loss = engine(rows)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5
+
+
+def test_datasheet_peak_of_this_card():
+    from miniplm.models.flops import datasheet_peak
+
+    name = torch.cuda.get_device_name()
+    if "H100 80GB HBM3" in name or "H200" in name:
+        assert datasheet_peak(DEVICE) == 989e12
+    assert datasheet_peak("cpu") is None
+
+
+@pytest.mark.parametrize("kernel", ["cce", "liger"])
+def test_fused_projection_matches_the_torch_path(kernel):
+    from miniplm.models.kernels import installed
+    from miniplm.models.linear_ce import Head, mean_nll, token_logprobs
+
+    if not installed({"cce": "cut_cross_entropy", "liger": "liger_kernel"}[kernel]):
+        pytest.skip(f"{kernel} is not installed")
+    gen = torch.Generator(DEVICE).manual_seed(0)
+    h = (torch.randn(2048, 256, device=DEVICE, generator=gen) / 4).bfloat16().requires_grad_()
+    w = (torch.randn(32000, 256, device=DEVICE, generator=gen) / 4).bfloat16().requires_grad_()
+    y = torch.randint(0, 32000, (2048,), device=DEVICE, generator=gen)
+    exact = torch.log_softmax(h.double() @ w.double().t(), -1).gather(1, y[:, None]).squeeze(1)
+    with torch.no_grad():
+        chunked = token_logprobs(h, y, Head(w, None), "torch")
+        fused = token_logprobs(h, y, Head(w, None), kernel)
+    assert (chunked.double() - exact).abs().max() < 1e-3  # float32 logits from bf16 inputs
+    assert (fused.double() - exact).abs().max() < 1e-2
+    grads = {}
+    for name in ("torch", kernel):
+        loss = mean_nll(h, y, Head(w, None), name)
+        grads[name] = (loss.detach(), *torch.autograd.grad(loss, [h, w]))
+    assert torch.allclose(grads["torch"][0], grads[kernel][0], rtol=1e-3)
+    for a, b in zip(grads["torch"][1:], grads[kernel][1:]):
+        assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.999
+
+
+def _tiny_qwen(dtype, attn, seed=0):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).eval()
+
+
+def _sums(scorer, sequences, max_length=64, stride=8):
+    from miniplm.scoring.windows import windows_for
+
+    windows = [w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)]
+    batches = scorer.plan(windows)
+    out = np.zeros(len(sequences))
+    for batch, results in zip(batches, scorer.run(batches, sequences)):
+        for w, lp in zip(batch, results["m"]):
+            out[w.doc] += float(lp.double().sum())
+    return out
+
+
+def test_packed_scoring_matches_padded_batches_and_float64(tiny_models):
+    """Packed streams under this card's packed kernel (flex_attention, or flash-attn in bf16 when
+    installed) give what padded batches under sdpa give, and the float64 computation on the CPU."""
+    from miniplm.models.kernels import attention_implementation
+    from miniplm.scoring.logprobs import Scorer
+
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(3, 512, size=n) for n in [1, 5, 63, 64, 65, 130, 300, 17, 2, 90]]
+    base = _tiny_qwen(torch.float32, "sdpa")
+    for dtype, rtol in ((torch.float32, 1e-4), (torch.bfloat16, 1e-2)):
+        weights = copy.deepcopy(base).to(dtype)  # the float64 reference uses the same rounded weights
+        exact = _sums(Scorer({"m": copy.deepcopy(weights).double()}, 0, "cpu", batch_tokens=512), sequences)
+        padded = _sums(Scorer({"m": copy.deepcopy(weights).to(DEVICE)}, 0, DEVICE, batch_tokens=512), sequences)
+        packed_attn = attention_implementation(dtype, DEVICE, packed=True)
+        packed_model = copy.deepcopy(weights)
+        packed_model.set_attn_implementation(packed_attn)
+        packed = _sums(Scorer({"m": packed_model.to(DEVICE)}, 0, DEVICE, packed=True, batch_tokens=512), sequences)
+        np.testing.assert_allclose(padded, exact, rtol=rtol)
+        np.testing.assert_allclose(packed, exact, rtol=rtol, err_msg=f"{packed_attn} {dtype}")
+
+
+def test_liger_layers_keep_the_forward():
+    from miniplm.models.kernels import apply_liger_layers, installed
+
+    if not installed("liger_kernel"):
+        pytest.skip("liger-kernel is not installed")
+    model = _tiny_qwen(torch.float32, "sdpa").to(DEVICE)
+    ids = torch.randint(0, 512, (2, 100), device=DEVICE)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert apply_liger_layers(model, DEVICE)
+        after = model(input_ids=ids).logits
+    assert (before - after).abs().max() < 1e-3
+    assert model.model.norm._get_name() == "LigerRMSNorm"  # liger rebinds the instance's methods
+    # this instance only: a model built afterwards (a CPU copy, say) keeps transformers' layers
+    from transformers.models.qwen2 import modeling_qwen2
+
+    assert modeling_qwen2.Qwen2RMSNorm.__module__ == modeling_qwen2.__name__
+    assert modeling_qwen2.Qwen2MLP.__module__ == modeling_qwen2.__name__
+
+
+def test_no_host_synchronisation_in_the_scoring_and_training_passes():
+    from miniplm.models.kernels import attention_implementation
+    from miniplm.scoring.logprobs import Scorer
+    from miniplm.scoring.windows import windows_for
+    from miniplm.training.objective import NextTokenLoss
+
+    rng = np.random.default_rng(1)
+    sequences = [rng.integers(3, 512, size=n) for n in [40, 64, 7, 100]]
+    windows = [w for d, s in enumerate(sequences) for w in windows_for(d, len(s), 64, 0)]
+    # packed batches only: for padded ones transformers' mask builder asks whether any position
+    # is padding (`padding_mask.all()`), one wait per forward pass that miniplm does not control
+    for packed in (True,):
+        model = _tiny_qwen(torch.bfloat16, attention_implementation(torch.bfloat16, DEVICE, packed)).to(DEVICE)
+        scorer = Scorer({"m": model}, 0, DEVICE, packed=packed, batch_tokens=256)
+        batch = scorer.plan(windows)[0]
+        scorer._logprobs("m", scorer.inputs(batch, sequences))  # warm-up: compiling may wait
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            scorer._logprobs("m", scorer.inputs(batch, sequences))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    objective = NextTokenLoss(_tiny_qwen(torch.bfloat16, "sdpa").to(DEVICE).train())
+    rows = torch.randint(0, 512, (4, 65), device=DEVICE)
+    objective(rows).backward()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        objective(rows).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

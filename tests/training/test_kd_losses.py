@@ -1,0 +1,155 @@
+"""The distillation losses against an independent float64 computation on tiny models: each loss at two
+temperatures, their gradients, and top-k teachers (k = vocabulary: the full loss; k = 32: a lower
+bound within a stated margin)."""
+
+import numpy as np
+import pytest
+import torch
+
+from miniplm.models.loading import load_model
+from miniplm.models.linear_ce import head_of
+from miniplm.training.kd_losses import DEFAULT_BETA, LOSSES, KDLoss, TopKTeacher, distill_losses
+from miniplm.training.teacher import Teacher
+
+VOCAB = 300
+CHUNK = 7  # positions per chunk: 48 positions make 7 chunks, the last one short
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    """A student (the tiny Qwen2) and a teacher (the tiny Llama) sharing a 300-token vocabulary, and a batch."""
+    torch.manual_seed(0)
+    student = load_model(tiny_models["reference"], "float32", "cpu")
+    teacher = Teacher(tiny_models["teacher"], VOCAB, "float32", "cpu")
+    # a sharper teacher than random weights give, so that the distributions differ clearly
+    with torch.no_grad():
+        teacher.model.get_output_embeddings().weight.mul_(8.0)
+    ids = torch.randint(3, VOCAB, (2, 25))
+    return student, teacher, ids
+
+
+def _mean_divergence64(loss: str, teacher_logits: np.ndarray, student_logits: np.ndarray, t: float, beta: float) -> float:
+    """The loss in probability space, float64 numpy: the definitions, written out."""
+
+    def softmax(z):
+        e = np.exp(z / t - (z / t).max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def kl(a, b):
+        return (a * np.log(a / b)).sum(-1)
+
+    p, q = softmax(teacher_logits), softmax(student_logits)
+    value = {"forward_kl": lambda: kl(p, q),
+             "reverse_kl": lambda: kl(q, p),
+             "jsd": lambda: beta * kl(p, beta * p + (1 - beta) * q) + (1 - beta) * kl(q, beta * p + (1 - beta) * q),
+             "skew_forward_kl": lambda: kl(p, beta * p + (1 - beta) * q),
+             "skew_reverse_kl": lambda: kl(q, (1 - beta) * p + beta * q)}[loss]()
+    return float(value.mean())
+
+
+def _student_side(student, ids):
+    hidden = student.base_model(input_ids=ids[:, :-1]).last_hidden_state.reshape(-1, 32).detach().requires_grad_()
+    return hidden, ids[:, 1:].reshape(-1), head_of(student)
+
+
+def _full_logits64(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(input_ids=ids[:, :-1]).logits.double().reshape(-1, VOCAB).numpy()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_equals_a_float64_computation_at_two_temperatures(models, loss, temperature):
+    student, teacher, ids = models
+    hidden, targets, head = _student_side(student, ids)
+    kd = KDLoss(loss, temperature)
+    total, ce, value = distill_losses(hidden, targets, head, kd, teacher.side(ids[:, :-1]), 1.0, chunk=CHUNK)
+    z_student, z_teacher = _full_logits64(student, ids), _full_logits64(teacher.model, ids)
+    expected = _mean_divergence64(loss, z_teacher, z_student, temperature, DEFAULT_BETA.get(loss, 0.5))
+    assert expected > 0.005  # the models differ: a loss that ignored its inputs could not pass
+    assert float(value) == float(total.detach()) == pytest.approx(expected, rel=2e-6, abs=1e-7)
+    log_q = z_student - np.log(np.exp(z_student).sum(-1, keepdims=True))
+    assert float(ce) == pytest.approx(-log_q[np.arange(len(targets)), targets.numpy()].mean(), rel=2e-6)
+
+    # the gradient computed chunk by chunk, against autograd in float64 over the whole batch
+    total.backward()
+    h64 = hidden.detach().double().requires_grad_()
+    z64 = h64 @ student.get_output_embeddings().weight.double().T
+    p = torch.softmax(torch.from_numpy(z_teacher) / temperature, -1)
+    q = torch.softmax(z64 / temperature, -1)
+    b = DEFAULT_BETA.get(loss, 0.5)
+    kl = lambda a, c: (a * (a / c).log()).sum(-1)  # noqa: E731
+    reference = {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
+                 "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
+                 "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
+                 "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]().mean()
+    reference.backward()
+    assert torch.allclose(hidden.grad.double(), h64.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_top_k_of_the_whole_vocabulary_is_the_full_loss(models, loss):
+    student, teacher, ids = models
+    hidden, targets, head = _student_side(student, ids)
+    kd = KDLoss(loss, 1.7)
+    online = distill_losses(hidden, targets, head, kd, teacher.side(ids[:, :-1]), 0.5)
+    top_ids, top_logp, rest = teacher.top_k(teacher.side(ids[:, :-1]).hidden, VOCAB, 1.7)
+    assert torch.isneginf(rest).all()  # nothing is left over
+    online[0].backward()
+    online_grad, hidden.grad = hidden.grad.clone(), None
+    offline = distill_losses(hidden, targets, head, kd, TopKTeacher(top_ids, top_logp, None), 0.5, chunk=CHUNK)
+    offline[0].backward()
+    for a, b in zip(offline, online):
+        assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-5)
+    assert torch.allclose(hidden.grad, online_grad, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_top_32_is_a_lower_bound_within_the_stated_margin(models, loss):
+    """Top-k compares the models on k + 1 outcomes (the k tokens and "any other"): an f-divergence of
+    coarser distributions, never above the full one. For forward KL the gap has a bound computed from
+    what is stored and the student: per position, with r the teacher's remaining mass, p_k its k-th
+    probability and q~ the student's distribution over the other tokens,
+        0 <= KL(P || Q) - KL_top-k <= r * (log p_k - log r - min log q~)."""
+    student, teacher, ids = models
+    hidden, targets, head = _student_side(student, ids)
+    kd = KDLoss(loss, 1.0)
+    online = teacher.side(ids[:, :-1])
+    _, _, full = distill_losses(hidden, targets, head, kd, online, 1.0)
+    top_ids, top_logp, rest = teacher.top_k(online.hidden, 32, 1.0)
+    _, _, top = distill_losses(hidden, targets, head, kd, TopKTeacher(top_ids, top_logp, rest), 1.0, chunk=CHUNK)
+    assert 0 < float(top) <= float(full) + 1e-6
+    if loss != "forward_kl":
+        return
+    with torch.no_grad():
+        log_q = torch.log_softmax(hidden.double() @ head.weight.double().T, -1)
+    others = torch.ones_like(log_q, dtype=torch.bool).scatter(1, top_ids, False)
+    log_rest_q = torch.logsumexp(log_q.masked_fill(~others, float("-inf")), -1)
+    min_log_q_tilde = (log_q - log_rest_q[:, None]).masked_fill(~others, float("inf")).min(-1).values
+    r = rest.double()
+    bound = (r.exp() * (top_logp[:, -1].double() - r - min_log_q_tilde)).mean()
+    gap = float(full) - float(top)
+    assert 0 <= gap <= float(bound) + 1e-6
+    assert rest.exp().mean() > 0.05  # the top 32 leave real mass over: the bound is not met trivially
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+def test_liger_fused_loss_matches_the_chunked_one(models, loss):
+    """liger-kernel's fused linear JSD, which training uses on CUDA when it is installed: its chunked
+    loss is plain torch (Triton is for its other kernels), so the CPU checks it against ours."""
+    pytest.importorskip("liger_kernel.chunked_loss")
+    from miniplm.training.kd_losses import liger_applies, liger_distill_losses
+
+    student, teacher, ids = models
+    hidden, targets, head = _student_side(student, ids)
+    online = teacher.side(ids[:, :-1])
+    kd = KDLoss(loss, 2.0, 0.3 if loss == "jsd" else None)
+    assert liger_applies(kd, head, online)
+    ours = distill_losses(hidden, targets, head, kd, online, 0.4, chunk=CHUNK)
+    ours[0].backward()
+    our_grad, hidden.grad = hidden.grad.clone(), None
+    fused = liger_distill_losses(hidden, targets, head, kd, online, 0.4, compiled=False)
+    fused[0].backward()
+    for a, b in zip(fused, ours):
+        assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-5)
+    assert torch.allclose(hidden.grad, our_grad, rtol=1e-4, atol=1e-8)
