@@ -10,12 +10,13 @@ training loads it (bfloat16 on GPU, float32 on CPU); offline KD reads top-k log-
 teacher-logits stage's format. MiniPLM's loss (0.5 CE + 0.5 forward KL) through miniplm's DeepSpeed
 set-up (ZeRO-1, torch AdamW). tokens/s counts the student's tokens; MFU counts every matmul of the
 student's forward and backward and, online, the teacher's forward, against the matmul rate measured
-in the same run.
+in the same run. --json appends the figures to a file (JSON lines).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -73,9 +74,14 @@ def bench(args, device: str, folder: Path) -> None:
     teacher = Teacher(str(folder / "teacher"), vocab, "auto", device)
     stored = stored_logits(folder / "logits", args.micro, args.seq_len, args.top_k, vocab)
     kd = KDConfig(loss="forward_kl", weight=0.5)
-    ways = {"no KD": (None, 0.0),
-            "online KD": (Distillation(kd, vocab, device, teacher), teacher.flops_per_token((args.seq_len + 1) / 2)),
-            f"offline KD (top-{args.top_k})": (Distillation(kd, vocab, device, stored), 0.0)}
+    teacher_flops = teacher.flops_per_token((args.seq_len + 1) / 2)
+    online = Distillation(kd, vocab, device, teacher)
+    ways = {"no KD": (None, 0.0), "online KD": (online, teacher_flops)}
+    if online.fused:  # liger-kernel's fused linear JSD; the chunked torch loss beside it
+        unfused = Distillation(kd, vocab, device, teacher)
+        unfused.fused = False
+        ways |= {"online KD (liger)": ways.pop("online KD"), "online KD (torch)": (unfused, teacher_flops)}
+    ways[f"offline KD (top-{args.top_k})"] = (Distillation(kd, vocab, device, stored), 0.0)
     batch = torch.randint(2, vocab, (args.micro, args.seq_len + 1), device=device)
     rows = np.arange(args.micro)
     student_flops = 3 * forward_flops_per_token(model.config, (args.seq_len + 1) / 2)
@@ -84,7 +90,7 @@ def bench(args, device: str, folder: Path) -> None:
           f"({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.1f}M), {args.micro} x {args.seq_len} tokens per "
           f"step, {device}, matmul {rate / 1e12:.2f} TFLOP/s")
     print(f"{'':<22} {'tokens/s':>10} {'x no KD':>8} {'GFLOP/tok':>10} {'MFU':>6}")
-    base = None
+    base, figures = None, []
     for label, (distill, teacher_flops) in ways.items():
         engine.module.distill = distill
 
@@ -98,6 +104,11 @@ def bench(args, device: str, folder: Path) -> None:
         flops = student_flops + teacher_flops
         print(f"{label:<22} {tokens_per_s:>10,.0f} {tokens_per_s / base:>8.2f} {flops / 1e9:>10.2f} "
               f"{tokens_per_s * flops / rate:>6.1%}", flush=True)
+        figures.append({"name": label, "tok_s": tokens_per_s, "mfu": tokens_per_s * flops / rate})
+        if args.json:  # the figures so far: a run cut short by a time limit keeps what it measured
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"bench": "kd", "student": args.student, "teacher": args.teacher, "device": device,
+                                    "seq_len": args.seq_len, "top_k": args.top_k, "rows": figures}) + "\n")
 
 
 def main() -> None:
@@ -109,6 +120,7 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=None, help="rows per step; default: 8 on GPU, 4 on CPU")
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--json", help="append the figures to this file (JSON lines)")
     args = parser.parse_args()
     set_distributed_env()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,6 +15,8 @@
 #   demo           `miniplm run jobs/demo-gpu.yaml`: the pipeline end to end, in bf16 on a GPU
 #   score          benchmarks/score_bench.py at the paper's shapes, the plain loop in the same run
 #   train          benchmarks/train_bench.py for qwen-1.2b and qwen-200m, plain torch in the same run
+#   kd             benchmarks/kd_bench.py: qwen-200m trained without KD, with a qwen-1.8b-shaped teacher
+#                  in the loop and from stored top-32 log-probs, in the same run
 # Then benchmarks/gpu/table.py prints one table (card, figure, ratio to naive, fraction of limit,
 # target), also written to OUT/table.md. Logs are in OUT/logs/.
 set -uo pipefail
@@ -93,7 +95,7 @@ teacher_job=(jobs/demo-gpu-teacher.yaml "run_dir=$demo/teacher" "tokenize.0.toke
 demo_job=(jobs/demo-gpu.yaml "run_dir=$demo/run" "teacher.model=$demo/teacher/models/teacher")
 if [[ $mode == cpu ]]; then
     tests=(tests/gpu tests/test_distributed.py tests/models/test_linear_ce.py tests/scoring/test_packing.py)
-    limits=(900 900 1200 900 900)
+    limits=(900 900 1200 900 900 900)
     small="students.0.batch_tokens=2048 students.0.micro_batch=8 students.0.steps=3"
     teacher_job+=(corpus.inputs.0.limit=30 tokenize.0.seq_len=128 students.0.preset=tiny $small)
     demo_job+=(corpus.inputs.0.limit=30 score.packing=packed score.max_length=256 score.batch_tokens=2048
@@ -102,12 +104,14 @@ if [[ $mode == cpu ]]; then
         students.1.preset=tiny)
     score_args=(--shape tiny --docs 16 --batch-tokens 2048)
     train_args=(--preset tiny --steps 2 --seq-len 64 --micro 2)
+    kd_args=(--student tiny --seq-len 64 --micro 2 --steps 2)
     vocab=1024
 else
     tests=(-m gpu tests/gpu)
-    limits=(120 100 120 130 100)
+    limits=(240 100 120 130 100 150)
     score_args=(--shape qwen-1.8b ref-104m --compile)
     train_args=(--preset qwen-1.2b qwen-200m --compile --steps 6)
+    kd_args=(--student qwen-200m --teacher qwen-1.8b --steps 6)
     vocab=8192
 fi
 
@@ -118,5 +122,6 @@ step demo-teacher "${limits[1]}" bash -c "set -e
 step demo "${limits[2]}" "$py" -m miniplm run "${demo_job[@]}" -q
 step score "${limits[3]}" "$py" benchmarks/score_bench.py "${score_args[@]}" --json "$out/bench.jsonl"
 step train "${limits[4]}" "$py" benchmarks/train_bench.py "${train_args[@]}" --json "$out/bench.jsonl"
+step kd "${limits[5]}" "$py" benchmarks/kd_bench.py "${kd_args[@]}" --json "$out/bench.jsonl"
 cp "$demo/run/eval/comparison.md" "$out/demo-comparison.md" 2>/dev/null
 python3 benchmarks/gpu/table.py "$out"

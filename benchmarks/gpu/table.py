@@ -113,6 +113,17 @@ def rows(out: Path) -> list[list[str]]:
                       f"{plain_sheet} datasheet, {plain['mfu']:.1%} measured (plain torch)",
                       f"{best['tok_s'] / plain['tok_s']:.1f}x", f"{b['matmul_tflops']:.0f} TFLOP/s measured",
                       words, _yes(sheet is not None and sheet >= target) if target else "-"])
+
+    kd = [b for b in bench if b["bench"] == "kd"]
+    if not kd:
+        table.append(_missing("train with KD (online, offline top-k)", steps.get("kd"), "-", out))
+    for b in kd[-1:]:
+        speeds = {r["name"]: r for r in b["rows"]}
+        plain = speeds.pop("no KD")
+        for name, r in speeds.items():
+            table.append([f"train {b['student']} with {name}, teacher {b['teacher']}",
+                          f"{r['tok_s']:,.0f} tok/s, {r['mfu']:.1%} MFU measured (teacher FLOPs counted)",
+                          f"{plain['tok_s']:,.0f} tok/s no KD", f"{r['tok_s'] / plain['tok_s']:.2f}x", "-", "-", "-"])
     return table
 
 

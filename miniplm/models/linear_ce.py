@@ -59,11 +59,28 @@ def _float32_product_supported(device_type: str) -> bool:
         return False
 
 
+class _Float32Product(torch.autograd.Function):
+    """torch.mm of half-precision matrices into a float32 result, differentiable (torch has no
+    derivative for mm's out_dtype form): the gradients are those of `(a @ b).float()`."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return torch.mm(a, b, out_dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad.to(a.dtype)
+        return (grad @ b.t() if ctx.needs_input_grad[0] else None,
+                a.t() @ grad if ctx.needs_input_grad[1] else None)
+
+
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with a float32 (float64 for float64 inputs) result."""
+    """a @ b with a float32 (float64 for float64 inputs) result, differentiable."""
     if a.dtype in (torch.bfloat16, torch.float16):
         if _float32_product_supported(a.device.type):
-            return torch.mm(a, b, out_dtype=torch.float32)
+            return _Float32Product.apply(a, b)
         return (a @ b).float()
     return a @ b
 

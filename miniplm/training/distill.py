@@ -75,5 +75,5 @@ class Distillation:
         token set), from the student's final hidden states [positions, d] and output layer; and its
         cross-entropy and KD terms."""
         args = (hidden, batch[:, 1:].reshape(-1), head, self.kd, self._teacher_side(batch, rows), self.weight)
-        fused = self.fused and liger_applies(*args[2:5])
+        fused = self.fused and liger_applies(self.kd, head, args[4])
         return liger_distill_losses(*args) if fused else distill_losses(*args)

@@ -1,7 +1,8 @@
 """On a CUDA GPU: what the CPU tests cannot reach. benchmarks/gpu/run.sh runs them (pytest -m gpu);
 without a GPU they are skipped, and say so.
 
-Collectives under nccl, DeepSpeed's bf16 set-up, the fused kernels against the torch reference,
+Collectives under nccl, DeepSpeed's bf16 set-up, the fused kernels (the vocabulary projection, and
+liger-kernel's fused linear JSD for distillation) against the torch reference,
 packed scoring under flex_attention / flash-attn against padded batches and the float64
 computation, liger-kernel's layers, and no host synchronisation in the scoring and training passes.
 """
@@ -106,6 +107,31 @@ def test_fused_projection_matches_the_torch_path(kernel):
         assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.999
 
 
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_liger_fused_kd_matches_the_chunked_torch_path(loss, temperature):
+    from miniplm.models.kernels import installed
+    from miniplm.models.linear_ce import Head
+    from miniplm.training.kd_losses import KDLoss, OnlineTeacher, distill_losses, liger_distill_losses
+
+    if not installed("liger_kernel"):
+        pytest.skip("liger-kernel is not installed")
+    gen = torch.Generator(DEVICE).manual_seed(0)
+    randn = lambda *shape: (torch.randn(*shape, device=DEVICE, generator=gen) / 4).bfloat16()  # noqa: E731
+    h, w = randn(1024, 128).requires_grad_(), randn(4096, 128).requires_grad_()
+    teacher = OnlineTeacher(randn(1024, 192), Head(randn(4096, 192), None), 4096)
+    y = torch.randint(0, 4096, (1024,), device=DEVICE, generator=gen)
+    kd = KDLoss(loss, temperature)
+    results = {}
+    for name, fn in (("torch", distill_losses), ("liger", liger_distill_losses)):
+        total, ce, kd_term = fn(h, y, Head(w, None), kd, teacher, 0.5)
+        results[name] = (total.detach().float(), ce.float(), kd_term.float(), *torch.autograd.grad(total, [h, w]))
+    for a, b in zip(results["torch"][:3], results["liger"][:3]):
+        assert torch.allclose(a, b, rtol=2e-2, atol=1e-3), (loss, temperature, results["torch"][:3], results["liger"][:3])
+    for a, b in zip(results["torch"][3:], results["liger"][3:]):
+        assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.99
+
+
 def _tiny_qwen(dtype, attn, seed=0):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -177,11 +203,13 @@ def test_no_host_synchronisation_in_the_scoring_and_training_passes():
     rng = np.random.default_rng(1)
     sequences = [rng.integers(3, 512, size=n) for n in [40, 64, 7, 100]]
     windows = [w for d, s in enumerate(sequences) for w in windows_for(d, len(s), 64, 0)]
-    # packed batches only: for padded ones transformers' mask builder asks whether any position
-    # is padding (`padding_mask.all()`), one wait per forward pass that miniplm does not control
+    # Packed batches and the torch projection: for padded ones transformers' mask builder asks
+    # whether any position is padding (`padding_mask.all()`), and cut-cross-entropy and liger-kernel
+    # count the positions to score (`nonzero()`, `.item()`): one wait per forward pass each, in
+    # code miniplm does not control.
     for packed in (True,):
         model = _tiny_qwen(torch.bfloat16, attention_implementation(torch.bfloat16, DEVICE, packed)).to(DEVICE)
-        scorer = Scorer({"m": model}, 0, DEVICE, packed=packed, batch_tokens=256)
+        scorer = Scorer({"m": model}, 0, DEVICE, packed=packed, batch_tokens=256, kernels="torch")
         batch = scorer.plan(windows)[0]
         scorer._logprobs("m", scorer.inputs(batch, sequences))  # warm-up: compiling may wait
         torch.cuda.set_sync_debug_mode("error")
@@ -189,11 +217,17 @@ def test_no_host_synchronisation_in_the_scoring_and_training_passes():
             scorer._logprobs("m", scorer.inputs(batch, sequences))
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    objective = NextTokenLoss(_tiny_qwen(torch.bfloat16, "sdpa").to(DEVICE).train())
+    objective = NextTokenLoss(_tiny_qwen(torch.bfloat16, "sdpa").to(DEVICE).train(), kernel="torch")
     rows = torch.randint(0, 512, (4, 65), device=DEVICE)
     objective(rows).backward()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        objective(rows).backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    # transformers' mask builder asks whether the rows are packed sequences (`.all()` on the
+    # position ids, skipped when compiled): one wait per forward pass, its own; answered here as it
+    # answers for unpacked rows, so that only miniplm's code is checked
+    from unittest import mock
+
+    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda position_ids: None):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            objective(rows).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
