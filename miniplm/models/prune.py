@@ -111,7 +111,12 @@ def prune_model(run: StageRun) -> dict:
         del wide
     pruned = build(model, plan, shape)
     record["loss"]["pruned"] = lm_loss(pruned, batches)
-    flops += tokens * forward_flops_per_token(pruned.config, context)
+    # what pruning gives over training from scratch, before any training: a random model of the same shape
+    from transformers import AutoModelForCausalLM
+
+    record["loss"]["random_init"] = lm_loss(AutoModelForCausalLM.from_config(pruned.config, dtype=pruned.dtype).eval(),
+                                            batches)
+    flops += 2 * tokens * forward_flops_per_token(pruned.config, context)
     record |= {"kept_layers": plan.layers, "kept_heads": [h.tolist() for h in plan.heads],
                "kept_key_value_heads": [g.tolist() for g in plan.groups],
                "channel_importance": importance.channels.tolist(), "parameters_source": model.num_parameters(),
@@ -201,7 +206,8 @@ class Prune(ShardedStage):
             name = part.removeprefix(f"{NAME}/")
             shape = ", ".join(f"{k} {v}" for k, v in c["shape"].items())
             lines.append(f"prune {name}: {c['parameters_source']:,} -> {c['parameters']:,} parameters ({shape}); "
-                         f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f}; "
+                         f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f} (a random "
+                         f"model of this shape: {c['loss']['random_init']:.4f}); "
                          f"model in {job.run_dir}/models/{name}")
         return lines
 
