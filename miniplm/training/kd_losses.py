@@ -44,7 +44,9 @@ from miniplm.models.linear_ce import Head, chunk_rows, float32_product, head_log
 LossName = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
 LOSSES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
 DEFAULT_BETA = {"jsd": 0.5, "skew_forward_kl": 0.1, "skew_reverse_kl": 0.1}  # TRL/Liger; DistiLLM's alpha
-CHUNK_BYTES = 64 << 20  # per [chunk, vocab] float32 tensor; a chunk holds a handful of them
+# Per [chunk, vocab] float32 tensor; a chunk holds a handful of them. On a GPU, small chunks cost more
+# than their memory saves: each adds the [vocab, d] float32 weight gradient once more, and launches.
+CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ def distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: 
     """(loss, mean CE, mean KD) over positions, loss = (1 - kd_weight) CE + kd_weight KD, from the
     student's final hidden states ([positions, d]), the targets and its output layer; differentiable
     with respect to the hidden states and the layer's weight (and bias)."""
-    chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES)
+    chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"]))
     return _ChunkedDistillation.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd,
                                       kd_weight, teacher, chunk)
 
