@@ -76,7 +76,7 @@ class _Float32Product(torch.autograd.Function):
                 a.t() @ grad if ctx.needs_input_grad[1] else None)
 
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with a float32 (float64 for float64 inputs) result, differentiable."""
     if a.dtype in (torch.bfloat16, torch.float16):
         if _float32_product_supported(a.device.type):
@@ -87,7 +87,7 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def head_logits(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     """Logits for hidden states [positions, d], as float32 (float64 for a float64 model)."""
-    logits = _product(hidden, head.weight.t())
+    logits = float32_product(hidden, head.weight.t())
     if head.bias is not None:
         logits = logits + head.bias.to(logits.dtype)
     if head.scale != 1.0:
@@ -185,7 +185,7 @@ class _ChunkedNLL(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
-                grad_w += _product(g.t().to(h.dtype), h)
+                grad_w += float32_product(g.t().to(h.dtype), h)
             if grad_b is not None:
                 grad_b += g.sum(0)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,

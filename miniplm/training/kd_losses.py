@@ -39,12 +39,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from miniplm.models.linear_ce import Head, chunk_rows, head_logits
+from miniplm.models.linear_ce import Head, chunk_rows, float32_product, head_logits
 
 LossName = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
 LOSSES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
 DEFAULT_BETA = {"jsd": 0.5, "skew_forward_kl": 0.1, "skew_reverse_kl": 0.1}  # TRL/Liger; DistiLLM's alpha
-CHUNK_BYTES = 64 << 20  # per [chunk, vocab] float32 tensor; a chunk holds a handful of them
+# Per [chunk, vocab] float32 tensor; a chunk holds a handful of them. On a GPU, small chunks cost more
+# than their memory saves: each adds the [vocab, d] float32 weight gradient once more, and launches.
+CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 
 
 @dataclass(frozen=True)
@@ -86,18 +88,6 @@ def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLos
     raise ValueError(f"unknown KD loss {kd.loss!r} (losses: {', '.join(LOSSES)})")
 
 
-def topk_outcomes(student_logp: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, rest: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both models' log-probabilities over the teacher's top-k tokens and, unless `rest` is None
-    (k is the whole vocabulary), the outcome "any other token": (teacher [n, k(+1)], student)."""
-    student_k = student_logp.gather(1, ids)
-    if rest is None:
-        return logp, student_k
-    others = student_logp.scatter(1, ids, float("-inf"))  # k < vocab: never all -inf
-    return (torch.cat([logp, rest[:, None]], dim=1),
-            torch.cat([student_k, torch.logsumexp(others, dim=1, keepdim=True)], dim=1))
-
-
 @dataclass
 class OnlineTeacher:
     """The teacher's final hidden states ([positions, d_teacher], no grad), its output layer, and
@@ -124,19 +114,65 @@ class TopKTeacher:
 Teacher = OnlineTeacher | TopKTeacher
 
 
-def _chunk_sums(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: Teacher,
-                start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of cross-entropy and KD loss over positions [start, end) (hidden: those positions)."""
+def _outcome_grads(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLoss
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KD sum over a chunk, and its gradient with respect to the student's log-probabilities of
+    the outcomes compared ([positions, outcomes]): autograd over this small graph only."""
+    with torch.enable_grad():
+        leaf = student_logp.detach().requires_grad_()
+        kd_sum = divergence(teacher_logp, leaf, kd).sum()
+        (grad,) = torch.autograd.grad(kd_sum, leaf)
+    return kd_sum.detach(), grad
+
+
+@torch.no_grad()
+def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: Teacher,
+                 start: int, end: int, kd_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums of cross-entropy and KD loss over positions [start, end) (hidden: those positions), and
+    the gradient of (1 - w) CE + w KD with respect to the output layer's pre-activations (h W + b),
+    in closed form: the
+    divergence's gradient over the outcomes it compares (all tokens, or the top k and "any other"),
+    carried to the logits through the log-softmax by hand, so no autograd graph over [chunk, vocab]
+    tensors is kept."""
     logits = head_logits(hidden, head)
-    ce = F.cross_entropy(logits, targets, reduction="sum")
-    student = torch.log_softmax(logits / kd.temperature, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    ce = (lse.squeeze(1) - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    t = kd.temperature
+    z = logits / t if t != 1.0 else logits
+    lse_t = torch.logsumexp(z, dim=-1, keepdim=True) if t != 1.0 else lse
+    p = torch.exp(z - lse_t)  # the student's distribution at temperature t
     if isinstance(teacher, OnlineTeacher):
-        with torch.no_grad():
-            teacher_logp = torch.log_softmax(teacher.logits(start, end) / kd.temperature, dim=-1)
+        teacher_logp = torch.log_softmax(teacher.logits(start, end) / t, dim=-1)
+        kd_sum, g = _outcome_grads(teacher_logp, z - lse_t, kd)
+        # d log p_i / d z_j = [i = j] - p_j
+        dz = g - p * g.sum(-1, keepdim=True)
     else:
-        rest = None if teacher.rest is None else teacher.rest[start:end].float()
-        teacher_logp, student = topk_outcomes(student, teacher.ids[start:end], teacher.logp[start:end].float(), rest)
-    return ce, divergence(teacher_logp, student, kd).sum()
+        ids = teacher.ids[start:end]
+        z_k = z.gather(1, ids)
+        logp_k = z_k - lse_t
+        teacher_logp = teacher.logp[start:end].to(logits.dtype)
+        if teacher.rest is None:  # k = vocabulary
+            kd_sum, g = _outcome_grads(teacher_logp, logp_k, kd)
+            dz = (-p * g.sum(-1, keepdim=True)).scatter_add_(1, ids, g)
+        else:
+            # "any other token": log of the student's mass outside the top k, from the logits themselves
+            # (1 - sum of the top k's probabilities would lose it to rounding when it is small)
+            logp_rest = torch.logsumexp(z.scatter(1, ids, float("-inf")), dim=-1, keepdim=True) - lse_t
+            rest = teacher.rest[start:end, None].to(logits.dtype)
+            kd_sum, g = _outcome_grads(torch.cat([teacher_logp, rest], 1), torch.cat([logp_k, logp_rest], 1), kd)
+            g_k, g_rest = g[:, :-1], g[:, -1:]
+            # d log q_rest / d z_j = [j not in top k] p_j / q_rest - p_j
+            per_rest = g_rest * torch.exp(-logp_rest)
+            dz = (p * (per_rest - g.sum(-1, keepdim=True))).scatter_add_(1, ids, g_k - torch.exp(logp_k) * per_rest)
+    grad = dz.mul_(kd_weight / t)
+    softmax = p if t == 1.0 else torch.exp(logits - lse)
+    grad.add_(softmax, alpha=1 - kd_weight)
+    grad.scatter_add_(1, targets[:, None], torch.full_like(lse, -(1 - kd_weight)))
+    if head.softcap:  # logits = softcap tanh(scale (h W + b) / softcap)
+        grad *= 1 - (logits / head.softcap) ** 2
+    if head.scale != 1.0:
+        grad *= head.scale
+    return ce, kd_sum, grad
 
 
 class _ChunkedDistillation(torch.autograd.Function):
@@ -157,21 +193,17 @@ class _ChunkedDistillation(torch.autograd.Function):
         sums = torch.zeros(2, dtype=acc, device=hidden.device)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            with torch.enable_grad():
-                h = hidden[start:end].detach().requires_grad_(want_h)
-                w = weight.detach().requires_grad_(want_w)
-                b = bias.detach().requires_grad_(want_b) if bias is not None else None
-                ce, kd_sum = _chunk_sums(h, targets[start:end], Head(w, b, scale, softcap), kd, teacher, start, end)
-                leaves = [t for t in (h, w, b) if t is not None and t.requires_grad]
-                if leaves:
-                    grads = iter(torch.autograd.grad(((1 - kd_weight) * ce + kd_weight * kd_sum) / n, leaves))
+            h = hidden[start:end]
+            ce, kd_sum, g = _chunk_grads(h, targets[start:end], Head(weight, bias, scale, softcap), kd, teacher,
+                                         start, end, kd_weight)
+            g /= n
             if grad_h is not None:
-                grad_h[start:end] = next(grads)
+                grad_h[start:end] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
-                grad_w += next(grads)
+                grad_w += float32_product(g.t().to(h.dtype), h)
             if grad_b is not None:
-                grad_b += next(grads)
-            sums += torch.stack([ce.detach(), kd_sum.detach()]).to(acc)
+                grad_b += g.sum(0)
+            sums += torch.stack([ce, kd_sum]).to(acc)
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                               None if grad_b is None else grad_b.to(bias.dtype))
         ce_mean, kd_mean = sums[0] / n, sums[1] / n
@@ -189,7 +221,7 @@ def distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: 
     """(loss, mean CE, mean KD) over positions, loss = (1 - kd_weight) CE + kd_weight KD, from the
     student's final hidden states ([positions, d]), the targets and its output layer; differentiable
     with respect to the hidden states and the layer's weight (and bias)."""
-    chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES)
+    chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"]))
     return _ChunkedDistillation.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd,
                                       kd_weight, teacher, chunk)
 

@@ -133,6 +133,42 @@ def test_top_32_is_a_lower_bound_within_the_stated_margin(models, loss):
     assert rest.exp().mean() > 0.05  # the top 32 leave real mass over: the bound is not met trivially
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+def test_top_32_loss_and_gradient_equal_float64_autograd_through_a_biased_scaled_capped_head(models, loss):
+    """The top-k gradient is carried to the logits by hand: against autograd in float64 over the k + 1
+    outcomes (the student's remaining mass as 1 - its top-k probabilities), through an output layer
+    with a bias, a logit scale and a soft cap."""
+    from miniplm.models.linear_ce import Head
+
+    student, teacher, ids = models
+    hidden, targets, _ = _student_side(student, ids)
+    weight = student.get_output_embeddings().weight.detach()
+    bias = torch.linspace(-0.3, 0.3, VOCAB)
+    head = Head(weight, bias, 0.7, 5.0)
+    t, w = 1.3, 0.3
+    top_ids, top_logp, rest = teacher.top_k(teacher.side(ids[:, :-1]).hidden, 32, t)
+    kd = KDLoss(loss, t)
+    total, ce, value = distill_losses(hidden, targets, head, kd, TopKTeacher(top_ids, top_logp, rest), w, chunk=CHUNK)
+    total.backward()
+
+    h64 = hidden.detach().double().requires_grad_()
+    z = torch.tanh((h64 @ weight.double().T + bias.double()) * 0.7 / 5.0) * 5.0
+    q_k = torch.softmax(z / t, -1).gather(1, top_ids)
+    q = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], 1)
+    p = torch.cat([top_logp.double(), rest.double()[:, None]], 1).exp()
+    b = DEFAULT_BETA.get(loss, 0.5)
+    kl = lambda a, c: (a * (a / c).log()).sum(-1)  # noqa: E731
+    kd64 = {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
+            "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
+            "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
+            "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]().mean()
+    ce64 = torch.nn.functional.cross_entropy(z, targets)
+    ((1 - w) * ce64 + w * kd64).backward()
+    assert float(value) == pytest.approx(float(kd64.detach()), rel=1e-4)
+    assert float(ce) == pytest.approx(float(ce64), rel=1e-6)
+    assert torch.allclose(hidden.grad.double(), h64.grad, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
 def test_liger_fused_loss_matches_the_chunked_one(models, loss):
     """liger-kernel's fused linear JSD, which training uses on CUDA when it is installed: its chunked
