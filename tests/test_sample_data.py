@@ -154,3 +154,34 @@ def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monke
     names = [s.name for s in steps(job)]
     assert names.index("teacher-logits") < names.index("train/offline-kd") and names[-1] == "eval"
     assert {t.name for t in targets(job)} == set(students)
+
+
+def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_seeds(monkeypatch):
+    """The comparison of every method: one student per method, the same shape (the pruned student is cut
+    to the shape the others are built with), steps and tokens, at least 3 seeds, KD read from log-probs
+    stored for the student's own token set, the hybrid's set half teacher-written text."""
+    import json
+
+    from miniplm.evaluation.evaluate import targets
+    from miniplm.models.presets import PRESETS
+
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs" / "kd-compare.yaml")
+    sets = {t.name: t for t in job.tokenize}
+    methods = {s.name: (sets[s.tokens].input if sets[s.tokens].mix is None else "mix", s.init,
+                        s.kd and (s.kd.source, s.kd.loss)) for s in job.students}
+    kd = ("offline", "forward_kl")
+    assert methods == {"scratch": ("selected-random", None, None), "miniplm": ("selected", None, None),
+                       "vanilla-kd": ("selected-random", None, kd), "seqkd": ("generated/seqkd", None, None),
+                       "miniplm-kd": ("selected", None, kd), "hybrid": ("mix", None, kd),
+                       "pruned-kd": ("selected-random", "pruned", kd)}
+    assert sets["hybrid"].mix == {"written": 0.5, "random": 0.5} and sets["written"].input == "generated/seqkd"
+    assert len({(s.steps, s.batch_tokens, s.lr, s.micro_batch) for s in job.students}) == 1
+    shape = json.loads((REPO / "jobs" / "configs" / "kd-compare-student.json").read_text())
+    assert {s.config for s in job.students if s.init is None} == {"jobs/configs/kd-compare-student.json"}
+    target = PRESETS[job.prune[0].target.preset]
+    assert all(shape[k] == target[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    logits = {t.name: t.tokens for t in job.teacher_logits}
+    assert all(logits[s.kd.logits] == s.tokens for s in job.students if s.kd)
+    assert job.eval.seeds >= 3 and job.eval.heldout
+    assert len(targets(job)) == 7 * job.eval.seeds

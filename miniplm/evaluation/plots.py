@@ -1,5 +1,5 @@
 """The comparison's figure: each model's held-out loss and zero-shot accuracy against the compute that
-produced it (students: training plus their share of the teacher and reference work; see
+produced it (students: training plus their share of the work their data and weights needed; see
 miniplm/compute.py). A student trained with several seeds is its replicas' mean with the standard
 deviation as an error bar; a model without recorded compute (the teacher, a checkpoint from
 elsewhere) is a dashed horizontal line."""
@@ -74,6 +74,6 @@ def against_compute(results: dict[str, dict], groups: dict[str, list[str]], path
             ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
             ax.set_xticks(sorted(set(ticks)), [f"{t:.2e}" for t in sorted(set(ticks))], rotation=20)
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.set(xlabel="compute (FLOPs): training + share of teacher and reference work", ylabel=label)
+        ax.set(xlabel="compute (FLOPs): training + share of the work its data and weights needed", ylabel=label)
         ax.legend(fontsize=7)
     save_png(fig, path)
