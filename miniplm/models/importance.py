@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -87,23 +86,32 @@ class _Skipped(torch.nn.Module):
 
 @torch.no_grad()
 def lm_loss(model, batches: list[torch.Tensor]) -> float:
-    """Mean next-token loss over every predicted position of `batches`."""
+    """Mean next-token loss over every predicted position of `batches`, through the output layer a
+    chunk of positions at a time (full logits of a calibration batch would be gigabytes, and layer
+    importance computes this once per layer)."""
+    from miniplm.models.kernels import linear_ce_kernel
+    from miniplm.models.linear_ce import head_of, token_logprobs
+
+    head, kernel = head_of(model), linear_ce_kernel(batches[0].device)
     total, count = 0.0, 0
     for batch in batches:
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                       reduction="sum"))
-        count += batch[:, 1:].numel()
+        hidden = model.model(input_ids=batch).last_hidden_state[:, :-1]
+        targets = batch[:, 1:].reshape(-1)
+        total -= float(token_logprobs(hidden.reshape(len(targets), -1), targets, head, kernel).double().sum())
+        count += len(targets)
     return total / count
 
 
 @torch.no_grad()
-def layer_importance(model, batches: list[torch.Tensor]) -> tuple[float, list[float]]:
+def layer_importance(model, batches: list[torch.Tensor], show_progress: bool = False) -> tuple[float, list[float]]:
     """The model's calibration loss, and per layer the loss with that layer alone skipped."""
+    from tqdm import tqdm
+
     layers = model.model.layers
     full = lm_loss(model, batches)
     dropped = []
-    for i in range(len(layers)):
+    for i in tqdm(range(len(layers)), desc="prune: loss with each layer skipped", unit="layer",
+                  disable=not show_progress, leave=False, dynamic_ncols=True):
         kept = layers[i]
         layers[i] = _Skipped()
         try:

@@ -102,7 +102,7 @@ def prune_model(run: StageRun) -> dict:
                     "loss": {"source": source_loss}}
     if shape["num_hidden_layers"] < layers:
         wide = build(model, plan, shape | {"num_hidden_layers": layers})
-        record["loss"]["width_pruned"], dropped = layer_importance(wide, batches)
+        record["loss"]["width_pruned"], dropped = layer_importance(wide, batches, run.show_progress)
         plan.layers = drop_layers(dropped, shape["num_hidden_layers"])
         record["loss_with_layer_skipped"] = dropped
         wide_config = pruned_config(model.config, shape | {"num_hidden_layers": layers - 1}, [])
