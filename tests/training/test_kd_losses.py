@@ -47,6 +47,19 @@ def _mean_divergence64(loss: str, teacher_logits: np.ndarray, student_logits: np
     return float(value.mean())
 
 
+def _divergence(loss: str, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The loss per position from the teacher's and the student's probabilities (torch, for autograd)."""
+    b = DEFAULT_BETA.get(loss, 0.5)
+
+    def kl(a, c):
+        return (a * (a / c).log()).sum(-1)
+
+    return {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
+            "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
+            "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
+            "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]()
+
+
 def _student_side(student, ids):
     hidden = student.base_model(input_ids=ids[:, :-1]).last_hidden_state.reshape(-1, 32).detach().requires_grad_()
     return hidden, ids[:, 1:].reshape(-1), head_of(student)
@@ -77,13 +90,7 @@ def test_each_loss_equals_a_float64_computation_at_two_temperatures(models, loss
     z64 = h64 @ student.get_output_embeddings().weight.double().T
     p = torch.softmax(torch.from_numpy(z_teacher) / temperature, -1)
     q = torch.softmax(z64 / temperature, -1)
-    b = DEFAULT_BETA.get(loss, 0.5)
-    kl = lambda a, c: (a * (a / c).log()).sum(-1)  # noqa: E731
-    reference = {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
-                 "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
-                 "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
-                 "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]().mean()
-    reference.backward()
+    _divergence(loss, p, q).mean().backward()
     assert torch.allclose(hidden.grad.double(), h64.grad, rtol=1e-4, atol=1e-7)
 
 
@@ -156,12 +163,7 @@ def test_top_32_loss_and_gradient_equal_float64_autograd_through_a_biased_scaled
     q_k = torch.softmax(z / t, -1).gather(1, top_ids)
     q = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], 1)
     p = torch.cat([top_logp.double(), rest.double()[:, None]], 1).exp()
-    b = DEFAULT_BETA.get(loss, 0.5)
-    kl = lambda a, c: (a * (a / c).log()).sum(-1)  # noqa: E731
-    kd64 = {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
-            "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
-            "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
-            "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]().mean()
+    kd64 = _divergence(loss, p, q).mean()
     ce64 = torch.nn.functional.cross_entropy(z, targets)
     ((1 - w) * ce64 + w * kd64).backward()
     assert float(value) == pytest.approx(float(kd64.detach()), rel=1e-4)
