@@ -35,7 +35,7 @@ from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.inputs import Input, Model, Upstream
+from miniplm.inputs import Files, Input, Model, Upstream
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
@@ -173,7 +173,7 @@ class Generate(ShardedStage):
         spec = source_model(job, entry)
         prompts: Input
         if isinstance(entry.prompts, PromptFile):
-            prompts = P.prompt_file_fact(entry.prompts)
+            prompts = Files(f"generate.{entry.name}.prompts", (P.readable_prompt_file(entry.prompts),))
         else:
             prompts = Upstream("prepare", (f"docs/{entry.prompts}",),
                                why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split")

@@ -12,7 +12,6 @@ scratch space, which any worker then reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +53,14 @@ def split_plan(rd: RunDir, split: str, limit: int | None) -> list[tuple[Path, in
     return plan
 
 
-def prompt_file_fact(prompts: PromptFile) -> str:
-    """What identifies a prompt file's content (it is small next to what is generated from it)."""
+def readable_prompt_file(prompts: PromptFile) -> str:
+    """The prompt file's path, once it is known to be readable (its content is fingerprinted as an input)."""
     try:
-        digest = hashlib.blake2b(Path(prompts.path).read_bytes(), digest_size=16).hexdigest()
+        with open(prompts.path, "rb"):
+            pass
     except OSError as e:
         raise ConfigError(f"generate: prompts.path: cannot read {prompts.path!r}: {e.strerror or e}") from None
-    return f"{prompts.path}@{digest}"
+    return prompts.path
 
 
 def prompt_folder(rd: RunDir, part_name: str) -> Path:
