@@ -105,7 +105,8 @@ def prune_model(run: StageRun) -> dict:
         record["loss"]["width_pruned"], dropped = layer_importance(wide, batches, run.show_progress)
         plan.layers = drop_layers(dropped, shape["num_hidden_layers"])
         record["loss_with_layer_skipped"] = dropped
-        wide_config = pruned_config(model.config, shape | {"num_hidden_layers": layers - 1}, [])
+        # the width-pruned model with one layer skipped; which one does not change its count
+        wide_config = pruned_config(model.config, shape | {"num_hidden_layers": layers - 1}, list(range(1, layers)))
         flops += tokens * (forward_flops_per_token(wide.config, context)
                            + layers * forward_flops_per_token(wide_config, context))
         del wide

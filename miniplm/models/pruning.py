@@ -137,14 +137,26 @@ def sliced_state_dict(model, plan: WidthPlan) -> dict[str, torch.Tensor]:
     return out
 
 
+def per_layer_lists(config) -> dict[str, list]:
+    """The config's fields that hold one entry per layer (layer_types, per-layer windows, ...): every list as
+    long as the model is deep, but for those that never describe layers (token ids, architectures)."""
+    n = config.num_hidden_layers
+    return {k: list(v) for k, v in config.to_dict().items()
+            if isinstance(v, (list, tuple)) and len(v) == n and k != "architectures"
+            and not k.endswith(("token_id", "token_ids"))}
+
+
 def pruned_config(config, shape: dict[str, int], layers: list[int]):
-    """The teacher's config with the pruned shape (head_dim kept, per-layer lists cut to the kept layers)."""
+    """The teacher's config with the pruned shape: head_dim kept, and every per-layer list holding the
+    entries of `layers`, the kept layers in order (a model reads its layer i's kind, window, ... from them)."""
+    if len(layers) != shape["num_hidden_layers"]:
+        raise ValueError(f"{len(layers)} kept layers for a shape of {shape['num_hidden_layers']} layers")
     new = config.__class__.from_dict(config.to_dict())
     new.head_dim = head_dim(config)
     for k, v in shape.items():
         setattr(new, k, v)
-    if isinstance(getattr(config, "layer_types", None), list):
-        new.layer_types = [config.layer_types[i] for i in layers]
+    for k, v in per_layer_lists(config).items():
+        setattr(new, k, [v[i] for i in layers])
     return new
 
 

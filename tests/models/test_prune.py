@@ -138,3 +138,58 @@ def test_models_other_than_llama_and_qwen2_are_refused(tiny_models, tmp_path):
                         show_progress=False)
     with pytest.raises(ConfigError, match="students.0.init: 'nope' is neither a prune entry"):
         load_job(tmp_path / "job.yaml", ["students=[{name: s, init: nope, tokens: t, steps: 1}]"])
+
+
+def _qwen2_listing_its_layers(path: Path, tokenizer) -> tuple[str, list[str]]:
+    """A random Qwen2 whose config lists its layers (layer_types, as transformers writes for Qwen2 and Qwen3), with
+    sliding and full attention mixed so that which layer is which changes the output, and a second per-layer list.
+    Any 3 of its 4 layers hold both kinds."""
+    types = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         use_sliding_window=True, sliding_window=4, layer_types=types,
+                         layer_scales=[1.0, 2.0, 3.0, 4.0],
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path), types
+
+
+def test_a_config_listing_its_layers_keeps_the_entries_of_the_kept_layers(tiny_models, tmp_path):
+    from miniplm.corpus import prepare
+    from miniplm.models.loading import load_model
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_models["reference"])
+    teacher, types = _qwen2_listing_its_layers(tmp_path / "teacher", tokenizer)
+    width = {"hidden_size": 24, "intermediate_size": 48, "num_attention_heads": 2}
+    # rows of 16 tokens against a window of 4: sliding and full attention give different outputs
+    calibration = {"split": "reference", "docs": 12, "max_length": 16}
+    job = {"run_dir": str(tmp_path / "run"), "seed": 1,
+           "corpus": {"inputs": [{"path": write_corpus(tmp_path / "corpus", files=1, docs=30), "format": "jsonl"}],
+                      "reference_fraction": 0.3},
+           "teacher": {"model": teacher},
+           "prune": [{"name": "wide", "calibration": calibration, "target": width, "device": "cpu"},
+                     {"name": "deep", "calibration": calibration, "target": width | {"num_hidden_layers": 3},
+                      "device": "cpu"}]}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    job = load_job(tmp_path / "job.yaml")
+    prepare.STAGE.run(job, show_progress=False)
+    prune.STAGE.run(job, show_progress=False)
+
+    rd = RunDir(job.run_dir)
+    source = load_model(teacher, "auto", "cpu")
+    for entry, layers in zip(job.prune, (4, 3)):
+        folder = rd.model(entry.name)
+        kept = json.loads((folder / "pruning.json").read_text())["kept_layers"]
+        loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+        assert len(kept) == layers == loaded.config.num_hidden_layers
+        assert loaded.config.layer_types == [types[i] for i in kept]
+        assert loaded.config.layer_scales == [float(i + 1) for i in kept]
+        # the same cut made here, from the same calibration batches, is what was saved
+        batches = prune._batches(prune.calibration_rows(rd, entry, tokenizer), entry.batch_tokens, "cpu")
+        plan = plan_width(source.config, width_importance(source, batches)[0], shape_of(loaded.config))
+        plan.layers = kept
+        pruned = build(source, plan, shape_of(loaded.config))
+        with torch.no_grad():
+            assert torch.allclose(loaded(batches[0]).logits, pruned(batches[0]).logits, atol=1e-5)
