@@ -36,6 +36,15 @@ class Head:
     scale: float = 1.0  # logits times this: Cohere's logit_scale, 1 / Granite's logits_scaling
     softcap: float | None = None  # Gemma 2: cap * tanh(logits / cap)
 
+    def first(self, vocab: int) -> "Head":
+        """The layer's first `vocab` outputs: a head padded past its tokenizer (Qwen's 151,936 rows for
+        151,646 tokens) cut to the tokens that exist. A view: gradients reach the whole weight."""
+        if self.weight.shape[0] == vocab:
+            return self
+        if self.weight.shape[0] < vocab:
+            raise ValueError(f"an output layer of {self.weight.shape[0]} tokens cannot cover {vocab}")
+        return Head(self.weight[:vocab], None if self.bias is None else self.bias[:vocab], self.scale, self.softcap)
+
 
 def head_of(model: torch.nn.Module) -> Head:
     out = model.get_output_embeddings()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from miniplm.config import JobConfig, KDConfig, StudentConfig, teacher_model
+from miniplm.corpus.instance_rows import PAD
 from miniplm.errors import StageError
 from miniplm.models.linear_ce import Head
 from miniplm.rundir import RunDir
@@ -73,7 +74,14 @@ class Distillation:
                head: Head) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss to back-propagate for a micro-batch of token rows (`rows`: their indices in the
         token set), from the student's final hidden states [positions, d] and output layer; and its
-        cross-entropy and KD terms."""
-        args = (hidden, batch[:, 1:].reshape(-1), head, self.kd, self._teacher_side(batch, rows), self.weight)
-        fused = self.fused and liger_applies(self.kd, head, args[4])
-        return liger_distill_losses(*args) if fused else distill_losses(*args)
+        cross-entropy and KD terms, over the positions whose target is not PAD.
+
+        Both models are compared over the tokenizer's tokens: an output layer wider than the
+        tokenizer (a student pruned from Qwen keeps its 151,936 rows for 151,646 tokens) is cut to
+        it, so the student's cross-entropy is over the same tokens as its KD term, and the rows no
+        token maps to get no gradient."""
+        teacher = self._teacher_side(batch, rows)
+        args = (hidden, batch[:, 1:].reshape(-1), head.first(self.vocab), self.kd, teacher, self.weight)
+        if self.fused and liger_applies(self.kd, args[2], teacher):
+            return liger_distill_losses(*args, ignore_index=PAD)
+        return distill_losses(*args, ignore_index=PAD)

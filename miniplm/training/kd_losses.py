@@ -114,36 +114,39 @@ class TopKTeacher:
 Teacher = OnlineTeacher | TopKTeacher
 
 
-def _outcome_grads(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLoss
+def _outcome_grads(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLoss, counted: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The KD sum over a chunk, and its gradient with respect to the student's log-probabilities of
-    the outcomes compared ([positions, outcomes]): autograd over this small graph only."""
+    """The KD sum over a chunk's counted positions, and its gradient with respect to the student's
+    log-probabilities of the outcomes compared ([positions, outcomes]): autograd over this small
+    graph only."""
     with torch.enable_grad():
         leaf = student_logp.detach().requires_grad_()
-        kd_sum = divergence(teacher_logp, leaf, kd).sum()
+        # where(), not a product: an uncounted position's terms may be anything, nan included
+        kd_sum = torch.where(counted, divergence(teacher_logp, leaf, kd), 0).sum()
         (grad,) = torch.autograd.grad(kd_sum, leaf)
     return kd_sum.detach(), grad
 
 
 @torch.no_grad()
-def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: Teacher,
-                 start: int, end: int, kd_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums of cross-entropy and KD loss over positions [start, end) (hidden: those positions), and
-    the gradient of (1 - w) CE + w KD with respect to the output layer's pre-activations (h W + b),
-    in closed form: the
-    divergence's gradient over the outcomes it compares (all tokens, or the top k and "any other"),
-    carried to the logits through the log-softmax by hand, so no autograd graph over [chunk, vocab]
-    tensors is kept."""
+def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor, head: Head, kd: KDLoss,
+                 teacher: Teacher, start: int, end: int, kd_weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums of cross-entropy and KD loss over the counted positions among [start, end) (hidden:
+    those positions; targets: any token id where not counted), and the gradient of (1 - w) CE + w KD
+    with respect to the output layer's pre-activations (h W + b), in closed form: the divergence's
+    gradient over the outcomes it compares (all tokens, or the top k and "any other"), carried to
+    the logits through the log-softmax by hand, so no autograd graph over [chunk, vocab] tensors is
+    kept. Uncounted positions get no gradient."""
     logits = head_logits(hidden, head)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    ce = (lse.squeeze(1) - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    ce = torch.where(counted, lse.squeeze(1) - logits.gather(1, targets[:, None]).squeeze(1), 0).sum()
     t = kd.temperature
     z = logits / t if t != 1.0 else logits
     lse_t = torch.logsumexp(z, dim=-1, keepdim=True) if t != 1.0 else lse
     p = torch.exp(z - lse_t)  # the student's distribution at temperature t
     if isinstance(teacher, OnlineTeacher):
         teacher_logp = torch.log_softmax(teacher.logits(start, end) / t, dim=-1)
-        kd_sum, g = _outcome_grads(teacher_logp, z - lse_t, kd)
+        kd_sum, g = _outcome_grads(teacher_logp, z - lse_t, kd, counted)
         # d log p_i / d z_j = [i = j] - p_j
         dz = g - p * g.sum(-1, keepdim=True)
     else:
@@ -152,14 +155,15 @@ def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KD
         logp_k = z_k - lse_t
         teacher_logp = teacher.logp[start:end].to(logits.dtype)
         if teacher.rest is None:  # k = vocabulary
-            kd_sum, g = _outcome_grads(teacher_logp, logp_k, kd)
+            kd_sum, g = _outcome_grads(teacher_logp, logp_k, kd, counted)
             dz = (-p * g.sum(-1, keepdim=True)).scatter_add_(1, ids, g)
         else:
             # "any other token": log of the student's mass outside the top k, from the logits themselves
             # (1 - sum of the top k's probabilities would lose it to rounding when it is small)
             logp_rest = torch.logsumexp(z.scatter(1, ids, float("-inf")), dim=-1, keepdim=True) - lse_t
             rest = teacher.rest[start:end, None].to(logits.dtype)
-            kd_sum, g = _outcome_grads(torch.cat([teacher_logp, rest], 1), torch.cat([logp_k, logp_rest], 1), kd)
+            kd_sum, g = _outcome_grads(torch.cat([teacher_logp, rest], 1), torch.cat([logp_k, logp_rest], 1), kd,
+                                        counted)
             g_k, g_rest = g[:, :-1], g[:, -1:]
             # d log q_rest / d z_j = [j not in top k] p_j / q_rest - p_j
             per_rest = g_rest * torch.exp(-logp_rest)
@@ -172,7 +176,7 @@ def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KD
         grad *= 1 - (logits / head.softcap) ** 2
     if head.scale != 1.0:
         grad *= head.scale
-    return ce, kd_sum, grad
+    return ce, kd_sum, torch.where(counted[:, None], grad, 0)
 
 
 class _ChunkedDistillation(torch.autograd.Function):
@@ -183,20 +187,22 @@ class _ChunkedDistillation(torch.autograd.Function):
     only scales them. Returns the loss, and its CE and KD means (for reporting, no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale, softcap, kd, kd_weight, teacher, chunk):
-        n = hidden.shape[0]
+    def forward(ctx, hidden, weight, bias, targets, scale, softcap, kd, kd_weight, teacher, chunk, ignore_index):
+        counted = targets != ignore_index
+        targets = torch.where(counted, targets, 0)
+        n = counted.sum().clamp(min=1)  # a tensor: no wait for the host
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         want_h, want_w, want_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if want_b and bias is not None else None
         sums = torch.zeros(2, dtype=acc, device=hidden.device)
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
+        for start in range(0, hidden.shape[0], chunk):
+            end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            ce, kd_sum, g = _chunk_grads(h, targets[start:end], Head(weight, bias, scale, softcap), kd, teacher,
-                                         start, end, kd_weight)
-            g /= n
+            ce, kd_sum, g = _chunk_grads(h, targets[start:end], counted[start:end], Head(weight, bias, scale, softcap),
+                                         kd, teacher, start, end, kd_weight)
+            g /= n.to(g.dtype)
             if grad_h is not None:
                 grad_h[start:end] = (g.to(h.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
@@ -206,24 +212,38 @@ class _ChunkedDistillation(torch.autograd.Function):
             sums += torch.stack([ce, kd_sum]).to(acc)
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                               None if grad_b is None else grad_b.to(bias.dtype))
-        ce_mean, kd_mean = sums[0] / n, sums[1] / n
+        ce_mean, kd_mean = sums[0] / n.to(acc), sums[1] / n.to(acc)
         ctx.mark_non_differentiable(ce_mean, kd_mean)
         return (1 - kd_weight) * ce_mean + kd_weight * kd_mean, ce_mean, kd_mean
 
     @staticmethod
     def backward(ctx, grad_loss, grad_ce, grad_kd):
         grad_h, grad_w, grad_b = (None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
 def distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: Teacher,
-                   kd_weight: float, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mean CE, mean KD) over positions, loss = (1 - kd_weight) CE + kd_weight KD, from the
-    student's final hidden states ([positions, d]), the targets and its output layer; differentiable
-    with respect to the hidden states and the layer's weight (and bias)."""
+                   kd_weight: float, chunk: int | None = None, ignore_index: int = -100
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, mean CE, mean KD) over the positions whose target is not `ignore_index` (0 when there
+    are none), loss = (1 - kd_weight) CE + kd_weight KD, from the student's final hidden states
+    ([positions, d]), the targets and its output layer; differentiable with respect to the hidden
+    states and the layer's weight (and bias). Both models' distributions are over the same outcomes:
+    the head and the teacher must have been cut to the same vocabulary (`Head.first`)."""
+    _check_outcomes(head, teacher)
     chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"]))
     return _ChunkedDistillation.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd,
-                                      kd_weight, teacher, chunk)
+                                      kd_weight, teacher, chunk, ignore_index)
+
+
+def _check_outcomes(head: Head, teacher: Teacher) -> None:
+    """The student's and the teacher's logits must cover the same tokens: a wider head (a model
+    padded past its tokenizer) is cut with `Head.first` first, or the loss would compare apples and
+    the first `vocab` pears."""
+    vocab = head.weight.shape[0]
+    if isinstance(teacher, OnlineTeacher) and teacher.vocab != vocab:
+        raise ValueError(f"the student's head has {vocab} outcomes and the teacher's {teacher.vocab}: cut both "
+                         "to the tokenizer's vocabulary")
 
 
 # liger-kernel's generalised JSD: beta 0 is KL(P || Q), 1 is KL(Q || P), between them this module's jsd
@@ -239,14 +259,16 @@ def liger_applies(kd: KDLoss, head: Head, teacher: Teacher) -> bool:
 
 
 def liger_distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: OnlineTeacher,
-                         kd_weight: float, compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         kd_weight: float, compiled: bool = True, ignore_index: int = -100
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`distill_losses` through liger-kernel's fused linear JSD (its chunked loss computes the
     gradients in the forward pass too, and compiles the chunk with torch.compile): the same
-    definitions, temperature and weights, for the losses `liger_applies` accepts."""
+    definitions, temperature, weights and ignored targets, for the losses `liger_applies` accepts."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
+    _check_outcomes(head, teacher)
     fused = LigerFusedLinearJSDLoss(weight_hard_loss=1 - kd_weight, weight_soft_loss=kd_weight,
                                     beta=LIGER_BETA.get(kd.loss, kd.mixing), temperature=kd.temperature,
-                                    compiled=compiled, return_soft_hard_loss=True)
+                                    ignore_index=ignore_index, compiled=compiled, return_soft_hard_loss=True)
     loss, kd_mean, ce_mean = fused(hidden, head.weight, teacher.hidden, teacher.head.weight[: teacher.vocab], targets)
     return loss, ce_mean.detach(), kd_mean.detach()

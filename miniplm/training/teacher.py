@@ -27,7 +27,7 @@ class Teacher:
             raise ConfigError(f"teacher {name!r}: its output layer has {width} tokens, fewer than the tokenizer's "
                               f"{vocab}")
         self.vocab = vocab
-        self.head = head_of(self.model)
+        self.head = head_of(self.model).first(vocab)
 
     @property
     def device(self) -> torch.device:
@@ -35,13 +35,16 @@ class Teacher:
 
     @torch.no_grad()
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states [rows, positions, d] of full rows of tokens (no padding)."""
+        """Final hidden states [rows, positions, d] of rows of tokens. A PAD input (right padding of an
+        instance row, negative) is read as token 0, as the student reads it: after every real token,
+        under causal attention it changes no real position, and nothing is predicted from it."""
         # use_cache=False: a key/value cache would only cost memory
-        return self.model.base_model(input_ids=input_ids.to(self.device), use_cache=False).last_hidden_state
+        ids = input_ids.to(self.device).clamp(min=0)
+        return self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [positions, vocab] over the student's vocabulary, for hidden states [positions, d]."""
-        return head_logits(hidden, self.head)[:, : self.vocab]
+        return head_logits(hidden, self.head)
 
     def side(self, input_ids: torch.Tensor) -> OnlineTeacher:
         """The teacher's side of the KD loss for a batch of rows: its hidden states, flattened to positions."""

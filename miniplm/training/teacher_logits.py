@@ -24,6 +24,7 @@ from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.compute import record
 from miniplm.config import JobConfig, TeacherLogitsSet, hashable_dump, teacher_model, token_set_named, tokenizer_name
 from miniplm.corpus import tokenize
+from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
@@ -105,7 +106,9 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
             pending = []
     out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
     size = write_logits(out, layout, (pq.read_table(f) for f in checkpoints.saved()[1]))
-    stats = {"rows": len(rows), "tokens": len(rows) * seq_len, "bytes": size,
+    # a padded instance row's PAD targets are stored (the teacher read PAD as token 0, as the student
+    # does) but never predicted: `tokens` counts the positions training reads
+    stats = {"rows": len(rows), "tokens": int((rows[:, 1:] != PAD).sum()), "bytes": size,
              "flops": len(rows) * seq_len * teacher.flops_per_token((seq_len + 1) / 2)}
     atomic_write_json(out.with_suffix(".json"), stats)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -191,3 +191,122 @@ def test_liger_fused_loss_matches_the_chunked_one(models, loss):
     for a, b in zip(fused, ours):
         assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-5)
     assert torch.allclose(hidden.grad, our_grad, rtol=1e-4, atol=1e-8)
+
+
+def _padded(ids: torch.Tensor) -> torch.Tensor:
+    """The batch as right-padded instance rows: the first row ends 9 tokens early (PAD = -1)."""
+    from miniplm.corpus.instance_rows import PAD
+
+    padded = ids.clone()
+    padded[0, -9:] = PAD
+    return padded
+
+
+def _masked_reference64(student, teacher_model, rows: torch.Tensor, head_rows: int, loss: str, t: float, w: float):
+    """(1 - w) CE + w KD over the positions whose target is not PAD, in float64 over the tokenizer's
+    first VOCAB tokens, written out without miniplm's code; and the gradient of the loss with respect
+    to the student's hidden states at every position (zero where nothing is predicted)."""
+    inputs, targets = rows[:, :-1].clamp(min=0), rows[:, 1:].reshape(-1)
+    keep = targets >= 0
+    with torch.no_grad():
+        z_teacher = teacher_model(input_ids=inputs).logits.double().reshape(keep.shape[0], -1)[:, :VOCAB]
+    h = student.base_model(input_ids=inputs).last_hidden_state.reshape(keep.shape[0], -1).detach().double()
+    h.requires_grad_()
+    z = (h @ student.get_output_embeddings().weight.double().T)[:, :head_rows][:, :VOCAB]
+    p, q = torch.softmax(z_teacher[keep] / t, -1), torch.softmax(z[keep] / t, -1)
+    ce = torch.nn.functional.cross_entropy(z[keep], targets[keep])
+    kd = _divergence(loss, p, q).mean()
+    ((1 - w) * ce + w * kd).backward()
+    return float(ce), float(kd), h.grad
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl"])
+def test_padded_instance_rows_predict_no_pad_target(models, loss):
+    """A padded instance row (score.unit: instance) reaches the KD loss with PAD targets and PAD
+    inputs: nothing is predicted there, by CE or KD, online or from stored top-k; the loss and the
+    gradient equal a float64 computation over the other positions only."""
+    from miniplm.corpus.instance_rows import PAD
+
+    student, teacher, ids = models
+    rows = _padded(ids)
+    ce64, kd64, grad64 = _masked_reference64(student, teacher.model, rows, VOCAB, loss, 1.5, 0.4)
+    hidden = student.base_model(input_ids=rows[:, :-1].clamp(min=0)).last_hidden_state.reshape(-1, 32)
+    hidden = hidden.detach().requires_grad_()
+    targets, head, kd = rows[:, 1:].reshape(-1), head_of(student), KDLoss(loss, 1.5)
+    online = teacher.side(rows[:, :-1])
+    stored = TopKTeacher(*teacher.top_k(online.hidden, VOCAB, 1.5)[:2], None)  # k = vocabulary: the full loss
+    for side in (online, stored):
+        hidden.grad = None
+        total, ce, value = distill_losses(hidden, targets, head, kd, side, 0.4, chunk=CHUNK, ignore_index=PAD)
+        total.backward()
+        assert float(ce) == pytest.approx(ce64, rel=1e-6) and float(value) == pytest.approx(kd64, rel=1e-5)
+        assert torch.allclose(hidden.grad.double(), grad64, rtol=1e-4, atol=1e-8)
+        assert (hidden.grad[targets == PAD] == 0).all()
+
+
+def _distillation(teacher, loss: str = "forward_kl"):
+    from miniplm.config import KDConfig
+    from miniplm.training.distill import Distillation
+
+    return Distillation(KDConfig(loss=loss, weight=0.4, temperature=1.5), VOCAB, "cpu", teacher)
+
+
+@pytest.mark.parametrize("wider", ["student", "teacher", "both"])
+def test_an_output_layer_wider_than_the_tokenizer_on_either_side(tiny_models, models, wider):
+    """A student pruned from Qwen keeps a head of 151,936 rows for 151,646 tokens; a teacher may be
+    padded the same way. Both models are compared over the tokenizer's tokens."""
+    from miniplm.models.linear_ce import Head
+
+    student, _, ids = models
+    teacher = Teacher(tiny_models["teacher"], VOCAB, "float32", "cpu")
+    with torch.no_grad():
+        teacher.model.get_output_embeddings().weight.mul_(8.0)
+    if wider in ("teacher", "both"):
+        teacher.model.resize_token_embeddings(VOCAB + 11)
+        teacher = _reheaded(teacher)
+    student_head = head_of(student)
+    if wider in ("student", "both"):
+        extra = torch.randn(5, 32)  # rows no token maps to: they must change nothing
+        student_head = Head(torch.cat([student_head.weight.detach(), extra]).requires_grad_(), None)
+    rows = ids
+    ce64, kd64, grad64 = _masked_reference64(student, teacher.model, rows, VOCAB, "forward_kl", 1.5, 0.4)
+    hidden = student.base_model(input_ids=rows[:, :-1]).last_hidden_state.reshape(-1, 32)
+    hidden = hidden.detach().requires_grad_()
+    total, ce, value = _distillation(teacher).losses(hidden, rows, np.arange(2), student_head)
+    total.backward()
+    assert float(ce) == pytest.approx(ce64, rel=1e-6) and float(value) == pytest.approx(kd64, rel=1e-5)
+    assert torch.allclose(hidden.grad.double(), grad64, rtol=1e-4, atol=1e-8)
+    if wider in ("student", "both"):
+        assert student_head.weight.grad[VOCAB:].abs().sum() == 0
+
+
+def _reheaded(teacher: Teacher) -> Teacher:
+    """The teacher again, its head re-read after a resize (its first VOCAB rows unchanged)."""
+    teacher.head = head_of(teacher.model)
+    assert teacher.model.get_output_embeddings().weight.shape[0] > VOCAB
+    return teacher
+
+
+def test_liger_fused_loss_on_padded_rows_and_a_wider_student_head(models):
+    """The fused path on CUDA compares the same outcomes and skips the same positions as the chunked one."""
+    pytest.importorskip("liger_kernel.chunked_loss")
+    from miniplm.corpus.instance_rows import PAD
+    from miniplm.models.linear_ce import Head
+    from miniplm.training.kd_losses import liger_applies, liger_distill_losses
+
+    student, teacher, ids = models
+    rows = _padded(ids)
+    hidden = student.base_model(input_ids=rows[:, :-1].clamp(min=0)).last_hidden_state.reshape(-1, 32)
+    hidden = hidden.detach().requires_grad_()
+    targets = rows[:, 1:].reshape(-1)
+    head = Head(torch.cat([student.get_output_embeddings().weight.detach(), torch.randn(5, 32)]), None).first(VOCAB)
+    online, kd = teacher.side(rows[:, :-1]), KDLoss("forward_kl", 1.5)
+    assert liger_applies(kd, head, online)
+    ours = distill_losses(hidden, targets, head, kd, online, 0.4, chunk=CHUNK, ignore_index=PAD)
+    ours[0].backward()
+    our_grad, hidden.grad = hidden.grad.clone(), None
+    fused = liger_distill_losses(hidden, targets, head, kd, online, 0.4, compiled=False, ignore_index=PAD)
+    fused[0].backward()
+    for a, b in zip(fused, ours):
+        assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-5)
+    assert torch.allclose(hidden.grad, our_grad, rtol=1e-4, atol=1e-8)
