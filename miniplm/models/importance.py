@@ -7,7 +7,9 @@ NVIDIA's Model Optimizer does for Minitron):
   then the L2 norm over each head's channels; a key-value group's importance
   is the norm over all the channels of its query heads;
 - MLP neurons: the input of down_proj (the gated activation), per neuron;
-- embedding channels: the outputs of every RMSNorm, per channel, summed.
+- embedding channels: the output of each RMSNorm (both of every layer's, and
+  the final one), per channel, summed over the norms (Minitron: per layer,
+  then the sum over layers).
 Depth: the rise in calibration loss when a layer alone is skipped.
 """
 
@@ -52,14 +54,17 @@ def width_importance(model, batches: list[torch.Tensor]) -> tuple[WidthImportanc
     layers = model.model.layers
     heads = [_Activations() for _ in layers]
     neurons = [_Activations() for _ in layers]
-    channels = _Activations()
+    # one per norm: Minitron sums each layer's importance; one norm over all of them would rank a channel
+    # strong in a single layer above one steady across many
+    norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    norms.append(model.model.norm)
+    channels = [_Activations() for _ in norms]
     handles = []
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: heads[i].add(a[0])))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: neurons[i].add(a[0])))
-        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-            handles.append(norm.register_forward_hook(lambda m, a, out: channels.add(out)))
-    handles.append(model.model.norm.register_forward_hook(lambda m, a, out: channels.add(out)))
+    for j, norm in enumerate(norms):
+        handles.append(norm.register_forward_hook(lambda m, a, out, j=j: channels[j].add(out)))
     try:
         loss = lm_loss(model, batches)
     finally:
@@ -73,7 +78,7 @@ def width_importance(model, batches: list[torch.Tensor]) -> tuple[WidthImportanc
         # query head h reads key-value head h // (n_heads / n_groups) (transformers' repeat_kv)
         groups=[c.view(n_groups, n_heads // n_groups, dim).norm(dim=(1, 2)) for c in per_channel],
         neurons=[n.norm() for n in neurons],
-        channels=channels.norm(),
+        channels=torch.stack([c.norm() for c in channels]).sum(dim=0),
     ), loss
 
 

@@ -193,3 +193,38 @@ def test_a_config_listing_its_layers_keeps_the_entries_of_the_kept_layers(tiny_m
         pruned = build(source, plan, shape_of(loaded.config))
         with torch.no_grad():
             assert torch.allclose(loaded(batches[0]).logits, pruned(batches[0]).logits, atol=1e-5)
+
+
+class _Fixed(torch.nn.Module):
+    """A norm layer whose output is set by hand, whatever its input."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
+def test_embedding_channel_importance_sums_each_norm_layers_importance():
+    """Minitron: per norm layer, the mean of |x| over the sequence and the L2 norm over the batch; summed over the
+    layers. By hand, with 2 rows of 2 positions and 8 channels, of which 3 are ever nonzero:
+    channel 0: input norm rows (3, -3) and (0, 0): sqrt(3^2 + 0^2) = 3; nothing elsewhere: 3.
+    channel 1: input norm rows (2, 2) and (0, 0): 2; post-attention norm rows (1, -3) and (0, 0): 2; sum 4.
+    channel 2: input norm rows (3, 3) and (4, -4): sqrt(3^2 + 4^2) = 5; nothing elsewhere: 5.
+    One L2 norm over every layer would rank channel 0 (3) above channel 1 (sqrt(2^2 + 2^2) = 2.83)."""
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    first, second, last = torch.zeros(3, 2, 2, 8)
+    first[0, :, 0] = torch.tensor([3.0, -3.0])
+    first[0, :, 1] = torch.tensor([2.0, 2.0])
+    first[:, :, 2] = torch.tensor([[3.0, 3.0], [4.0, -4.0]])
+    second[0, :, 1] = torch.tensor([1.0, -3.0])
+    layer = model.model.layers[0]
+    layer.input_layernorm, layer.post_attention_layernorm = _Fixed(first), _Fixed(second)
+    model.model.norm = _Fixed(last)
+    importance, _ = width_importance(model, [torch.randint(16, (2, 2))])
+    assert torch.allclose(importance.channels, torch.tensor([3.0, 4.0, 5.0, 0, 0, 0, 0, 0]))
+    assert plan_width(config, importance, shape_of(config) | {"hidden_size": 2}).channels.tolist() == [1, 2]
