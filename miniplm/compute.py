@@ -89,7 +89,8 @@ def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
 
 def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | None]]:
     """Per trained student (seed replicas included): its training FLOPs (with an online teacher's),
-    its share of the work it needed (`upstream`), and the total; None where a stage recorded nothing."""
+    of which the teacher's forward passes in the loop, its share of the work it needed (`upstream`),
+    and the total; None where a stage recorded nothing."""
     students = trained_students(job)
     needs = {s.name: upstream(job, s) for s in students}
     out: dict[str, dict[str, float | None]] = {}
@@ -100,8 +101,10 @@ def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | N
             cost = spent(rd, entry)
             share = share + cost / len(sharing) if share is not None and cost is not None else None
         training = spent(rd, f"train/{student.name}", "training")  # its held-out evaluations made nothing
+        teacher = None
         if training is not None:  # online KD: the teacher's forward passes in the loop
-            training += spent(rd, f"train/{student.name}", "teacher") or 0.0
+            teacher = spent(rd, f"train/{student.name}", "teacher") or 0.0
+            training += teacher
         total = training + share if training is not None and share is not None else None
-        out[student.name] = {"training": training, "shared": share, "total": total}
+        out[student.name] = {"training": training, "teacher": teacher, "shared": share, "total": total}
     return out

@@ -67,9 +67,11 @@ def test_each_entry_is_split_over_the_students_that_need_it(tmp_path):
         "pruned-kd": 70.0,
     }
     for student, share in shared.items():
-        training = 15.0 if student in online else 10.0
+        training = 15.0 if student in online else 10.0  # an online teacher's forward passes are in its training
+        teacher = 5.0 if student in online else 0.0
         for name in (student, f"{student}.seed1"):  # a replica carries its student's full share
-            assert got[name] == pytest.approx({"training": training, "shared": share, "total": training + share})
+            assert got[name] == pytest.approx({"training": training, "teacher": teacher, "shared": share,
+                                               "total": training + share})
 
 
 def test_work_not_recorded_leaves_the_total_unknown(tmp_path):
@@ -79,5 +81,7 @@ def test_work_not_recorded_leaves_the_total_unknown(tmp_path):
     _spent(rd, "train/seqkd", training=10.0)
     _spent(rd, "train/plain", training=10.0)
     got = compute.student_compute(job, rd)
-    assert got["seqkd"] == {"training": 10.0, "shared": None, "total": None}  # generate has not finished
-    assert got["plain"] == {"training": 10.0, "shared": 0.0, "total": 10.0}
+    # generate has not finished
+    assert got["seqkd"] == {"training": 10.0, "teacher": 0.0, "shared": None, "total": None}
+    assert got["plain"] == {"training": 10.0, "teacher": 0.0, "shared": 0.0, "total": 10.0}
+    assert got["hybrid"] == {"training": None, "teacher": None, "shared": None, "total": None}  # not trained yet

@@ -132,6 +132,27 @@ def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
     assert [t.seq_len for t in pile.tokenize if t.input == "selected"] == [1024]
 
 
+def test_paper_job_trains_vanilla_kd_for_the_papers_compute_matched_steps(monkeypatch):
+    """The paper's vanilla-KD baseline beside each MiniPLM student: the same size and settings, online
+    forward KL at weight 0.5 on a random selection of the same budget, for the paper's step counts."""
+    monkeypatch.chdir(REPO)
+    from miniplm.config import read_job
+    from miniplm.stages import check_job
+
+    pile = read_job(REPO / "jobs" / "paper-pile-qwen.yaml")
+    check_job(pile)
+    students = {s.name: s for s in pile.students}
+    inputs = {t.name: t.input for t in pile.tokenize}
+    for size, steps in (("200m", 20_000), ("500m", 45_000), ("1.2b", 65_000)):
+        miniplm, vanilla = students[f"qwen-{size}"], students[f"qwen-{size}-vanilla-kd"]
+        assert vanilla.steps == steps and miniplm.kd is None
+        assert (vanilla.kd.source, vanilla.kd.loss, vanilla.kd.weight, vanilla.kd.teacher) == (
+            "online", "forward_kl", 0.5, "teacher")
+        assert (inputs[miniplm.tokens], inputs[vanilla.tokens]) == ("selected", "selected-random")
+        settings = {"name", "tokens", "steps", "kd"}
+        assert vanilla.model_dump(exclude=settings) == miniplm.model_dump(exclude=settings)
+
+
 def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monkeypatch):
     """The distillation demo: students of one shape, the same steps and tokens, one per method (no KD
     on random and on selected text, vanilla KD online, offline top-32 forward and reverse KL, selection

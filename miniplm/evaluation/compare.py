@@ -4,8 +4,11 @@ students' section of the report (held-out loss curves, the table, results agains
 One row per model; a student trained with several seeds (eval.seeds) is one
 row with the mean and the spread (sample standard deviation) of its replicas,
 so a difference between students can be read against the noise between runs
-of one recipe. Compute columns: each student's training FLOPs and its total
-with its share of the teacher and reference work (miniplm/compute.py).
+of one recipe. A unigram row per token set the students trained on
+(unigram.py) is the floor their losses are read against. Compute columns:
+each student's training FLOPs (with an online KD teacher's forward passes,
+shown apart when a student has them) and its total with its share of the
+teacher and reference work (miniplm/compute.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ from miniplm.replicas import base_name
 from miniplm.report.figures import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
+
+
+COMPUTE_HEADERS = {"training": "train FLOPs", "teacher": "of which KD teacher", "total": "total FLOPs"}
+UNIGRAM_NOTE = ("unigram (NAME): the unigram model of token set NAME (its tokens counted, add-one smoothed over the "
+                "tokenizer's vocabulary), scored on exactly the tokens the students are: a floor; a student not "
+                "clearly below it has learned little beyond how common each token is.")
+FLOPS_NOTE = ("train FLOPs: the student's own training, forward and backward, plus for online KD the teacher's "
+              "forward passes in the loop (of which KD teacher, when a student has them): the paper's compute axis, "
+              "which leaves MiniPLM's offline scoring uncharged. total FLOPs: training plus the student's share of "
+              "the scoring, generation, pruning and stored teacher log-probs its data and weights needed.")
 
 
 def groups(results: dict[str, dict]) -> dict[str, list[str]]:
@@ -68,13 +81,14 @@ def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     packed = [c for c in corpora if any("packed" in r["lm"].get(c, {}) for r in results.values())]
     tasks = list(dict.fromkeys(t for r in results.values() for t in r.get("zero_shot", {}).get("tasks", {})))
     with_compute = any(r.get("compute") for r in results.values())
+    compute_keys = ("training", "teacher", "total") if _with_teacher(results) else ("training", "total")
     grouped = groups(results)
     several = any(len(names) > 1 for names in grouped.values())
     headers = ["model", "role", "trained on"]
     headers += [h for c in corpora for h in (f"{c} loss", f"{c} ppl", f"{c} bpb")]
     headers += [f"{c} packed loss" for c in packed]
     headers += [f"{t} ({_metric(results, t)})" for t in tasks] + (["average"] if tasks else [])
-    headers += ["train FLOPs", "total FLOPs"] if with_compute else []
+    headers += [COMPUTE_HEADERS[key] for key in compute_keys] if with_compute else []
     headers += ["seeds"] if several else []
     rows = []
     for group, names in grouped.items():
@@ -87,12 +101,28 @@ def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         row += [_cell(rs, _task(t), ".1f", 100) for t in tasks]
         if tasks:
             row.append(_cell(rs, lambda r: r.get("zero_shot", {}).get("average"), ".1f", 100))
-        if with_compute:
-            row += [_cell(rs, _compute(key), ".2e", with_spread=False) for key in ("training", "total")]
+        if with_compute:  # a unigram is counted, not computed: no model FLOPs
+            row += (["-"] * len(compute_keys) if rs[0]["role"] == "unigram" else
+                    [_cell(rs, _compute(key), ".2e", with_spread=False) for key in compute_keys])
         if several:
             row.append(str(len(names)))
         rows.append(row)
     return headers, rows
+
+
+def _with_teacher(results: dict[str, dict]) -> bool:
+    """Whether a student's training ran a teacher in the loop (online KD)."""
+    return any((r.get("compute") or {}).get("teacher") for r in results.values())
+
+
+def notes(results: dict[str, dict]) -> list[str]:
+    """What the unigram rows and the compute columns are, in words."""
+    out = []
+    if any(r["role"] == "unigram" for r in results.values()):
+        out.append(UNIGRAM_NOTE)
+    if any(r.get("compute") for r in results.values()):
+        out.append(FLOPS_NOTE)
+    return out
 
 
 def _metric(results: dict[str, dict], task: str) -> str:
@@ -112,7 +142,7 @@ def markdown(results: dict[str, dict]) -> str:
 def write(rd: RunDir, results: dict[str, dict]) -> None:
     out = rd.eval
     atomic_write_json(rd.eval_results, results)
-    atomic_write_text(out / "comparison.md", markdown(results))
+    atomic_write_text(out / "comparison.md", markdown(results) + "".join(f"\n{note}\n" for note in notes(results)))
     against_compute(results, groups(results), out / "comparison.png")
 
 
@@ -172,12 +202,15 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
         parts.append(html_table(headers, [[html.escape(c) for c in row] for row in rows], "comparison"))
         corpus = headline(results)
         against_compute(results, groups(results), out / "compute.png")
-        parts.append(figure_html(out / "compute.png", f"Held-out loss ({corpus}) and zero-shot accuracy against "
-                                 "the compute that produced each model", alt="results against compute"))
+        parts.append(figure_html(out / "compute.png", f"Held-out loss ({corpus}) and zero-shot accuracy of each "
+                                 "student, top: against training FLOPs (the paper's axis), bottom: against total "
+                                 "FLOPs", alt="results against compute"))
         parts.append("<p>Loss in nats per token and perplexity (lower is better; comparable between models "
                      "with the same tokenizer and context length), bits per byte of text (comparable across "
                      "tokenizers); the packed loss reads the text as the paper does, joined and cut into "
                      "instances of max_length + 1 tokens. Accuracies in % (acc_norm where the task has it, else "
-                     "acc). With several seeds a cell is the mean ± the standard deviation over them. "
-                     f"{html.escape(RULE)} Full results: eval/results.json.</p>")
+                     "acc). With several seeds a cell is the mean ± the standard deviation over them.</p>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in notes(results)]
+        parts.append("<p>In the figure, models without recorded compute and the unigram floors are dashed "
+                     f"horizontal lines. {html.escape(RULE)} Full results: eval/results.json.</p>")
     return (["<h2>Students</h2>", *parts]) if parts else []

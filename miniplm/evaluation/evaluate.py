@@ -3,7 +3,9 @@
 Models are the stage's shards: each worker (or array task) evaluates its
 share into RUN_DIR/eval/models/NAME.json, and the last one writes the
 comparison across models (results.json, comparison.md, comparison.png) and
-rebuilds the selection report, which shows it.
+rebuilds the selection report, which shows it. Beside the models, a unigram
+of each token set the compared students trained on (unigram.py) is a shard
+of its own, `unigram (NAME)`: the floor their losses are read against.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from miniplm.compute import record, student_compute
 from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
@@ -32,11 +35,12 @@ DEFAULT_MAX_LENGTH = 1024
 @dataclass(frozen=True)
 class Target:
     name: str
-    model: str  # a folder, hub id or smollm2-135m
-    role: str  # student, reference, teacher, baseline
+    model: str  # a folder, hub id or smollm2-135m (a unigram's: the student whose tokenizer reads its text)
+    role: str  # student, reference, teacher, baseline, unigram
     max_length: int
-    trained_on: str = ""  # a student's token set
+    trained_on: str = ""  # a student's token set, and how it distilled
     train_stage: str | None = None  # the manifest entry that made it, when this run trained it
+    tokens: str = ""  # a student's (or a unigram's) token set
 
 
 def targets(job: JobConfig) -> list[Target]:
@@ -58,7 +62,7 @@ def targets(job: JobConfig) -> list[Target]:
                 for s in replicas(job, student):
                     out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
                                          cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
-                                         f"train/{s.name}")
+                                         f"train/{s.name}", s.tokens)
         elif entry == "reference":
             if job.reference is None:
                 raise ConfigError("eval.models: the job has no reference")
@@ -73,12 +77,33 @@ def targets(job: JobConfig) -> list[Target]:
     return list(out.values())
 
 
+def unigrams(models: list[Target]) -> list[Target]:
+    """A unigram row per distinct token set the students among `models` trained on (seed replicas and
+    students distilled on the same set share one), read with the tokenizer and `max_length` of the
+    first student on it, so that it is scored on exactly the targets they are."""
+    out: dict[str, Target] = {}
+    for t in models:
+        if t.role == "student" and t.tokens not in out:
+            out[t.tokens] = Target(f"unigram ({t.tokens})", t.model, "unigram", t.max_length, t.tokens, tokens=t.tokens)
+    return list(out.values())
+
+
+def rows(job: JobConfig) -> list[Target]:
+    """The comparison's rows, each a shard of the stage: the models, then the unigram floors."""
+    models = targets(job)
+    return models + unigrams(models)
+
+
 def _reads(job: JobConfig, rd: RunDir, models: list[Target]) -> list[Input]:
     """What the results depend on besides the eval section: each model's content (one trained
     here must be trained), the held-out documents, extra corpora and task files."""
     assert job.eval is not None
     reads: list[Input] = []
     for t in models:
+        if t.role == "unigram":  # its tokenizer is its student's model, read as that student's row
+            reads += [f"{t.name}:{t.max_length}", Upstream(f"tokenize/{t.tokens}", (f"tokens/{t.tokens}",),
+                                                           why=f"eval counts the tokens of token set {t.tokens!r}")]
+            continue
         if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
             raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
                              f"{'train-reference' if t.role == 'reference' else 'train'}` first")
@@ -94,21 +119,29 @@ def _reads(job: JobConfig, rd: RunDir, models: list[Target]) -> list[Input]:
     return reads
 
 
+def _corpora(job: JobConfig, rd: RunDir) -> dict[str, Callable[[], list[str]]]:
+    """The held-out texts every row is read on, by corpus name."""
+    from miniplm.evaluation.heldout import corpus_texts, heldout_texts, take
+
+    cfg = job.eval
+    corpora = {"heldout": lambda: take(heldout_texts(rd), cfg.max_docs)} if cfg.heldout else {}
+    return corpora | {c.source_name: (lambda c=c: take(corpus_texts(c, job.corpus.max_chars), cfg.max_docs))
+                      for c in cfg.corpora}
+
+
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
     from miniplm.evaluation.harness import zero_shot
-    from miniplm.evaluation.heldout import corpus_texts, heldout_texts, lm_loss, take
+    from miniplm.evaluation.heldout import lm_loss
     from miniplm.models.loading import load_model, load_tokenizer, pick_device
 
     cfg = job.eval
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(target.model)
     model = load_model(target.model, "auto", device)
-    corpora = {"heldout": lambda: heldout_texts(rd)} if cfg.heldout else {}
-    corpora |= {c.source_name: (lambda c=c: corpus_texts(c, job.corpus.max_chars)) for c in cfg.corpora}
     result: dict = {"model": target.model, "role": target.role, "trained_on": target.trained_on,
                     "max_length": target.max_length, "lm": {}}
-    for name, texts in corpora.items():
-        result["lm"][name] = lm_loss(model, tokenizer, take(texts(), cfg.max_docs), max_length=target.max_length,
+    for name, texts in _corpora(job, rd).items():
+        result["lm"][name] = lm_loss(model, tokenizer, texts(), max_length=target.max_length,
                                      stride=min(cfg.stride, target.max_length - 1), batch_tokens=cfg.batch_tokens,
                                      device=device, desc=f"eval {target.name} {name}", show_progress=show_progress)
     # lm-eval's zero-shot tasks are not counted: the harness does not say what it ran
@@ -122,6 +155,22 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
     return result
 
 
+def evaluate_unigram(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
+    """A unigram row: the token set's counts, scored on every corpus as its students are."""
+    from miniplm.evaluation.unigram import log_probs, token_counts, unigram_loss
+    from miniplm.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(target.model)
+    counts = token_counts(rd.tokens(target.tokens), len(tokenizer))
+    logp = log_probs(counts)
+    lm = {name: unigram_loss(logp, tokenizer, texts(), max_length=target.max_length,
+                             stride=min(job.eval.stride, target.max_length - 1), desc=f"eval {target.name} {name}",
+                             show_progress=show_progress) for name, texts in _corpora(job, rd).items()}
+    return {"model": str(rd.tokens(target.tokens)), "role": "unigram", "trained_on": target.trained_on,
+            "max_length": target.max_length, "unigram": {"tokens": int(counts.sum()), "vocab": len(counts)}, "lm": lm,
+            "flops": record(**{name: r.pop("flops") for name, r in lm.items()})}
+
+
 class Eval(ShardedStage):
     """Its shards are the models: each worker (or array task) evaluates its share."""
 
@@ -129,7 +178,8 @@ class Eval(ShardedStage):
     summary = "held-out loss, perplexity and zero-shot accuracy of the job's models, compared"
     description = ("Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): "
                    "loss and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on "
-                   "eval.tasks through lm-evaluation-harness. Writes RUN_DIR/eval/ (results.json, comparison.md, "
+                   "eval.tasks through lm-evaluation-harness; beside them, the unigram of each token set the students "
+                   "trained on, a floor read the same way. Writes RUN_DIR/eval/ (results.json, comparison.md, "
                    "comparison.png) and adds the comparison to the report. Models split over workers like shards.")
     sections = ("seed", "eval")  # plus the models' fingerprints and the held-out documents
     unit = "models"
@@ -138,7 +188,7 @@ class Eval(ShardedStage):
         return job.eval is not None
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
-        return [t.name for t in targets(job)]
+        return [t.name for t in rows(job)]
 
     def inputs(self, run: StageRun) -> list[Input]:
         job = run.job
@@ -152,8 +202,8 @@ class Eval(ShardedStage):
             from miniplm.evaluation.harness import require_lm_eval
 
             require_lm_eval()
-        run.shared["models"] = models
-        return _reads(job, run.rd, models)
+        run.shared["models"] = models + unigrams(models)  # the comparison's rows
+        return _reads(job, run.rd, run.shared["models"])
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.eval]
@@ -163,7 +213,8 @@ class Eval(ShardedStage):
 
     def run_shard(self, run: StageRun, index: int) -> None:
         target = run.shared["models"][index]
-        atomic_write_json(run.rd.eval_result(target.name), evaluate_model(run.job, run.rd, target, run.show_progress))
+        evaluate = evaluate_unigram if target.role == "unigram" else evaluate_model
+        atomic_write_json(run.rd.eval_result(target.name), evaluate(run.job, run.rd, target, run.show_progress))
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.evaluation import compare
@@ -181,9 +232,10 @@ class Eval(ShardedStage):
         from miniplm.evaluation.compare import markdown
 
         results = json.loads(RunDir(job.run_dir).eval_results.read_text())
-        return [f"eval: {len(results)} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip(),
-                f"compare: {job.run_dir}/eval/comparison.png (each model's held-out loss and accuracy against the "
-                "compute that produced it)"]
+        models = sum(r["role"] != "unigram" for r in results.values())
+        return [f"eval: {models} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip(),
+                f"compare: {job.run_dir}/eval/comparison.png (each student's held-out loss and accuracy against its "
+                "training FLOPs and against its total FLOPs)"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         from miniplm.evaluation import compare

@@ -107,17 +107,27 @@ def test_comparison_shows_seeds_and_compute(run):
     run_dir, stdout, _ = run
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert list(results) == ["on-selected", "on-selected.seed1", "on-random", "on-random.seed1"]
+    students = ["on-selected", "on-selected.seed1", "on-random", "on-random.seed1"]
+    assert list(results) == [*students, "unigram (selected)", "unigram (random)"]  # one per token set, not per seed
     scoring = stages["score"]["counts"]["flops"]["total"]
-    for name, r in results.items():
+    for name in students:
+        r = results[name]
         training = stages[f"train/{name}"]["counts"]["flops"]["by"]["training"]
         share = scoring if name.startswith("on-selected") else 0.0  # the reference was not trained here
-        assert r["compute"] == pytest.approx({"training": training, "shared": share, "total": training + share})
+        assert r["compute"] == pytest.approx({"training": training, "teacher": 0.0, "shared": share,
+                                              "total": training + share})
         assert r["lm"]["heldout"]["packed"]["tokens"] > 0
+        floor = results[f"unigram ({name.split('.')[0].removeprefix('on-')})"]["lm"]["heldout"]
+        assert floor["tokens"] == r["lm"]["heldout"]["tokens"]  # the same targets
+        assert floor["packed"]["tokens"] == r["lm"]["heldout"]["packed"]["tokens"]
 
-    table = (run_dir / "eval" / "comparison.md").read_text().splitlines()
+    table = [line for line in (run_dir / "eval" / "comparison.md").read_text().splitlines() if line.startswith("|")]
     assert table[0].endswith("| heldout packed loss | train FLOPs | total FLOPs | seeds |")
-    assert len(table) == 2 + 2
+    assert len(table) == 2 + 2 + 2  # two students (two seeds each), a unigram floor per token set
+    unigram = results["unigram (random)"]["lm"]["heldout"]
+    assert table[5] == (f"| unigram (random) | unigram | random | {unigram['loss']:.4f} | "
+                        f"{unigram['perplexity']:.2f} | {unigram['bits_per_byte']:.4f} | "
+                        f"{unigram['packed']['loss']:.4f} | - | - | 1 |")
     losses = [results[n]["lm"]["heldout"]["loss"] for n in ("on-selected", "on-selected.seed1")]
     mean, std = np.mean(losses), np.std(losses, ddof=1)
     total = results["on-selected"]["compute"]["total"]

@@ -35,13 +35,15 @@ def _plan(job_file, overrides):
 
 def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     _, subs = _plan(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
+    students = ["qwen-200m", "qwen-500m", "qwen-1.2b", "qwen-200m-vanilla-kd", "qwen-500m-vanilla-kd",
+                "qwen-1.2b-vanilla-kd"]
     assert list(subs) == ["prepare", "train-reference", "score", "select", "tokenize",
-                          "train/qwen-200m", "train/qwen-500m", "train/qwen-1.2b", "eval"]
+                          *(f"train/{s}" for s in students), "eval"]
     assert all(s.action == "submit" for s in subs.values())
 
     # arrays: prepare over the 3 input files; later stages at max_tasks, since the shards do not exist yet
     expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128), "tokenize": ("0-255", 256),
-                "eval": ("0-4", 5)}  # eval: one task per model (3 students, the reference, the teacher)
+                "eval": ("0-9", 10)}  # eval: one task per row (6 students, the reference, the teacher, 2 unigrams)
     for name, (array, workers) in expected.items():
         assert _sbatch(subs[name].text, "array") == [array], name
         assert f"--num-workers {workers} -q" in subs[name].text
@@ -55,12 +57,12 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     # the chain: each stage after the one before; the students after the token shards, not after each other
     after = {name: s.after for name, s in subs.items()}
     assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
-                     "select": ["<score>"], "tokenize": ["<select>"], "train/qwen-200m": ["<tokenize>"],
-                     "train/qwen-500m": ["<tokenize>"], "train/qwen-1.2b": ["<tokenize>"],
-                     "eval": ["<tokenize>", "<train/qwen-200m>", "<train/qwen-500m>", "<train/qwen-1.2b>"]}
+                     "select": ["<score>"], "tokenize": ["<select>"], **{f"train/{s}": ["<tokenize>"] for s in students},
+                     "eval": ["<tokenize>", *(f"<train/{s}>" for s in students)]}
 
     # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
-    for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8)):
+    for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8),
+                        ("train/qwen-1.2b-vanilla-kd", 8)):
         text = subs[name].text
         assert _sbatch(text, "nodes") == [str(nodes)] and _sbatch(text, "gres") == ["gpu:8"], name
         assert _sbatch(text, "ntasks-per-node") == ["1"] and "--nproc-per-node=8" in text
@@ -116,7 +118,7 @@ def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_p
     out = subprocess.run([sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"),
                           "--dry-run", *pile], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("#!/bin/bash") == 9
+    assert out.stdout.count("#!/bin/bash") == 12
     assert "dry run: would submit" in out.stdout
     assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
                      out.stdout)
@@ -158,7 +160,8 @@ def test_resubmission_waits_for_live_jobs_and_replaces_those_that_can_never_star
     # prepare failed (gone from the queue); what waited on it can never start: all of it goes again
     subs = queue({str(10 + i): ("PENDING", "DependencyNeverSatisfied") for i in range(1, len(names))})
     assert all(s.action == "submit" for s in subs.values())
-    assert subs["prepare"].cancel == [] and subs["score"].cancel == ["12"] and subs["eval"].cancel == ["18"]
+    assert subs["prepare"].cancel == [] and subs["score"].cancel == ["12"]
+    assert subs["eval"].cancel == [str(10 + names.index("eval"))]
     assert subs["score"].after == ["<train-reference>"] and "replaces pending job 12" in subs["score"].note
 
     # a step submitted anew takes the still-pending steps after it along, chained to the new job
