@@ -19,7 +19,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -208,6 +208,24 @@ class ScoreConfig(_Strict):
         return self
 
 
+class RandomControl(NamedTuple):
+    """A random selection of the strategy's token budget, the control a selected student is compared with."""
+
+    pool: str  # raw: every scored unit; filtered: what is left after every filter (the pool the strategy ranks)
+    folder: str  # its documents under RUN_DIR: what a token set names as `input`
+    entry: str  # its counts in select's summary and manifest entry
+    column: str  # its decision per unit in selection/decisions.parquet
+    label: str  # how reports name it
+
+
+# raw keeps the folder and entry it always had, so jobs and run directories made before filtered existed read on
+RANDOM_CONTROLS = (
+    RandomControl("raw", "selected-random", "random_baseline", "random_kept", "random (raw)"),
+    RandomControl("filtered", "selected-random-filtered", "random_baseline_filtered", "random_filtered_kept",
+                  "random (filtered)"),
+)
+
+
 class SelectConfig(_Strict):
     strategy: Literal["difference", "difference-sample", "random", "perplexity", "teacher"] = Field(
         "difference", description="difference: MiniPLM's top by (teacher - reference) log-prob per token")
@@ -228,9 +246,24 @@ class SelectConfig(_Strict):
     max_source_fraction: float | None = Field(None, gt=0.0, le=1.0, description="cap on any one source's share of the budget")
     report_examples: int = Field(10, ge=0, description="rows in each example table of the report",
                                  json_schema_extra=EXECUTION_ONLY)
-    random_baseline: bool = Field(
-        False, description="also draw a random selection of the same token budget into RUN_DIR/selected-random/, "
-        "the control a student trained on the selected text is compared with")
+    random_baseline: bool | Literal["raw", "filtered", "both"] = Field(
+        False, description="random controls of the selection's token budget, for students to be compared with: "
+        "raw (or true): drawn from every scored unit, noise included, into RUN_DIR/selected-random/; filtered: "
+        "from what every filter left (the pool the strategy ranks), into RUN_DIR/selected-random-filtered/; "
+        "both; false: none")
+
+    @field_validator("random_baseline", mode="before")
+    @classmethod
+    def _known_control(cls, value: Any) -> Any:
+        if not (isinstance(value, bool) or isinstance(value, str) and value in ("raw", "filtered", "both")):
+            raise ValueError(f"give false, raw (true means raw), filtered or both (got {value!r})")
+        return value
+
+    @property
+    def random_controls(self) -> tuple[RandomControl, ...]:
+        """The random controls asked for, raw before filtered."""
+        asked = "raw" if self.random_baseline is True else self.random_baseline
+        return tuple(c for c in RANDOM_CONTROLS if asked in (c.pool, "both"))
 
     @model_validator(mode="after")
     def _one_budget(self) -> "SelectConfig":
@@ -245,7 +278,7 @@ class SelectConfig(_Strict):
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 Split = Literal["main", "reference", "heldout"]
-DOCUMENT_INPUTS = ("selected", "selected-random", "main", "reference", "heldout")
+DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), "main", "reference", "heldout")
 GENERATED = "generated/"
 
 
@@ -343,7 +376,8 @@ class TokenSet(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     input: str = Field(
-        "selected", description="selected, selected-random (the random baseline selection), a split of the prepared "
+        "selected", description="selected, selected-random or selected-random-filtered (select's random controls: "
+        "drawn from every scored unit, or from what the filters left), a split of the prepared "
         "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)")
     mix: dict[str, float] | None = Field(
         None, description="instead of an input: rows drawn from other token sets of the job in these shares, e.g. "
@@ -629,8 +663,10 @@ class JobConfig(_Strict):
                 if isinstance(m, str) and m not in ("students", "reference", "teacher") and m not in students:
                     raise ValueError(f"eval.models: {m!r} is no student of the job; name a student, students, "
                                      "reference, teacher, or give {name: ..., model: PATH}")
-        if any(t.input == "selected-random" for t in self.tokenize) and not self.select.random_baseline:
-            raise ValueError("tokenize: input selected-random needs select.random_baseline: true")
+        for control in RANDOM_CONTROLS:
+            if any(t.input == control.folder for t in self.tokenize) and control not in self.select.random_controls:
+                raise ValueError(f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} "
+                                 "(or both)")
         pruned = [p.name for p in self.prune]
         models = ["reference", *pruned, *(s.name for s in self.students)]
         if len(models) != len(set(models)):

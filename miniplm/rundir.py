@@ -6,7 +6,7 @@ RUN_DIR/
   records/STAGE.json (what each finished stage wrote: every file, its size and content hash)
   docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
   scores/shard-NNNNN.parquet
-  selection/decisions.parquet, selected/, selected-random/
+  selection/decisions.parquet, selected/, selected-random/, selected-random-filtered/
   generated/NAME/shard-NNNNN.parquet
   tokens/NAME/shard-NNNNN.arrow
   teacher-logits/NAME/shard-NNNNN.arrow (top-k teacher log-probs, aligned with a token set's rows)
@@ -109,7 +109,8 @@ class RunDir:
         return self.selection / "decisions.parquet"
 
     def selected(self, folder: str = "selected") -> Path:
-        """A selection's document shards: `selected`, or the random baseline `selected-random`."""
+        """A selection's document shards: `selected`, or a random control (`selected-random`,
+        `selected-random-filtered`: config.RANDOM_CONTROLS)."""
         return self.root / folder
 
     def selected_shard(self, index: int, folder: str = "selected") -> Path:

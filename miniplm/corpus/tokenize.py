@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from miniplm.config import JobConfig, TokenSet, tokenizer_name
+from miniplm.config import RANDOM_CONTROLS, JobConfig, TokenSet, tokenizer_name
 from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
@@ -63,8 +63,10 @@ def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], Upstream]
                 Upstream(stage, (token_set.input,)))
     if stage == "prepare":
         return rd.doc_shards(token_set.input), Upstream(stage, (f"docs/{token_set.input}",))
-    if token_set.input == "selected-random" and "random_baseline" not in state.get("counts", {}):
-        raise ConfigError(f"tokenize.{token_set.name}: input selected-random needs select.random_baseline: true")
+    for control in RANDOM_CONTROLS:  # the job asks for it (config.py checks), but select may have run without it
+        if token_set.input == control.folder and control.entry not in state.get("counts", {}):
+            raise ConfigError(f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
+                              f"{control.pool} (or both), and the selection there was made without it")
     return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), Upstream(stage, (token_set.input,))
 
 

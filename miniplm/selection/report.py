@@ -19,7 +19,7 @@ from miniplm.rundir import RunDir
 from miniplm.scoring.instances import instance_text
 from miniplm.selection.drops import noise_summary, table_html
 from miniplm.selection.noise_floor import NoiseFloor
-from miniplm.selection.strategies import REASONS, counts, length_column
+from miniplm.selection.strategies import REASONS, control_counts, control_pool, counts, length_column
 
 SCATTER_POINTS = 5000
 
@@ -126,6 +126,29 @@ def _budget(cfg: SelectConfig) -> str:
     return f"{cfg.keep_fraction:.1%} of the scored units"
 
 
+def _controls_html(decisions: pl.DataFrame, controls: dict[str, dict], strategy: str, unit: str) -> list[str]:
+    """The random controls beside the selection: the pool each is drawn from, what it kept, its tokens."""
+    if not controls:
+        return []
+    length = length_column(decisions)
+    ranked = decisions.filter(control_pool(decisions, "filtered"))
+    kept = decisions.filter(pl.col("kept"))
+    drawn = {"raw": "every scored unit, noise included", "filtered": "what every filter left"}
+    rows = [["selected", html.escape(f"what every filter left, ranked by {strategy}"), f"{ranked.height:,}",
+             f"{int(ranked[length].sum() or 0):,}", f"{kept.height:,}", f"{int(kept[length].sum() or 0):,}",
+             "selected/"]]
+    rows += [[html.escape(c["label"]), drawn[c["pool"]], f"{c['pool_units']:,}", f"{c['pool_tokens']:,}",
+              f"{c['kept']:,}", f"{c['tokens']:,}", f"{c['folder']}/"] for c in controls.values()]
+    return ["<h2>Random controls</h2>",
+            f"<p>Random {unit}s of the selection's tokens, each filled the same way. The raw control is drawn from "
+            "every scored unit, noise included: MiniPLM's baseline without refinement, so a student on the "
+            "selected text that beats it shows what the filters and the ranking gain together. The filtered one "
+            "is drawn from the pool the strategy ranks, after the noise floor and the other filters: beating it "
+            "shows what the ranking alone gains.</p>",
+            html_table(["", "drawn from", f"pool: {unit}s", "pool: tokens", f"kept {unit}s", "tokens", "folder"],
+                       rows, "controls")]
+
+
 def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     """The selection's sections of the report (counts and sources first, plots and examples after
     whatever later stages add), summary.json, and the page; the page's path."""
@@ -136,6 +159,7 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     kept = decisions.filter(pl.col("kept"))
     finite_kept = _finite(kept["score"])
     cut = float(finite_kept.min()) if cfg.strategy == "difference" and len(finite_kept) else None
+    controls = control_counts(decisions)
     summary = {
         "strategy": cfg.strategy,
         "unit": unit,
@@ -145,6 +169,7 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         "cut_score": cut,
         "sources": _by_source(decisions).to_dicts(),
         **noise_summary(job, rd, decisions),
+        **controls,
     }
     atomic_write_json(out / "summary.json", summary)
 
@@ -166,6 +191,7 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ". A token budget keeps each "
         f"{unit} in rank order that still fits, so it is spent to within one {unit}.</p>",
         "<h2>Counts</h2>", html_table(["", f"{unit}s", "tokens"], count_rows, "counts"),
+        *_controls_html(decisions, controls, cfg.strategy, unit),
         "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
         "<h2>Noise filters</h2>",
         f"<p>{html.escape(NoiseFloor(**summary['noise_floor']).describe())}; "

@@ -9,7 +9,9 @@ Two steps that scale:
    their original order, with a `score` column, as selected/shard-NNNNN.parquet.
    Instances keep their tokens (`input_ids`, which a student of the scoring
    tokenizer trains on as they are), their provenance (`docs`) and their text
-   rebuilt from the documents (for a student of another tokenizer).
+   rebuilt from the documents (for a student of another tokenizer). The random controls
+   (select.random_baseline) are written the same way, each to its own folder: selected-random/
+   (drawn from every scored unit) and selected-random-filtered/ (from what the filters left).
 When the last shard is written the report is built.
 """
 
@@ -19,7 +21,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-from miniplm.config import JobConfig
+from miniplm.config import RANDOM_CONTROLS, JobConfig, RandomControl
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
 from miniplm.inputs import Input, Upstream
@@ -28,7 +30,8 @@ from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
-OUTPUTS = (("kept", "selected"), ("random_kept", "selected-random"))  # decision column, output folder
+# decision column, output folder: the selection, then each random control
+OUTPUTS = (("kept", "selected"), *((c.column, c.folder) for c in RANDOM_CONTROLS))
 
 
 def read_scores(rd: RunDir) -> pl.DataFrame:
@@ -57,10 +60,10 @@ def _instances(rd: RunDir, index: int, doc_shard: Path) -> pl.DataFrame:
                                                  dtype=pl.String))
 
 
-def _write_shard(rd: RunDir, index: int, doc_shard: Path, with_baseline: bool, unit: str) -> None:
+def _write_shard(rd: RunDir, index: int, doc_shard: Path, controls: tuple[RandomControl, ...], unit: str) -> None:
     decisions = pl.scan_parquet(rd.decisions).filter(pl.col("shard") == index)
     units = pl.read_parquet(doc_shard) if unit == "document" else _instances(rd, index, doc_shard)
-    for column, folder in OUTPUTS[: 2 if with_baseline else 1]:
+    for column, folder in [OUTPUTS[0], *((c.column, c.folder) for c in controls)]:
         keep = decisions.filter(pl.col(column)).select("id", "score").collect()
         chosen = units.join(keep, on="id", how="inner", maintain_order="left")
         if unit == "instance":
@@ -95,7 +98,7 @@ class Select(ShardedStage):
     def outputs(self, run: StageRun) -> list[Path]:
         # not report/: the page is assembled from every stage's sections and rebuilt when select finishes
         rd = run.rd
-        return [rd.selected("selected"), rd.selected("selected-random"), rd.selection]
+        return [*(rd.selected(folder) for _, folder in OUTPUTS), rd.selection]
 
     def shards(self, run: StageRun) -> list[str]:
         return doc_shard_keys(run.rd) or []
@@ -105,31 +108,30 @@ class Select(ShardedStage):
 
         scores = read_scores(run.rd)
         decisions = decide(scores, run.job.select, run.job.seed)
-        if run.job.select.random_baseline:
-            decisions = decisions.with_columns(random_baseline(scores, decisions, run.job.seed))
+        for control in run.job.select.random_controls:
+            decisions = decisions.with_columns(random_baseline(scores, decisions, run.job.seed, control.pool))
         with atomic_path(run.rd.decisions) as tmp:
             decisions.write_parquet(tmp)
 
     def run_shard(self, run: StageRun, index: int) -> None:
-        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_baseline,
+        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_controls,
                      run.job.score.unit)
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
         from miniplm.selection.drops import SHOWN_IN_TERMINAL, noise_summary
-        from miniplm.selection.strategies import counts, length_column
+        from miniplm.selection.strategies import control_counts, counts
 
         rd = run.rd
         decisions = pl.read_parquet(rd.decisions)
         summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
-        written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
-                      for p in sorted(rd.selected("selected").glob("shard-*.parquet")))
-        if written != summary["kept"]:
-            raise StageError(f"selected shards hold {written} documents, the decisions keep {summary['kept']}")
-        if "random_kept" in decisions.columns:
-            baseline = decisions.filter(pl.col("random_kept"))
-            summary["random_baseline"] = {"kept": baseline.height,
-                                          "tokens": int(baseline[length_column(decisions)].sum() or 0)}
+        controls = control_counts(decisions)
+        summary |= controls
+        for folder, kept in [("selected", summary["kept"]), *((c["folder"], c["kept"]) for c in controls.values())]:
+            written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
+                          for p in sorted(rd.selected(folder).glob("shard-*.parquet")))
+            if written != kept:
+                raise StageError(f"{folder} shards hold {written} documents, the decisions keep {kept}")
         summary["unit"] = run.job.score.unit
         report.build(run.job, rd, decisions)
         return summary
@@ -146,10 +148,7 @@ class Select(ShardedStage):
         lines = [f"select: kept {result['kept']:,} of {result['scored']:,} {units}{share(result['kept'], result['scored'])}"
                  f" and {kept:,} of {total:,} tokens{share(kept, total)}{scored_on}; dropped: {dropped or 'none'}"]
         lines += _noise_lines(result)
-        if "random_baseline" in result:
-            base = result["random_baseline"]
-            lines.append(f"select: random baseline of the same token budget: {base['kept']:,} {units}, "
-                         f"{base['tokens']:,} tokens, in {job.run_dir}/selected-random")
+        lines += _control_lines(job, result, units)
         return [*lines, f"report: {job.run_dir}/report/index.html"]
 
     def warnings(self, job: JobConfig, result: dict) -> list[str]:
@@ -169,6 +168,21 @@ class Select(ShardedStage):
 
 
 STAGE = Select()
+
+
+def _control_lines(job: JobConfig, result: dict, units: str) -> list[str]:
+    """One line per random control: its pool, what it kept of the selection's token budget, where it is."""
+    lines = []
+    for control in RANDOM_CONTROLS:
+        c = result.get(control.entry)
+        if c is None:
+            continue
+        pool = "every scored unit" if control.pool == "raw" else "what the filters left"
+        if "pool_units" in c:  # recorded since the filtered control exists
+            pool += f", {c['pool_units']:,} {units}"
+        lines.append(f"select: random control ({control.pool}: from {pool}) of the same token budget: "
+                     f"{c['kept']:,} {units}, {c['tokens']:,} tokens, in {job.run_dir}/{control.folder}")
+    return lines
 
 
 def _noise_lines(result: dict) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from miniplm.config import SelectConfig
+from miniplm.config import RANDOM_CONTROLS, SelectConfig
 from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
@@ -175,13 +175,50 @@ def counts(decisions: pl.DataFrame) -> dict:
     return summary
 
 
-def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int) -> pl.Series:
-    """A random selection of about the token budget `decisions` kept (never more): the control
-    for what the strategy chose. Drawn from every scored document, the noise included."""
+# Reasons that take a unit out of the pool before anything is ranked; source_cap and below_cut are the
+# budget's, decided on the ranking.
+FILTERS = REASONS[:3]
+
+
+def control_pool(decisions: pl.DataFrame, pool: str) -> pl.Series:
+    """Which units a random control is drawn from. raw: every scored unit with a usable score (finite
+    log-probs, a token or more), noise included: MiniPLM's baseline of no refinement. filtered: what is
+    left after every filter (broken scores, select.min_tokens, the noise floor): the pool the strategy
+    ranks, so that the selected text and this control differ only in how units are chosen from it (the
+    ranking, and the source cap where one is set)."""
+    reason = decisions["reason"].cast(pl.String)
+    if pool == "raw":
+        return (reason.is_null() | (reason != "non_finite_score")) & (decisions["n_tokens"] >= 1)
+    if pool == "filtered":
+        return reason.is_null() | ~reason.is_in(FILTERS)
+    raise ValueError(f"no random control drawn from {pool!r}: raw or filtered")
+
+
+def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int, pool: str = "raw") -> pl.Series:
+    """A random selection of about the token budget `decisions` kept (never more), drawn from `pool`
+    (control_pool): the control for what the strategy chose. Named after the control's decision column."""
+    eligible = np.flatnonzero(control_pool(decisions, pool).to_numpy())
+    control = next(c for c in RANDOM_CONTROLS if c.pool == pool)
     budget = int(decisions.filter(pl.col("kept"))[length_column(decisions)].sum() or 0)  # filled the same way
-    if budget == 0:
-        return pl.Series("random_kept", [False] * scores.height)
-    # a seed of its own: the same draws as strategy random would be a needless coupling
-    every_document = SelectConfig(strategy="random", keep_tokens=budget, min_teacher_logprob=None)  # no noise floor
-    chosen = decide(scores, every_document, seed + 1)["kept"]
-    return chosen.alias("random_kept")
+    chosen = np.zeros(scores.height, dtype=bool)
+    if budget and len(eligible):
+        # a seed of its own per pool: the same draws as strategy random would be a needless coupling
+        draw = SelectConfig(strategy="random", keep_tokens=budget, min_teacher_logprob=None)  # the pool is the filter
+        chosen[eligible] = decide(scores[eligible], draw, seed + 1 + RANDOM_CONTROLS.index(control))["kept"].to_numpy()
+    return pl.Series(control.column, chosen)
+
+
+def control_counts(decisions: pl.DataFrame) -> dict[str, dict]:
+    """Per random control drawn (by its summary entry): its pool, what it kept and the tokens those
+    train on (counted as the budget is: whole documents), and its folder."""
+    length = length_column(decisions)
+    out = {}
+    for control in RANDOM_CONTROLS:
+        if control.column not in decisions.columns:
+            continue
+        pool = decisions.filter(control_pool(decisions, control.pool))
+        kept = decisions.filter(pl.col(control.column))
+        out[control.entry] = {"pool": control.pool, "folder": control.folder, "label": control.label,
+                              "pool_units": pool.height, "pool_tokens": int(pool[length].sum() or 0),
+                              "kept": kept.height, "tokens": int(kept[length].sum() or 0)}
+    return out

@@ -103,3 +103,38 @@ def test_tokenize_errors(tiny_models, tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="names must differ"):
         load_job(path)
+
+
+def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
+    """A job asking for both controls: select writes both folders, and a token set reads each by name."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from miniplm.selection import select
+    from tests.selection.test_select import make_scored_run
+
+    sets = [{"name": name, "input": folder, "seq_len": 8, "tokenizer": tiny_models["teacher"]}
+            for name, folder in (("random", "selected-random"), ("random-filtered", "selected-random-filtered"))]
+    noisy = [f"doc-{i:03d}" for i in range(0, 200, 10)]
+    job = make_scored_run(tmp_path, noisy=noisy, extra={"tokenize": sets}, keep_fraction=None,
+                          keep_token_fraction=0.5, min_teacher_logprob=-2.0, random_baseline="both")
+    chosen = select.STAGE.run(job, show_progress=False)
+    counts = tokenize.STAGE.run(job, show_progress=False)
+    tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
+    rd = RunDir(job.run_dir)
+    for name, entry, folder in (("random", "random_baseline", "selected-random"),
+                                ("random-filtered", "random_baseline_filtered", "selected-random-filtered")):
+        docs = pl.concat([pl.read_parquet(p) for p in rd.selected(folder).glob("shard-*.parquet")])
+        assert counts[name]["documents"] == docs.height == chosen[entry]["kept"] > 0
+        assert counts[name]["tokens"] == sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1
+                                             for t in docs["text"])
+        assert len(TokenRows(rd.tokens(name))) == counts[name]["rows"] > 0
+    filtered = pl.concat([pl.read_parquet(p) for p in rd.selected("selected-random-filtered").glob("*.parquet")])
+    assert set(filtered["id"]).isdisjoint(noisy)
+
+    # a selection made without the filtered control cannot feed a token set that names it
+    state = rd.stage_state("select")
+    rd.update_stage("select", counts={k: v for k, v in state["counts"].items() if k != "random_baseline_filtered"})
+    with pytest.raises(ConfigError, match="input selected-random-filtered needs select.random_baseline: filtered "
+                                          r"\(or both\), and the selection there was made without it"):
+        tokenize.input_shards(rd, job.tokenize[1])

@@ -15,9 +15,10 @@ from miniplm.selection import select
 from tests.conftest import write_jsonl
 
 
-def make_scored_run(tmp_path: Path, name="run", **select_cfg):
+def make_scored_run(tmp_path: Path, name="run", noisy=(), extra=None, **select_cfg):
     """A prepared corpus of 200 documents in 4 main shards and synthetic scores with known
-    values: document i has difference score i / 100 (teacher -1 per token)."""
+    values: document i has difference score i / 100 (teacher -1 per token, -4 for the `noisy` ids:
+    the same score, far below the rest). `extra`: more keys of the job."""
     docs = tmp_path / "docs.jsonl"
     if not docs.exists():
         write_jsonl(docs, [{"id": f"doc-{i:03d}", "text": f"text of document {i} " + "w" * (i % 7),
@@ -29,7 +30,7 @@ def make_scored_run(tmp_path: Path, name="run", **select_cfg):
         "run_dir": str(tmp_path / name), "seed": 3,
         "corpus": {"inputs": [{"path": str(docs), "format": "jsonl", "id_field": "id", "source_field": "src"}],
                    "docs_per_shard": 50, "reference_fraction": 0.0, "heldout_fraction": 0.0},
-        "select": {"report_examples": 5, **select_cfg}}))
+        "select": {"report_examples": 5, **select_cfg}, **(extra or {})}))
     job = load_job(job_path)
     prepare.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
@@ -38,8 +39,9 @@ def make_scored_run(tmp_path: Path, name="run", **select_cfg):
         d = pl.read_parquet(shard)
         i = d["id"].str.slice(4).cast(pl.Int64)
         n = (i % 13 + 1)
+        teacher = pl.when(pl.col("id").is_in(list(noisy))).then(-4.0).otherwise(-1.0)
         d.select("id", "source").with_columns(
-            n_tokens=n, teacher_logprob=-1.0 * n, reference_logprob=(-1.0 - i / 100) * n
+            n_tokens=n, teacher_logprob=teacher * n, reference_logprob=(teacher - i / 100) * n
         ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
     rd.start_stage("score", "synthetic", outputs=["scores"])
     rd.finish_stage("score", {})  # records what it wrote, as the score stage does
