@@ -106,11 +106,16 @@ def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
 
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "demo.yaml")
-    students = ["student-selected", "student-selected.seed1", "student-random", "student-random.seed1"]
-    assert [s.name for s in steps(job)][-5:] == [*(f"train/{name}" for name in students), "eval"]
+    students = ["student-selected", "student-selected.seed1", "student-random", "student-random.seed1",
+                "student-random-filtered", "student-random-filtered.seed1"]
+    assert [s.name for s in steps(job)][-7:] == [*(f"train/{name}" for name in students), "eval"]
+    # the comparison's "trained on" column tells the two random controls apart
     assert [(t.name, t.trained_on) for t in targets(job)] == [
-        (name, "selected" if "selected" in name else "random") for name in students]
-    assert job.select.random_baseline and job.select.keep_token_fraction == 0.5
+        (name, name.removeprefix("student-").removesuffix(".seed1")) for name in students]
+    sets = {t.name: t.input for t in job.tokenize}
+    assert (sets["random"], sets["random-filtered"]) == ("selected-random", "selected-random-filtered")
+    assert job.select.random_baseline == "both" and job.select.keep_token_fraction == 0.5
+    assert len({(s.preset, s.steps, s.batch_tokens, s.lr, s.heldout) for s in job.students}) == 1
     assert not job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
     assert [c.path for c in job.eval.corpora] == ["data/eval/clean-heldout.jsonl"]
     for path in job.eval.task_paths:
@@ -122,6 +127,10 @@ def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
     demo = load_job(REPO / "jobs" / "paper-demo.yaml")
     assert demo.score.unit == "instance" and demo.select.keep_token_fraction == 0.5
     assert all(t.seq_len == demo.score.max_length for t in demo.tokenize if t.input.startswith("selected"))
+    trained_on = {s.name: {t.name: t.input for t in demo.tokenize}[s.tokens] for s in demo.students}
+    assert trained_on == {"student-selected": "selected", "student-random": "selected-random",
+                          "student-random-filtered": "selected-random-filtered"}
+    assert len({(s.preset, s.steps, s.batch_tokens, s.lr) for s in demo.students}) == 1
     from miniplm.config import read_job  # the Pile is not here: the schema and the stages' checks, not the inputs
     from miniplm.stages import check_job
 
