@@ -202,6 +202,7 @@ def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_s
                         s.kd and (s.kd.source, s.kd.loss)) for s in job.students}
     kd = ("offline", "forward_kl")
     assert methods == {"scratch": ("selected-random", None, None), "miniplm": ("selected", None, None),
+                       "scratch-filtered": ("selected-random-filtered", None, None),
                        "vanilla-kd": ("selected-random", None, kd), "seqkd": ("generated/seqkd", None, None),
                        "miniplm-kd": ("selected", None, kd), "hybrid": ("mix", None, kd),
                        "pruned-kd": ("selected-random", "pruned", kd)}
@@ -214,4 +215,5 @@ def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_s
     logits = {t.name: t.tokens for t in job.teacher_logits}
     assert all(logits[s.kd.logits] == s.tokens for s in job.students if s.kd)
     assert job.eval.seeds >= 3 and job.eval.heldout
-    assert len(targets(job)) == 7 * job.eval.seeds
+    assert job.select.random_baseline == "both"  # the raw control and the one from the filtered pool
+    assert len(targets(job)) == 8 * job.eval.seeds
