@@ -64,14 +64,26 @@ def against_compute(results: dict[str, dict], groups: dict[str, list[str]], path
                lambda r: _loss(r, corpus))]
     if any(_accuracy(r) is not None for r in results.values()):
         panels.append(("zero-shot average accuracy (%)", _accuracy))
-    fig = plt.figure(figsize=(6 * len(panels), 9.5), layout="constrained")
+    fig = plt.figure(figsize=(6 * len(panels) + 3.5, 9.5), layout="constrained")
     for row, (key, (title, x_title)) in zip(fig.subfigures(len(AXES), 1), AXES.items()):
         for ax, (label, value) in zip(row.subplots(1, len(panels), squeeze=False)[0], panels):
             _panel(ax, results, groups, key, value)
             ax.set_ylabel(label)
         row.suptitle(title)
         row.supxlabel(x_title, fontsize=9)  # one per row: side by side, each panel's own would run into the next
+    # one legend beside the figure: inside a panel it hid the points under it
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     save_png(fig, path)
+
+
+def spaced(values: list[float], min_ratio: float) -> list[float]:
+    """The sorted values, leaving out each one within `min_ratio` of the last kept: on a log axis, ticks
+    whose labels would overlap (the table has every value)."""
+    kept: list[float] = []
+    for v in sorted(set(values)):
+        if not kept or v >= kept[-1] * min_ratio:
+            kept.append(v)
+    return kept
 
 
 def _panel(ax, results: dict[str, dict], groups: dict[str, list[str]], key: str,
@@ -100,7 +112,9 @@ def _panel(ax, results: dict[str, dict], groups: dict[str, list[str]], key: str,
             ax.axhline(y, linestyle="--", linewidth=1, color=color, label=f"{tag} (compute not recorded)")
     if ticks:  # a tick at each model's compute, in plain text (the report's figures do not parse TeX)
         ax.set_xscale("log")
-        ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
-        ax.set_xticks(sorted(set(ticks)), [f"{t:.2e}" for t in sorted(set(ticks))], rotation=20)
+        low, high = min(ticks) / 1.5, max(ticks) * 1.5
+        ax.set_xlim(low, high)
+        # a label takes about a sixth of the panel's width: keep ticks at least that far apart
+        shown = spaced(ticks, (high / low) ** (1 / 6))
+        ax.set_xticks(shown, [f"{t:.2e}" for t in shown], rotation=20)
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.legend(fontsize=7)

@@ -107,3 +107,22 @@ def test_no_label_overlaps_another(monkeypatch, tmp_path, tasks):
     assert sum("FLOPs" in text for text, _ in boxes) >= 2
     overlapping = [(a, b) for (a, box_a), (b, box_b) in combinations(boxes, 2) if box_a.overlaps(box_b)]
     assert not overlapping
+
+
+def test_close_compute_values_keep_their_tick_labels_apart_and_the_legend_covers_no_point(monkeypatch, tmp_path):
+    """kd-compare's totals of 2.47e12 and 2.69e12 printed their ticks over each other, and a legend
+    inside a panel hid the points under it."""
+    results = {**RESULTS, "seqkd": _student(5.1, 0.29, 1e12, 0.0, 1.47e12, "written"),
+               "kd": _student(5.05, 0.29, 1e12, 0.0, 1.69e12, "random + KD")}
+    figure = _draw(monkeypatch, tmp_path, results)
+    renderer = figure.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _labels(figure)]
+    assert not [(a, b) for (a, box_a), (b, box_b) in combinations(boxes, 2) if box_a.overlaps(box_b)]
+    assert any(text == "2.47e+12" for text, _ in boxes)
+    (legend,) = figure.legends
+    assert not [ax for ax in figure.axes if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))]
+    assert {t.get_text() for t in legend.get_texts()} >= {"unigram (random)", "seqkd (written)"}
+
+
+def test_spaced_ticks_keep_the_first_of_each_close_run():
+    assert plots.spaced([3e12, 1e12, 1.1e12, 2.9e12, 1e13], 1.5) == [1e12, 2.9e12, 1e13]
