@@ -132,6 +132,35 @@ def test_liger_fused_kd_matches_the_chunked_torch_path(loss, temperature):
         assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.99
 
 
+def test_liger_fused_kd_on_padded_rows_with_heads_wider_than_the_tokenizer():
+    """The paper's unit (padded instance rows: PAD targets) and Qwen's padded heads (wider than the
+    tokenizer, the student's cut with Head.first): the fused path skips and compares what the chunked
+    one does, on CUDA in bf16."""
+    from miniplm.corpus.instance_rows import PAD
+    from miniplm.models.kernels import installed
+    from miniplm.models.linear_ce import Head
+    from miniplm.training.kd_losses import KDLoss, OnlineTeacher, distill_losses, liger_distill_losses
+
+    if not installed("liger_kernel"):
+        pytest.skip("liger-kernel is not installed")
+    gen = torch.Generator(DEVICE).manual_seed(1)
+    randn = lambda *shape: (torch.randn(*shape, device=DEVICE, generator=gen) / 4).bfloat16()  # noqa: E731
+    h, w = randn(1024, 128).requires_grad_(), randn(4096 + 64, 128).requires_grad_()
+    teacher = OnlineTeacher(randn(1024, 192), Head(randn(4096 + 96, 192), None), 4096)
+    y = torch.randint(0, 4096, (1024,), device=DEVICE, generator=gen)
+    y[-200:] = PAD
+    results = {}
+    for name, fn in (("torch", distill_losses), ("liger", liger_distill_losses)):
+        total, ce, kd_term = fn(h, y, Head(w, None).first(4096), KDLoss("forward_kl"), teacher, 0.5, ignore_index=PAD)
+        results[name] = (total.detach().float(), ce.float(), kd_term.float(), *torch.autograd.grad(total, [h, w]))
+    for a, b in zip(results["torch"][:3], results["liger"][:3]):
+        assert torch.allclose(a, b, rtol=2e-2, atol=1e-3), (results["torch"][:3], results["liger"][:3])
+    for name, (*_, grad_h, grad_w) in results.items():
+        assert (grad_h[-200:] == 0).all() and (grad_w[4096:] == 0).all(), name
+    for a, b in zip(results["torch"][3:], results["liger"][3:]):
+        assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.99
+
+
 def _tiny_qwen(dtype, attn, seed=0):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
