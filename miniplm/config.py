@@ -763,13 +763,59 @@ def config_hash(job: "JobConfig", sections: tuple[str, ...], *extra: str) -> str
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class JobYamlError(yaml.YAMLError):
+    """YAML that a job file may not hold, with the line and column where it is."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None):
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        super().__init__(where + problem)
+
+
+class _JobLoader(yaml.SafeLoader):
+    """SafeLoader without aliases or duplicate keys.
+
+    An alias is refused while the document is composed, before anything is
+    expanded: nested aliases turn a few kilobytes into gigabytes. A key given
+    twice is an error rather than the last one silently winning.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise JobYamlError(f"an alias (*{event.anchor}) is not accepted in a job: write the value out",
+                               event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise JobYamlError(f"duplicate key {key!r}", key_node.start_mark)
+                    seen.add(key)
+                except TypeError:
+                    pass  # an unhashable key: the base constructor says so
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse job YAML: as yaml.safe_load, but refusing aliases and duplicate keys (JobYamlError)."""
+    return yaml.load(text, Loader=_JobLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides in place; values are parsed as YAML (`0.3`, `[1, 2]`, `null`)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r}: expected key.path=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = load_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not valid YAML: {e}") from None
         node: Any = data
         parts = key.split(".")
         for depth, part in enumerate(parts):
@@ -852,7 +898,7 @@ def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     path = str(path)
     try:
         raw = Path(path).read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = load_yaml(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read job file: {e.strerror}") from None
     except UnicodeDecodeError as e:

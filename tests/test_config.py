@@ -161,3 +161,23 @@ def test_a_model_folder_without_a_model_fails_before_work(write_job, corpus_file
     job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
     with pytest.raises(ConfigError, match=r"reference\.model: the folder .*empty-model' holds no model \(no config"):
         load_job(job_path, [f"reference.model={empty}", "teacher.model=smollm2-135m"])
+
+
+def test_a_job_file_with_yaml_aliases_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    bomb.write_text("seed: 0\n" + "\n".join(levels) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: .*line 3.*alias"):
+        read_job(bomb)  # refused while composing: nothing is expanded
+    with pytest.raises(ConfigError, match="alias"):
+        apply_overrides({}, ["seed=[&a 1, *a]"])
+
+
+def test_a_duplicate_key_in_a_job_file_is_named(tmp_path):
+    job = tmp_path / "dup.yaml"
+    job.write_text("seed: 0\nselect:\n  keep_fraction: 0.3\n  keep_fraction: 0.5\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: .*line 4, column 3: duplicate key 'keep_fraction'"):
+        read_job(job)
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        apply_overrides({}, ["x={a: 1, a: 2}"])

@@ -25,7 +25,7 @@ import jinja2
 import orjson
 import yaml
 
-from miniplm.config import JobConfig, SlurmResources, apply_overrides
+from miniplm.config import JobConfig, SlurmResources, apply_overrides, load_yaml
 from miniplm.errors import ConfigError, LaunchError
 from miniplm.files import atomic_write_text
 from miniplm.pipeline import plan
@@ -106,7 +106,7 @@ def queue_states(job_ids: set[str]) -> dict[str, QueueState]:
 def snapshot_job(job_file: str, overrides: list[str], rd: RunDir, *, write: bool = True) -> Path:
     """The job as submitted (file + overrides), which every script runs: later edits of the job
     file do not change what queued jobs do."""
-    data = yaml.safe_load(Path(job_file).read_text(encoding="utf-8"))
+    data = load_yaml(Path(job_file).read_text(encoding="utf-8"))
     apply_overrides(data, overrides)
     text = f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n" + yaml.safe_dump(data, sort_keys=False)
     # one file per distinct job: jobs queued by an earlier submission keep reading theirs
