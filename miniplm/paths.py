@@ -7,7 +7,24 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 from typing import Iterator
+
+from miniplm.errors import ConfigError
+
+
+def below(folder: Path, relative: str, suffix: str = "", *, parts: int = 1) -> Path:
+    """`folder/relative` (+ `suffix`), where `relative` is at most `parts` plain names joined by `/`.
+
+    ConfigError for anything that would resolve to `folder` itself or outside it (`.`, `..`, an
+    empty part, an absolute path, a separator inside a name): a path built from a name in a job
+    must never reach beyond its folder, since a stage deletes and replaces what it writes there.
+    """
+    names = relative.split("/")
+    if len(names) > parts or any(n in ("", ".", "..") or os.sep in n or (os.altsep or "/") in n for n in names):
+        raise ConfigError(f"{relative!r} is not a name a path under {folder} can be built from "
+                          f"(one plain folder name{'' if parts == 1 else ' or ' + str(parts) + ' joined by /'})")
+    return folder.joinpath(*names[:-1], names[-1] + suffix)
 
 
 def _folder_key(path: str) -> tuple[int, int] | None:
