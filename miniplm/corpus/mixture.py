@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from miniplm.corpus.tokens import TokenRows, write_rows
+from miniplm.errors import StageError
 from miniplm.files import atomic_write_json
 from miniplm.rundir import shard_name
 
@@ -27,8 +28,9 @@ STATS_FILE = "mixture.json"
 
 def mixture_counts(available: dict[str, int], weights: dict[str, float]) -> dict[str, int]:
     """Rows to take from each set: the shares of `weights`, as many as fit without repeating a row."""
-    total_weight = sum(weights.values())
-    shares = {k: w / total_weight for k, w in weights.items()}
+    top = max(weights.values())  # scaled first, so that no sum overflows
+    total_weight = sum(w / top for w in weights.values())
+    shares = {k: w / top / total_weight for k, w in weights.items()}
     total = min(available[k] / s for k, s in shares.items())
     return {k: min(math.floor(total * s + 1e-9), available[k]) for k, s in shares.items()}
 
@@ -43,6 +45,10 @@ def write_mixture(out: Path, components: dict[str, Path], weights: dict[str, flo
     """Write the mixed shards into `out`; the counts (rows and tokens, and per set: weight, rows used, rows
     available)."""
     sets = {name: TokenRows(folder) for name, folder in components.items()}
+    empty = [name for name, rows in sets.items() if not len(rows)]
+    if empty:  # the largest mix in the shares is then the empty one: say which set is at fault
+        raise StageError(f"token set {out.name!r} mixes token set {empty[0]!r}, which holds no rows "
+                         f"({components[empty[0]]}): check what it was made from, or leave it out of the mix")
     widths = {r.width for r in sets.values() if len(r)}
     if len(widths) > 1:
         raise ValueError(f"{out.name}: the mixed token sets have rows of different widths {sorted(widths)}")

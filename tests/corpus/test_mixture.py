@@ -7,8 +7,9 @@ import yaml
 
 from miniplm.config import ConfigError
 from miniplm.corpus import prepare, tokenize
-from miniplm.corpus.mixture import mixture_counts
-from miniplm.corpus.tokens import TokenRows
+from miniplm.corpus.mixture import mixture_counts, write_mixture
+from miniplm.corpus.tokens import TokenRows, write_rows
+from miniplm.errors import StageError
 from miniplm.job import load_job
 from miniplm.workers import Worker
 from tests.pipeline.jobs import write_corpus
@@ -18,6 +19,7 @@ def test_mixture_counts_keep_the_shares_without_repeating_rows():
     assert mixture_counts({"a": 100, "b": 1000}, {"a": 1, "b": 1}) == {"a": 100, "b": 100}
     assert mixture_counts({"a": 100, "b": 1000}, {"a": 0.2, "b": 0.8}) == {"a": 100, "b": 400}
     assert mixture_counts({"a": 100, "b": 30}, {"a": 0.25, "b": 0.75}) == {"a": 10, "b": 30}
+    assert mixture_counts({"a": 100, "b": 30}, {"a": 1e308, "b": 1e308}) == {"a": 30, "b": 30}  # their sum overflows
 
 
 def _job(tmp_path: Path, tiny_models, **extra) -> Path:
@@ -62,3 +64,13 @@ def test_a_mix_of_unknown_or_mismatched_sets_is_refused(tiny_models, tmp_path):
         load_job(path, ["tokenize.1.seq_len=16"])
     with pytest.raises(ConfigError, match="give no input"):
         load_job(path, ["tokenize.0.input=main"])
+
+
+def test_a_mix_of_an_empty_token_set_names_it(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_rows(tmp_path / "a" / "shard-00000.arrow", np.arange(40, dtype=np.int32).reshape(4, 10))
+    write_rows(tmp_path / "b" / "shard-00000.arrow", np.zeros((0, 10), dtype=np.int32))
+    with pytest.raises(StageError, match=r"token set 'mixed' mixes token set 'b', which holds no rows"):
+        write_mixture(tmp_path / "mixed", {"a": tmp_path / "a", "b": tmp_path / "b"}, {"a": 1, "b": 1}, seed=0)
+    assert not (tmp_path / "mixed").exists()
