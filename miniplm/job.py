@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from miniplm.config import JobConfig, expand_input, job_label, read_job
+from miniplm.config import JobConfig, expand_input, job_label, read_job, teacher_model, token_set_named, tokenizer_name
 from miniplm.errors import ConfigError
-from miniplm.models.loading import looks_loadable
+from miniplm.models.loading import check_same_tokenizer, load_tokenizer, looks_loadable
 from miniplm.stages import check_job
 
 
@@ -30,9 +30,39 @@ def _check_models(job: JobConfig, where: str) -> None:
                               "a save_pretrained folder has one)")
     pruned = {p.name for p in job.prune}
     for i, student in enumerate(job.students):
-        if student.init is not None and student.init not in pruned and not os.path.isdir(student.init):
+        if student.init is None or student.init in pruned:
+            continue
+        if not os.path.isdir(student.init):
             raise ConfigError(f"{where}: students.{i}.init: {student.init!r} is neither a prune entry of the job "
                               f"(prune: {', '.join(sorted(pruned)) or 'none'}) nor a model folder")
+        if not os.path.isfile(os.path.join(student.init, "config.json")):
+            raise ConfigError(f"{where}: students.{i}.init: the folder {student.init!r} holds no model "
+                              "(no config.json; a save_pretrained folder has one)")
+
+
+def _check_init_tokenizers(job: JobConfig, where: str) -> None:
+    """A student that starts from trained weights reads its token set's ids as those weights learnt
+    them: the model it starts from (a folder, or a prune entry's model) must share the token set's
+    tokenizer. One that cannot be read yet (a hub id offline) is left alone."""
+    prune = {p.name: p for p in job.prune}
+    for student in job.students:
+        if student.init is None:
+            continue
+        origin = teacher_model(job, prune[student.init].model)[0] if student.init in prune else student.init
+        tokens = tokenizer_name(job, token_set_named(job, student.tokens))
+        if origin == tokens:
+            continue
+        try:
+            tok_init, tok_set = load_tokenizer(origin), load_tokenizer(tokens)
+        except OSError:
+            continue
+        try:
+            check_same_tokenizer(origin, tokens, tok_init, tok_set, first="the model",
+                                 role=f"the tokenizer of token set {student.tokens!r},",
+                                 advice="Start the student from a model with the token set's tokenizer, "
+                                 "or tokenize with the model's.")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: students.{student.name}.init: {e}") from None
 
 
 def _check_inputs_exist(job: JobConfig, where: str) -> None:
@@ -54,5 +84,6 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
         check_job(job)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    _check_init_tokenizers(job, where)
     _check_inputs_exist(job, where)
     return job

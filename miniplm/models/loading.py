@@ -111,11 +111,11 @@ def load_tokenizer(name: str):
 
 
 def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None, *,
-                         role: str = "reference", advice: str = "Train the reference with the teacher's tokenizer."
-                         ) -> None:
+                         role: str = "reference", advice: str = "Train the reference with the teacher's tokenizer.",
+                         first: str = "teacher") -> None:
     """Difference scores (and distillation) compare log-probabilities of the same token sequence:
     the two models must tokenize identically. Raises ConfigError naming both models; `role` is
-    what the second one is (reference, student)."""
+    what the second one is (reference, student), `first` what the first one is."""
     tok_t = tok_t or load_tokenizer(teacher)
     tok_r = tok_r or load_tokenizer(reference)
     problems = []
@@ -128,7 +128,7 @@ def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r:
         problems.append(f"special tokens differ (bos/eos {tok_t.bos_token_id}/{tok_t.eos_token_id} "
                         f"vs {tok_r.bos_token_id}/{tok_r.eos_token_id})")
     if problems:
-        raise ConfigError(f"teacher {teacher!r} and {role} {reference!r} do not share a tokenizer: "
+        raise ConfigError(f"{first} {teacher!r} and {role} {reference!r} do not share a tokenizer: "
                           + "; ".join(problems) + f". {advice}")
 
 
