@@ -80,3 +80,35 @@ def test_run_seeds_is_the_eval_seeds_override_and_needs_an_eval_section(write_jo
     assert main(["run", str(job_path), "--seeds", "3"]) == 0
     assert main(["run", str(job_path)]) == 0
     assert [j.eval.seeds for j in seen] == [3, 1]
+
+
+def test_every_rerun_command_the_manifest_suggests_parses(tmp_path):
+    """What errors and `status` tell a user to run (`records.rerun`) is a real command: the stage as a
+    subcommand and the entry as --only, for every entry of every stage of a job with all of them."""
+    import shlex
+
+    from miniplm import stages
+    from miniplm.cli import build_parser
+    from miniplm.job import load_job
+    from miniplm.records import rerun
+    from miniplm.rundir import RunDir
+    from tests.conftest import REPO
+
+    job = load_job(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
+    rd = RunDir(job.run_dir)
+    parser = build_parser()
+    seen = set()
+    for name in stages.names():
+        stage = stages.get(name)
+        if not hasattr(stage, "parts") or not stage.applies(job):
+            continue
+        for part in stage.parts(job):
+            rd.open_stage(part.name, "hash", "", [], force=False, command=part.command)
+            words = shlex.split(rerun(rd.stage_state(part.name), part.name) + " --force")
+            assert words[0] == "miniplm", words
+            args = parser.parse_args([words[1], str(tmp_path / "job.yaml"), *words[2:]])
+            assert args.stage == name and args.force, words
+            if "/" in part.name:
+                assert args.only == part.name.split("/", 1)[1], words
+            seen.add(name)
+    assert {"generate", "prune", "teacher-logits", "tokenize"} <= seen

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from miniplm.models.text_tokens import token_ids
 from miniplm.scoring.instances import piece_texts
 
 PAD = -1  # a token id no vocabulary has
@@ -38,5 +39,5 @@ def piece_token_lists(texts: Sequence[str], docs: Sequence[Sequence[dict[str, An
     for text, held in zip(texts, docs):
         pieces += piece_texts(text, held)
         ends += [p["ends_doc"] for p in held]
-    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+    encoded = token_ids(tokenizer, pieces)
     return [tokens + [eos] if end else list(tokens) for tokens, end in zip(encoded, ends)]

@@ -29,6 +29,7 @@ from miniplm.corpus.readers import RawDoc, read_input
 from miniplm.errors import ConfigError
 from miniplm.rundir import RunDir
 from miniplm.models.flops import ModelFlops
+from miniplm.models.text_tokens import token_ids
 from miniplm.scoring.instances import Boundaries, pack_source
 from miniplm.scoring.logprobs import batch_logprobs
 from miniplm.scoring.windows import Window, instance_window, plan_batches, prefix_token, windows_for
@@ -96,7 +97,7 @@ def readings(tokenizer, texts: list[str], *, max_length: int, stride: int = 0, p
     try:
         for start in range(0, len(texts), CHUNK_DOCS):
             chunk = texts[start : start + CHUNK_DOCS]
-            encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            encoded = token_ids(tokenizer, chunk)
             sequences = [np.asarray(t, dtype=np.int64) for t in encoded]
             windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
             pieces: list[np.ndarray] = []

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from miniplm.config import GenerateConfig
 from miniplm.errors import ConfigError
+from miniplm.generation.prompts import context_length, new_token_limit
 
 Continuation = tuple[list[int], str]  # (new tokens, "eos" or "length")
 
@@ -79,7 +80,8 @@ class HFBackend:
         for i, p in enumerate(prompts):  # left padding: every row's last prompt token is at the same position
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention_mask[i, width - len(p):] = 1
-        settings = dict(do_sample=e.temperature > 0, max_new_tokens=e.max_new_tokens, num_return_sequences=e.samples,
+        max_new = new_token_limit(e.max_new_tokens, context_length(self.config), width)  # positions are per batch
+        settings = dict(do_sample=e.temperature > 0, max_new_tokens=max_new, num_return_sequences=e.samples,
                         top_k=e.top_k, top_p=e.top_p, eos_token_id=self.eos, pad_token_id=self.pad)
         if e.temperature > 0:
             settings["temperature"] = e.temperature
@@ -116,7 +118,8 @@ class VLLMBackend:
 
         e = self.entry
         params = [SamplingParams(n=e.samples, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k or -1,
-                                 max_tokens=e.max_new_tokens, seed=seed,
-                                 stop_token_ids=[self.eos] if self.eos is not None else None) for seed in seeds]
+                                 max_tokens=new_token_limit(e.max_new_tokens, context_length(self.config), len(p)),
+                                 seed=seed, stop_token_ids=[self.eos] if self.eos is not None else None)
+                  for p, seed in zip(prompts, seeds)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[_cut(list(c.token_ids), self.eos) for c in out.outputs] for out in outputs]

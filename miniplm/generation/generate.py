@@ -44,11 +44,11 @@ from miniplm.stage import Part, ShardedStage, StageRun, only_one
 
 NAME = "generate"
 FINISH_REASONS = ("eos", "length")
-STATS = ("prompts", "rows", "prompt_tokens", "new_tokens", "flops")
+STATS = ("prompts", "rows", "prompt_tokens", "new_tokens", "flops", "prompts_too_long")
 
 
 def part_for(entry: GenerateConfig) -> Part:
-    return Part(f"{NAME}/{entry.name}", entry)
+    return Part(f"{NAME}/{entry.name}", entry, f"miniplm {NAME} --only {entry.name}")
 
 
 def _derived_seed(*parts: object) -> int:
@@ -132,6 +132,7 @@ def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tu
             stats["flops"] += generation_flops(backend.config, 1 + len(prompt), len(new) + (finish == "eos"))
         stats["prompts"] += 1
         stats["prompt_tokens"] += len(prompt)
+    stats["prompts_too_long"] = shard.too_long
     types = {"prompt_tokens": pa.int32(), "new_tokens": pa.int32()}
     table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
     return table, stats
@@ -228,7 +229,7 @@ class Generate(ShardedStage):
             for k in todo:
                 if rd.stage_state(run.name).get("state") == "done":
                     break  # a late worker: the others finished meanwhile
-                shard = P.read_prompts(*sources[k], entry, tokenizer, k)
+                shard = P.read_prompts(*sources[k], entry, tokenizer, k, P.context_length(backend.config))
                 table, stats = generate_shard(run, backend, shard, progress)
                 with atomic_path(rd.generated_shard(entry.name, k)) as tmp:
                     pq.write_table(table, tmp, compression="zstd")
@@ -242,11 +243,14 @@ class Generate(ShardedStage):
         entry: GenerateConfig = run.part.item
         out = run.rd.generated(entry.name)
         per_shard = [json.loads(p.read_text()) for p in sorted(out.glob("shard-*.json"))]
-        counts: dict[str, Any] = {key: sum(s[key] for s in per_shard) for key in STATS}
+        counts: dict[str, Any] = {key: sum(s.get(key, 0) for s in per_shard) for key in STATS}
         counts["finish_reasons"] = {r: sum(s["finish_reasons"][r] for s in per_shard) for r in FINISH_REASONS}
         counts["shards"] = len(per_shard)
         if isinstance(entry.prompts, PromptFile):
-            counts |= P.file_prompt_stats(P.prompt_folder(run.rd, run.name))
+            read = P.file_prompt_stats(P.prompt_folder(run.rd, run.name))
+            too_long = counts["prompts_too_long"]  # read = prompts + rejected, these among the rejected
+            rejected = read["prompts_rejected"] | ({"too_long": too_long} if too_long else {})
+            counts |= read | {"prompts": read["prompts"] - too_long, "prompts_rejected": rejected}
         counts["repetition"] = write_report(run.job, run.rd, entry)
         counts["flops"] = compute.record(generation=counts["flops"])
         return counts
@@ -261,6 +265,9 @@ class Generate(ShardedStage):
             reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
             lines.append(f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
                          f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}")
+            if c.get("prompts_too_long"):
+                lines.append(f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
+                             "model's context (counted as rejected: too_long)")
         return lines
 
     def report(self, job: JobConfig, rd: RunDir) -> None:

@@ -24,6 +24,7 @@ from miniplm.corpus.documents import BAD_INPUT_REASONS, generated_id, problem_wi
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path, atomic_write_json
+from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
 
 PROMPT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
@@ -37,6 +38,22 @@ class PromptShard:
     ids: list[str]
     sources: list[str]
     tokens: list[list[int]]
+    too_long: int = 0  # file prompts skipped: with the prefix token they leave no room for a new token
+
+
+def context_length(config) -> int | None:
+    """The positions a model reads (None where its config does not say)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def new_token_limit(max_new_tokens: int, context: int | None, width: int) -> int:
+    """max_new_tokens, cut to what fits in the context after `width` tokens (prefix and prompt): a model
+    reading past its positions writes noise."""
+    return max_new_tokens if context is None else max(min(max_new_tokens, context - width), 1)
 
 
 def split_plan(rd: RunDir, split: str, limit: int | None) -> list[tuple[Path, int]]:
@@ -111,13 +128,21 @@ def file_prompt_stats(folder: Path) -> dict:
     return json.loads((folder / "stats.json").read_text())
 
 
-def read_prompts(source: Path, rows: int, entry: GenerateConfig, tokenizer, index: int) -> PromptShard:
-    """The first `rows` prompts of a document or prompt shard, tokenized; split prompts cut to prompt_tokens."""
+def read_prompts(source: Path, rows: int, entry: GenerateConfig, tokenizer, index: int,
+                 context: int | None = None) -> PromptShard:
+    """The first `rows` prompts of a document or prompt shard, tokenized. Split prompts are cut to prompt_tokens
+    (and to what leaves room in the model's `context` for the prefix token and one new token); file prompts
+    that do not leave that room are skipped and counted, since cutting a question would change what it asks."""
     try:
         table = pq.read_table(source, columns=["id", "source", "text"]).slice(0, rows)
     except (OSError, pa.ArrowException) as e:
         raise StageError(f"{source}: cannot read the prompts: {e}") from None
-    tokens = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
+    tokens = token_ids(tokenizer, table["text"].to_pylist())
+    ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
+    room = None if context is None else max(context - 2, 1)
     if not isinstance(entry.prompts, PromptFile):
-        tokens = [t[: entry.prompt_tokens] for t in tokens]
-    return PromptShard(index, table["id"].to_pylist(), table["source"].to_pylist(), tokens)
+        cut = entry.prompt_tokens if room is None else min(entry.prompt_tokens, room)
+        return PromptShard(index, ids, sources, [t[:cut] for t in tokens])
+    keep = [i for i, t in enumerate(tokens) if room is None or len(t) <= room]
+    return PromptShard(index, [ids[i] for i in keep], [sources[i] for i in keep], [tokens[i] for i in keep],
+                       too_long=len(tokens) - len(keep))

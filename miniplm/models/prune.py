@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from miniplm.config import JobConfig, PruneConfig, hashable_dump, source_model
 from miniplm import compute
 from miniplm.errors import ConfigError, StageError
-from miniplm.files import atomic_write_json
+from miniplm.files import atomic_write_json, follow_umask
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
+from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun, only_one
 
@@ -38,7 +39,7 @@ RECORD = "pruning.json"
 
 
 def part_for(entry: PruneConfig) -> Part:
-    return Part(f"{NAME}/{entry.name}", entry)
+    return Part(f"{NAME}/{entry.name}", entry, f"miniplm {NAME} --only {entry.name}")
 
 
 def calibration_rows(rd: RunDir, entry: PruneConfig, tokenizer) -> list[list[int]]:
@@ -51,7 +52,7 @@ def calibration_rows(rd: RunDir, entry: PruneConfig, tokenizer) -> list[list[int
         if len(texts) >= cal.docs:
             break
     eos = tokenizer.eos_token_id
-    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in (*ids, eos)]
+    stream = [t for ids in token_ids(tokenizer, texts) for t in (*ids, eos)]
     rows = [stream[i:i + cal.max_length] for i in range(0, len(stream), cal.max_length)]
     return [r for r in rows if len(r) >= 2]
 
@@ -133,6 +134,7 @@ def _save(out: Path, model, tokenizer, record: dict) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / RECORD, record)
+    follow_umask(tmp)  # save_pretrained writes the weights 0600; teammates sharing the run must read them
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 

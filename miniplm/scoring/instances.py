@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from miniplm.errors import ConfigError
+from miniplm.models.text_tokens import encode_texts
 
 SENTENCE_END = ".!?;"
 OPENING = {"(": ")", "[": "]", "{": "}", "<": ">"}
@@ -164,7 +165,7 @@ def pack_documents(texts: Sequence[str], ids: Sequence[str], sources: Sequence[s
     shard order within a source): columns source, input_ids, docs (the pieces)."""
     if not tokenizer.is_fast:
         raise ConfigError("packed instances need a fast tokenizer (for the char offsets of each piece)")
-    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    encoded = encode_texts(tokenizer, texts, return_offsets_mapping=True)
     out: dict[str, list] = {"source": [], "input_ids": [], "docs": []}
     by_source: dict[str, list[int]] = {}
     for i, source in enumerate(sources):

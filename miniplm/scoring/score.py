@@ -29,6 +29,7 @@ from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
+from miniplm.models.text_tokens import token_ids
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.instances import Boundaries, pack_documents
@@ -75,7 +76,7 @@ def tokenize_shard(job: JobConfig, tokenizer, boundaries: Boundaries | None, ind
         table = pq.read_table(path, columns=["id", "source", "text"])
     ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
     if job.score.unit == "document":
-        encoded = tokenizer(table["text"].to_pylist(), add_special_tokens=False)["input_ids"]
+        encoded = token_ids(tokenizer, table["text"].to_pylist())
         sequences = [np.asarray(t[: job.score.max_tokens], dtype=np.int64) for t in encoded]
         return ShardTokens(index, sequences, {"id": ids, "source": sources, "doc_tokens": [len(t) for t in encoded]})
     packed = pack_documents(table["text"].to_pylist(), ids, sources, tokenizer, job.score.max_length, boundaries)

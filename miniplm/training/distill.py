@@ -55,7 +55,7 @@ class Distillation:
         if (len(stored), layout.seq_len, layout.vocab) != (n_rows, seq_len, vocab):
             raise StageError(f"{folder}: {len(stored)} rows of {layout.seq_len} positions over {layout.vocab} tokens, "
                              f"and token set {student.tokens!r} has {n_rows} rows of {seq_len} over {vocab}; run "
-                             "`miniplm teacher-logits --force`")
+                             f"`miniplm teacher-logits --only {kd.logits} --force`")
         return cls(kd, vocab, device, stored)
 
     def teacher_flops_per_token(self, seq_len: int) -> float:

@@ -44,7 +44,7 @@ def part_name(name: str) -> str:
 
 
 def part_for(entry: TeacherLogitsSet) -> Part:
-    return Part(part_name(entry.name), entry)
+    return Part(part_name(entry.name), entry, f"miniplm {NAME} --only {entry.name}")
 
 
 def check_teacher_tokenizer(job: JobConfig, teacher: str, token_set: str, where: str, *, strict: bool = True) -> None:

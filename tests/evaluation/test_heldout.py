@@ -71,3 +71,15 @@ def test_packed_loss_is_the_plain_loss_over_the_packed_instances(tiny_models):
     got = lm_loss(model, tokenizer, TEXTS, max_length=8, batch_tokens=64, show_progress=False)["packed"]
     assert got["tokens"] == count and got["instances"] == len(spans)
     assert got["loss"] == pytest.approx(nll / count, rel=1e-9)
+
+
+def test_special_token_text_in_heldout_documents_is_read_as_text(tiny_models):
+    from miniplm.evaluation.heldout import readings
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    texts = ["user: hi<eos><bos>bot: hello<eos>", "plain"]
+    for r in readings(tokenizer, texts, max_length=64, show_progress=False):
+        tokens = [t for seq in r.documents for t in seq.tolist()]
+        packed = [t for seq in r.instances for t in seq.tolist()]
+        assert {tokenizer.eos_token_id, tokenizer.bos_token_id}.isdisjoint(tokens)
+        assert packed.count(tokenizer.eos_token_id) == 2 and tokenizer.bos_token_id not in packed

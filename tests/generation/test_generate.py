@@ -148,3 +148,36 @@ def test_bad_generate_settings_fail_before_any_model_loads(tiny_models, tmp_path
     with pytest.raises(ConfigError, match="vllm"):
         generate.STAGE.run(job, show_progress=False)
     assert json.loads(Path(job.run_dir, "manifest.json").read_text())["stages"].get("generate/seqkd") is None
+
+
+def test_special_token_text_in_a_prompt_is_read_as_text(tiny_models, tmp_path):
+    """A prompt quoting "<eos>" does not end itself with a real EOS id."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from miniplm.generation.prompts import read_prompts
+    from miniplm.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    source = tmp_path / "shard-00000.parquet"
+    pq.write_table(pa.table({"id": ["d0"], "source": ["s"], "text": ["user: hi<eos><bos>bot: hello<eos>"]}), source)
+    shard = read_prompts(source, 1, SimpleNamespace(prompts="main", prompt_tokens=100), tokenizer, 0)
+    assert len(shard.tokens[0]) > 10
+    assert {tokenizer.eos_token_id, tokenizer.bos_token_id}.isdisjoint(shard.tokens[0])
+
+
+def test_a_file_prompt_longer_than_the_context_is_skipped_and_new_tokens_stop_at_the_context(tiny_models, tmp_path):
+    """The tiny teacher reads 512 positions: a prompt of thousands of tokens is skipped and counted, and
+    max_new_tokens past the context is cut to what fits after each prompt."""
+    long = "The quick brown fox jumps over the lazy dog. " * 300
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"q": "def add(a, b):"}, {"q": long}, {"q": "import os"}])
+    job = load_job(_job(tmp_path, tiny_models, prompts={"path": str(prompts), "field": "q"}, samples=1,
+                        temperature=0, max_new_tokens=600))
+    counts = generate.STAGE.run(job, show_progress=False)["generate/seqkd"]
+    rows = pl.read_parquet(RunDir(job.run_dir).generated("seqkd") / "*.parquet").sort("prompt")
+    assert rows["prompt"].to_list() == ["def add(a, b):", "import os"]
+    assert counts["prompts_too_long"] == 1 and counts["prompts_rejected"] == {"too_long": 1}
+    assert counts["prompts_read"] == 3 and counts["prompts"] == 2
+    assert all(1 + p + n <= 512 for p, n in zip(rows["prompt_tokens"], rows["new_tokens"]))

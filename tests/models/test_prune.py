@@ -228,3 +228,21 @@ def test_embedding_channel_importance_sums_each_norm_layers_importance():
     importance, _ = width_importance(model, [torch.randint(16, (2, 2))])
     assert torch.allclose(importance.channels, torch.tensor([3.0, 4.0, 5.0, 0, 0, 0, 0, 0]))
     assert plan_width(config, importance, shape_of(config) | {"hidden_size": 2}).channels.tolist() == [1, 2]
+
+
+def test_special_token_text_in_calibration_documents_is_read_as_text(tiny_models, tmp_path):
+    """Calibration rows hold one EOS per document, whatever the documents say."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from miniplm.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    shard = tmp_path / "shard-00000.parquet"
+    pq.write_table(pa.table({"text": ["user: hi<eos><bos>bot: hello<eos>", "plain"]}), shard)
+    rd = SimpleNamespace(doc_shards=lambda split: [shard])
+    entry = SimpleNamespace(calibration=SimpleNamespace(split="main", docs=2, max_length=512))
+    rows = prune.calibration_rows(rd, entry, tokenizer)
+    assert len(rows) == 1 and rows[0].count(tokenizer.eos_token_id) == 2 and tokenizer.bos_token_id not in rows[0]

@@ -307,3 +307,25 @@ def test_changed_weights_or_documents_change_the_stage_hash(tiny_models, tmp_pat
     assert stage_config_hash(job, "score", "docs-a") != stage_config_hash(job, "score", "docs-b")
     assert stage_config_hash(job, "score") == stage_config_hash(
         load_job(_job_file(tmp_path, tiny_models), ["score.checkpoint_every=7", "corpus.num_workers=2"]), "score")
+
+
+def test_special_token_text_in_a_document_is_read_as_text(tiny_models, tmp_path):
+    """A document quoting "<eos>" or "<bos>" holds no EOS/BOS id: no forged document boundary."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from miniplm.models.loading import load_tokenizer
+    from miniplm.scoring.instances import Boundaries
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    texts = ["a chat: <bos>user hi<eos><bos>bot hello<eos> and on.", "plain text. Then more."]
+    path = tmp_path / "shard-00000.parquet"
+    pq.write_table(pa.table({"id": ["d0", "d1"], "source": ["s", "s"], "text": texts}), path)
+    for unit in ("document", "instance"):
+        job = SimpleNamespace(score=SimpleNamespace(unit=unit, max_tokens=None, max_length=512))
+        got = score.tokenize_shard(job, tokenizer, Boundaries.for_tokenizer(tokenizer), 0, path)
+        tokens = [t for seq in got.sequences for t in seq.tolist()]
+        n_eos = 0 if unit == "document" else 2  # the EOS packing adds after each document
+        assert tokens.count(tokenizer.eos_token_id) == n_eos and tokenizer.bos_token_id not in tokens, unit
