@@ -64,6 +64,19 @@ def new_folder_mode() -> int:
     return 0o777 & ~mask
 
 
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give `folder` and everything in it the modes of new files and folders under the umask.
+    For folders written by libraries that save through a private temporary file (transformers'
+    save_pretrained leaves model.safetensors 0600, mkdtemp a folder 0700)."""
+    folder_mode = new_folder_mode()
+    file_mode = folder_mode & 0o666
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, folder_mode)
+        for name in files:
+            if not os.path.islink(path := os.path.join(root, name)):
+                os.chmod(path, file_mode)
+
+
 def cache_dir() -> Path:
     """Where miniplm keeps files between runs: converted models, content fingerprints."""
     return Path(os.environ.get("MINIPLM_CACHE", Path.home() / ".cache" / "miniplm"))

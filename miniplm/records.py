@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from miniplm.errors import StageError
 from miniplm.files import atomic_write_json
-from miniplm.fingerprints import combine, fingerprints, identity, settled
+from miniplm.fingerprints import combine, fingerprint, fingerprints, identity, settled
 
 SHARD_PREFIX = "shard-"
 
@@ -143,7 +143,9 @@ def check(root: Path, stage: str, entry: dict[str, Any], folders: tuple[str, ...
 
 
 def problems(root: Path, stage: str, entry: dict[str, Any]) -> list[str]:
-    """A quick look (no reading) at a finished stage's outputs: files gone or of another size."""
+    """What is wrong with a finished stage's outputs: files gone, of another size, or of other content.
+    A file is read only when its identity is neither the one recorded nor one whose hash is cached:
+    an unchanged run costs a `stat` per file."""
     try:
         listed = read(root, stage, entry)
     except StageError as e:
@@ -155,6 +157,8 @@ def problems(root: Path, stage: str, entry: dict[str, Any]) -> list[str]:
             found.append(f"{root / rel}: missing")
         elif ident[0] != f["bytes"]:
             found.append(f"{root / rel}: {ident[0]:,} bytes where {stage} wrote {f['bytes']:,}")
+        elif f.get("stat") != ident and fingerprint(root / rel, cache=_cache(root)) != f["xxh3_128"]:
+            found.append(f"{root / rel}: its content changed since {stage} wrote it")
     return found
 
 

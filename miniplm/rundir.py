@@ -249,12 +249,13 @@ class RunDir:
 
     def start_stage(self, stage: str, config_hash: str, *, inputs: dict[str, str] | None = None,
                     outputs: list[str] | None = None, preexisting: dict[str, list[int]] | None = None,
-                    command: str | None = None) -> None:
-        """Record a stage as running: its config hash, the fingerprints of its inputs, the outputs it
-        owns (run-directory relative) and the files already there that are not its own."""
+                    command: str | None = None, sources: dict[str, list] | None = None) -> None:
+        """Record a stage as running: its config hash, the fingerprints of its inputs and where its
+        files and models are (inputs.sources), the outputs it owns (run-directory relative) and the
+        files already there that are not its own."""
         self.update_stage(stage, state="running", config_hash=config_hash, inputs=inputs or {},
-                          outputs=outputs or [], preexisting=preexisting or {}, command=command,
-                          started=_now(), finished=None)
+                          sources=sources or {}, outputs=outputs or [], preexisting=preexisting or {},
+                          command=command, started=_now(), finished=None)
 
     def finish_stage(self, stage: str, counts: dict[str, Any], *, show_progress: bool = False) -> None:
         """Record what the stage wrote (records/STAGE.json), then mark it done with its counts."""
@@ -272,7 +273,8 @@ class RunDir:
 
     # ------------------------------------------------------------ a stage's life
     def open_stage(self, stage: str, config_hash: str, job_yaml: str, outputs: list[Path], *, force: bool,
-                   inputs: dict[str, str] | None = None, command: str | None = None) -> bool:
+                   inputs: dict[str, str] | None = None, command: str | None = None,
+                   sources: dict[str, list] | None = None) -> bool:
         """Begin (or rejoin) a stage; True when its work is already done and nothing is left to do.
 
         Work done under another config or on other inputs is never mixed with new work: it is
@@ -311,7 +313,7 @@ class RunDir:
         if state.get("state") != "running":
             preexisting = state.get("preexisting", {}) if state else records.snapshot(self.root, owned)
             self.start_stage(stage, config_hash, inputs=inputs, outputs=owned, preexisting=preexisting,
-                             command=command)
+                             command=command, sources=sources)
         return False
 
     def finish_once(self, stage: str, finalize: Callable[[], dict[str, Any]], *, show_progress: bool = False) -> None:

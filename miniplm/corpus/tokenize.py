@@ -30,7 +30,7 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.inputs import Input, Model, Upstream
+from miniplm.inputs import Input, Tokenizer, Upstream
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
@@ -175,7 +175,7 @@ class Tokenize(ShardedStage):
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
         run.shared.update(input_shards=shards, tokenizer=tokenizer, reading=reading(run.job, token_set))
-        return [token_set.model_dump_json(), documents, Model("tokenizer", resolve_model(name))]
+        return [token_set.model_dump_json(), documents, Tokenizer("tokenizer", resolve_model(name))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.tokens(run.part.item.name)]

