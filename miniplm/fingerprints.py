@@ -157,3 +157,35 @@ def model_fingerprint(path: str, *, show_progress: bool = False) -> str:
     if os.path.isfile(path):
         return f"{path}@{fingerprint(path)}"
     return path
+
+
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")  # sentencepiece (spiece.model, ...), tiktoken ranks
+
+
+def tokenizer_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a model folder that its tokenizer is loaded from (tokenizer.json,
+    tokenizer_config.json, vocab and merges, a sentencepiece model, ...), not its weights. config.json
+    is one of them when tokenizer_config.json does not name the tokenizer's class: it is then read
+    for the model type that picks it."""
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and (
+        n.startswith("tokenizer") or n in TOKENIZER_FILES or n.endswith(TOKENIZER_SUFFIXES)))
+    try:
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+            named = isinstance(json.load(f).get("tokenizer_class"), str)
+    except (OSError, ValueError, AttributeError):
+        named = False
+    if not named and os.path.isfile(os.path.join(folder, "config.json")):
+        names.append("config.json")
+    return [os.path.join(folder, n) for n in names]
+
+
+def tokenizer_fingerprint(path: str) -> str:
+    """What identifies a model's tokenizer: its files' content in a model folder (new weights beside
+    the same tokenizer leave it unchanged), else the name (a hub id)."""
+    if not os.path.isdir(path):
+        return model_fingerprint(path)
+    files = tokenizer_files(path)
+    found = fingerprints(files)
+    return f"{path}@tokenizer@" + combine((os.path.basename(p), found[p]) for p in files)

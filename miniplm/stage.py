@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from miniplm.config import JobConfig, config_hash, dump_job
 from miniplm.errors import ConfigError, StageError
-from miniplm.inputs import Input, resolve
+from miniplm.inputs import Input, resolve, sources
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
 from miniplm.workers import Worker
@@ -221,7 +221,7 @@ def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker,
     reads = stage.inputs(run)
     run.config_hash, run.inputs = stage.fingerprint(job, rd, run.name, reads, worker, show_progress)
     if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force, inputs=run.inputs,
-                     command=part.command):
+                     command=part.command, sources=sources(reads)):
         return stage.result(run)
     try:
         _global_step_once(stage, run)

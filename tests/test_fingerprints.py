@@ -90,3 +90,27 @@ def test_workers_start_hashing_at_different_files(tmp_path, monkeypatch):
     monkeypatch.setattr(fingerprints, "hash_bytes", lambda p, progress=None: order.append(p) or real(p))
     found = fingerprints.fingerprints(paths, start=2)
     assert list(found) == paths and order == [os.path.realpath(p) for p in paths[2:] + paths[:2]]
+
+
+def test_a_tokenizer_is_fingerprinted_by_its_own_files_not_the_weights_beside_it(tmp_path):
+    from miniplm.fingerprints import tokenizer_files, tokenizer_fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name, text in [("model.safetensors", "w1"), ("config.json", '{"model_type": "llama"}'),
+                       ("generation_config.json", "{}"), ("tokenizer.json", "{}"), ("merges.txt", "a b"),
+                       ("tokenizer_config.json", '{"tokenizer_class": "PreTrainedTokenizerFast"}')]:
+        (model / name).write_text(text)
+    assert [os.path.basename(p) for p in tokenizer_files(model)] == ["merges.txt", "tokenizer.json",
+                                                                      "tokenizer_config.json"]
+    before = tokenizer_fingerprint(str(model))
+    (model / "model.safetensors").write_text("w2")
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
+    assert tokenizer_fingerprint(str(model)) == before
+    (model / "merges.txt").write_text("a c")
+    assert tokenizer_fingerprint(str(model)) != before
+
+    # without the class named, AutoTokenizer picks it by the model type in config.json
+    (model / "tokenizer_config.json").write_text("{}")
+    assert "config.json" in [os.path.basename(p) for p in tokenizer_files(model)]
+    assert tokenizer_fingerprint("org/name") == "org/name"  # a hub id: its name

@@ -119,3 +119,59 @@ def test_teacher_weights_replaced_in_place_make_score_refuse(tiny_models, tmp_pa
         score.STAGE.run(job, show_progress=False)
     after = score.STAGE.run(job, force=True, show_progress=False)
     assert after["rows"] == before["rows"]
+
+
+def _halve_weights(folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    model.save_pretrained(folder)  # the same files, the same sizes, other weights
+
+
+def test_a_stage_made_from_a_changed_model_or_file_is_out_of_date_for_every_stage_after_it(tiny_models, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_models["teacher"], teacher)
+    job = load_job(_scored_job(tmp_path, tiny_models, str(teacher)))
+    for stage in (prepare, score, select):
+        stage.STAGE.run(job, show_progress=False)
+
+    _halve_weights(teacher)  # score read the old teacher: select must not take its scores as done
+    for force in (False, True):
+        with pytest.raises(StageError, match=r"score is out of date: teacher changed since score read it; "
+                                             r"run `miniplm score --force` first"):
+            select.STAGE.run(job, force=force, show_progress=False)
+    score.STAGE.run(job, force=True, show_progress=False)
+    select.STAGE.run(job, force=True, show_progress=False)
+
+    # however far back: the corpus changed under prepare, which score read
+    _documents(tmp_path / "docs.jsonl", 24, "new")
+    with pytest.raises(StageError, match=r"score is out of date: corpus\.inputs\.0 changed since prepare read it; "
+                                         r"run `miniplm prepare --force` first, then `miniplm score --force`"):
+        select.STAGE.run(job, force=True, show_progress=False)
+
+
+def test_new_weights_beside_the_same_tokenizer_leave_its_token_sets_done(tiny_models, tmp_path):
+    from miniplm.corpus import tokenize
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_models["teacher"], teacher)
+    path = _scored_job(tmp_path, tiny_models, str(teacher))
+    spec = yaml.safe_load(path.read_text())
+    spec["tokenize"] = [{"name": "main", "input": "main", "seq_len": 8}]
+    path.write_text(yaml.safe_dump(spec))
+    job = load_job(path)
+    prepare.STAGE.run(job, show_progress=False)
+    before = tokenize.STAGE.run(job, show_progress=False)
+
+    _halve_weights(teacher)
+    assert tokenize.STAGE.run(job, show_progress=False) == before  # done: the tokenizer is the same
+
+    config = teacher / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"eos_token"', '"bos_token": "<|x|>", "eos_token"', 1))
+    with pytest.raises(ConfigError, match=r"tokenize/main stage there ran with a different config .*"
+                                          r"changed: tokenizer"):
+        tokenize.STAGE.run(job, show_progress=False)

@@ -6,7 +6,9 @@ launchers (pipeline/launchers.py): the queue (pending, running) and the exit
 code each task records when it ends; a task that left a log but no exit code
 was killed (time limit, memory, a lost node), and one with neither never ran
 (cancelled, or a step it waited for failed). A finished step whose outputs are
-gone or changed in size since (records.py) is shown as damaged.
+gone or changed since (records.py) is shown as damaged; one made from a file or
+model that changed since, or from an earlier step redone or out of date itself
+(inputs.py), as stale. Both make `status` exit non-zero.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from miniplm.config import JobConfig
+from miniplm.errors import StageError
+from miniplm.inputs import out_of_date
 from miniplm.pipeline import plan
 from miniplm.pipeline.launcher import Launcher, Task, task_state
 from miniplm.records import problems, rerun
@@ -23,14 +27,16 @@ from miniplm.rundir import RunDir
 from miniplm.stage import Step
 
 FAILED = ("failed", "killed")
-BROKEN = ("failed", "damaged")
+BROKEN = ("failed", "damaged", "stale")
 
 
 @dataclass
 class StepStatus:
     step: Step
-    state: str  # done, damaged (done, but its outputs changed since), failed, running, waiting
-    problems: list[str] = field(default_factory=list)  # what is wrong with a damaged step's outputs
+    # done, damaged (done, but its outputs changed since), stale (done, but what it was made from
+    # changed since), failed, running, waiting
+    state: str
+    problems: list[str] = field(default_factory=list)  # what is wrong with a damaged or stale step
     done: int | None = None  # shards (prepare: input units) finished, for array steps
     total: int | None = None
     tasks: list[Task] = field(default_factory=list)  # the latest attempt of each task
@@ -52,6 +58,7 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
     submitted = [(launcher, launcher.records(rd)) for launcher in launchers]
     live = {launcher.name: launcher.queued(rd, records) for launcher, records in submitted}
     out = []
+    known: dict = {}  # what out_of_date found of each stage, so that each is looked at once
     for step in plan.steps(job):
         status = StepStatus(step, plan.state(job, rd, step))
         if status.state == "done":
@@ -61,6 +68,10 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
                                     for p in problems(rd.root, entry, state)]
             if status.problems:
                 status.state = "damaged"
+            else:
+                status.problems = _stale(rd, step.name, plan.manifest_stages(job, step), known)
+                if status.problems:
+                    status.state = "stale"
         pending: set[int] = set()
         if step.kind == "array":
             status.total = plan.shard_count(job, rd, step)
@@ -79,6 +90,24 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
         status.tasks = list(latest.values())
         out.append(status)
     return out
+
+
+def _stale(rd: RunDir, step: str, entries: list[str], known: dict) -> list[str]:
+    """Why a finished step's entries are out of date, with the commands that redo them."""
+    found = []
+    for entry in entries:
+        try:
+            stale = out_of_date(rd, entry, known=known)
+        except StageError as e:  # the record of an earlier stage is damaged
+            found.append(str(e))
+            continue
+        if stale is not None:
+            first, why = stale
+            redo = f"run `{rerun(rd.stage_state(first), first)} --force` to redo {first}"
+            if first != entry:
+                redo += f", then `{rerun(rd.stage_state(entry), entry)} --force`"
+            found.append(("" if entry == step else f"{entry}: ") + f"{why}; {redo}")
+    return found
 
 
 def render(job: JobConfig, statuses: list[StepStatus]) -> str:
@@ -113,7 +142,7 @@ def render(job: JobConfig, statuses: list[StepStatus]) -> str:
                     lines.append(f"    last line: {tail}")
         for s in broken:
             for problem in s.problems:
-                lines.append(f"  {s.step.name}: damaged: {problem}")
+                lines.append(f"  {s.step.name}: {s.state}: {problem}")
             if s.state == "failed" and not s.failed_tasks:
                 errors = [rd.stage_state(m).get("error", "") for m in plan.manifest_stages(job, s.step)]
                 error = next((e for e in errors if e), "")

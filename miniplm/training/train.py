@@ -9,7 +9,7 @@ import sys
 from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
                             token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError
-from miniplm.inputs import Input, Model, Upstream
+from miniplm.inputs import Input, Model, Upstream, sources
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
@@ -62,11 +62,12 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     results = {}
     for student in students:
         name = stage_name(student)
-        config_hash, inputs = stage.fingerprint(job, rd, name, _reads(job, student))
+        reads = _reads(job, student)
+        config_hash, inputs = stage.fingerprint(job, rd, name, reads)
         outputs = [rd.model(student.name), rd.training(student.name)]
         command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
         done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
-                             command=command) if rank == 0 else False
+                             command=command, sources=sources(reads)) if rank == 0 else False
         if distributed.broadcast_flag(done, src=0):
             results[student.name] = rd.stage_state(name)["counts"]
             continue
