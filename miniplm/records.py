@@ -22,12 +22,13 @@ from typing import Any, Iterable
 from miniplm.errors import StageError
 from miniplm.files import atomic_write_json
 from miniplm.fingerprints import combine, fingerprint, fingerprints, identity, settled
+from miniplm.paths import below
 
 SHARD_PREFIX = "shard-"
 
 
 def record_file(root: Path, stage: str) -> Path:
-    return root / "records" / f"{stage}.json"
+    return below(root / "records", stage, ".json", parts=2)
 
 
 def _cache(root: Path) -> Path:
@@ -166,19 +167,43 @@ def delete_written(root: Path, stage: str, entry: dict[str, Any], outputs: list[
     """Delete what the stage wrote (see the module's docstring), then the folders it left empty."""
     if not entry:
         return  # the manifest does not know the stage: nothing here is known to be its
-    outputs = entry.get("outputs", outputs)
+    # The manifest and the record are files anyone sharing the run directory can edit: what they list
+    # is deleted only inside the stage's own output folders (`outputs`, from the job), links resolved.
+    listed = entry.get("outputs", outputs)
+    if not isinstance(listed, list):
+        raise StageError(f"{root / 'manifest.json'}: the outputs of {stage} are not a list; nothing was deleted")
+    own = [_own(root, stage, out, outputs, "manifest.json", folder=True) for out in listed]
+    mine = [p.relative_to(root).as_posix() for p in own]
     try:
         files = list(read(root, stage, entry)) if entry.get("state") == "done" else None
     except StageError:
         files = None  # a damaged record: fall back on what changed since the stage started
+    where = record_file(root, stage).relative_to(root).as_posix()
     if files is None:
-        files = written(root, outputs, entry.get("preexisting", {}))
-    for rel in files:
-        (root / rel).unlink(missing_ok=True)
-    for out in outputs:
-        if (root / out).is_dir():
-            _remove_empty_folders(root / out)
+        files, where = written(root, mine, entry.get("preexisting", {})), "manifest.json"
+    doomed = [_own(root, stage, rel, mine, where) for rel in files]  # every one checked before any goes
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    for out in own:
+        if out.is_dir():
+            _remove_empty_folders(out)
     record_file(root, stage).unlink(missing_ok=True)
+
+
+def _own(root: Path, stage: str, rel: Any, folders: list[str], where: str, *, folder: bool = False) -> Path:
+    """`root/rel`, when it lies in one of `folders` (the stage's outputs) both as written and with
+    every link resolved (`folder`: the last part too; a file's own link is deleted, not followed);
+    StageError naming `where` (the file that listed it) otherwise."""
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    inside = next((f for f in folders if rel == f or str(rel).startswith(f + "/")), None)
+    if inside is not None and not any(p in ("", ".", "..") for p in parts):
+        path = root / rel
+        real = Path(os.path.realpath(path if folder else path.parent))
+        if real.is_relative_to(Path(os.path.realpath(root)) / inside):
+            return path
+    raise StageError(f"{root / str(rel)}: {root / where} lists it among what {stage} wrote, and it lies outside "
+                     f"{stage}'s own folders ({', '.join(folders) or 'none'}); nothing was deleted. Put back a "
+                     f"copy of {where}, or remove that entry from it")
 
 
 def _remove_empty_folders(top: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from miniplm import records
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, atomic_write_text, file_lock
+from miniplm.paths import below
 
 SPLITS = ("main", "reference", "heldout")
 SETTINGS = "settings"  # the label, among a stage's inputs, of its own job sections
@@ -118,25 +119,25 @@ class RunDir:
 
     def generated(self, name: str) -> Path:
         """A corpus the teacher wrote (generate stage): document shards with their prompts."""
-        return self.root / "generated" / name
+        return below(self.root / "generated", name)
 
     def generated_shard(self, name: str, index: int) -> Path:
         return self.generated(name) / shard_name(index, ".parquet")
 
     def tokens(self, name: str) -> Path:
-        return self.root / "tokens" / name
+        return below(self.root / "tokens", name)
 
     def teacher_logits(self, name: str) -> Path:
         """A teacher_logits set: the teacher's top-k log-probs per position of a token set's rows."""
-        return self.root / "teacher-logits" / name
+        return below(self.root / "teacher-logits", name)
 
     def model(self, name: str) -> Path:
         """A model this run trains (a student, or `reference`): a save_pretrained folder."""
-        return self.root / "models" / name
+        return below(self.root / "models", name)
 
     def training(self, name: str) -> Path:
         """A model's training metrics and checkpoints."""
-        return self.root / "train" / name
+        return below(self.root / "train", name)
 
     def metrics(self, name: str) -> Path:
         return self.training(name) / "metrics.jsonl"
@@ -146,7 +147,7 @@ class RunDir:
         return self.root / "eval"
 
     def eval_result(self, name: str) -> Path:
-        return self.eval / "models" / f"{name}.json"
+        return below(self.eval / "models", name, ".json")
 
     @property
     def eval_results(self) -> Path:
@@ -180,10 +181,13 @@ class RunDir:
 
     def work(self, stage: str) -> Path:
         """Scratch space for a stage's unfinished work; removed when the stage is done."""
-        return self.root / "work" / stage
+        return below(self.root / "work", stage, parts=2)  # a stage, or a part of one: train/NAME
 
     def marker(self, stage: str, key: str) -> Path:
-        return self.root / "markers" / stage / f"{key}.done"
+        return below(self.markers(stage), key, ".done")
+
+    def markers(self, stage: str) -> Path:
+        return below(self.root / "markers", stage, parts=2)
 
     # ------------------------------------------------------------ scratch and markers
     def remove_work(self, stage: str) -> None:
@@ -201,7 +205,7 @@ class RunDir:
             return False
 
     def clear_markers(self, stage: str) -> None:
-        shutil.rmtree(self.root / "markers" / stage, ignore_errors=True)
+        shutil.rmtree(self.markers(stage), ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.root / "markers").rmdir()
 

@@ -192,3 +192,60 @@ def test_a_damaged_manifest_is_an_error_naming_it_and_the_way_out(write_job, tmp
         error = capsys.readouterr().err
         assert f"{manifest}: the run's manifest is damaged" in error
         assert f"mv {manifest} {manifest}.damaged" in error
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../x", "/etc", "a/../.."])
+def test_no_path_of_a_name_leaves_its_folder(tmp_path, name):
+    from miniplm.errors import ConfigError
+
+    rd = RunDir(tmp_path / "run")
+    for build in (rd.model, rd.training, rd.metrics, rd.tokens, rd.generated, rd.teacher_logits, rd.eval_result,
+                  rd.work, lambda n: rd.marker("score", n), lambda n: rd.marker(n, "shard-00000")):
+        with pytest.raises(ConfigError, match="not a name"):
+            build(name)  # RUN_DIR/models/.. is RUN_DIR: a student's --force would delete the run
+    with pytest.raises(ConfigError, match="not a name"):
+        rd.model("train/s")  # one folder name, where a stage's entry may have two parts
+    assert rd.model("s-kd.seed1") == rd.root / "models" / "s-kd.seed1"
+    assert rd.work("train/s") == rd.root / "work" / "train" / "s"
+
+
+def _finished_scores(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    out = rd.root / "scores"
+    assert rd.open_stage("score", "h1", "job: 1\n", [out], force=False) is False
+    (out).mkdir()
+    (out / "shard-00000.parquet").write_text("scores")
+    rd.finish_stage("score", {})
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("not miniplm's")
+    return rd, out, victim
+
+
+def _edit(rd, stage, **fields):
+    manifest = json.loads(rd.manifest_file.read_text())
+    manifest["stages"][stage].update(fields)
+    rd.manifest_file.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit", ["outputs", "record", "link"])
+def test_force_deletes_nothing_outside_the_stage_s_own_folders(tmp_path, edit):
+    from miniplm.errors import StageError
+
+    rd, out, victim = _finished_scores(tmp_path)
+    record = rd.root / "records" / "score.json"
+    if edit == "outputs":  # an unfinished stage: what appeared under its outputs would be deleted
+        _edit(rd, "score", state="failed", outputs=["scores", "../victim"])
+    elif edit == "record":
+        listed = json.loads(record.read_text())
+        listed["files"]["../victim/precious.txt"] = listed["files"]["scores/shard-00000.parquet"]
+        record.write_text(json.dumps(listed))
+    else:  # a link inside the stage's folder to a folder outside the run
+        (out / "link").symlink_to(victim)
+        listed = json.loads(record.read_text())
+        listed["files"]["scores/link/precious.txt"] = listed["files"]["scores/shard-00000.parquet"]
+        record.write_text(json.dumps(listed))
+    with pytest.raises(StageError, match="victim|link"):
+        rd.open_stage("score", "h1", "job: 1\n", [out], force=True)
+    assert (victim / "precious.txt").read_text() == "not miniplm's"
+    assert (out / "shard-00000.parquet").exists()  # refused before anything was deleted
