@@ -32,6 +32,7 @@ from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Input, Tokenizer, Upstream
 from miniplm.models.loading import load_tokenizer, resolve_model
+from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
 from miniplm.workers import Worker
@@ -91,7 +92,7 @@ def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, ind
     for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, columns):
         units += batch.num_rows
         if reading == "documents":
-            token_lists += [t + [eos] for t in tokenizer(batch.column(0).to_pylist(), add_special_tokens=False)["input_ids"]]
+            token_lists += [t + [eos] for t in token_ids(tokenizer, batch.column(0).to_pylist())]
         elif reading == "instances":
             token_lists += [t for t in batch.column(0).to_pylist() if len(t) > 1]  # one token predicts nothing
         else:

@@ -138,3 +138,28 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
     with pytest.raises(ConfigError, match="input selected-random-filtered needs select.random_baseline: filtered "
                                           r"\(or both\), and the selection there was made without it"):
         tokenize.input_shards(rd, job.tokenize[1])
+
+
+def test_special_token_text_in_documents_and_instance_pieces_is_read_as_text(tiny_models, tmp_path):
+    """"<eos>" written in a document is text: the only EOS ids in a token set are the ones after documents."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from miniplm.corpus.instance_rows import piece_token_lists
+    from miniplm.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    text = "user: hi<eos><bos>bot: hello<eos> " * 8
+    source = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": [text]}), source)
+    out = tmp_path / "out"
+    out.mkdir()
+    job, token_set = SimpleNamespace(seed=0), SimpleNamespace(seq_len=7)
+    tokenize.tokenize_shard(job, token_set, tokenizer, eos, 0, source, out)
+    rows = TokenRows(out)
+    tokens = [t for i in range(len(rows)) for t in np.asarray(rows[i]).tolist()]
+    assert len(tokens) > 40 and tokens.count(eos) <= 1 and bos not in tokens
+    pieces = piece_token_lists([text], [[{"char_start": 0, "char_end": len(text), "ends_doc": True}]], tokenizer, eos)
+    assert pieces[0].count(eos) == 1 and pieces[0][-1] == eos and bos not in pieces[0]
