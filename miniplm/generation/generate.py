@@ -270,6 +270,19 @@ class Generate(ShardedStage):
                              "model's context (counted as rejected: too_long)")
         return lines
 
+    def warnings(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
+        """An entry that wrote no text: a token set made from it would be empty."""
+        found = []
+        for part, c in result.items():
+            if c is None or c["rows"]:
+                continue
+            name = part.removeprefix(f"{NAME}/")
+            too_long = c.get("prompts_too_long")
+            skipped = f"; {too_long:,} skipped, too long for the model's context" if too_long else ""
+            found.append(f"generate {name}: no text was generated ({c['prompts']:,} prompts{skipped}): anything "
+                         f"made from generated/{name} would be empty; check its prompts")
+        return found
+
     def report(self, job: JobConfig, rd: RunDir) -> None:
         from miniplm.generation.report import write_report
 

@@ -181,3 +181,13 @@ def test_a_file_prompt_longer_than_the_context_is_skipped_and_new_tokens_stop_at
     assert counts["prompts_too_long"] == 1 and counts["prompts_rejected"] == {"too_long": 1}
     assert counts["prompts_read"] == 3 and counts["prompts"] == 2
     assert all(1 + p + n <= 512 for p, n in zip(rows["prompt_tokens"], rows["new_tokens"]))
+
+
+def test_a_generate_run_that_wrote_no_text_warns():
+    from types import SimpleNamespace
+
+    counts = {"rows": 0, "prompts": 0, "prompts_too_long": 3}
+    warnings = generate.STAGE.warnings(SimpleNamespace(run_dir="run"), {"generate/seqkd": counts, "generate/b": None})
+    assert warnings == ["generate seqkd: no text was generated (0 prompts; 3 skipped, too long for the model's "
+                        "context): anything made from generated/seqkd would be empty; check its prompts"]
+    assert generate.STAGE.warnings(SimpleNamespace(run_dir="run"), {"generate/seqkd": counts | {"rows": 4}}) == []
