@@ -19,10 +19,11 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from miniplm.errors import ConfigError
 from miniplm.paths import glob_paths, walk_files
@@ -277,6 +278,22 @@ class SelectConfig(_Strict):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+def plain_name(name: str) -> bool:
+    """Whether `name` can name a folder under run_dir (models/NAME, tokens/NAME, ...): no separator,
+    and no leading dot, which would make `.` and `..` (the folder itself, its parent) or a hidden folder."""
+    return re.fullmatch(NAME_PATTERN, name) is not None and not name.startswith(".")
+
+
+def _plain_name(name: str) -> str:
+    if not plain_name(name):
+        raise ValueError("a name is letters, digits, '_', '-' and '.', not starting with '.' (it names a folder "
+                         "under run_dir)")
+    return name
+
+
+Name = Annotated[str, AfterValidator(_plain_name)]
 Split = Literal["main", "reference", "heldout"]
 DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), "main", "reference", "heldout")
 GENERATED = "generated/"
@@ -298,7 +315,7 @@ class PromptFile(_Strict):
 class GenerateConfig(_Strict):
     """A corpus the teacher writes (sequence-level KD): RUN_DIR/generated/NAME/."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
     prompts: Split | PromptFile = Field(
         "main", description="a split of the prepared corpus (each document's first prompt_tokens tokens), or "
@@ -362,7 +379,7 @@ class PruneTarget(_Strict):
 class PruneConfig(_Strict):
     """A smaller model cut out of the teacher (Minitron), to start students from: RUN_DIR/models/NAME/."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
     calibration: Calibration = Field(default_factory=Calibration)
     target: PruneTarget
@@ -374,7 +391,7 @@ class PruneConfig(_Strict):
 class TokenSet(_Strict):
     """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     input: str = Field(
         "selected", description="selected, selected-random or selected-random-filtered (select's random controls: "
         "drawn from every scored unit, or from what the filters left), a split of the prepared "
@@ -395,7 +412,7 @@ class TokenSet(_Strict):
                 raise ValueError("mix: give each token set a positive share")
             return self
         if self.input not in DOCUMENT_INPUTS and not (
-                self.input.startswith(GENERATED) and re.match(NAME_PATTERN, self.input.removeprefix(GENERATED))):
+                self.input.startswith(GENERATED) and plain_name(self.input.removeprefix(GENERATED))):
             raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME "
                              f"(got {self.input!r})")
         return self
@@ -437,7 +454,7 @@ class KDConfig(_Strict):
 class StudentConfig(_Strict):
     """A model to pretrain with DeepSpeed on a token set: RUN_DIR/models/NAME/."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     preset: str | None = Field(None, description="tiny, tiny-4l, qwen-104m, qwen-200m, qwen-500m or qwen-1.2b")
     config: str | None = Field(None, description="instead of a preset: a Hugging Face config.json or model folder")
     init: str | None = Field(None, description="instead of a preset or config: start from these weights, a prune "
@@ -487,7 +504,7 @@ class TeacherLogitsSet(_Strict):
     """The teacher's top-k next-token log-probabilities at every position of a token set, for offline
     KD: RUN_DIR/teacher-logits/NAME/, aligned with the token set's shards and rows."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     tokens: str = Field(description="the token set (tokenize: name) to run the teacher over")
     top_k: int = Field(32, gt=0, description="tokens kept per position (at most the vocabulary size)")
     teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m")
@@ -538,7 +555,7 @@ PAPER_TASKS = ["hellaswag", "lambada_openai", "winogrande", "openbookqa", "arc_e
 class EvalModel(_Strict):
     """A model to evaluate that the job does not train: a folder, a hub id or smollm2-135m."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     model: str
 
 
@@ -582,6 +599,11 @@ def replica_base(name: str) -> str:
     """The student a seed replica (NAME.seed1, ...; see miniplm/replicas.py) repeats; a student's own
     name is its base."""
     return REPLICA_SUFFIX.sub("", name)
+
+
+def replica_names(name: str, seeds: int) -> list[str]:
+    """The names of a student's seed replicas with `seeds` seeds in all (the student's own not among them)."""
+    return [f"{name}.seed{k}" for k in range(1, seeds)]
 
 
 class SlurmResources(_Strict):
@@ -672,6 +694,7 @@ class JobConfig(_Strict):
         if len(models) != len(set(models)):
             raise ValueError(f"prune and students: each writes RUN_DIR/models/NAME, so names must differ from each "
                              f"other and from 'reference' (got {', '.join(models[1:])})")
+        self._check_model_names()
         for p in self.prune:
             if p.model == "teacher" and self.teacher is None:
                 raise ValueError(f"prune: {p.name!r} prunes the teacher, and the job has no teacher")
@@ -697,6 +720,39 @@ class JobConfig(_Strict):
                                  f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
         self._check_distillation()
         return self
+
+    def _check_model_names(self) -> None:
+        """No name of the job stands for two models: a student's seed replicas (NAME.seed1, ...) write
+        models/NAME.seed1 and are compared as one row with their student, so a prune entry, another
+        student or an evaluated model may not take such a name."""
+        seeds = self.eval.seeds if self.eval is not None else 1
+        students = {s.name for s in self.students}
+        replicas = {r for s in students for r in replica_names(s, seeds)}
+
+        def check(key: str, name: str, *, by_shape: bool = False) -> None:
+            base = replica_base(name)
+            if name in replicas:
+                why = f"eval.seeds: {seeds} trains it again as {', '.join(replica_names(base, seeds))}"
+            elif by_shape and base != name and base in students:
+                why = "with eval.seeds above 1 its replicas are named so, and the comparison shows them as one row"
+            else:
+                return
+            raise ValueError(f"{key}: {name!r} is a seed replica of student {base!r} by its name ({why}); give it "
+                             "another name")
+
+        for i, s in enumerate(self.students):
+            check(f"students.{i}.name", s.name, by_shape=True)
+        for i, p in enumerate(self.prune):
+            check(f"prune.{i}.name", p.name)
+        evaluated: set[str] = set()
+        for i, m in enumerate(self.eval.models if self.eval is not None else []):
+            if not isinstance(m, EvalModel):
+                continue
+            check(f"eval.models.{i}.name", m.name)
+            if m.name in students | {"reference", "teacher"} or m.name in evaluated:
+                raise ValueError(f"eval.models.{i}.name: {m.name!r} names a model the job evaluates already "
+                                 "(a student, reference, teacher or an earlier entry); give it another name")
+            evaluated.add(m.name)
 
     def _check_distillation(self) -> None:
         sets = {t.name: t for t in self.teacher_logits}
@@ -867,6 +923,8 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and not isinstance(e["input"], (dict, list)):
                 msg += f" (got {e['input']!r})"
+        if not e["loc"] and re.match(r"[\w.-]+: ", msg):
+            key, _, msg = msg.partition(": ")  # a check across sections names the key itself
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

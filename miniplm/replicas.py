@@ -11,7 +11,7 @@ the mean and spread of each student's replicas.
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig, StudentConfig, replica_base
+from miniplm.config import JobConfig, StudentConfig, replica_base, replica_names
 
 
 def seeds(job: JobConfig) -> int:
@@ -21,8 +21,9 @@ def seeds(job: JobConfig) -> int:
 def replicas(job: JobConfig, student: StudentConfig) -> list[StudentConfig]:
     """A student and its seed replicas, in seed order."""
     first = student.seed if student.seed is not None else job.seed
-    return [student if k == 0 else student.model_copy(update={"name": f"{student.name}.seed{k}", "seed": first + k})
-            for k in range(seeds(job))]
+    names = replica_names(student.name, seeds(job))  # the names the job's names were checked against
+    return [student, *(student.model_copy(update={"name": name, "seed": first + k})
+                       for k, name in enumerate(names, start=1))]
 
 
 def trained_students(job: JobConfig) -> list[StudentConfig]:
