@@ -141,6 +141,17 @@ class NearDuplicateConfig(_Strict):
     ngram: int = Field(5, ge=1, description="words per shingle")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
 
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "NearDuplicateConfig":
+        from datasketch import MinHashLSH
+
+        try:  # the LSH shape prepare will use; a threshold near 1 with few permutations has no such shape
+            MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        except ValueError as e:
+            raise ValueError(f"threshold {self.threshold} with num_perm {self.num_perm} leaves no LSH bands to "
+                             f"match on ({e}): lower the threshold or raise num_perm") from None
+        return self
+
 
 class CorpusConfig(_Strict):
     inputs: list[InputSpec] = Field(min_length=1)
@@ -410,6 +421,10 @@ class TokenSet(_Strict):
                                  "tokenizer")
             if not self.mix or any(w <= 0 for w in self.mix.values()):
                 raise ValueError("mix: give each token set a positive share")
+            top = max(self.mix.values())
+            for part, weight in self.mix.items():
+                if weight / top == 0:  # below the smallest float, next to the largest share
+                    raise ValueError(f"mix: shares so far apart that {part!r} would get no rows")
             return self
         if self.input not in DOCUMENT_INPUTS and not (
                 self.input.startswith(GENERATED) and plain_name(self.input.removeprefix(GENERATED))):
@@ -462,7 +477,8 @@ class StudentConfig(_Strict):
     tokens: str = Field(description="the token set (tokenize: name) to train on")
     heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
-    seed: int | None = Field(None, description="the training seed (initialisation, data order); default: the job's")
+    seed: int | None = Field(None, ge=0, lt=2**32,
+                             description="the training seed (initialisation, data order); default: the job's")
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
     micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
     lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
@@ -655,7 +671,7 @@ class SlurmConfig(_Strict):
 
 class JobConfig(_Strict):
     run_dir: Path
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="every seeded draw of the job (MinHash takes 0 to 2**32 - 1)")
     corpus: CorpusConfig
     teacher: ModelSpec | None = None
     reference: ReferenceSpec | None = None

@@ -235,3 +235,39 @@ def test_replica_like_names_that_collide_with_nothing_load(tmp_path):
     assert job.prune[0].name == "s.seed1"
     job = read_job(_named_job(tmp_path, eval={"seeds": 2, "models": [{"name": "t.seed1", "model": "m"}]}))
     assert job.eval.models[0].name == "t.seed1"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("corpus.near_duplicates={threshold: 0.999}", r"corpus\.near_duplicates: threshold 0\.999 with num_perm 128"),
+    ("corpus.near_duplicates={num_perm: 8}", r"corpus\.near_duplicates: threshold 0\.8 with num_perm 8"),
+    ("seed=-1", r"  seed: Input should be greater than or equal to 0"),
+    ("seed=4294967296", r"  seed: Input should be less than 4294967296"),
+    ("tokenize=[{name: a, input: main}, {name: b, input: heldout}, {name: m, mix: {a: 1.0e+300, b: 1.0e-300}}]",
+     r"tokenize\.2: mix: shares so far apart that 'b' would get no rows"),
+])
+def test_settings_a_library_would_reject_later_fail_at_load(write_job, corpus_file, override, key):
+    job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
+    with pytest.raises(ConfigError, match=key):
+        read_job(job_path, [override])
+
+
+def test_a_student_init_folder_is_a_model_with_the_token_sets_tokenizer(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    from tests.pipeline.jobs import tiny_job
+
+    job_path = tiny_job(tmp_path, tiny_models)
+    init = tmp_path / "init"
+    shutil.copytree(tiny_models["teacher"], init)
+    load_job(job_path, ["students.0.preset=null", f"students.0.init={init}"])
+    tokenizer = json.loads((init / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = list(vocab)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: every row would train on the wrong tokens
+    (init / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ConfigError, match=r"students\.on-selected\.init: .* do not share a tokenizer"):
+        load_job(job_path, ["students.0.preset=null", f"students.0.init={init}"])
+    (init / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"students\.0\.init: the folder .*init' holds no model \(no config\.json"):
+        load_job(job_path, ["students.0.preset=null", f"students.0.init={init}"])
