@@ -59,10 +59,12 @@ class BatchCheckpoints:
         done, files = self.saved()
         return done, [pq.read_table(f) for f in files]
 
-    def save_table(self, first: int, last: int, table: pa.Table) -> None:
-        """Save the results of batches first..last (inclusive)."""
-        with atomic_path(self.folder / f"batches-{first:06d}-{last:06d}.parquet") as tmp:
+    def save_table(self, first: int, last: int, table: pa.Table) -> Path:
+        """Save the results of batches first..last (inclusive); the file."""
+        path = self.folder / f"batches-{first:06d}-{last:06d}.parquet"
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
+        return path
 
     def load(self) -> tuple[int, dict[tuple[int, int], dict]]:
         """(the first batch not saved, the saved rows by (doc, start))."""

@@ -15,6 +15,8 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,6 +79,19 @@ def follow_umask(folder: str | os.PathLike) -> None:
                 os.chmod(path, file_mode)
 
 
+def move_into(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move every file of folder `src` to the same place under `dst` (each rename replaces one file
+    whole), then remove `src`. Files in `dst` that `src` does not have stay: a user's own files in
+    a folder miniplm writes into are not its to delete."""
+    src, dst = Path(src), Path(dst)
+    for root, dirs, files in os.walk(src):
+        target = dst / Path(root).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(root, name), target / name)
+    shutil.rmtree(src)
+
+
 def cache_dir() -> Path:
     """Where miniplm keeps files between runs: converted models, content fingerprints."""
     return Path(os.environ.get("MINIPLM_CACHE", Path.home() / ".cache" / "miniplm"))
@@ -89,6 +104,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; `holder` is what it wrote there (its pid and host)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path}: held by {holder}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def held_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock held for the block, taken without waiting: LockHeld when another
+    process has it. The holder writes its pid and host in the file, for the one refused to read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(path, "a+")
+    except PermissionError:
+        f = open(path)  # a teammate's lock file: flock needs no write access, only the note is not written
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise LockHeld(path, f.read().strip() or "another process") from None
+        try:
+            if f.writable():
+                f.truncate(0)
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -88,6 +88,13 @@ def write_logits(path: Path, layout: LogitsLayout, tables: Iterable[pa.Table]) -
     return path.stat().st_size
 
 
+def count_rows(path: Path) -> int:
+    """The rows a shard file holds (read from its record batches' headers, memory-mapped)."""
+    with pa.memory_map(str(path)) as source:
+        reader = ipc.open_file(source)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
 class TeacherLogitRows:
     """Every row of a teacher_logits set's shards, in shard order, memory-mapped, indexed like the
     token set's rows (miniplm.corpus.tokens.TokenRows)."""

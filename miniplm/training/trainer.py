@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ from miniplm import distributed
 from miniplm.config import JobConfig, StudentConfig, init_model
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
-from miniplm.errors import ConfigError
-from miniplm.files import atomic_write_text, follow_umask
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import atomic_write_text, follow_umask, move_into
 from miniplm.logs import library_output
 from miniplm.compute import record
 from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
@@ -227,6 +228,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     checkpoints = work / "checkpoints"
     step = 0
     if (checkpoints / "latest").exists():
+        load_tensors_only(engine)
         _, client = engine.load_checkpoint(str(checkpoints))
         step = client["step"]
         torch.set_rng_state(client["rng"])
@@ -287,8 +289,36 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         "tokens": tokens, "seed": seed, "flops": flops}
 
 
+def _checkpoint_classes() -> list:
+    """The classes besides tensors and plain containers that DeepSpeed's ZeRO checkpoints hold:
+    plain records, safe to rebuild from a file."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_tensors_only(engine) -> None:
+    """Make `engine` read checkpoint files as tensors and plain data only (torch's weights_only),
+    never as arbitrary pickles that could run code: a run directory may be shared, and DeepSpeed
+    itself unpickles everything. A file holding anything else is refused, named."""
+    def load(path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(_checkpoint_classes()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[-1][:300]
+            raise StageError(f"{path}: not a checkpoint miniplm wrote: it holds objects other than tensors and "
+                             f"DeepSpeed's state ({first}); it was not loaded. Move the checkpoint folder away to "
+                             "start over from the previous one, or redo the training with --force") from None
+
+    engine.checkpoint_engine.load = load
+
+
 def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) -> None:
-    """The final weights as a plain Hugging Face folder with the tokenizer, written by rank 0."""
+    """The final weights as a plain Hugging Face folder with the tokenizer, written by rank 0. Other
+    files in the folder (a user's notes) stay; each file written appears whole."""
     state = engine._zero3_consolidated_16bit_state_dict() if student.zero_stage == 3 else engine.module.state_dict()
     if rank != 0:
         return
@@ -298,5 +328,4 @@ def _export(engine, student: StudentConfig, tokenizer, rd: RunDir, rank: int) ->
     engine.module.lm.save_pretrained(tmp, state_dict={k: v.float() for k, v in lm_state_dict(state).items()})
     tokenizer.save_pretrained(tmp)
     follow_umask(tmp)  # save_pretrained writes the weights 0600; teammates sharing the run must read them
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    move_into(tmp, out)
