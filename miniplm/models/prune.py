@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from miniplm.config import JobConfig, PruneConfig, hashable_dump, source_model
 from miniplm import compute
 from miniplm.errors import ConfigError, StageError
-from miniplm.files import atomic_write_json, follow_umask
+from miniplm.files import atomic_write_json, follow_umask, move_into
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
@@ -128,15 +128,15 @@ def prune_model(run: StageRun) -> dict:
 
 
 def _save(out: Path, model, tokenizer, record: dict) -> None:
-    """A save_pretrained folder with the tokenizer and the record, appearing whole or not at all."""
+    """A save_pretrained folder with the tokenizer and the record (its files each appear whole; files
+    of the folder it did not write stay)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / RECORD, record)
     follow_umask(tmp)  # save_pretrained writes the weights 0600; teammates sharing the run must read them
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    move_into(tmp, out)
 
 
 class Prune(ShardedStage):

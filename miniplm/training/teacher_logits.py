@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +28,13 @@ from miniplm.corpus import tokenize
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
 from miniplm.errors import ConfigError, StageError
-from miniplm.files import atomic_write_json
+from miniplm.files import atomic_write_json, file_lock
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
+from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import Part, ShardedStage, StageRun, only_one
-from miniplm.training.logit_files import LogitsLayout, write_logits
+from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
 STATS = ("rows", "tokens", "bytes", "flops")
@@ -90,7 +92,7 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     starts = range(0, len(rows), per_batch)
     scratch = run.rd.work(run.name) / shard_name(index, "")
     checkpoints = BatchCheckpoints(scratch, _environment(teacher, str(teacher.device), per_batch))
-    done, _ = checkpoints.saved()
+    done, saved = checkpoints.saved()
     bar.update(min(done * per_batch, len(rows)) * seq_len)
     pending: list[pa.Table] = []
     for b in range(done, len(starts)):
@@ -102,10 +104,13 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
                                     rest.reshape(shape).numpy()))
         bar.update(batch.numel())
         if len(pending) >= entry.checkpoint_every or b + 1 == len(starts):
-            checkpoints.save_table(b + 1 - len(pending), b, pa.concat_tables(pending))
+            saved.append(checkpoints.save_table(b + 1 - len(pending), b, pa.concat_tables(pending)))
             pending = []
     out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
-    size = write_logits(out, layout, (pq.read_table(f) for f in checkpoints.saved()[1]))
+    # from the files this process found and saved, not whatever the scratch folder holds now: another
+    # process on the same set may have removed or replaced them
+    size = write_logits(out, layout, _read_back(saved, run))
+    check_rows(out, len(rows), run)
     # a padded instance row's PAD targets are stored (the teacher read PAD as token 0, as the student
     # does) but never predicted: `tokens` counts the positions training reads
     stats = {"rows": len(rows), "tokens": int((rows[:, 1:] != PAD).sum()), "bytes": size,
@@ -113,6 +118,29 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     atomic_write_json(out.with_suffix(".json"), stats)
     shutil.rmtree(scratch, ignore_errors=True)
     return stats
+
+
+def _read_back(saved: list[Path], run: StageRun) -> Iterator[pa.Table]:
+    for f in saved:
+        try:
+            yield pq.read_table(f)
+        except FileNotFoundError:
+            raise StageError(f"{f}: removed while this process was writing its shard (by another process on "
+                             f"{run.name}?); run `{_redo(run)}` again") from None
+
+
+def _redo(run: StageRun) -> str:
+    return rerun(run.rd.stage_state(run.name), run.name)
+
+
+def check_rows(path: Path, expected: int, run: StageRun) -> None:
+    """A shard must hold a row for every row of its token shard: one short of them (written from
+    checkpoints another process removed) is deleted, never marked done."""
+    written = count_rows(path) if path.exists() else 0
+    if written != expected:
+        path.unlink(missing_ok=True)
+        raise StageError(f"{path}: {written:,} rows written where its token shard has {expected:,} (another "
+                         f"process on {run.name}?); run `{_redo(run)}` again")
 
 
 class TeacherLogits(ShardedStage):
@@ -184,15 +212,21 @@ class TeacherLogits(ShardedStage):
         with tqdm(total=total, desc=run.name.replace("/", " "), unit="tok", unit_scale=True,
                   disable=not run.show_progress, dynamic_ncols=True) as bar:
             for i in todo:
-                if run.rd.stage_state(run.name).get("state") == "done":
-                    break  # a late worker: the others finished the part meanwhile
-                logits_shard(run, teacher, i, files[i], bar)
-                run.mark_done(shard_name(i, ""))
+                # one process per shard: a second process on the set waits, then skips what the first wrote
+                with file_lock(run.rd.work(run.name) / shard_name(i, ".lock")):
+                    if run.rd.stage_state(run.name).get("state") == "done":
+                        break  # a late worker: the others finished the part meanwhile
+                    if run.is_done(shard_name(i, "")):
+                        continue
+                    logits_shard(run, teacher, i, files[i], bar)
+                    run.mark_done(shard_name(i, ""))
 
     def finish(self, run: StageRun) -> dict:
         entry: TeacherLogitsSet = run.part.item
         out = run.rd.teacher_logits(entry.name)
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
+        for i, token_file in enumerate(run.shared["token_files"]):
+            check_rows(out / shard_name(i, ".arrow"), sum(len(block) for block in row_blocks(token_file)), run)
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
         counts["flops"] = record(teacher=counts["flops"])
         counts["bytes_per_token"] = counts["bytes"] / max(counts["tokens"], 1)

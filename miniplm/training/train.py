@@ -3,12 +3,15 @@ or as one rank of torchrun / the deepspeed launcher / srun."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from typing import Iterator
 
 from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
                             token_set_named, tokenizer_name)
-from miniplm.errors import ConfigError
+from miniplm.errors import ConfigError, StageError
+from miniplm.files import LockHeld, held_lock
 from miniplm.inputs import Input, Model, Upstream, sources
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
@@ -52,6 +55,25 @@ def _reads(job: JobConfig, student: StudentConfig) -> list[Input]:
     return reads
 
 
+@contextlib.contextmanager
+def one_training(rd: RunDir, name: str, student: StudentConfig, rank: int) -> Iterator[None]:
+    """Hold a student's lock (taken by rank 0) for the block: two trainings of one student would write
+    the same checkpoints and metrics. The second is refused, told which process trains it."""
+    from miniplm import distributed
+
+    with contextlib.ExitStack() as stack:
+        holder = None
+        if rank == 0:
+            try:
+                stack.enter_context(held_lock(rd.training(student.name).with_name(f".{student.name}.lock")))
+            except LockHeld as e:
+                holder = e.holder
+        if not distributed.broadcast_flag(holder is None, src=0):
+            raise StageError(f"{rd.root}: {name} is being trained by another process ({holder or 'see rank 0'}); "
+                             "wait for it to finish, or stop it and run this again")
+        yield
+
+
 def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], token_sets: list[TokenSet], *,
                  force: bool = False, show_progress: bool = True) -> dict:
     """Train each of `students` once (skipping those finished under the same config); their counts."""
@@ -62,31 +84,32 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     results = {}
     for student in students:
         name = stage_name(student)
-        reads = _reads(job, student)
-        config_hash, inputs = stage.fingerprint(job, rd, name, reads)
-        outputs = [rd.model(student.name), rd.training(student.name)]
-        command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
-        done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
-                             command=command, sources=sources(reads)) if rank == 0 else False
-        if distributed.broadcast_flag(done, src=0):
-            results[student.name] = rd.stage_state(name)["counts"]
-            continue
-        distributed.barrier()
-        from miniplm.training.trainer import train
+        with one_training(rd, name, student, rank):
+            reads = _reads(job, student)
+            config_hash, inputs = stage.fingerprint(job, rd, name, reads)
+            outputs = [rd.model(student.name), rd.training(student.name)]
+            command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
+            done = rd.open_stage(name, config_hash, dump_job(job), outputs, force=force, inputs=inputs,
+                                 command=command, sources=sources(reads)) if rank == 0 else False
+            if distributed.broadcast_flag(done, src=0):
+                results[student.name] = rd.stage_state(name)["counts"]
+                continue
+            distributed.barrier()
+            from miniplm.training.trainer import train
 
-        tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, student.tokens, token_sets)))
-        tokenizer.model_max_length = sys.maxsize
-        try:
-            counts = train(job, student, rd, tokenizer, show_progress)
-        except Exception as e:  # anything but an interrupt: the manifest must not say running
+            tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, student.tokens, token_sets)))
+            tokenizer.model_max_length = sys.maxsize
+            try:
+                counts = train(job, student, rd, tokenizer, show_progress)
+            except Exception as e:  # anything but an interrupt: the manifest must not say running
+                if rank == 0:
+                    rd.fail_stage(name, str(e))
+                raise
+            distributed.barrier()
             if rank == 0:
-                rd.fail_stage(name, str(e))
-            raise
-        distributed.barrier()
-        if rank == 0:
-            rd.finish_stage(name, counts, show_progress=show_progress)
-            rd.clean_scratch(name)
-        results[student.name] = counts
+                rd.finish_stage(name, counts, show_progress=show_progress)
+                rd.clean_scratch(name)
+            results[student.name] = counts
     return results
 
 
