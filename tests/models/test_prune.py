@@ -170,7 +170,7 @@ def test_a_config_listing_its_layers_keeps_the_entries_of_the_kept_layers(tiny_m
                       "reference_fraction": 0.3},
            "teacher": {"model": teacher},
            "prune": [{"name": "wide", "calibration": calibration, "target": width, "device": "cpu"},
-                     {"name": "deep", "calibration": calibration, "target": width | {"num_hidden_layers": 3},
+                     {"name": "deep", "calibration": dict(calibration), "target": width | {"num_hidden_layers": 3},
                       "device": "cpu"}]}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     job = load_job(tmp_path / "job.yaml")
