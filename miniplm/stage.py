@@ -106,6 +106,12 @@ class Stage:
         """Per manifest entry, the marker keys of its shards; None while they cannot be known."""
         return None
 
+    def reads_from(self, job: JobConfig, step: Step) -> list[str] | None:
+        """The manifest entries of other stages the step reads (what its parts' inputs name as
+        `Upstream`, known from the job alone), so that a launcher chains it after those steps only and
+        a failure elsewhere does not hold it up; None: it may read anything, after every step before it."""
+        return None
+
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         """How far a step without shards got, in words (`step 120`)."""
         return ""

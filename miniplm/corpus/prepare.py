@@ -47,7 +47,7 @@ from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Files, Input
 from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
-from miniplm.stage import Part, ShardedStage, StageRun
+from miniplm.stage import Part, ShardedStage, StageRun, Step
 
 NAME = "prepare"
 TEXT_FILES_PER_UNIT = 2000
@@ -486,6 +486,9 @@ class Prepare(ShardedStage):
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [u.key for u in plan_units(job.corpus)]
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        return []
 
     def slurm_arguments(self) -> str:
         return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task

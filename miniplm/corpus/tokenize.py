@@ -34,7 +34,7 @@ from miniplm.inputs import Input, Tokenizer, Upstream
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys, only_one, run_sharded
+from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys, only_one, run_sharded
 from miniplm.workers import Worker
 
 NAME = "tokenize"
@@ -144,6 +144,11 @@ class Tokenize(ShardedStage):
         names = only_one("token set", [t.name for t in job.tokenize], only, NAME)
         # mixes last: they draw on the other sets' rows
         return [part_for(t) for t in sorted(job.tokenize, key=lambda t: t.mix is not None) if t.name in names]
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        """Each set's input documents (prepare, select or a generate entry), or the sets a mix draws on."""
+        sets = [p.item for p in self.parts(job, step.only)]
+        return [entry for t in sets for entry in ([f"{NAME}/{c}" for c in t.mix] if t.mix else [_input_stage(t)])]
 
     def check(self, job: JobConfig) -> None:
         for token_set in job.tokenize:

@@ -26,7 +26,7 @@ from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
 from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun
+from miniplm.stage import Part, ShardedStage, StageRun, Step
 
 NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
@@ -186,6 +186,13 @@ class Eval(ShardedStage):
 
     def applies(self, job: JobConfig) -> bool:
         return job.eval is not None
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        """The held-out split, the trainings of the models trained here, the token sets of the unigram rows."""
+        assert job.eval is not None
+        models = [t.train_stage for t in rows(job) if t.train_stage is not None]
+        unigrams = [f"tokenize/{t.tokens}" for t in rows(job) if t.role == "unigram"]
+        return (["prepare"] if job.eval.heldout else []) + models + unigrams
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in rows(job)]

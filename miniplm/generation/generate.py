@@ -40,7 +40,7 @@ from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
-from miniplm.stage import Part, ShardedStage, StageRun, only_one
+from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 
 NAME = "generate"
 FINISH_REASONS = ("eos", "length")
@@ -156,6 +156,11 @@ class Generate(ShardedStage):
     def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
         names = only_one("generated corpus", [g.name for g in job.generate], only, NAME)
         return [part_for(g) for g in job.generate if g.name in names]
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        """The prepared documents, for prompts taken from a split (a prompt file is read as it is)."""
+        split = any(not isinstance(p.item.prompts, PromptFile) for p in self.parts(job, step.only))
+        return ["prepare"] if split else []
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         entry: GenerateConfig = part.item

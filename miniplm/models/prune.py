@@ -31,7 +31,7 @@ from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, only_one
+from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 
 NAME = "prune"
 SHARD = "model"
@@ -158,6 +158,9 @@ class Prune(ShardedStage):
     def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
         names = only_one("pruned model", [p.name for p in job.prune], only, NAME)
         return [part_for(p) for p in job.prune if p.name in names]
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        return ["prepare"]  # the calibration split
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [SHARD]

@@ -20,6 +20,25 @@ def steps(job: JobConfig) -> list[Step]:
     return [step for stage in STAGES for step in stage.steps(job)]
 
 
+def dependencies(job: JobConfig, steps_: list[Step]) -> dict[str, list[str]]:
+    """Per step, the earlier steps it reads from (their names, in plan order): the steps that hold the
+    manifest entries its stage says it reads; every earlier step for a stage that does not say."""
+    owner: dict[str, str] = {}
+    for step in steps_:
+        for entry in manifest_stages(job, step):
+            owner.setdefault(entry, step.name)
+    out: dict[str, list[str]] = {}
+    for i, step in enumerate(steps_):
+        entries = stage_of(step).reads_from(job, step)
+        before = [s.name for s in steps_[:i]]
+        if entries is None:
+            out[step.name] = before
+        else:
+            wanted = {owner[e] for e in entries if e in owner}
+            out[step.name] = [name for name in before if name in wanted]
+    return out
+
+
 def step_named(job: JobConfig, name: str) -> Step:
     for step in steps(job):
         if step.name == name:

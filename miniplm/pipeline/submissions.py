@@ -31,21 +31,24 @@ def array_tasks(launcher: Launcher, job: JobConfig, rd: RunDir, step: Step) -> t
 def plan_submissions(job: JobConfig, rd: RunDir, launcher: Launcher, job_file: Path) -> list[Submission]:
     """What the launcher would submit now, in order, with `<step>` placeholders for dependencies.
 
-    Each step waits for the one before it; the steps of one stage that has a step per item (a
-    student each) wait for what came before them, not for each other, and the step after them
-    waits for all of them.
+    Each step waits for the unfinished steps it reads from (plan.dependencies), so a failure holds
+    up only what reads its outputs; one reached through another step it waits for is not listed
+    again (a dependency chain waits for its whole length).
     """
     records = launcher.records(rd)
     live = launcher.queued(rd, records)
     latest = {r.step: r for r in records}  # each step's latest submission
     out: list[Submission] = []
-    upstream: list[str] = []  # what the next step waits for
-    group: list[str] = []  # the handles of a run of per-item steps (students)
-    group_stage = None
+    steps = plan.steps(job)
+    reads = plan.dependencies(job, steps)
+    handles: dict[str, list[str]] = {}  # what waiting for a step means: its job, or nothing once it is done
+    reach: dict[str, set[str]] = {}  # the steps a step waits for, through its chain
     resubmitted = False  # a step before this one is submitted anew: what pends on the old jobs must follow
-    for step in plan.steps(job):
-        if group and step.stage != group_stage:
-            upstream, group = upstream + group, []
+    for step in steps:
+        waits = [name for name in reads[step.name] if handles[name]]
+        waits = [name for name in waits if not any(name in reach[other] for other in waits)]
+        reach[step.name] = set(waits).union(*(reach[name] for name in waits))
+        upstream = [h for name in waits for h in handles[name]]
         record = latest.get(step.name)
         mine = {t: q for t, q in live.items() if record and t.split("_")[0] == record.job_id}
         replace = bool(mine) and all(q.state == "PENDING" for q in mine.values()) and (
@@ -63,9 +66,5 @@ def plan_submissions(job: JobConfig, rd: RunDir, launcher: Launcher, job_file: P
             if sub.cancel:
                 sub.note = (sub.note + "; " if sub.note else "") + f"replaces pending job {sub.cancel[0]}"
         out.append(sub)
-        handle = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
-        if step.only is not None:
-            group, group_stage = group + handle, step.stage
-        else:
-            upstream = handle
+        handles[step.name] = [] if sub.action == "done" else [sub.job_id or f"<{step.name}>"]
     return out

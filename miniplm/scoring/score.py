@@ -34,7 +34,7 @@ from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.instances import Boundaries, pack_documents
 from miniplm.scoring.windows import Window, instance_window, prefix_token, windows_for
-from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
+from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys
 
 if TYPE_CHECKING:
     from miniplm.scoring.logprobs import Scorer
@@ -165,6 +165,10 @@ class Score(ShardedStage):
 
     def applies(self, job: JobConfig) -> bool:
         return job.teacher is not None and job.reference is not None
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        trained = job.reference is not None and job.reference.train is not None
+        return ["prepare", *(["train/reference"] if trained else [])]  # the reference this run trains
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)

@@ -26,7 +26,7 @@ from miniplm.errors import StageError
 from miniplm.files import atomic_path
 from miniplm.inputs import Input, Upstream
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
+from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys
 
 NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -87,6 +87,9 @@ class Select(ShardedStage):
 
     def applies(self, job: JobConfig) -> bool:
         return job.teacher is not None and job.reference is not None
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        return ["score", "prepare"]
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)

@@ -29,6 +29,9 @@ class TrainReference(Stage):
     def applies(self, job: JobConfig) -> bool:
         return job.reference is not None and job.reference.train is not None
 
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        return ["prepare"]
+
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         return [part_for(reference_token_set(job)).name, "train/reference"]
 

@@ -33,7 +33,7 @@ from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import Part, ShardedStage, StageRun, only_one
+from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
@@ -164,6 +164,9 @@ class TeacherLogits(ShardedStage):
             raise ConfigError("teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])")
         names = only_one("logits set", [t.name for t in job.teacher_logits], only, NAME)
         return [part_for(t) for t in job.teacher_logits if t.name in names]
+
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        return [tokenize.part_for(token_set_named(job, p.item.tokens)).name for p in self.parts(job, step.only)]
 
     def check(self, job: JobConfig) -> None:
         """A set whose teacher has another tokenizer than its token set fails when the job loads."""

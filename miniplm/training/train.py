@@ -150,6 +150,16 @@ class Train(Stage):
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         return [step.name]
 
+    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
+        """The Upstream entries of `_reads`, and the held-out token set the trainer reads."""
+        student = next(s for s in trained_students(job) if s.name == step.only)
+        entries = [f"tokenize/{t}" for t in (student.tokens, student.heldout) if t]
+        if student.init is not None and any(p.name == student.init for p in job.prune):
+            entries.append(f"prune/{student.init}")
+        if student.kd is not None and student.kd.source == "offline":
+            entries.append(teacher_logits.part_name(str(student.kd.logits)))
+        return entries
+
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, str(step.only))
 

@@ -54,11 +54,11 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     assert _sbatch(subs["score"].text, "partition") == ["gpu"]
     assert _sbatch(subs["score"].text, "time") == ["12:00:00"] and _sbatch(subs["select"].text, "mem") == ["128G"]
 
-    # the chain: each stage after the one before; the students after the token shards, not after each other
+    # the chain: each step after the steps it reads from; the students after the token shards, not each other
     after = {name: s.after for name, s in subs.items()}
     assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
                      "select": ["<score>"], "tokenize": ["<select>"], **{f"train/{s}": ["<tokenize>"] for s in students},
-                     "eval": ["<tokenize>", *(f"<train/{s}>" for s in students)]}
+                     "eval": [f"<train/{s}>" for s in students]}
 
     # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
     for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8),
@@ -186,8 +186,16 @@ def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
     names = list(subs)
     assert names[:7] == ["prepare", "train-reference", "score", "select", "generate", "prune", "tokenize"]
-    assert (subs["generate"].after, subs["prune"].after, subs["tokenize"].after) == (["<select>"], ["<generate>"],
-                                                                                    ["<prune>"])
+    # each step waits for the steps it reads from only (one reached through another is not listed again):
+    # a failed generate or teacher-logits holds up what reads it, not prune or the students without KD
+    assert (subs["generate"].after, subs["prune"].after, subs["tokenize"].after) == (["<prepare>"], ["<prepare>"],
+                                                                                    ["<select>", "<generate>"])
+    assert subs["teacher-logits"].after == ["<tokenize>"]
+    for student in ("scratch", "seqkd", "scratch.seed1"):
+        assert subs[f"train/{student}"].after == ["<tokenize>"], student
+    assert subs["train/vanilla-kd"].after == subs["train/hybrid"].after == ["<teacher-logits>"]
+    assert subs["train/pruned-kd"].after == ["<prune>", "<teacher-logits>"]
+    assert sorted(subs["eval"].after) == sorted(f"<{n}>" for n in subs if n.startswith("train/"))
     assert "-m miniplm generate" in subs["generate"].text and "--requeue" in subs["generate"].text
     assert _sbatch(subs["prune"].text, "array") == ["0"]  # one model to prune: one task
     assert "-m miniplm prune" in subs["prune"].text
