@@ -226,12 +226,14 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
                                                        config=deepspeed_config(student, accumulation, bf16))
     work = rd.training(student.name)
     checkpoints = work / "checkpoints"
-    step = 0
+    step, last = 0, {}
     if (checkpoints / "latest").exists():
         load_tensors_only(engine)
         _, client = engine.load_checkpoint(str(checkpoints))
         step = client["step"]
         torch.set_rng_state(client["rng"])
+        # what the checkpoint's step logged: a run killed after its last checkpoint reports it again
+        last = client.get("last", {})
 
     # forward + backward of the student, and the teacher's forward when it runs in the loop
     flops_per_token = 3 * counted.per_token((seq_len + 1) / 2) + teacher_flops_per_token
@@ -240,7 +242,6 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
     bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
                disable=rank != 0 or not show_progress, dynamic_ncols=True)
-    last: dict[str, Any] = {}
     while step < student.steps:
         started = time.perf_counter()
         lr = lr_at(step, peak_lr, student.warmup_steps, student.steps, student.min_lr_ratio)
@@ -274,7 +275,7 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", mfu=f"{last['mfu']:.1%}", refresh=False)
         if step % student.checkpoint_every == 0 or step == student.steps:
             engine.save_checkpoint(str(checkpoints), tag=f"step-{step:08d}",
-                                   client_state={"step": step, "rng": torch.get_rng_state()})
+                                   client_state={"step": step, "rng": torch.get_rng_state(), "last": last})
             if rank == 0:  # keep the newest two: the last one may be cut short by a kill
                 for old in sorted(checkpoints.glob("step-*"))[:-2]:
                     shutil.rmtree(old, ignore_errors=True)

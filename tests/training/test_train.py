@@ -83,6 +83,26 @@ def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninter
     assert sorted(order[:n_rows]) == list(range(n_rows))
 
 
+def test_killed_after_its_last_checkpoint_the_rerun_reports_the_final_losses(tokenized, uninterrupted):
+    """A kill between the final checkpoint and the stage's close: the rerun resumes at the last step,
+    trains nothing and reports the losses that step logged (it used to report none, and crash)."""
+    clean_path, clean = uninterrupted
+    path = _copy(tokenized, "killed-at-end")
+    run_dir = Path(yaml.safe_load(path.read_text())["run_dir"])
+    latest = run_dir / "train" / "s" / "checkpoints" / "latest"
+    kill_when(["train", str(path)], lambda: latest.exists() and latest.read_text().strip() == f"step-{STEPS:08d}")
+    state = json.loads((run_dir / "manifest.json").read_text())["stages"]["train/s"]
+    assert state["state"] == "running", "the kill landed after the stage closed"
+
+    result = _train(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads((run_dir / "manifest.json").read_text())["stages"]["train/s"]["counts"]
+    final = json.loads((Path(yaml.safe_load(clean_path.read_text())["run_dir"]) / "manifest.json").read_text())
+    assert counts["step"] == STEPS and len(_metrics(path)) == STEPS
+    assert counts["loss"] == pytest.approx(clean[STEPS]["loss"], abs=1e-5)
+    assert counts["heldout_loss"] == pytest.approx(final["stages"]["train/s"]["counts"]["heldout_loss"], abs=1e-5)
+
+
 def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupted):
     _, clean = uninterrupted
     path = _copy(tokenized, "two")
