@@ -93,7 +93,13 @@ class Stage:
         return True
 
     def steps(self, job: JobConfig) -> list[Step]:
-        return [Step(self.name, self.name, self.kind)] if self.applies(job) else []
+        """One step; one per part for a stage with parts (`tokenize/selected`, ...), so that a launcher
+        chains each part after what it reads only and a failed part holds up only what reads it."""
+        if not self.applies(job):
+            return []
+        if self.only is None:
+            return [Step(self.name, self.name, self.kind)]
+        return [Step(part.name, self.name, self.kind, only=part.item.name) for part in self.parts(job)]
 
     def entries(self, job: JobConfig, step: Step) -> list[str]:
         """The manifest entries that together make up a step."""

@@ -70,7 +70,7 @@ def check_job(job: JobConfig) -> None:
     for key in job.slurm.stages:
         stage, _, item = key.partition("/")
         if stage not in names() or (item and get(stage).only is None):
-            per_item = [f"{s.name}/NAME" for s in STAGES if s.only is not None and s.kind == "ranks"]
+            per_item = [f"{s.name}/NAME" for s in STAGES if s.only is not None]
             raise ConfigError(f"slurm: stages: unknown stage {key!r} (stages: {', '.join(names())}, or "
                               f"{', '.join(per_item)})")
     for stage in STAGES:

@@ -145,7 +145,8 @@ def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[i
                    exit_dir=shlex.quote(str(exit_dir(rd).absolute())))
     if step.kind == "array":
         template = "array.sbatch.j2"
-        extra = plan.stage_of(step).slurm_arguments()
+        extra = " ".join(a for a in (plan.stage_of(step).slurm_arguments(),
+                                     f"--only {shlex.quote(step.only)}" if step.only else "") if a)
         context.update(array=array_spec(tasks, res.parallel), num_workers=num_workers, extra_args=extra)
     else:
         template = "ranks.sbatch.j2"

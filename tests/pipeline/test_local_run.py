@@ -66,7 +66,8 @@ def test_run_goes_through_every_stage_and_prints_the_comparison(uninterrupted, j
     table = status.stdout.splitlines()[2:]
     assert [line.split()[:2] for line in table] == [
         ["prepare", "done"], ["train-reference", "done"], ["score", "done"], ["select", "done"],
-        ["tokenize", "done"], ["train/on-selected", "done"], ["train/on-random", "done"]]
+        ["tokenize/selected", "done"], ["tokenize/random", "done"], ["tokenize/heldout", "done"],
+        ["train/on-selected", "done"], ["train/on-random", "done"]]
     assert table[0].split()[2:] == ["3/3", "units", "-"] and table[1].split()[2:] == ["step", "4", "-"]
 
     # a second run finds everything done: it reports the same and changes nothing

@@ -57,15 +57,17 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     assert re.search(r"score +array 8 of 8 tasks \(shard count not known until prepare is done\): job \d+",
                      submitted.stdout), submitted.stdout
     scripts = sorted(p.name for p in (run_dir / "slurm").glob("*.sbatch"))
-    assert scripts == ["eval.sbatch", "prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize.sbatch",
-                       "train-on-random.sbatch", "train-on-selected.sbatch"]
+    assert scripts == ["eval.sbatch", "prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize-heldout.sbatch",
+                       "tokenize-random.sbatch", "tokenize-selected.sbatch", "train-on-random.sbatch",
+                       "train-on-selected.sbatch"]
     snapshots = list((run_dir / "slurm").glob("job-*.yaml"))
     assert len(snapshots) == 1 and f"-m miniplm score {snapshots[0]} " in (run_dir / "slurm" / "score.sbatch").read_text()
     _wait_for_queue(run_dir)
 
     status = _miniplm("status", job_file, f"run_dir={run_dir}", cwd=job_file.parent, check=False)
     assert status.returncode == 0, status.stdout + status.stderr
-    for step in ("prepare", "score", "select", "tokenize", "train/on-selected", "train/on-random", "eval"):
+    for step in ("prepare", "score", "select", "tokenize/selected", "tokenize/random", "tokenize/heldout",
+                 "train/on-selected", "train/on-random", "eval"):
         assert re.search(rf"^{re.escape(step)} +done ", status.stdout, flags=re.M), status.stdout
     assert re.search(r"^score +done +\d+/\d+ shards +job \d+: 8 completed", status.stdout, flags=re.M), status.stdout
 

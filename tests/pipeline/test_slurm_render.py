@@ -37,13 +37,14 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     _, subs = _plan(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
     students = ["qwen-200m", "qwen-500m", "qwen-1.2b", "qwen-200m-vanilla-kd", "qwen-500m-vanilla-kd",
                 "qwen-1.2b-vanilla-kd"]
-    assert list(subs) == ["prepare", "train-reference", "score", "select", "tokenize",
+    sets = ["tokenize/selected", "tokenize/random", "tokenize/heldout"]  # one step per token set
+    assert list(subs) == ["prepare", "train-reference", "score", "select", *sets,
                           *(f"train/{s}" for s in students), "eval"]
     assert all(s.action == "submit" for s in subs.values())
 
     # arrays: prepare over the 3 input files; later stages at max_tasks, since the shards do not exist yet
-    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128), "tokenize": ("0-255", 256),
-                "eval": ("0-9", 10)}  # eval: one task per row (6 students, the reference, the teacher, 2 unigrams)
+    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128),
+                **{name: ("0-255", 256) for name in sets}, "eval": ("0-9", 10)}  # eval: one task per row (6 students, the reference, the teacher, 2 unigrams)
     for name, (array, workers) in expected.items():
         assert _sbatch(subs[name].text, "array") == [array], name
         assert f"--num-workers {workers} -q" in subs[name].text
@@ -56,9 +57,16 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
 
     # the chain: each step after the steps it reads from; the students after the token shards, not each other
     after = {name: s.after for name, s in subs.items()}
+    on_selected = ["<tokenize/selected>", "<tokenize/heldout>"]
+    on_random = ["<tokenize/random>", "<tokenize/heldout>"]
     assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
-                     "select": ["<score>"], "tokenize": ["<select>"], **{f"train/{s}": ["<tokenize>"] for s in students},
+                     "select": ["<score>"], "tokenize/selected": ["<select>"], "tokenize/random": ["<select>"],
+                     "tokenize/heldout": ["<prepare>"],
+                     **{f"train/{s}": on_random if "vanilla" in s else on_selected for s in students},
                      "eval": [f"<train/{s}>" for s in students]}
+    for name in sets:  # each array task tokenizes its share of one set
+        assert f"-m miniplm tokenize " in subs[name].text and f"--only {name.split('/')[1]}" in subs[name].text
+    assert _sbatch(subs["tokenize/heldout"].text, "partition") == ["cpu"]  # slurm.stages.tokenize applies to each
 
     # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
     for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8),
@@ -118,7 +126,7 @@ def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_p
     out = subprocess.run([sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"),
                           "--dry-run", *pile], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("#!/bin/bash") == 12
+    assert out.stdout.count("#!/bin/bash") == 14  # 4 steps before tokenize, 3 token sets, 6 students, eval
     assert "dry run: would submit" in out.stdout
     assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
                      out.stdout)
@@ -185,17 +193,38 @@ def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
 def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
     names = list(subs)
-    assert names[:7] == ["prepare", "train-reference", "score", "select", "generate", "prune", "tokenize"]
-    # each step waits for the steps it reads from only (one reached through another is not listed again):
-    # a failed generate or teacher-logits holds up what reads it, not prune or the students without KD
-    assert (subs["generate"].after, subs["prune"].after, subs["tokenize"].after) == (["<prepare>"], ["<prepare>"],
-                                                                                    ["<select>", "<generate>"])
-    assert subs["teacher-logits"].after == ["<tokenize>"]
-    for student in ("scratch", "seqkd", "scratch.seed1"):
-        assert subs[f"train/{student}"].after == ["<tokenize>"], student
-    assert subs["train/vanilla-kd"].after == subs["train/hybrid"].after == ["<teacher-logits>"]
-    assert subs["train/pruned-kd"].after == ["<prune>", "<teacher-logits>"]
+    assert names[:11] == ["prepare", "train-reference", "score", "select", "generate/seqkd", "prune/pruned",
+                          "tokenize/selected", "tokenize/random", "tokenize/random-filtered", "tokenize/written",
+                          "tokenize/hybrid"]  # one step per part; a mix after the sets it draws on
+    # each step waits for the steps it reads from only (one reached through another is not listed again)
+    assert (subs["generate/seqkd"].after, subs["prune/pruned"].after) == (["<prepare>"], ["<prepare>"])
+    assert subs["tokenize/random"].after == ["<select>"] and subs["tokenize/written"].after == ["<generate/seqkd>"]
+    assert subs["tokenize/hybrid"].after == ["<tokenize/random>", "<tokenize/written>"]
+    assert subs["teacher-logits/random-top32"].after == ["<tokenize/random>"]
+    assert subs["train/scratch.seed1"].after == ["<tokenize/random>"]
+    assert subs["train/seqkd"].after == ["<tokenize/written>"]
+    assert subs["train/vanilla-kd"].after == ["<teacher-logits/random-top32>"]
+    assert subs["train/pruned-kd"].after == ["<prune/pruned>", "<teacher-logits/random-top32>"]
+
+    def held_up_by(failed: str) -> set[str]:
+        """The steps that wait for `failed`, directly or through a chain."""
+        out: set[str] = set()
+        for name, sub in subs.items():  # plan order: what a step waits for comes before it
+            if any(a in (f"<{failed}>", *(f"<{n}>" for n in out)) for a in sub.after):
+                out.add(name)
+        return out
+
+    # a failed generate holds up the written corpus, what mixes it and what trains on either (and eval,
+    # which compares every student); never prune, another token set or a student without them
+    seqkd_students = {f"train/{s}{r}" for s in ("seqkd", "hybrid") for r in ("", ".seed1", ".seed2")}
+    assert held_up_by("generate/seqkd") == {"tokenize/written", "tokenize/hybrid", "teacher-logits/hybrid-top32",
+                                            "eval", *seqkd_students}
+    # a failed teacher-logits set holds up only the students distilled from it
+    assert held_up_by("teacher-logits/selected-top32") == {"eval", "train/miniplm-kd", "train/miniplm-kd.seed1",
+                                                           "train/miniplm-kd.seed2"}
+    for name in ("tokenize/written", "teacher-logits/hybrid-top32"):
+        assert f"--only {name.split('/')[1]}" in subs[name].text, name
     assert sorted(subs["eval"].after) == sorted(f"<{n}>" for n in subs if n.startswith("train/"))
-    assert "-m miniplm generate" in subs["generate"].text and "--requeue" in subs["generate"].text
-    assert _sbatch(subs["prune"].text, "array") == ["0"]  # one model to prune: one task
-    assert "-m miniplm prune" in subs["prune"].text
+    assert "-m miniplm generate" in subs["generate/seqkd"].text and "--requeue" in subs["generate/seqkd"].text
+    assert _sbatch(subs["prune/pruned"].text, "array") == ["0"]  # one model to prune: one task
+    assert "-m miniplm prune" in subs["prune/pruned"].text
