@@ -28,12 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from miniplm import outputs
 from miniplm.config import JobConfig, StudentConfig
+from miniplm.inputs import Upstream
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
-
-# Per token-set input, the manifest entries whose work a student trained on it shares.
-UPSTREAM: dict[str, tuple[str, ...]] = {"selected": ("train/reference", "score")}
+from miniplm.stage import registered
 
 RULE = ("Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
         "student's total is its own training plus an equal share, among the students that need it, of the work "
@@ -64,26 +64,27 @@ def spent(rd: RunDir, entry: str, part: str | None = None) -> float | None:
 
 
 def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
-    """The manifest entries whose work a student's data, starting weights and stored teacher log-probs needed."""
-    sets = {t.name: t for t in job.tokenize}
+    """The manifest entries whose work a student's training needed: every part that runs a model
+    among what its training reads, directly or through other stages' outputs (each stage's
+    `reads`), except behind an output that needed none of its stage's inputs' work (a random control)."""
+    parts = {part.name: (stage, part) for stage in registered() if stage.applies(job) for part in stage.parts(job)}
     entries: set[str] = set()
-    pending = [student.tokens]
+    seen: set[str] = set()
+    pending = [outputs.trained(student.name).stage]
     while pending:
-        token_set = sets.get(pending.pop())
-        if token_set is None:
+        found = parts.get(pending.pop())
+        if found is None:
             continue
-        if token_set.mix is not None:
-            pending += list(token_set.mix)
-        elif token_set.generated is not None:
-            entries.add(f"generate/{token_set.generated}")
-        else:
-            entries.update(UPSTREAM.get(token_set.input, ()))
-    if job.reference is None or job.reference.train is None:
-        entries.discard("train/reference")
-    if student.init is not None and any(p.name == student.init for p in job.prune):
-        entries.add(f"prune/{student.init}")
-    if student.kd is not None and student.kd.source == "offline":
-        entries.add(f"teacher-logits/{student.kd.logits}")
+        stage, part = found
+        for read in stage.reads(job, part):
+            if not isinstance(read, Upstream) or read.stage in seen:
+                continue
+            seen.add(read.stage)
+            owner = parts.get(read.stage)
+            if owner is not None and owner[0].spends_compute(owner[1]):
+                entries.add(read.stage)
+            if not outputs.unscored(read):
+                pending.append(read.stage)
     return entries
 
 

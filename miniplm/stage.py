@@ -63,7 +63,7 @@ class StageRun:
     show_progress: bool
     config_hash: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # fingerprints of what it reads, by label
-    shared: dict[str, Any] = field(default_factory=dict)  # what the hooks hand each other
+    context: Any = None  # what the stage's `setup` made ready for its other hooks (its own dataclass)
 
     @property
     def name(self) -> str:
@@ -112,11 +112,17 @@ class Stage:
         """Per manifest entry, the marker keys of its shards; None while they cannot be known."""
         return None
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str] | None:
-        """The manifest entries of other stages the step reads (what its parts' inputs name as
-        `Upstream`, known from the job alone), so that a launcher chains it after those steps only and
-        a failure elsewhere does not hold it up; None: it may read anything, after every step before it."""
-        return None
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """What a part reads, known from the job alone (nothing loaded): earlier stages' outputs
+        (`Upstream`s named in miniplm/outputs.py, checked against their records), files (`Files`) and
+        models (`Model`) by content, settings (strings). Its outputs depend on exactly these: they are
+        fingerprinted into its config hash, and the launchers' chains and each student's compute are
+        derived from the `Upstream`s."""
+        return []
+
+    def spends_compute(self, part: Part) -> bool:
+        """Whether the part runs a model, recording the FLOPs its readers are charged a share of."""
+        return False
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         """How far a step without shards got, in words (`step 120`)."""
@@ -181,12 +187,11 @@ class ShardedStage(Stage):
         """The part's shard keys as far as they can be known before it runs (None: not yet)."""
         return None
 
-    def inputs(self, run: StageRun) -> list[Input]:
-        """What the part reads, which its outputs depend on (miniplm/inputs.py): earlier stages'
-        outputs (`Upstream`, checked against their records), files (`Files`) and models (`Model`)
-        by content, settings (strings). Raise ConfigError or StageError for
-        what cannot be read, naming the command to run first."""
-        return []
+    def setup(self, run: StageRun) -> Any:
+        """Check what the part needs before any work (raise ConfigError or StageError naming the
+        command to run first) and load what its hooks share (a tokenizer, a backend): returns the
+        stage's own context object, which the other hooks find in `run.context`."""
+        return None
 
     def outputs(self, run: StageRun) -> list[Path]:
         """The files and folders under RUN_DIR it writes. What it wrote there is recorded when it
@@ -224,13 +229,58 @@ class ShardedStage(Stage):
         return run.rd.stage_state(run.name)["counts"]
 
 
+class EntryStage(ShardedStage):
+    """An array stage with one part per entry of a list in the job (`tokenize/NAME` for each token
+    set): `--only NAME` picks one, and each is a step of its own in the plan."""
+
+    only = "entry"  # what an entry is called, in words: token set, generated corpus, ...
+    none = ""  # the error for a job whose list is empty
+
+    def entries_of(self, job: JobConfig) -> list[Any]:
+        """The job's entries (each has a `name`), in the order their parts run."""
+        raise NotImplementedError
+
+    def part_for(self, entry: Any, command: str | None = None) -> Part:
+        return Part(f"{self.name}/{entry.name}", entry, command or f"miniplm {self.name} --only {entry.name}")
+
+    def applies(self, job: JobConfig) -> bool:
+        return bool(self.entries_of(job))
+
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        entries = self.entries_of(job)
+        if not entries:
+            raise ConfigError(self.none)
+        names = only_one(str(self.only), [e.name for e in entries], only, self.name)
+        return [self.part_for(e) for e in entries if e.name in names]
+
+    waiting = "this worker's shards are written; other workers still have shards to write"
+
+    def describe(self, job: JobConfig, result: dict[str, Any]) -> list[str]:
+        lines = []
+        for key, counts in result.items():
+            name = key.removeprefix(f"{self.name}/")
+            lines += [f"{self.name} {name}: {self.waiting}"] if counts is None else self.describe_entry(job, name, counts)
+        return lines
+
+    def describe_entry(self, job: JobConfig, name: str, counts: dict[str, Any]) -> list[str]:
+        """A finished entry's counts, as lines for the terminal."""
+        return [f"{self.name} {name}: {counts}"]
+
+    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
+            show_progress: bool = True) -> dict[str, Any]:
+        """Each part's result by manifest entry (None for one other workers are still writing)."""
+        return {p.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
+                for p in self.parts(job, only)}
+
+
 def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker, *, force: bool = False,
                 show_progress: bool = True) -> Any:
     """This worker's share of one part of an array stage. Returns the part's result once every
     shard is done (by this worker or others), None while other workers still have shards to do."""
     rd = RunDir(job.run_dir)
     run = StageRun(stage, job, rd, part, worker, show_progress)
-    reads = stage.inputs(run)
+    run.context = stage.setup(run)
+    reads = stage.reads(job, part)
     run.config_hash, run.inputs = stage.fingerprint(job, rd, run.name, reads, worker, show_progress)
     if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force, inputs=run.inputs,
                      command=part.command, sources=sources(reads)):
@@ -291,3 +341,14 @@ def only_one(label: str, names: list[str], only: str | None, stage: str) -> list
     if only not in names:
         raise ConfigError(f"{stage}: no {label} {only!r} in the job ({label}s: {', '.join(names) or 'none'})")
     return [only]
+
+
+PIPELINE: list[Stage] = []
+"""Every stage, in pipeline order. The registry (miniplm/stages.py) fills it; code below the stages
+that walks the whole pipeline (each student's compute) reads it here."""
+
+
+def registered() -> list[Stage]:
+    if not PIPELINE:
+        raise RuntimeError("no stages registered: import miniplm.stages first")
+    return PIPELINE

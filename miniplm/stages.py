@@ -17,12 +17,13 @@ from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.models.prune import STAGE as PRUNE
 from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.select import STAGE as SELECT
-from miniplm.stage import Stage
+from miniplm.stage import PIPELINE, Stage
 from miniplm.training.reference import STAGE as TRAIN_REFERENCE
 from miniplm.training.teacher_logits import STAGE as TEACHER_LOGITS
 from miniplm.training.train import STAGE as TRAIN
 
-STAGES: list[Stage] = [
+STAGES: list[Stage] = PIPELINE  # the list code below the stages reads (miniplm/stage.py)
+STAGES += [
     PREPARE,
     TRAIN_REFERENCE,
     SCORE,

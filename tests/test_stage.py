@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from miniplm import stages
+from miniplm import compute, outputs, stages
 from miniplm.cli import main
 from miniplm.rundir import shard_name
-from miniplm.stage import Part, ShardedStage, StageRun
+from miniplm.stage import EntryStage, Part, ShardedStage, StageRun
 from tests.conftest import write_jsonl
 
 
@@ -26,8 +26,8 @@ class CountWords(ShardedStage):
             return None
         return [shard_name(i, "") for i in range(len(rd.doc_shards("main")))]
 
-    def inputs(self, run: StageRun):
-        return [run.rd.stage_state("prepare")["config_hash"]]
+    def reads(self, job, part: Part):
+        return [outputs.documents("main")]
 
     def outputs(self, run: StageRun):
         return [run.rd.root / "word-counts"]
@@ -99,3 +99,63 @@ def test_slurm_settings_for_an_unregistered_stage_are_refused(write_job, tmp_pat
     job = write_job([{"path": str(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "format": "jsonl"}])
     with pytest.raises(ConfigError, match="unknown stage 'count-words'"):
         load_job(job, ["slurm.stages.count-words.max_tasks=4"])
+
+
+class UnigramLogits(EntryStage):
+    """Stored top-k log-probs for offline KD from another source than the teacher-logits stage's:
+    declared here alone, in its place. It reads a token set's rows and records the FLOPs it spent."""
+
+    name = "teacher-logits"
+    only = "logits set"
+
+    def entries_of(self, job):
+        return job.teacher_logits
+
+    def reads(self, job, part: Part):
+        return [outputs.tokens(part.item.tokens, why="stored log-probs of a token set")]
+
+    def spends_compute(self, part: Part) -> bool:
+        return True
+
+
+@pytest.fixture
+def logits_stage():
+    original = stages.get("teacher-logits")
+    stages.unregister(original.name)
+    stage = stages.register(UnigramLogits(), after="tokenize")
+    yield stage
+    stages.unregister(stage.name)
+    stages.register(original, after="tokenize")
+
+
+def test_a_stage_reading_a_token_set_is_chained_after_it_and_charged_to_its_students(logits_stage, tmp_path,
+                                                                                      capsys):
+    from miniplm.config import JobConfig
+    from miniplm.rundir import RunDir
+
+    job_file = tmp_path / "job.yaml"
+    student = {"preset": "tiny", "steps": 1, "tokens": "main"}
+    job_file.write_text(json.dumps({
+        "run_dir": str(tmp_path / "run"), "corpus": {"inputs": [{"path": str(tmp_path / "d.jsonl"), "format": "jsonl"}]},
+        "teacher": {"model": "smollm2-135m"},
+        "tokenize": [{"name": "main", "input": "main"}, {"name": "other", "input": "main"}],
+        "teacher_logits": [{"name": "top", "tokens": "main"}],
+        "students": [{"name": "kd", "kd": {"source": "offline", "logits": "top"}, **student},
+                     {"name": "plain", **student}]}))
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "a b c"}])
+    assert main(["slurm", str(job_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  teacher-logits/top +array .*--dependency=afterok:<tokenize/main> ", out, flags=re.M), out
+    assert re.search(r"^  train/kd +1 job: .*--dependency=afterok:<teacher-logits/top> ", out, flags=re.M), out
+    assert re.search(r"^  train/plain +1 job: .*--dependency=afterok:<tokenize/main> ", out, flags=re.M), out
+
+    job = JobConfig.model_validate(json.loads(job_file.read_text()))
+    rd = RunDir(job.run_dir)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    for entry, flops in (("teacher-logits/top", {"unigram": 300.0}), ("train/kd", {"training": 10.0}),
+                         ("train/plain", {"training": 10.0})):
+        rd.update_stage(entry, state="done", counts={"flops": compute.record(**flops)})
+    assert compute.upstream(job, job.students[0]) == {"teacher-logits/top"}
+    got = compute.student_compute(job, rd)
+    assert got["kd"]["shared"] == 300.0 and got["kd"]["total"] == 310.0
+    assert got["plain"]["shared"] == 0.0

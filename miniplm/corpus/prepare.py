@@ -17,6 +17,7 @@ processes (or SLURM array tasks) gives byte-identical shards.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -47,7 +48,7 @@ from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Files, Input
 from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, Step
+from miniplm.stage import Part, ShardedStage, StageRun
 
 NAME = "prepare"
 TEXT_FILES_PER_UNIT = 2000
@@ -473,6 +474,17 @@ def read_stats(run_dir: str | os.PathLike) -> dict:
     return json.loads(RunDir(run_dir).doc_stats.read_text())
 
 
+@dataclass
+class PrepareContext:
+    """The input units, planned when first needed (a finished stage never needs them)."""
+
+    corpus: CorpusConfig
+
+    @functools.cached_property
+    def units(self) -> list[Unit]:
+        return plan_units(self.corpus)
+
+
 class Prepare(ShardedStage):
     """Its shards are the input units; the worker that completes the set writes the document shards."""
 
@@ -487,17 +499,14 @@ class Prepare(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [u.key for u in plan_units(job.corpus)]
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        return []
-
     def slurm_arguments(self) -> str:
         return 'corpus.num_workers="${SLURM_CPUS_PER_TASK:-1}"'  # one process per CPU of the task
 
-    def inputs(self, run: StageRun) -> list[Input]:
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
         # Every source by content: an input edited between two workers, or across a resume,
         # must not end up half old, half new in the shards.
         reads: list[Input] = []
-        for i, spec in enumerate(run.job.corpus.inputs):
+        for i, spec in enumerate(job.corpus.inputs):
             if spec.format == "hf_disk":
                 reads.append(Files(f"corpus.inputs.{i}", tuple(walk_files(spec.path))))
             elif spec.format != "hf_hub":  # a hub dataset is known by its name alone
@@ -510,10 +519,11 @@ class Prepare(ShardedStage):
     def shards(self, run: StageRun) -> list[str]:
         return [u.key for u in self._units(run)]
 
+    def setup(self, run: StageRun) -> PrepareContext:
+        return PrepareContext(run.job.corpus)
+
     def _units(self, run: StageRun) -> list[Unit]:
-        if "units" not in run.shared:
-            run.shared["units"] = plan_units(run.job.corpus)
-        return run.shared["units"]
+        return run.context.units
 
     def run_shards(self, run: StageRun, todo: list[int]) -> None:
         units = self._units(run)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,11 +32,12 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.inputs import Input, Tokenizer, Upstream
+from miniplm import outputs
+from miniplm.inputs import Input, Tokenizer
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys, only_one, run_sharded
+from miniplm.stage import EntryStage, Part, StageRun, doc_shard_keys, run_sharded
 from miniplm.workers import Worker
 
 NAME = "tokenize"
@@ -42,33 +45,25 @@ STATS = ("documents", "tokens", "rows", "tail_tokens_dropped", "pad_tokens")
 
 
 def part_for(token_set: TokenSet, command: str | None = None) -> Part:
-    return Part(f"{NAME}/{token_set.name}", token_set, command or f"miniplm {NAME} --only {token_set.name}")
+    return STAGE.part_for(token_set, command)
 
 
-def _input_stage(token_set: TokenSet) -> str:
-    """The manifest entry of the stage that writes a token set's input."""
-    if token_set.generated is not None:
-        return token_set.input.replace("generated/", "generate/", 1)
-    return "select" if token_set.input.startswith("selected") else "prepare"
-
-
-def input_shards(rd: RunDir, token_set: TokenSet) -> tuple[list[Path], Upstream]:
-    """The input shards, and the earlier stage's output they are."""
-    stage = _input_stage(token_set)
+def input_shards(rd: RunDir, token_set: TokenSet) -> list[Path]:
+    """The shards of the documents a token set reads (checked to be written)."""
+    stage = outputs.document_input(token_set.input).stage
     state = rd.stage_state(stage)
     if state.get("state") != "done":
         raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
                          f"run `miniplm {stage.split('/')[0]}` first")
     if token_set.generated is not None:
-        return (sorted(rd.generated(token_set.generated).glob("shard-*.parquet")),
-                Upstream(stage, (token_set.input,)))
+        return sorted(rd.generated(token_set.generated).glob("shard-*.parquet"))
     if stage == "prepare":
-        return rd.doc_shards(token_set.input), Upstream(stage, (f"docs/{token_set.input}",))
+        return rd.doc_shards(token_set.input)
     for control in RANDOM_CONTROLS:  # the job asks for it (config.py checks), but select may have run without it
         if token_set.input == control.folder and control.entry not in state.get("counts", {}):
             raise ConfigError(f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
                               f"{control.pool} (or both), and the selection there was made without it")
-    return sorted(rd.selected(token_set.input).glob("shard-*.parquet")), Upstream(stage, (token_set.input,))
+    return sorted(rd.selected(token_set.input).glob("shard-*.parquet"))
 
 
 def pack(token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -124,7 +119,16 @@ def reading(job: JobConfig, token_set: TokenSet) -> str:
     return "instances" if same else "instance-text"
 
 
-class Tokenize(ShardedStage):
+@dataclass
+class TokenizeContext:
+    """A token set's documents and the tokenizer that reads them (a mix needs neither)."""
+
+    input_shards: list[Path]
+    tokenizer: Any
+    reading: str  # documents, instances or instance-text (see `reading`)
+
+
+class Tokenize(EntryStage):
     """One part per token set of the job (`tokenize/NAME`); its shards are its input's shards."""
 
     name = NAME
@@ -134,21 +138,23 @@ class Tokenize(ShardedStage):
                    "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer).")
     sections = ("seed",)  # plus the token set, its tokenizer and the input stage's hash
     only = "token set"
+    none = "tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])"
 
-    def applies(self, job: JobConfig) -> bool:
-        return bool(job.tokenize)
+    def entries_of(self, job: JobConfig) -> list[TokenSet]:
+        return sorted(job.tokenize, key=lambda t: t.mix is not None)  # mixes last: they draw on the other sets' rows
 
-    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        if not job.tokenize:
-            raise ConfigError("tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])")
-        names = only_one("token set", [t.name for t in job.tokenize], only, NAME)
-        # mixes last: they draw on the other sets' rows
-        return [part_for(t) for t in sorted(job.tokenize, key=lambda t: t.mix is not None) if t.name in names]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """Its settings and its documents read with its tokenizer; or, for a mix, the sets it draws on."""
+        token_set: TokenSet = part.item
+        if token_set.mix is not None:
+            return [token_set.model_dump_json(),
+                    *(outputs.tokens(c, why=f"token set {token_set.name!r} mixes {c!r}") for c in token_set.mix)]
+        reads: list[Input] = [token_set.model_dump_json(), outputs.document_input(token_set.input)]
+        try:
+            return reads + [Tokenizer("tokenizer", resolve_model(tokenizer_name(job, token_set)))]
+        except ConfigError:
+            return reads  # no tokenizer to name: `setup` refuses to run it, saying why
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        """Each set's input documents (prepare, select or a generate entry), or the sets a mix draws on."""
-        sets = [p.item for p in self.parts(job, step.only)]
-        return [entry for t in sets for entry in ([f"{NAME}/{c}" for c in t.mix] if t.mix else [_input_stage(t)])]
 
     def check(self, job: JobConfig) -> None:
         for token_set in job.tokenize:
@@ -163,25 +169,22 @@ class Tokenize(ShardedStage):
         if token_set.mix is not None:
             return []  # written whole by the part's global step
         if token_set.generated is not None:
-            if rd.stage_state(_input_stage(token_set)).get("state") != "done":
+            if rd.stage_state(outputs.document_input(token_set.input).stage).get("state") != "done":
                 return None
-            return [shard_name(i, "") for i in range(len(input_shards(rd, token_set)[0]))]
+            return [shard_name(i, "") for i in range(len(input_shards(rd, token_set)))]
         return doc_shard_keys(rd, "main" if token_set.input.startswith("selected") else token_set.input)
 
-    def inputs(self, run: StageRun) -> list[Input]:
+    def setup(self, run: StageRun) -> TokenizeContext | None:
         token_set: TokenSet = run.part.item
         if token_set.mix is not None:
-            return [token_set.model_dump_json(),
-                    *(Upstream(f"{NAME}/{c}", (f"tokens/{c}",), why=f"token set {token_set.name!r} mixes {c!r}")
-                      for c in token_set.mix)]
-        shards, documents = input_shards(run.rd, token_set)
+            return None
+        shards = input_shards(run.rd, token_set)
         name = tokenizer_name(run.job, token_set)
         tokenizer = load_tokenizer(name)
         tokenizer.model_max_length = sys.maxsize  # documents are packed here, not truncated
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenize.{token_set.name}: tokenizer {name!r} has no EOS token to join documents with")
-        run.shared.update(input_shards=shards, tokenizer=tokenizer, reading=reading(run.job, token_set))
-        return [token_set.model_dump_json(), documents, Tokenizer("tokenizer", resolve_model(name))]
+        return TokenizeContext(shards, tokenizer, reading(run.job, token_set))
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.tokens(run.part.item.name)]
@@ -189,7 +192,7 @@ class Tokenize(ShardedStage):
     def shards(self, run: StageRun) -> list[str]:
         if run.part.item.mix is not None:
             return []
-        return [shard_name(i, "") for i in range(len(run.shared["input_shards"]))]
+        return [shard_name(i, "") for i in range(len(run.context.input_shards))]
 
     def global_step(self, run: StageRun) -> None:
         token_set: TokenSet = run.part.item
@@ -199,9 +202,9 @@ class Tokenize(ShardedStage):
 
     def run_shard(self, run: StageRun, index: int) -> None:
         token_set: TokenSet = run.part.item
-        tokenizer = run.shared["tokenizer"]
-        tokenize_shard(run.job, token_set, tokenizer, tokenizer.eos_token_id, index, run.shared["input_shards"][index],
-                       run.rd.tokens(token_set.name), run.shared["reading"])
+        ctx: TokenizeContext = run.context
+        tokenize_shard(run.job, token_set, ctx.tokenizer, ctx.tokenizer.eos_token_id, index, ctx.input_shards[index],
+                       run.rd.tokens(token_set.name), ctx.reading)
 
     def finish(self, run: StageRun) -> dict:
         token_set: TokenSet = run.part.item
@@ -210,7 +213,7 @@ class Tokenize(ShardedStage):
             return json.loads((out / MIXTURE_STATS).read_text()) | {"seq_len": token_set.seq_len}
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
-        unit = "documents" if run.shared["reading"] == "documents" else "instances"
+        unit = "documents" if run.context.reading == "documents" else "instances"
         return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len, "unit": unit}
 
     def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
@@ -222,23 +225,16 @@ class Tokenize(ShardedStage):
                 run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
                 for p in self.parts(job, only)}
 
-    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
-        lines = []
-        for name, counts in result.items():
-            if counts is None:
-                lines.append(f"tokenize {name}: this worker's shards are written; other workers still have shards to write")
-            elif "mix" in counts:
-                parts = ", ".join(f"{c['rows']:,} of {c['rows_available']:,} rows of {n}"
-                                  for n, c in counts["mix"].items())
-                lines.append(f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
-                             f"in {job.run_dir}/tokens/{name}")
-            else:
-                left = (f"{counts['pad_tokens']:,} padding" if counts.get("pad_tokens")
-                        else f"{counts['tail_tokens_dropped']:,} tail tokens left over")
-                lines.append(f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
-                             f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
-                             f"({left}) in {job.run_dir}/tokens/{name}")
-        return lines
+    def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
+        if "mix" in counts:
+            parts = ", ".join(f"{c['rows']:,} of {c['rows_available']:,} rows of {n}" for n, c in counts["mix"].items())
+            return [f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
+                    f"in {job.run_dir}/tokens/{name}"]
+        left = (f"{counts['pad_tokens']:,} padding" if counts.get("pad_tokens")
+                else f"{counts['tail_tokens_dropped']:,} tail tokens left over")
+        return [f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
+                f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
+                f"({left}) in {job.run_dir}/tokens/{name}"]
 
 
 STAGE = Tokenize()

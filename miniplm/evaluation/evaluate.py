@@ -21,12 +21,13 @@ from miniplm.compute import record, student_compute
 from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm.inputs import Files, Input, Model, Upstream
+from miniplm import outputs
+from miniplm.inputs import Files, Input, Model
 from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
 from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, Step
+from miniplm.stage import Part, ShardedStage, StageRun
 
 NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
@@ -94,23 +95,22 @@ def rows(job: JobConfig) -> list[Target]:
     return models + unigrams(models)
 
 
-def _reads(job: JobConfig, rd: RunDir, models: list[Target]) -> list[Input]:
-    """What the results depend on besides the eval section: each model's content (one trained
-    here must be trained), the held-out documents, extra corpora and task files."""
+def _reads(job: JobConfig, models: list[Target]) -> list[Input]:
+    """What the results depend on besides the eval section: each model's content (and the training
+    that made it, for one trained here), the held-out documents, extra corpora and task files."""
     assert job.eval is not None
     reads: list[Input] = []
     for t in models:
         if t.role == "unigram":  # its tokenizer is its student's model, read as that student's row
-            reads += [f"{t.name}:{t.max_length}", Upstream(f"tokenize/{t.tokens}", (f"tokens/{t.tokens}",),
-                                                           why=f"eval counts the tokens of token set {t.tokens!r}")]
+            reads += [f"{t.name}:{t.max_length}",
+                      outputs.tokens(t.tokens, why=f"eval counts the tokens of token set {t.tokens!r}")]
             continue
-        if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
-            raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
-                             f"{'train-reference' if t.role == 'reference' else 'train'}` first")
         reads += [f"{t.name}:{t.max_length}", Model(f"model {t.name}", resolve_model(t.model))]
+        if t.train_stage is not None:
+            reads.append(outputs.trained(t.name))
     if job.eval.heldout:
-        reads.append(Upstream("prepare", ("docs/heldout",), why="eval measures held-out loss on the prepared "
-                              "held-out split (or set eval.heldout: false)"))
+        reads.append(outputs.documents("heldout", why="eval measures held-out loss on the prepared held-out split "
+                                       "(or set eval.heldout: false)"))
     reads += [Files(f"eval.corpora.{i}", tuple(expand_input(c)))
               for i, c in enumerate(job.eval.corpora) if c.format != "hf_hub"]
     for i, path in enumerate(job.eval.task_paths):  # lm-eval says what is wrong with a path that is not there
@@ -171,6 +171,11 @@ def evaluate_unigram(job: JobConfig, rd: RunDir, target: Target, show_progress: 
             "flops": record(**{name: r.pop("flops") for name, r in lm.items()})}
 
 
+@dataclass
+class EvalContext:
+    rows: list[Target]  # the comparison's rows: the models, then the unigram floors
+
+
 class Eval(ShardedStage):
     """Its shards are the models: each worker (or array task) evaluates its share."""
 
@@ -187,18 +192,17 @@ class Eval(ShardedStage):
     def applies(self, job: JobConfig) -> bool:
         return job.eval is not None
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        """The held-out split, the trainings of the models trained here, the token sets of the unigram rows."""
-        assert job.eval is not None
-        models = [t.train_stage for t in rows(job) if t.train_stage is not None]
-        unigrams = [f"tokenize/{t.tokens}" for t in rows(job) if t.role == "unigram"]
-        return (["prepare"] if job.eval.heldout else []) + models + unigrams
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        return _reads(job, rows(job)) if job.eval is not None else []
+
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in rows(job)]
 
-    def inputs(self, run: StageRun) -> list[Input]:
-        job = run.job
+    def setup(self, run: StageRun) -> EvalContext:
+        job, rd = run.job, run.rd
         if job.eval is None:
             raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every "
                               "student)")
@@ -209,17 +213,20 @@ class Eval(ShardedStage):
             from miniplm.evaluation.harness import require_lm_eval
 
             require_lm_eval()
-        run.shared["models"] = models + unigrams(models)  # the comparison's rows
-        return _reads(job, run.rd, run.shared["models"])
+        for t in models:
+            if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
+                raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
+                                 f"{'train-reference' if t.role == 'reference' else 'train'}` first")
+        return EvalContext(models + unigrams(models))
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.eval]
 
     def shards(self, run: StageRun) -> list[str]:
-        return [t.name for t in run.shared["models"]]
+        return [t.name for t in run.context.rows]
 
     def run_shard(self, run: StageRun, index: int) -> None:
-        target = run.shared["models"][index]
+        target = run.context.rows[index]
         evaluate = evaluate_unigram if target.role == "unigram" else evaluate_model
         atomic_write_json(run.rd.eval_result(target.name), evaluate(run.job, run.rd, target, run.show_progress))
 
@@ -227,7 +234,7 @@ class Eval(ShardedStage):
         from miniplm.evaluation import compare
 
         rd = run.rd
-        results = {t.name: json.loads(rd.eval_result(t.name).read_text()) for t in run.shared["models"]}
+        results = {t.name: json.loads(rd.eval_result(t.name).read_text()) for t in run.context.rows}
         charged = student_compute(run.job, rd)
         for name, result in results.items():
             result["compute"] = charged.get(name)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,17 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
-from miniplm.config import GenerateConfig, JobConfig, PromptFile, hashable_dump, source_model
-from miniplm import compute
-from miniplm.errors import StageError
+from miniplm import compute, outputs
+from miniplm.config import GenerateConfig, JobConfig, ModelSpec, PromptFile, hashable_dump, source_model
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.inputs import Files, Input, Model, Upstream
+from miniplm.inputs import Files, Input, Model
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
-from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
+from miniplm.stage import EntryStage, Part, StageRun
 
 NAME = "generate"
 FINISH_REASONS = ("eos", "length")
@@ -48,7 +48,7 @@ STATS = ("prompts", "rows", "prompt_tokens", "new_tokens", "flops", "prompts_too
 
 
 def part_for(entry: GenerateConfig) -> Part:
-    return Part(f"{NAME}/{entry.name}", entry, f"miniplm {NAME} --only {entry.name}")
+    return STAGE.part_for(entry)
 
 
 def _derived_seed(*parts: object) -> int:
@@ -82,7 +82,7 @@ def plan(shard: P.PromptShard, entry: GenerateConfig) -> list[list[Window]]:
 
 def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: TokenRate) -> tuple[pa.Table, dict]:
     entry: GenerateConfig = run.part.item
-    prefix = run.shared["prefix"]
+    prefix = run.context.prefix
     batches = plan(shard, entry)
     checkpoints = BatchCheckpoints(run.rd.work(run.name) / shard_name(shard.index, ""), backend.environment())
     done, results = checkpoints.load()
@@ -92,12 +92,12 @@ def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: Token
     for b in range(done, len(batches)):
         batch = [w.doc for w in batches[b]]
         seeds = [prompt_seed(run.job.seed, entry.name, shard.ids[i]) for i in batch]
-        outputs = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
+        written = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
                                    batch_seed(run.job.seed, entry.name, shard.index, b))
-        for i, samples in zip(batch, outputs):
+        for i, samples in zip(batch, written):
             pending += [{"doc": i, "start": k, "tokens": tokens, "finish": finish}
                         for k, (tokens, finish) in enumerate(samples)]
-        progress.update(len(batch), sum(len(t) for s in outputs for t, _ in s))
+        progress.update(len(batch), sum(len(t) for s in written for t, _ in s))
         if b + 1 - first_pending >= entry.checkpoint_every or b + 1 == len(batches):
             checkpoints.save(first_pending, b, pending)
             for row in pending:
@@ -108,7 +108,7 @@ def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: Token
 
 def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tuple[pa.Table, dict]:
     entry: GenerateConfig = run.part.item
-    tokenizer = run.shared["tokenizer"]
+    tokenizer = run.context.tokenizer
     columns: dict[str, list] = {k: [] for k in ("id", "text", "source", "prompt_id", "prompt_source", "prompt",
                                                  "prompt_tokens", "new_tokens", "finish_reason")}
     stats: dict[str, Any] = dict.fromkeys(STATS, 0) | {"finish_reasons": dict.fromkeys(FINISH_REASONS, 0)}
@@ -138,7 +138,19 @@ def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tu
     return table, stats
 
 
-class Generate(ShardedStage):
+@dataclass
+class GenerateContext:
+    """The model an entry generates with, loaded as its hooks need it."""
+
+    model: ModelSpec
+    tokenizer: Any
+    prefix: int  # the token every prompt is read after
+    device: Any
+    backend: str  # hf or vllm
+    sources: list[tuple[Path, int]] | None = None  # per generated shard, its prompt shard and rows to read
+
+
+class Generate(EntryStage):
     """One part per generate entry (`generate/NAME`); its shards are its prompt shards."""
 
     name = NAME
@@ -149,18 +161,30 @@ class Generate(ShardedStage):
                    "finish_reason). Seeded; resumes inside a shard after a kill.")
     sections = ("seed",)  # plus the entry, its model and its prompts
     only = "generated corpus"
+    none = "generate: the job lists no corpora to generate (generate: [{name: ...}])"
 
-    def applies(self, job: JobConfig) -> bool:
-        return bool(job.generate)
+    def entries_of(self, job: JobConfig) -> list[GenerateConfig]:
+        return job.generate
 
-    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        names = only_one("generated corpus", [g.name for g in job.generate], only, NAME)
-        return [part_for(g) for g in job.generate if g.name in names]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """Its settings, its model (and the backend that runs it) and its prompts: a file's content, or a
+        prepared split."""
+        from miniplm.generation.backends import pick_backend
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        """The prepared documents, for prompts taken from a split (a prompt file is read as it is)."""
-        split = any(not isinstance(p.item.prompts, PromptFile) for p in self.parts(job, step.only))
-        return ["prepare"] if split else []
+        entry: GenerateConfig = part.item
+        spec = source_model(job, entry)
+        prompts: Input
+        if isinstance(entry.prompts, PromptFile):
+            prompts = Files(f"generate.{entry.name}.prompts", (P.readable_prompt_file(entry.prompts),))
+        else:
+            prompts = outputs.documents(entry.prompts,
+                                        why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split")
+        backend = pick_backend(entry.backend, pick_device(entry.device))
+        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts,
+                Model("model", resolve_model(spec.model))]
+
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         entry: GenerateConfig = part.item
@@ -173,26 +197,18 @@ class Generate(ShardedStage):
             return None
         return [shard_name(k, "") for k in range(len(P.split_plan(rd, entry.prompts, entry.limit)))]
 
-    def inputs(self, run: StageRun) -> list[Input]:
-        entry: GenerateConfig = run.part.item
-        job, rd = run.job, run.rd
-        spec = source_model(job, entry)
-        prompts: Input
-        if isinstance(entry.prompts, PromptFile):
-            prompts = Files(f"generate.{entry.name}.prompts", (P.readable_prompt_file(entry.prompts),))
-        else:
-            prompts = Upstream("prepare", (f"docs/{entry.prompts}",),
-                               why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split")
+    def setup(self, run: StageRun) -> GenerateContext:
         from miniplm.generation.backends import pick_backend
 
+        entry: GenerateConfig = run.part.item
+        spec = source_model(run.job, entry)
+        if isinstance(entry.prompts, PromptFile):
+            P.readable_prompt_file(entry.prompts)
         tokenizer = load_tokenizer(spec.model)
         tokenizer.model_max_length = sys.maxsize  # prompts are cut here, not by the tokenizer
         device = pick_device(entry.device)
-        backend = pick_backend(entry.backend, device)
-        run.shared.update(tokenizer=tokenizer, prefix=prefix_token(tokenizer, spec.model), device=device,
-                          backend=backend, model=spec)
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts,
-                Model("model", resolve_model(spec.model))]
+        return GenerateContext(spec, tokenizer, prefix_token(tokenizer, spec.model), device,
+                               pick_backend(entry.backend, device))
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.generated(run.part.item.name)]
@@ -204,14 +220,15 @@ class Generate(ShardedStage):
 
     def _sources(self, run: StageRun) -> list[tuple[Path, int]]:
         """Per generated shard, the prompt (or document) shard it reads and how many of its rows."""
-        if "sources" not in run.shared:
+        ctx: GenerateContext = run.context
+        if ctx.sources is None:  # file prompts are written by the global step, so not known before it
             entry: GenerateConfig = run.part.item
             if isinstance(entry.prompts, PromptFile):
                 files = P.file_prompt_shards(P.prompt_folder(run.rd, run.name))
-                run.shared["sources"] = [(f, pq.read_metadata(f).num_rows) for f in files]
+                ctx.sources = [(f, pq.read_metadata(f).num_rows) for f in files]
             else:
-                run.shared["sources"] = P.split_plan(run.rd, entry.prompts, entry.limit)
-        return run.shared["sources"]
+                ctx.sources = P.split_plan(run.rd, entry.prompts, entry.limit)
+        return ctx.sources
 
     def shards(self, run: StageRun) -> list[str]:
         return [shard_name(k, "") for k in range(len(self._sources(run)))]
@@ -220,12 +237,13 @@ class Generate(ShardedStage):
         from miniplm.generation.backends import HFBackend, VLLMBackend
 
         entry: GenerateConfig = run.part.item
-        rd, tokenizer, spec = run.rd, run.shared["tokenizer"], run.shared["model"]
+        ctx: GenerateContext = run.context
+        rd, tokenizer, spec = run.rd, ctx.tokenizer, ctx.model
         sources = self._sources(run)
-        if run.shared["backend"] == "vllm":
+        if ctx.backend == "vllm":
             backend = VLLMBackend(spec.model, spec.dtype, entry, tokenizer.eos_token_id)
         else:
-            backend = HFBackend(spec.model, spec.dtype, run.shared["device"], entry, tokenizer.eos_token_id,
+            backend = HFBackend(spec.model, spec.dtype, ctx.device, entry, tokenizer.eos_token_id,
                                 tokenizer.pad_token_id)
         bar = tqdm(total=sum(sources[i][1] for i in todo), desc=run.name.replace("/", " "), unit="prompt",
                    disable=not run.show_progress, dynamic_ncols=True)
@@ -260,19 +278,13 @@ class Generate(ShardedStage):
         counts["flops"] = compute.record(generation=counts["flops"])
         return counts
 
-    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
-        lines = []
-        for part, c in result.items():
-            name = part.removeprefix(f"{NAME}/")
-            if c is None:
-                lines.append(f"generate {name}: this worker's shards are written; other workers still have shards")
-                continue
-            reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
-            lines.append(f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
-                         f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}")
-            if c.get("prompts_too_long"):
-                lines.append(f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
-                             "model's context (counted as rejected: too_long)")
+    def describe_entry(self, job: JobConfig, name: str, c: dict) -> list[str]:
+        reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
+        lines = [f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
+                 f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}"]
+        if c.get("prompts_too_long"):
+            lines.append(f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
+                         "model's context (counted as rejected: too_long)")
         return lines
 
     def warnings(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:

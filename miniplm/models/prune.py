@@ -18,20 +18,22 @@ import html
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
-from miniplm.config import JobConfig, PruneConfig, hashable_dump, source_model
-from miniplm import compute
+from miniplm import compute, outputs
+from miniplm.config import JobConfig, ModelSpec, PruneConfig, hashable_dump, source_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, follow_umask, move_into
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.inputs import Input, Model, Upstream
+from miniplm.inputs import Input, Model
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
+from miniplm.stage import EntryStage, Part, StageRun
 
 NAME = "prune"
 SHARD = "model"
@@ -39,7 +41,16 @@ RECORD = "pruning.json"
 
 
 def part_for(entry: PruneConfig) -> Part:
-    return Part(f"{NAME}/{entry.name}", entry, f"miniplm {NAME} --only {entry.name}")
+    return STAGE.part_for(entry)
+
+
+@dataclass
+class PruneContext:
+    """The model an entry cuts, its tokenizer and the shape it is cut to."""
+
+    model: ModelSpec
+    tokenizer: Any
+    shape: Any
 
 
 def calibration_rows(rd: RunDir, entry: PruneConfig, tokenizer) -> list[list[int]]:
@@ -84,7 +95,8 @@ def prune_model(run: StageRun) -> dict:
     from miniplm.models.pruning import build, drop_layers, plan_width, pruned_config, shape_of
 
     entry: PruneConfig = run.part.item
-    spec, tokenizer, shape = run.shared["model"], run.shared["tokenizer"], run.shared["shape"]
+    ctx: PruneContext = run.context
+    spec, tokenizer, shape = ctx.model, ctx.tokenizer, ctx.shape
     device = pick_device(entry.device)
     rows = calibration_rows(run.rd, entry, tokenizer)
     if not rows:
@@ -139,7 +151,7 @@ def _save(out: Path, model, tokenizer, record: dict) -> None:
     move_into(tmp, out)
 
 
-class Prune(ShardedStage):
+class Prune(EntryStage):
     """One part per prune entry (`prune/NAME`), each one shard: the model."""
 
     name = NAME
@@ -150,28 +162,34 @@ class Prune(ShardedStage):
                    "tokenizer and pruning.json). Llama- and Qwen2-shaped models. students[].init: NAME trains from it.")
     sections = ("seed",)  # plus the entry, its model and the prepared documents
     only = "pruned model"
+    none = "prune: the job lists no models to prune (prune: [{name: ..., target: {...}}])"
+    waiting = "another worker is pruning it"
     unit = "models"
 
-    def applies(self, job: JobConfig) -> bool:
-        return bool(job.prune)
+    def entries_of(self, job: JobConfig) -> list[PruneConfig]:
+        return job.prune
 
-    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        names = only_one("pruned model", [p.name for p in job.prune], only, NAME)
-        return [part_for(p) for p in job.prune if p.name in names]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """Its settings, the model it cuts by content and the split it calibrates on."""
+        entry: PruneConfig = part.item
+        spec = source_model(job, entry)
+        split = entry.calibration.split
+        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(),
+                outputs.documents(split, why=f"prune {entry.name!r} calibrates on the {split} split"),
+                Model("model", resolve_model(spec.model))]
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        return ["prepare"]  # the calibration split
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [SHARD]
 
-    def inputs(self, run: StageRun) -> list[Input]:
+    def setup(self, run: StageRun) -> PruneContext:
         from transformers import AutoConfig
 
         from miniplm.models.pruning import check_prunable
 
         entry: PruneConfig = run.part.item
-        rd = run.rd
         spec = source_model(run.job, entry)
         where = f"prune.{entry.name}: {spec.model}"
         config = AutoConfig.from_pretrained(resolve_model(spec.model))
@@ -181,11 +199,7 @@ class Prune(ShardedStage):
         tokenizer.model_max_length = sys.maxsize  # documents are cut into rows here
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"{where}: its tokenizer has no EOS token to join calibration documents with")
-        run.shared.update(model=spec, tokenizer=tokenizer, shape=shape)
-        split = entry.calibration.split
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(),
-                Upstream("prepare", (f"docs/{split}",), why=f"prune {entry.name!r} calibrates on the {split} split"),
-                Model("model", resolve_model(spec.model))]
+        return PruneContext(spec, tokenizer, shape)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.model(run.part.item.name)]
@@ -203,19 +217,11 @@ class Prune(ShardedStage):
         counts = {k: record[k] for k in ("shape", "parameters_source", "parameters", "kept_layers", "loss")}
         return counts | {"flops": compute.record(calibration=record["flops"])}
 
-    def describe(self, job: JobConfig, result: dict) -> list[str]:
-        lines = []
-        for part, c in result.items():
-            if c is None:
-                lines.append(f"{part}: another worker is pruning it")
-                continue
-            name = part.removeprefix(f"{NAME}/")
-            shape = ", ".join(f"{k} {v}" for k, v in c["shape"].items())
-            lines.append(f"prune {name}: {c['parameters_source']:,} -> {c['parameters']:,} parameters ({shape}); "
-                         f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f} (a random "
-                         f"model of this shape: {c['loss']['random_init']:.4f}); "
-                         f"model in {job.run_dir}/models/{name}")
-        return lines
+    def describe_entry(self, job: JobConfig, name: str, c: dict) -> list[str]:
+        shape = ", ".join(f"{k} {v}" for k, v in c["shape"].items())
+        return [f"prune {name}: {c['parameters_source']:,} -> {c['parameters']:,} parameters ({shape}); "
+                f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f} (a random "
+                f"model of this shape: {c['loss']['random_init']:.4f}); model in {job.run_dir}/models/{name}"]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         for entry in job.prune:

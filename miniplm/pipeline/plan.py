@@ -10,32 +10,43 @@ distributed job. The steps come from the stage registry, in its order;
 from __future__ import annotations
 
 from miniplm.config import JobConfig
+from miniplm.errors import ConfigError
+from miniplm.inputs import Upstream
 from miniplm.rundir import RunDir
 from miniplm.stage import Stage, Step
 from miniplm.stages import STAGES, get
 
 
 def steps(job: JobConfig) -> list[Step]:
-    """The job's steps in the order they must run."""
-    return [step for stage in STAGES for step in stage.steps(job)]
+    """The job's steps in the order they must run: the registry's order, except that a step comes
+    after every step it reads from (a stage registered late may feed an earlier one's part)."""
+    listed = [step for stage in STAGES for step in stage.steps(job)]
+    reads = dependencies(job, listed)
+    ordered: list[Step] = []
+    placed: set[str] = set()
+    while len(ordered) < len(listed):
+        step = next((s for s in listed if s.name not in placed and set(reads[s.name]) <= placed), None)
+        if step is None:
+            raise ConfigError("the job's steps read from each other in a circle: "
+                              + ", ".join(s.name for s in listed if s.name not in placed))
+        ordered.append(step)
+        placed.add(step.name)
+    return ordered
 
 
 def dependencies(job: JobConfig, steps_: list[Step]) -> dict[str, list[str]]:
-    """Per step, the earlier steps it reads from (their names, in plan order): the steps that hold the
-    manifest entries its stage says it reads; every earlier step for a stage that does not say."""
+    """Per step, the other steps it reads from (in the order given): those that write the outputs its
+    parts read (each stage's `reads`, the `Upstream`s there)."""
     owner: dict[str, str] = {}
     for step in steps_:
         for entry in manifest_stages(job, step):
             owner.setdefault(entry, step.name)
     out: dict[str, list[str]] = {}
-    for i, step in enumerate(steps_):
-        entries = stage_of(step).reads_from(job, step)
-        before = [s.name for s in steps_[:i]]
-        if entries is None:
-            out[step.name] = before
-        else:
-            wanted = {owner[e] for e in entries if e in owner}
-            out[step.name] = [name for name in before if name in wanted]
+    for step in steps_:
+        stage = stage_of(step)
+        wanted = {owner.get(r.stage) for part in stage.parts(job, step.only) for r in stage.reads(job, part)
+                  if isinstance(r, Upstream)}
+        out[step.name] = [s.name for s in steps_ if s.name in wanted and s.name != step.name]
     return out
 
 

@@ -27,14 +27,15 @@ from tqdm import tqdm
 from miniplm.config import JobConfig, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
-from miniplm.inputs import Input, Model, Upstream
+from miniplm import outputs
+from miniplm.inputs import Input, Model
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
 from miniplm.scoring.instances import Boundaries, pack_documents
 from miniplm.scoring.windows import Window, instance_window, prefix_token, windows_for
-from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 if TYPE_CHECKING:
     from miniplm.scoring.logprobs import Scorer
@@ -153,6 +154,16 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     return pa.table(columns)
 
 
+@dataclass
+class ScoreContext:
+    """The teacher's tokenizer (the reference's is checked equal), the token that starts each window,
+    and for instances where a sentence may end."""
+
+    tokenizer: Any
+    bos: int | None
+    boundaries: Boundaries | None
+
+
 class Score(ShardedStage):
     """Its shards are the main split's document shards; a killed worker resumes inside its shard."""
 
@@ -166,14 +177,22 @@ class Score(ShardedStage):
     def applies(self, job: JobConfig) -> bool:
         return job.teacher is not None and job.reference is not None
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        trained = job.reference is not None and job.reference.train is not None
-        return ["prepare", *(["train/reference"] if trained else [])]  # the reference this run trains
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """The main split, the teacher and the reference by content (and as the output of train-reference
+        when this run trains it): the outputs depend on the weights too, not only on the job file."""
+        if job.teacher is None or job.reference is None:
+            return []
+        trained = [outputs.trained("reference")] if job.reference.train is not None else []
+        return [outputs.documents("main"), Model("teacher", resolve_model(job.teacher.model)),
+                Model("reference", resolve_model(reference_model(job))), *trained]
+
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[Input]:
+    def setup(self, run: StageRun) -> ScoreContext:
         job, rd = run.job, run.rd
         if job.teacher is None or job.reference is None:
             raise ConfigError("score needs both `teacher: {model: ...}` and `reference: {model: ...}` in the job")
@@ -186,14 +205,12 @@ class Score(ShardedStage):
             raise StageError(f"{rd.root}: the reference is trained in this run; run `miniplm train-reference` first")
         check_same_tokenizer(job.teacher.model, reference, tokenizer, load_tokenizer(reference))
         tokenizer.model_max_length = sys.maxsize  # documents are windowed here, not truncated
-        run.shared.update(tokenizer=tokenizer, bos=prefix_token(tokenizer, job.teacher.model))
+        boundaries = None
         if job.score.unit == "instance":
             if tokenizer.eos_token_id is None:
                 raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
-            run.shared["boundaries"] = Boundaries.for_tokenizer(tokenizer)
-        # The outputs depend on the documents and the weights too, not only on the job file.
-        return [Upstream("prepare", ("docs/main",)), Model("teacher", resolve_model(job.teacher.model)),
-                Model("reference", resolve_model(reference))]
+            boundaries = Boundaries.for_tokenizer(tokenizer)
+        return ScoreContext(tokenizer, prefix_token(tokenizer, job.teacher.model), boundaries)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.scores]
@@ -218,7 +235,8 @@ STAGE = Score()
 
 def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     job, rd = run.job, run.rd
-    tokenizer, bos, boundaries = run.shared["tokenizer"], run.shared["bos"], run.shared.get("boundaries")
+    ctx: ScoreContext = run.context
+    tokenizer, bos, boundaries = ctx.tokenizer, ctx.bos, ctx.boundaries
     from miniplm.models.kernels import use_packing
     from miniplm.scoring.logprobs import Scorer
 

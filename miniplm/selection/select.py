@@ -24,9 +24,10 @@ import polars as pl
 from miniplm.config import RANDOM_CONTROLS, JobConfig, RandomControl
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
-from miniplm.inputs import Input, Upstream
+from miniplm import outputs
+from miniplm.inputs import Input
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -88,15 +89,11 @@ class Select(ShardedStage):
     def applies(self, job: JobConfig) -> bool:
         return job.teacher is not None and job.reference is not None
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        return ["score", "prepare"]
-
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
-    def inputs(self, run: StageRun) -> list[Input]:
-        return [Upstream("score", ("scores",), why="select reads finished scores"),
-                Upstream("prepare", ("docs/main",))]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        return [outputs.scores(why="select reads finished scores"), outputs.documents("main")]
 
     def outputs(self, run: StageRun) -> list[Path]:
         # not report/: the page is assembled from every stage's sections and rebuilt when select finishes

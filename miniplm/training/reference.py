@@ -3,14 +3,16 @@ teacher's tokenizer, into RUN_DIR/models/reference (which score then uses)."""
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig, reference_token_set
+from miniplm.config import JobConfig, TokenSet, reference_token_set
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.corpus.tokenize import part_for
 from miniplm.errors import ConfigError
 from miniplm.rundir import RunDir
-from miniplm.stage import Stage, Step, run_sharded
+from miniplm import outputs
+from miniplm.inputs import Input
+from miniplm.stage import Part, Stage, Step, run_sharded
 from miniplm.training.launch import init_distributed
-from miniplm.training.train import train_models, training_progress
+from miniplm.training.train import train_models, training_progress, training_reads
 from miniplm.workers import Worker, resolve_worker
 
 NAME = "train-reference"
@@ -29,11 +31,17 @@ class TrainReference(Stage):
     def applies(self, job: JobConfig) -> bool:
         return job.reference is not None and job.reference.train is not None
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        return ["prepare"]
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        """The reference split's token set, then the training on it."""
+        assert job.reference is not None and job.reference.train is not None
+        return [part_for(reference_token_set(job), f"miniplm {NAME}"),
+                Part(outputs.trained("reference").stage, job.reference.train, f"miniplm {NAME}")]
 
-    def entries(self, job: JobConfig, step: Step) -> list[str]:
-        return [part_for(reference_token_set(job)).name, "train/reference"]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        return TOKENIZE.reads(job, part) if isinstance(part.item, TokenSet) else training_reads(job, part.item)
+
+    def spends_compute(self, part: Part) -> bool:
+        return part.name == outputs.trained("reference").stage
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, "reference")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,24 +30,35 @@ from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, file_lock
-from miniplm.inputs import Input, Model, Upstream
+from miniplm.inputs import Input, Model
+from miniplm import outputs
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
+from miniplm.stage import EntryStage, Part, StageRun
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
 STATS = ("rows", "tokens", "bytes", "flops")
 
 
-def part_name(name: str) -> str:
-    """The manifest entry of a teacher_logits set."""
-    return f"{NAME}/{name}"
-
-
 def part_for(entry: TeacherLogitsSet) -> Part:
-    return Part(part_name(entry.name), entry, f"miniplm {NAME} --only {entry.name}")
+    return STAGE.part_for(entry)
+
+
+def _tokens(entry: TeacherLogitsSet):
+    return outputs.tokens(entry.tokens, why=f"teacher-logits {entry.name!r} reads token set {entry.tokens!r}")
+
+
+@dataclass
+class LogitsContext:
+    """The teacher a set is computed with, and the token rows it reads."""
+
+    teacher: str  # the model to load
+    dtype: str
+    vocab: int  # the tokenizer's size: the log-probs cover these ids
+    token_files: list[Path]
+    seq_len: int
 
 
 def check_teacher_tokenizer(job: JobConfig, teacher: str, token_set: str, where: str, *, strict: bool = True) -> None:
@@ -84,7 +96,7 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     import torch
 
     entry: TeacherLogitsSet = run.part.item
-    seq_len = run.shared["seq_len"]
+    seq_len = run.context.seq_len
     blocks = row_blocks(token_file)
     rows = np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), dtype=np.int32)
     layout = LogitsLayout(seq_len, entry.top_k, teacher.vocab, entry.temperature, entry.logprob_dtype)
@@ -143,7 +155,7 @@ def check_rows(path: Path, expected: int, run: StageRun) -> None:
                          f"process on {run.name}?); run `{_redo(run)}` again")
 
 
-class TeacherLogits(ShardedStage):
+class TeacherLogits(EntryStage):
     """One part per teacher_logits set; its shards are its token set's shards."""
 
     name = NAME
@@ -155,18 +167,20 @@ class TeacherLogits(ShardedStage):
                    "Resumes inside a shard after a kill.")
     sections = ("seed",)  # plus the set, its token set's hash and the teacher's fingerprint
     only = "logits set"
+    none = "teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])"
 
-    def applies(self, job: JobConfig) -> bool:
-        return bool(job.teacher_logits)
+    def entries_of(self, job: JobConfig) -> list[TeacherLogitsSet]:
+        return job.teacher_logits
 
-    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        if not job.teacher_logits:
-            raise ConfigError("teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])")
-        names = only_one("logits set", [t.name for t in job.teacher_logits], only, NAME)
-        return [part_for(t) for t in job.teacher_logits if t.name in names]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        """Its settings, its token set's rows and the teacher by content."""
+        entry: TeacherLogitsSet = part.item
+        teacher, dtype = teacher_model(job, entry.teacher)
+        return [json.dumps(hashable_dump(entry), sort_keys=True), _tokens(entry),
+                Model("teacher", resolve_model(teacher)), dtype]
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        return [tokenize.part_for(token_set_named(job, p.item.tokens)).name for p in self.parts(job, step.only)]
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def check(self, job: JobConfig) -> None:
         """A set whose teacher has another tokenizer than its token set fails when the job loads."""
@@ -178,39 +192,36 @@ class TeacherLogits(ShardedStage):
         token_set = token_set_named(job, part.item.tokens)
         return tokenize.STAGE.planned_shards(job, rd, tokenize.part_for(token_set))
 
-    def inputs(self, run: StageRun) -> list[Input]:
+    def setup(self, run: StageRun) -> LogitsContext:
         entry: TeacherLogitsSet = run.part.item
         job, rd = run.job, run.rd
-        tokens = Upstream(tokenize.part_for(token_set_named(job, entry.tokens)).name, (f"tokens/{entry.tokens}",),
-                          why=f"teacher-logits {entry.name!r} reads token set {entry.tokens!r}")
-        state = rd.stage_state(tokens.stage)
-        if state.get("state") != "done":
+        tokens = _tokens(entry)
+        if rd.stage_state(tokens.stage).get("state") != "done":
             raise StageError(f"{rd.root}: {tokens.why}; run `miniplm tokenize` first")
         teacher, dtype = teacher_model(job, entry.teacher)
         check_teacher_tokenizer(job, teacher, entry.tokens, f"teacher_logits.{entry.name}")
-        tokenizer = load_tokenizer(tokenizer_name(job, token_set_named(job, entry.tokens)))
+        token_set = token_set_named(job, entry.tokens)
+        tokenizer = load_tokenizer(tokenizer_name(job, token_set))
         if entry.top_k > len(tokenizer):
             raise ConfigError(f"teacher_logits.{entry.name}.top_k: {entry.top_k} is more than the vocabulary "
                               f"({len(tokenizer)} tokens)")
-        files = sorted(rd.tokens(entry.tokens).glob("shard-*.arrow"))
-        run.shared.update(teacher=teacher, dtype=dtype, vocab=len(tokenizer), token_files=files,
-                          seq_len=state["counts"]["seq_len"])
-        return [json.dumps(hashable_dump(entry), sort_keys=True), tokens, Model("teacher", resolve_model(teacher)),
-                dtype]
+        return LogitsContext(teacher, dtype, len(tokenizer), sorted(rd.tokens(entry.tokens).glob("shard-*.arrow")),
+                             token_set.seq_len)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.teacher_logits(run.part.item.name)]
 
     def shards(self, run: StageRun) -> list[str]:
-        return [shard_name(i, "") for i in range(len(run.shared["token_files"]))]
+        return [shard_name(i, "") for i in range(len(run.context.token_files))]
 
     def run_shards(self, run: StageRun, todo: list[int]) -> None:
         from miniplm.training.teacher import Teacher
 
         entry: TeacherLogitsSet = run.part.item
-        files = run.shared["token_files"]
-        teacher = Teacher(run.shared["teacher"], run.shared["vocab"], run.shared["dtype"], pick_device(entry.device))
-        seq_len = run.shared["seq_len"]
+        ctx: LogitsContext = run.context
+        files = ctx.token_files
+        teacher = Teacher(ctx.teacher, ctx.vocab, ctx.dtype, pick_device(entry.device))
+        seq_len = ctx.seq_len
         total = sum(len(block) for i in todo for block in row_blocks(files[i])) * seq_len
         with tqdm(total=total, desc=run.name.replace("/", " "), unit="tok", unit_scale=True,
                   disable=not run.show_progress, dynamic_ncols=True) as bar:
@@ -228,26 +239,18 @@ class TeacherLogits(ShardedStage):
         entry: TeacherLogitsSet = run.part.item
         out = run.rd.teacher_logits(entry.name)
         per_shard = [json.loads((out / shard_name(i, ".json")).read_text()) for i in range(len(self.shards(run)))]
-        for i, token_file in enumerate(run.shared["token_files"]):
+        for i, token_file in enumerate(run.context.token_files):
             check_rows(out / shard_name(i, ".arrow"), sum(len(block) for block in row_blocks(token_file)), run)
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
         counts["flops"] = record(teacher=counts["flops"])
         counts["bytes_per_token"] = counts["bytes"] / max(counts["tokens"], 1)
         return {**counts, "shards": len(per_shard), "top_k": entry.top_k, "token_set": entry.tokens}
 
-    def describe(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
-        lines = []
-        for part, counts in result.items():
-            name = part.removeprefix(f"{NAME}/")
-            if counts is None:
-                lines.append(f"teacher-logits {name}: this worker's shards are written; other workers still have "
-                              "shards to write")
-                continue
-            lines.append(f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
-                         f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
-                         f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
-                         f"in {job.run_dir}/teacher-logits/{name}")
-        return lines
+    def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
+        return [f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
+                f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
+                f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
+                f"in {job.run_dir}/teacher-logits/{name}"]
 
 
 STAGE = TeacherLogits()

@@ -12,11 +12,12 @@ from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashab
                             token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import LockHeld, held_lock
-from miniplm.inputs import Input, Model, Upstream, sources
+from miniplm import outputs
+from miniplm.inputs import Input, Model, sources
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
-from miniplm.stage import Stage, Step, only_one
+from miniplm.stage import Part, Stage, Step, only_one
 from miniplm.training import teacher_logits
 from miniplm.training.launch import init_distributed
 from miniplm.workers import Worker
@@ -28,31 +29,40 @@ def stage_name(student: StudentConfig) -> str:
     return f"{NAME}/{student.name}"
 
 
-def _reads(job: JobConfig, student: StudentConfig) -> list[Input]:
-    """What a student's training depends on: its settings, its token set, its config file or the
-    weights it starts from, and for distillation the teacher (its tokenizer checked against the
-    student's first) or the stored log-probs it reads."""
+def training_reads(job: JobConfig, student: StudentConfig) -> list[Input]:
+    """What a student's training depends on: its settings, its token set (and held-out set), its
+    config file or the weights it starts from, and for distillation the teacher or the stored
+    log-probs it reads."""
     dumped = hashable_dump(student)
     dumped.pop("seq_len", None)  # a reference's seq_len is its token set's, hashed there
     reads: list[Input] = [str(sorted(dumped.items())),
-                          Upstream(f"tokenize/{student.tokens}", (f"tokens/{student.tokens}",),
-                                   why=f"student {student.name!r} trains on token set {student.tokens!r}")]
+                          outputs.tokens(student.tokens,
+                                         why=f"student {student.name!r} trains on token set {student.tokens!r}")]
     if student.config is not None:
         reads.append(Model("config", student.config))
     if student.init is not None and any(p.name == student.init for p in job.prune):
-        reads.append(Upstream(f"prune/{student.init}", (f"models/{student.init}",),
-                              why=f"student {student.name!r} starts from the pruned model {student.init!r}"))
+        reads.append(outputs.pruned(student.init,
+                                    why=f"student {student.name!r} starts from the pruned model {student.init!r}"))
     elif student.init is not None:
         reads.append(Model("init", student.init))
+    if student.heldout:
+        reads.append(outputs.tokens(student.heldout, why=f"student {student.name!r} measures held-out loss on "
+                                                         f"token set {student.heldout!r}"))
     kd = student.kd
     if kd is not None and kd.source == "offline":
-        reads.append(Upstream(teacher_logits.part_name(str(kd.logits)), (f"teacher-logits/{kd.logits}",),
-                              why=f"student {student.name!r} reads teacher log-probs {kd.logits!r}"))
+        reads.append(outputs.teacher_logits(str(kd.logits),
+                                            why=f"student {student.name!r} reads teacher log-probs {kd.logits!r}"))
     elif kd is not None:
         teacher, dtype = teacher_model(job, kd.teacher)
-        teacher_logits.check_teacher_tokenizer(job, teacher, student.tokens, f"students.{student.name}.kd")
         reads += [dtype, Model("kd teacher", resolve_model(teacher))]
     return reads
+
+
+def _check_teacher(job: JobConfig, student: StudentConfig) -> None:
+    """An online teacher's tokenizer must be the student's (checked before any work)."""
+    if student.kd is not None and student.kd.source == "online":
+        teacher = teacher_model(job, student.kd.teacher)[0]
+        teacher_logits.check_teacher_tokenizer(job, teacher, student.tokens, f"students.{student.name}.kd")
 
 
 @contextlib.contextmanager
@@ -85,7 +95,8 @@ def train_models(job: JobConfig, stage: Stage, students: list[StudentConfig], to
     for student in students:
         name = stage_name(student)
         with one_training(rd, name, student, rank):
-            reads = _reads(job, student)
+            _check_teacher(job, student)
+            reads = training_reads(job, student)
             config_hash, inputs = stage.fingerprint(job, rd, name, reads)
             outputs = [rd.model(student.name), rd.training(student.name)]
             command = f"miniplm {stage.name}" + (f" --only {student.name}" if stage.only else "")
@@ -144,21 +155,14 @@ class Train(Stage):
                 teacher_logits.check_teacher_tokenizer(job, teacher_model(job, student.kd.teacher)[0], student.tokens,
                                                        f"students.{student.name}.kd", strict=False)
 
-    def steps(self, job: JobConfig) -> list[Step]:
-        return [Step(stage_name(s), NAME, "ranks", only=s.name) for s in trained_students(job)]
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        return [Part(stage_name(s), s) for s in trained_students(job) if only is None or s.name == only]
 
-    def entries(self, job: JobConfig, step: Step) -> list[str]:
-        return [step.name]
+    def reads(self, job: JobConfig, part: Part) -> list[Input]:
+        return training_reads(job, part.item)
 
-    def reads_from(self, job: JobConfig, step: Step) -> list[str]:
-        """The Upstream entries of `_reads`, and the held-out token set the trainer reads."""
-        student = next(s for s in trained_students(job) if s.name == step.only)
-        entries = [f"tokenize/{t}" for t in (student.tokens, student.heldout) if t]
-        if student.init is not None and any(p.name == student.init for p in job.prune):
-            entries.append(f"prune/{student.init}")
-        if student.kd is not None and student.kd.source == "offline":
-            entries.append(teacher_logits.part_name(str(student.kd.logits)))
-        return entries
+    def spends_compute(self, part: Part) -> bool:
+        return True
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, str(step.only))

@@ -1,0 +1,63 @@
+"""What a stage writes that another stage reads, named once: its manifest entry and its folders.
+
+The stage that writes an output and every stage that reads it take the name from here, so an
+entry or a folder is never spelled twice. A stage's `reads` lists these `Upstream`s; the chains
+`miniplm slurm` submits and the compute charged to each student are derived from them.
+"""
+
+from __future__ import annotations
+
+from miniplm.inputs import Upstream
+
+GENERATED = "generated/"  # a token set's input naming a generated corpus: generated/NAME
+
+
+def documents(split: str, why: str = "") -> Upstream:
+    """A split of the prepared documents (main, reference, heldout)."""
+    return Upstream("prepare", (f"docs/{split}",), why=why)
+
+
+def scores(why: str = "") -> Upstream:
+    return Upstream("score", ("scores",), why=why)
+
+
+def selection(folder: str, why: str = "") -> Upstream:
+    """A folder select writes: the selected documents, or a random control (selected-random, ...)."""
+    return Upstream("select", (folder,), why=why)
+
+
+def generated(name: str, why: str = "") -> Upstream:
+    return Upstream(f"generate/{name}", (f"{GENERATED}{name}",), why=why)
+
+
+def pruned(name: str, why: str = "") -> Upstream:
+    return Upstream(f"prune/{name}", (f"models/{name}",), why=why)
+
+
+def tokens(name: str, why: str = "") -> Upstream:
+    """A token set's rows."""
+    return Upstream(f"tokenize/{name}", (f"tokens/{name}",), why=why)
+
+
+def teacher_logits(name: str, why: str = "") -> Upstream:
+    return Upstream(f"teacher-logits/{name}", (f"teacher-logits/{name}",), why=why)
+
+
+def trained(name: str, why: str = "") -> Upstream:
+    """A model trained in the run (a student, or `reference`)."""
+    return Upstream(f"train/{name}", (f"models/{name}",), why=why)
+
+
+def document_input(name: str, why: str = "") -> Upstream:
+    """The documents a token set's `input:` names: a split, a selection folder or a generated corpus."""
+    if name.startswith(GENERATED):
+        return generated(name.removeprefix(GENERATED), why)
+    if name.startswith("selected"):
+        return selection(name, why)
+    return documents(name, why)
+
+
+def unscored(up: Upstream) -> bool:
+    """Whether an output needed none of its stage's scoring work: select's random controls draw
+    documents from the prepared split without reading a score."""
+    return up.stage == "select" and all(f != "selected" for f in up.folders)
