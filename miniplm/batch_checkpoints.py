@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,3 +78,23 @@ class BatchCheckpoints:
 
     def save(self, first: int, last: int, rows: list[dict]) -> None:
         self.save_table(first, last, pa.Table.from_pylist(rows))
+
+    def keep(self, results: Iterable[Any], first: int, total: int, every: int,
+             save: Callable[[int, int, list[Any]], None]) -> None:
+        """The in-shard loop of every resumable stage: take the results of batches first, first + 1,
+        ... (of `total`) as they are computed and hand them to `save(first, last, results)` in runs
+        of `every` batches, the last run with what is left."""
+        pending: list[Any] = []
+        start = first
+        for b, result in enumerate(results, start=first):
+            pending.append(result)
+            if b + 1 - start >= every or b + 1 == total:
+                save(start, b, pending)
+                pending, start = [], b + 1
+
+    def save_rows(self, first: int, last: int, batches: list[list[dict]], into: dict[tuple[int, int], dict]) -> None:
+        """Save batches of rows keyed by (doc, start), then add them to `into` by that key."""
+        rows = [row for batch in batches for row in batch]
+        self.save(first, last, rows)
+        for row in rows:
+            into[(row.pop("doc"), row.pop("start"))] = row

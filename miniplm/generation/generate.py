@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,22 +87,19 @@ def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: Token
     checkpoints = BatchCheckpoints(run.rd.work(run.name) / shard_name(shard.index, ""), backend.environment())
     done, results = checkpoints.load()
     progress.update(len({doc for doc, _ in results}))
-    pending: list[dict] = []
-    first_pending = done
-    for b in range(done, len(batches)):
-        batch = [w.doc for w in batches[b]]
-        seeds = [prompt_seed(run.job.seed, entry.name, shard.ids[i]) for i in batch]
-        written = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
-                                   batch_seed(run.job.seed, entry.name, shard.index, b))
-        for i, samples in zip(batch, written):
-            pending += [{"doc": i, "start": k, "tokens": tokens, "finish": finish}
-                        for k, (tokens, finish) in enumerate(samples)]
-        progress.update(len(batch), sum(len(t) for s in written for t, _ in s))
-        if b + 1 - first_pending >= entry.checkpoint_every or b + 1 == len(batches):
-            checkpoints.save(first_pending, b, pending)
-            for row in pending:
-                results[(row.pop("doc"), row.pop("start"))] = row
-            pending, first_pending = [], b + 1
+
+    def generated() -> Iterator[list[dict]]:
+        for b in range(done, len(batches)):
+            batch = [w.doc for w in batches[b]]
+            seeds = [prompt_seed(run.job.seed, entry.name, shard.ids[i]) for i in batch]
+            written = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
+                                       batch_seed(run.job.seed, entry.name, shard.index, b))
+            progress.update(len(batch), sum(len(t) for s in written for t, _ in s))
+            yield [{"doc": i, "start": k, "tokens": tokens, "finish": finish}
+                   for i, samples in zip(batch, written) for k, (tokens, finish) in enumerate(samples)]
+
+    checkpoints.keep(generated(), done, len(batches), entry.checkpoint_every,
+                     lambda first, last, rows: checkpoints.save_rows(first, last, rows, results))
     return _assemble(run, backend, shard, results)
 
 

@@ -17,7 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -105,24 +105,23 @@ def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, 
     # documents with nothing to score, and those finished before a restart
     progress.update(sum(n == 0 for n in shard.predicted())
                     + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results))
-    pending: list[dict] = []
-    first_pending = done
-    for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
-        batch = batches[b]
-        for i, w in enumerate(batch):
-            row = {"doc": w.doc, "start": w.start}
-            for name in MODELS:
-                lp = per_model[name][i]
-                row[f"{name}_logprob"] = float(lp.double().sum())
-                if cfg.save_token_logprobs:
-                    row[f"{name}_token_logprobs"] = lp.float().tolist()
-            pending.append(row)
-        progress.update(sum(w.end == len(shard.sequences[w.doc]) for w in batch), sum(w.scored for w in batch))
-        if (b + 1 - first_pending) >= cfg.checkpoint_every or b + 1 == len(batches):
-            checkpoints.save(first_pending, b, pending)
-            for row in pending:
-                results[(row.pop("doc"), row.pop("start"))] = row
-            pending, first_pending = [], b + 1
+
+    def scored() -> Iterator[list[dict]]:
+        for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
+            batch, rows = batches[b], []
+            for i, w in enumerate(batch):
+                row = {"doc": w.doc, "start": w.start}
+                for name in MODELS:
+                    lp = per_model[name][i]
+                    row[f"{name}_logprob"] = float(lp.double().sum())
+                    if cfg.save_token_logprobs:
+                        row[f"{name}_token_logprobs"] = lp.float().tolist()
+                rows.append(row)
+            progress.update(sum(w.end == len(shard.sequences[w.doc]) for w in batch), sum(w.scored for w in batch))
+            yield rows
+
+    checkpoints.keep(scored(), done, len(batches), cfg.checkpoint_every,
+                     lambda first, last, rows: checkpoints.save_rows(first, last, rows, results))
     return _assemble(job, shard, windows, results)
 
 

@@ -106,18 +106,20 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     checkpoints = BatchCheckpoints(scratch, _environment(teacher, str(teacher.device), per_batch))
     done, saved = checkpoints.saved()
     bar.update(min(done * per_batch, len(rows)) * seq_len)
-    pending: list[pa.Table] = []
-    for b in range(done, len(starts)):
-        batch = torch.from_numpy(rows[starts[b] : starts[b] + per_batch, :-1].astype(np.int64))
-        hidden = teacher.hidden(batch)
-        ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
-        shape = (len(batch), seq_len)
-        pending.append(layout.table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
-                                    rest.reshape(shape).numpy()))
-        bar.update(batch.numel())
-        if len(pending) >= entry.checkpoint_every or b + 1 == len(starts):
-            saved.append(checkpoints.save_table(b + 1 - len(pending), b, pa.concat_tables(pending)))
-            pending = []
+
+    def computed() -> Iterator[pa.Table]:
+        for b in range(done, len(starts)):
+            batch = torch.from_numpy(rows[starts[b] : starts[b] + per_batch, :-1].astype(np.int64))
+            hidden = teacher.hidden(batch)
+            ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
+            shape = (len(batch), seq_len)
+            bar.update(batch.numel())
+            yield layout.table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
+                               rest.reshape(shape).numpy())
+
+    checkpoints.keep(computed(), done, len(starts), entry.checkpoint_every,
+                     lambda first, last, tables: saved.append(checkpoints.save_table(first, last,
+                                                                                     pa.concat_tables(tables))))
     out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
     # from the files this process found and saved, not whatever the scratch folder holds now: another
     # process on the same set may have removed or replaced them
