@@ -89,8 +89,8 @@ class QualityConfig(_Strict):
     """Gopher's quality and repetition rules (Rae et al. 2021), as datatrove's filters apply them, on
     whitespace-separated words. Each rule is a rejection reason; a rule set to null is off.
 
-    The defaults are Gopher's, loosened where real reference text and scripture trip them (README:
-    "Noise filters" has the measurements and Gopher's own values)."""
+    The defaults are Gopher's, loosened where real reference text and scripture trip them
+    (docs/noise-filters.md has the measurements and Gopher's own values)."""
 
     min_words: int = Field(50, ge=0, description="documents with fewer words are too short for these ratios to mean "
                            "anything: they are kept unjudged, or dropped as short_document with drop_short")
