@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from miniplm import logs
+from miniplm import logs, outputs
 from miniplm.config import JobConfig
 from miniplm.errors import ConfigError, LaunchError, StageError
 from miniplm.job import load_job
@@ -96,7 +96,7 @@ def cmd_run(job: JobConfig, args: argparse.Namespace) -> int:
             _announce(stage_of(step), job, result)
 
     results = local.run(job, show_progress=not args.quiet, on_step=on_step)
-    losses = {s.name: results[f"train/{s.name}"][s.name].get("heldout_loss") for s in job.students}
+    losses = {s.name: results[outputs.trained(s.name).stage][s.name].get("heldout_loss") for s in job.students}
     if "eval" not in results and any(v is not None for v in losses.values()):
         _say("\nheld-out loss per token (lower is better):")
         for student in job.students:

@@ -101,10 +101,10 @@ def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | N
             sharing = {base_name(s.name) for s in students if entry in needs[s.name]}
             cost = spent(rd, entry)
             share = share + cost / len(sharing) if share is not None and cost is not None else None
-        training = spent(rd, f"train/{student.name}", "training")  # its held-out evaluations made nothing
+        training = spent(rd, outputs.trained(student.name).stage, "training")  # its held-out evaluations made nothing
         teacher = None
         if training is not None:  # online KD: the teacher's forward passes in the loop
-            teacher = spent(rd, f"train/{student.name}", "teacher") or 0.0
+            teacher = spent(rd, outputs.trained(student.name).stage, "teacher") or 0.0
             training += teacher
         total = training + share if training is not None and share is not None else None
         out[student.name] = {"training": training, "teacher": teacher, "shared": share, "total": total}

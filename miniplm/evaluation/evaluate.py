@@ -63,14 +63,14 @@ def targets(job: JobConfig) -> list[Target]:
                 for s in replicas(job, student):
                     out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
                                          cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
-                                         f"train/{s.name}", s.tokens)
+                                         outputs.trained(s.name).stage, s.tokens)
         elif entry == "reference":
             if job.reference is None:
                 raise ConfigError("eval.models: the job has no reference")
             trained = job.reference.train
             out["reference"] = Target("reference", reference_model(job), "reference",
                                       cfg.max_length or (trained.seq_len if trained else DEFAULT_MAX_LENGTH),
-                                      "reference" if trained else "", "train/reference" if trained else None)
+                                      "reference" if trained else "", outputs.trained("reference").stage if trained else None)
         elif entry == "teacher":
             if job.teacher is None:
                 raise ConfigError("eval.models: the job has no teacher")
