@@ -67,21 +67,21 @@ def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
     """The manifest entries whose work a student's training needed: every part that runs a model
     among what its training reads, directly or through other stages' outputs (each stage's
     `reads`), except behind an output that needed none of its stage's inputs' work (a random control)."""
-    parts = {part.name: (stage, part) for stage in registered() if stage.applies(job) for part in stage.parts(job)}
+    owner = {entry: (stage, step) for stage in registered() if stage.applies(job)
+             for step in stage.steps(job) for entry in stage.entries(job, step)}
     entries: set[str] = set()
     seen: set[str] = set()
     pending = [outputs.trained(student.name).stage]
     while pending:
-        found = parts.get(pending.pop())
+        found = owner.get(pending.pop())
         if found is None:
             continue
-        stage, part = found
-        for read in stage.reads(job, part):
+        stage, step = found
+        for read in (r for part in stage.parts(job, step.only) for r in stage.reads(job, part)):
             if not isinstance(read, Upstream) or read.stage in seen:
                 continue
             seen.add(read.stage)
-            owner = parts.get(read.stage)
-            if owner is not None and owner[0].spends_compute(owner[1]):
+            if read.stage in owner and owner[read.stage][0].spends_compute(read.stage):
                 entries.add(read.stage)
             if not outputs.unscored(read):
                 pending.append(read.stage)

@@ -120,8 +120,9 @@ class Stage:
         derived from the `Upstream`s."""
         return []
 
-    def spends_compute(self, part: Part) -> bool:
-        """Whether the part runs a model, recording the FLOPs its readers are charged a share of."""
+    def spends_compute(self, entry: str) -> bool:
+        """Whether a manifest entry of the stage runs a model, recording the FLOPs its readers are
+        charged a share of."""
         return False
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:

@@ -114,7 +114,7 @@ class UnigramLogits(EntryStage):
     def reads(self, job, part: Part):
         return [outputs.tokens(part.item.tokens, why="stored log-probs of a token set")]
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
 

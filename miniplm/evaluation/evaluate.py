@@ -195,7 +195,7 @@ class Eval(ShardedStage):
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         return _reads(job, rows(job)) if job.eval is not None else []
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:

@@ -180,7 +180,7 @@ class Generate(EntryStage):
         return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts,
                 Model("model", resolve_model(spec.model))]
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:

@@ -178,7 +178,7 @@ class Prune(EntryStage):
                 outputs.documents(split, why=f"prune {entry.name!r} calibrates on the {split} split"),
                 Model("model", resolve_model(spec.model))]
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:

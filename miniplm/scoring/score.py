@@ -185,7 +185,7 @@ class Score(ShardedStage):
         return [outputs.documents("main"), Model("teacher", resolve_model(job.teacher.model)),
                 Model("reference", resolve_model(reference_model(job))), *trained]
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:

@@ -3,7 +3,7 @@ teacher's tokenizer, into RUN_DIR/models/reference (which score then uses)."""
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig, TokenSet, reference_token_set
+from miniplm.config import JobConfig, reference_token_set
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.corpus.tokenize import part_for
 from miniplm.errors import ConfigError
@@ -31,17 +31,19 @@ class TrainReference(Stage):
     def applies(self, job: JobConfig) -> bool:
         return job.reference is not None and job.reference.train is not None
 
-    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        """The reference split's token set, then the training on it."""
-        assert job.reference is not None and job.reference.train is not None
-        return [part_for(reference_token_set(job), f"miniplm {NAME}"),
-                Part(outputs.trained("reference").stage, job.reference.train, f"miniplm {NAME}")]
+    def entries(self, job: JobConfig, step: Step) -> list[str]:
+        return [self._token_part(job).name, outputs.trained("reference").stage]
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
-        return TOKENIZE.reads(job, part) if isinstance(part.item, TokenSet) else training_reads(job, part.item)
+        """The reference split, tokenized; then what its training reads."""
+        assert job.reference is not None and job.reference.train is not None
+        return TOKENIZE.reads(job, self._token_part(job)) + training_reads(job, job.reference.train)
 
-    def spends_compute(self, part: Part) -> bool:
-        return part.name == outputs.trained("reference").stage
+    def spends_compute(self, entry: str) -> bool:
+        return entry == outputs.trained("reference").stage
+
+    def _token_part(self, job: JobConfig) -> Part:
+        return part_for(reference_token_set(job), f"miniplm {NAME}")
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, "reference")
@@ -54,7 +56,7 @@ class TrainReference(Stage):
             raise ConfigError("train-reference: the job gives no `reference: {train: {...}}`")
         init_distributed()
         token_set = reference_token_set(job)
-        run_sharded(TOKENIZE, job, part_for(token_set, f"miniplm {NAME}"), resolve_worker(), force=force,
+        run_sharded(TOKENIZE, job, self._token_part(job), resolve_worker(), force=force,
                     show_progress=show_progress)
         distributed.barrier()  # every rank's share of the token shards is written
         return train_models(job, self, [job.reference.train], [*job.tokenize, token_set], force=force,

@@ -181,7 +181,7 @@ class TeacherLogits(EntryStage):
         return [json.dumps(hashable_dump(entry), sort_keys=True), _tokens(entry),
                 Model("teacher", resolve_model(teacher)), dtype]
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def check(self, job: JobConfig) -> None:

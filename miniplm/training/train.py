@@ -156,12 +156,13 @@ class Train(Stage):
                                                        f"students.{student.name}.kd", strict=False)
 
     def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
-        return [Part(stage_name(s), s) for s in trained_students(job) if only is None or s.name == only]
+        return [Part(stage_name(s), s, f"miniplm {NAME} --only {s.name}") for s in trained_students(job)
+                if only is None or s.name == only]
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         return training_reads(job, part.item)
 
-    def spends_compute(self, part: Part) -> bool:
+    def spends_compute(self, entry: str) -> bool:
         return True
 
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
