@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from miniplm.config import JobConfig, StudentConfig
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
 
 # Per token-set input, the manifest entries whose work a student trained on it shares.
 UPSTREAM: dict[str, tuple[str, ...]] = {"selected": ("train/reference", "score")}

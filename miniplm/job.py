@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
-from miniplm.config import JobConfig, expand_input, job_label, read_job, teacher_model, token_set_named, tokenizer_name
 from miniplm.errors import ConfigError
+from miniplm.jobfile import job_label, read_job
+from miniplm.lookups import expand_input, teacher_model, token_set_named, tokenizer_name
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, looks_loadable
+from miniplm.schema.job import JobConfig
 from miniplm.stages import check_job
 
 

@@ -37,7 +37,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import CorpusConfig, JobConfig, expand_input
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, normalise, problem_with
 from miniplm.corpus.near_duplicates import Bands, band_columns, near_copies
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
@@ -45,8 +44,11 @@ from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Files, Input
+from miniplm.lookups import expand_input
 from miniplm.paths import walk_files
 from miniplm.rundir import SPLITS, RunDir
+from miniplm.schema.corpus import CorpusConfig
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Part, ShardedStage, StageRun, Step
 
 NAME = "prepare"

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from miniplm.config import RANDOM_CONTROLS, JobConfig, TokenSet, tokenizer_name
 from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
@@ -31,9 +30,13 @@ from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Input, Tokenizer, Upstream
+from miniplm.lookups import tokenizer_name
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.job import JobConfig
+from miniplm.schema.select import RANDOM_CONTROLS
+from miniplm.schema.tokenize import TokenSet
 from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys, only_one, run_sharded
 from miniplm.workers import Worker
 

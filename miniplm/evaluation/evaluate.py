@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 from miniplm.compute import record, student_compute
-from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Files, Input, Model, Upstream
+from miniplm.lookups import expand_input, reference_model
 from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
 from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
+from miniplm.schema.eval import EvalModel
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Part, ShardedStage, StageRun, Step
 
 NAME = "eval"

@@ -29,16 +29,19 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
-from miniplm.config import GenerateConfig, JobConfig, PromptFile, hashable_dump, source_model
 from miniplm import compute
 from miniplm.errors import StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
+from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Files, Input, Model, Upstream
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.generate import GenerateConfig, PromptFile
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
 from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 

@@ -22,15 +22,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from miniplm.config import JobConfig, PruneConfig, hashable_dump, source_model
 from miniplm import compute
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, follow_umask, move_into
+from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Input, Model, Upstream
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
+from miniplm.schema.prune import PruneConfig
 from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 
 NAME = "prune"

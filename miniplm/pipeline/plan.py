@@ -9,8 +9,8 @@ distributed job. The steps come from the stage registry, in its order;
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Stage, Step
 from miniplm.stages import STAGES, get
 

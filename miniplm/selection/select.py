@@ -21,11 +21,12 @@ import json
 from pathlib import Path
 
 import polars as pl
-from miniplm.config import RANDOM_CONTROLS, JobConfig, RandomControl
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
 from miniplm.inputs import Input, Upstream
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.schema.select import RANDOM_CONTROLS, RandomControl
 from miniplm.stage import Part, ShardedStage, StageRun, Step, doc_shard_keys
 
 NAME = "select"

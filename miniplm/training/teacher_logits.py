@@ -23,16 +23,19 @@ from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.compute import record
-from miniplm.config import JobConfig, TeacherLogitsSet, hashable_dump, teacher_model, token_set_named, tokenizer_name
 from miniplm.corpus import tokenize
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, file_lock
 from miniplm.inputs import Input, Model, Upstream
+from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
+from miniplm.schema.teacher_logits import TeacherLogitsSet
 from miniplm.stage import Part, ShardedStage, StageRun, Step, only_one
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 

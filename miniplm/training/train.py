@@ -8,14 +8,18 @@ import json
 import sys
 from typing import Iterator
 
-from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
-                            token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import LockHeld, held_lock
 from miniplm.inputs import Input, Model, Upstream, sources
+from miniplm.jobfile import dump_job
+from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
+from miniplm.schema.tokenize import TokenSet
 from miniplm.stage import Stage, Step, only_one
 from miniplm.training import teacher_logits
 from miniplm.training.launch import init_distributed
