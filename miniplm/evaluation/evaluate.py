@@ -196,6 +196,16 @@ class Eval(ShardedStage):
         unigrams = [f"tokenize/{t.tokens}" for t in rows(job) if t.role == "unigram"]
         return (["prepare"] if job.eval.heldout else []) + models + unigrams
 
+    def check(self, job: JobConfig) -> None:
+        """A model named by a word is a student of the job, all of them, the reference or the teacher."""
+        if job.eval is None:
+            return
+        students = {s.name for s in job.students}
+        for m in job.eval.models:
+            if isinstance(m, str) and m not in ("students", "reference", "teacher") and m not in students:
+                raise ConfigError(f"eval.models: {m!r} is no student of the job; name a student, students, "
+                                  "reference, teacher, or give {name: ..., model: PATH}")
+
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in rows(job)]
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm import compute
-from miniplm.errors import StageError
+from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
 from miniplm.lookups import source_model
@@ -164,6 +164,15 @@ class Generate(ShardedStage):
         """The prepared documents, for prompts taken from a split (a prompt file is read as it is)."""
         split = any(not isinstance(p.item.prompts, PromptFile) for p in self.parts(job, step.only))
         return ["prepare"] if split else []
+
+    def check(self, job: JobConfig) -> None:
+        """Names that differ, and a teacher for the entries that write with it."""
+        generated = [g.name for g in job.generate]
+        if len(generated) != len(set(generated)):
+            raise ConfigError(f"generate: names must differ (got {', '.join(generated)})")
+        for g in job.generate:
+            if g.model == "teacher" and job.teacher is None:
+                raise ConfigError(f"generate: {g.name!r} writes with the teacher, and the job has no teacher")
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         entry: GenerateConfig = part.item

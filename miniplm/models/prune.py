@@ -165,6 +165,12 @@ class Prune(ShardedStage):
     def reads_from(self, job: JobConfig, step: Step) -> list[str]:
         return ["prepare"]  # the calibration split
 
+    def check(self, job: JobConfig) -> None:
+        """A teacher for the entries that prune it."""
+        for p in job.prune:
+            if p.model == "teacher" and job.teacher is None:
+                raise ConfigError(f"prune: {p.name!r} prunes the teacher, and the job has no teacher")
+
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [SHARD]
 

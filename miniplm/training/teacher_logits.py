@@ -172,7 +172,18 @@ class TeacherLogits(ShardedStage):
         return [tokenize.part_for(token_set_named(job, p.item.tokens)).name for p in self.parts(job, step.only)]
 
     def check(self, job: JobConfig) -> None:
-        """A set whose teacher has another tokenizer than its token set fails when the job loads."""
+        """Names that differ, a token set of the job and a teacher for each set; a set whose teacher
+        has another tokenizer than its token set fails when the job loads."""
+        names = [t.name for t in job.teacher_logits]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"teacher_logits: names must differ (got {', '.join(names)})")
+        token_sets = {t.name for t in job.tokenize}
+        for t in job.teacher_logits:
+            if t.tokens not in token_sets:
+                raise ConfigError(f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize "
+                                  "list")
+            if t.teacher == "teacher" and job.teacher is None:
+                raise ConfigError(f"teacher_logits.{t.name}: teacher is the job's teacher, and the job has none")
         for entry in job.teacher_logits:
             check_teacher_tokenizer(job, teacher_model(job, entry.teacher)[0], entry.tokens,
                                     f"teacher_logits.{entry.name}", strict=False)
