@@ -17,7 +17,6 @@ When the last shard is written the report is built.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -202,16 +201,3 @@ def _noise_lines(result: dict) -> list[str]:
         lines += ["select: documents of the main split dropped per source, by prepare's filters and the selection's "
                   "(the budget's cut apart):", *table_lines(result["drops"])]
     return lines
-
-
-def rebuild_report(job: JobConfig) -> Path:
-    """`miniplm report` for the selection: its sections from the decisions on disk, and the page."""
-    from miniplm.report.page import assemble
-
-    rd = RunDir(job.run_dir)
-    STAGE.report(job, rd)
-    return assemble(rd)
-
-
-def read_summary(run_dir) -> dict:
-    return json.loads(RunDir(run_dir).report.joinpath("summary.json").read_text())
