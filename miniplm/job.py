@@ -1,4 +1,4 @@
-"""A job as the commands take it: the job file read against the schema (config.py), then checked
+"""A job as the commands take it: the job file read against the schema (jobfile.py), then checked
 against the stage registry and the filesystem, so that a job that cannot work fails in the first
 second, before any model is loaded."""
 
