@@ -13,10 +13,10 @@ import sys
 from typing import Any, Callable
 
 from miniplm import logs, outputs
-from miniplm.config import JobConfig
 from miniplm.errors import ConfigError, LaunchError, StageError
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Stage, Step
 from miniplm.stages import STAGES
 from miniplm.workers import Worker, resolve_worker

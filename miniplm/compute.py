@@ -29,11 +29,12 @@ from __future__ import annotations
 from typing import Any
 
 from miniplm import outputs
-from miniplm.config import JobConfig, StudentConfig
 from miniplm.inputs import Upstream
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import registered
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
 
 RULE = ("Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
         "student's total is its own training plus an equal share, among the students that need it, of the work "

@@ -1,4 +1,4 @@
-"""A job as the commands take it: the job file read against the schema (config.py), then checked
+"""A job as the commands take it: the job file read against the schema (jobfile.py), then checked
 against the stage registry and the filesystem, so that a job that cannot work fails in the first
 second, before any model is loaded."""
 
@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
-from miniplm.config import JobConfig, expand_input, job_label, read_job, teacher_model, token_set_named, tokenizer_name
 from miniplm.errors import ConfigError
+from miniplm.jobfile import job_label, read_job
+from miniplm.lookups import expand_input, teacher_model, token_set_named, tokenizer_name
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, looks_loadable
+from miniplm.schema.job import JobConfig
 from miniplm.stages import check_job
 
 

@@ -11,7 +11,9 @@ the mean and spread of each student's replicas.
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig, StudentConfig, replica_base, replica_names
+from miniplm.schema.base import replica_base, replica_names
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
 
 
 def seeds(job: JobConfig) -> int:

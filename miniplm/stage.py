@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from miniplm.config import JobConfig, config_hash, dump_job
 from miniplm.errors import ConfigError, StageError
 from miniplm.inputs import Input, resolve, sources
+from miniplm.jobfile import dump_job
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.hashing import config_hash
+from miniplm.schema.job import JobConfig
 from miniplm.workers import Worker
 
 Kind = Literal["array", "ranks"]

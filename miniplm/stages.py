@@ -8,13 +8,13 @@ lives outside miniplm).
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig
 from miniplm.corpus.prepare import STAGE as PREPARE
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.errors import ConfigError
 from miniplm.evaluation.evaluate import STAGE as EVAL
 from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.models.prune import STAGE as PRUNE
+from miniplm.schema.job import JobConfig
 from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.select import STAGE as SELECT
 from miniplm.stage import PIPELINE, Stage

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from miniplm.config import NearDuplicateConfig
+from miniplm.schema.corpus import NearDuplicateConfig
 
 
 @lru_cache(maxsize=None)

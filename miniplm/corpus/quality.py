@@ -19,7 +19,7 @@ from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
 from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from miniplm.config import QualityConfig
+from miniplm.schema.corpus import QualityConfig
 
 
 class WhitespaceWords(WordTokenizer):

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyzstd
 
-from miniplm.config import InputSpec
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
+from miniplm.schema.corpus import InputSpec
 
 TABLE_BATCH_ROWS = 1024
 

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from miniplm.config import RANDOM_CONTROLS, JobConfig, TokenSet, tokenizer_name
 from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
@@ -38,6 +37,10 @@ from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import EntryStage, Part, StageRun, doc_shard_keys, run_sharded
+from miniplm.lookups import tokenizer_name
+from miniplm.schema.job import JobConfig
+from miniplm.schema.select import RANDOM_CONTROLS
+from miniplm.schema.tokenize import TokenSet
 from miniplm.workers import Worker
 
 NAME = "tokenize"
@@ -59,7 +62,7 @@ def input_shards(rd: RunDir, token_set: TokenSet) -> list[Path]:
         return sorted(rd.generated(token_set.generated).glob("shard-*.parquet"))
     if stage == "prepare":
         return rd.doc_shards(token_set.input)
-    for control in RANDOM_CONTROLS:  # the job asks for it (config.py checks), but select may have run without it
+    for control in RANDOM_CONTROLS:  # the job asks for it (`check` below), but select may have run without it
         if token_set.input == control.folder and control.entry not in state.get("counts", {}):
             raise ConfigError(f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
                               f"{control.pool} (or both), and the selection there was made without it")
@@ -157,6 +160,31 @@ class Tokenize(EntryStage):
 
 
     def check(self, job: JobConfig) -> None:
+        """Names that differ; inputs the job writes (a random control select draws, a generate entry);
+        mixes of sets made from documents, with one seq_len and one tokenizer; selected instances in
+        rows of their own length."""
+        names = [t.name for t in job.tokenize]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"tokenize: names must differ (got {', '.join(names)})")
+        for control in RANDOM_CONTROLS:
+            if any(t.input == control.folder for t in job.tokenize) and control not in job.select.random_controls:
+                raise ConfigError(f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} "
+                                  "(or both)")
+        generated = [g.name for g in job.generate]
+        sets = {t.name: t for t in job.tokenize}
+        for t in job.tokenize:
+            for part in t.mix or {}:
+                if part not in sets or sets[part].mix is not None:
+                    raise ConfigError(f"tokenize: {t.name!r} mixes {part!r}, which is no token set of the job made "
+                                      f"from documents (token sets: {', '.join(sets)})")
+                if sets[part].seq_len != t.seq_len:
+                    raise ConfigError(f"tokenize: {t.name!r} (seq_len {t.seq_len}) mixes {part!r} (seq_len "
+                                      f"{sets[part].seq_len}); give them one seq_len")
+            if len({sets[p].tokenizer for p in t.mix or {}}) > 1:
+                raise ConfigError(f"tokenize: {t.name!r} mixes token sets made with different tokenizers")
+            if t.mix is None and t.generated is not None and t.generated not in generated:
+                raise ConfigError(f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
+                                  f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
         for token_set in job.tokenize:
             if reading(job, token_set) == "instances" and token_set.seq_len != job.score.max_length:
                 raise ConfigError(

@@ -21,13 +21,13 @@ from typing import Any, Callable
 import matplotlib.pyplot as plt
 
 from miniplm.compute import RULE
-from miniplm.config import JobConfig
 from miniplm.evaluation.plots import against_compute, headline, spread
 from miniplm.files import atomic_write_json, atomic_write_text
 from miniplm.replicas import base_name
 from miniplm.report.figures import figure_html, html_table, save_png  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 
 
 COMPUTE_HEADERS = {"training": "train FLOPs", "teacher": "of which KD teacher", "total": "total FLOPs"}

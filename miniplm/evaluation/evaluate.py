@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Callable
 
 from miniplm.compute import record, student_compute
-from miniplm.config import EvalModel, JobConfig, expand_input, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm import outputs
 from miniplm.inputs import Files, Input, Model
+from miniplm.lookups import expand_input, reference_model
 from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
 from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun
+from miniplm.schema.eval import EvalModel
+from miniplm.schema.job import JobConfig
 
 NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
@@ -197,6 +199,16 @@ class Eval(ShardedStage):
 
     def spends_compute(self, entry: str) -> bool:
         return True
+
+    def check(self, job: JobConfig) -> None:
+        """A model named by a word is a student of the job, all of them, the reference or the teacher."""
+        if job.eval is None:
+            return
+        students = {s.name for s in job.students}
+        for m in job.eval.models:
+            if isinstance(m, str) and m not in ("students", "reference", "teacher") and m not in students:
+                raise ConfigError(f"eval.models: {m!r} is no student of the job; name a student, students, "
+                                  "reference, teacher, or give {name: ..., model: PATH}")
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in rows(job)]

@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import InputSpec, expand_input
 from miniplm.corpus.readers import RawDoc, read_input
 from miniplm.errors import ConfigError
+from miniplm.lookups import expand_input
 from miniplm.rundir import RunDir
 from miniplm.models.flops import ModelFlops
 from miniplm.models.text_tokens import token_ids
+from miniplm.schema.corpus import InputSpec
 from miniplm.scoring.instances import Boundaries, pack_source
 from miniplm.scoring.logprobs import batch_logprobs
 from miniplm.scoring.windows import Window, instance_window, plan_batches, prefix_token, windows_for

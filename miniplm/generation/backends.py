@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Protocol
 
-from miniplm.config import GenerateConfig
 from miniplm.errors import ConfigError
 from miniplm.generation.prompts import context_length, new_token_limit
+from miniplm.schema.generate import GenerateConfig
 
 Continuation = tuple[list[int], str]  # (new tokens, "eos" or "length")
 

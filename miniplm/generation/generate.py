@@ -31,14 +31,19 @@ from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm import compute, outputs
-from miniplm.config import GenerateConfig, JobConfig, ModelSpec, PromptFile, hashable_dump, source_model
+from miniplm.errors import ConfigError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
+from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Files, Input, Model
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.generate import GenerateConfig, PromptFile
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.base import ModelSpec
+from miniplm.schema.job import JobConfig
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
 from miniplm.stage import EntryStage, Part, StageRun
 
@@ -182,6 +187,15 @@ class Generate(EntryStage):
 
     def spends_compute(self, entry: str) -> bool:
         return True
+
+    def check(self, job: JobConfig) -> None:
+        """Names that differ, and a teacher for the entries that write with it."""
+        generated = [g.name for g in job.generate]
+        if len(generated) != len(set(generated)):
+            raise ConfigError(f"generate: names must differ (got {', '.join(generated)})")
+        for g in job.generate:
+            if g.model == "teacher" and job.teacher is None:
+                raise ConfigError(f"generate: {g.name!r} writes with the teacher, and the job has no teacher")
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         entry: GenerateConfig = part.item

@@ -19,13 +19,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from miniplm.config import GenerateConfig, InputSpec, JobConfig, PromptFile
 from miniplm.corpus.documents import BAD_INPUT_REASONS, generated_id, problem_with
 from miniplm.corpus.readers import Rejection, read_input
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.corpus import InputSpec
+from miniplm.schema.generate import GenerateConfig, PromptFile
+from miniplm.schema.job import JobConfig
 
 PROMPT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 

@@ -10,10 +10,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from miniplm.config import GenerateConfig, JobConfig
 from miniplm.report.figures import figure_html, html_table, save_png, snippet  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
+from miniplm.schema.generate import GenerateConfig
+from miniplm.schema.job import JobConfig
 
 NGRAMS = (1, 2, 3, 4)
 LOOP_N = 4  # the n-gram size whose repeats inside one text count as looping

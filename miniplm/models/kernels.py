@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from miniplm.config import KernelChoice
+from miniplm.schema.base import KernelChoice
 
 LinearCE = Literal["torch", "cce", "liger"]
 

@@ -25,15 +25,19 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from miniplm import compute, outputs
-from miniplm.config import JobConfig, ModelSpec, PruneConfig, hashable_dump, source_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, follow_umask, move_into
+from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.inputs import Input, Model
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
 from miniplm.stage import EntryStage, Part, StageRun
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.base import ModelSpec
+from miniplm.schema.job import JobConfig
+from miniplm.schema.prune import PruneConfig
 
 NAME = "prune"
 SHARD = "model"
@@ -180,6 +184,12 @@ class Prune(EntryStage):
 
     def spends_compute(self, entry: str) -> bool:
         return True
+
+    def check(self, job: JobConfig) -> None:
+        """A teacher for the entries that prune it."""
+        for p in job.prune:
+            if p.model == "teacher" and job.teacher is None:
+                raise ConfigError(f"prune: {p.name!r} prunes the teacher, and the job has no teacher")
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [SHARD]

@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from miniplm.config import JobConfig
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Step
 
 

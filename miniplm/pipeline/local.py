@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from miniplm.config import JobConfig
 from miniplm.pipeline.launcher import Launcher, QueueState, Record, Submission
 from miniplm.pipeline.plan import stage_of, steps
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Step
 from miniplm.workers import Worker
 

@@ -9,10 +9,10 @@ distributed job. The steps come from the stage registry, in its order;
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig
 from miniplm.errors import ConfigError
 from miniplm.inputs import Upstream
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Stage, Step
 from miniplm.stages import STAGES, get
 

@@ -25,13 +25,15 @@ import jinja2
 import orjson
 import yaml
 
-from miniplm.config import JobConfig, SlurmResources, apply_overrides, load_yaml
 from miniplm.errors import ConfigError, LaunchError
 from miniplm.files import atomic_write_text
+from miniplm.jobfile import apply_overrides, load_yaml
 from miniplm.pipeline import plan
 from miniplm.pipeline.launcher import Launcher, QueueState, Record, Submission
 from miniplm.pipeline.submissions import plan_submissions as _plan_submissions
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.schema.slurm import SlurmResources
 from miniplm.stage import Step
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"

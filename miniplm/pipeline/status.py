@@ -17,13 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from miniplm.config import JobConfig
 from miniplm.errors import StageError
 from miniplm.inputs import out_of_date
 from miniplm.pipeline import plan
 from miniplm.pipeline.launcher import Launcher, Task, task_state
 from miniplm.records import problems, rerun
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Step
 
 FAILED = ("failed", "killed")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from miniplm.config import JobConfig
 from miniplm.pipeline import plan
 from miniplm.pipeline.launcher import Launcher, Submission
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.stage import Step
 
 

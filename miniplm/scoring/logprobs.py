@@ -18,9 +18,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from miniplm.config import KernelChoice
 from miniplm.models.kernels import compile_layers, linear_ce_kernel
 from miniplm.models.linear_ce import head_of, token_logprobs
+from miniplm.schema.base import KernelChoice
 from miniplm.scoring.packing import attention_inputs, plan_packed, position_ids, segments, to_device
 from miniplm.scoring.windows import Window, plan_batches
 

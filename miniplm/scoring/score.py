@@ -24,15 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.config import JobConfig, reference_model
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
 from miniplm import outputs
 from miniplm.inputs import Input, Model
+from miniplm.lookups import reference_model
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.job import JobConfig
 from miniplm.scoring.instances import Boundaries, pack_documents
 from miniplm.scoring.windows import Window, instance_window, prefix_token, windows_for
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys

@@ -13,10 +13,10 @@ import json
 
 import polars as pl
 
-from miniplm.config import JobConfig
 from miniplm.corpus.documents import QUALITY_REASONS, REPETITION_REASONS
 from miniplm.report.figures import html_table
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
 from miniplm.selection.noise_floor import floor_of
 
 # column -> the reasons it counts, in the order documents meet them

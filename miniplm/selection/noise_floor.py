@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from miniplm.config import SelectConfig
+from miniplm.schema.select import SelectConfig
 
 # The median absolute deviation of normal data is this many times smaller than its standard
 # deviation: 1 / Phi^-1(3/4), scipy's median_abs_deviation(scale="normal").

@@ -17,17 +17,17 @@ When the last shard is written the report is built.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
-from miniplm.config import RANDOM_CONTROLS, JobConfig, RandomControl
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
 from miniplm import outputs
 from miniplm.inputs import Input
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
+from miniplm.schema.job import JobConfig
+from miniplm.schema.select import RANDOM_CONTROLS, RandomControl
 
 NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -198,16 +198,3 @@ def _noise_lines(result: dict) -> list[str]:
         lines += ["select: documents of the main split dropped per source, by prepare's filters and the selection's "
                   "(the budget's cut apart):", *table_lines(result["drops"])]
     return lines
-
-
-def rebuild_report(job: JobConfig) -> Path:
-    """`miniplm report` for the selection: its sections from the decisions on disk, and the page."""
-    from miniplm.report.page import assemble
-
-    rd = RunDir(job.run_dir)
-    STAGE.report(job, rd)
-    return assemble(rd)
-
-
-def read_summary(run_dir) -> dict:
-    return json.loads(RunDir(run_dir).report.joinpath("summary.json").read_text())

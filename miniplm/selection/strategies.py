@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from miniplm.config import RANDOM_CONTROLS, SelectConfig
+from miniplm.schema.select import RANDOM_CONTROLS, SelectConfig
 from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")

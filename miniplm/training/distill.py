@@ -15,11 +15,13 @@ import importlib.util
 import numpy as np
 import torch
 
-from miniplm.config import JobConfig, KDConfig, StudentConfig, teacher_model
 from miniplm.corpus.instance_rows import PAD
 from miniplm.errors import StageError
+from miniplm.lookups import teacher_model
 from miniplm.models.linear_ce import Head
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import KDConfig, StudentConfig
 from miniplm.training.kd_losses import (KDLoss, OnlineTeacher, TopKTeacher, distill_losses, liger_applies,
                                        liger_distill_losses)
 from miniplm.training.logit_files import TeacherLogitRows

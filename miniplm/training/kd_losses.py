@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from miniplm.models.linear_ce import Head, chunk_rows, float32_product, head_logits
 

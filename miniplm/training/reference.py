@@ -3,14 +3,15 @@ teacher's tokenizer, into RUN_DIR/models/reference (which score then uses)."""
 
 from __future__ import annotations
 
-from miniplm.config import JobConfig, reference_token_set
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.corpus.tokenize import part_for
 from miniplm.errors import ConfigError
+from miniplm.lookups import reference_token_set
 from miniplm.rundir import RunDir
 from miniplm import outputs
 from miniplm.inputs import Input
 from miniplm.stage import Part, Stage, Step, run_sharded
+from miniplm.schema.job import JobConfig
 from miniplm.training.launch import init_distributed
 from miniplm.training.train import train_models, training_progress, training_reads
 from miniplm.workers import Worker, resolve_worker

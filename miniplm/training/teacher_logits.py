@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.compute import record
-from miniplm.config import JobConfig, TeacherLogitsSet, hashable_dump, teacher_model, token_set_named, tokenizer_name
 from miniplm.corpus import tokenize
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
@@ -36,6 +35,10 @@ from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_de
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
 from miniplm.stage import EntryStage, Part, StageRun
+from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
+from miniplm.schema.teacher_logits import TeacherLogitsSet
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
@@ -185,7 +188,18 @@ class TeacherLogits(EntryStage):
         return True
 
     def check(self, job: JobConfig) -> None:
-        """A set whose teacher has another tokenizer than its token set fails when the job loads."""
+        """Names that differ, a token set of the job and a teacher for each set; a set whose teacher
+        has another tokenizer than its token set fails when the job loads."""
+        names = [t.name for t in job.teacher_logits]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"teacher_logits: names must differ (got {', '.join(names)})")
+        token_sets = {t.name for t in job.tokenize}
+        for t in job.teacher_logits:
+            if t.tokens not in token_sets:
+                raise ConfigError(f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize "
+                                  "list")
+            if t.teacher == "teacher" and job.teacher is None:
+                raise ConfigError(f"teacher_logits.{t.name}: teacher is the job's teacher, and the job has none")
         for entry in job.teacher_logits:
             check_teacher_tokenizer(job, teacher_model(job, entry.teacher)[0], entry.tokens,
                                     f"teacher_logits.{entry.name}", strict=False)

@@ -8,8 +8,6 @@ import json
 import sys
 from typing import Iterator
 
-from miniplm.config import (JobConfig, StudentConfig, TokenSet, dump_job, hashable_dump, teacher_model,
-                            token_set_named, tokenizer_name)
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import LockHeld, held_lock
 from miniplm import outputs
@@ -18,6 +16,12 @@ from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.stage import Part, Stage, Step, only_one
+from miniplm.jobfile import dump_job
+from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
+from miniplm.schema.hashing import hashable_dump
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
+from miniplm.schema.tokenize import TokenSet
 from miniplm.training import teacher_logits
 from miniplm.training.launch import init_distributed
 from miniplm.workers import Worker
@@ -145,8 +149,29 @@ class Train(Stage):
     only = "student"
 
     def check(self, job: JobConfig) -> None:
-        """Names that are not a seed replica's; a student distilled online from a teacher with another
-        tokenizer fails when the job loads."""
+        """Distillation from a teacher the job has, or from stored log-probs of the student's token set
+        at its temperature; names that are not a seed replica's; a student distilled online from a
+        teacher with another tokenizer fails when the job loads."""
+        sets = {t.name: t for t in job.teacher_logits}
+        for s in job.students:
+            kd = s.kd
+            if kd is None:
+                continue
+            where = f"students.{s.name}.kd"
+            if kd.teacher == "teacher" and kd.source == "online" and job.teacher is None:
+                raise ConfigError(f"{where}: teacher is the job's teacher, and the job has none")
+            if kd.logits is None:
+                continue
+            if kd.logits not in sets:
+                raise ConfigError(f"{where}.logits: no teacher_logits set {kd.logits!r} in the job "
+                                  f"(sets: {', '.join(sets) or 'none'})")
+            stored = sets[kd.logits]
+            if stored.tokens != s.tokens:
+                raise ConfigError(f"{where}.logits: set {kd.logits!r} holds log-probs for token set "
+                                  f"{stored.tokens!r}, and the student trains on {s.tokens!r}")
+            if stored.temperature != kd.temperature:
+                raise ConfigError(f"{where}.temperature: {kd.temperature} differs from teacher_logits.{kd.logits}."
+                                  f"temperature ({stored.temperature}), the temperature its log-probs were taken at")
         for student in job.students:
             if base_name(student.name) != student.name:
                 raise ConfigError(f"students: {student.name!r}: names ending in .seedN are the seed replicas' "

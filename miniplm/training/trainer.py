@@ -20,18 +20,20 @@ import torch
 from tqdm import tqdm
 
 from miniplm import distributed
-from miniplm.config import JobConfig, StudentConfig, init_model
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_text, follow_umask, move_into
 from miniplm.logs import library_output
 from miniplm.compute import record
+from miniplm.lookups import init_model
 from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
 from miniplm.models.kernels import apply_liger_layers, attention_implementation, compile_layers, linear_ce_kernel
 from miniplm.models.presets import default_lr, qwen_config
 from miniplm.replicas import training_seed
 from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.schema.students import StudentConfig
 from miniplm.training.data import RowPlan, to_tensor
 from miniplm.training.objective import NextTokenLoss, lm_state_dict
 

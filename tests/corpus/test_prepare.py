@@ -253,7 +253,9 @@ def test_interrupted_shard_writing_reruns_to_the_same_output(write_job, tmp_path
     prepare.STAGE.run(clean, show_progress=False)
 
     job = load_job(write_job(inputs, name="cut.yaml", run_dir=tmp_path / "cut", docs_per_shard=100))
-    real_close = prepare.ShardWriter._close_shard
+    from miniplm.corpus.parquet import ShardWriter
+
+    real_close = ShardWriter._close_shard
     closed = 0
 
     def dies_on_third_shard(self):
@@ -263,7 +265,7 @@ def test_interrupted_shard_writing_reruns_to_the_same_output(write_job, tmp_path
             raise KeyboardInterrupt
         real_close(self)
 
-    monkeypatch.setattr(prepare.ShardWriter, "_close_shard", dies_on_third_shard)
+    monkeypatch.setattr(ShardWriter, "_close_shard", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         prepare.STAGE.run(job, show_progress=False)
     monkeypatch.undo()

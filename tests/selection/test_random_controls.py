@@ -73,10 +73,14 @@ def test_random_baseline_setting():
         SelectConfig(random_baseline="all")
 
     def job(random_baseline, folder):
-        return JobConfig.model_validate({
+        from miniplm.stages import check_job
+
+        job = JobConfig.model_validate({
             "run_dir": "run", "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
             "select": {"random_baseline": random_baseline}, "tokenize": [{"name": "control", "input": folder}],
             "students": [{"name": "student", "tokens": "control", "preset": "tiny", "steps": 1}]})
+        check_job(job)  # the tokenize stage checks that select draws the control a token set reads
+        return job
 
     from miniplm import compute
 

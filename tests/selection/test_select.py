@@ -129,7 +129,10 @@ def test_report_files_and_rebuild(tmp_path):
     assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4
     assert page.count('class="examples"') == 3 and "doc-199" in page and "text of document 199" in page
     (report / "index.html").unlink()
-    assert select.rebuild_report(job) == report / "index.html" and (report / "index.html").exists()
+    from miniplm.report.page import assemble
+
+    select.STAGE.report(job, RunDir(job.run_dir))  # as `miniplm report` rebuilds it
+    assert assemble(RunDir(job.run_dir)) == report / "index.html" and (report / "index.html").exists()
 
 
 CHROMIUM = shutil.which("chromium") and shutil.which("chromedriver")

@@ -147,8 +147,9 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_model_loads(tmp_
 
 
 def test_kd_settings_are_checked_when_the_job_loads(tmp_path, tiny_models):
-    from miniplm.config import KDConfig, read_job
+    from miniplm.config import KDConfig
     from miniplm.errors import ConfigError
+    from miniplm.job import load_job
 
     with pytest.raises(ValueError, match="name the teacher_logits set"):
         KDConfig(source="offline")
@@ -160,11 +161,11 @@ def test_kd_settings_are_checked_when_the_job_loads(tmp_path, tiny_models):
            "students": [_student("s", tokens="b", kd={"source": "offline", "logits": "t", "temperature": 2.0})]}
     path.write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError, match="holds log-probs for token set 'a', and the student trains on 'b'"):
-        read_job(path)
+        load_job(path)
     job["students"][0].update(tokens="a", kd={"source": "offline", "logits": "t"})
     path.write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError, match=r"kd.temperature: 1.0 differs from teacher_logits.t.temperature \(2.0\)"):
-        read_job(path)
+        load_job(path)
 
 
 def test_the_stage_is_in_the_plan_status_and_slurm_scripts(tokenized, uninterrupted):
