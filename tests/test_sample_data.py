@@ -182,7 +182,7 @@ def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monke
     assert all(s.kd.weight == 0.5 for s in job.students if s.kd)
     assert {t.name: t.tokens for t in job.teacher_logits} == {"random-top32": "random", "selected-top32": "selected"}
     names = [s.name for s in steps(job)]
-    assert names.index("teacher-logits") < names.index("train/offline-kd") and names[-1] == "eval"
+    assert names.index("teacher-logits/random-top32") < names.index("train/offline-kd") and names[-1] == "eval"
     assert {t.name for t in targets(job)} == set(students)
 
 

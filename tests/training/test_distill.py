@@ -178,16 +178,21 @@ def test_the_stage_is_in_the_plan_status_and_slurm_scripts(tokenized, uninterrup
 
     job = load_job(uninterrupted)
     steps = {s.step.name: s for s in status.collect(job)}
-    assert list(steps)[list(steps).index("tokenize") + 1] == "teacher-logits"
+    names = list(steps)  # one step per token set and per logits set
+    logit_steps = ["teacher-logits/full", "teacher-logits/top32"]
+    assert names.index("tokenize/held") + 1 == names.index(logit_steps[0]) == names.index(logit_steps[1]) - 1
+    assert names[names.index(logit_steps[1]) + 1].startswith("train/")
     shards = len(list(RunDir(job.run_dir).tokens("main").glob("shard-*.arrow")))
-    assert steps["teacher-logits"].state == "done" and steps["teacher-logits"].done == steps["teacher-logits"].total == shards
+    for name in logit_steps:
+        assert steps[name].state == "done" and steps[name].done == steps[name].total == shards
 
     root, _ = tokenized
     fresh = load_job(root / "base.yaml")  # tokenized, no teacher log-probs yet
     subs = {s.step.name: s for s in plan_submissions(fresh, RunDir(fresh.run_dir), root / "base.yaml")}
-    logits = subs["teacher-logits"]
+    logits = subs["teacher-logits/top32"]
     assert logits.action == "submit" and logits.num_workers == shards
     assert "-m miniplm teacher-logits " in logits.text and f"#SBATCH --array=0-{shards - 1}" in logits.text
+    assert "--only top32" in logits.text and logits.after == []  # its token set is tokenized already
     # offline KD waits for the stored log-probs; online KD runs the teacher itself and waits for nothing
     # (its token set is tokenized already): a failed teacher-logits does not hold it up
-    assert "<teacher-logits>" in subs["train/offline-32"].after and subs["train/online"].after == []
+    assert subs["train/offline-32"].after == ["<teacher-logits/top32>"] and subs["train/online"].after == []
