@@ -2,8 +2,8 @@
 """What distillation costs in training throughput: the same student trained without a teacher, with
 the teacher in the loop (online KD) and from stored top-k log-probs (offline KD), timed in one run.
 
-    python benchmarks/kd_bench.py                                              # CPU: tiny-4l, a SmolLM2-135M-shaped teacher
-    python benchmarks/kd_bench.py --student qwen-200m --teacher qwen-1.8b      # one GPU: the paper's vanilla KD shapes
+    python benchmarks/kd_bench.py       # CPU: tiny-4l, a SmolLM2-135M-shaped teacher
+    python benchmarks/kd_bench.py --student qwen-200m --teacher qwen-1.8b   # one GPU: the paper's KD shapes
 
 Random weights and random tokens; the teacher is saved to a temporary folder and loaded the way
 training loads it (bfloat16 on GPU, float32 on CPU); offline KD reads top-k log-probs written in the
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_bench import VocabStub, timed  # benchmarks/, the script's folder
 
 from miniplm.config import KDConfig, StudentConfig
 from miniplm.models.flops import forward_flops_per_token, matmul_rate
@@ -30,13 +31,28 @@ from miniplm.training.launch import set_distributed_env
 from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, write_logits
 from miniplm.training.teacher import Teacher
 from miniplm.training.trainer import build_model, deepspeed_config, objective
-from train_bench import VocabStub, timed  # benchmarks/, the script's folder
 
 TEACHERS = {  # Llama/Qwen shapes: (hidden, layers, FFN, heads, kv heads, vocab)
-    "smollm2-135m": dict(arch="llama", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "qwen-1.8b": dict(arch="qwen2", hidden_size=2048, num_hidden_layers=24, intermediate_size=5504,
-                      num_attention_heads=16, num_key_value_heads=16, vocab_size=151936, tie_word_embeddings=False),
+    "smollm2-135m": dict(
+        arch="llama",
+        hidden_size=576,
+        num_hidden_layers=30,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "qwen-1.8b": dict(
+        arch="qwen2",
+        hidden_size=2048,
+        num_hidden_layers=24,
+        intermediate_size=5504,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -64,12 +80,19 @@ def bench(args, device: str, folder: Path) -> None:
 
     bf16 = device.startswith("cuda")
     vocab = TEACHERS[args.teacher]["vocab_size"]
-    student = StudentConfig(name="bench", preset=args.student, tokens="bench", steps=args.steps,
-                            micro_batch=args.micro, batch_tokens=args.micro * args.seq_len)
+    student = StudentConfig(
+        name="bench",
+        preset=args.student,
+        tokens="bench",
+        steps=args.steps,
+        micro_batch=args.micro,
+        batch_tokens=args.micro * args.seq_len,
+    )
     model = build_model(student, VocabStub(vocab), args.seq_len, torch.bfloat16 if bf16 else torch.float32, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    engine, _, _, _ = deepspeed.initialize(model=objective(student, model, device), optimizer=optimizer,
-                                           config=deepspeed_config(student, 1, bf16))
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective(student, model, device), optimizer=optimizer, config=deepspeed_config(student, 1, bf16)
+    )
     save_teacher(args.teacher, folder / "teacher", args.seq_len)
     teacher = Teacher(str(folder / "teacher"), vocab, "auto", device)
     stored = stored_logits(folder / "logits", args.micro, args.seq_len, args.top_k, vocab)
@@ -86,9 +109,11 @@ def bench(args, device: str, folder: Path) -> None:
     rows = np.arange(args.micro)
     student_flops = 3 * forward_flops_per_token(model.config, (args.seq_len + 1) / 2)
     rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device)
-    print(f"student {args.student} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), teacher {args.teacher} "
-          f"({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.1f}M), {args.micro} x {args.seq_len} tokens per "
-          f"step, {device}, matmul {rate / 1e12:.2f} TFLOP/s")
+    print(
+        f"student {args.student} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), teacher {args.teacher} "
+        f"({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.1f}M), {args.micro} x {args.seq_len} tokens per "
+        f"step, {device}, matmul {rate / 1e12:.2f} TFLOP/s"
+    )
     print(f"{'':<22} {'tokens/s':>10} {'x no KD':>8} {'GFLOP/tok':>10} {'MFU':>6}")
     base, figures = None, []
     for label, (distill, teacher_flops) in ways.items():
@@ -102,20 +127,36 @@ def bench(args, device: str, folder: Path) -> None:
         tokens_per_s = args.steps * args.micro * args.seq_len / timed(step, args.steps, device)
         base = base or tokens_per_s
         flops = student_flops + teacher_flops
-        print(f"{label:<22} {tokens_per_s:>10,.0f} {tokens_per_s / base:>8.2f} {flops / 1e9:>10.2f} "
-              f"{tokens_per_s * flops / rate:>6.1%}", flush=True)
+        print(
+            f"{label:<22} {tokens_per_s:>10,.0f} {tokens_per_s / base:>8.2f} {flops / 1e9:>10.2f} "
+            f"{tokens_per_s * flops / rate:>6.1%}",
+            flush=True,
+        )
         figures.append({"name": label, "tok_s": tokens_per_s, "mfu": tokens_per_s * flops / rate})
         if args.json:  # the figures so far: a run cut short by a time limit keeps what it measured
             with open(args.json, "a") as f:
-                f.write(json.dumps({"bench": "kd", "student": args.student, "teacher": args.teacher, "device": device,
-                                    "seq_len": args.seq_len, "top_k": args.top_k, "rows": figures}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "bench": "kd",
+                            "student": args.student,
+                            "teacher": args.teacher,
+                            "device": device,
+                            "seq_len": args.seq_len,
+                            "top_k": args.top_k,
+                            "rows": figures,
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default=None, help="a preset; default: tiny-4l on CPU, qwen-200m on GPU")
-    parser.add_argument("--teacher", choices=list(TEACHERS), default=None,
-                        help="default: smollm2-135m on CPU, qwen-1.8b on GPU")
+    parser.add_argument(
+        "--teacher", choices=list(TEACHERS), default=None, help="default: smollm2-135m on CPU, qwen-1.8b on GPU"
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="default: 1024 on GPU, 256 on CPU")
     parser.add_argument("--micro", type=int, default=None, help="rows per step; default: 8 on GPU, 4 on CPU")
     parser.add_argument("--top-k", type=int, default=32)

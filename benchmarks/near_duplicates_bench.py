@@ -77,8 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         return measure(args.one)
-    print(f"{'documents':>12} {'seconds':>8} {'peak RSS above base':>20} {'bytes/doc':>10} {'copies found':>13}",
-          flush=True)
+    print(
+        f"{'documents':>12} {'seconds':>8} {'peak RSS above base':>20} {'bytes/doc':>10} {'copies found':>13}",
+        flush=True,
+    )
     for n in args.docs:
         subprocess.run([sys.executable, __file__, "--one", str(n)], check=True)
 

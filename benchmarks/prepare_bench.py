@@ -30,9 +30,11 @@ from pathlib import Path
 
 import yaml
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
-         "they you were her one all we can their has there been if more when will would who so no data model "
-         "training corpus language token teacher student reference score sample text web page").split()
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her one all we can their has there been if more when will would who so no data model "
+    "training corpus language token teacher student reference score sample text web page"
+).split()
 
 
 FILTERS = {"default": {}, "near-duplicates": {"quality": None}, "none": {"quality": None, "near_duplicates": None}}
@@ -92,7 +94,9 @@ def children_cpu_seconds() -> float:
 def run_prepare(job_path: Path) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (every process of the run) and peak resident memory."""
     start, cpu = time.perf_counter(), children_cpu_seconds()
-    proc = subprocess.Popen([sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.DEVNULL
+    )
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss_bytes(proc.pid))
@@ -105,28 +109,39 @@ def run_prepare(job_path: Path) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write inputs and runs (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to write inputs and runs (default: a temp dir)"
+    )
     parser.add_argument("--filters", nargs="+", default=["default"], choices=list(FILTERS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
-        print(f"{'input':>10} {'filters':>16} {'documents':>10} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} "
-              f"{'CPU s':>7} {'MB/CPU s':>8} {'peak RSS':>9}")
+        print(
+            f"{'input':>10} {'filters':>16} {'documents':>10} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} "
+            f"{'CPU s':>7} {'MB/CPU s':>8} {'peak RSS':>9}"
+        )
         for size_mb in args.sizes_mb:
             data = tmp / f"web-{size_mb}mb.jsonl"
             n_docs = write_corpus(data, size_mb << 20)
             for filters in args.filters:
                 run_dir = tmp / f"run-{size_mb}-{filters}"
-                job = {"run_dir": str(run_dir), "corpus": {
-                    "inputs": [{"path": str(data), "format": "jsonl", "metadata_fields": ["url"]}], **FILTERS[filters]}}
+                job = {
+                    "run_dir": str(run_dir),
+                    "corpus": {
+                        "inputs": [{"path": str(data), "format": "jsonl", "metadata_fields": ["url"]}],
+                        **FILTERS[filters],
+                    },
+                }
                 job_path = tmp / f"job-{size_mb}-{filters}.yaml"
                 job_path.write_text(yaml.safe_dump(job))
                 seconds, cpu, peak = run_prepare(job_path)
                 stats = json.loads((run_dir / "docs" / "stats.json").read_text())
                 assert stats["documents_read"] == n_docs, (stats["documents_read"], n_docs)
-                print(f"{size_mb:>8}MB {filters:>16} {n_docs:>10,} {seconds:>8.1f} {n_docs / seconds:>8,.0f} "
-                      f"{size_mb / seconds:>6.1f} {cpu:>7.1f} {size_mb / cpu:>8.2f} {peak / 2**20:>7,.0f}MB",
-                      flush=True)
+                print(
+                    f"{size_mb:>8}MB {filters:>16} {n_docs:>10,} {seconds:>8.1f} {n_docs / seconds:>8,.0f} "
+                    f"{size_mb / seconds:>6.1f} {cpu:>7.1f} {size_mb / cpu:>8.2f} {peak / 2**20:>7,.0f}MB",
+                    flush=True,
+                )
             data.unlink()
 
 

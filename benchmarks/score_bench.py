@@ -38,12 +38,30 @@ from miniplm.scoring.logprobs import Scorer
 from miniplm.scoring.windows import windows_for
 
 SHAPES = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=704, num_attention_heads=4, vocab_size=32768,
-                 tie_word_embeddings=False),
-    "qwen-1.8b": dict(hidden_size=2048, num_hidden_layers=24, intermediate_size=5504, num_attention_heads=16,
-                      vocab_size=151936, tie_word_embeddings=False),
-    "ref-104m": dict(hidden_size=512, num_hidden_layers=8, intermediate_size=1408, num_attention_heads=8,
-                     vocab_size=151936, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        intermediate_size=704,
+        num_attention_heads=4,
+        vocab_size=32768,
+        tie_word_embeddings=False,
+    ),
+    "qwen-1.8b": dict(
+        hidden_size=2048,
+        num_hidden_layers=24,
+        intermediate_size=5504,
+        num_attention_heads=16,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
+    "ref-104m": dict(
+        hidden_size=512,
+        num_hidden_layers=8,
+        intermediate_size=1408,
+        num_attention_heads=8,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -90,11 +108,13 @@ def timed(fn, device: str):
     return out, time.perf_counter() - start
 
 
-def bench(shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: str, compile: bool,
-          json_path: str | None) -> None:
+def bench(
+    shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: str, compile: bool, json_path: str | None
+) -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    cfg = Qwen2Config(**SHAPES[shape], num_key_value_heads=SHAPES[shape]["num_attention_heads"],
-                      max_position_embeddings=4096)
+    cfg = Qwen2Config(
+        **SHAPES[shape], num_key_value_heads=SHAPES[shape]["num_attention_heads"], max_position_embeddings=4096
+    )
     torch.manual_seed(0)
     padded_attn = attention_implementation(dtype, device)
     packed_attn = attention_implementation(dtype, device, packed=True)
@@ -107,18 +127,33 @@ def bench(shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: s
     rate = matmul_rate(dtype, device)
     sheet = datasheet_peak(device) if dtype == torch.bfloat16 else None
     limit = rate / flops
-    print(f"\n{shape} on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({dtype}): {n_docs} documents, "
-          f"{tokens:,} tokens (plain: the first {plain_docs}), matmul {rate / 1e12:.1f} TFLOP/s, "
-          f"{flops / 1e9:.2f} GFLOP/token, FLOP limit {limit:,.0f} tok/s", flush=True)
+    print(
+        f"\n{shape} on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({dtype}): {n_docs} documents, "
+        f"{tokens:,} tokens (plain: the first {plain_docs}), matmul {rate / 1e12:.1f} TFLOP/s, "
+        f"{flops / 1e9:.2f} GFLOP/token, FLOP limit {limit:,.0f} tok/s",
+        flush=True,
+    )
 
     def record(rows: list[tuple]) -> None:
         """The figures so far (a run cut short by a time limit keeps what it measured)."""
         if json_path:
             with open(json_path, "a") as f:
-                f.write(json.dumps({"bench": "score", "shape": shape, "device": device, "tokens": tokens,
-                                    "rows": [dict(zip(("name", "tok_s", "rel_diff", "attention", "projection"), r))
-                                             for r in rows],
-                                    "limit_tok_s": limit, "sheet_tok_s": sheet / flops if sheet else None}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "bench": "score",
+                            "shape": shape,
+                            "device": device,
+                            "tokens": tokens,
+                            "rows": [
+                                dict(zip(("name", "tok_s", "rel_diff", "attention", "projection"), r)) for r in rows
+                            ],
+                            "limit_tok_s": limit,
+                            "sheet_tok_s": sheet / flops if sheet else None,
+                        }
+                    )
+                    + "\n"
+                )
 
     # plain, timed on a prefix of the documents: it is the slow one
     plain_loop(model, docs[:8], 0, device)
@@ -133,8 +168,9 @@ def bench(shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: s
     for name, packed, kernels, compiled in variants:
         try:
             model.set_attn_implementation(packed_attn if packed else padded_attn)
-            scorer = Scorer({"m": model}, 0, device, packed=packed, batch_tokens=batch_tokens, kernels=kernels,
-                            compile=compiled)
+            scorer = Scorer(
+                {"m": model}, 0, device, packed=packed, batch_tokens=batch_tokens, kernels=kernels, compile=compiled
+            )
             miniplm_scorer(scorer, docs[:64], 2048)  # warm-up (and compiling, when asked)
             sums, seconds = timed(lambda: miniplm_scorer(scorer, docs, 2048), device)
         except Exception as e:  # one variant's failure (a kernel that does not build) leaves the others
@@ -145,19 +181,28 @@ def bench(shape: str, n_docs: int, plain_docs: int, batch_tokens: int, device: s
         record(rows)
         print(f"  {name}: {tokens / seconds:,.0f} tok/s", flush=True)
 
-    print(f"{'scorer':<16} {'tok/s':>12} {'x plain':>8} {'of limit':>9} {'of sheet':>9} {'rel diff':>9}  attention, projection")
+    print(
+        f"{'scorer':<16} {'tok/s':>12} {'x plain':>8} {'of limit':>9} {'of sheet':>9} {'rel diff':>9}"
+        "  attention, projection"
+    )
     for name, speed, diff, attn, kernel in rows:
         of_sheet = f"{speed * flops / sheet:>9.1%}" if sheet else f"{'-':>9}"
-        print(f"{name:<16} {speed:>12,.0f} {speed / plain_speed:>8.2f} {speed / limit:>9.1%} {of_sheet} "
-              f"{diff:>9.1e}  {attn}, {kernel}")
+        print(
+            f"{name:<16} {speed:>12,.0f} {speed / plain_speed:>8.2f} {speed / limit:>9.1%} {of_sheet} "
+            f"{diff:>9.1e}  {attn}, {kernel}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["tiny"])
     parser.add_argument("--docs", type=int, default=None, help="documents (default: 96 on CPU, 1024 on GPU)")
-    parser.add_argument("--plain-docs", type=int, default=None, help="documents the plain loop is timed on "
-                        "(default: all on CPU, 256 on GPU)")
+    parser.add_argument(
+        "--plain-docs",
+        type=int,
+        default=None,
+        help="documents the plain loop is timed on (default: all on CPU, 256 on GPU)",
+    )
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: 8192 on CPU, 65536 on GPU")
     parser.add_argument("--compile", action="store_true", help="also time packed batches with compiled layers")
     parser.add_argument("--json", help="append the figures to this file (JSON lines)")
@@ -165,8 +210,15 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n_docs = args.docs or (1024 if device == "cuda" else 96)
     for shape in args.shape:
-        bench(shape, n_docs, min(args.plain_docs or (256 if device == "cuda" else n_docs), n_docs),
-              args.batch_tokens or (65536 if device == "cuda" else 8192), device, args.compile, args.json)
+        bench(
+            shape,
+            n_docs,
+            min(args.plain_docs or (256 if device == "cuda" else n_docs), n_docs),
+            args.batch_tokens or (65536 if device == "cuda" else 8192),
+            device,
+            args.compile,
+            args.json,
+        )
 
 
 if __name__ == "__main__":

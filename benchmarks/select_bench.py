@@ -36,13 +36,15 @@ def write_scores(root: Path, n_docs: int) -> None:
         n = min(ROWS_PER_SHARD, n_docs - start)
         tokens = np.clip(rng.lognormal(np.log(400), 0.8, n), 1, 20000).astype(np.int64)
         teacher = -rng.gamma(4.0, 0.6, n) * tokens
-        pl.DataFrame({
-            "id": pl.int_range(start, start + n, eager=True).cast(pl.String).str.zfill(12),
-            "source": pl.Series(rng.choice(["web", "books", "code", "wiki"], n)),
-            "n_tokens": tokens,
-            "teacher_logprob": teacher,
-            "reference_logprob": teacher - rng.normal(0.8, 0.5, n) * tokens,
-        }).write_parquet(root / "scores" / f"shard-{k:05d}.parquet")
+        pl.DataFrame(
+            {
+                "id": pl.int_range(start, start + n, eager=True).cast(pl.String).str.zfill(12),
+                "source": pl.Series(rng.choice(["web", "books", "code", "wiki"], n)),
+                "n_tokens": tokens,
+                "teacher_logprob": teacher,
+                "reference_logprob": teacher - rng.normal(0.8, 0.5, n) * tokens,
+            }
+        ).write_parquet(root / "scores" / f"shard-{k:05d}.parquet")
 
 
 def timed(label: str, fn):
@@ -57,7 +59,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    print(f"{'documents':>12} {'read s':>7} {'top-50% s':>9} {'total s':>8} {'tokens s':>9} {'cap s':>6} {'peak RSS':>9}")
+    print(
+        f"{'documents':>12} {'read s':>7} {'top-50% s':>9} {'total s':>8} {'tokens s':>9} {'cap s':>6} {'peak RSS':>9}"
+    )
     for n_docs in args.docs:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             rd = RunDir(tmp)
@@ -69,8 +73,11 @@ def main() -> None:
             _, t_tokens = timed("tokens", lambda: decide(scores, SelectConfig(keep_tokens=budget), 0))
             _, t_cap = timed("cap", lambda: decide(scores, SelectConfig(keep_fraction=0.5, max_source_fraction=0.3), 0))
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            print(f"{n_docs:>12,} {t_read:>7.1f} {t_top:>9.1f} {t_read + t_top:>8.1f} {t_tokens:>9.1f} {t_cap:>6.1f} "
-                  f"{peak:>7.1f}GB", flush=True)
+            print(
+                f"{n_docs:>12,} {t_read:>7.1f} {t_top:>9.1f} {t_read + t_top:>8.1f} {t_tokens:>9.1f} {t_cap:>6.1f} "
+                f"{peak:>7.1f}GB",
+                flush=True,
+            )
             scores = kept = None  # free the frames before the next size is written
 
 

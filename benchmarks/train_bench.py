@@ -60,8 +60,9 @@ def timed(step, steps: int, device: str, warmup: int = 2) -> float:
 
 
 def plain_step(student: StudentConfig, vocab: int, seq_len: int, device: str, batch: torch.Tensor, accumulation: int):
-    model = build_model(student.model_copy(update={"kernels": "torch"}), VocabStub(vocab), seq_len, torch.float32,
-                        device)
+    model = build_model(
+        student.model_copy(update={"kernels": "torch"}), VocabStub(vocab), seq_len, torch.float32, device
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     on_cuda = device.startswith("cuda")
 
@@ -69,8 +70,9 @@ def plain_step(student: StudentConfig, vocab: int, seq_len: int, device: str, ba
         for _ in range(accumulation):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
                 logits = model(input_ids=batch[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                     batch[:, 1:].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+            )
             (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -79,16 +81,19 @@ def plain_step(student: StudentConfig, vocab: int, seq_len: int, device: str, ba
     return model, step
 
 
-def miniplm_step(student: StudentConfig, vocab: int, seq_len: int, device: str, batch: torch.Tensor,
-                 accumulation: int):
+def miniplm_step(student: StudentConfig, vocab: int, seq_len: int, device: str, batch: torch.Tensor, accumulation: int):
     import deepspeed
 
     bf16 = device.startswith("cuda")
     model = build_model(student, VocabStub(vocab), seq_len, torch.bfloat16 if bf16 else torch.float32, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
-                                  fused=bf16)
-    engine, _, _, _ = deepspeed.initialize(model=objective(student, model, device), optimizer=optimizer,
-                                           config=deepspeed_config(student, accumulation, bf16))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=bf16
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective(student, model, device),
+        optimizer=optimizer,
+        config=deepspeed_config(student, accumulation, bf16),
+    )
 
     def step():
         for _ in range(accumulation):  # DeepSpeed steps the optimizer on the last micro-batch
@@ -99,12 +104,27 @@ def miniplm_step(student: StudentConfig, vocab: int, seq_len: int, device: str, 
     return engine, step
 
 
-def bench(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, device: str, compile: bool,
-          json_path: str | None) -> None:
+def bench(
+    preset: str,
+    seq_len: int,
+    micro: int,
+    accumulation: int,
+    steps: int,
+    device: str,
+    compile: bool,
+    json_path: str | None,
+) -> None:
     bf16 = device.startswith("cuda")
     vocab = 32768 if preset.startswith("tiny") else 151936
-    student = StudentConfig(name="bench", preset=preset, tokens="bench", steps=steps, micro_batch=micro,
-                            batch_tokens=micro * seq_len * accumulation, gradient_checkpointing=False)
+    student = StudentConfig(
+        name="bench",
+        preset=preset,
+        tokens="bench",
+        steps=steps,
+        micro_batch=micro,
+        batch_tokens=micro * seq_len * accumulation,
+        gradient_checkpointing=False,
+    )
     batch = torch.randint(2, vocab, (micro, seq_len + 1), device=device)
     flops = 3 * forward_flops_per_token(qwen_config(preset, vocab, seq_len, 0, 1), (seq_len + 1) / 2)
     rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device)
@@ -127,19 +147,34 @@ def bench(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, 
             if bf16:
                 torch.cuda.empty_cache()
         tokens_per_s = steps * accumulation * micro * seq_len / seconds
-        rows.append((name, params, tokens_per_s, tokens_per_s * flops / rate,
-                     tokens_per_s * flops / sheet if sheet else None))
+        rows.append(
+            (name, params, tokens_per_s, tokens_per_s * flops / rate, tokens_per_s * flops / sheet if sheet else None)
+        )
         plain = rows[0][2] if rows[0][0] == "plain" else float("nan")
         sheet_text = f"{rows[-1][4]:>7.1%}" if sheet else f"{'-':>7}"
-        print(f"{preset:<10} {name:<16} {params / 1e6:>8.1f}M {seq_len:>6} {micro:>3}x{accumulation:<2} "
-              f"{tokens_per_s:>12,.0f} {tokens_per_s / plain:>7.2f} {flops / 1e9:>10.2f} {rate / 1e12:>8.1f} "
-              f"{rows[-1][3]:>7.1%} {sheet_text}", flush=True)
+        print(
+            f"{preset:<10} {name:<16} {params / 1e6:>8.1f}M {seq_len:>6} {micro:>3}x{accumulation:<2} "
+            f"{tokens_per_s:>12,.0f} {tokens_per_s / plain:>7.2f} {flops / 1e9:>10.2f} {rate / 1e12:>8.1f} "
+            f"{rows[-1][3]:>7.1%} {sheet_text}",
+            flush=True,
+        )
         if json_path:  # the figures so far: a run cut short by a time limit keeps what it measured
             with open(json_path, "a") as f:
-                f.write(json.dumps({"bench": "train", "preset": preset, "device": device, "seq_len": seq_len,
-                                    "micro": micro, "accumulation": accumulation, "matmul_tflops": rate / 1e12,
-                                    "rows": [dict(zip(("name", "params", "tok_s", "mfu", "mfu_datasheet"), r))
-                                             for r in rows]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "bench": "train",
+                            "preset": preset,
+                            "device": device,
+                            "seq_len": seq_len,
+                            "micro": micro,
+                            "accumulation": accumulation,
+                            "matmul_tflops": rate / 1e12,
+                            "rows": [dict(zip(("name", "params", "tok_s", "mfu", "mfu_datasheet"), r)) for r in rows],
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def main() -> None:
@@ -147,8 +182,12 @@ def main() -> None:
     parser.add_argument("--preset", nargs="+", default=["tiny", "tiny-4l"])
     parser.add_argument("--seq-len", type=int, default=None, help="default: 1024 on GPU, 256 on CPU")
     parser.add_argument("--micro", type=int, default=None, help="rows per step; default: 8 on GPU, 4 on CPU")
-    parser.add_argument("--accumulation", type=int, default=None,
-                        help="micro-batches per optimizer step, as in training; default: 4 on GPU, 1 on CPU")
+    parser.add_argument(
+        "--accumulation",
+        type=int,
+        default=None,
+        help="micro-batches per optimizer step, as in training; default: 4 on GPU, 1 on CPU",
+    )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps timed")
     parser.add_argument("--compile", action="store_true", help="also time miniplm with compiled decoder layers")
     parser.add_argument("--json", help="append the figures to this file (JSON lines)")
@@ -160,8 +199,10 @@ def main() -> None:
     accumulation = args.accumulation or (4 if device != "cpu" else 1)
     card = torch.cuda.get_device_name() if device != "cpu" else "cpu"
     print(f"{card}; MFU against the matmul rate measured here and against the datasheet bf16 peak")
-    print(f"{'preset':<10} {'trainer':<16} {'params':>9} {'seq':>6} {'rows':>6} {'tokens/s':>12} {'x plain':>7} "
-          f"{'GFLOP/tok':>10} {'TFLOP/s':>8} {'MFU':>7} {'MFU@ds':>7}")
+    print(
+        f"{'preset':<10} {'trainer':<16} {'params':>9} {'seq':>6} {'rows':>6} {'tokens/s':>12} {'x plain':>7} "
+        f"{'GFLOP/tok':>10} {'TFLOP/s':>8} {'MFU':>7} {'MFU@ds':>7}"
+    )
     for preset in args.preset:
         bench(preset, seq_len, micro, accumulation, args.steps, device, args.compile, args.json)
 

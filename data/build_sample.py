@@ -33,14 +33,72 @@ import pyarrow.parquet as pq
 PACKAGES = ["bible-kjv-text", "bible-kjv", "python3.11-doc"]
 
 BOOKS = [
-    "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Ruth", "1 Samuel",
-    "2 Samuel", "1 Kings", "2 Kings", "1 Chronicles", "2 Chronicles", "Ezra", "Nehemiah", "Esther", "Job",
-    "Psalms", "Proverbs", "Ecclesiastes", "Song of Solomon", "Isaiah", "Jeremiah", "Lamentations", "Ezekiel",
-    "Daniel", "Hosea", "Joel", "Amos", "Obadiah", "Jonah", "Micah", "Nahum", "Habakkuk", "Zephaniah",
-    "Haggai", "Zechariah", "Malachi", "Matthew", "Mark", "Luke", "John", "Acts", "Romans", "1 Corinthians",
-    "2 Corinthians", "Galatians", "Ephesians", "Philippians", "Colossians", "1 Thessalonians",
-    "2 Thessalonians", "1 Timothy", "2 Timothy", "Titus", "Philemon", "Hebrews", "James", "1 Peter",
-    "2 Peter", "1 John", "2 John", "3 John", "Jude", "Revelation",
+    "Genesis",
+    "Exodus",
+    "Leviticus",
+    "Numbers",
+    "Deuteronomy",
+    "Joshua",
+    "Judges",
+    "Ruth",
+    "1 Samuel",
+    "2 Samuel",
+    "1 Kings",
+    "2 Kings",
+    "1 Chronicles",
+    "2 Chronicles",
+    "Ezra",
+    "Nehemiah",
+    "Esther",
+    "Job",
+    "Psalms",
+    "Proverbs",
+    "Ecclesiastes",
+    "Song of Solomon",
+    "Isaiah",
+    "Jeremiah",
+    "Lamentations",
+    "Ezekiel",
+    "Daniel",
+    "Hosea",
+    "Joel",
+    "Amos",
+    "Obadiah",
+    "Jonah",
+    "Micah",
+    "Nahum",
+    "Habakkuk",
+    "Zephaniah",
+    "Haggai",
+    "Zechariah",
+    "Malachi",
+    "Matthew",
+    "Mark",
+    "Luke",
+    "John",
+    "Acts",
+    "Romans",
+    "1 Corinthians",
+    "2 Corinthians",
+    "Galatians",
+    "Ephesians",
+    "Philippians",
+    "Colossians",
+    "1 Thessalonians",
+    "2 Thessalonians",
+    "1 Timothy",
+    "2 Timothy",
+    "Titus",
+    "Philemon",
+    "Hebrews",
+    "James",
+    "1 Peter",
+    "2 Peter",
+    "1 John",
+    "2 John",
+    "3 John",
+    "Jude",
+    "Revelation",
 ]
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("title", pa.string())])
@@ -61,8 +119,12 @@ def _chapter(bible: Path, data_dir: Path, book: str, chapter: int) -> tuple[str,
     # `bible` reads "1 Samuel 1" as a verse of Genesis and "Song of Solomon 2" as
     # chapter 1: it wants the spaces out ("1Samuel 1", "SongofSolomon 2").
     spec = book.replace(" ", "")
-    out = subprocess.run([str(bible), "-p", str(data_dir), "-l", "10000", f"{spec} {chapter}:1-200"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(bible), "-p", str(data_dir), "-l", "10000", f"{spec} {chapter}:1-200"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = [line.rstrip() for line in out.splitlines() if line.strip()]
     heading = lines[0].strip()
     if heading != f"{book} {chapter}":
@@ -96,7 +158,9 @@ def python_doc_rows(root: Path) -> list[dict]:
     rows = []
     for path in sorted(sources.rglob("*.rst.txt")):
         rel = path.relative_to(sources).as_posix().removesuffix(".rst.txt")
-        rows.append(dict(id=f"python-docs/{rel}", text=path.read_text(encoding="utf-8"), source="python-docs", title=rel))
+        rows.append(
+            dict(id=f"python-docs/{rel}", text=path.read_text(encoding="utf-8"), source="python-docs", title=rel)
+        )
     return rows
 
 
@@ -119,14 +183,26 @@ def noise_rows(seed: int, per_kind: int) -> list[dict]:
         text = "".join(rng.choice(alphabet) for _ in range(n))
         rows.append(dict(id=f"noise/gibberish/{i:04d}", text=text, source="noise-gibberish", title="gibberish"))
     for i in range(per_kind):
-        parts = [rng.choice(BOILERPLATE).format(n=rng.randint(1, 9), m=rng.randint(10, 99)) for _ in range(rng.randint(5, 60))]
+        parts = [
+            rng.choice(BOILERPLATE).format(n=rng.randint(1, 9), m=rng.randint(10, 99))
+            for _ in range(rng.randint(5, 60))
+        ]
         if i % 6 == 5:  # the same legal footer page, crawled again and again
             parts = [BOILERPLATE[1]] * 8
-        rows.append(dict(id=f"noise/boilerplate/{i:04d}", text="".join(parts).strip() + "\n", source="noise-boilerplate", title="boilerplate"))
+        rows.append(
+            dict(
+                id=f"noise/boilerplate/{i:04d}",
+                text="".join(parts).strip() + "\n",
+                source="noise-boilerplate",
+                title="boilerplate",
+            )
+        )
     confusions = {"e": "c", "l": "1", "o": "0", "m": "rn", "h": "b", "i": "!", "s": "5", "a": "o", " ": ""}
-    prose_words = ("the of and to in that it was for on with as his they at be this from have or by one had "
-                   "not but what all were when we there can an your which their said if do will each about how "
-                   "up out them then she many some so these would other into has more her two like him see").split()
+    prose_words = (
+        "the of and to in that it was for on with as his they at be this from have or by one had "
+        "not but what all were when we there can an your which their said if do will each about how "
+        "up out them then she many some so these would other into has more her two like him see"
+    ).split()
     for i in range(per_kind):
         words = [rng.choice(prose_words) for _ in range(rng.randint(80, 700))]
         chars = []
@@ -147,7 +223,10 @@ def noise_rows(seed: int, per_kind: int) -> list[dict]:
 def write(rows: list[dict], path: Path) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     pq.write_table(table, path, compression="zstd", compression_level=19, row_group_size=500)
-    print(f"{path}: {len(rows)} documents, {sum(len(r['text']) for r in rows):,} characters, {path.stat().st_size:,} bytes")
+    print(
+        f"{path}: {len(rows)} documents, {sum(len(r['text']) for r in rows):,} characters, "
+        f"{path.stat().st_size:,} bytes"
+    )
 
 
 def main() -> None:

@@ -27,8 +27,11 @@ class BatchCheckpoints:
         folder.mkdir(parents=True, exist_ok=True)
         env_file = folder / "environment.txt"
         if env_file.exists() and env_file.read_text() != environment:
-            print(f"{folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
-                  f"now {environment!r}; computing the shard again", file=sys.stderr)
+            print(
+                f"{folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
+                f"now {environment!r}; computing the shard again",
+                file=sys.stderr,
+            )
             for f in folder.glob("batches-*.parquet"):
                 f.unlink()
         if not env_file.exists() or env_file.read_text() != environment:
@@ -79,8 +82,9 @@ class BatchCheckpoints:
     def save(self, first: int, last: int, rows: list[dict]) -> None:
         self.save_table(first, last, pa.Table.from_pylist(rows))
 
-    def keep(self, results: Iterable[Any], first: int, total: int, every: int,
-             save: Callable[[int, int, list[Any]], None]) -> None:
+    def keep(
+        self, results: Iterable[Any], first: int, total: int, every: int, save: Callable[[int, int, list[Any]], None]
+    ) -> None:
         """The in-shard loop of every resumable stage: take the results of batches first, first + 1,
         ... (of `total`) as they are computed and hand them to `save(first, last, results)` in runs
         of `every` batches, the last run with what is left."""

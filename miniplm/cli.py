@@ -30,9 +30,12 @@ Overrides are dotted keys after the job file, parsed as YAML values:
 def _job_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="job file (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a job setting")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show other libraries' messages (DeepSpeed, lm-eval, ...) here instead of in "
-                        "RUN_DIR/logs/miniplm.log")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show other libraries' messages (DeepSpeed, lm-eval, ...) here instead of in RUN_DIR/logs/miniplm.log",
+    )
 
 
 def _say(*lines: str) -> None:
@@ -53,8 +56,10 @@ def _announce(stage: Stage, job: JobConfig, result: Any) -> None:
 
 def _worker_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "work split", "which share of the shards this process takes; by default from "
-        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE, else all of them")
+        "work split",
+        "which share of the shards this process takes; by default from "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE, else all of them",
+    )
     group.add_argument("--worker", type=int, metavar="I", help="this worker's index, 0-based")
     group.add_argument("--num-workers", type=int, metavar="N", help="how many workers share the stage")
 
@@ -80,8 +85,9 @@ def describe(stage: Stage, job: JobConfig, result: Any) -> list[str]:
 
 
 def _run_stage(stage: Stage, job: JobConfig, args: argparse.Namespace) -> int:
-    result = stage.run(job, _worker(args), only=getattr(args, "only", None), force=args.force,
-                       show_progress=not args.quiet)
+    result = stage.run(
+        job, _worker(args), only=getattr(args, "only", None), force=args.force, show_progress=not args.quiet
+    )
     if _is_rank_zero():
         _announce(stage, job, result)
     return 0
@@ -156,9 +162,13 @@ def cmd_report(job: JobConfig, args: argparse.Namespace) -> int:
 
 
 def _stage_parser(sub, stage: Stage) -> None:
-    p = sub.add_parser(stage.name, help=stage.summary,
-                       description=stage.description + " Finished work is skipped on a rerun.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        stage.name,
+        help=stage.summary,
+        description=stage.description + " Finished work is skipped on a rerun.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _job_args(p)
     if stage.kind == "array":  # ranks stages split by process rank, not by shard
         _worker_args(p)
@@ -170,20 +180,30 @@ def _stage_parser(sub, stage: Stage) -> None:
 
 
 COMMANDS = {
-    "run": ("run every stage of the job in order, here",
-            "Run every stage of the job in pipeline order ({stages}), in this process. Finished work is skipped "
-            "and unfinished work resumes, so after an interruption run the same command again.", cmd_run),
-    "slurm": ("render one sbatch script per stage and submit them as a dependency chain",
-              "Write RUN_DIR/slurm/STAGE.sbatch from the templates in slurm/ and the job's `slurm:` block, and "
-              "submit them chained with --dependency=afterok: job arrays over shards for array stages, torchrun "
-              "on `nodes` nodes for training. Run it again after a failure or a preemption: it submits only what "
-              "is not finished or queued.", cmd_slurm),
-    "status": ("per stage: shards done, running and failed tasks with their logs",
-               "Show each stage's progress from RUN_DIR and its SLURM tasks' states. Exits 1 when a stage or a "
-               "task failed.", cmd_status),
-    "report": ("rebuild the report from the finished stages' outputs",
-               "Rebuild RUN_DIR/report/ (index.html, summary.json, plots) from what the finished stages wrote.",
-               cmd_report),
+    "run": (
+        "run every stage of the job in order, here",
+        "Run every stage of the job in pipeline order ({stages}), in this process. Finished work is skipped "
+        "and unfinished work resumes, so after an interruption run the same command again.",
+        cmd_run,
+    ),
+    "slurm": (
+        "render one sbatch script per stage and submit them as a dependency chain",
+        "Write RUN_DIR/slurm/STAGE.sbatch from the templates in slurm/ and the job's `slurm:` block, and "
+        "submit them chained with --dependency=afterok: job arrays over shards for array stages, torchrun "
+        "on `nodes` nodes for training. Run it again after a failure or a preemption: it submits only what "
+        "is not finished or queued.",
+        cmd_slurm,
+    ),
+    "status": (
+        "per stage: shards done, running and failed tasks with their logs",
+        "Show each stage's progress from RUN_DIR and its SLURM tasks' states. Exits 1 when a stage or a task failed.",
+        cmd_status,
+    ),
+    "report": (
+        "rebuild the report from the finished stages' outputs",
+        "Rebuild RUN_DIR/report/ (index.html, summary.json, plots) from what the finished stages wrote.",
+        cmd_report,
+    ),
 }
 
 
@@ -198,14 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         _stage_parser(sub, stage)
     for name, (summary, description, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description=description.format(stages=", ".join(s.name for s in STAGES)))
+        p = sub.add_parser(
+            name,
+            help=summary,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=description.format(stages=", ".join(s.name for s in STAGES)),
+        )
         _job_args(p)
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-            p.add_argument("--seeds", type=int, metavar="N",
-                           help="train every student with N seeds and compare their mean and spread (the same as "
-                           "the override eval.seeds=N; the job needs an eval: section)")
+            p.add_argument(
+                "--seeds",
+                type=int,
+                metavar="N",
+                help="train every student with N seeds and compare their mean and spread (the same as "
+                "the override eval.seeds=N; the job needs an eval: section)",
+            )
         if name == "slurm":
             p.add_argument("--dry-run", action="store_true", help="print the scripts and the plan; submit nothing")
         p.set_defaults(handler=handler)
@@ -226,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         job = load_job(args.job, args.overrides)
         if getattr(args, "seeds", None) is not None:
             if job.eval is None:
-                raise ConfigError(f"{args.job}: --seeds compares the students' seeds in eval, and the job has no "
-                                  "eval: section (add eval: {models: [students], tasks: []})")
+                raise ConfigError(
+                    f"{args.job}: --seeds compares the students' seeds in eval, and the job has no "
+                    "eval: section (add eval: {models: [students], tasks: []})"
+                )
             args.overrides.append(f"eval.seeds={args.seeds}")
             job = load_job(args.job, args.overrides)
         logs.configure(None if args.verbose else RunDir(job.run_dir).log_file)

@@ -32,18 +32,20 @@ from miniplm import outputs
 from miniplm.inputs import Upstream
 from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
-from miniplm.stage import registered
 from miniplm.schema.job import JobConfig
 from miniplm.schema.students import StudentConfig
+from miniplm.stage import registered
 
-RULE = ("Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
-        "student's total is its own training plus an equal share, among the students that need it, of the work "
-        "its data and starting weights needed: for selected text the reference's training (when the run trains "
-        "it) and the teacher's and the reference's scoring; for teacher-written text its generation; for a mix "
-        "the work of each set it draws on; for pruned weights the pruning; for offline KD the stored teacher "
-        "log-probs. Seed replicas repeat one student and each carries its full share. A student on a random "
-        "selection or a split is charged its training alone. An online-KD student's training includes the "
-        "teacher's forward passes.")
+RULE = (
+    "Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
+    "student's total is its own training plus an equal share, among the students that need it, of the work "
+    "its data and starting weights needed: for selected text the reference's training (when the run trains "
+    "it) and the teacher's and the reference's scoring; for teacher-written text its generation; for a mix "
+    "the work of each set it draws on; for pruned weights the pruning; for offline KD the stored teacher "
+    "log-probs. Seed replicas repeat one student and each carries its full share. A student on a random "
+    "selection or a split is charged its training alone. An online-KD student's training includes the "
+    "teacher's forward passes."
+)
 
 
 def record(**flops: float) -> dict[str, Any]:
@@ -68,8 +70,13 @@ def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
     """The manifest entries whose work a student's training needed: every part that runs a model
     among what its training reads, directly or through other stages' outputs (each stage's
     `reads`), except behind an output that needed none of its stage's inputs' work (a random control)."""
-    owner = {entry: (stage, step) for stage in registered() if stage.applies(job)
-             for step in stage.steps(job) for entry in stage.entries(job, step)}
+    owner = {
+        entry: (stage, step)
+        for stage in registered()
+        if stage.applies(job)
+        for step in stage.steps(job)
+        for entry in stage.entries(job, step)
+    }
     entries: set[str] = set()
     seen: set[str] = set()
     pending = [outputs.trained(student.name).stage]

@@ -72,7 +72,7 @@ def follow_umask(folder: str | os.PathLike) -> None:
     save_pretrained leaves model.safetensors 0600, mkdtemp a folder 0700)."""
     folder_mode = new_folder_mode()
     file_mode = folder_mode & 0o666
-    for root, dirs, files in os.walk(folder):
+    for root, _, files in os.walk(folder):
         os.chmod(root, folder_mode)
         for name in files:
             if not os.path.islink(path := os.path.join(root, name)):
@@ -84,7 +84,7 @@ def move_into(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     whole), then remove `src`. Files in `dst` that `src` does not have stay: a user's own files in
     a folder miniplm writes into are not its to delete."""
     src, dst = Path(src), Path(dst)
-    for root, dirs, files in os.walk(src):
+    for root, _, files in os.walk(src):
         target = dst / Path(root).relative_to(src)
         target.mkdir(parents=True, exist_ok=True)
         for name in files:

@@ -6,8 +6,9 @@ The cache is one small JSON file per hashed file, each written whole under a tem
 number of processes, on any number of nodes sharing the folder, may use it at once, and the worst
 a race costs is hashing a file twice. Files outside a run (corpora, models) are remembered in
 CACHE/fingerprints/ (CACHE is $MINIPLM_CACHE, else ~/.cache/miniplm); a run's own outputs in the
-run directory (records.py), so that they go when it goes. A file modified less than RECENT_SECONDS before it was hashed is not remembered: a
-second write within the clock's resolution could leave every part of its identity unchanged.
+run directory (records.py), so that they go when it goes. A file modified less than RECENT_SECONDS
+before it was hashed is not remembered: a second write within the clock's resolution could leave
+every part of its identity unchanged.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def fingerprint(path: str | os.PathLike, progress=None, cache: Path | None = Non
         return f"unreadable: {e.strerror}"
     if _identity(before) == _identity(after) and settled(_identity(after)):
         try:
-            atomic_write_text(_entry(real, cache), json.dumps({"path": real, "stat": _identity(after), "xxh3_128": digest}))
+            atomic_write_text(
+                _entry(real, cache), json.dumps({"path": real, "stat": _identity(after), "xxh3_128": digest})
+            )
         except OSError:
             pass  # a read-only or full cache costs time, never correctness
     return digest
@@ -120,11 +123,12 @@ def _bar(paths: Sequence[str], show_progress: bool, cache: Path | None):
     return tqdm(total=missing, desc="fingerprint", unit="B", unit_scale=True, dynamic_ncols=True)
 
 
-def fingerprints(paths: Sequence[str], *, start: int = 0, show_progress: bool = False,
-                 cache: Path | None = None) -> dict[str, str]:
+def fingerprints(
+    paths: Sequence[str], *, start: int = 0, show_progress: bool = False, cache: Path | None = None
+) -> dict[str, str]:
     """Each file's fingerprint. Hashing begins at position `start` and wraps around, so workers
     that begin at different positions share the work of a cold cache instead of repeating it."""
-    order = list(paths[start % len(paths):]) + list(paths[: start % len(paths)]) if paths else []
+    order = list(paths[start % len(paths) :]) + list(paths[: start % len(paths)]) if paths else []
     bar = _bar(order, show_progress, cache)
     try:
         found = {p: fingerprint(p, bar, cache) for p in order}
@@ -159,8 +163,15 @@ def model_fingerprint(path: str, *, show_progress: bool = False) -> str:
     return path
 
 
-TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
-                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 TOKENIZER_SUFFIXES = (".model", ".tiktoken")  # sentencepiece (spiece.model, ...), tiktoken ranks
 
 
@@ -169,8 +180,12 @@ def tokenizer_files(folder: str | os.PathLike) -> list[str]:
     tokenizer_config.json, vocab and merges, a sentencepiece model, ...), not its weights. config.json
     is one of them when tokenizer_config.json does not name the tokenizer's class: it is then read
     for the model type that picks it."""
-    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and (
-        n.startswith("tokenizer") or n in TOKENIZER_FILES or n.endswith(TOKENIZER_SUFFIXES)))
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if os.path.isfile(os.path.join(folder, n))
+        and (n.startswith("tokenizer") or n in TOKENIZER_FILES or n.endswith(TOKENIZER_SUFFIXES))
+    )
     try:
         with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
             named = isinstance(json.load(f).get("tokenizer_class"), str)

@@ -60,8 +60,9 @@ class Tokenizer:
 Input = Union[Upstream, Files, Model, Tokenizer, str]
 
 
-def resolve(rd: RunDir, reads: list[Input], settings: str, *, reader: str, share: float = 0.0,
-            show_progress: bool = False) -> dict[str, str]:
+def resolve(
+    rd: RunDir, reads: list[Input], settings: str, *, reader: str, share: float = 0.0, show_progress: bool = False
+) -> dict[str, str]:
     """{label: fingerprint} of everything the stage `reader` reads, `settings` (the hash of its job
     sections and string inputs) first. `share` (this worker's index over the worker count) is where hashing begins
     in long lists of files, so workers split the work of a cold cache."""
@@ -109,8 +110,9 @@ def _source(label: str, source: Any) -> Files | Model | Tokenizer | None:
     return None
 
 
-def out_of_date(rd: RunDir, stage: str, entry: dict[str, Any] | None = None,
-                known: dict[str, tuple[str, str] | None] | None = None) -> tuple[str, str] | None:
+def out_of_date(
+    rd: RunDir, stage: str, entry: dict[str, Any] | None = None, known: dict[str, tuple[str, str] | None] | None = None
+) -> tuple[str, str] | None:
     """Why a finished stage is out of date, as (the stage to redo first, what changed): a file or
     model it read changed since, or an earlier stage it read was redone since, or is out of date
     itself, however far back. None when everything it was made from is as it was. Files and models
@@ -127,8 +129,11 @@ def out_of_date(rd: RunDir, stage: str, entry: dict[str, Any] | None = None,
         if UPSTREAM in label:
             source, _, folders = label.partition(UPSTREAM)
             source_entry = rd.stage_state(source)
-            current = (recorded_digest(rd.root, source, source_entry, tuple(folders.split(",")) if folders else ())
-                       if source_entry.get("state") == "done" else None)
+            current = (
+                recorded_digest(rd.root, source, source_entry, tuple(folders.split(",")) if folders else ())
+                if source_entry.get("state") == "done"
+                else None
+            )
             if current != value:
                 found = (stage, f"{source} was redone (or is being redone) after {stage} read its output")
             else:
@@ -153,6 +158,8 @@ def _upstream(rd: RunDir, up: Upstream, reader: str, share: float, show_progress
     if stale is not None:
         first, why = stale
         also = "" if first == up.stage else f", then `{rerun(entry, up.stage)} --force`"
-        raise StageError(f"{rd.root}: {up.stage} is out of date: {why}; run "
-                         f"`{rerun(rd.stage_state(first), first)} --force` first{also}")
+        raise StageError(
+            f"{rd.root}: {up.stage} is out of date: {why}; run "
+            f"`{rerun(rd.stage_state(first), first)} --force` first{also}"
+        )
     return digest

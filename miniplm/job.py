@@ -15,31 +15,42 @@ from miniplm.stages import check_job
 
 
 def _check_models(job: JobConfig, where: str) -> None:
-    models = [(f"{key}.model", spec.model) for key in ("teacher", "reference")
-              if (spec := getattr(job, key)) is not None and spec.model is not None]
-    models += [(f"{section}.{e.name}.model", e.model) for section in ("generate", "prune")
-               for e in getattr(job, section)]
+    models = [
+        (f"{key}.model", spec.model)
+        for key in ("teacher", "reference")
+        if (spec := getattr(job, key)) is not None and spec.model is not None
+    ]
+    models += [
+        (f"{section}.{e.name}.model", e.model) for section in ("generate", "prune") for e in getattr(job, section)
+    ]
     models += [(f"students.{s.name}.kd.teacher", s.kd.teacher) for s in job.students if s.kd is not None]
     models += [(f"teacher_logits.{t.name}.teacher", t.teacher) for t in job.teacher_logits]
     for key, model in models:
         if model == "teacher":
             continue
         if not looks_loadable(model):
-            raise ConfigError(f"{where}: {key}: no model folder at {model!r} "
-                              "(give a folder, a hub id like org/name, or smollm2-135m)")
+            raise ConfigError(
+                f"{where}: {key}: no model folder at {model!r} (give a folder, a hub id like org/name, or smollm2-135m)"
+            )
         if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
-            raise ConfigError(f"{where}: {key}: the folder {model!r} holds no model (no config.json; "
-                              "a save_pretrained folder has one)")
+            raise ConfigError(
+                f"{where}: {key}: the folder {model!r} holds no model (no config.json; "
+                "a save_pretrained folder has one)"
+            )
     pruned = {p.name for p in job.prune}
     for i, student in enumerate(job.students):
         if student.init is None or student.init in pruned:
             continue
         if not os.path.isdir(student.init):
-            raise ConfigError(f"{where}: students.{i}.init: {student.init!r} is neither a prune entry of the job "
-                              f"(prune: {', '.join(sorted(pruned)) or 'none'}) nor a model folder")
+            raise ConfigError(
+                f"{where}: students.{i}.init: {student.init!r} is neither a prune entry of the job "
+                f"(prune: {', '.join(sorted(pruned)) or 'none'}) nor a model folder"
+            )
         if not os.path.isfile(os.path.join(student.init, "config.json")):
-            raise ConfigError(f"{where}: students.{i}.init: the folder {student.init!r} holds no model "
-                              "(no config.json; a save_pretrained folder has one)")
+            raise ConfigError(
+                f"{where}: students.{i}.init: the folder {student.init!r} holds no model "
+                "(no config.json; a save_pretrained folder has one)"
+            )
 
 
 def _check_init_tokenizers(job: JobConfig, where: str) -> None:
@@ -59,10 +70,15 @@ def _check_init_tokenizers(job: JobConfig, where: str) -> None:
         except OSError:
             continue
         try:
-            check_same_tokenizer(origin, tokens, tok_init, tok_set, first="the model",
-                                 role=f"the tokenizer of token set {student.tokens!r},",
-                                 advice="Start the student from a model with the token set's tokenizer, "
-                                 "or tokenize with the model's.")
+            check_same_tokenizer(
+                origin,
+                tokens,
+                tok_init,
+                tok_set,
+                first="the model",
+                role=f"the tokenizer of token set {student.tokens!r},",
+                advice="Start the student from a model with the token set's tokenizer, or tokenize with the model's.",
+            )
         except ConfigError as e:
             raise ConfigError(f"{where}: students.{student.name}.init: {e}") from None
 

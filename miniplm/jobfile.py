@@ -34,8 +34,9 @@ class _JobLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise JobYamlError(f"an alias (*{event.anchor}) is not accepted in a job: write the value out",
-                               event.start_mark)
+            raise JobYamlError(
+                f"an alias (*{event.anchor}) is not accepted in a job: write the value out", event.start_mark
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -74,7 +75,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {key}: {part!r} is not an index of the list at {'.'.join(parts[:depth]) or 'top level'}")
+                    raise ConfigError(
+                        f"override {key}: {part!r} is not an index of the list at "
+                        f"{'.'.join(parts[:depth]) or 'top level'}"
+                    )
                 if last:
                     node[int(part)] = value
                 else:
@@ -136,8 +140,9 @@ def read_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
         raise ConfigError(f"{path}: cannot read job file: {e.strerror}") from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: a job file is UTF-8 text, and line {line} is not "
-                          f"(byte {raw[e.start]:#04x}: {e.reason})") from None
+        raise ConfigError(
+            f"{path}: a job file is UTF-8 text, and line {line} is not (byte {raw[e.start]:#04x}: {e.reason})"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -18,8 +18,18 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-LIBRARIES = ("DeepSpeed", "lm-eval", "lm_eval", "datasets", "transformers", "accelerate", "torch", "evaluate",
-             "sqlitedict", "py.warnings")
+LIBRARIES = (
+    "DeepSpeed",
+    "lm-eval",
+    "lm_eval",
+    "datasets",
+    "transformers",
+    "accelerate",
+    "torch",
+    "evaluate",
+    "sqlitedict",
+    "py.warnings",
+)
 
 _log_file: Path | None = None
 _handler: logging.Handler | None = None

@@ -22,8 +22,10 @@ def below(folder: Path, relative: str, suffix: str = "", *, parts: int = 1) -> P
     """
     names = relative.split("/")
     if len(names) > parts or any(n in ("", ".", "..") or os.sep in n or (os.altsep or "/") in n for n in names):
-        raise ConfigError(f"{relative!r} is not a name a path under {folder} can be built from "
-                          f"(one plain folder name{'' if parts == 1 else ' or ' + str(parts) + ' joined by /'})")
+        raise ConfigError(
+            f"{relative!r} is not a name a path under {folder} can be built from "
+            f"(one plain folder name{'' if parts == 1 else ' or ' + str(parts) + ' joined by /'})"
+        )
     return folder.joinpath(*names[:-1], names[-1] + suffix)
 
 
@@ -84,6 +86,9 @@ def glob_paths(pattern: str) -> list[str]:
             # a trailing `**`: the folders themselves (the first as `base/`) and the files in them
             if folder:
                 found.append(os.path.join(folder, "") if folder == base else folder)
-            found += [os.path.join(folder, n) for n in os.listdir(folder or os.curdir)
-                      if not n.startswith(".") and not os.path.isdir(os.path.join(folder or os.curdir, n))]
+            found += [
+                os.path.join(folder, n)
+                for n in os.listdir(folder or os.curdir)
+                if not n.startswith(".") and not os.path.isdir(os.path.join(folder or os.curdir, n))
+            ]
     return sorted(dict.fromkeys(found))

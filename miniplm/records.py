@@ -63,8 +63,9 @@ def written(root: Path, outputs: list[str], preexisting: dict[str, list[int]]) -
     return [rel for rel in _files_under(root, outputs) if preexisting.get(rel) != identity(root / rel)]
 
 
-def write(root: Path, stage: str, outputs: list[str], preexisting: dict[str, list[int]], *,
-          show_progress: bool = False) -> dict[str, Any]:
+def write(
+    root: Path, stage: str, outputs: list[str], preexisting: dict[str, list[int]], *, show_progress: bool = False
+) -> dict[str, Any]:
     """Hash what the stage wrote into its record; the summary the manifest keeps. Each file's
     identity is kept too (when settled), so that checking an unchanged file is a `stat`."""
     files = written(root, outputs, preexisting)
@@ -98,8 +99,10 @@ def read(root: Path, stage: str, entry: dict[str, Any]) -> dict[str, dict]:
         problem = "is missing"
     except (ValueError, KeyError, TypeError, AttributeError):
         problem = "is damaged"
-    raise StageError(f"{path}: the record of what {stage} wrote {problem}, so its outputs cannot be checked; "
-                     f"run `{rerun(entry, stage)} --force` to redo {stage}")
+    raise StageError(
+        f"{path}: the record of what {stage} wrote {problem}, so its outputs cannot be checked; "
+        f"run `{rerun(entry, stage)} --force` to redo {stage}"
+    )
 
 
 def _within(rel: str, folders: tuple[str, ...]) -> bool:
@@ -111,8 +114,15 @@ def recorded_digest(root: Path, stage: str, entry: dict[str, Any], folders: tupl
     return _digest({rel: f for rel, f in read(root, stage, entry).items() if _within(rel, folders)})
 
 
-def check(root: Path, stage: str, entry: dict[str, Any], folders: tuple[str, ...] = (), *, share: float = 0.0,
-          show_progress: bool = False) -> str:
+def check(
+    root: Path,
+    stage: str,
+    entry: dict[str, Any],
+    folders: tuple[str, ...] = (),
+    *,
+    share: float = 0.0,
+    show_progress: bool = False,
+) -> str:
     """Check the files a finished stage wrote under `folders` (all, when empty) against its record:
     each there, of the recorded size and content, and no shard in those folders that it did not
     write. Their digest; StageError naming the first bad file otherwise. `share` is where hashing
@@ -132,9 +142,11 @@ def check(root: Path, stage: str, entry: dict[str, Any], folders: tuple[str, ...
         if (root / folder).is_dir():
             for name in sorted(os.listdir(root / folder)):
                 if name.startswith(SHARD_PREFIX) and f"{folder}/{name}" not in listed:
-                    raise StageError(f"{root / folder / name}: not written by {stage} in this run (its record lists "
-                                     f"{sum(1 for r in listed if r.startswith(folder + '/'))} files in {folder}/); "
-                                     f"move it away, or {redo}")
+                    raise StageError(
+                        f"{root / folder / name}: not written by {stage} in this run (its record lists "
+                        f"{sum(1 for r in listed if r.startswith(folder + '/'))} files in {folder}/); "
+                        f"move it away, or {redo}"
+                    )
     paths = [str(root / rel) for rel in unsure]
     hashes = fingerprints(paths, start=int(share * len(paths)), show_progress=show_progress, cache=_cache(root))
     for rel in unsure:
@@ -201,9 +213,11 @@ def _own(root: Path, stage: str, rel: Any, folders: list[str], where: str, *, fo
         real = Path(os.path.realpath(path if folder else path.parent))
         if real.is_relative_to(Path(os.path.realpath(root)) / inside):
             return path
-    raise StageError(f"{root / str(rel)}: {root / where} lists it among what {stage} wrote, and it lies outside "
-                     f"{stage}'s own folders ({', '.join(folders) or 'none'}); nothing was deleted. Put back a "
-                     f"copy of {where}, or remove that entry from it")
+    raise StageError(
+        f"{root / str(rel)}: {root / where} lists it among what {stage} wrote, and it lies outside "
+        f"{stage}'s own folders ({', '.join(folders) or 'none'}); nothing was deleted. Put back a "
+        f"copy of {where}, or remove that entry from it"
+    )
 
 
 def _remove_empty_folders(top: Path) -> None:

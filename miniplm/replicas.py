@@ -24,8 +24,10 @@ def replicas(job: JobConfig, student: StudentConfig) -> list[StudentConfig]:
     """A student and its seed replicas, in seed order."""
     first = student.seed if student.seed is not None else job.seed
     names = replica_names(student.name, seeds(job))  # the names the job's names were checked against
-    return [student, *(student.model_copy(update={"name": name, "seed": first + k})
-                       for k, name in enumerate(names, start=1))]
+    return [
+        student,
+        *(student.model_copy(update={"name": name, "seed": first + k}) for k, name in enumerate(names, start=1)),
+    ]
 
 
 def trained_students(job: JobConfig) -> list[StudentConfig]:

@@ -236,7 +236,8 @@ class RunDir:
             f"{f}: the run's manifest is damaged: {problem}. It records which stages finished and what they "
             f"wrote, so nothing can run here without it. To recover, put back a copy of it if you have one; "
             f"otherwise move it away (mv {f} {f}.damaged) and run the stages again: each one redoes its work "
-            f"and replaces its outputs (or start over in another run_dir).")
+            f"and replaces its outputs (or start over in another run_dir)."
+        )
 
     def stage_state(self, stage: str) -> dict[str, Any]:
         return self.read_manifest()["stages"].get(stage, {})
@@ -251,21 +252,39 @@ class RunDir:
             atomic_write_json(self.manifest_file, manifest)
             return entry
 
-    def start_stage(self, stage: str, config_hash: str, *, inputs: dict[str, str] | None = None,
-                    outputs: list[str] | None = None, preexisting: dict[str, list[int]] | None = None,
-                    command: str | None = None, sources: dict[str, list] | None = None) -> None:
+    def start_stage(
+        self,
+        stage: str,
+        config_hash: str,
+        *,
+        inputs: dict[str, str] | None = None,
+        outputs: list[str] | None = None,
+        preexisting: dict[str, list[int]] | None = None,
+        command: str | None = None,
+        sources: dict[str, list] | None = None,
+    ) -> None:
         """Record a stage as running: its config hash, the fingerprints of its inputs and where its
         files and models are (inputs.sources), the outputs it owns (run-directory relative) and the
         files already there that are not its own."""
-        self.update_stage(stage, state="running", config_hash=config_hash, inputs=inputs or {},
-                          sources=sources or {}, outputs=outputs or [], preexisting=preexisting or {},
-                          command=command, started=_now(), finished=None)
+        self.update_stage(
+            stage,
+            state="running",
+            config_hash=config_hash,
+            inputs=inputs or {},
+            sources=sources or {},
+            outputs=outputs or [],
+            preexisting=preexisting or {},
+            command=command,
+            started=_now(),
+            finished=None,
+        )
 
     def finish_stage(self, stage: str, counts: dict[str, Any], *, show_progress: bool = False) -> None:
         """Record what the stage wrote (records/STAGE.json), then mark it done with its counts."""
         entry = self.stage_state(stage)
-        written = records.write(self.root, stage, entry.get("outputs", []), entry.get("preexisting", {}),
-                                show_progress=show_progress)
+        written = records.write(
+            self.root, stage, entry.get("outputs", []), entry.get("preexisting", {}), show_progress=show_progress
+        )
         self.update_stage(stage, state="done", counts=counts, written=written, finished=_now())
 
     def fail_stage(self, stage: str, error: str) -> None:
@@ -276,9 +295,18 @@ class RunDir:
         atomic_write_text(self.job_file, JOB_HEADER + job_yaml)
 
     # ------------------------------------------------------------ a stage's life
-    def open_stage(self, stage: str, config_hash: str, job_yaml: str, outputs: list[Path], *, force: bool,
-                   inputs: dict[str, str] | None = None, command: str | None = None,
-                   sources: dict[str, list] | None = None) -> bool:
+    def open_stage(
+        self,
+        stage: str,
+        config_hash: str,
+        job_yaml: str,
+        outputs: list[Path],
+        *,
+        force: bool,
+        inputs: dict[str, str] | None = None,
+        command: str | None = None,
+        sources: dict[str, list] | None = None,
+    ) -> bool:
         """Begin (or rejoin) a stage; True when its work is already done and nothing is left to do.
 
         Work done under another config or on other inputs is never mixed with new work: it is
@@ -295,7 +323,8 @@ class RunDir:
                 raise ConfigError(
                     f"{self.root}: the {stage} stage there ran with a different config "
                     f"({state.get('config_hash')}, now {config_hash}{'; ' + changed if changed else ''}); "
-                    f"use another run_dir, or --force to redo {stage}")
+                    f"use another run_dir, or --force to redo {stage}"
+                )
         elif force and state.get("state") == "running":
             # Workers of the same run (array tasks) all get the same flags: a late
             # one must join the work, not wipe what the others finished.
@@ -308,16 +337,25 @@ class RunDir:
             damaged = records.problems(self.root, stage, state)
             if damaged:
                 more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-                raise StageError(f"{stage} is done, but what it wrote changed since: {damaged[0]}{more}; "
-                                 f"run `{records.rerun(state, stage)} --force` to redo {stage}")
+                raise StageError(
+                    f"{stage} is done, but what it wrote changed since: {damaged[0]}{more}; "
+                    f"run `{records.rerun(state, stage)} --force` to redo {stage}"
+                )
             self.clean_scratch(stage)
             return True
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_job(job_yaml)
         if state.get("state") != "running":
             preexisting = state.get("preexisting", {}) if state else records.snapshot(self.root, owned)
-            self.start_stage(stage, config_hash, inputs=inputs, outputs=owned, preexisting=preexisting,
-                             command=command, sources=sources)
+            self.start_stage(
+                stage,
+                config_hash,
+                inputs=inputs,
+                outputs=owned,
+                preexisting=preexisting,
+                command=command,
+                sources=sources,
+            )
         return False
 
     def finish_once(self, stage: str, finalize: Callable[[], dict[str, Any]], *, show_progress: bool = False) -> None:

@@ -142,17 +142,32 @@ class Stage:
         """The hash of the job sections its outputs depend on, with `extra` settings."""
         return config_hash(job, self.sections, *extra)
 
-    def fingerprint(self, job: JobConfig, rd: RunDir, name: str, reads: list[Input], worker: Worker = Worker(),
-                    show_progress: bool = False) -> tuple[str, dict[str, str]]:
+    def fingerprint(
+        self,
+        job: JobConfig,
+        rd: RunDir,
+        name: str,
+        reads: list[Input],
+        worker: Worker = Worker(),
+        show_progress: bool = False,
+    ) -> tuple[str, dict[str, str]]:
         """(config hash, the fingerprints of its inputs by label) of a part that reads `reads`."""
         settings = self.config_hash(job, *(r for r in reads if isinstance(r, str)))
-        inputs = resolve(rd, reads, settings, reader=name, share=worker.index / worker.count,
-                         show_progress=show_progress)
+        inputs = resolve(
+            rd, reads, settings, reader=name, share=worker.index / worker.count, show_progress=show_progress
+        )
         return config_hash(job, (), *(f"{label}={value}" for label, value in inputs.items())), inputs
 
     # ------------------------------------------------------------ running
-    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-            show_progress: bool = True) -> Any:
+    def run(
+        self,
+        job: JobConfig,
+        worker: Worker = Worker(),
+        *,
+        only: str | None = None,
+        force: bool = False,
+        show_progress: bool = True,
+    ) -> Any:
         raise NotImplementedError
 
     def describe(self, job: JobConfig, result: Any) -> list[str]:
@@ -170,8 +185,15 @@ class Stage:
 class ShardedStage(Stage):
     """An array stage: each part is a list of shards any worker may take (see `run_sharded`)."""
 
-    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-            show_progress: bool = True) -> Any:
+    def run(
+        self,
+        job: JobConfig,
+        worker: Worker = Worker(),
+        *,
+        only: str | None = None,
+        force: bool = False,
+        show_progress: bool = True,
+    ) -> Any:
         parts = self.parts(job, only)
         results = {p.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress) for p in parts}
         return results[self.name] if list(results) == [self.name] else results
@@ -262,22 +284,34 @@ class EntryStage(ShardedStage):
         lines = []
         for key, counts in result.items():
             name = key.removeprefix(f"{self.name}/")
-            lines += [f"{self.name} {name}: {self.waiting}"] if counts is None else self.describe_entry(job, name, counts)
+            lines += (
+                [f"{self.name} {name}: {self.waiting}"] if counts is None else self.describe_entry(job, name, counts)
+            )
         return lines
 
     def describe_entry(self, job: JobConfig, name: str, counts: dict[str, Any]) -> list[str]:
         """A finished entry's counts, as lines for the terminal."""
         return [f"{self.name} {name}: {counts}"]
 
-    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-            show_progress: bool = True) -> dict[str, Any]:
+    def run(
+        self,
+        job: JobConfig,
+        worker: Worker = Worker(),
+        *,
+        only: str | None = None,
+        force: bool = False,
+        show_progress: bool = True,
+    ) -> dict[str, Any]:
         """Each part's result by manifest entry (None for one other workers are still writing)."""
-        return {p.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
-                for p in self.parts(job, only)}
+        return {
+            p.name: run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
+            for p in self.parts(job, only)
+        }
 
 
-def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker, *, force: bool = False,
-                show_progress: bool = True) -> Any:
+def run_sharded(
+    stage: ShardedStage, job: JobConfig, part: Part, worker: Worker, *, force: bool = False, show_progress: bool = True
+) -> Any:
     """This worker's share of one part of an array stage. Returns the part's result once every
     shard is done (by this worker or others), None while other workers still have shards to do."""
     rd = RunDir(job.run_dir)
@@ -285,8 +319,16 @@ def run_sharded(stage: ShardedStage, job: JobConfig, part: Part, worker: Worker,
     run.context = stage.setup(run)
     reads = stage.reads(job, part)
     run.config_hash, run.inputs = stage.fingerprint(job, rd, run.name, reads, worker, show_progress)
-    if rd.open_stage(run.name, run.config_hash, dump_job(job), stage.outputs(run), force=force, inputs=run.inputs,
-                     command=part.command, sources=sources(reads)):
+    if rd.open_stage(
+        run.name,
+        run.config_hash,
+        dump_job(job),
+        stage.outputs(run),
+        force=force,
+        inputs=run.inputs,
+        command=part.command,
+        sources=sources(reads),
+    ):
         return stage.result(run)
     try:
         _global_step_once(stage, run)
@@ -310,8 +352,10 @@ def _finish(stage: ShardedStage, run: StageRun, reads: list[Input]) -> dict:
     now = stage.fingerprint(run.job, run.rd, run.name, reads, run.worker)[1]
     changed = [label for label in run.inputs if now.get(label) != run.inputs[label]]
     if changed:
-        raise StageError(f"{run.rd.root}: what {run.name} reads changed while it ran ({', '.join(changed)}); "
-                         f"run `{rerun(run.rd.stage_state(run.name), run.name)} --force` to redo it")
+        raise StageError(
+            f"{run.rd.root}: what {run.name} reads changed while it ran ({', '.join(changed)}); "
+            f"run `{rerun(run.rd.stage_state(run.name), run.name)} --force` to redo it"
+        )
     return stage.finish(run)
 
 

@@ -72,7 +72,8 @@ def check_job(job: JobConfig) -> None:
         stage, _, item = key.partition("/")
         if stage not in names() or (item and get(stage).only is None):
             per_item = [f"{s.name}/NAME" for s in STAGES if s.only is not None]
-            raise ConfigError(f"slurm: stages: unknown stage {key!r} (stages: {', '.join(names())}, or "
-                              f"{', '.join(per_item)})")
+            raise ConfigError(
+                f"slurm: stages: unknown stage {key!r} (stages: {', '.join(names())}, or {', '.join(per_item)})"
+            )
     for stage in STAGES:
         stage.check(job)

@@ -28,8 +28,10 @@ class OneDeviceBackend(dist.ProcessGroup):
     def _served(self, tensors) -> None:
         for t in tensors:
             if t.device.type != DEVICE:
-                raise RuntimeError(f"No backend type associated with device type {t.device.type} "
-                                   f"(this backend serves {DEVICE} tensors only)")
+                raise RuntimeError(
+                    f"No backend type associated with device type {t.device.type} "
+                    f"(this backend serves {DEVICE} tensors only)"
+                )
 
     def _done(self, tensors):
         future = Future()
@@ -70,10 +72,12 @@ def _rank(rank: int, world: int, store: str, out_dir: str) -> None:
     torch._lazy.ts_backend.init()
     dist.Backend.register_backend(NAME, _create, devices=[DEVICE])
     dist.init_process_group(NAME, init_method=f"file://{store}", rank=rank, world_size=world)
-    out = {"device": str(distributed.collective_device()),
-           "broadcast_flag": [distributed.broadcast_flag(rank == 0), distributed.broadcast_flag(rank == 1, src=1)],
-           "all_sum": [distributed.all_sum([rank + 1.0, 10.0]), distributed.all_sum(torch.tensor([0.5 * (rank + 1)]))],
-           "all_mean": distributed.all_mean(torch.tensor(2.0 * rank))}
+    out = {
+        "device": str(distributed.collective_device()),
+        "broadcast_flag": [distributed.broadcast_flag(rank == 0), distributed.broadcast_flag(rank == 1, src=1)],
+        "all_sum": [distributed.all_sum([rank + 1.0, 10.0]), distributed.all_sum(torch.tensor([0.5 * (rank + 1)]))],
+        "all_mean": distributed.all_mean(torch.tensor(2.0 * rank)),
+    }
     distributed.barrier()
     out["barrier"] = True
     try:  # what train.py did before: a flag built on the CPU

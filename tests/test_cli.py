@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 from miniplm.cli import main
-
 from tests.conftest import write_jsonl
 
 
@@ -54,8 +53,9 @@ def test_a_reader_that_goes_away_does_not_fail_a_finished_stage(write_job, tmp_p
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two"}])
     job_path = write_job([{"path": str(path), "format": "jsonl"}])
     # like `miniplm prepare JOB | true`: the reader has gone before the counts are printed
-    proc = subprocess.Popen(["miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["miniplm", "prepare", str(job_path), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == ""

@@ -12,29 +12,33 @@ TINY = {"preset": "tiny", **STUDENT}
 
 
 def _job(tmp_path, seeds: int = 1) -> JobConfig:
-    return JobConfig.model_validate({
-        "run_dir": str(tmp_path / "run"),
-        "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
-        "teacher": {"model": "smollm2-135m"},
-        "reference": {"train": {"preset": "tiny", "steps": 1}},
-        "generate": [{"name": "seqkd"}],
-        "prune": [{"name": "pruned", "target": {"preset": "tiny"}}],
-        "tokenize": [{"name": "selected", "input": "selected"},
-                     {"name": "random", "input": "selected-random"},
-                     {"name": "written", "input": "generated/seqkd"},
-                     {"name": "mixed", "mix": {"written": 0.5, "random": 0.5}}],
-        "select": {"random_baseline": True},
-        "teacher_logits": [{"name": "top32", "tokens": "selected"}],
-        "students": [
-            {"name": "plain", "tokens": "random", **TINY},
-            {"name": "miniplm", "tokens": "selected", **TINY},
-            {"name": "miniplm-kd", "tokens": "selected", "kd": {"source": "offline", "logits": "top32"}, **TINY},
-            {"name": "seqkd", "tokens": "written", **TINY},
-            {"name": "hybrid", "tokens": "mixed", "kd": {"source": "online"}, **TINY},
-            {"name": "pruned-kd", "init": "pruned", "tokens": "random", "kd": {"source": "online"}, **STUDENT},
-        ],
-        "eval": {"seeds": seeds, "tasks": []},
-    })
+    return JobConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
+            "teacher": {"model": "smollm2-135m"},
+            "reference": {"train": {"preset": "tiny", "steps": 1}},
+            "generate": [{"name": "seqkd"}],
+            "prune": [{"name": "pruned", "target": {"preset": "tiny"}}],
+            "tokenize": [
+                {"name": "selected", "input": "selected"},
+                {"name": "random", "input": "selected-random"},
+                {"name": "written", "input": "generated/seqkd"},
+                {"name": "mixed", "mix": {"written": 0.5, "random": 0.5}},
+            ],
+            "select": {"random_baseline": True},
+            "teacher_logits": [{"name": "top32", "tokens": "selected"}],
+            "students": [
+                {"name": "plain", "tokens": "random", **TINY},
+                {"name": "miniplm", "tokens": "selected", **TINY},
+                {"name": "miniplm-kd", "tokens": "selected", "kd": {"source": "offline", "logits": "top32"}, **TINY},
+                {"name": "seqkd", "tokens": "written", **TINY},
+                {"name": "hybrid", "tokens": "mixed", "kd": {"source": "online"}, **TINY},
+                {"name": "pruned-kd", "init": "pruned", "tokens": "random", "kd": {"source": "online"}, **STUDENT},
+            ],
+            "eval": {"seeds": seeds, "tasks": []},
+        }
+    )
 
 
 def _spent(rd: RunDir, entry: str, **by: float) -> None:
@@ -70,8 +74,9 @@ def test_each_entry_is_split_over_the_students_that_need_it(tmp_path):
         training = 15.0 if student in online else 10.0  # an online teacher's forward passes are in its training
         teacher = 5.0 if student in online else 0.0
         for name in (student, f"{student}.seed1"):  # a replica carries its student's full share
-            assert got[name] == pytest.approx({"training": training, "teacher": teacher, "shared": share,
-                                               "total": training + share})
+            assert got[name] == pytest.approx(
+                {"training": training, "teacher": teacher, "shared": share, "total": training + share}
+            )
 
 
 def test_work_not_recorded_leaves_the_total_unknown(tmp_path):

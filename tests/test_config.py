@@ -187,9 +187,13 @@ def _named_job(tmp_path, **sections):
     """A job with one of every named thing, as read from a file (the schema alone)."""
     import yaml
 
-    data = {"run_dir": str(tmp_path / "run"), "corpus": {"inputs": [{"path": "d.jsonl", "format": "jsonl"}]},
-            "teacher": {"model": "smollm2-135m"}, "tokenize": [{"name": "sel"}],
-            "students": [{"name": "s", "preset": "tiny", "tokens": "sel", "steps": 1}]}
+    data = {
+        "run_dir": str(tmp_path / "run"),
+        "corpus": {"inputs": [{"path": "d.jsonl", "format": "jsonl"}]},
+        "teacher": {"model": "smollm2-135m"},
+        "tokenize": [{"name": "sel"}],
+        "students": [{"name": "s", "preset": "tiny", "tokens": "sel", "steps": 1}],
+    }
     data.update(sections)
     path = tmp_path / "named.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -200,30 +204,42 @@ STUDENT = {"preset": "tiny", "tokens": "sel", "steps": 1}
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "..\\x"])
-@pytest.mark.parametrize("key, sections", [
-    ("students.1.name", lambda n: {"students": [{"name": "s", **STUDENT}, {"name": n, **STUDENT}]}),
-    ("prune.0.name", lambda n: {"prune": [{"name": n, "target": {"preset": "tiny"}}]}),
-    ("generate.0.name", lambda n: {"generate": [{"name": n}]}),
-    ("tokenize.1.name", lambda n: {"tokenize": [{"name": "sel"}, {"name": n}]}),
-    ("teacher_logits.0.name", lambda n: {"teacher_logits": [{"name": n, "tokens": "sel"}]}),
-    ("eval.models.0.EvalModel.name", lambda n: {"eval": {"models": [{"name": n, "model": "m"}]}}),
-])
+@pytest.mark.parametrize(
+    "key, sections",
+    [
+        ("students.1.name", lambda n: {"students": [{"name": "s", **STUDENT}, {"name": n, **STUDENT}]}),
+        ("prune.0.name", lambda n: {"prune": [{"name": n, "target": {"preset": "tiny"}}]}),
+        ("generate.0.name", lambda n: {"generate": [{"name": n}]}),
+        ("tokenize.1.name", lambda n: {"tokenize": [{"name": "sel"}, {"name": n}]}),
+        ("teacher_logits.0.name", lambda n: {"teacher_logits": [{"name": n, "tokens": "sel"}]}),
+        ("eval.models.0.EvalModel.name", lambda n: {"eval": {"models": [{"name": n, "model": "m"}]}}),
+    ],
+)
 def test_a_name_that_is_no_plain_folder_name_is_refused(tmp_path, name, key, sections):
     with pytest.raises(ConfigError) as err:
         read_job(_named_job(tmp_path, **sections(name)))  # `..` would build RUN_DIR/models/.. = RUN_DIR
     assert f"  {key}: " in str(err.value) and "not starting with '.'" in str(err.value)
 
 
-@pytest.mark.parametrize("sections, words", [
-    ({"prune": [{"name": "s.seed1", "target": {"preset": "tiny"}}]},
-     r"prune\.0\.name: 's\.seed1' is a seed replica of student 's'"),
-    ({"eval": {"seeds": 2, "models": ["students", {"name": "s.seed1", "model": "m"}]}},
-     r"eval\.models\.1\.name: 's\.seed1' is a seed replica of student 's'"),
-    ({"students": [{"name": "s", **STUDENT}, {"name": "s.seed1", **STUDENT}]},
-     r"students\.1\.name: 's\.seed1' is a seed replica of student 's'"),
-    ({"eval": {"models": [{"name": "s", "model": "m"}]}}, r"eval\.models\.0\.name: 's' names a model the job"),
-    ({"eval": {"models": [{"name": "reference", "model": "m"}]}}, r"eval\.models\.0\.name: 'reference' names"),
-])
+@pytest.mark.parametrize(
+    "sections, words",
+    [
+        (
+            {"prune": [{"name": "s.seed1", "target": {"preset": "tiny"}}]},
+            r"prune\.0\.name: 's\.seed1' is a seed replica of student 's'",
+        ),
+        (
+            {"eval": {"seeds": 2, "models": ["students", {"name": "s.seed1", "model": "m"}]}},
+            r"eval\.models\.1\.name: 's\.seed1' is a seed replica of student 's'",
+        ),
+        (
+            {"students": [{"name": "s", **STUDENT}, {"name": "s.seed1", **STUDENT}]},
+            r"students\.1\.name: 's\.seed1' is a seed replica of student 's'",
+        ),
+        ({"eval": {"models": [{"name": "s", "model": "m"}]}}, r"eval\.models\.0\.name: 's' names a model the job"),
+        ({"eval": {"models": [{"name": "reference", "model": "m"}]}}, r"eval\.models\.0\.name: 'reference' names"),
+    ],
+)
 def test_a_name_that_a_seed_replica_or_another_model_takes_is_refused(tmp_path, sections, words):
     seeds = {"eval": {"seeds": 2}} if "eval" not in sections else {}
     with pytest.raises(ConfigError, match="\n  " + words):  # the key leads its line
@@ -237,14 +253,19 @@ def test_replica_like_names_that_collide_with_nothing_load(tmp_path):
     assert job.eval.models[0].name == "t.seed1"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("corpus.near_duplicates={threshold: 0.999}", r"corpus\.near_duplicates: threshold 0\.999 with num_perm 128"),
-    ("corpus.near_duplicates={num_perm: 8}", r"corpus\.near_duplicates: threshold 0\.8 with num_perm 8"),
-    ("seed=-1", r"  seed: Input should be greater than or equal to 0"),
-    ("seed=4294967296", r"  seed: Input should be less than 4294967296"),
-    ("tokenize=[{name: a, input: main}, {name: b, input: heldout}, {name: m, mix: {a: 1.0e+300, b: 1.0e-300}}]",
-     r"tokenize\.2: mix: shares so far apart that 'b' would get no rows"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("corpus.near_duplicates={threshold: 0.999}", r"corpus\.near_duplicates: threshold 0\.999 with num_perm 128"),
+        ("corpus.near_duplicates={num_perm: 8}", r"corpus\.near_duplicates: threshold 0\.8 with num_perm 8"),
+        ("seed=-1", r"  seed: Input should be greater than or equal to 0"),
+        ("seed=4294967296", r"  seed: Input should be less than 4294967296"),
+        (
+            "tokenize=[{name: a, input: main}, {name: b, input: heldout}, {name: m, mix: {a: 1.0e+300, b: 1.0e-300}}]",
+            r"tokenize\.2: mix: shares so far apart that 'b' would get no rows",
+        ),
+    ],
+)
 def test_settings_a_library_would_reject_later_fail_at_load(write_job, corpus_file, override, key):
     job_path = write_job([{"path": str(corpus_file), "format": "jsonl"}])
     with pytest.raises(ConfigError, match=key):

@@ -20,10 +20,32 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "miniplm"
 
 COLLECTIVES = {
-    "broadcast", "all_reduce", "reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "gather",
-    "gather_object", "scatter", "scatter_object_list", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
-    "all_to_all_single", "barrier", "monitored_barrier", "send", "recv", "isend", "irecv", "batch_isend_irecv",
-    "broadcast_object_list", "send_object_list", "recv_object_list", "all_reduce_coalesced", "all_gather_coalesced",
+    "broadcast",
+    "all_reduce",
+    "reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "gather",
+    "gather_object",
+    "scatter",
+    "scatter_object_list",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+    "broadcast_object_list",
+    "send_object_list",
+    "recv_object_list",
+    "all_reduce_coalesced",
+    "all_gather_coalesced",
 }
 COMM_MODULES = ("torch.distributed", "deepspeed.comm")
 
@@ -48,8 +70,12 @@ def collective_calls(path: Path) -> list[tuple[str, str]]:
     def visit(node: ast.AST, function: str) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             function = node.name
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES \
-                and ast.unparse(node.func.value) in names:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in COLLECTIVES
+            and ast.unparse(node.func.value) in names
+        ):
             found.append((function, node.func.attr))
         if isinstance(node, ast.ImportFrom) and node.module in COMM_MODULES:
             found.extend((function, a.name) for a in node.names if a.name in COLLECTIVES)
@@ -62,26 +88,31 @@ def collective_calls(path: Path) -> list[tuple[str, str]]:
 
 def test_the_scan_finds_collectives_however_they_are_named(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import torch\nimport torch.distributed as dist\nfrom deepspeed import comm\n"
-                      "def a():\n    torch.distributed.broadcast(x, 0)\n"
-                      "def b():\n    from torch.distributed import all_reduce\n"
-                      "def c():\n    dist.barrier()\n    comm.all_gather(y)\n    threading.barrier()\n")
-    assert collective_calls(source) == [("a", "broadcast"), ("b", "all_reduce"), ("c", "barrier"),
-                                        ("c", "all_gather")]
+    source.write_text(
+        "import torch\nimport torch.distributed as dist\nfrom deepspeed import comm\n"
+        "def a():\n    torch.distributed.broadcast(x, 0)\n"
+        "def b():\n    from torch.distributed import all_reduce\n"
+        "def c():\n    dist.barrier()\n    comm.all_gather(y)\n    threading.barrier()\n"
+    )
+    assert collective_calls(source) == [("a", "broadcast"), ("b", "all_reduce"), ("c", "barrier"), ("c", "all_gather")]
 
 
 def test_only_miniplm_distributed_calls_collectives():
-    elsewhere = {str(p.relative_to(REPO)): calls for p in sorted(PACKAGE.rglob("*.py"))
-                 if p.name != "distributed.py" or p.parent != PACKAGE
-                 if (calls := collective_calls(p))}
+    elsewhere = {
+        str(p.relative_to(REPO)): calls
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "distributed.py" or p.parent != PACKAGE
+        if (calls := collective_calls(p))
+    }
     assert elsewhere == {}, "collectives outside miniplm/distributed.py, which puts tensors where the backend serves"
 
 
 @pytest.fixture(scope="module")
 def strict_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("strict") / "ranks.json"
-    result = subprocess.run([sys.executable, "-m", "tests.strict_backend", str(out)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.strict_backend", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
 

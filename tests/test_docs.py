@@ -62,6 +62,6 @@ def test_every_relative_link_points_to_an_existing_file(page):
 
 def test_the_link_check_sees_links():
     """A pattern that matched nothing would pass every page: check it on a known sample."""
-    sample = "[a](x.md) ![b](img/y.png \"t\") [c](https://e.org) `[d](z.md)`\n```\n[e](w.md)\n```\n[f](#g)\n"
+    sample = '[a](x.md) ![b](img/y.png "t") [c](https://e.org) `[d](z.md)`\n```\n[e](w.md)\n```\n[f](#g)\n'
     assert _links_in(sample) == ["x.md", "img/y.png", "https://e.org", "#g"]
     assert [t for t in _links_in(sample) if _relative(t)] == ["x.md", "img/y.png"]

@@ -15,8 +15,9 @@ def group_umask():
 
 
 def _modes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777)
-            for p in [folder, *folder.rglob("*")]}
+    return {
+        p.relative_to(folder).as_posix() or ".": oct(p.stat().st_mode & 0o777) for p in [folder, *folder.rglob("*")]
+    }
 
 
 def _expected(folder: Path) -> dict[str, str]:

@@ -97,12 +97,20 @@ def test_a_tokenizer_is_fingerprinted_by_its_own_files_not_the_weights_beside_it
 
     model = tmp_path / "model"
     model.mkdir()
-    for name, text in [("model.safetensors", "w1"), ("config.json", '{"model_type": "llama"}'),
-                       ("generation_config.json", "{}"), ("tokenizer.json", "{}"), ("merges.txt", "a b"),
-                       ("tokenizer_config.json", '{"tokenizer_class": "PreTrainedTokenizerFast"}')]:
+    for name, text in [
+        ("model.safetensors", "w1"),
+        ("config.json", '{"model_type": "llama"}'),
+        ("generation_config.json", "{}"),
+        ("tokenizer.json", "{}"),
+        ("merges.txt", "a b"),
+        ("tokenizer_config.json", '{"tokenizer_class": "PreTrainedTokenizerFast"}'),
+    ]:
         (model / name).write_text(text)
-    assert [os.path.basename(p) for p in tokenizer_files(model)] == ["merges.txt", "tokenizer.json",
-                                                                      "tokenizer_config.json"]
+    assert [os.path.basename(p) for p in tokenizer_files(model)] == [
+        "merges.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     before = tokenizer_fingerprint(str(model))
     (model / "model.safetensors").write_text("w2")
     (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')

@@ -16,15 +16,15 @@ from miniplm.rundir import RunDir
 from miniplm.scoring import score
 from miniplm.selection import select
 from miniplm.workers import Worker
-
 from tests.conftest import write_jsonl
 
 WORDS = ["alpha", "bravo", "delta", "gamma"]
 
 
 def _documents(path: Path, n: int, word: str) -> Path:
-    return write_jsonl(path, [{"id": f"d{i:03d}", "text": f"{word} document {i} says {WORDS[i % 4]} " * (1 + i % 5)}
-                              for i in range(n)])
+    return write_jsonl(
+        path, [{"id": f"d{i:03d}", "text": f"{word} document {i} says {WORDS[i % 4]} " * (1 + i % 5)} for i in range(n)]
+    )
 
 
 def _texts(folder: Path) -> list[str]:
@@ -36,8 +36,9 @@ def test_inputs_edited_between_two_prepare_workers_are_refused(write_job, tmp_pa
     src.mkdir()
     _documents(src / "a.jsonl", 20, "old")
     _documents(src / "b.jsonl", 20, "old")
-    job = load_job(write_job([{"path": str(src / "*.jsonl"), "format": "jsonl", "id_field": "id",
-                               "name": "x"}], docs_per_shard=8))
+    job = load_job(
+        write_job([{"path": str(src / "*.jsonl"), "format": "jsonl", "id_field": "id", "name": "x"}], docs_per_shard=8)
+    )
     assert prepare.STAGE.run(job, Worker(0, 2), show_progress=False) is None  # a.jsonl read, old
     _documents(src / "a.jsonl", 20, "new")  # the same counts and sizes, other text
     _documents(src / "b.jsonl", 20, "new")
@@ -70,11 +71,19 @@ def test_an_input_edited_while_prepare_runs_fails_it(write_job, tmp_path, monkey
 
 def _scored_job(tmp_path: Path, tiny_models, teacher: str) -> Path:
     _documents(tmp_path / "docs.jsonl", 24, "old")
-    job = {"run_dir": str(tmp_path / "run"), "seed": 1,
-           "corpus": {"inputs": [{"path": str(tmp_path / "docs.jsonl"), "format": "jsonl", "id_field": "id"}],
-                      "docs_per_shard": 8, "reference_fraction": 0.0, "heldout_fraction": 0.0},
-           "teacher": {"model": teacher}, "reference": {"model": tiny_models["reference"]},
-           "score": {"max_length": 64, "batch_tokens": 256}}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "seed": 1,
+        "corpus": {
+            "inputs": [{"path": str(tmp_path / "docs.jsonl"), "format": "jsonl", "id_field": "id"}],
+            "docs_per_shard": 8,
+            "reference_fraction": 0.0,
+            "heldout_fraction": 0.0,
+        },
+        "teacher": {"model": teacher},
+        "reference": {"model": tiny_models["reference"]},
+        "score": {"max_length": 64, "batch_tokens": 256},
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -141,16 +150,22 @@ def test_a_stage_made_from_a_changed_model_or_file_is_out_of_date_for_every_stag
 
     _halve_weights(teacher)  # score read the old teacher: select must not take its scores as done
     for force in (False, True):
-        with pytest.raises(StageError, match=r"score is out of date: teacher changed since score read it; "
-                                             r"run `miniplm score --force` first"):
+        with pytest.raises(
+            StageError,
+            match=r"score is out of date: teacher changed since score read it; "
+            r"run `miniplm score --force` first",
+        ):
             select.STAGE.run(job, force=force, show_progress=False)
     score.STAGE.run(job, force=True, show_progress=False)
     select.STAGE.run(job, force=True, show_progress=False)
 
     # however far back: the corpus changed under prepare, which score read
     _documents(tmp_path / "docs.jsonl", 24, "new")
-    with pytest.raises(StageError, match=r"score is out of date: corpus\.inputs\.0 changed since prepare read it; "
-                                         r"run `miniplm prepare --force` first, then `miniplm score --force`"):
+    with pytest.raises(
+        StageError,
+        match=r"score is out of date: corpus\.inputs\.0 changed since prepare read it; "
+        r"run `miniplm prepare --force` first, then `miniplm score --force`",
+    ):
         select.STAGE.run(job, force=True, show_progress=False)
 
 
@@ -172,6 +187,9 @@ def test_new_weights_beside_the_same_tokenizer_leave_its_token_sets_done(tiny_mo
 
     config = teacher / "tokenizer_config.json"
     config.write_text(config.read_text().replace('"eos_token"', '"bos_token": "<|x|>", "eos_token"', 1))
-    with pytest.raises(ConfigError, match=r"tokenize/main stage there ran with a different config .*"
-                                          r"changed: tokenizer"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenize/main stage there ran with a different config .*"
+        r"changed: tokenizer",
+    ):
         tokenize.STAGE.run(job, show_progress=False)

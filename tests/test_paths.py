@@ -30,13 +30,28 @@ def test_glob_paths_matches_glob_where_there_is_no_loop(tmp_path, monkeypatch):
     import glob
 
     work = tmp_path / "work"
-    for name in ("work/x/y/z.txt", "work/x/a.txt", "work/x/.hidden/h.txt", "work/x/.h.txt", "work/top.txt",
-                 "work/x/y/w.md", "outside/o.txt", "outside/deeper/d.md"):
+    for name in (
+        "work/x/y/z.txt",
+        "work/x/a.txt",
+        "work/x/.hidden/h.txt",
+        "work/x/.h.txt",
+        "work/top.txt",
+        "work/x/y/w.md",
+        "outside/o.txt",
+        "outside/deeper/d.md",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(name)
     os.symlink(tmp_path / "outside", work / "x" / "linked")  # a link to a folder, no loop: followed
     monkeypatch.chdir(work)
     for pattern in ("**/*.txt", "x/**/*.txt", "x/*/**/*", str(work / "**" / "*.md"), "*.txt", "x/**", "**"):
         assert glob_paths(pattern) == sorted(glob.glob(pattern, recursive=True)), pattern
-    assert walk_files("x") == ["x/.h.txt", "x/.hidden/h.txt", "x/a.txt", "x/linked/deeper/d.md", "x/linked/o.txt",
-                               "x/y/w.md", "x/y/z.txt"]
+    assert walk_files("x") == [
+        "x/.h.txt",
+        "x/.hidden/h.txt",
+        "x/a.txt",
+        "x/linked/deeper/d.md",
+        "x/linked/o.txt",
+        "x/y/w.md",
+        "x/y/z.txt",
+    ]

@@ -64,8 +64,9 @@ def test_markers_carry_the_config_hash(tmp_path):
 def test_worker_from_flags_slurm_and_ranks():
     assert resolve_worker(env={}) == Worker(0, 1)
     assert resolve_worker(2, 5, env={"RANK": "1", "WORLD_SIZE": "2"}) == Worker(2, 5)
-    assert resolve_worker(env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4",
-                               "SLURM_ARRAY_TASK_MIN": "5"}) == Worker(2, 4)
+    assert resolve_worker(
+        env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "5"}
+    ) == Worker(2, 4)
     assert resolve_worker(env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}) == Worker(1, 3)
     assert resolve_worker(env={"RANK": "3", "WORLD_SIZE": "8"}) == Worker(3, 8)
     with pytest.raises(ValueError):
@@ -158,7 +159,9 @@ def test_a_job_file_kept_in_the_run_dir_is_not_overwritten(write_job, tmp_path):
     other = tmp_path / "other"
     assert main(["prepare", str(job), "-q", f"run_dir={other}"]) == 0
     assert main(["prepare", str(job), "-q", f"run_dir={other}"]) == 0
-    assert (other / "job.yaml").read_text().startswith("# The job as miniplm") and not (other / "job.resolved.yaml").exists()
+    assert (other / "job.yaml").read_text().startswith("# The job as miniplm") and not (
+        other / "job.resolved.yaml"
+    ).exists()
 
 
 def test_every_output_follows_the_umask(write_job, tmp_path):
@@ -172,13 +175,28 @@ def test_every_output_follows_the_umask(write_job, tmp_path):
         os.umask(old)
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert {p.relative_to(tmp_path / "run").as_posix() for p in files} >= {
-        "manifest.json", "job.yaml", "docs/stats.json", "docs/rejects.jsonl", "records/prepare.json"}
+        "manifest.json",
+        "job.yaml",
+        "docs/stats.json",
+        "docs/rejects.jsonl",
+        "records/prepare.json",
+    }
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
-        str(p.relative_to(tmp_path)): "0o664" for p in files}
+        str(p.relative_to(tmp_path)): "0o664" for p in files
+    }
 
 
-@pytest.mark.parametrize("content", [b'{"stages": {"prepare": {"state": "do', b"", b'{"stages": [1, 2]}', b"[]",
-                                     b'{"stages": {"prepare": "done"}}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"stages": {"prepare": {"state": "do',
+        b"",
+        b'{"stages": [1, 2]}',
+        b"[]",
+        b'{"stages": {"prepare": "done"}}',
+        b"\xff\xfe",
+    ],
+)
 def test_a_damaged_manifest_is_an_error_naming_it_and_the_way_out(write_job, tmp_path, content, capsys):
     from miniplm.cli import main
 
@@ -199,8 +217,18 @@ def test_no_path_of_a_name_leaves_its_folder(tmp_path, name):
     from miniplm.errors import ConfigError
 
     rd = RunDir(tmp_path / "run")
-    for build in (rd.model, rd.training, rd.metrics, rd.tokens, rd.generated, rd.teacher_logits, rd.eval_result,
-                  rd.work, lambda n: rd.marker("score", n), lambda n: rd.marker(n, "shard-00000")):
+    for build in (
+        rd.model,
+        rd.training,
+        rd.metrics,
+        rd.tokens,
+        rd.generated,
+        rd.teacher_logits,
+        rd.eval_result,
+        rd.work,
+        lambda n: rd.marker("score", n),
+        lambda n: rd.marker(n, "shard-00000"),
+    ):
         with pytest.raises(ConfigError, match="not a name"):
             build(name)  # RUN_DIR/models/.. is RUN_DIR: a student's --force would delete the run
     with pytest.raises(ConfigError, match="not a name"):

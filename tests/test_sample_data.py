@@ -2,9 +2,8 @@
 
 import polars as pl
 
-from miniplm.job import load_job
 from miniplm.corpus import prepare
-
+from miniplm.job import load_job
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -25,8 +24,10 @@ def test_bundled_corpus_is_small_and_labelled():
 def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo job's paths are relative to the repository
     # the whole corpus, read and deduplicated (the quality rules are measured on the demo's slice below)
-    job = load_job(REPO / "jobs" / "demo.yaml", [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null",
-                                                 "corpus.quality=null"])
+    job = load_job(
+        REPO / "jobs" / "demo.yaml",
+        [f"run_dir={tmp_path / 'demo'}", "corpus.inputs.0.limit=null", "corpus.quality=null"],
+    )
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["documents_read"] == 1866
     assert stats["duplicates"] == 9  # the repeated legal-footer pages
@@ -106,12 +107,19 @@ def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
 
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "demo.yaml")
-    students = ["student-selected", "student-selected.seed1", "student-random", "student-random.seed1",
-                "student-random-filtered", "student-random-filtered.seed1"]
+    students = [
+        "student-selected",
+        "student-selected.seed1",
+        "student-random",
+        "student-random.seed1",
+        "student-random-filtered",
+        "student-random-filtered.seed1",
+    ]
     assert [s.name for s in steps(job)][-7:] == [*(f"train/{name}" for name in students), "eval"]
     # the comparison's "trained on" column tells the two random controls apart
     assert [(t.name, t.trained_on) for t in targets(job)] == [
-        (name, name.removeprefix("student-").removesuffix(".seed1")) for name in students]
+        (name, name.removeprefix("student-").removesuffix(".seed1")) for name in students
+    ]
     sets = {t.name: t.input for t in job.tokenize}
     assert (sets["random"], sets["random-filtered"]) == ("selected-random", "selected-random-filtered")
     assert job.select.random_baseline == "both" and job.select.keep_token_fraction == 0.5
@@ -128,8 +136,11 @@ def test_paper_jobs_follow_the_papers_recipe(monkeypatch):
     assert demo.score.unit == "instance" and demo.select.keep_token_fraction == 0.5
     assert all(t.seq_len == demo.score.max_length for t in demo.tokenize if t.input.startswith("selected"))
     trained_on = {s.name: {t.name: t.input for t in demo.tokenize}[s.tokens] for s in demo.students}
-    assert trained_on == {"student-selected": "selected", "student-random": "selected-random",
-                          "student-random-filtered": "selected-random-filtered"}
+    assert trained_on == {
+        "student-selected": "selected",
+        "student-random": "selected-random",
+        "student-random-filtered": "selected-random-filtered",
+    }
     assert len({(s.preset, s.steps, s.batch_tokens, s.lr) for s in demo.students}) == 1
     from miniplm.config import read_job  # the Pile is not here: the schema and the stages' checks, not the inputs
     from miniplm.stages import check_job
@@ -156,7 +167,11 @@ def test_paper_job_trains_vanilla_kd_for_the_papers_compute_matched_steps(monkey
         miniplm, vanilla = students[f"qwen-{size}"], students[f"qwen-{size}-vanilla-kd"]
         assert vanilla.steps == steps and miniplm.kd is None
         assert (vanilla.kd.source, vanilla.kd.loss, vanilla.kd.weight, vanilla.kd.teacher) == (
-            "online", "forward_kl", 0.5, "teacher")
+            "online",
+            "forward_kl",
+            0.5,
+            "teacher",
+        )
         assert (inputs[miniplm.tokens], inputs[vanilla.tokens]) == ("selected", "selected-random")
         settings = {"name", "tokens", "steps", "kd"}
         assert vanilla.model_dump(exclude=settings) == miniplm.model_dump(exclude=settings)
@@ -173,11 +188,14 @@ def test_kd_demo_job_trains_one_student_shape_for_the_same_budget_each_way(monke
     job = load_job(REPO / "jobs" / "kd-demo.yaml")
     students = {s.name: s for s in job.students}
     methods = {name: (s.tokens, s.kd and (s.kd.source, s.kd.loss, s.kd.logits)) for name, s in students.items()}
-    assert methods == {"random": ("random", None), "selected": ("selected", None),
-                       "vanilla-kd": ("random", ("online", "forward_kl", None)),
-                       "offline-kd": ("random", ("offline", "forward_kl", "random-top32")),
-                       "offline-reverse-kl": ("random", ("offline", "reverse_kl", "random-top32")),
-                       "selected-kd": ("selected", ("offline", "forward_kl", "selected-top32"))}
+    assert methods == {
+        "random": ("random", None),
+        "selected": ("selected", None),
+        "vanilla-kd": ("random", ("online", "forward_kl", None)),
+        "offline-kd": ("random", ("offline", "forward_kl", "random-top32")),
+        "offline-reverse-kl": ("random", ("offline", "reverse_kl", "random-top32")),
+        "selected-kd": ("selected", ("offline", "forward_kl", "selected-top32")),
+    }
     assert len({(s.preset, s.steps, s.batch_tokens, s.lr) for s in job.students}) == 1
     assert all(s.kd.weight == 0.5 for s in job.students if s.kd)
     assert {t.name: t.tokens for t in job.teacher_logits} == {"random-top32": "random", "selected-top32": "selected"}
@@ -198,14 +216,25 @@ def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_s
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs" / "kd-compare.yaml")
     sets = {t.name: t for t in job.tokenize}
-    methods = {s.name: (sets[s.tokens].input if sets[s.tokens].mix is None else "mix", s.init,
-                        s.kd and (s.kd.source, s.kd.loss)) for s in job.students}
+    methods = {
+        s.name: (
+            sets[s.tokens].input if sets[s.tokens].mix is None else "mix",
+            s.init,
+            s.kd and (s.kd.source, s.kd.loss),
+        )
+        for s in job.students
+    }
     kd = ("offline", "forward_kl")
-    assert methods == {"scratch": ("selected-random", None, None), "miniplm": ("selected", None, None),
-                       "scratch-filtered": ("selected-random-filtered", None, None),
-                       "vanilla-kd": ("selected-random", None, kd), "seqkd": ("generated/seqkd", None, None),
-                       "miniplm-kd": ("selected", None, kd), "hybrid": ("mix", None, kd),
-                       "pruned-kd": ("selected-random", "pruned", kd)}
+    assert methods == {
+        "scratch": ("selected-random", None, None),
+        "miniplm": ("selected", None, None),
+        "scratch-filtered": ("selected-random-filtered", None, None),
+        "vanilla-kd": ("selected-random", None, kd),
+        "seqkd": ("generated/seqkd", None, None),
+        "miniplm-kd": ("selected", None, kd),
+        "hybrid": ("mix", None, kd),
+        "pruned-kd": ("selected-random", "pruned", kd),
+    }
     assert sets["hybrid"].mix == {"written": 0.5, "random": 0.5} and sets["written"].input == "generated/seqkd"
     assert len({(s.steps, s.batch_tokens, s.lr, s.micro_batch) for s in job.students}) == 1
     shape = json.loads((REPO / "jobs" / "configs" / "kd-compare-student.json").read_text())

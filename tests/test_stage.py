@@ -60,8 +60,12 @@ def toy_stage():
 
 def test_a_stage_declared_in_one_place_runs_everywhere(toy_stage, write_job, tmp_path, capsys):
     docs = [{"text": " ".join(["word"] * (i % 7 + 1)) + f" doc{i}"} for i in range(60)]
-    job = write_job([{"path": str(write_jsonl(tmp_path / "d.jsonl", docs)), "format": "jsonl"}], docs_per_shard=10,
-                    reference_fraction=0.0, heldout_fraction=0.0)
+    job = write_job(
+        [{"path": str(write_jsonl(tmp_path / "d.jsonl", docs)), "format": "jsonl"}],
+        docs_per_shard=10,
+        reference_fraction=0.0,
+        heldout_fraction=0.0,
+    )
 
     with pytest.raises(SystemExit) as exit_:
         main(["count-words", "--help"])
@@ -81,8 +85,18 @@ def test_a_stage_declared_in_one_place_runs_everywhere(toy_stage, write_job, tmp
     table = capsys.readouterr().out.splitlines()[2:]
     assert [line.split()[:3] for line in table] == [["prepare", "done", "1/1"], ["count-words", "done", "6/6"]]
 
-    assert main(["slurm", str(job), "--dry-run", "slurm.stages.count-words.max_tasks=4",
-                 "run_dir=" + str(tmp_path / "fresh")]) == 0
+    assert (
+        main(
+            [
+                "slurm",
+                str(job),
+                "--dry-run",
+                "slurm.stages.count-words.max_tasks=4",
+                "run_dir=" + str(tmp_path / "fresh"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"count-words +array 4 of 4 tasks .*--dependency=afterok:<prepare>", out), out
     assert re.search(r"-m miniplm count-words \S+ --worker \"\$SLURM_ARRAY_TASK_ID\" --num-workers 4", out)
@@ -128,20 +142,27 @@ def logits_stage():
     stages.register(original, after="tokenize")
 
 
-def test_a_stage_reading_a_token_set_is_chained_after_it_and_charged_to_its_students(logits_stage, tmp_path,
-                                                                                      capsys):
+def test_a_stage_reading_a_token_set_is_chained_after_it_and_charged_to_its_students(logits_stage, tmp_path, capsys):
     from miniplm.config import JobConfig
     from miniplm.rundir import RunDir
 
     job_file = tmp_path / "job.yaml"
     student = {"preset": "tiny", "steps": 1, "tokens": "main"}
-    job_file.write_text(json.dumps({
-        "run_dir": str(tmp_path / "run"), "corpus": {"inputs": [{"path": str(tmp_path / "d.jsonl"), "format": "jsonl"}]},
-        "teacher": {"model": "smollm2-135m"},
-        "tokenize": [{"name": "main", "input": "main"}, {"name": "other", "input": "main"}],
-        "teacher_logits": [{"name": "top", "tokens": "main"}],
-        "students": [{"name": "kd", "kd": {"source": "offline", "logits": "top"}, **student},
-                     {"name": "plain", **student}]}))
+    job_file.write_text(
+        json.dumps(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "corpus": {"inputs": [{"path": str(tmp_path / "d.jsonl"), "format": "jsonl"}]},
+                "teacher": {"model": "smollm2-135m"},
+                "tokenize": [{"name": "main", "input": "main"}, {"name": "other", "input": "main"}],
+                "teacher_logits": [{"name": "top", "tokens": "main"}],
+                "students": [
+                    {"name": "kd", "kd": {"source": "offline", "logits": "top"}, **student},
+                    {"name": "plain", **student},
+                ],
+            }
+        )
+    )
     write_jsonl(tmp_path / "d.jsonl", [{"text": "a b c"}])
     assert main(["slurm", str(job_file), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -152,8 +173,11 @@ def test_a_stage_reading_a_token_set_is_chained_after_it_and_charged_to_its_stud
     job = JobConfig.model_validate(json.loads(job_file.read_text()))
     rd = RunDir(job.run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
-    for entry, flops in (("teacher-logits/top", {"unigram": 300.0}), ("train/kd", {"training": 10.0}),
-                         ("train/plain", {"training": 10.0})):
+    for entry, flops in (
+        ("teacher-logits/top", {"unigram": 300.0}),
+        ("train/kd", {"training": 10.0}),
+        ("train/plain", {"training": 10.0}),
+    ):
         rd.update_stage(entry, state="done", counts={"flops": compute.record(**flops)})
     assert compute.upstream(job, job.students[0]) == {"teacher-logits/top"}
     got = compute.student_compute(job, rd)

@@ -29,15 +29,22 @@ def main() -> None:
     if (args.out / "tokenizer.json").exists():
         print(f"{args.out}: already there")
         return
-    texts = [t for f in sorted(SAMPLE.glob("*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
+    texts = [
+        t for f in sorted(SAMPLE.glob("*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()
+    ]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=args.vocab, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=args.vocab,
+        special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                      pad_token="<|pad|>")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
     wrapped.save_pretrained(args.out)
     print(f"{args.out}: {len(wrapped)} tokens, from {len(texts)} documents")
 

@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 
 # figure -> (target in words, test on the measured numbers)
-SCORE_TARGETS = {"qwen-1.8b": (">= 150k tok/s and >= 4x naive", lambda best, x: best >= 150e3 and x >= 4),
-                 "ref-104m": (">= 1M tok/s", lambda best, x: best >= 1e6)}
+SCORE_TARGETS = {
+    "qwen-1.8b": (">= 150k tok/s and >= 4x naive", lambda best, x: best >= 150e3 and x >= 4),
+    "ref-104m": (">= 1M tok/s", lambda best, x: best >= 1e6),
+}
 TRAIN_TARGETS = {"qwen-1.2b": 0.45, "qwen-200m": 0.35}
 DEMO_TARGET_S = 120
 
@@ -40,7 +42,8 @@ def _status(step: dict | None, out: Path) -> str:
     if step["rc"] == 0:
         return ""
     why = "timed out" if step["rc"] in (124, 137) else f"failed (exit {step['rc']})"
-    return f"{why} after {step['seconds']:.0f} s: logs/{step['step']}.log: {_last_line(out / 'logs' / (step['step'] + '.log'))}"
+    last = _last_line(out / "logs" / (step["step"] + ".log"))
+    return f"{why} after {step['seconds']:.0f} s: logs/{step['step']}.log: {last}"
 
 
 def _yes(ok: bool) -> str:
@@ -58,16 +61,34 @@ def rows(out: Path) -> list[list[str]]:
     table = []
 
     tests = steps.get("tests")
-    summary = (out / "logs" / "tests.log")
+    summary = out / "logs" / "tests.log"
     result = _last_line(summary) if summary.exists() else "not run"
-    table.append(["GPU-marked tests", result, "-", "-", "-", "all pass",
-                  _yes(tests is not None and tests["rc"] == 0) if tests else "not run"])
+    table.append(
+        [
+            "GPU-marked tests",
+            result,
+            "-",
+            "-",
+            "-",
+            "all pass",
+            _yes(tests is not None and tests["rc"] == 0) if tests else "not run",
+        ]
+    )
 
     teacher, demo = steps.get("demo-teacher"), steps.get("demo")
     if demo is not None and demo["rc"] == 0:
         extra = f" (+ {teacher['seconds']:.0f} s training its teacher)" if teacher and teacher["rc"] == 0 else ""
-        table.append(["demo-gpu job end to end (bf16 on a GPU)", f"{demo['seconds']:.0f} s{extra}", "-", "-", "-",
-                      f"<= {DEMO_TARGET_S} s", _yes(demo["seconds"] <= DEMO_TARGET_S)])
+        table.append(
+            [
+                "demo-gpu job end to end (bf16 on a GPU)",
+                f"{demo['seconds']:.0f} s{extra}",
+                "-",
+                "-",
+                "-",
+                f"<= {DEMO_TARGET_S} s",
+                _yes(demo["seconds"] <= DEMO_TARGET_S),
+            ]
+        )
     else:
         failed = teacher if teacher is not None and teacher["rc"] != 0 else demo
         table.append(_missing("demo-gpu job end to end (bf16 on a GPU)", failed, f"<= {DEMO_TARGET_S} s", out))
@@ -89,10 +110,20 @@ def rows(out: Path) -> list[list[str]]:
         best = max(speeds, key=speeds.get)
         x = speeds[best] / plain
         limit = f"{speeds[best] / b['limit_tok_s']:.0%} of measured matmul rate" + (
-            f", {speeds[best] / b['sheet_tok_s']:.0%} of datasheet" if b.get("sheet_tok_s") else "")
+            f", {speeds[best] / b['sheet_tok_s']:.0%} of datasheet" if b.get("sheet_tok_s") else ""
+        )
         naive = f"{plain:,.0f} plain" + (f"; {speeds['sorted']:,.0f} sorted" if "sorted" in speeds else "")
-        table.append([label, f"{speeds[best]:,.0f} tok/s ({best})", naive, f"{x:.1f}x", limit, target,
-                      _yes(met(speeds[best], x)) if target != "-" else "-"])
+        table.append(
+            [
+                label,
+                f"{speeds[best]:,.0f} tok/s ({best})",
+                naive,
+                f"{x:.1f}x",
+                limit,
+                target,
+                _yes(met(speeds[best], x)) if target != "-" else "-",
+            ]
+        )
 
     measured = [b["preset"] for b in bench if b["bench"] == "train"]
     for preset in dict.fromkeys([*TRAIN_TARGETS, *measured]):
@@ -109,10 +140,17 @@ def rows(out: Path) -> list[list[str]]:
         sheet = best.get("mfu_datasheet")
         shown = f"{sheet:.1%} MFU datasheet" if sheet is not None else "no datasheet peak"
         plain_sheet = f"{plain['mfu_datasheet']:.1%}" if plain.get("mfu_datasheet") is not None else "-"
-        table.append([label, f"{shown}, {best['mfu']:.1%} measured; {best['tok_s']:,.0f} tok/s ({best['name']})",
-                      f"{plain_sheet} datasheet, {plain['mfu']:.1%} measured (plain torch)",
-                      f"{best['tok_s'] / plain['tok_s']:.1f}x", f"{b['matmul_tflops']:.0f} TFLOP/s measured",
-                      words, _yes(sheet is not None and sheet >= target) if target else "-"])
+        table.append(
+            [
+                label,
+                f"{shown}, {best['mfu']:.1%} measured; {best['tok_s']:,.0f} tok/s ({best['name']})",
+                f"{plain_sheet} datasheet, {plain['mfu']:.1%} measured (plain torch)",
+                f"{best['tok_s'] / plain['tok_s']:.1f}x",
+                f"{b['matmul_tflops']:.0f} TFLOP/s measured",
+                words,
+                _yes(sheet is not None and sheet >= target) if target else "-",
+            ]
+        )
 
     kd = [b for b in bench if b["bench"] == "kd"]
     if not kd:
@@ -121,9 +159,17 @@ def rows(out: Path) -> list[list[str]]:
         speeds = {r["name"]: r for r in b["rows"]}
         plain = speeds.pop("no KD")
         for name, r in speeds.items():
-            table.append([f"train {b['student']} with {name}, teacher {b['teacher']}",
-                          f"{r['tok_s']:,.0f} tok/s, {r['mfu']:.1%} MFU measured (teacher FLOPs counted)",
-                          f"{plain['tok_s']:,.0f} tok/s no KD", f"{r['tok_s'] / plain['tok_s']:.2f}x", "-", "-", "-"])
+            table.append(
+                [
+                    f"train {b['student']} with {name}, teacher {b['teacher']}",
+                    f"{r['tok_s']:,.0f} tok/s, {r['mfu']:.1%} MFU measured (teacher FLOPs counted)",
+                    f"{plain['tok_s']:,.0f} tok/s no KD",
+                    f"{r['tok_s'] / plain['tok_s']:.2f}x",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
     return table
 
 

@@ -15,12 +15,28 @@ from miniplm.corpus.readers import RawDoc
 # Reasons that mean the input itself is bad (on_error: fail stops on these);
 # "empty" and the duplicate counts are ordinary filtering.
 BAD_INPUT_REASONS = frozenset(
-    {"unreadable_file", "truncated_file", "malformed_json", "invalid_utf8", "missing_text",
-     "missing_id", "not_string", "too_long", "duplicate_id"}
+    {
+        "unreadable_file",
+        "truncated_file",
+        "malformed_json",
+        "invalid_utf8",
+        "missing_text",
+        "missing_id",
+        "not_string",
+        "too_long",
+        "duplicate_id",
+    }
 )
 # Reasons of the quality and repetition filters (corpus/quality.py): Gopher's rules.
-QUALITY_REASONS = ("short_document", "mean_word_length", "symbol_ratio", "bullet_lines", "ellipsis_lines",
-                   "non_alpha_words", "few_stop_words")
+QUALITY_REASONS = (
+    "short_document",
+    "mean_word_length",
+    "symbol_ratio",
+    "bullet_lines",
+    "ellipsis_lines",
+    "non_alpha_words",
+    "few_stop_words",
+)
 REPETITION_REASONS = ("duplicate_paragraphs", "duplicate_lines", "top_ngram", "duplicate_ngrams")
 
 

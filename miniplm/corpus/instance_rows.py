@@ -31,8 +31,9 @@ def padded_rows(instances: Sequence[Sequence[int]], width: int) -> tuple[np.ndar
     return rows, int((rows == PAD).sum())
 
 
-def piece_token_lists(texts: Sequence[str], docs: Sequence[Sequence[dict[str, Any]]], tokenizer,
-                      eos: int) -> list[list[int]]:
+def piece_token_lists(
+    texts: Sequence[str], docs: Sequence[Sequence[dict[str, Any]]], tokenizer, eos: int
+) -> list[list[int]]:
     """Each instance's document pieces tokenized by another tokenizer, EOS after each piece that
     ends its document: the pieces, in order, as the token lists to join."""
     pieces, ends = [], []

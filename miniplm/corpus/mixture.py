@@ -47,20 +47,28 @@ def write_mixture(out: Path, components: dict[str, Path], weights: dict[str, flo
     sets = {name: TokenRows(folder) for name, folder in components.items()}
     empty = [name for name, rows in sets.items() if not len(rows)]
     if empty:  # the largest mix in the shares is then the empty one: say which set is at fault
-        raise StageError(f"token set {out.name!r} mixes token set {empty[0]!r}, which holds no rows "
-                         f"({components[empty[0]]}): check what it was made from, or leave it out of the mix")
+        raise StageError(
+            f"token set {out.name!r} mixes token set {empty[0]!r}, which holds no rows "
+            f"({components[empty[0]]}): check what it was made from, or leave it out of the mix"
+        )
     widths = {r.width for r in sets.values() if len(r)}
     if len(widths) > 1:
         raise ValueError(f"{out.name}: the mixed token sets have rows of different widths {sorted(widths)}")
     counts = mixture_counts({n: len(r) for n, r in sets.items()}, weights)
-    picked = [_take(sets[name], np.sort(np.random.default_rng([seed, i]).permutation(len(sets[name]))[:counts[name]]))
-              for i, name in enumerate(sets)]
+    picked = [
+        _take(sets[name], np.sort(np.random.default_rng([seed, i]).permutation(len(sets[name]))[: counts[name]]))
+        for i, name in enumerate(sets)
+    ]
     rows = np.concatenate(picked) if picked else np.zeros((0, 0), dtype=np.int32)
     rows = rows[np.random.default_rng([seed, len(sets)]).permutation(len(rows))]
     out.mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, len(rows), ROWS_PER_SHARD)):
-        write_rows(out / shard_name(k, ".arrow"), rows[start:start + ROWS_PER_SHARD])
-    stats = {"rows": int(len(rows)), "tokens": int(rows.size), "shards": math.ceil(len(rows) / ROWS_PER_SHARD),
-             "mix": {n: {"weight": weights[n], "rows": counts[n], "rows_available": len(sets[n])} for n in sets}}
+        write_rows(out / shard_name(k, ".arrow"), rows[start : start + ROWS_PER_SHARD])
+    stats = {
+        "rows": int(len(rows)),
+        "tokens": int(rows.size),
+        "shards": math.ceil(len(rows) / ROWS_PER_SHARD),
+        "mix": {n: {"weight": weights[n], "rows": counts[n], "rows_available": len(sets[n])} for n in sets},
+    }
     atomic_write_json(out / STATS_FILE, stats)
     return stats

@@ -61,8 +61,12 @@ class Bands:
         n = self.cfg.ngram
         shingles = {" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))}
         # xxh32 instead of datasketch's default sha1: the same 32-bit hashes, five times faster
-        sig = MinHash(num_perm=self.cfg.num_perm, permutations=self._template.permutations,
-                      scheme=self._template.scheme, hashfunc=xxhash.xxh32_intdigest)
+        sig = MinHash(
+            num_perm=self.cfg.num_perm,
+            permutations=self._template.permutations,
+            scheme=self._template.scheme,
+            hashfunc=xxhash.xxh32_intdigest,
+        )
         sig.update_batch(list(shingles))
         values = sig.hashvalues[: self.bands * self.rows].astype(np.uint32).reshape(self.bands, self.rows)
         return [xxhash.xxh64_intdigest(band.tobytes()) for band in values]
@@ -111,8 +115,10 @@ def near_copies(read_band: Callable[[str], np.ndarray], columns: list[str], elig
     if not len(src):
         return out
     nodes = np.unique(np.concatenate([src, dst]))  # only linked rows enter the graph
-    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (np.searchsorted(nodes, src), np.searchsorted(nodes, dst))),
-                       shape=(len(nodes), len(nodes)))
+    graph = coo_matrix(
+        (np.ones(len(src), dtype=np.int8), (np.searchsorted(nodes, src), np.searchsorted(nodes, dst))),
+        shape=(len(nodes), len(nodes)),
+    )
     _, label = connected_components(graph, directed=False)
     # nodes are in position order, so a label's first occurrence is its group's first position
     _, first_node = np.unique(label, return_index=True)

@@ -58,9 +58,11 @@ class Prepare(ShardedStage):
 
     name = NAME
     summary = "read raw sources into deduplicated document shards per split"
-    description = ("Read the job's corpus.inputs, drop bad, empty and duplicate documents, near-copies and noise "
-                   "(corpus.quality: Gopher's rules; corpus.near_duplicates: MinHash), each counted by reason, and "
-                   "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl.")
+    description = (
+        "Read the job's corpus.inputs, drop bad, empty and duplicate documents, near-copies and noise "
+        "(corpus.quality: Gopher's rules; corpus.near_duplicates: MinHash), each counted by reason, and "
+        "write RUN_DIR/docs/{main,reference,heldout}/shard-*.parquet with stats.json and rejects.jsonl."
+    )
     sections = ("seed", "corpus")
     unit = "input units"
 
@@ -108,13 +110,18 @@ class Prepare(ShardedStage):
         return [f"prepare: documents in {job.run_dir}/docs", *summary_lines(result)]
 
     def warnings(self, job: JobConfig, result: dict) -> list[str]:
-        found = [f"prepare: corpus.inputs.{i} ({given['path']}) gave no documents: "
-                 + (f"all {given['read']:,} records read were rejected" if given["read"] else "no records in it")
-                 for i, given in enumerate(result.get("inputs", [])) if not given["accepted"]]
+        found = [
+            f"prepare: corpus.inputs.{i} ({given['path']}) gave no documents: "
+            + (f"all {given['read']:,} records read were rejected" if given["read"] else "no records in it")
+            for i, given in enumerate(result.get("inputs", []))
+            if not given["accepted"]
+        ]
         if not result["kept_total"]:
-            found.append(f"prepare: no document was kept of {result['documents_read']:,} read (rejected "
-                         f"{result['rejected_total']:,}, duplicates {result['duplicates']:,}); see "
-                         f"{job.run_dir}/docs/stats.json and rejects.jsonl")
+            found.append(
+                f"prepare: no document was kept of {result['documents_read']:,} read (rejected "
+                f"{result['rejected_total']:,}, duplicates {result['duplicates']:,}); see "
+                f"{job.run_dir}/docs/stats.json and rejects.jsonl"
+            )
         return found
 
 

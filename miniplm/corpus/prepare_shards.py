@@ -43,6 +43,7 @@ def _drop_status(parts: list[Path], corpus: CorpusConfig) -> tuple[np.ndarray, n
     status[survivors.filter(~pl.col("id").is_first_distinct())["row"].to_numpy()] = REPEATED_ID
     copy_of = np.full(keys.height, -1, dtype=np.int64)
     if corpus.near_duplicates is not None:
+
         def read_band(name: str) -> np.ndarray:
             return pl.concat([pl.scan_parquet(p).select(name) for p in parts]).collect()[name].to_numpy()
 
@@ -122,13 +123,19 @@ def finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
         },
         "shards": {s: writers[s].shards_written for s in SPLITS},
         "sources": {src: dict(sorted(c.items())) for src, c in sorted(by_source.items())},
-        "inputs": [{"path": spec.path,
-                    "read": sum(st["read"] for u, st in zip(units, unit_stats) if u.input_index == i),
-                    "accepted": sum(st["accepted"] for u, st in zip(units, unit_stats) if u.input_index == i)}
-                   for i, spec in enumerate(job.corpus.inputs)],
+        "inputs": [
+            {
+                "path": spec.path,
+                "read": sum(st["read"] for u, st in zip(units, unit_stats) if u.input_index == i),
+                "accepted": sum(st["accepted"] for u, st in zip(units, unit_stats) if u.input_index == i),
+            }
+            for i, spec in enumerate(job.corpus.inputs)
+        ],
         # what each filter dropped (duplicates included), by the split the document's id falls in
-        "dropped_by_split": {split: {src: dict(sorted(c.items())) for src, c in sorted(sources.items())}
-                             for split, sources in sorted(drops.by_split.items())},
+        "dropped_by_split": {
+            split: {src: dict(sorted(c.items())) for src, c in sorted(sources.items())}
+            for split, sources in sorted(drops.by_split.items())
+        },
     }
     atomic_write_json(rd.doc_stats, stats)
     return stats
@@ -138,8 +145,13 @@ class _Drops:
     """What the global step drops, batch by batch: counts per split and source, and a rejects line
     (written as it goes) for each repeated id and near-copy."""
 
-    def __init__(self, path: Path, by_split: dict[str, dict[str, Counter[str]]], copy_of: np.ndarray | None,
-                 copied_ids: dict[int, str]):
+    def __init__(
+        self,
+        path: Path,
+        by_split: dict[str, dict[str, Counter[str]]],
+        copy_of: np.ndarray | None,
+        copied_ids: dict[int, str],
+    ):
         self.path = path
         self.by_split = by_split  # split -> source -> reason, step 1's filters included
         self.copy_of, self.copied_ids = copy_of, copied_ids
@@ -168,10 +180,22 @@ class _Drops:
                 continue
             rows = dropped.select(["_file", "_line", "id", "source", "split", "text"]).to_pylist()
             for row, at in zip(rows, offset + where):
-                detail = (f"a near-copy of document {self.copied_ids[self.copy_of[at]]!r}" if code == NEAR_DUPLICATE
-                          else f"id {row['id']!r} already used")
-                record = dict(file=row["_file"], line=row["_line"], reason=label, detail=detail, count=1,
-                              id=row["id"], source=row["source"], split=row["split"], chars=len(row["text"]))
+                detail = (
+                    f"a near-copy of document {self.copied_ids[self.copy_of[at]]!r}"
+                    if code == NEAR_DUPLICATE
+                    else f"id {row['id']!r} already used"
+                )
+                record = dict(
+                    file=row["_file"],
+                    line=row["_line"],
+                    reason=label,
+                    detail=detail,
+                    count=1,
+                    id=row["id"],
+                    source=row["source"],
+                    split=row["split"],
+                    chars=len(row["text"]),
+                )
                 self.file.write(orjson.dumps(record) + b"\n")
                 self.rejected[label] += 1
                 self.rejected_chars += record["chars"]

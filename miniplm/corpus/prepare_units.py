@@ -60,7 +60,9 @@ def plan_units(corpus: CorpusConfig) -> list[Unit]:
             groups.append((i, tuple(files)))
         elif spec.format == "text":
             files = files[: spec.limit]  # a text file is one record
-            groups += [(i, tuple(files[k : k + TEXT_FILES_PER_UNIT])) for k in range(0, len(files), TEXT_FILES_PER_UNIT)]
+            groups += [
+                (i, tuple(files[k : k + TEXT_FILES_PER_UNIT])) for k in range(0, len(files), TEXT_FILES_PER_UNIT)
+            ]
         else:
             groups += [(i, (f,)) for f in files]
     return [Unit(n, i, paths) for n, (i, paths) in enumerate(groups)]
@@ -74,8 +76,10 @@ def metadata_columns(corpus: CorpusConfig) -> list[str]:
 def shard_schema(corpus: CorpusConfig) -> pa.Schema:
     # Metadata columns are strings (JSON for non-string values): inputs of
     # different formats cannot be trusted to agree on a type.
-    return pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
-                     + [(name, pa.string()) for name in metadata_columns(corpus)])
+    return pa.schema(
+        [("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
+        + [(name, pa.string()) for name in metadata_columns(corpus)]
+    )
 
 
 def band_names_of(corpus: CorpusConfig) -> list[str]:
@@ -178,9 +182,11 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
     bands = Bands(corpus.near_duplicates, job.seed) if corpus.near_duplicates is not None else None
     band_names = band_names_of(corpus)
 
-    with atomic_path(work / f"{unit.key}.parquet") as part_tmp, \
-            atomic_path(work / f"{unit.key}.rejects.jsonl") as rejects_tmp, \
-            open(rejects_tmp, "wb") as rejects_file:
+    with (
+        atomic_path(work / f"{unit.key}.parquet") as part_tmp,
+        atomic_path(work / f"{unit.key}.rejects.jsonl") as rejects_tmp,
+        open(rejects_tmp, "wb") as rejects_file,
+    ):
         part = _Part(part_tmp, schema)
 
         def reject(r: Rejection, **document: str) -> None:
@@ -235,8 +241,13 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
         part.close()
         progress(read % PROGRESS_EVERY)
 
-    stats = {"read": read, "accepted": part.total, "rejected": dict(sorted(rejected.items())), "chars": dict(chars),
-             "filtered": filtered}
+    stats = {
+        "read": read,
+        "accepted": part.total,
+        "rejected": dict(sorted(rejected.items())),
+        "chars": dict(chars),
+        "filtered": filtered,
+    }
     atomic_write_json(work / f"{unit.key}.stats.json", stats)
     rd.mark_done(NAME, unit.key, config_hash)
     return stats
@@ -262,8 +273,9 @@ def run_units(job: JobConfig, units: list[Unit], config_hash: str, show_progress
         # spawn, not fork: polars and pyarrow keep thread pools that fork would copy mid-use.
         ctx = mp.get_context("spawn")
         counter = ctx.Value("q", 0)
-        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(counter, os.getpid())) as pool:
+        with ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=_init_worker, initargs=(counter, os.getpid())
+        ) as pool:
             pending = {pool.submit(process_unit, job, unit, config_hash) for unit in units}
             try:
                 while pending:

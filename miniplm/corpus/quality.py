@@ -50,17 +50,23 @@ def _rule_names(cfg: QualityConfig) -> dict[str, tuple[str, str]]:
         "gopher_below_alpha_threshold": ("non_alpha_words", f"under {cfg.min_alpha_words} of words hold a letter"),
         "gopher_enough_stop_words": ("few_stop_words", f"fewer than {cfg.min_stop_words} distinct stop words"),
         "dup_para_frac": ("duplicate_paragraphs", f"over {cfg.max_duplicate_paragraphs} of paragraphs repeat"),
-        "dup_para_char_frac": ("duplicate_paragraphs",
-                               f"repeated paragraphs hold over {cfg.max_duplicate_paragraph_chars} of the characters"),
+        "dup_para_char_frac": (
+            "duplicate_paragraphs",
+            f"repeated paragraphs hold over {cfg.max_duplicate_paragraph_chars} of the characters",
+        ),
         "dup_line_frac": ("duplicate_lines", f"over {cfg.max_duplicate_lines} of lines repeat"),
-        "dup_line_char_frac": ("duplicate_lines",
-                               f"repeated lines hold over {cfg.max_duplicate_line_chars} of the characters"),
+        "dup_line_char_frac": (
+            "duplicate_lines",
+            f"repeated lines hold over {cfg.max_duplicate_line_chars} of the characters",
+        ),
     }
     for n, limit in cfg.max_top_ngram_chars.items():
         names[f"top_{n}_gram"] = ("top_ngram", f"the most frequent {n}-gram covers over {limit} of the characters")
     for n, limit in cfg.max_duplicate_ngram_chars.items():
-        names[f"duplicated_{n}_n_grams"] = ("duplicate_ngrams",
-                                           f"repeated {n}-grams cover over {limit} of the characters")
+        names[f"duplicated_{n}_n_grams"] = (
+            "duplicate_ngrams",
+            f"repeated {n}-grams cover over {limit} of the characters",
+        )
     return names
 
 
@@ -71,24 +77,37 @@ class QualityFilter:
         self.cfg = cfg
         words = WhitespaceWords()
         self.quality = GopherQualityFilter(
-            min_doc_words=None, max_doc_words=None,  # length is judged here (min_words) and by corpus.max_chars
-            min_avg_word_length=cfg.min_mean_word_length, max_avg_word_length=cfg.max_mean_word_length,
-            max_symbol_word_ratio=cfg.max_symbol_word_ratio, max_bullet_lines_ratio=cfg.max_bullet_lines,
-            max_ellipsis_lines_ratio=cfg.max_ellipsis_lines, max_non_alpha_words_ratio=cfg.min_alpha_words,
-            min_stop_words=cfg.min_stop_words, language=words)
+            min_doc_words=None,
+            max_doc_words=None,  # length is judged here (min_words) and by corpus.max_chars
+            min_avg_word_length=cfg.min_mean_word_length,
+            max_avg_word_length=cfg.max_mean_word_length,
+            max_symbol_word_ratio=cfg.max_symbol_word_ratio,
+            max_bullet_lines_ratio=cfg.max_bullet_lines,
+            max_ellipsis_lines_ratio=cfg.max_ellipsis_lines,
+            max_non_alpha_words_ratio=cfg.min_alpha_words,
+            min_stop_words=cfg.min_stop_words,
+            language=words,
+        )
         self.repetition = GopherRepetitionFilter(
-            dup_line_frac=cfg.max_duplicate_lines, dup_para_frac=cfg.max_duplicate_paragraphs,
-            dup_line_char_frac=cfg.max_duplicate_line_chars, dup_para_char_frac=cfg.max_duplicate_paragraph_chars,
+            dup_line_frac=cfg.max_duplicate_lines,
+            dup_para_frac=cfg.max_duplicate_paragraphs,
+            dup_line_char_frac=cfg.max_duplicate_line_chars,
+            dup_para_char_frac=cfg.max_duplicate_paragraph_chars,
             top_n_grams=tuple(sorted(cfg.max_top_ngram_chars.items())),
-            dup_n_grams=tuple(sorted(cfg.max_duplicate_ngram_chars.items())), language=words)
+            dup_n_grams=tuple(sorted(cfg.max_duplicate_ngram_chars.items())),
+            language=words,
+        )
         self.names = _rule_names(cfg)
 
     def __call__(self, text: str) -> tuple[str, str] | None:
         """(reason, detail) when a rule drops the text, else None."""
         n_words = len(text.split())
         if n_words < self.cfg.min_words:
-            return ("short_document", f"{n_words} words (min_words is {self.cfg.min_words})") \
-                if self.cfg.drop_short else None
+            return (
+                ("short_document", f"{n_words} words (min_words is {self.cfg.min_words})")
+                if self.cfg.drop_short
+                else None
+            )
         doc = Document(text=text, id="")
         for rules in (self.quality, self.repetition):
             with warnings.catch_warnings():  # a text of symbols only has no mean word length: numpy warns

@@ -146,8 +146,13 @@ def _text_type_problem(schema: pa.Schema, spec: InputSpec) -> tuple[str, str] | 
     if spec.id_field and spec.id_field not in names:
         return "missing_id", f"no column {spec.id_field!r}"
     t = schema.field(spec.text_field).type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or pa.types.is_string_view(t)):
+    if not (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string_view(t)
+    ):
         return "not_string", f"column {spec.text_field!r} has type {t}"
     return None
 

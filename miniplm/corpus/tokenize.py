@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from miniplm import outputs
 from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
@@ -31,16 +32,15 @@ from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm import outputs
 from miniplm.inputs import Input, Tokenizer
+from miniplm.lookups import tokenizer_name
 from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import EntryStage, Part, StageRun, doc_shard_keys, run_sharded
-from miniplm.lookups import tokenizer_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.schema.tokenize import TokenSet
+from miniplm.stage import EntryStage, Part, StageRun, doc_shard_keys, run_sharded
 from miniplm.workers import Worker
 
 NAME = "tokenize"
@@ -56,20 +56,26 @@ def input_shards(rd: RunDir, token_set: TokenSet) -> list[Path]:
     stage = outputs.document_input(token_set.input).stage
     state = rd.stage_state(stage)
     if state.get("state") != "done":
-        raise StageError(f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
-                         f"run `miniplm {stage.split('/')[0]}` first")
+        raise StageError(
+            f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
+            f"run `miniplm {stage.split('/')[0]}` first"
+        )
     if token_set.generated is not None:
         return sorted(rd.generated(token_set.generated).glob("shard-*.parquet"))
     if stage == "prepare":
         return rd.doc_shards(token_set.input)
     for control in RANDOM_CONTROLS:  # the job asks for it (`check` below), but select may have run without it
         if token_set.input == control.folder and control.entry not in state.get("counts", {}):
-            raise ConfigError(f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
-                              f"{control.pool} (or both), and the selection there was made without it")
+            raise ConfigError(
+                f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
+                f"{control.pool} (or both), and the selection there was made without it"
+            )
     return sorted(rd.selected(token_set.input).glob("shard-*.parquet"))
 
 
-def pack(token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def pack(
+    token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """Rows of seq_len + 1 tokens from the stream of token lists (each followed by `eos`, unless
     None), shuffled; and the tail left over."""
     pieces = [np.asarray(t + ([eos] if eos is not None else []), dtype=np.int64) for t in token_lists]
@@ -80,8 +86,16 @@ def pack(token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.ra
     return rows[rng.permutation(n_rows)], len(stream) - n_rows * width
 
 
-def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, index: int, source: Path, out: Path,
-                   reading: str = "documents") -> dict:
+def tokenize_shard(
+    job: JobConfig,
+    token_set: TokenSet,
+    tokenizer,
+    eos: int,
+    index: int,
+    source: Path,
+    out: Path,
+    reading: str = "documents",
+) -> dict:
     """reading: documents; instances (their tokens, one row each); or instance-text (their pieces)."""
     rng = np.random.default_rng([job.seed, index])
     columns = {"documents": ["text"], "instances": ["input_ids"], "instance-text": ["text", "docs"]}[reading]
@@ -101,16 +115,22 @@ def tokenize_shard(job: JobConfig, token_set: TokenSet, tokenizer, eos: int, ind
     else:
         rows, tail = pack(token_lists, None, token_set.seq_len, rng)
     write_rows(out / shard_name(index, ".arrow"), rows)
-    stats = {"documents": units, "tokens": sum(len(t) for t in token_lists), "rows": len(rows),
-             "tail_tokens_dropped": tail, "pad_tokens": pad}
+    stats = {
+        "documents": units,
+        "tokens": sum(len(t) for t in token_lists),
+        "rows": len(rows),
+        "tail_tokens_dropped": tail,
+        "pad_tokens": pad,
+    }
     atomic_write_json(out / shard_name(index, ".json"), stats)
     return stats
 
 
 def _mix_waits(rd: RunDir, token_set: TokenSet) -> bool:
     """Whether a mix must wait for other workers still writing the sets it draws on (the last of them makes it)."""
-    return token_set.mix is not None and any(rd.stage_state(f"{NAME}/{c}").get("state") == "running"
-                                             for c in token_set.mix)
+    return token_set.mix is not None and any(
+        rd.stage_state(f"{NAME}/{c}").get("state") == "running" for c in token_set.mix
+    )
 
 
 def reading(job: JobConfig, token_set: TokenSet) -> str:
@@ -136,9 +156,11 @@ class Tokenize(EntryStage):
 
     name = NAME
     summary = "pack documents into token rows for training"
-    description = ("For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
-                   "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
-                   "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer).")
+    description = (
+        "For each token set in the job's `tokenize:` list, tokenize its input (selected documents or a "
+        "split), join documents with EOS and cut the stream into shuffled rows of seq_len + 1 tokens in "
+        "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."
+    )
     sections = ("seed",)  # plus the token set, its tokenizer and the input stage's hash
     only = "token set"
     none = "tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])"
@@ -150,14 +172,15 @@ class Tokenize(EntryStage):
         """Its settings and its documents read with its tokenizer; or, for a mix, the sets it draws on."""
         token_set: TokenSet = part.item
         if token_set.mix is not None:
-            return [token_set.model_dump_json(),
-                    *(outputs.tokens(c, why=f"token set {token_set.name!r} mixes {c!r}") for c in token_set.mix)]
+            return [
+                token_set.model_dump_json(),
+                *(outputs.tokens(c, why=f"token set {token_set.name!r} mixes {c!r}") for c in token_set.mix),
+            ]
         reads: list[Input] = [token_set.model_dump_json(), outputs.document_input(token_set.input)]
         try:
             return reads + [Tokenizer("tokenizer", resolve_model(tokenizer_name(job, token_set)))]
         except ConfigError:
             return reads  # no tokenizer to name: `setup` refuses to run it, saying why
-
 
     def check(self, job: JobConfig) -> None:
         """Names that differ; inputs the job writes (a random control select draws, a generate entry);
@@ -168,29 +191,37 @@ class Tokenize(EntryStage):
             raise ConfigError(f"tokenize: names must differ (got {', '.join(names)})")
         for control in RANDOM_CONTROLS:
             if any(t.input == control.folder for t in job.tokenize) and control not in job.select.random_controls:
-                raise ConfigError(f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} "
-                                  "(or both)")
+                raise ConfigError(
+                    f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} (or both)"
+                )
         generated = [g.name for g in job.generate]
         sets = {t.name: t for t in job.tokenize}
         for t in job.tokenize:
             for part in t.mix or {}:
                 if part not in sets or sets[part].mix is not None:
-                    raise ConfigError(f"tokenize: {t.name!r} mixes {part!r}, which is no token set of the job made "
-                                      f"from documents (token sets: {', '.join(sets)})")
+                    raise ConfigError(
+                        f"tokenize: {t.name!r} mixes {part!r}, which is no token set of the job made "
+                        f"from documents (token sets: {', '.join(sets)})"
+                    )
                 if sets[part].seq_len != t.seq_len:
-                    raise ConfigError(f"tokenize: {t.name!r} (seq_len {t.seq_len}) mixes {part!r} (seq_len "
-                                      f"{sets[part].seq_len}); give them one seq_len")
+                    raise ConfigError(
+                        f"tokenize: {t.name!r} (seq_len {t.seq_len}) mixes {part!r} (seq_len "
+                        f"{sets[part].seq_len}); give them one seq_len"
+                    )
             if len({sets[p].tokenizer for p in t.mix or {}}) > 1:
                 raise ConfigError(f"tokenize: {t.name!r} mixes token sets made with different tokenizers")
             if t.mix is None and t.generated is not None and t.generated not in generated:
-                raise ConfigError(f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
-                                  f"{t.generated!r} (generate: {', '.join(generated) or 'none'})")
+                raise ConfigError(
+                    f"tokenize: {t.name!r} reads {t.input!r}, and the job's generate list has no "
+                    f"{t.generated!r} (generate: {', '.join(generated) or 'none'})"
+                )
         for token_set in job.tokenize:
             if reading(job, token_set) == "instances" and token_set.seq_len != job.score.max_length:
                 raise ConfigError(
                     f"tokenize.{token_set.name}: the selected instances are rows of score.max_length + 1 = "
                     f"{job.score.max_length + 1} tokens, trained on as they are: set seq_len: {job.score.max_length} "
-                    "(or give another tokenizer, which packs their text)")
+                    "(or give another tokenizer, which packs their text)"
+                )
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set: TokenSet = part.item
@@ -225,14 +256,23 @@ class Tokenize(EntryStage):
     def global_step(self, run: StageRun) -> None:
         token_set: TokenSet = run.part.item
         if token_set.mix is not None:
-            write_mixture(run.rd.tokens(token_set.name), {c: run.rd.tokens(c) for c in token_set.mix}, token_set.mix,
-                          run.job.seed)
+            write_mixture(
+                run.rd.tokens(token_set.name), {c: run.rd.tokens(c) for c in token_set.mix}, token_set.mix, run.job.seed
+            )
 
     def run_shard(self, run: StageRun, index: int) -> None:
         token_set: TokenSet = run.part.item
         ctx: TokenizeContext = run.context
-        tokenize_shard(run.job, token_set, ctx.tokenizer, ctx.tokenizer.eos_token_id, index, ctx.input_shards[index],
-                       run.rd.tokens(token_set.name), ctx.reading)
+        tokenize_shard(
+            run.job,
+            token_set,
+            ctx.tokenizer,
+            ctx.tokenizer.eos_token_id,
+            index,
+            ctx.input_shards[index],
+            run.rd.tokens(token_set.name),
+            ctx.reading,
+        )
 
     def finish(self, run: StageRun) -> dict:
         token_set: TokenSet = run.part.item
@@ -244,25 +284,42 @@ class Tokenize(EntryStage):
         unit = "documents" if run.context.reading == "documents" else "instances"
         return {**counts, "shards": len(per_shard), "seq_len": token_set.seq_len, "unit": unit}
 
-    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-            show_progress: bool = True) -> dict[str, dict | None]:
+    def run(
+        self,
+        job: JobConfig,
+        worker: Worker = Worker(),
+        *,
+        only: str | None = None,
+        force: bool = False,
+        show_progress: bool = True,
+    ) -> dict[str, dict | None]:
         """Every token set of the job (or the one named `only`); counts per set, None for a set
         whose shards other workers are still writing."""
         rd = RunDir(job.run_dir)
-        return {p.item.name: None if _mix_waits(rd, p.item) else
-                run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
-                for p in self.parts(job, only)}
+        return {
+            p.item.name: None
+            if _mix_waits(rd, p.item)
+            else run_sharded(self, job, p, worker, force=force, show_progress=show_progress)
+            for p in self.parts(job, only)
+        }
 
     def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
         if "mix" in counts:
             parts = ", ".join(f"{c['rows']:,} of {c['rows_available']:,} rows of {n}" for n, c in counts["mix"].items())
-            return [f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
-                    f"in {job.run_dir}/tokens/{name}"]
-        left = (f"{counts['pad_tokens']:,} padding" if counts.get("pad_tokens")
-                else f"{counts['tail_tokens_dropped']:,} tail tokens left over")
-        return [f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
-                f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
-                f"({left}) in {job.run_dir}/tokens/{name}"]
+            return [
+                f"tokenize {name}: {counts['rows']:,} rows of {counts['seq_len'] + 1} mixed from {parts} "
+                f"in {job.run_dir}/tokens/{name}"
+            ]
+        left = (
+            f"{counts['pad_tokens']:,} padding"
+            if counts.get("pad_tokens")
+            else f"{counts['tail_tokens_dropped']:,} tail tokens left over"
+        )
+        return [
+            f"tokenize {name}: {counts['documents']:,} {counts.get('unit', 'documents')}, "
+            f"{counts['tokens']:,} tokens -> {counts['rows']:,} rows of {counts['seq_len'] + 1} "
+            f"({left}) in {job.run_dir}/tokens/{name}"
+        ]
 
 
 STAGE = Tokenize()

@@ -32,8 +32,12 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
 def list_blocks(column: pa.ChunkedArray) -> list[np.ndarray]:
     """A column of fixed-size lists as [rows, width] views of its values, one per chunk (no copy)."""
     width = column.type.list_size
-    return [chunk.values.to_numpy(zero_copy_only=True)[chunk.offset * width : (chunk.offset + len(chunk)) * width]
-            .reshape(-1, width) for chunk in column.chunks]
+    return [
+        chunk.values.to_numpy(zero_copy_only=True)[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(
+            -1, width
+        )
+        for chunk in column.chunks
+    ]
 
 
 def row_blocks(path: Path) -> list[np.ndarray]:

@@ -29,15 +29,18 @@ from miniplm.report.page import assemble, write_section
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 
-
 COMPUTE_HEADERS = {"training": "train FLOPs", "teacher": "of which KD teacher", "total": "total FLOPs"}
-UNIGRAM_NOTE = ("unigram (NAME): the unigram model of token set NAME (its tokens counted, add-one smoothed over the "
-                "tokenizer's vocabulary), scored on exactly the tokens the students are: a floor; a student not "
-                "clearly below it has learned little beyond how common each token is.")
-FLOPS_NOTE = ("train FLOPs: the student's own training, forward and backward, plus for online KD the teacher's "
-              "forward passes in the loop (of which KD teacher, when a student has them): the paper's compute axis, "
-              "which leaves MiniPLM's offline scoring uncharged. total FLOPs: training plus the student's share of "
-              "the scoring, generation, pruning and stored teacher log-probs its data and weights needed.")
+UNIGRAM_NOTE = (
+    "unigram (NAME): the unigram model of token set NAME (its tokens counted, add-one smoothed over the "
+    "tokenizer's vocabulary), scored on exactly the tokens the students are: a floor; a student not "
+    "clearly below it has learned little beyond how common each token is."
+)
+FLOPS_NOTE = (
+    "train FLOPs: the student's own training, forward and backward, plus for online KD the teacher's "
+    "forward passes in the loop (of which KD teacher, when a student has them): the paper's compute axis, "
+    "which leaves MiniPLM's offline scoring uncharged. total FLOPs: training plus the student's share of "
+    "the scoring, generation, pruning and stored teacher log-probs its data and weights needed."
+)
 
 
 def groups(results: dict[str, dict]) -> dict[str, list[str]]:
@@ -48,8 +51,9 @@ def groups(results: dict[str, dict]) -> dict[str, list[str]]:
     return out
 
 
-def _cell(rs: list[dict], get: Callable[[dict], float | None], fmt: str, scale: float = 1.0, *,
-          with_spread: bool = True) -> str:
+def _cell(
+    rs: list[dict], get: Callable[[dict], float | None], fmt: str, scale: float = 1.0, *, with_spread: bool = True
+) -> str:
     values = [v * scale for v in map(get, rs) if v is not None]
     if len(values) < len(rs) or not values:
         return ""
@@ -62,6 +66,7 @@ def _lm(corpus: str, key: str, packed: bool = False) -> Callable[[dict], float |
         lm = r["lm"].get(corpus)
         lm = lm.get("packed") if lm is not None and packed else lm
         return None if lm is None else lm.get(key)
+
     return get
 
 
@@ -95,15 +100,21 @@ def table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         rs = [results[n] for n in names]
         row = [group, rs[0]["role"], rs[0].get("trained_on") or ""]
         for c in corpora:
-            row += [_cell(rs, _lm(c, "loss"), ".4f"), _cell(rs, _lm(c, "perplexity"), ".2f"),
-                    _cell(rs, _lm(c, "bits_per_byte"), ".4f")]
+            row += [
+                _cell(rs, _lm(c, "loss"), ".4f"),
+                _cell(rs, _lm(c, "perplexity"), ".2f"),
+                _cell(rs, _lm(c, "bits_per_byte"), ".4f"),
+            ]
         row += [_cell(rs, _lm(c, "loss", packed=True), ".4f") for c in packed]
         row += [_cell(rs, _task(t), ".1f", 100) for t in tasks]
         if tasks:
             row.append(_cell(rs, lambda r: r.get("zero_shot", {}).get("average"), ".1f", 100))
         if with_compute:  # a unigram is counted, not computed: no model FLOPs
-            row += (["-"] * len(compute_keys) if rs[0]["role"] == "unigram" else
-                    [_cell(rs, _compute(key), ".2e", with_spread=False) for key in compute_keys])
+            row += (
+                ["-"] * len(compute_keys)
+                if rs[0]["role"] == "unigram"
+                else [_cell(rs, _compute(key), ".2e", with_spread=False) for key in compute_keys]
+            )
         if several:
             row.append(str(len(names)))
         rows.append(row)
@@ -148,10 +159,15 @@ def write(rd: RunDir, results: dict[str, dict]) -> None:
 
 def summary(results: dict[str, dict]) -> dict[str, Any]:
     """Per model, the headline numbers (the manifest's counts)."""
-    return {name: {"lm_loss": {c: v["loss"] for c, v in r["lm"].items()},
-                   "packed_loss": {c: v["packed"]["loss"] for c, v in r["lm"].items() if "packed" in v},
-                   "zero_shot_average": r.get("zero_shot", {}).get("average"),
-                   "compute": (r.get("compute") or {}).get("total")} for name, r in results.items()}
+    return {
+        name: {
+            "lm_loss": {c: v["loss"] for c, v in r["lm"].items()},
+            "packed_loss": {c: v["packed"]["loss"] for c, v in r["lm"].items() if "packed" in v},
+            "zero_shot_average": r.get("zero_shot", {}).get("average"),
+            "compute": (r.get("compute") or {}).get("total"),
+        }
+        for name, r in results.items()
+    }
 
 
 def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
@@ -165,8 +181,9 @@ def _curves(job: JobConfig, rd: RunDir, path: Path) -> bool:
             lines = rd.metrics(student.name).read_text().splitlines()
         except FileNotFoundError:
             continue
-        points = sorted({m["step"]: m["heldout_loss"] for m in map(json.loads, lines)
-                         if m.get("heldout_loss") is not None}.items())
+        points = sorted(
+            {m["step"]: m["heldout_loss"] for m in map(json.loads, lines) if m.get("heldout_loss") is not None}.items()
+        )
         if points:
             ax.plot(*zip(*points), marker="o", markersize=3, label=f"{student.name} ({student.tokens})")
             drawn = True
@@ -191,8 +208,9 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     parts: list[str] = []
     if _curves(job, rd, out / "students.png"):
-        parts.append(figure_html(out / "students.png", "Students' held-out loss during training",
-                                 alt="held-out loss curves"))
+        parts.append(
+            figure_html(out / "students.png", "Students' held-out loss during training", alt="held-out loss curves")
+        )
     try:
         results = json.loads(rd.eval_results.read_text())
     except FileNotFoundError:
@@ -202,15 +220,25 @@ def report_section(job: JobConfig, rd: RunDir, out: Path) -> list[str]:
         parts.append(html_table(headers, [[html.escape(c) for c in row] for row in rows], "comparison"))
         corpus = headline(results)
         against_compute(results, groups(results), out / "compute.png")
-        parts.append(figure_html(out / "compute.png", f"Held-out loss ({corpus}) and zero-shot accuracy of each "
-                                 "student, top: against training FLOPs (the paper's axis), bottom: against total "
-                                 "FLOPs", alt="results against compute"))
-        parts.append("<p>Loss in nats per token and perplexity (lower is better; comparable between models "
-                     "with the same tokenizer and context length), bits per byte of text (comparable across "
-                     "tokenizers); the packed loss reads the text as the paper does, joined and cut into "
-                     "instances of max_length + 1 tokens. Accuracies in % (acc_norm where the task has it, else "
-                     "acc). With several seeds a cell is the mean ± the standard deviation over them.</p>")
+        parts.append(
+            figure_html(
+                out / "compute.png",
+                f"Held-out loss ({corpus}) and zero-shot accuracy of each "
+                "student, top: against training FLOPs (the paper's axis), bottom: against total "
+                "FLOPs",
+                alt="results against compute",
+            )
+        )
+        parts.append(
+            "<p>Loss in nats per token and perplexity (lower is better; comparable between models "
+            "with the same tokenizer and context length), bits per byte of text (comparable across "
+            "tokenizers); the packed loss reads the text as the paper does, joined and cut into "
+            "instances of max_length + 1 tokens. Accuracies in % (acc_norm where the task has it, else "
+            "acc). With several seeds a cell is the mean ± the standard deviation over them.</p>"
+        )
         parts += [f"<p>{html.escape(note)}</p>" for note in notes(results)]
-        parts.append("<p>In the figure, models without recorded compute and the unigram floors are dashed "
-                     f"horizontal lines. {html.escape(RULE)} Full results: eval/results.json.</p>")
+        parts.append(
+            "<p>In the figure, models without recorded compute and the unigram floors are dashed "
+            f"horizontal lines. {html.escape(RULE)} Full results: eval/results.json.</p>"
+        )
     return (["<h2>Students</h2>", *parts]) if parts else []

@@ -17,19 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from miniplm import outputs
 from miniplm.compute import record, student_compute
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
-from miniplm import outputs
 from miniplm.inputs import Files, Input, Model
 from miniplm.lookups import expand_input, reference_model
 from miniplm.models.loading import resolve_model
 from miniplm.paths import walk_files
 from miniplm.replicas import replicas
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun
 from miniplm.schema.eval import EvalModel
 from miniplm.schema.job import JobConfig
+from miniplm.stage import Part, ShardedStage, StageRun
 
 NAME = "eval"
 DEFAULT_MAX_LENGTH = 1024
@@ -63,16 +63,27 @@ def targets(job: JobConfig) -> list[Target]:
             for student in job.students if entry == "students" else [s for s in job.students if s.name == entry]:
                 kd = f" + KD ({student.kd.loss}, {student.kd.source})" if student.kd is not None else ""
                 for s in replicas(job, student):
-                    out[s.name] = Target(s.name, str(rd.model(s.name)), "student",
-                                         cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH), s.tokens + kd,
-                                         outputs.trained(s.name).stage, s.tokens)
+                    out[s.name] = Target(
+                        s.name,
+                        str(rd.model(s.name)),
+                        "student",
+                        cfg.max_length or seq_len.get(s.tokens, DEFAULT_MAX_LENGTH),
+                        s.tokens + kd,
+                        outputs.trained(s.name).stage,
+                        s.tokens,
+                    )
         elif entry == "reference":
             if job.reference is None:
                 raise ConfigError("eval.models: the job has no reference")
             trained = job.reference.train
-            out["reference"] = Target("reference", reference_model(job), "reference",
-                                      cfg.max_length or (trained.seq_len if trained else DEFAULT_MAX_LENGTH),
-                                      "reference" if trained else "", outputs.trained("reference").stage if trained else None)
+            out["reference"] = Target(
+                "reference",
+                reference_model(job),
+                "reference",
+                cfg.max_length or (trained.seq_len if trained else DEFAULT_MAX_LENGTH),
+                "reference" if trained else "",
+                outputs.trained("reference").stage if trained else None,
+            )
         elif entry == "teacher":
             if job.teacher is None:
                 raise ConfigError("eval.models: the job has no teacher")
@@ -104,17 +115,25 @@ def _reads(job: JobConfig, models: list[Target]) -> list[Input]:
     reads: list[Input] = []
     for t in models:
         if t.role == "unigram":  # its tokenizer is its student's model, read as that student's row
-            reads += [f"{t.name}:{t.max_length}",
-                      outputs.tokens(t.tokens, why=f"eval counts the tokens of token set {t.tokens!r}")]
+            reads += [
+                f"{t.name}:{t.max_length}",
+                outputs.tokens(t.tokens, why=f"eval counts the tokens of token set {t.tokens!r}"),
+            ]
             continue
         reads += [f"{t.name}:{t.max_length}", Model(f"model {t.name}", resolve_model(t.model))]
         if t.train_stage is not None:
             reads.append(outputs.trained(t.name))
     if job.eval.heldout:
-        reads.append(outputs.documents("heldout", why="eval measures held-out loss on the prepared held-out split "
-                                       "(or set eval.heldout: false)"))
-    reads += [Files(f"eval.corpora.{i}", tuple(expand_input(c)))
-              for i, c in enumerate(job.eval.corpora) if c.format != "hf_hub"]
+        reads.append(
+            outputs.documents(
+                "heldout", why="eval measures held-out loss on the prepared held-out split (or set eval.heldout: false)"
+            )
+        )
+    reads += [
+        Files(f"eval.corpora.{i}", tuple(expand_input(c)))
+        for i, c in enumerate(job.eval.corpora)
+        if c.format != "hf_hub"
+    ]
     for i, path in enumerate(job.eval.task_paths):  # lm-eval says what is wrong with a path that is not there
         files = walk_files(path) if os.path.isdir(path) else [path] if os.path.isfile(path) else []
         reads.append(Files(f"eval.task_paths.{i}", tuple(files)))
@@ -127,8 +146,9 @@ def _corpora(job: JobConfig, rd: RunDir) -> dict[str, Callable[[], list[str]]]:
 
     cfg = job.eval
     corpora = {"heldout": lambda: take(heldout_texts(rd), cfg.max_docs)} if cfg.heldout else {}
-    return corpora | {c.source_name: (lambda c=c: take(corpus_texts(c, job.corpus.max_chars), cfg.max_docs))
-                      for c in cfg.corpora}
+    return corpora | {
+        c.source_name: (lambda c=c: take(corpus_texts(c, job.corpus.max_chars), cfg.max_docs)) for c in cfg.corpora
+    }
 
 
 def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bool) -> dict:
@@ -140,18 +160,38 @@ def evaluate_model(job: JobConfig, rd: RunDir, target: Target, show_progress: bo
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(target.model)
     model = load_model(target.model, "auto", device)
-    result: dict = {"model": target.model, "role": target.role, "trained_on": target.trained_on,
-                    "max_length": target.max_length, "lm": {}}
+    result: dict = {
+        "model": target.model,
+        "role": target.role,
+        "trained_on": target.trained_on,
+        "max_length": target.max_length,
+        "lm": {},
+    }
     for name, texts in _corpora(job, rd).items():
-        result["lm"][name] = lm_loss(model, tokenizer, texts(), max_length=target.max_length,
-                                     stride=min(cfg.stride, target.max_length - 1), batch_tokens=cfg.batch_tokens,
-                                     device=device, desc=f"eval {target.name} {name}", show_progress=show_progress)
+        result["lm"][name] = lm_loss(
+            model,
+            tokenizer,
+            texts(),
+            max_length=target.max_length,
+            stride=min(cfg.stride, target.max_length - 1),
+            batch_tokens=cfg.batch_tokens,
+            device=device,
+            desc=f"eval {target.name} {name}",
+            show_progress=show_progress,
+        )
     # lm-eval's zero-shot tasks are not counted: the harness does not say what it ran
     result["flops"] = record(**{name: lm.pop("flops") for name, lm in result["lm"].items()})
     if cfg.tasks:
-        result["zero_shot"] = zero_shot(model, tokenizer, cfg.tasks, task_paths=cfg.task_paths, limit=cfg.limit,
-                                        num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
-                                        max_length=target.max_length)
+        result["zero_shot"] = zero_shot(
+            model,
+            tokenizer,
+            cfg.tasks,
+            task_paths=cfg.task_paths,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size,
+            max_length=target.max_length,
+        )
     del model
     gc.collect()
     return result
@@ -165,12 +205,27 @@ def evaluate_unigram(job: JobConfig, rd: RunDir, target: Target, show_progress: 
     tokenizer = load_tokenizer(target.model)
     counts = token_counts(rd.tokens(target.tokens), len(tokenizer))
     logp = log_probs(counts)
-    lm = {name: unigram_loss(logp, tokenizer, texts(), max_length=target.max_length,
-                             stride=min(job.eval.stride, target.max_length - 1), desc=f"eval {target.name} {name}",
-                             show_progress=show_progress) for name, texts in _corpora(job, rd).items()}
-    return {"model": str(rd.tokens(target.tokens)), "role": "unigram", "trained_on": target.trained_on,
-            "max_length": target.max_length, "unigram": {"tokens": int(counts.sum()), "vocab": len(counts)}, "lm": lm,
-            "flops": record(**{name: r.pop("flops") for name, r in lm.items()})}
+    lm = {
+        name: unigram_loss(
+            logp,
+            tokenizer,
+            texts(),
+            max_length=target.max_length,
+            stride=min(job.eval.stride, target.max_length - 1),
+            desc=f"eval {target.name} {name}",
+            show_progress=show_progress,
+        )
+        for name, texts in _corpora(job, rd).items()
+    }
+    return {
+        "model": str(rd.tokens(target.tokens)),
+        "role": "unigram",
+        "trained_on": target.trained_on,
+        "max_length": target.max_length,
+        "unigram": {"tokens": int(counts.sum()), "vocab": len(counts)},
+        "lm": lm,
+        "flops": record(**{name: r.pop("flops") for name, r in lm.items()}),
+    }
 
 
 @dataclass
@@ -183,11 +238,13 @@ class Eval(ShardedStage):
 
     name = NAME
     summary = "held-out loss, perplexity and zero-shot accuracy of the job's models, compared"
-    description = ("Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): "
-                   "loss and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on "
-                   "eval.tasks through lm-evaluation-harness; beside them, the unigram of each token set the students "
-                   "trained on, a floor read the same way. Writes RUN_DIR/eval/ (results.json, comparison.md, "
-                   "comparison.png) and adds the comparison to the report. Models split over workers like shards.")
+    description = (
+        "Evaluate every model eval.models names (students, the reference, the teacher, any checkpoint): "
+        "loss and perplexity per token on the held-out split and eval.corpora, zero-shot accuracy on "
+        "eval.tasks through lm-evaluation-harness; beside them, the unigram of each token set the students "
+        "trained on, a floor read the same way. Writes RUN_DIR/eval/ (results.json, comparison.md, "
+        "comparison.png) and adds the comparison to the report. Models split over workers like shards."
+    )
     sections = ("seed", "eval")  # plus the models' fingerprints and the held-out documents
     unit = "models"
 
@@ -207,8 +264,10 @@ class Eval(ShardedStage):
         students = {s.name for s in job.students}
         for m in job.eval.models:
             if isinstance(m, str) and m not in ("students", "reference", "teacher") and m not in students:
-                raise ConfigError(f"eval.models: {m!r} is no student of the job; name a student, students, "
-                                  "reference, teacher, or give {name: ..., model: PATH}")
+                raise ConfigError(
+                    f"eval.models: {m!r} is no student of the job; name a student, students, "
+                    "reference, teacher, or give {name: ..., model: PATH}"
+                )
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str]:
         return [t.name for t in rows(job)]
@@ -216,8 +275,9 @@ class Eval(ShardedStage):
     def setup(self, run: StageRun) -> EvalContext:
         job, rd = run.job, run.rd
         if job.eval is None:
-            raise ConfigError("eval: the job has no `eval:` section (eval: {models: [students]} evaluates every "
-                              "student)")
+            raise ConfigError(
+                "eval: the job has no `eval:` section (eval: {models: [students]} evaluates every student)"
+            )
         models = targets(job)
         if not models:
             raise ConfigError("eval.models: nothing to evaluate (the job lists no students)")
@@ -227,8 +287,10 @@ class Eval(ShardedStage):
             require_lm_eval()
         for t in models:
             if t.train_stage is not None and rd.stage_state(t.train_stage).get("state") != "done":
-                raise StageError(f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
-                                 f"{'train-reference' if t.role == 'reference' else 'train'}` first")
+                raise StageError(
+                    f"{rd.root}: eval of {t.name!r} needs its training; run `miniplm "
+                    f"{'train-reference' if t.role == 'reference' else 'train'}` first"
+                )
         return EvalContext(models + unigrams(models))
 
     def outputs(self, run: StageRun) -> list[Path]:
@@ -259,9 +321,12 @@ class Eval(ShardedStage):
 
         results = json.loads(RunDir(job.run_dir).eval_results.read_text())
         models = sum(r["role"] != "unigram" for r in results.values())
-        return [f"eval: {models} models; {job.run_dir}/eval/comparison.md:", markdown(results).rstrip(),
-                f"compare: {job.run_dir}/eval/comparison.png (each student's held-out loss and accuracy against its "
-                "training FLOPs and against its total FLOPs)"]
+        return [
+            f"eval: {models} models; {job.run_dir}/eval/comparison.md:",
+            markdown(results).rstrip(),
+            f"compare: {job.run_dir}/eval/comparison.png (each student's held-out loss and accuracy against its "
+            "training FLOPs and against its total FLOPs)",
+        ]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         from miniplm.evaluation import compare

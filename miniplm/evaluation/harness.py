@@ -22,8 +22,10 @@ def require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise ConfigError("eval.tasks need lm-evaluation-harness: pip install 'lm_eval>=0.4' "
-                          "(or pip install -e '.[eval]'); set eval.tasks: [] for held-out loss only") from None
+        raise ConfigError(
+            "eval.tasks need lm-evaluation-harness: pip install 'lm_eval>=0.4' "
+            "(or pip install -e '.[eval]'); set eval.tasks: [] for held-out loss only"
+        ) from None
 
 
 def pick_metric(task_result: dict[str, Any]) -> tuple[str, float] | None:
@@ -35,13 +37,32 @@ def pick_metric(task_result: dict[str, Any]) -> tuple[str, float] | None:
     return None
 
 
-def zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limit: int | None, num_fewshot: int,
-              batch_size: int, max_length: int | None = None, log_samples: bool = False) -> dict[str, Any]:
+def zero_shot(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    task_paths: list[str],
+    limit: int | None,
+    num_fewshot: int,
+    batch_size: int,
+    max_length: int | None = None,
+    log_samples: bool = False,
+) -> dict[str, Any]:
     """{"tasks": {task: {"metric", "value", "n"}}, "average": mean value, "samples": ... (when asked)}."""
     require_lm_eval()
     with library_output():
-        return _zero_shot(model, tokenizer, tasks, task_paths=task_paths, limit=limit, num_fewshot=num_fewshot,
-                          batch_size=batch_size, max_length=max_length, log_samples=log_samples)
+        return _zero_shot(
+            model,
+            tokenizer,
+            tasks,
+            task_paths=task_paths,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            max_length=max_length,
+            log_samples=log_samples,
+        )
 
 
 @lru_cache(maxsize=4)
@@ -53,29 +74,52 @@ def _task_manager(task_paths: tuple[str, ...]):
     return TaskManager(include_path=list(task_paths) or None)
 
 
-def _zero_shot(model, tokenizer, tasks: list[str], *, task_paths: list[str], limit: int | None, num_fewshot: int,
-               batch_size: int, max_length: int | None, log_samples: bool) -> dict[str, Any]:
+def _zero_shot(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    task_paths: list[str],
+    limit: int | None,
+    num_fewshot: int,
+    batch_size: int,
+    max_length: int | None,
+    log_samples: bool,
+) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
+
     for path in task_paths:
         if not Path(path).exists():
             raise ConfigError(f"eval.task_paths: nothing at {path!r}")
     manager = _task_manager(tuple(str(Path(p).absolute()) for p in task_paths))
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise ConfigError(f"eval.tasks: lm-eval knows no task {', '.join(map(repr, unknown))} "
-                          "(a typo, or a local task whose folder is not in eval.task_paths)")
+        raise ConfigError(
+            f"eval.tasks: lm-eval knows no task {', '.join(map(repr, unknown))} "
+            "(a typo, or a local task whose folder is not in eval.task_paths)"
+        )
     # max_length: a student's context is what it trained on, not its config's max_position_embeddings
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=manager, log_samples=log_samples, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=log_samples,
+        bootstrap_iters=0,
+    )
     results: dict[str, Any] = {"tasks": {}}
     for task in tasks:
         picked = pick_metric(out["results"].get(task, {}))
         if picked is None:
             raise RuntimeError(f"lm-eval task {task!r} reported neither acc_norm nor acc: {out['results'].get(task)}")
-        results["tasks"][task] = {"metric": picked[0], "value": picked[1],
-                                  "n": int(out.get("n-samples", {}).get(task, {}).get("effective", 0))}
+        results["tasks"][task] = {
+            "metric": picked[0],
+            "value": picked[1],
+            "n": int(out.get("n-samples", {}).get(task, {}).get("effective", 0)),
+        }
     values = [t["value"] for t in results["tasks"].values()]
     results["average"] = sum(values) / len(values) if values else None
     if log_samples:

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from miniplm.corpus.readers import RawDoc, read_input
 from miniplm.errors import ConfigError
 from miniplm.lookups import expand_input
-from miniplm.rundir import RunDir
 from miniplm.models.flops import ModelFlops
 from miniplm.models.text_tokens import token_ids
+from miniplm.rundir import RunDir
 from miniplm.schema.corpus import InputSpec
 from miniplm.scoring.instances import Boundaries, pack_source
 from miniplm.scoring.logprobs import batch_logprobs
@@ -63,8 +63,9 @@ class Tally:
     def __init__(self) -> None:
         self.logprob, self.tokens, self.units, self.flops = 0.0, 0, 0, 0.0
 
-    def add(self, model, sequences: list[np.ndarray], windows: list[Window], prefix: int, batch_tokens: int,
-            device: str) -> None:
+    def add(
+        self, model, sequences: list[np.ndarray], windows: list[Window], prefix: int, batch_tokens: int, device: str
+    ) -> None:
         counted = ModelFlops.of(model)
         for batch in plan_batches(windows, batch_tokens):
             for lp in batch_logprobs(batch, sequences, {"model": model}, prefix, device)["model"]:
@@ -88,8 +89,16 @@ class Reading:
     instance_windows: list[Window]
 
 
-def readings(tokenizer, texts: list[str], *, max_length: int, stride: int = 0, packed: bool = True,
-             desc: str = "held-out", show_progress: bool = True) -> Iterator[Reading]:
+def readings(
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    stride: int = 0,
+    packed: bool = True,
+    desc: str = "held-out",
+    show_progress: bool = True,
+) -> Iterator[Reading]:
     """`texts` as the held-out loss reads them, a chunk at a time (token lists of a large split would
     not fit in memory)."""
     boundaries = Boundaries.for_tokenizer(tokenizer) if packed else None
@@ -103,10 +112,12 @@ def readings(tokenizer, texts: list[str], *, max_length: int, stride: int = 0, p
             windows = [w for d, seq in enumerate(sequences) for w in windows_for(d, len(seq), max_length, stride)]
             pieces: list[np.ndarray] = []
             if boundaries is not None:  # one stream, as one source; the chunk's tail is its last instance
-                pieces = pack_source(encoded, [""] * len(encoded), None, tokenizer.eos_token_id, max_length,
-                                     boundaries).tokens
-            yield Reading(sequences, windows, pieces, [instance_window(d, len(p)) for d, p in enumerate(pieces)
-                                                       if len(p) > 1])
+                pieces = pack_source(
+                    encoded, [""] * len(encoded), None, tokenizer.eos_token_id, max_length, boundaries
+                ).tokens
+            yield Reading(
+                sequences, windows, pieces, [instance_window(d, len(p)) for d, p in enumerate(pieces) if len(p) > 1]
+            )
             bar.update(len(chunk))
     finally:
         tokenizer.model_max_length = saved
@@ -127,24 +138,44 @@ def summary(texts: list[str], documents: Tally, instances: Tally | None) -> dict
     bits per byte of text; with `instances`, the same on packed instances; FLOPs spent."""
     loss = documents.loss()
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    result = {"loss": loss, "perplexity": math.exp(loss) if documents.tokens else float("nan"),
-              "tokens": documents.tokens, "documents": len(texts),
-              "bits_per_byte": -documents.logprob / math.log(2) / n_bytes if n_bytes else float("nan")}
+    result = {
+        "loss": loss,
+        "perplexity": math.exp(loss) if documents.tokens else float("nan"),
+        "tokens": documents.tokens,
+        "documents": len(texts),
+        "bits_per_byte": -documents.logprob / math.log(2) / n_bytes if n_bytes else float("nan"),
+    }
     if instances is not None:
-        result["packed"] = {"loss": instances.loss(), "perplexity": math.exp(instances.loss()) if instances.tokens
-                            else float("nan"), "tokens": instances.tokens, "instances": instances.units}
+        result["packed"] = {
+            "loss": instances.loss(),
+            "perplexity": math.exp(instances.loss()) if instances.tokens else float("nan"),
+            "tokens": instances.tokens,
+            "instances": instances.units,
+        }
     return result | {"flops": documents.flops + (instances.flops if instances is not None else 0.0)}
 
 
-def lm_loss(model, tokenizer, texts: list[str], *, max_length: int, stride: int = 0, batch_tokens: int = 16384,
-            device: str = "cpu", desc: str = "held-out", show_progress: bool = True, packed: bool = True) -> dict:
+def lm_loss(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    stride: int = 0,
+    batch_tokens: int = 16384,
+    device: str = "cpu",
+    desc: str = "held-out",
+    show_progress: bool = True,
+    packed: bool = True,
+) -> dict:
     """Loss (mean NLL in nats) and perplexity per predicted token over `texts`, and bits per byte of
     text (comparable across tokenizers); with `packed`, the same on packed instances; FLOPs spent."""
     bos = prefix_token(tokenizer)
     documents, instances = Tally(), Tally()
     batch_tokens = max(batch_tokens, max_length)
-    for r in readings(tokenizer, texts, max_length=max_length, stride=stride, packed=packed, desc=desc,
-                      show_progress=show_progress):
+    for r in readings(
+        tokenizer, texts, max_length=max_length, stride=stride, packed=packed, desc=desc, show_progress=show_progress
+    ):
         documents.add(model, r.documents, r.windows, bos, batch_tokens, device)
         if packed:
             instances.add(model, r.instances, r.instance_windows, bos, batch_tokens, device)

@@ -48,20 +48,25 @@ def spread(values: list[float]) -> tuple[float, float | None]:
 
 # Per compute axis (a key of a student's `compute`): the row's title and its shared x-axis title.
 AXES = {
-    "training": ("against training FLOPs (the paper's axis)",
-                 "training FLOPs: the student's forward and backward passes,\n"
-                 "with an online KD teacher's forward passes (offline scoring not charged)"),
-    "total": ("against total FLOPs",
-              "total FLOPs: training plus the student's share of the scoring,\n"
-              "generation, pruning and stored teacher log-probs it needed"),
+    "training": (
+        "against training FLOPs (the paper's axis)",
+        "training FLOPs: the student's forward and backward passes,\n"
+        "with an online KD teacher's forward passes (offline scoring not charged)",
+    ),
+    "total": (
+        "against total FLOPs",
+        "total FLOPs: training plus the student's share of the scoring,\n"
+        "generation, pruning and stored teacher log-probs it needed",
+    ),
 }
 
 
 def against_compute(results: dict[str, dict], groups: dict[str, list[str]], path: Path) -> None:
     corpus = headline(results)
     packed = any("packed" in r["lm"].get(corpus, {}) for r in results.values())
-    panels = [(f"{corpus} {'packed ' if packed else ''}loss per token\n(nats, lower is better)",
-               lambda r: _loss(r, corpus))]
+    panels = [
+        (f"{corpus} {'packed ' if packed else ''}loss per token\n(nats, lower is better)", lambda r: _loss(r, corpus))
+    ]
     if any(_accuracy(r) is not None for r in results.values()):
         panels.append(("zero-shot average accuracy (%)", _accuracy))
     fig = plt.figure(figsize=(6 * len(panels) + 3.5, 9.5), layout="constrained")
@@ -86,8 +91,9 @@ def spaced(values: list[float], min_ratio: float) -> list[float]:
     return kept
 
 
-def _panel(ax, results: dict[str, dict], groups: dict[str, list[str]], key: str,
-           value: Callable[[dict], float | None]) -> None:
+def _panel(
+    ax, results: dict[str, dict], groups: dict[str, list[str]], key: str, value: Callable[[dict], float | None]
+) -> None:
     """One panel: each group's value against its `key` FLOPs; lines for what has no such compute."""
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ticks: list[float] = []
@@ -105,8 +111,15 @@ def _panel(ax, results: dict[str, dict], groups: dict[str, list[str]], key: str,
         xs = [(r.get("compute") or {}).get(key) for r in rs]
         if all(x is not None for x in xs):
             x, _ = spread([float(v) for v in xs])
-            ax.errorbar([x], [y], yerr=[dy or 0.0], fmt="o", capsize=4, color=color,
-                        label=f"{tag}, {len(rs)} seeds" if len(rs) > 1 else tag)
+            ax.errorbar(
+                [x],
+                [y],
+                yerr=[dy or 0.0],
+                fmt="o",
+                capsize=4,
+                color=color,
+                label=f"{tag}, {len(rs)} seeds" if len(rs) > 1 else tag,
+            )
             ticks.append(x)
         else:
             ax.axhline(y, linestyle="--", linewidth=1, color=color, label=f"{tag} (compute not recorded)")

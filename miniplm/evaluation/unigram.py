@@ -31,8 +31,10 @@ def token_counts(folder: str | Path, vocab: int) -> np.ndarray:
             ids = ids[ids != PAD]
             if ids.size and (ids.min() < 0 or ids.max() >= vocab):
                 bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-                raise ValueError(f"{shard}: token id {bad} is outside the tokenizer's {vocab} ids; was the token set "
-                                 "made with another tokenizer?")
+                raise ValueError(
+                    f"{shard}: token id {bad} is outside the tokenizer's {vocab} ids; was the token set "
+                    "made with another tokenizer?"
+                )
             counts += np.bincount(ids, minlength=vocab)
     return counts
 
@@ -42,14 +44,26 @@ def log_probs(counts: np.ndarray) -> np.ndarray:
     return np.log(counts + 1.0) - np.log(float(counts.sum()) + len(counts))
 
 
-def unigram_loss(logp: np.ndarray, tokenizer, texts: list[str], *, max_length: int, stride: int = 0,
-                 packed: bool = True, desc: str = "unigram", show_progress: bool = True) -> dict:
+def unigram_loss(
+    logp: np.ndarray,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    stride: int = 0,
+    packed: bool = True,
+    desc: str = "unigram",
+    show_progress: bool = True,
+) -> dict:
     """As heldout.lm_loss, for the unigram `logp` (no model FLOPs)."""
     documents, instances = Tally(), Tally()
-    for r in readings(tokenizer, texts, max_length=max_length, stride=stride, packed=packed, desc=desc,
-                      show_progress=show_progress):
-        for tally, sequences, windows in ((documents, r.documents, r.windows),
-                                          (instances, r.instances, r.instance_windows)):
+    for r in readings(
+        tokenizer, texts, max_length=max_length, stride=stride, packed=packed, desc=desc, show_progress=show_progress
+    ):
+        for tally, sequences, windows in (
+            (documents, r.documents, r.windows),
+            (instances, r.instances, r.instance_windows),
+        ):
             targets = predicted(sequences, windows)
             tally.logprob += float(logp[targets].sum())
             tally.tokens += len(targets)

@@ -29,8 +29,7 @@ class Backend(Protocol):
     def environment(self) -> str:
         """What decides the exact samples besides the prompts, the settings and the seed."""
 
-    def generate(self, prompts: list[list[int]], seeds: list[int], batch_seed: int) -> list[list[Continuation]]:
-        ...
+    def generate(self, prompts: list[list[int]], seeds: list[int], batch_seed: int) -> list[list[Continuation]]: ...
 
 
 def pick_backend(requested: str, device: str) -> str:
@@ -55,8 +54,9 @@ def _cut(tokens: list[int], eos: int | None) -> Continuation:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, model_name: str, dtype: str, device: str, entry: GenerateConfig, eos: int | None,
-                 pad: int | None):
+    def __init__(
+        self, model_name: str, dtype: str, device: str, entry: GenerateConfig, eos: int | None, pad: int | None
+    ):
         from miniplm.models.loading import load_model
 
         self.model = load_model(model_name, dtype, device)
@@ -67,8 +67,10 @@ class HFBackend:
     def environment(self) -> str:
         import torch
 
-        return (f"hf, {torch.device(self.device).type}, torch {torch.__version__}, {self.model.dtype}, "
-                f"{self.config._attn_implementation}")
+        return (
+            f"hf, {torch.device(self.device).type}, torch {torch.__version__}, {self.model.dtype}, "
+            f"{self.config._attn_implementation}"
+        )
 
     def generate(self, prompts: list[list[int]], seeds: list[int], batch_seed: int) -> list[list[Continuation]]:
         import torch
@@ -78,19 +80,26 @@ class HFBackend:
         input_ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):  # left padding: every row's last prompt token is at the same position
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention_mask[i, width - len(p):] = 1
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention_mask[i, width - len(p) :] = 1
         max_new = new_token_limit(e.max_new_tokens, context_length(self.config), width)  # positions are per batch
-        settings = dict(do_sample=e.temperature > 0, max_new_tokens=max_new, num_return_sequences=e.samples,
-                        top_k=e.top_k, top_p=e.top_p, eos_token_id=self.eos, pad_token_id=self.pad)
+        settings = dict(
+            do_sample=e.temperature > 0,
+            max_new_tokens=max_new,
+            num_return_sequences=e.samples,
+            top_k=e.top_k,
+            top_p=e.top_p,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+        )
         if e.temperature > 0:
             settings["temperature"] = e.temperature
         torch.manual_seed(batch_seed)
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                  **settings)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), **settings
+        )
         new = out[:, width:].tolist()
-        return [[_cut(new[i * e.samples + s], self.eos) for s in range(e.samples)]
-                for i in range(len(prompts))]
+        return [[_cut(new[i * e.samples + s], self.eos) for s in range(e.samples)] for i in range(len(prompts))]
 
 
 class VLLMBackend:
@@ -117,9 +126,17 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         e = self.entry
-        params = [SamplingParams(n=e.samples, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k or -1,
-                                 max_tokens=new_token_limit(e.max_new_tokens, context_length(self.config), len(p)),
-                                 seed=seed, stop_token_ids=[self.eos] if self.eos is not None else None)
-                  for p, seed in zip(prompts, seeds)]
+        params = [
+            SamplingParams(
+                n=e.samples,
+                temperature=e.temperature,
+                top_p=e.top_p,
+                top_k=e.top_k or -1,
+                max_tokens=new_token_limit(e.max_new_tokens, context_length(self.config), len(p)),
+                seed=seed,
+                stop_token_ids=[self.eos] if self.eos is not None else None,
+            )
+            for p, seed in zip(prompts, seeds)
+        ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[_cut(list(c.token_ids), self.eos) for c in out.outputs] for out in outputs]

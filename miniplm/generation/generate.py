@@ -29,20 +29,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm import compute, outputs
+from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
+from miniplm.inputs import Files, Input, Model
 from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.inputs import Files, Input, Model
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
 from miniplm.progress import TokenRate
 from miniplm.rundir import RunDir, shard_name
+from miniplm.schema.base import ModelSpec
 from miniplm.schema.generate import GenerateConfig, PromptFile
 from miniplm.schema.hashing import hashable_dump
-from miniplm.schema.base import ModelSpec
 from miniplm.schema.job import JobConfig
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
 from miniplm.stage import EntryStage, Part, StageRun
@@ -97,30 +97,52 @@ def generate_shard(run: StageRun, backend, shard: P.PromptShard, progress: Token
         for b in range(done, len(batches)):
             batch = [w.doc for w in batches[b]]
             seeds = [prompt_seed(run.job.seed, entry.name, shard.ids[i]) for i in batch]
-            written = backend.generate([[prefix, *shard.tokens[i]] for i in batch], seeds,
-                                       batch_seed(run.job.seed, entry.name, shard.index, b))
+            written = backend.generate(
+                [[prefix, *shard.tokens[i]] for i in batch], seeds, batch_seed(run.job.seed, entry.name, shard.index, b)
+            )
             progress.update(len(batch), sum(len(t) for s in written for t, _ in s))
-            yield [{"doc": i, "start": k, "tokens": tokens, "finish": finish}
-                   for i, samples in zip(batch, written) for k, (tokens, finish) in enumerate(samples)]
+            yield [
+                {"doc": i, "start": k, "tokens": tokens, "finish": finish}
+                for i, samples in zip(batch, written)
+                for k, (tokens, finish) in enumerate(samples)
+            ]
 
-    checkpoints.keep(generated(), done, len(batches), entry.checkpoint_every,
-                     lambda first, last, rows: checkpoints.save_rows(first, last, rows, results))
+    checkpoints.keep(
+        generated(),
+        done,
+        len(batches),
+        entry.checkpoint_every,
+        lambda first, last, rows: checkpoints.save_rows(first, last, rows, results),
+    )
     return _assemble(run, backend, shard, results)
 
 
 def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tuple[pa.Table, dict]:
     entry: GenerateConfig = run.part.item
     tokenizer = run.context.tokenizer
-    columns: dict[str, list] = {k: [] for k in ("id", "text", "source", "prompt_id", "prompt_source", "prompt",
-                                                 "prompt_tokens", "new_tokens", "finish_reason")}
+    columns: dict[str, list] = {
+        k: []
+        for k in (
+            "id",
+            "text",
+            "source",
+            "prompt_id",
+            "prompt_source",
+            "prompt",
+            "prompt_tokens",
+            "new_tokens",
+            "finish_reason",
+        )
+    }
     stats: dict[str, Any] = dict.fromkeys(STATS, 0) | {"finish_reasons": dict.fromkeys(FINISH_REASONS, 0)}
     for i, prompt in enumerate(shard.tokens):
         for k in range(entry.samples):
             row = results[(i, k)]
             new, finish = list(row["tokens"]), row["finish"]
             columns["id"].append(f"{entry.name}-{shard.ids[i]}-{k}")
-            columns["text"].append(tokenizer.decode(prompt + new if entry.include_prompt else new,
-                                                    skip_special_tokens=True))
+            columns["text"].append(
+                tokenizer.decode(prompt + new if entry.include_prompt else new, skip_special_tokens=True)
+            )
             columns["source"].append(entry.name)
             columns["prompt_id"].append(shard.ids[i])
             columns["prompt_source"].append(shard.sources[i])
@@ -157,10 +179,12 @@ class Generate(EntryStage):
 
     name = NAME
     summary = "the teacher writes a corpus from prompts (sequence-level KD)"
-    description = ("For each entry of the job's `generate:` list, continue every prompt (each document's first "
-                   "prompt_tokens tokens of a split, or the prompts of a file) with the teacher and write "
-                   "RUN_DIR/generated/NAME/shard-*.parquet (id, text, source, prompt_id, prompt_tokens, new_tokens, "
-                   "finish_reason). Seeded; resumes inside a shard after a kill.")
+    description = (
+        "For each entry of the job's `generate:` list, continue every prompt (each document's first "
+        "prompt_tokens tokens of a split, or the prompts of a file) with the teacher and write "
+        "RUN_DIR/generated/NAME/shard-*.parquet (id, text, source, prompt_id, prompt_tokens, new_tokens, "
+        "finish_reason). Seeded; resumes inside a shard after a kill."
+    )
     sections = ("seed",)  # plus the entry, its model and its prompts
     only = "generated corpus"
     none = "generate: the job lists no corpora to generate (generate: [{name: ...}])"
@@ -179,11 +203,17 @@ class Generate(EntryStage):
         if isinstance(entry.prompts, PromptFile):
             prompts = Files(f"generate.{entry.name}.prompts", (P.readable_prompt_file(entry.prompts),))
         else:
-            prompts = outputs.documents(entry.prompts,
-                                        why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split")
+            prompts = outputs.documents(
+                entry.prompts, why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split"
+            )
         backend = pick_backend(entry.backend, pick_device(entry.device))
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(), backend, prompts,
-                Model("model", resolve_model(spec.model))]
+        return [
+            json.dumps(hashable_dump(entry), sort_keys=True),
+            spec.model_dump_json(),
+            backend,
+            prompts,
+            Model("model", resolve_model(spec.model)),
+        ]
 
     def spends_compute(self, entry: str) -> bool:
         return True
@@ -218,8 +248,9 @@ class Generate(EntryStage):
         tokenizer = load_tokenizer(spec.model)
         tokenizer.model_max_length = sys.maxsize  # prompts are cut here, not by the tokenizer
         device = pick_device(entry.device)
-        return GenerateContext(spec, tokenizer, prefix_token(tokenizer, spec.model), device,
-                               pick_backend(entry.backend, device))
+        return GenerateContext(
+            spec, tokenizer, prefix_token(tokenizer, spec.model), device, pick_backend(entry.backend, device)
+        )
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.generated(run.part.item.name)]
@@ -254,10 +285,16 @@ class Generate(EntryStage):
         if ctx.backend == "vllm":
             backend = VLLMBackend(spec.model, spec.dtype, entry, tokenizer.eos_token_id)
         else:
-            backend = HFBackend(spec.model, spec.dtype, ctx.device, entry, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id)
-        bar = tqdm(total=sum(sources[i][1] for i in todo), desc=run.name.replace("/", " "), unit="prompt",
-                   disable=not run.show_progress, dynamic_ncols=True)
+            backend = HFBackend(
+                spec.model, spec.dtype, ctx.device, entry, tokenizer.eos_token_id, tokenizer.pad_token_id
+            )
+        bar = tqdm(
+            total=sum(sources[i][1] for i in todo),
+            desc=run.name.replace("/", " "),
+            unit="prompt",
+            disable=not run.show_progress,
+            dynamic_ncols=True,
+        )
         with bar:
             progress = TokenRate(bar)
             for k in todo:
@@ -291,11 +328,15 @@ class Generate(EntryStage):
 
     def describe_entry(self, job: JobConfig, name: str, c: dict) -> list[str]:
         reasons = ", ".join(f"{n:,} {r}" for r, n in c["finish_reasons"].items())
-        lines = [f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
-                 f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}"]
+        lines = [
+            f"generate {name}: {c['rows']:,} texts from {c['prompts']:,} prompts, {c['new_tokens']:,} "
+            f"new tokens (stopped: {reasons}), {c['flops']['total']:.3g} FLOPs; in {job.run_dir}/generated/{name}"
+        ]
         if c.get("prompts_too_long"):
-            lines.append(f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
-                         "model's context (counted as rejected: too_long)")
+            lines.append(
+                f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
+                "model's context (counted as rejected: too_long)"
+            )
         return lines
 
     def warnings(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
@@ -307,8 +348,10 @@ class Generate(EntryStage):
             name = part.removeprefix(f"{NAME}/")
             too_long = c.get("prompts_too_long")
             skipped = f"; {too_long:,} skipped, too long for the model's context" if too_long else ""
-            found.append(f"generate {name}: no text was generated ({c['prompts']:,} prompts{skipped}): anything "
-                         f"made from generated/{name} would be empty; check its prompts")
+            found.append(
+                f"generate {name}: no text was generated ({c['prompts']:,} prompts{skipped}): anything "
+                f"made from generated/{name} would be empty; check its prompts"
+            )
         return found
 
     def report(self, job: JobConfig, rd: RunDir) -> None:

@@ -89,14 +89,22 @@ def prompt_folder(rd: RunDir, part_name: str) -> Path:
 def write_file_prompts(job: JobConfig, entry: GenerateConfig, folder: Path) -> dict:
     """Read the prompt file into prompt shards under `folder`; the counts (read, kept, rejected by reason)."""
     assert isinstance(entry.prompts, PromptFile)
-    spec = InputSpec(path=entry.prompts.path, format=entry.prompts.format, text_field=entry.prompts.field,
-                     id_field=entry.prompts.id_field, name=entry.name)
+    spec = InputSpec(
+        path=entry.prompts.path,
+        format=entry.prompts.format,
+        text_field=entry.prompts.field,
+        id_field=entry.prompts.id_field,
+        name=entry.name,
+    )
     rows: dict[str, list] = {"id": [], "text": [], "source": []}
     rejected: dict[str, int] = {}
     read = 0
     for path, item in read_input(spec, (entry.prompts.path,), job.corpus.max_chars):
-        problem = ((item.reason, item.detail) if isinstance(item, Rejection)
-                   else problem_with(item, needs_id=spec.id_field is not None, max_chars=job.corpus.max_chars))
+        problem = (
+            (item.reason, item.detail)
+            if isinstance(item, Rejection)
+            else problem_with(item, needs_id=spec.id_field is not None, max_chars=job.corpus.max_chars)
+        )
         read += item.count if isinstance(item, Rejection) else 1
         if problem is not None:
             line = item.line
@@ -110,8 +118,9 @@ def write_file_prompts(job: JobConfig, entry: GenerateConfig, folder: Path) -> d
         rows["text"].append(item.text)
         rows["source"].append(entry.name)
     if len(set(rows["id"])) != len(rows["id"]):
-        raise StageError(f"{entry.prompts.path}: prompt ids repeat; give each prompt a distinct "
-                         f"{entry.prompts.id_field!r}")
+        raise StageError(
+            f"{entry.prompts.path}: prompt ids repeat; give each prompt a distinct {entry.prompts.id_field!r}"
+        )
     table = pa.table(rows, schema=PROMPT_SCHEMA)
     per_shard = job.corpus.docs_per_shard
     for k, start in enumerate(range(0, table.num_rows, per_shard)):
@@ -130,8 +139,9 @@ def file_prompt_stats(folder: Path) -> dict:
     return json.loads((folder / "stats.json").read_text())
 
 
-def read_prompts(source: Path, rows: int, entry: GenerateConfig, tokenizer, index: int,
-                 context: int | None = None) -> PromptShard:
+def read_prompts(
+    source: Path, rows: int, entry: GenerateConfig, tokenizer, index: int, context: int | None = None
+) -> PromptShard:
     """The first `rows` prompts of a document or prompt shard, tokenized. Split prompts are cut to prompt_tokens
     (and to what leaves room in the model's `context` for the prefix token and one new token); file prompts
     that do not leave that room are skipped and counted, since cutting a question would change what it asks."""
@@ -146,5 +156,10 @@ def read_prompts(source: Path, rows: int, entry: GenerateConfig, tokenizer, inde
         cut = entry.prompt_tokens if room is None else min(entry.prompt_tokens, room)
         return PromptShard(index, ids, sources, [t[:cut] for t in tokens])
     keep = [i for i, t in enumerate(tokens) if room is None or len(t) <= room]
-    return PromptShard(index, [ids[i] for i in keep], [sources[i] for i in keep], [tokens[i] for i in keep],
-                       too_long=len(tokens) - len(keep))
+    return PromptShard(
+        index,
+        [ids[i] for i in keep],
+        [sources[i] for i in keep],
+        [tokens[i] for i in keep],
+        too_long=len(tokens) - len(keep),
+    )

@@ -46,8 +46,11 @@ class ModelFlops:
         config = model.config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(body=float(linear - 2 * head.weight.numel()), head=float(2 * head.weight.numel()),
-                   attention=float(config.num_hidden_layers * 4 * heads * head_dim))
+        return cls(
+            body=float(linear - 2 * head.weight.numel()),
+            head=float(2 * head.weight.numel()),
+            attention=float(config.num_hidden_layers * 4 * heads * head_dim),
+        )
 
     @classmethod
     def of_config(cls, config) -> "ModelFlops":

@@ -115,8 +115,14 @@ def layer_importance(model, batches: list[torch.Tensor], show_progress: bool = F
     layers = model.model.layers
     full = lm_loss(model, batches)
     dropped = []
-    for i in tqdm(range(len(layers)), desc="prune: loss with each layer skipped", unit="layer",
-                  disable=not show_progress, leave=False, dynamic_ncols=True):
+    for i in tqdm(
+        range(len(layers)),
+        desc="prune: loss with each layer skipped",
+        unit="layer",
+        disable=not show_progress,
+        leave=False,
+        dynamic_ncols=True,
+    ):
         kept = layers[i]
         layers[i] = _Skipped()
         try:

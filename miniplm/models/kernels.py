@@ -42,8 +42,9 @@ def flex_attention_available() -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
-def attention_implementation(dtype: torch.dtype, device: str | torch.device, packed: bool = False,
-                             choice: KernelChoice = "auto") -> str:
+def attention_implementation(
+    dtype: torch.dtype, device: str | torch.device, packed: bool = False, choice: KernelChoice = "auto"
+) -> str:
     """The attention kernel to load a model with: flash-attn on CUDA in half precision when
     installed (it takes packed batches as they are); for packed batches without it, torch's
     flex_attention on CUDA (a block mask per document); else torch's sdpa (packed batches then
@@ -56,8 +57,9 @@ def attention_implementation(dtype: torch.dtype, device: str | torch.device, pac
     return "sdpa"
 
 
-def linear_ce_kernel(device: str | torch.device, choice: KernelChoice = "auto", *,
-                     weight_in_backward: bool = True) -> LinearCE:
+def linear_ce_kernel(
+    device: str | torch.device, choice: KernelChoice = "auto", *, weight_in_backward: bool = True
+) -> LinearCE:
     """The kernel that projects hidden states onto the vocabulary and takes the log-softmax of
     the targets in one pass, without the logits reaching memory: cut-cross-entropy, else
     liger-kernel, when installed and on CUDA; the chunked torch path otherwise.
@@ -86,11 +88,14 @@ def apply_liger_layers(model: torch.nn.Module, device: str | torch.device, choic
     # afterwards in this process (a CPU copy too, where Triton cannot run) would get them: put the
     # module back, keeping only this instance's layers. Its RoPE exists only as that module-wide
     # swap, so it stays off. The vocabulary projection and loss are miniplm's own (models/linear_ce.py).
-    modeling = importlib.import_module(f"transformers.models.{model.config.model_type}.modeling_{model.config.model_type}")
+    modeling = importlib.import_module(
+        f"transformers.models.{model.config.model_type}.modeling_{model.config.model_type}"
+    )
     saved = dict(vars(modeling))
     try:
-        getattr(liger, patch)(rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
-                              fused_linear_cross_entropy=False, model=model)
+        getattr(liger, patch)(
+            rope=False, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model
+        )
     finally:
         vars(modeling).update(saved)
     return True

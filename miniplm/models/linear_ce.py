@@ -81,8 +81,7 @@ class _Float32Product(torch.autograd.Function):
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         grad = grad.to(a.dtype)
-        return (grad @ b.t() if ctx.needs_input_grad[0] else None,
-                a.t() @ grad if ctx.needs_input_grad[1] else None)
+        return (grad @ b.t() if ctx.needs_input_grad[0] else None, a.t() @ grad if ctx.needs_input_grad[1] else None)
 
 
 def float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -121,17 +120,31 @@ def _scaled(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     return hidden * head.scale if head.scale != 1.0 else hidden
 
 
-def _fused_nll(kernel: LinearCE, hidden: torch.Tensor, targets: torch.Tensor, head: Head, reduction: str,
-               ignore_index: int = -100):
+def _fused_nll(
+    kernel: LinearCE, hidden: torch.Tensor, targets: torch.Tensor, head: Head, reduction: str, ignore_index: int = -100
+):
     if kernel == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(_scaled(hidden, head), head.weight, targets, softcap=head.softcap,
-                                    reduction=reduction, ignore_index=ignore_index)
+        return linear_cross_entropy(
+            _scaled(hidden, head),
+            head.weight,
+            targets,
+            softcap=head.softcap,
+            reduction=reduction,
+            ignore_index=ignore_index,
+        )
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-    return liger_fused_linear_cross_entropy(_scaled(hidden, head), head.weight, targets, head.bias,
-                                            ignore_index=ignore_index, reduction=reduction, softcap=head.softcap)
+    return liger_fused_linear_cross_entropy(
+        _scaled(hidden, head),
+        head.weight,
+        targets,
+        head.bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        softcap=head.softcap,
+    )
 
 
 def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch") -> torch.Tensor:
@@ -149,8 +162,9 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kern
     return out
 
 
-def mean_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch",
-             ignore_index: int = -100) -> torch.Tensor:
+def mean_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: Head, kernel: LinearCE = "torch", ignore_index: int = -100
+) -> torch.Tensor:
     """The mean negative log-likelihood of `targets` over the rows whose target is not
     `ignore_index` (0 when there are none), differentiable with respect to `hidden` and the head's
     weight (and bias)."""
@@ -197,8 +211,11 @@ class _ChunkedNLL(torch.autograd.Function):
                 grad_w += float32_product(g.t().to(h.dtype), h)
             if grad_b is not None:
                 grad_b += g.sum(0)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                              grad_b.to(bias.dtype) if grad_b is not None else None)
+        ctx.save_for_backward(
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+        )
         return total / n
 
     @staticmethod

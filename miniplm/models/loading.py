@@ -110,9 +110,16 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r: Any = None, *,
-                         role: str = "reference", advice: str = "Train the reference with the teacher's tokenizer.",
-                         first: str = "teacher") -> None:
+def check_same_tokenizer(
+    teacher: str,
+    reference: str,
+    tok_t: Any = None,
+    tok_r: Any = None,
+    *,
+    role: str = "reference",
+    advice: str = "Train the reference with the teacher's tokenizer.",
+    first: str = "teacher",
+) -> None:
     """Difference scores (and distillation) compare log-probabilities of the same token sequence:
     the two models must tokenize identically. Raises ConfigError naming both models; `role` is
     what the second one is (reference, student), `first` what the first one is."""
@@ -121,15 +128,22 @@ def check_same_tokenizer(teacher: str, reference: str, tok_t: Any = None, tok_r:
     problems = []
     if tok_t.get_vocab() != tok_r.get_vocab():
         vt, vr = tok_t.get_vocab(), tok_r.get_vocab()
-        problems.append(f"vocabularies differ ({len(vt)} vs {len(vr)} entries, {len(set(vt.items()) ^ set(vr.items()))} differ)")
+        problems.append(
+            f"vocabularies differ ({len(vt)} vs {len(vr)} entries, {len(set(vt.items()) ^ set(vr.items()))} differ)"
+        )
     elif tok_t(PROBE_TEXT)["input_ids"] != tok_r(PROBE_TEXT)["input_ids"]:
         problems.append("the same text tokenizes differently")
     if (tok_t.bos_token_id, tok_t.eos_token_id) != (tok_r.bos_token_id, tok_r.eos_token_id):
-        problems.append(f"special tokens differ (bos/eos {tok_t.bos_token_id}/{tok_t.eos_token_id} "
-                        f"vs {tok_r.bos_token_id}/{tok_r.eos_token_id})")
+        problems.append(
+            f"special tokens differ (bos/eos {tok_t.bos_token_id}/{tok_t.eos_token_id} "
+            f"vs {tok_r.bos_token_id}/{tok_r.eos_token_id})"
+        )
     if problems:
-        raise ConfigError(f"{first} {teacher!r} and {role} {reference!r} do not share a tokenizer: "
-                          + "; ".join(problems) + f". {advice}")
+        raise ConfigError(
+            f"{first} {teacher!r} and {role} {reference!r} do not share a tokenizer: "
+            + "; ".join(problems)
+            + f". {advice}"
+        )
 
 
 def pick_device(device: str = "auto") -> str:

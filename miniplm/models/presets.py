@@ -11,8 +11,14 @@ def qwen_config(preset: str, vocab_size: int, max_positions: int, bos: int | Non
     from transformers import Qwen2Config
 
     shape = {"tie_word_embeddings": True, **{k: v for k, v in PRESETS[preset].items() if k != "lr"}}
-    return Qwen2Config(vocab_size=vocab_size, max_position_embeddings=max_positions,
-                       num_key_value_heads=shape["num_attention_heads"], bos_token_id=bos, eos_token_id=eos, **shape)
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        num_key_value_heads=shape["num_attention_heads"],
+        bos_token_id=bos,
+        eos_token_id=eos,
+        **shape,
+    )
 
 
 def default_lr(preset: str | None) -> float:

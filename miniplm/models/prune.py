@@ -27,17 +27,17 @@ import pyarrow.parquet as pq
 from miniplm import compute, outputs
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, follow_umask, move_into
+from miniplm.inputs import Input, Model
 from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.inputs import Input, Model
 from miniplm.models.loading import load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir
-from miniplm.stage import EntryStage, Part, StageRun
-from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.base import ModelSpec
+from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.job import JobConfig
 from miniplm.schema.prune import PruneConfig
+from miniplm.stage import EntryStage, Part, StageRun
 
 NAME = "prune"
 SHARD = "model"
@@ -68,7 +68,7 @@ def calibration_rows(rd: RunDir, entry: PruneConfig, tokenizer) -> list[list[int
             break
     eos = tokenizer.eos_token_id
     stream = [t for ids in token_ids(tokenizer, texts) for t in (*ids, eos)]
-    rows = [stream[i:i + cal.max_length] for i in range(0, len(stream), cal.max_length)]
+    rows = [stream[i : i + cal.max_length] for i in range(0, len(stream), cal.max_length)]
     return [r for r in rows if len(r) >= 2]
 
 
@@ -78,7 +78,7 @@ def _batches(rows: list[list[int]], batch_tokens: int, device: str) -> list:
     width = len(rows[0])
     per_batch = max(batch_tokens // width, 1)
     full = [r for r in rows if len(r) == width]
-    out = [torch.tensor(full[i:i + per_batch], device=device) for i in range(0, len(full), per_batch)]
+    out = [torch.tensor(full[i : i + per_batch], device=device) for i in range(0, len(full), per_batch)]
     return out + [torch.tensor([r], device=device) for r in rows if len(r) != width]
 
 
@@ -114,9 +114,13 @@ def prune_model(run: StageRun) -> dict:
     plan = plan_width(model.config, importance, shape)
     flops = tokens * forward_flops_per_token(model.config, context)
     layers = model.config.num_hidden_layers
-    record: dict = {"source": spec.model, "source_shape": shape_of(model.config), "shape": shape,
-                    "calibration": {"split": entry.calibration.split, "rows": len(rows), "tokens": tokens},
-                    "loss": {"source": source_loss}}
+    record: dict = {
+        "source": spec.model,
+        "source_shape": shape_of(model.config),
+        "shape": shape,
+        "calibration": {"split": entry.calibration.split, "rows": len(rows), "tokens": tokens},
+        "loss": {"source": source_loss},
+    }
     if shape["num_hidden_layers"] < layers:
         wide = build(model, plan, shape | {"num_hidden_layers": layers})
         record["loss"]["width_pruned"], dropped = layer_importance(wide, batches, run.show_progress)
@@ -124,21 +128,28 @@ def prune_model(run: StageRun) -> dict:
         record["loss_with_layer_skipped"] = dropped
         # the width-pruned model with one layer skipped; which one does not change its count
         wide_config = pruned_config(model.config, shape | {"num_hidden_layers": layers - 1}, list(range(1, layers)))
-        flops += tokens * (forward_flops_per_token(wide.config, context)
-                           + layers * forward_flops_per_token(wide_config, context))
+        flops += tokens * (
+            forward_flops_per_token(wide.config, context) + layers * forward_flops_per_token(wide_config, context)
+        )
         del wide
     pruned = build(model, plan, shape)
     record["loss"]["pruned"] = lm_loss(pruned, batches)
     # what pruning gives over training from scratch, before any training: a random model of the same shape
     from transformers import AutoModelForCausalLM
 
-    record["loss"]["random_init"] = lm_loss(AutoModelForCausalLM.from_config(pruned.config, dtype=pruned.dtype).eval(),
-                                            batches)
+    record["loss"]["random_init"] = lm_loss(
+        AutoModelForCausalLM.from_config(pruned.config, dtype=pruned.dtype).eval(), batches
+    )
     flops += 2 * tokens * forward_flops_per_token(pruned.config, context)
-    record |= {"kept_layers": plan.layers, "kept_heads": [h.tolist() for h in plan.heads],
-               "kept_key_value_heads": [g.tolist() for g in plan.groups],
-               "channel_importance": importance.channels.tolist(), "parameters_source": model.num_parameters(),
-               "parameters": pruned.num_parameters(), "flops": flops}
+    record |= {
+        "kept_layers": plan.layers,
+        "kept_heads": [h.tolist() for h in plan.heads],
+        "kept_key_value_heads": [g.tolist() for g in plan.groups],
+        "channel_importance": importance.channels.tolist(),
+        "parameters_source": model.num_parameters(),
+        "parameters": pruned.num_parameters(),
+        "flops": flops,
+    }
     _save(run.rd.model(entry.name), pruned, tokenizer, record)
     return record
 
@@ -160,10 +171,12 @@ class Prune(EntryStage):
 
     name = NAME
     summary = "cut a smaller student out of the teacher (Minitron: heads, neurons, channels, then layers)"
-    description = ("For each entry of the job's `prune:` list, rank the teacher's attention heads, MLP neurons and "
-                   "embedding channels by their activations on calibration text, keep the most important ones, drop "
-                   "the layers that matter least, and save RUN_DIR/models/NAME (Hugging Face folder with the "
-                   "tokenizer and pruning.json). Llama- and Qwen2-shaped models. students[].init: NAME trains from it.")
+    description = (
+        "For each entry of the job's `prune:` list, rank the teacher's attention heads, MLP neurons and "
+        "embedding channels by their activations on calibration text, keep the most important ones, drop "
+        "the layers that matter least, and save RUN_DIR/models/NAME (Hugging Face folder with the "
+        "tokenizer and pruning.json). Llama- and Qwen2-shaped models. students[].init: NAME trains from it."
+    )
     sections = ("seed",)  # plus the entry, its model and the prepared documents
     only = "pruned model"
     none = "prune: the job lists no models to prune (prune: [{name: ..., target: {...}}])"
@@ -178,9 +191,12 @@ class Prune(EntryStage):
         entry: PruneConfig = part.item
         spec = source_model(job, entry)
         split = entry.calibration.split
-        return [json.dumps(hashable_dump(entry), sort_keys=True), spec.model_dump_json(),
-                outputs.documents(split, why=f"prune {entry.name!r} calibrates on the {split} split"),
-                Model("model", resolve_model(spec.model))]
+        return [
+            json.dumps(hashable_dump(entry), sort_keys=True),
+            spec.model_dump_json(),
+            outputs.documents(split, why=f"prune {entry.name!r} calibrates on the {split} split"),
+            Model("model", resolve_model(spec.model)),
+        ]
 
     def spends_compute(self, entry: str) -> bool:
         return True
@@ -229,9 +245,11 @@ class Prune(EntryStage):
 
     def describe_entry(self, job: JobConfig, name: str, c: dict) -> list[str]:
         shape = ", ".join(f"{k} {v}" for k, v in c["shape"].items())
-        return [f"prune {name}: {c['parameters_source']:,} -> {c['parameters']:,} parameters ({shape}); "
-                f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f} (a random "
-                f"model of this shape: {c['loss']['random_init']:.4f}); model in {job.run_dir}/models/{name}"]
+        return [
+            f"prune {name}: {c['parameters_source']:,} -> {c['parameters']:,} parameters ({shape}); "
+            f"calibration loss {c['loss']['source']:.4f} -> {c['loss']['pruned']:.4f} (a random "
+            f"model of this shape: {c['loss']['random_init']:.4f}); model in {job.run_dir}/models/{name}"
+        ]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         for entry in job.prune:
@@ -246,11 +264,13 @@ def write_report(rd: RunDir, name: str, record: dict) -> None:
     rows = [[k, f"{record['source_shape'][k]:,}", f"{v:,}"] for k, v in record["shape"].items()]
     rows.append(["parameters", f"{record['parameters_source']:,}", f"{record['parameters']:,}"])
     losses = ", ".join(f"{html.escape(k.replace('_', ' '))} {v:.4f}" for k, v in record["loss"].items())
-    parts = [f"<h2>Pruned model: {html.escape(name)}</h2>",
-             f"<p>Cut out of {html.escape(record['source'])} on {record['calibration']['tokens']:,} calibration tokens "
-             f"of the {html.escape(record['calibration']['split'])} split. Calibration loss per token: {losses}.</p>",
-             html_table(["", "source", "pruned"], rows, "counts"),
-             f"<p>Layers kept: {', '.join(map(str, record['kept_layers']))}.</p>"]
+    parts = [
+        f"<h2>Pruned model: {html.escape(name)}</h2>",
+        f"<p>Cut out of {html.escape(record['source'])} on {record['calibration']['tokens']:,} calibration tokens "
+        f"of the {html.escape(record['calibration']['split'])} split. Calibration loss per token: {losses}.</p>",
+        html_table(["", "source", "pruned"], rows, "counts"),
+        f"<p>Layers kept: {', '.join(map(str, record['kept_layers']))}.</p>",
+    ]
     write_section(rd, 45, f"pruned-{name}", "\n".join(parts))
     assemble(rd)
 

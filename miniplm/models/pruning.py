@@ -23,14 +23,17 @@ SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_ke
 
 
 def shape_of(config) -> dict[str, int]:
-    return {k: int(getattr(config, k) or (config.num_attention_heads if k == "num_key_value_heads" else 0))
-            for k in SHAPE_KEYS}
+    return {
+        k: int(getattr(config, k) or (config.num_attention_heads if k == "num_key_value_heads" else 0))
+        for k in SHAPE_KEYS
+    }
 
 
 def check_prunable(config, where: str) -> None:
     if config.model_type not in SUPPORTED:
-        raise ConfigError(f"{where}: pruning supports {' and '.join(SUPPORTED)}-shaped models; this one is "
-                          f"{config.model_type!r}")
+        raise ConfigError(
+            f"{where}: pruning supports {' and '.join(SUPPORTED)}-shaped models; this one is {config.model_type!r}"
+        )
 
 
 def target_shape(config, wanted: dict[str, int | None], where: str) -> dict[str, int]:
@@ -41,13 +44,17 @@ def target_shape(config, wanted: dict[str, int | None], where: str) -> dict[str,
         if shape[k] > source[k]:
             raise ConfigError(f"{where}: target {k} {shape[k]} is larger than the model's ({source[k]})")
     if shape["num_attention_heads"] % shape["num_key_value_heads"]:
-        raise ConfigError(f"{where}: target num_attention_heads {shape['num_attention_heads']} must be a multiple of "
-                          f"num_key_value_heads {shape['num_key_value_heads']}")
+        raise ConfigError(
+            f"{where}: target num_attention_heads {shape['num_attention_heads']} must be a multiple of "
+            f"num_key_value_heads {shape['num_key_value_heads']}"
+        )
     per_group = source["num_attention_heads"] // source["num_key_value_heads"]
     if shape["num_attention_heads"] // shape["num_key_value_heads"] > per_group:
-        raise ConfigError(f"{where}: target {shape['num_attention_heads']} heads in {shape['num_key_value_heads']} "
-                          f"key-value groups needs more than the model's {per_group} query heads per group; "
-                          "keep more key-value groups")
+        raise ConfigError(
+            f"{where}: target {shape['num_attention_heads']} heads in {shape['num_key_value_heads']} "
+            f"key-value groups needs more than the model's {per_group} query heads per group; "
+            "keep more key-value groups"
+        )
     return shape
 
 
@@ -56,11 +63,14 @@ def kv_heads_for(config, heads: int) -> int:
     at most, that divide `heads` and leave no group with more query heads than the model's groups have."""
     source = shape_of(config)
     per_group = source["num_attention_heads"] // source["num_key_value_heads"]
-    fits = [k for k in range(1, min(heads, source["num_key_value_heads"]) + 1)
-            if heads % k == 0 and heads // k <= per_group]
+    fits = [
+        k for k in range(1, min(heads, source["num_key_value_heads"]) + 1) if heads % k == 0 and heads // k <= per_group
+    ]
     if not fits:
-        raise ConfigError(f"{heads} heads cannot be cut out of {source['num_attention_heads']} heads in "
-                          f"{source['num_key_value_heads']} key-value groups")
+        raise ConfigError(
+            f"{heads} heads cannot be cut out of {source['num_attention_heads']} heads in "
+            f"{source['num_key_value_heads']} key-value groups"
+        )
     return max(fits)
 
 
@@ -87,11 +97,18 @@ def plan_width(config, importance: WidthImportance, shape: dict[str, int]) -> Wi
     for g_scores, h_scores in zip(importance.groups, importance.heads):
         kept_groups = _top(g_scores, shape["num_key_value_heads"])
         groups.append(kept_groups)
-        heads.append(torch.cat([g * per_group + _top(h_scores[g * per_group:(g + 1) * per_group], keep_per_group)
-                                for g in kept_groups.tolist()]))
+        heads.append(
+            torch.cat(
+                [
+                    g * per_group + _top(h_scores[g * per_group : (g + 1) * per_group], keep_per_group)
+                    for g in kept_groups.tolist()
+                ]
+            )
+        )
     neurons = [_top(n, shape["intermediate_size"]) for n in importance.neurons]
-    return WidthPlan(groups, heads, neurons, _top(importance.channels, shape["hidden_size"]),
-                     list(range(config.num_hidden_layers)))
+    return WidthPlan(
+        groups, heads, neurons, _top(importance.channels, shape["hidden_size"]), list(range(config.num_hidden_layers))
+    )
 
 
 def _rows(heads: torch.Tensor, dim: int) -> torch.Tensor:
@@ -123,9 +140,17 @@ def sliced_state_dict(model, plan: WidthPlan) -> dict[str, torch.Tensor]:
         kv = _rows(plan.groups[layer], dim)
         n = plan.neurons[layer]
         # output rows and input columns each parameter keeps; None: all of that axis
-        cut = {"self_attn.q_proj": (q, ch), "self_attn.k_proj": (kv, ch), "self_attn.v_proj": (kv, ch),
-               "self_attn.o_proj": (ch, q), "mlp.gate_proj": (n, ch), "mlp.up_proj": (n, ch),
-               "mlp.down_proj": (ch, n), "input_layernorm": (ch, None), "post_attention_layernorm": (ch, None)}
+        cut = {
+            "self_attn.q_proj": (q, ch),
+            "self_attn.k_proj": (kv, ch),
+            "self_attn.v_proj": (kv, ch),
+            "self_attn.o_proj": (ch, q),
+            "mlp.gate_proj": (n, ch),
+            "mlp.up_proj": (n, ch),
+            "mlp.down_proj": (ch, n),
+            "input_layernorm": (ch, None),
+            "post_attention_layernorm": (ch, None),
+        }
         module, _, kind = rest.rpartition(".")
         if module not in cut:
             raise ConfigError(f"cannot prune a model with parameter {name!r}")
@@ -141,9 +166,14 @@ def per_layer_lists(config) -> dict[str, list]:
     """The config's fields that hold one entry per layer (layer_types, per-layer windows, ...): every list as
     long as the model is deep, but for those that never describe layers (token ids, architectures)."""
     n = config.num_hidden_layers
-    return {k: list(v) for k, v in config.to_dict().items()
-            if isinstance(v, (list, tuple)) and len(v) == n and k != "architectures"
-            and not k.endswith(("token_id", "token_ids"))}
+    return {
+        k: list(v)
+        for k, v in config.to_dict().items()
+        if isinstance(v, (list, tuple))
+        and len(v) == n
+        and k != "architectures"
+        and not k.endswith(("token_id", "token_ids"))
+    }
 
 
 def pruned_config(config, shape: dict[str, int], layers: list[int]):
@@ -173,4 +203,4 @@ def build(model, plan: WidthPlan, shape: dict[str, int]):
 def drop_layers(dropped_losses: list[float], keep: int) -> list[int]:
     """The `keep` layers to keep: drop those whose absence raised the loss least (ties: the later layer)."""
     order = sorted(range(len(dropped_losses)), key=lambda i: (dropped_losses[i], -i))
-    return sorted(order[len(dropped_losses) - keep:])
+    return sorted(order[len(dropped_losses) - keep :])

@@ -107,8 +107,9 @@ class Launcher(ABC):
         holds job ids, or `<step>` for a step submitted earlier in the same plan); fill in job ids."""
 
 
-def task_state(launcher: Launcher, rd: RunDir, step: Step, job_id: str, task: int | None,
-               live: dict[str, QueueState]) -> Task:
+def task_state(
+    launcher: Launcher, rd: RunDir, step: Step, job_id: str, task: int | None, live: dict[str, QueueState]
+) -> Task:
     """A task's state: the queue's word while the launcher holds it; else completed or failed (by its
     exit code), killed (it left a log but no exit code: a time limit, memory, a lost node), or not
     run (neither: cancelled, or a step it waited for failed)."""

@@ -17,8 +17,9 @@ from miniplm.stage import Step
 from miniplm.workers import Worker
 
 
-def run_step(job: JobConfig, step: Step, worker: Worker = Worker(), *, force: bool = False,
-             show_progress: bool = True) -> Any:
+def run_step(
+    job: JobConfig, step: Step, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = True
+) -> Any:
     """Run one step's stage (this worker's share of an array step); what it returns."""
     return stage_of(step).run(job, worker, only=step.only, force=force, show_progress=show_progress)
 
@@ -52,8 +53,9 @@ class LocalLauncher(Launcher):
                 self.on_step(sub.step, self.results[sub.step.name])
 
 
-def run(job: JobConfig, *, show_progress: bool = True,
-        on_step: Callable[[Step, Any], None] | None = None) -> dict[str, Any]:
+def run(
+    job: JobConfig, *, show_progress: bool = True, on_step: Callable[[Step, Any], None] | None = None
+) -> dict[str, Any]:
     """Every step, in order; each step's result by name. `on_step` hears of each as it ends.
 
     Every step is run, finished or not: a finished stage returns its counts at once."""

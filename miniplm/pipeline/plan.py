@@ -27,8 +27,10 @@ def steps(job: JobConfig) -> list[Step]:
     while len(ordered) < len(listed):
         step = next((s for s in listed if s.name not in placed and set(reads[s.name]) <= placed), None)
         if step is None:
-            raise ConfigError("the job's steps read from each other in a circle: "
-                              + ", ".join(s.name for s in listed if s.name not in placed))
+            raise ConfigError(
+                "the job's steps read from each other in a circle: "
+                + ", ".join(s.name for s in listed if s.name not in placed)
+            )
         ordered.append(step)
         placed.add(step.name)
     return ordered
@@ -44,8 +46,12 @@ def dependencies(job: JobConfig, steps_: list[Step]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for step in steps_:
         stage = stage_of(step)
-        wanted = {owner.get(r.stage) for part in stage.parts(job, step.only) for r in stage.reads(job, part)
-                  if isinstance(r, Upstream)}
+        wanted = {
+            owner.get(r.stage)
+            for part in stage.parts(job, step.only)
+            for r in stage.reads(job, part)
+            if isinstance(r, Upstream)
+        }
         out[step.name] = [s.name for s in steps_ if s.name in wanted and s.name != step.name]
     return out
 

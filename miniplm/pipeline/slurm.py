@@ -62,8 +62,9 @@ def exit_dir(rd: RunDir) -> Path:
 
 def log_pattern(rd: RunDir, step: Step) -> Path:
     """Where a task's output goes, in sbatch's pattern (%A array job, %a task, %j job)."""
-    return rd.logs.absolute() / (f"{slug(step.name)}-%A_%a.log" if step.kind == "array"
-                                 else f"{slug(step.name)}-%j.log")
+    return rd.logs.absolute() / (
+        f"{slug(step.name)}-%A_%a.log" if step.kind == "array" else f"{slug(step.name)}-%j.log"
+    )
 
 
 def array_spec(tasks: list[int], parallel: int | None) -> str:
@@ -110,7 +111,9 @@ def snapshot_job(job_file: str, overrides: list[str], rd: RunDir, *, write: bool
     file do not change what queued jobs do."""
     data = load_yaml(Path(job_file).read_text(encoding="utf-8"))
     apply_overrides(data, overrides)
-    text = f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n" + yaml.safe_dump(data, sort_keys=False)
+    text = f"# {job_file} {' '.join(overrides)}, as submitted by `miniplm slurm`\n" + yaml.safe_dump(
+        data, sort_keys=False
+    )
     # one file per distinct job: jobs queued by an earlier submission keep reading theirs
     path = slurm_dir(rd) / f"job-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
     if write and not path.exists():
@@ -122,15 +125,26 @@ def _environment(job: JobConfig) -> jinja2.Environment:
     folder = Path(job.slurm.templates) if job.slurm.templates else TEMPLATES
     if not folder.is_dir():
         raise ConfigError(f"slurm.templates: no folder {str(folder)!r}")
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(folder), keep_trailing_newline=True,
-                              undefined=jinja2.StrictUndefined)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder), keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+    )
 
 
 def _sbatch_lines(res: SlurmResources, rd: RunDir, step: Step) -> list[str]:
-    lines = [f"--chdir={shlex.quote(os.getcwd())}", f"--output={shlex.quote(str(log_pattern(rd, step)))}",
-             "--open-mode=append", "--requeue"]
-    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("time", "time"),
-                      ("cpus", "cpus-per-task"), ("mem", "mem")):
+    lines = [
+        f"--chdir={shlex.quote(os.getcwd())}",
+        f"--output={shlex.quote(str(log_pattern(rd, step)))}",
+        "--open-mode=append",
+        "--requeue",
+    ]
+    for key, flag in (
+        ("partition", "partition"),
+        ("account", "account"),
+        ("qos", "qos"),
+        ("time", "time"),
+        ("cpus", "cpus-per-task"),
+        ("mem", "mem"),
+    ):
         if getattr(res, key) is not None:
             lines.append(f"--{flag}={getattr(res, key)}")
     gpus = res.gpus if step.kind == "array" else res.gpus_per_node
@@ -141,14 +155,24 @@ def _sbatch_lines(res: SlurmResources, rd: RunDir, step: Step) -> list[str]:
 
 def render(job: JobConfig, rd: RunDir, step: Step, job_file: Path, tasks: list[int], num_workers: int) -> str:
     res = job.slurm.resources(step.name)
-    context = dict(step=step.name, command=step.stage, job_file=shlex.quote(str(job_file)), slug=slug(step.name),
-                   job_name=f"miniplm-{slug(step.name)}", python=shlex.quote(job.slurm.python or sys.executable),
-                   setup=[*job.slurm.setup, *res.setup], sbatch_lines=_sbatch_lines(res, rd, step),
-                   exit_dir=shlex.quote(str(exit_dir(rd).absolute())))
+    context = dict(
+        step=step.name,
+        command=step.stage,
+        job_file=shlex.quote(str(job_file)),
+        slug=slug(step.name),
+        job_name=f"miniplm-{slug(step.name)}",
+        python=shlex.quote(job.slurm.python or sys.executable),
+        setup=[*job.slurm.setup, *res.setup],
+        sbatch_lines=_sbatch_lines(res, rd, step),
+        exit_dir=shlex.quote(str(exit_dir(rd).absolute())),
+    )
     if step.kind == "array":
         template = "array.sbatch.j2"
-        extra = " ".join(a for a in (plan.stage_of(step).slurm_arguments(),
-                                     f"--only {shlex.quote(step.only)}" if step.only else "") if a)
+        extra = " ".join(
+            a
+            for a in (plan.stage_of(step).slurm_arguments(), f"--only {shlex.quote(step.only)}" if step.only else "")
+            if a
+        )
         context.update(array=array_spec(tasks, res.parallel), num_workers=num_workers, extra_args=extra)
     else:
         template = "ranks.sbatch.j2"
@@ -215,9 +239,15 @@ class SlurmLauncher(Launcher):
                 raise SlurmError(f"sbatch {sub.script} failed: {out.stderr.strip() or out.stdout.strip()}")
             sub.job_id = out.stdout.strip().split(";")[0]
             ids[f"<{sub.step.name}>"] = sub.job_id
-            record = {"step": sub.step.name, "job_id": sub.job_id,
-                      "tasks": sub.tasks if sub.step.kind == "array" else None, "num_workers": sub.num_workers,
-                      "script": str(sub.script), "after": sub.after, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            record = {
+                "step": sub.step.name,
+                "job_id": sub.job_id,
+                "tasks": sub.tasks if sub.step.kind == "array" else None,
+                "num_workers": sub.num_workers,
+                "script": str(sub.script),
+                "after": sub.after,
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             with open(records_file(rd), "ab") as f:
                 f.write(orjson.dumps(record) + b"\n")
 

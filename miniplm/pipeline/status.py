@@ -64,8 +64,9 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
         if status.state == "done":
             for entry in plan.manifest_stages(job, step):
                 state = rd.stage_state(entry)
-                status.problems += [f"{p}; run `{rerun(state, entry)} --force` to redo {entry}"
-                                    for p in problems(rd.root, entry, state)]
+                status.problems += [
+                    f"{p}; run `{rerun(state, entry)} --force` to redo {entry}" for p in problems(rd.root, entry, state)
+                ]
             if status.problems:
                 status.state = "damaged"
             else:
@@ -83,9 +84,14 @@ def collect(job: JobConfig, launchers: list[Launcher] | None = None) -> list[Ste
             for r in (r for r in records if r.step == step.name):
                 for task in r.tasks if r.tasks is not None else [None]:
                     t = latest[(launcher.name, r.num_workers, task)] = task_state(
-                        launcher, rd, step, r.job_id, task, live[launcher.name])
-                    if task is not None and status.total is not None and t.state in FAILED and not any(
-                            i % r.num_workers == task for i in pending):
+                        launcher, rd, step, r.job_id, task, live[launcher.name]
+                    )
+                    if (
+                        task is not None
+                        and status.total is not None
+                        and t.state in FAILED
+                        and not any(i % r.num_workers == task for i in pending)
+                    ):
                         status.superseded.add(t.name)  # another task (another array size) did its shards
         status.tasks = list(latest.values())
         out.append(status)

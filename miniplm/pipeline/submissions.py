@@ -51,8 +51,11 @@ def plan_submissions(job: JobConfig, rd: RunDir, launcher: Launcher, job_file: P
         upstream = [h for name in waits for h in handles[name]]
         record = latest.get(step.name)
         mine = {t: q for t, q in live.items() if record and t.split("_")[0] == record.job_id}
-        replace = bool(mine) and all(q.state == "PENDING" for q in mine.values()) and (
-            resubmitted or any(q.dead for q in mine.values()))
+        replace = (
+            bool(mine)
+            and all(q.state == "PENDING" for q in mine.values())
+            and (resubmitted or any(q.dead for q in mine.values()))
+        )
         if plan.state(job, rd, step) == "done":
             sub = Submission(step, "done", note="finished")
         elif mine and not replace:

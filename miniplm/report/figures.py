@@ -32,8 +32,10 @@ def html_table(headers: list[str], rows: list[list], cls: str = "") -> str:
 def figure_html(png: Path, caption: str, alt: str | None = None) -> str:
     """The image inlined (the page opens from disk, from a copy, or as an attachment), with its caption."""
     data = base64.b64encode(png.read_bytes()).decode()
-    return (f"<figure><img alt='{html.escape(alt or caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(alt or caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def snippet(text: str) -> str:

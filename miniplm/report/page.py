@@ -15,10 +15,12 @@ from pathlib import Path
 from miniplm.files import atomic_write_text
 from miniplm.rundir import RunDir
 
-STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-         "th{background:#f3f3f3}pre{white-space:pre-wrap;margin:0;max-width:640px;font-size:12px}"
-         "figure{display:inline-block;margin:1em}img{max-width:100%}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+    "th{background:#f3f3f3}pre{white-space:pre-wrap;margin:0;max-width:640px;font-size:12px}"
+    "figure{display:inline-block;margin:1em}img{max-width:100%}"
+)
 
 
 def write_section(rd: RunDir, order: int, name: str, body: str) -> None:

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-
 # json_schema_extra of a field that changes how a stage runs, never what it writes
 EXECUTION_ONLY = {"execution_only": True}
 
@@ -40,8 +39,9 @@ def expand_home(path: str | None) -> str | None:
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "float64"]
 KernelChoice = Literal["auto", "torch"]
-KERNELS_HELP = ("auto: cut-cross-entropy / liger-kernel / flash-attn where installed and on CUDA; "
-                "torch: the plain torch paths")
+KERNELS_HELP = (
+    "auto: cut-cross-entropy / liger-kernel / flash-attn where installed and on CUDA; torch: the plain torch paths"
+)
 
 
 class ModelSpec(Strict):
@@ -64,8 +64,9 @@ def plain_name(name: str) -> bool:
 
 def _plain_name(name: str) -> str:
     if not plain_name(name):
-        raise ValueError("a name is letters, digits, '_', '-' and '.', not starting with '.' (it names a folder "
-                         "under run_dir)")
+        raise ValueError(
+            "a name is letters, digits, '_', '-' and '.', not starting with '.' (it names a folder under run_dir)"
+        )
     return name
 
 

@@ -7,9 +7,17 @@ from pydantic import Field, model_validator
 from miniplm.schema.base import EXECUTION_ONLY, Name, Strict
 from miniplm.schema.corpus import InputSpec
 
-
-PAPER_TASKS = ["hellaswag", "lambada_openai", "winogrande", "openbookqa", "arc_easy", "arc_challenge", "piqa",
-               "social_iqa", "storycloze_2018"]
+PAPER_TASKS = [
+    "hellaswag",
+    "lambada_openai",
+    "winogrande",
+    "openbookqa",
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "social_iqa",
+    "storycloze_2018",
+]
 
 
 class EvalModel(Strict):
@@ -24,21 +32,32 @@ class EvalConfig(Strict):
 
     models: list[str | EvalModel] = Field(
         default_factory=lambda: ["students"],
-        description="students (all of them), a student's name, reference, teacher, or {name, model} for any checkpoint")
+        description="students (all of them), a student's name, reference, teacher, or {name, model} for any checkpoint",
+    )
     heldout: bool = Field(True, description="loss and perplexity on the run's held-out split")
-    seeds: int = Field(1, ge=1, description="train every student this many times, with consecutive seeds, and "
-                       "compare their mean and spread (replicas are named NAME.seed1, NAME.seed2, ...)")
-    corpora: list[InputSpec] = Field(default_factory=list, description="extra evaluation corpora (inputs like "
-                                     "corpus.inputs; give each a name), e.g. a DCLM sample")
+    seeds: int = Field(
+        1,
+        ge=1,
+        description="train every student this many times, with consecutive seeds, and "
+        "compare their mean and spread (replicas are named NAME.seed1, NAME.seed2, ...)",
+    )
+    corpora: list[InputSpec] = Field(
+        default_factory=list,
+        description="extra evaluation corpora (inputs like corpus.inputs; give each a name), e.g. a DCLM sample",
+    )
     max_docs: int | None = Field(None, gt=0, description="at most this many documents per corpus")
-    max_length: int | None = Field(None, ge=2, description="tokens per window; default: a student's training "
-                                   "seq_len, else 1024")
+    max_length: int | None = Field(
+        None, ge=2, description="tokens per window; default: a student's training seq_len, else 1024"
+    )
     stride: int = Field(0, ge=0, description="context repeated from the previous window (not scored twice)")
     batch_tokens: int = Field(16384, gt=0)
-    tasks: list[str] = Field(default_factory=lambda: list(PAPER_TASKS),
-                             description="lm-evaluation-harness tasks (zero-shot); [] for none")
-    task_paths: list[str] = Field(default_factory=list, description="folders or files of lm-eval task YAMLs, e.g. "
-                                  "local tasks with dataset_path: json and data_files")
+    tasks: list[str] = Field(
+        default_factory=lambda: list(PAPER_TASKS), description="lm-evaluation-harness tasks (zero-shot); [] for none"
+    )
+    task_paths: list[str] = Field(
+        default_factory=list,
+        description="folders or files of lm-eval task YAMLs, e.g. local tasks with dataset_path: json and data_files",
+    )
     limit: int | None = Field(None, gt=0, description="at most this many examples per task")
     num_fewshot: int = Field(0, ge=0)
     batch_size: int = Field(16, gt=0, description="lm-eval batch size", json_schema_extra=EXECUTION_ONLY)

@@ -15,8 +15,9 @@ class PromptFile(Strict):
 
     path: str
     field: str = Field("prompt", description="the column or key holding the prompt text")
-    id_field: str | None = Field(None, description="a column holding a stable prompt id; default: a hash of the "
-                                 "file path and line")
+    id_field: str | None = Field(
+        None, description="a column holding a stable prompt id; default: a hash of the file path and line"
+    )
 
     @property
     def format(self) -> Literal["jsonl", "parquet"]:
@@ -29,23 +30,35 @@ class GenerateConfig(Strict):
     name: Name
     model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
     prompts: Split | PromptFile = Field(
-        "main", description="a split of the prepared corpus (each document's first prompt_tokens tokens), or "
-        "{path: prompts.jsonl, field: prompt}")
+        "main",
+        description="a split of the prepared corpus (each document's first prompt_tokens tokens), or "
+        "{path: prompts.jsonl, field: prompt}",
+    )
     prompt_tokens: int = Field(32, gt=0, description="split prompts: each document's first N tokens")
     max_new_tokens: int = Field(256, gt=0)
     samples: int = Field(1, gt=0, description="continuations per prompt")
     temperature: float = Field(1.0, ge=0.0, description="0: greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
-    include_prompt: bool = Field(True, description="text is the prompt followed by its continuation (MiniPLM's "
-                                 "SeqKD corpus); false: the continuation alone")
+    include_prompt: bool = Field(
+        True,
+        description="text is the prompt followed by its continuation (MiniPLM's "
+        "SeqKD corpus); false: the continuation alone",
+    )
     backend: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="hf: batched Hugging Face generate (CPU or GPU); vllm: on a GPU, when installed; "
-        "auto: vllm where it can run, else hf")
+        "auto",
+        description="hf: batched Hugging Face generate (CPU or GPU); vllm: on a GPU, when installed; "
+        "auto: vllm where it can run, else hf",
+    )
     limit: int | None = Field(None, gt=0, description="use only the first N prompts")
-    batch_tokens: int = Field(16384, gt=0, description="padded tokens (prompt + max_new_tokens, per sequence) in "
-                              "a batch; batches are part of the seeded draw, so changing it changes the samples")
-    checkpoint_every: int = Field(10, gt=0, description="batches between progress checkpoints inside a shard",
-                                  json_schema_extra=EXECUTION_ONLY)
+    batch_tokens: int = Field(
+        16384,
+        gt=0,
+        description="padded tokens (prompt + max_new_tokens, per sequence) in "
+        "a batch; batches are part of the seeded draw, so changing it changes the samples",
+    )
+    checkpoint_every: int = Field(
+        10, gt=0, description="batches between progress checkpoints inside a shard", json_schema_extra=EXECUTION_ONLY
+    )
     report_examples: int = Field(8, ge=0, description="examples shown in the report", json_schema_extra=EXECUTION_ONLY)
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)

@@ -51,8 +51,10 @@ class JobConfig(Strict):
         pruned = [p.name for p in self.prune]
         models = ["reference", *pruned, *(s.name for s in self.students)]
         if len(models) != len(set(models)):
-            raise ValueError(f"prune and students: each writes RUN_DIR/models/NAME, so names must differ from each "
-                             f"other and from 'reference' (got {', '.join(models[1:])})")
+            raise ValueError(
+                f"prune and students: each writes RUN_DIR/models/NAME, so names must differ from each "
+                f"other and from 'reference' (got {', '.join(models[1:])})"
+            )
         return self
 
     @model_validator(mode="after")
@@ -72,8 +74,9 @@ class JobConfig(Strict):
                 why = "with eval.seeds above 1 its replicas are named so, and the comparison shows them as one row"
             else:
                 return
-            raise ValueError(f"{key}: {name!r} is a seed replica of student {base!r} by its name ({why}); give it "
-                             "another name")
+            raise ValueError(
+                f"{key}: {name!r} is a seed replica of student {base!r} by its name ({why}); give it another name"
+            )
 
         for i, s in enumerate(self.students):
             check(f"students.{i}.name", s.name, by_shape=True)
@@ -85,7 +88,9 @@ class JobConfig(Strict):
                 continue
             check(f"eval.models.{i}.name", m.name)
             if m.name in students | {"reference", "teacher"} or m.name in evaluated:
-                raise ValueError(f"eval.models.{i}.name: {m.name!r} names a model the job evaluates already "
-                                 "(a student, reference, teacher or an earlier entry); give it another name")
+                raise ValueError(
+                    f"eval.models.{i}.name: {m.name!r} names a model the job evaluates already "
+                    "(a student, reference, teacher or an earlier entry); give it another name"
+                )
             evaluated.add(m.name)
         return self

@@ -14,6 +14,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen-200m": dict(hidden_size=768, intermediate_size=2112, num_hidden_layers=12, num_attention_heads=12, lr=6e-4),
     "qwen-500m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16, lr=3e-4),
     # untied: with a 152k vocabulary the output embedding is what takes it from 0.93B to 1.2B
-    "qwen-1.2b": dict(hidden_size=1536, intermediate_size=4224, num_hidden_layers=24, num_attention_heads=16,
-                      head_dim=96, tie_word_embeddings=False, lr=2.5e-4),
+    "qwen-1.2b": dict(
+        hidden_size=1536,
+        intermediate_size=4224,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        head_dim=96,
+        tie_word_embeddings=False,
+        lr=2.5e-4,
+    ),
 }

@@ -20,8 +20,11 @@ class Calibration(Strict):
 class PruneTarget(Strict):
     """The pruned shape: a preset's, and/or explicit sizes; what is not given stays the model's."""
 
-    preset: str | None = Field(None, description="take hidden_size, intermediate_size, num_hidden_layers and "
-                               "num_attention_heads from a preset (tiny, tiny-4l, qwen-104m, ...)")
+    preset: str | None = Field(
+        None,
+        description="take hidden_size, intermediate_size, num_hidden_layers and "
+        "num_attention_heads from a preset (tiny, tiny-4l, qwen-104m, ...)",
+    )
     hidden_size: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
     num_attention_heads: int | None = Field(None, gt=0)
@@ -48,6 +51,7 @@ class PruneConfig(Strict):
     model: str = Field("teacher", description="teacher (the job's), or a folder, hub id or smollm2-135m")
     calibration: Calibration = Field(default_factory=Calibration)
     target: PruneTarget
-    batch_tokens: int = Field(16384, gt=0, description="calibration tokens per forward pass",
-                              json_schema_extra=EXECUTION_ONLY)
+    batch_tokens: int = Field(
+        16384, gt=0, description="calibration tokens per forward pass", json_schema_extra=EXECUTION_ONLY
+    )
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)

@@ -11,23 +11,34 @@ from miniplm.schema.base import EXECUTION_ONLY, KERNELS_HELP, KernelChoice, Stri
 
 class ScoreConfig(Strict):
     unit: Literal["document", "instance"] = Field(
-        "document", description="score whole documents, or fixed-length instances of the EOS-joined stream (the paper)")
+        "document", description="score whole documents, or fixed-length instances of the EOS-joined stream (the paper)"
+    )
     max_length: int = Field(1024, ge=2, description="tokens per model input; longer documents are cut into windows")
     stride: int = Field(0, ge=0, description="tokens of the previous window repeated as context (not scored twice)")
     batch_tokens: int = Field(16384, gt=0, description="tokens per batch, padding included")
-    checkpoint_every: int = Field(50, gt=0, description="batches between progress checkpoints inside a shard",
-                                  json_schema_extra=EXECUTION_ONLY)
+    checkpoint_every: int = Field(
+        50, gt=0, description="batches between progress checkpoints inside a shard", json_schema_extra=EXECUTION_ONLY
+    )
     max_tokens: int | None = Field(
-        None, gt=0, description="score only each document's first N tokens: a cheaper estimate of its per-token "
-        "difference score (the selection's token budgets still count whole documents)")
+        None,
+        gt=0,
+        description="score only each document's first N tokens: a cheaper estimate of its per-token "
+        "difference score (the selection's token budgets still count whole documents)",
+    )
     save_token_logprobs: bool = False
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
     packing: Literal["auto", "packed", "padded"] = Field(
-        "auto", description="packed: windows back to back in one stream of batch_tokens (no padding; auto on CUDA); "
-        "padded: length-sorted padded rows (auto on the CPU)", json_schema_extra=EXECUTION_ONLY)
+        "auto",
+        description="packed: windows back to back in one stream of batch_tokens (no padding; auto on CUDA); "
+        "padded: length-sorted padded rows (auto on the CPU)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
-    compile: bool = Field(False, description="torch.compile each decoder layer of both models (compiled once, "
-                          "then faster batches)", json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer of both models (compiled once, then faster batches)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
 
     @model_validator(mode="after")
     def _stride_below_max_length(self) -> "ScoreConfig":
@@ -36,5 +47,7 @@ class ScoreConfig(Strict):
         if self.max_tokens is not None and self.unit != "document":
             raise ValueError("max_tokens cuts documents short, and unit is instance: packed instances are scored whole")
         if self.batch_tokens < self.max_length:
-            raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold one window of max_length ({self.max_length})")
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must hold one window of max_length ({self.max_length})"
+            )
         return self

@@ -20,8 +20,12 @@ class SlurmResources(Strict):
     nodes: int | None = Field(None, gt=0, description="training stages: nodes")
     gpus_per_node: int | None = Field(None, ge=0, description="training stages: GPUs per node (one process each)")
     procs_per_node: int | None = Field(None, gt=0, description="training stages without GPUs: processes per node")
-    max_tasks: int | None = Field(None, gt=0, description="array stages: at most this many array tasks, each taking "
-                                  "every max_tasks-th shard; also the array size while the shard count is unknown")
+    max_tasks: int | None = Field(
+        None,
+        gt=0,
+        description="array stages: at most this many array tasks, each taking "
+        "every max_tasks-th shard; also the array size while the shard count is unknown",
+    )
     parallel: int | None = Field(None, gt=0, description="array stages: tasks running at once (sbatch --array=...%N)")
     sbatch: list[str] = Field(default_factory=list, description="extra #SBATCH lines, e.g. --constraint=h100")
     setup: list[str] = Field(default_factory=list, description="shell lines run before miniplm (module load, ...)")
@@ -30,16 +34,26 @@ class SlurmResources(Strict):
 class SlurmConfig(Strict):
     """How `miniplm slurm` renders and submits the pipeline."""
 
-    python: str | None = Field(None, description="the Python that runs miniplm on the nodes; default: the one "
-                               "running `miniplm slurm` (after setup lines: plain `python` picks up an activated env)")
-    setup: list[str] = Field(default_factory=list, description="shell lines every job runs first (module load, "
-                             "conda activate, source venv/bin/activate)")
-    templates: str | None = Field(None, description="a folder with your own array.sbatch.j2 and ranks.sbatch.j2 "
-                                  "(copy miniplm's slurm/ folder to start)")
+    python: str | None = Field(
+        None,
+        description="the Python that runs miniplm on the nodes; default: the one "
+        "running `miniplm slurm` (after setup lines: plain `python` picks up an activated env)",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines every job runs first (module load, conda activate, source venv/bin/activate)",
+    )
+    templates: str | None = Field(
+        None,
+        description="a folder with your own array.sbatch.j2 and ranks.sbatch.j2 "
+        "(copy miniplm's slurm/ folder to start)",
+    )
     defaults: SlurmResources = Field(default_factory=SlurmResources)
     stages: dict[str, SlurmResources] = Field(
-        default_factory=dict, description="per stage (prepare, score, ..., train) or per student (train/NAME); "
-        "names are checked against the stage registry when the job loads")
+        default_factory=dict,
+        description="per stage (prepare, score, ..., train) or per student (train/NAME); "
+        "names are checked against the stage registry when the job loads",
+    )
 
     def resources(self, step: str) -> SlurmResources:
         """The settings for a step (`score`, `train/small`): defaults, then the stage's, then the student's."""

@@ -13,19 +13,30 @@ from miniplm.schema.presets import PRESETS
 class KDConfig(Strict):
     """Distillation in training: loss = (1 - weight) * CE + weight * KD (MiniPLM's vanilla KD: kd_ratio 0.5)."""
 
-    teacher: str = Field("teacher", description="teacher: the job's teacher; or a folder, hub id or smollm2-135m "
-                         "(it must share the student's tokenizer)")
+    teacher: str = Field(
+        "teacher",
+        description="teacher: the job's teacher; or a folder, hub id or smollm2-135m "
+        "(it must share the student's tokenizer)",
+    )
     source: Literal["online", "offline"] = Field(
-        "online", description="online: the teacher runs in the training loop; offline: read the top-k log-probs the "
-        "teacher-logits stage stored for the student's token set")
+        "online",
+        description="online: the teacher runs in the training loop; offline: read the top-k log-probs the "
+        "teacher-logits stage stored for the student's token set",
+    )
     loss: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"] = Field(
-        "forward_kl", description="forward_kl: vanilla KD; reverse_kl: MiniLLM's; jsd; DistiLLM's skew KLs")
+        "forward_kl", description="forward_kl: vanilla KD; reverse_kl: MiniLLM's; jsd; DistiLLM's skew KLs"
+    )
     weight: float = Field(0.5, ge=0.0, le=1.0, description="of the KD term; CE gets 1 - weight")
     temperature: float = Field(1.0, gt=0.0, description="divides both models' logits in the KD term")
-    beta: float | None = Field(None, gt=0.0, lt=1.0, description="jsd: the teacher's share of the mixture "
-                               "(default 0.5); skew losses: the skew alpha (default 0.1)")
-    logits: str | None = Field(None, description="offline: the teacher_logits set to read (its tokens must be the "
-                               "student's)")
+    beta: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="jsd: the teacher's share of the mixture (default 0.5); skew losses: the skew alpha (default 0.1)",
+    )
+    logits: str | None = Field(
+        None, description="offline: the teacher_logits set to read (its tokens must be the student's)"
+    )
 
     @model_validator(mode="after")
     def _offline_reads_a_set(self) -> "KDConfig":
@@ -44,13 +55,16 @@ class StudentConfig(Strict):
     name: Name
     preset: str | None = Field(None, description="tiny, tiny-4l, qwen-104m, qwen-200m, qwen-500m or qwen-1.2b")
     config: str | None = Field(None, description="instead of a preset: a Hugging Face config.json or model folder")
-    init: str | None = Field(None, description="instead of a preset or config: start from these weights, a prune "
-                             "entry's name or a model folder")
+    init: str | None = Field(
+        None,
+        description="instead of a preset or config: start from these weights, a prune entry's name or a model folder",
+    )
     tokens: str = Field(description="the token set (tokenize: name) to train on")
     heldout: str | None = Field(None, description="a token set for held-out loss", json_schema_extra=EXECUTION_ONLY)
     steps: int = Field(gt=0)
-    seed: int | None = Field(None, ge=0, lt=2**32,
-                             description="the training seed (initialisation, data order); default: the job's")
+    seed: int | None = Field(
+        None, ge=0, lt=2**32, description="the training seed (initialisation, data order); default: the job's"
+    )
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
     micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
     lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
@@ -67,20 +81,27 @@ class StudentConfig(Strict):
     eval_every: int = Field(100, gt=0, json_schema_extra=EXECUTION_ONLY)
     eval_rows: int = Field(64, gt=0, description="held-out rows per evaluation", json_schema_extra=EXECUTION_ONLY)
     checkpoint_every: int = Field(500, gt=0, json_schema_extra=EXECUTION_ONLY)
-    log_rows: bool = Field(False, description="write each step's row indices to the metrics (for audits and tests)",
-                           json_schema_extra=EXECUTION_ONLY)
+    log_rows: bool = Field(
+        False,
+        description="write each step's row indices to the metrics (for audits and tests)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     tensorboard: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     wandb: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
-    compile: bool = Field(False, description="torch.compile each decoder layer (minutes of compiling once, then "
-                          "faster steps)", json_schema_extra=EXECUTION_ONLY)
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (minutes of compiling once, then faster steps)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     kd: KDConfig | None = Field(None, description="distill a teacher into the student while it trains")
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":
         if sum(x is not None for x in (self.preset, self.config, self.init)) != 1:
-            raise ValueError("give exactly one of preset, config (random weights of that shape) or init (start from "
-                             "those weights)")
+            raise ValueError(
+                "give exactly one of preset, config (random weights of that shape) or init (start from those weights)"
+            )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
         return self

@@ -7,7 +7,6 @@ from pydantic import Field, model_validator
 from miniplm.schema.base import Name, Strict, plain_name
 from miniplm.schema.select import RANDOM_CONTROLS
 
-
 DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), "main", "reference", "heldout")
 GENERATED = "generated/"
 
@@ -17,12 +16,16 @@ class TokenSet(Strict):
 
     name: Name
     input: str = Field(
-        "selected", description="selected, selected-random or selected-random-filtered (select's random controls: "
+        "selected",
+        description="selected, selected-random or selected-random-filtered (select's random controls: "
         "drawn from every scored unit, or from what the filters left), a split of the prepared "
-        "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)")
+        "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)",
+    )
     mix: dict[str, float] | None = Field(
-        None, description="instead of an input: rows drawn from other token sets of the job in these shares, e.g. "
-        "{generated: 0.5, original: 0.5} (as many as fit without repeating a row)")
+        None,
+        description="instead of an input: rows drawn from other token sets of the job in these shares, e.g. "
+        "{generated: 0.5, original: 0.5} (as many as fit without repeating a row)",
+    )
     tokenizer: str | None = Field(None, description="a folder, hub id or smollm2-135m; default: the teacher's")
     seq_len: int = Field(1024, gt=0, description="tokens a row trains on (rows hold seq_len + 1)")
 
@@ -30,8 +33,9 @@ class TokenSet(Strict):
     def _known_input(self) -> "TokenSet":
         if self.mix is not None:
             if "input" in self.model_fields_set or self.tokenizer is not None:
-                raise ValueError("a mix takes its rows (and tokenizer) from other token sets: give no input or "
-                                 "tokenizer")
+                raise ValueError(
+                    "a mix takes its rows (and tokenizer) from other token sets: give no input or tokenizer"
+                )
             if not self.mix or any(w <= 0 for w in self.mix.values()):
                 raise ValueError("mix: give each token set a positive share")
             top = max(self.mix.values())
@@ -40,9 +44,11 @@ class TokenSet(Strict):
                     raise ValueError(f"mix: shares so far apart that {part!r} would get no rows")
             return self
         if self.input not in DOCUMENT_INPUTS and not (
-                self.input.startswith(GENERATED) and plain_name(self.input.removeprefix(GENERATED))):
-            raise ValueError(f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME "
-                             f"(got {self.input!r})")
+            self.input.startswith(GENERATED) and plain_name(self.input.removeprefix(GENERATED))
+        ):
+            raise ValueError(
+                f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME (got {self.input!r})"
+            )
         return self
 
     @property

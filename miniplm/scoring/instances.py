@@ -84,8 +84,9 @@ class Boundaries:
         if tokenizer.eos_token_id is None:
             raise ConfigError("packed instances join documents with EOS, and the tokenizer has none")
         size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
-        texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
+        texts = tokenizer.batch_decode(
+            [[i] for i in range(size)], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         return cls.from_texts(texts, tokenizer.eos_token_id)
 
     def mask(self, stream: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ def char_boundaries(offsets: Sequence[tuple[int, int]], n_chars: int) -> np.ndar
     n = len(offsets)
     out = np.empty(n + 2, dtype=np.int64)
     out[0] = 0
-    out[1 : n] = [start for start, _ in offsets[1:]]
+    out[1:n] = [start for start, _ in offsets[1:]]
     out[n] = out[n + 1] = n_chars
     return np.maximum.accumulate(np.minimum(out, n_chars))
 
@@ -131,8 +132,14 @@ class Packed:
     pieces: list[list[dict[str, Any]]]
 
 
-def pack_source(docs: Sequence[Sequence[int]], ids: Sequence[str], chars: Sequence[np.ndarray] | None, eos: int,
-                max_length: int, boundaries: Boundaries) -> Packed:
+def pack_source(
+    docs: Sequence[Sequence[int]],
+    ids: Sequence[str],
+    chars: Sequence[np.ndarray] | None,
+    eos: int,
+    max_length: int,
+    boundaries: Boundaries,
+) -> Packed:
     """One source's documents (token lists, without EOS) as instances of at most max_length + 1
     tokens, cut at boundaries, with the pieces each holds (their char ranges when `chars` gives
     each document's `char_boundaries`)."""
@@ -159,8 +166,9 @@ def pack_source(docs: Sequence[Sequence[int]], ids: Sequence[str], chars: Sequen
     return Packed(tokens, pieces)
 
 
-def pack_documents(texts: Sequence[str], ids: Sequence[str], sources: Sequence[str], tokenizer, max_length: int,
-                   boundaries: Boundaries) -> dict[str, list]:
+def pack_documents(
+    texts: Sequence[str], ids: Sequence[str], sources: Sequence[str], tokenizer, max_length: int, boundaries: Boundaries
+) -> dict[str, list]:
     """A shard's documents as instances, source by source (sources in sorted order, documents in
     shard order within a source): columns source, input_ids, docs (the pieces)."""
     if not tokenizer.is_fast:
@@ -172,9 +180,14 @@ def pack_documents(texts: Sequence[str], ids: Sequence[str], sources: Sequence[s
         by_source.setdefault(source, []).append(i)
     for source in sorted(by_source):
         members = by_source[source]
-        packed = pack_source([encoded["input_ids"][i] for i in members], [ids[i] for i in members],
-                             [char_boundaries(encoded["offset_mapping"][i], len(texts[i])) for i in members],
-                             tokenizer.eos_token_id, max_length, boundaries)
+        packed = pack_source(
+            [encoded["input_ids"][i] for i in members],
+            [ids[i] for i in members],
+            [char_boundaries(encoded["offset_mapping"][i], len(texts[i])) for i in members],
+            tokenizer.eos_token_id,
+            max_length,
+            boundaries,
+        )
         out["source"] += [source] * len(packed.tokens)
         out["input_ids"] += packed.tokens
         out["docs"] += packed.pieces

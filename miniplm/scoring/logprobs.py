@@ -43,8 +43,9 @@ def _window_tokens(w: Window, sequences: Sequence[np.ndarray], prefix: int) -> t
     return seq[w.start : w.end], seq[w.start + 1 : w.end + 1]
 
 
-def collate_padded(batch: Sequence[Window], sequences: Sequence[np.ndarray], prefix: int,
-                   device: torch.device) -> Inputs:
+def collate_padded(
+    batch: Sequence[Window], sequences: Sequence[np.ndarray], prefix: int, device: torch.device
+) -> Inputs:
     width = max(w.length for w in batch)
     input_ids = np.zeros((len(batch), width), dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -55,13 +56,23 @@ def collate_padded(batch: Sequence[Window], sequences: Sequence[np.ndarray], pre
         mask[r, : w.length] = 1
         rows.append(np.arange(r * width + w.skip, r * width + w.length))
         targets.append(following[w.skip :])
-    return Inputs({"input_ids": to_device(input_ids, device), "attention_mask": to_device(mask, device)},
-                  to_device(np.concatenate(rows), device), to_device(np.concatenate(targets), device),
-                  [w.scored for w in batch])
+    return Inputs(
+        {"input_ids": to_device(input_ids, device), "attention_mask": to_device(mask, device)},
+        to_device(np.concatenate(rows), device),
+        to_device(np.concatenate(targets), device),
+        [w.scored for w in batch],
+    )
 
 
-def collate_packed(batch: Sequence[Window], sequences: Sequence[np.ndarray], prefix: int, device: torch.device,
-                   attn: str, dtype: torch.dtype, pad_to: int | None = None) -> Inputs:
+def collate_packed(
+    batch: Sequence[Window],
+    sequences: Sequence[np.ndarray],
+    prefix: int,
+    device: torch.device,
+    attn: str,
+    dtype: torch.dtype,
+    pad_to: int | None = None,
+) -> Inputs:
     lengths = [w.length for w in batch]
     parts = segments(lengths, max(pad_to or 0, sum(lengths)))
     input_ids = np.zeros(sum(parts), dtype=np.int64)
@@ -73,18 +84,33 @@ def collate_packed(batch: Sequence[Window], sequences: Sequence[np.ndarray], pre
         rows.append(np.arange(offset + w.skip, offset + w.length))
         targets.append(following[w.skip :])
         offset += w.length
-    kwargs = {"input_ids": to_device(input_ids[None], device), "position_ids": to_device(position_ids(parts)[None], device),
-              **attention_inputs(parts, attn, device, dtype)}
-    return Inputs(kwargs, to_device(np.concatenate(rows), device), to_device(np.concatenate(targets), device),
-                  [w.scored for w in batch])
+    kwargs = {
+        "input_ids": to_device(input_ids[None], device),
+        "position_ids": to_device(position_ids(parts)[None], device),
+        **attention_inputs(parts, attn, device, dtype),
+    }
+    return Inputs(
+        kwargs,
+        to_device(np.concatenate(rows), device),
+        to_device(np.concatenate(targets), device),
+        [w.scored for w in batch],
+    )
 
 
 class Scorer:
     """Runs batches of windows through `models` and hands back each window's scored log-probs."""
 
-    def __init__(self, models: dict[str, torch.nn.Module], prefix: int, device: str | torch.device, *,
-                 packed: bool = False, batch_tokens: int = 16384, kernels: KernelChoice = "auto",
-                 compile: bool = False):
+    def __init__(
+        self,
+        models: dict[str, torch.nn.Module],
+        prefix: int,
+        device: str | torch.device,
+        *,
+        packed: bool = False,
+        batch_tokens: int = 16384,
+        kernels: KernelChoice = "auto",
+        compile: bool = False,
+    ):
         self.models, self.prefix, self.device = models, prefix, torch.device(device)
         self.packed, self.batch_tokens = packed, batch_tokens
         self.kernel = linear_ce_kernel(self.device, kernels)
@@ -103,8 +129,9 @@ class Scorer:
 
     def describe(self) -> str:
         """What, besides the inputs and the models, decides the floating-point results."""
-        return (f"{'packed' if self.packed else 'padded'} batches, projection {self.kernel}"
-                + (", compiled" if self.compiled else ""))
+        return f"{'packed' if self.packed else 'padded'} batches, projection {self.kernel}" + (
+            ", compiled" if self.compiled else ""
+        )
 
     def inputs(self, batch: Sequence[Window], sequences: Sequence[np.ndarray]) -> Inputs:
         if self.packed:
@@ -156,15 +183,26 @@ class _Copy:
 
 
 @torch.inference_mode()
-def target_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    targets: torch.Tensor, scored: torch.Tensor, kernels: KernelChoice = "auto") -> torch.Tensor:
+def target_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+    scored: torch.Tensor,
+    kernels: KernelChoice = "auto",
+) -> torch.Tensor:
     """log p(targets[b, t] | input_ids[b, :t+1]) for every (b, t) where `scored` is true, in row-major
     order; float32 (float64 for a float64 model)."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return token_logprobs(hidden[scored], targets[scored], head_of(model), linear_ce_kernel(hidden.device, kernels))
 
 
-def batch_logprobs(batch: Sequence[Window], sequences: Sequence[np.ndarray], models: dict[str, torch.nn.Module],
-                   prefix: int, device: str) -> Results:
+def batch_logprobs(
+    batch: Sequence[Window],
+    sequences: Sequence[np.ndarray],
+    models: dict[str, torch.nn.Module],
+    prefix: int,
+    device: str,
+) -> Results:
     """Per model, the scored tokens' log-probabilities of each window of one padded batch."""
     return next(Scorer(models, prefix, device).run([batch], sequences))

@@ -69,7 +69,9 @@ def to_device(array: np.ndarray, device: str | torch.device) -> torch.Tensor:
     """A numpy array on `device`; to a GPU through pinned memory, without waiting for queued kernels
     (a copy from pageable memory waits for them)."""
     tensor = torch.from_numpy(array)
-    return tensor.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else tensor.to(device)
+    return (
+        tensor.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else tensor.to(device)
+    )
 
 
 def attention_inputs(parts: Sequence[int], attn: str, device: str | torch.device, dtype: torch.dtype) -> dict:
@@ -88,8 +90,11 @@ def attention_inputs(parts: Sequence[int], attn: str, device: str | torch.device
             return (doc[q] == doc[k]) & (q >= k)
 
         on_cuda = torch.device(device).type == "cuda"
-        return {"attention_mask": create_block_mask(same_window_causal, None, None, total, total, device=device,
-                                                    _compile=on_cuda)}
+        return {
+            "attention_mask": create_block_mask(
+                same_window_causal, None, None, total, total, device=device, _compile=on_cuda
+            )
+        }
     allowed = (doc[:, None] == doc[None, :]) & torch.ones(total, total, dtype=torch.bool, device=device).tril()
     # additive, not boolean: eager attention reads a boolean mask wrongly
     mask = torch.zeros(total, total, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)

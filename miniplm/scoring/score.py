@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from miniplm import outputs
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
-from miniplm import outputs
 from miniplm.inputs import Input, Model
 from miniplm.lookups import reference_model
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
@@ -104,8 +104,10 @@ def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, 
     checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(scorer))
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
-    progress.update(sum(n == 0 for n in shard.predicted())
-                    + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results))
+    progress.update(
+        sum(n == 0 for n in shard.predicted())
+        + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results)
+    )
 
     def scored() -> Iterator[list[dict]]:
         for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
@@ -121,8 +123,13 @@ def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, 
             progress.update(sum(w.end == len(shard.sequences[w.doc]) for w in batch), sum(w.scored for w in batch))
             yield rows
 
-    checkpoints.keep(scored(), done, len(batches), cfg.checkpoint_every,
-                     lambda first, last, rows: checkpoints.save_rows(first, last, rows, results))
+    checkpoints.keep(
+        scored(),
+        done,
+        len(batches),
+        cfg.checkpoint_every,
+        lambda first, last, rows: checkpoints.save_rows(first, last, rows, results),
+    )
     return _assemble(job, shard, windows, results)
 
 
@@ -169,9 +176,11 @@ class Score(ShardedStage):
 
     name = NAME
     summary = "teacher and reference log-probabilities for every main-split document"
-    description = ("Run the teacher and the reference over every main-split shard and write "
-                   "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
-                   "Resumes inside a shard after a kill.")
+    description = (
+        "Run the teacher and the reference over every main-split shard and write "
+        "RUN_DIR/scores/shard-*.parquet (id, n_tokens, teacher_logprob, reference_logprob). "
+        "Resumes inside a shard after a kill."
+    )
     sections = ("seed", "corpus", "teacher", "reference", "score")
 
     def applies(self, job: JobConfig) -> bool:
@@ -183,8 +192,12 @@ class Score(ShardedStage):
         if job.teacher is None or job.reference is None:
             return []
         trained = [outputs.trained("reference")] if job.reference.train is not None else []
-        return [outputs.documents("main"), Model("teacher", resolve_model(job.teacher.model)),
-                Model("reference", resolve_model(reference_model(job))), *trained]
+        return [
+            outputs.documents("main"),
+            Model("teacher", resolve_model(job.teacher.model)),
+            Model("reference", resolve_model(reference_model(job))),
+            *trained,
+        ]
 
     def spends_compute(self, entry: str) -> bool:
         return True
@@ -243,19 +256,26 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     cfg = job.score
     device = pick_device(cfg.device)
     packed = use_packing(cfg.packing, device)
-    models = {"teacher": load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels),
-              "reference": load_model(reference_model(job), job.reference.dtype, device, packed=packed,
-                                      kernels=cfg.kernels)}
-    scorer = Scorer(models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels,
-                    compile=cfg.compile)
+    models = {
+        "teacher": load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels),
+        "reference": load_model(reference_model(job), job.reference.dtype, device, packed=packed, kernels=cfg.kernels),
+    }
+    scorer = Scorer(
+        models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels, compile=cfg.compile
+    )
     total = None
     if job.score.unit == "document":
         total = 0
         for _, path in shards:
             with _reading(path):
                 total += pq.read_metadata(path).num_rows
-    bar = tqdm(total=total, desc="score", unit="doc" if total is not None else "instance",
-               disable=not run.show_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc="score",
+        unit="doc" if total is not None else "instance",
+        disable=not run.show_progress,
+        dynamic_ncols=True,
+    )
     progress = TokenRate(bar)
     # Tokenizing the next shard overlaps with scoring this one (the tokenizer releases the GIL).
     with ThreadPoolExecutor(1) as pool, bar:
@@ -282,8 +302,12 @@ def _flops(job: JobConfig, rd: RunDir) -> dict:
     files = sorted(rd.scores.glob("shard-*.parquet"))
     n_tokens = pl.scan_parquet(files).select("n_tokens").collect()["n_tokens"].to_numpy() if files else np.zeros(0)
     cfg = job.score
-    return record(**{name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
-                     for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))})
+    return record(
+        **{
+            name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
+            for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))
+        }
+    )
 
 
 def _counts(rd: RunDir) -> dict:

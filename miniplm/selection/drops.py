@@ -45,8 +45,9 @@ def prepare_drops(rd: RunDir) -> dict[str, dict[str, int]]:
 def drop_table(prepared: dict[str, dict[str, int]], decisions: pl.DataFrame) -> list[dict]:
     """One row per source: documents, each filter's drops (and `reasons`, every reason's count),
     filtered (their sum), budget, kept."""
-    selected = (decisions.group_by("source", pl.col("reason").cast(pl.String)).len()
-                .filter(pl.col("source").is_not_null()))
+    selected = (
+        decisions.group_by("source", pl.col("reason").cast(pl.String)).len().filter(pl.col("source").is_not_null())
+    )
     by_source: dict[str, dict[str, int]] = {s: dict(r) for s, r in prepared.items()}
     for source, reason, n in selected.iter_rows():
         by_source.setdefault(source, {})[reason or "kept"] = n
@@ -86,8 +87,10 @@ def noise_summary(job: JobConfig, rd: RunDir, decisions: pl.DataFrame, limit: in
     """The noise floor the selection used and the drop table (`limit` sources at most), for summary.json
     and the manifest."""
     rows = drop_table(prepare_drops(rd), decisions)
-    return {"noise_floor": floor_of(decisions, job.select).as_dict(),
-            "drops": collapsed(rows, limit) if limit else rows}
+    return {
+        "noise_floor": floor_of(decisions, job.select).as_dict(),
+        "drops": collapsed(rows, limit) if limit else rows,
+    }
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -103,14 +106,19 @@ def table_lines(rows: list[dict]) -> list[str]:
     """The drop table for the terminal."""
     columns = _columns(rows)
     width = max([len("source"), *(len(r["source"]) for r in rows)])
-    head = (f"  {'source':<{width}} {'documents':>9} " + " ".join(f"{c:>{max(len(c), 5)}}" for c in columns)
-            + f" {'filtered':>16} {'budget':>7} {'kept':>6}")
+    head = (
+        f"  {'source':<{width}} {'documents':>9} "
+        + " ".join(f"{c:>{max(len(c), 5)}}" for c in columns)
+        + f" {'filtered':>16} {'budget':>7} {'kept':>6}"
+    )
     lines = [head]
     for r in rows:
         filtered = f"{r['filtered']} ({_percent(r['filtered'], r['documents'])})"
-        lines.append(f"  {r['source']:<{width}} {r['documents']:>9,} "
-                     + " ".join(f"{r[c]:>{max(len(c), 5)},}" for c in columns)
-                     + f" {filtered:>16} {r['budget']:>7,} {r['kept']:>6,}")
+        lines.append(
+            f"  {r['source']:<{width}} {r['documents']:>9,} "
+            + " ".join(f"{r[c]:>{max(len(c), 5)},}" for c in columns)
+            + f" {filtered:>16} {r['budget']:>7,} {r['kept']:>6,}"
+        )
     return lines
 
 
@@ -118,14 +126,29 @@ def table_html(rows: list[dict]) -> str:
     """The drop table for the report: per filter, then every reason."""
     rows = collapsed(rows, SHOWN_IN_REPORT)
     columns = _columns(rows)
-    summary = [[html.escape(r["source"]), f"{r['documents']:,}", *(f"{r[c]:,}" for c in columns),
-                f"{r['filtered']:,}", _percent(r["filtered"], r["documents"]), f"{r['budget']:,}", f"{r['kept']:,}",
-                _percent(r["documents"] - r["kept"], r["documents"])] for r in rows]
+    summary = [
+        [
+            html.escape(r["source"]),
+            f"{r['documents']:,}",
+            *(f"{r[c]:,}" for c in columns),
+            f"{r['filtered']:,}",
+            _percent(r["filtered"], r["documents"]),
+            f"{r['budget']:,}",
+            f"{r['kept']:,}",
+            _percent(r["documents"] - r["kept"], r["documents"]),
+        ]
+        for r in rows
+    ]
     reasons = sorted({reason for r in rows for reason in r["reasons"]})
     detail = [[html.escape(r["source"]), *(f"{r['reasons'].get(x, 0):,}" for x in reasons)] for r in rows]
-    return "\n".join([
-        html_table(["source", "documents", *columns, "filtered", "filtered %", "budget", "kept", "dropped %"],
-                   summary, "drops"),
-        "<p>Every reason, per source:</p>",
-        html_table(["source", *reasons], detail, "drop-reasons"),
-    ])
+    return "\n".join(
+        [
+            html_table(
+                ["source", "documents", *columns, "filtered", "filtered %", "budget", "kept", "dropped %"],
+                summary,
+                "drops",
+            ),
+            "<p>Every reason, per source:</p>",
+            html_table(["source", *reasons], detail, "drop-reasons"),
+        ]
+    )

@@ -48,9 +48,11 @@ class NoiseFloor:
             return f"no auto noise floor: {self.note}"
         if self.rule == "fixed":
             return f"noise floor at teacher log-prob {self.threshold:.3f} per token (select.min_teacher_logprob)"
-        return (f"auto noise floor at teacher log-prob {self.threshold:.3f} per token: median {self.median:.3f} "
-                f"minus {self.k:g} x {self.mad:.3f} (scaled median absolute deviation) over {self.documents:,} "
-                "documents")
+        return (
+            f"auto noise floor at teacher log-prob {self.threshold:.3f} per token: median {self.median:.3f} "
+            f"minus {self.k:g} x {self.mad:.3f} (scaled median absolute deviation) over {self.documents:,} "
+            "documents"
+        )
 
 
 def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
@@ -65,8 +67,15 @@ def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
     median = float(np.median(teacher_per_token))
     mad = float(np.median(np.abs(teacher_per_token - median))) * NORMAL_MAD
     if mad == 0.0:
-        return NoiseFloor("auto", None, n, median, mad, cfg.noise_floor_mads,
-                          note="half the documents or more score the same, so there is no spread to measure")
+        return NoiseFloor(
+            "auto",
+            None,
+            n,
+            median,
+            mad,
+            cfg.noise_floor_mads,
+            note="half the documents or more score the same, so there is no spread to measure",
+        )
     return NoiseFloor("auto", median - cfg.noise_floor_mads * mad, n, median, mad, cfg.noise_floor_mads)
 
 

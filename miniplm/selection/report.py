@@ -36,8 +36,13 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
 
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.histogram_bin_edges(_finite(d["score"]), bins=60) if d.height else 10
-    ax.hist([_finite(kept["score"]), _finite(dropped["score"])], bins=bins, stacked=True,
-            label=["kept", "dropped"], color=["tab:green", "tab:gray"])
+    ax.hist(
+        [_finite(kept["score"]), _finite(dropped["score"])],
+        bins=bins,
+        stacked=True,
+        label=["kept", "dropped"],
+        color=["tab:green", "tab:gray"],
+    )
     if cut is not None:
         ax.axvline(cut, color="tab:red", linestyle="--", label=f"cut {cut:.3f}")
     ax.set(xlabel="difference score: (log p_teacher - log p_reference) / tokens", ylabel=f"{unit}s")
@@ -47,8 +52,10 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
 
     fig, ax = plt.subplots(figsize=(6, 6))
     sample = d.sample(min(SCATTER_POINTS, d.height), seed=seed) if d.height else d
-    for label, color, part in (("dropped", "tab:gray", sample.filter(~pl.col("kept"))),
-                               ("kept", "tab:green", sample.filter(pl.col("kept")))):
+    for label, color, part in (
+        ("dropped", "tab:gray", sample.filter(~pl.col("kept"))),
+        ("kept", "tab:green", sample.filter(pl.col("kept"))),
+    ):
         ax.scatter(-part["reference_loss"], part["teacher_per_token"], s=6, alpha=0.6, color=color, label=label)
     lims = [*ax.get_xlim(), *ax.get_ylim()]
     ax.plot([min(lims), max(lims)], [min(lims), max(lims)], color="black", linewidth=0.8, label="teacher = reference")
@@ -79,10 +86,12 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
 
 
 def _by_source(d: pl.DataFrame) -> pl.DataFrame:
-    return (d.group_by("source")
-            .agg(scored=pl.len(), kept=pl.col("kept").sum(), tokens_kept=pl.col("n_tokens").filter(pl.col("kept")).sum())
-            .with_columns(kept_fraction=pl.col("kept") / pl.col("scored"))
-            .sort("source"))
+    return (
+        d.group_by("source")
+        .agg(scored=pl.len(), kept=pl.col("kept").sum(), tokens_kept=pl.col("n_tokens").filter(pl.col("kept")).sum())
+        .with_columns(kept_fraction=pl.col("kept") / pl.col("scored"))
+        .sort("source")
+    )
 
 
 def _texts(rd: RunDir, wanted: pl.DataFrame, unit: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -96,10 +105,17 @@ def _texts(rd: RunDir, wanted: pl.DataFrame, unit: str) -> tuple[dict[str, str],
             rows = pl.scan_parquet(shards[shard]).filter(pl.col("id").is_in(ids)).select("id", "text").collect()
             texts.update(dict(rows.iter_rows()))
             continue
-        instances = pl.scan_parquet(rd.score_shard(shard)).filter(pl.col("id").is_in(ids)).select("id", "docs").collect()
+        instances = (
+            pl.scan_parquet(rd.score_shard(shard)).filter(pl.col("id").is_in(ids)).select("id", "docs").collect()
+        )
         doc_ids = list({p["id"] for pieces in instances["docs"] for p in pieces})
-        docs = dict(pl.scan_parquet(shards[shard]).filter(pl.col("id").is_in(doc_ids)).select("id", "text")
-                    .collect().iter_rows())
+        docs = dict(
+            pl.scan_parquet(shards[shard])
+            .filter(pl.col("id").is_in(doc_ids))
+            .select("id", "text")
+            .collect()
+            .iter_rows()
+        )
         for instance_id, pieces in instances.iter_rows():
             texts[instance_id] = instance_text(pieces, docs)
             held[instance_id] = "; ".join(f"{p['id']} [{p['start']}:{p['end']}]" for p in pieces)
@@ -114,9 +130,12 @@ def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int, unit: str) -> dict
         f"Random {unit}s": scored.sample(min(n, scored.height), seed=seed) if scored.height else scored,
     }
     texts, held = _texts(rd, pl.concat(list(picks.values())).select("id", "shard").unique(), unit)
-    return {title: t.with_columns(text=pl.col("id").replace_strict(texts, default=""),
-                                  held=pl.col("id").replace_strict(held, default=""))
-            for title, t in picks.items()}
+    return {
+        title: t.with_columns(
+            text=pl.col("id").replace_strict(texts, default=""), held=pl.col("id").replace_strict(held, default="")
+        )
+        for title, t in picks.items()
+    }
 
 
 def _budget(cfg: SelectConfig) -> str:
@@ -135,19 +154,40 @@ def _controls_html(decisions: pl.DataFrame, controls: dict[str, dict], strategy:
     ranked = decisions.filter(control_pool(decisions, "filtered"))
     kept = decisions.filter(pl.col("kept"))
     drawn = {"raw": "every scored unit, noise included", "filtered": "what every filter left"}
-    rows = [["selected", html.escape(f"what every filter left, ranked by {strategy}"), f"{ranked.height:,}",
-             f"{int(ranked[length].sum() or 0):,}", f"{kept.height:,}", f"{int(kept[length].sum() or 0):,}",
-             "selected/"]]
-    rows += [[html.escape(c["label"]), drawn[c["pool"]], f"{c['pool_units']:,}", f"{c['pool_tokens']:,}",
-              f"{c['kept']:,}", f"{c['tokens']:,}", f"{c['folder']}/"] for c in controls.values()]
-    return ["<h2>Random controls</h2>",
-            f"<p>Random {unit}s of the selection's tokens, each filled the same way. The raw control is drawn from "
-            "every scored unit, noise included: MiniPLM's baseline without refinement, so a student on the "
-            "selected text that beats it shows what the filters and the ranking gain together. The filtered one "
-            "is drawn from the pool the strategy ranks, after the noise floor and the other filters: beating it "
-            "shows what the ranking alone gains.</p>",
-            html_table(["", "drawn from", f"pool: {unit}s", "pool: tokens", f"kept {unit}s", "tokens", "folder"],
-                       rows, "controls")]
+    rows = [
+        [
+            "selected",
+            html.escape(f"what every filter left, ranked by {strategy}"),
+            f"{ranked.height:,}",
+            f"{int(ranked[length].sum() or 0):,}",
+            f"{kept.height:,}",
+            f"{int(kept[length].sum() or 0):,}",
+            "selected/",
+        ]
+    ]
+    rows += [
+        [
+            html.escape(c["label"]),
+            drawn[c["pool"]],
+            f"{c['pool_units']:,}",
+            f"{c['pool_tokens']:,}",
+            f"{c['kept']:,}",
+            f"{c['tokens']:,}",
+            f"{c['folder']}/",
+        ]
+        for c in controls.values()
+    ]
+    return [
+        "<h2>Random controls</h2>",
+        f"<p>Random {unit}s of the selection's tokens, each filled the same way. The raw control is drawn from "
+        "every scored unit, noise included: MiniPLM's baseline without refinement, so a student on the "
+        "selected text that beats it shows what the filters and the ranking gain together. The filtered one "
+        "is drawn from the pool the strategy ranks, after the noise floor and the other filters: beating it "
+        "shows what the ranking alone gains.</p>",
+        html_table(
+            ["", "drawn from", f"pool: {unit}s", "pool: tokens", f"kept {unit}s", "tokens", "folder"], rows, "controls"
+        ),
+    ]
 
 
 def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
@@ -180,20 +220,36 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     c = summary
     length = length_column(decisions)
     total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
-    count_rows = [["scored", f"{c['scored']:,}", f"{total:,}"],
-                  ["kept", f"{c['kept']:,} ({c['kept_fraction']['units']:.1%})",
-                   f"{kept_tokens:,} ({c['kept_fraction']['tokens']:.1%})"]]
+    count_rows = [
+        ["scored", f"{c['scored']:,}", f"{total:,}"],
+        [
+            "kept",
+            f"{c['kept']:,} ({c['kept_fraction']['units']:.1%})",
+            f"{kept_tokens:,} ({c['kept_fraction']['tokens']:.1%})",
+        ],
+    ]
     count_rows += [[f"dropped: {r}", f"{c['dropped'][r]:,}", ""] for r in REASONS]
-    source_rows = [[html.escape(str(r["source"])), f"{r['scored']:,}", f"{r['kept']:,}", f"{r['kept_fraction']:.1%}",
-                    f"{r['tokens_kept']:,}"] for r in summary["sources"]]
+    source_rows = [
+        [
+            html.escape(str(r["source"])),
+            f"{r['scored']:,}",
+            f"{r['kept']:,}",
+            f"{r['kept_fraction']:.1%}",
+            f"{r['tokens_kept']:,}",
+        ]
+        for r in summary["sources"]
+    ]
     overview = [
         "<h2>Selection</h2>",
         f"<p>Strategy <b>{html.escape(cfg.strategy)}</b> over {unit}s, budget {html.escape(summary['budget'])}"
-        + (f", cut at difference score {cut:.4f}" if cut is not None else "") + ". A token budget keeps each "
+        + (f", cut at difference score {cut:.4f}" if cut is not None else "")
+        + ". A token budget keeps each "
         f"{unit} in rank order that still fits, so it is spent to within one {unit}.</p>",
-        "<h2>Counts</h2>", html_table(["", f"{unit}s", "tokens"], count_rows, "counts"),
+        "<h2>Counts</h2>",
+        html_table(["", f"{unit}s", "tokens"], count_rows, "counts"),
         *_controls_html(decisions, controls, cfg.strategy, unit),
-        "<h2>Sources</h2>", html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
+        "<h2>Sources</h2>",
+        html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
         "<h2>Noise filters</h2>",
         f"<p>{html.escape(NoiseFloor(**summary['noise_floor']).describe())}; "
         f"{c['dropped']['low_teacher_logprob']:,} documents below it.</p>",
@@ -204,11 +260,27 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     ]
     details = ["<h2>Plots</h2>", *(figure_html(out / name, caption) for name, caption in plots)]
     for title, table in examples.items():
-        rows = [[html.escape(r["id"]), html.escape(str(r["source"])), f"{r['score']:.4f}", "yes" if r["kept"] else "no",
-                 f"{r['n_tokens']:,}", *([html.escape(r["held"])] if unit == "instance" else []), snippet(r["text"])]
-                for r in table.iter_rows(named=True)]
-        headers = ["id", "source", "difference score", "kept", "tokens",
-                   *(["documents [token range]"] if unit == "instance" else []), "text"]
+        rows = [
+            [
+                html.escape(r["id"]),
+                html.escape(str(r["source"])),
+                f"{r['score']:.4f}",
+                "yes" if r["kept"] else "no",
+                f"{r['n_tokens']:,}",
+                *([html.escape(r["held"])] if unit == "instance" else []),
+                snippet(r["text"]),
+            ]
+            for r in table.iter_rows(named=True)
+        ]
+        headers = [
+            "id",
+            "source",
+            "difference score",
+            "kept",
+            "tokens",
+            *(["documents [token range]"] if unit == "instance" else []),
+            "text",
+        ]
         details += [f"<h2>{html.escape(title)}</h2>", html_table(headers, rows, "examples")]
     write_section(rd, 10, "selection", "\n".join(overview))
     write_section(rd, 30, "selection-details", "\n".join(details))

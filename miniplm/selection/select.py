@@ -20,14 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+
+from miniplm import outputs
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
-from miniplm import outputs
 from miniplm.inputs import Input
 from miniplm.rundir import RunDir
-from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RANDOM_CONTROLS, RandomControl
+from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 NAME = "select"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
@@ -39,11 +40,19 @@ def read_scores(rd: RunDir) -> pl.DataFrame:
     """Every score row, with the index of the shard it came from."""
     files = sorted(rd.scores.glob("shard-*.parquet"))
     columns = SCORE_COLUMNS + (["doc_tokens"] if files and "doc_tokens" in pl.read_parquet_schema(files[0]) else [])
-    frames = [pl.scan_parquet(f).select(columns).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
-              for f in files]
+    frames = [
+        pl.scan_parquet(f).select(columns).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
+        for f in files
+    ]
     if not frames:  # an empty main split
-        schema = {"id": pl.String, "source": pl.String, "n_tokens": pl.Int64, "teacher_logprob": pl.Float64,
-                  "reference_logprob": pl.Float64, "shard": pl.Int32}
+        schema = {
+            "id": pl.String,
+            "source": pl.String,
+            "n_tokens": pl.Int64,
+            "teacher_logprob": pl.Float64,
+            "reference_logprob": pl.Float64,
+            "shard": pl.Int32,
+        }
         return pl.DataFrame(schema=schema)
     return pl.concat(frames).collect()
 
@@ -57,8 +66,9 @@ def _instances(rd: RunDir, index: int, doc_shard: Path) -> pl.DataFrame:
 
     instances = pl.read_parquet(rd.score_shard(index), columns=["id", "source", "n_tokens", "input_ids", "docs"])
     texts = dict(pl.read_parquet(doc_shard, columns=["id", "text"]).iter_rows())
-    return instances.with_columns(text=pl.Series([instance_text(p, texts) for p in instances["docs"].to_list()],
-                                                 dtype=pl.String))
+    return instances.with_columns(
+        text=pl.Series([instance_text(p, texts) for p in instances["docs"].to_list()], dtype=pl.String)
+    )
 
 
 def _write_shard(rd: RunDir, index: int, doc_shard: Path, controls: tuple[RandomControl, ...], unit: str) -> None:
@@ -70,8 +80,10 @@ def _write_shard(rd: RunDir, index: int, doc_shard: Path, controls: tuple[Random
         if unit == "instance":
             chosen = chosen.select(INSTANCE_COLUMNS)
         if chosen.height != keep.height:
-            raise StageError(f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
-                             "were the documents prepared again after scoring?")
+            raise StageError(
+                f"{doc_shard}: {keep.height - chosen.height} selected ids are not in the document shard; "
+                "were the documents prepared again after scoring?"
+            )
         with atomic_path(rd.selected_shard(index, folder)) as tmp:
             chosen.write_parquet(tmp, compression="zstd")
 
@@ -81,9 +93,11 @@ class Select(ShardedStage):
 
     name = NAME
     summary = "keep the documents the strategy ranks highest, with their text, and write the report"
-    description = ("Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
-                   "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
-                   "and RUN_DIR/report/.")
+    description = (
+        "Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
+        "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
+        "and RUN_DIR/report/."
+    )
     sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
 
     def applies(self, job: JobConfig) -> bool:
@@ -114,8 +128,9 @@ class Select(ShardedStage):
             decisions.write_parquet(tmp)
 
     def run_shard(self, run: StageRun, index: int) -> None:
-        _write_shard(run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_controls,
-                     run.job.score.unit)
+        _write_shard(
+            run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_controls, run.job.score.unit
+        )
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
@@ -128,8 +143,10 @@ class Select(ShardedStage):
         controls = control_counts(decisions)
         summary |= controls
         for folder, kept in [("selected", summary["kept"]), *((c["folder"], c["kept"]) for c in controls.values())]:
-            written = sum(pl.scan_parquet(p).select(pl.len()).collect().item()
-                          for p in sorted(rd.selected(folder).glob("shard-*.parquet")))
+            written = sum(
+                pl.scan_parquet(p).select(pl.len()).collect().item()
+                for p in sorted(rd.selected(folder).glob("shard-*.parquet"))
+            )
             if written != kept:
                 raise StageError(f"{folder} shards hold {written} documents, the decisions keep {kept}")
         summary["unit"] = run.job.score.unit
@@ -145,8 +162,10 @@ class Select(ShardedStage):
             kept, total = result["doc_tokens_kept"], result["doc_tokens"]
         units = f"{result.get('unit', 'document')}s"
         share = lambda part, whole: f" ({part / whole:.1%})" if whole else ""  # noqa: E731
-        lines = [f"select: kept {result['kept']:,} of {result['scored']:,} {units}{share(result['kept'], result['scored'])}"
-                 f" and {kept:,} of {total:,} tokens{share(kept, total)}{scored_on}; dropped: {dropped or 'none'}"]
+        lines = [
+            f"select: kept {result['kept']:,} of {result['scored']:,} {units}{share(result['kept'], result['scored'])}"
+            f" and {kept:,} of {total:,} tokens{share(kept, total)}{scored_on}; dropped: {dropped or 'none'}"
+        ]
         lines += _noise_lines(result)
         lines += _control_lines(job, result, units)
         return [*lines, f"report: {job.run_dir}/report/index.html"]
@@ -155,8 +174,10 @@ class Select(ShardedStage):
         if result["kept"] or not result["scored"]:
             return []
         dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
-        return [f"select: nothing was kept of {result['scored']:,} scored documents ({dropped}); check the "
-                "select settings (min_teacher_logprob, min_tokens, the budget)"]
+        return [
+            f"select: nothing was kept of {result['scored']:,} scored documents ({dropped}); check the "
+            "select settings (min_teacher_logprob, min_tokens, the budget)"
+        ]
 
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Its sections of the report again, from the decisions on disk."""
@@ -180,8 +201,10 @@ def _control_lines(job: JobConfig, result: dict, units: str) -> list[str]:
         pool = "every scored unit" if control.pool == "raw" else "what the filters left"
         if "pool_units" in c:  # recorded since the filtered control exists
             pool += f", {c['pool_units']:,} {units}"
-        lines.append(f"select: random control ({control.pool}: from {pool}) of the same token budget: "
-                     f"{c['kept']:,} {units}, {c['tokens']:,} tokens, in {job.run_dir}/{control.folder}")
+        lines.append(
+            f"select: random control ({control.pool}: from {pool}) of the same token budget: "
+            f"{c['kept']:,} {units}, {c['tokens']:,} tokens, in {job.run_dir}/{control.folder}"
+        )
     return lines
 
 
@@ -195,6 +218,9 @@ def _noise_lines(result: dict) -> list[str]:
     below = result["dropped"]["low_teacher_logprob"]
     lines = [f"select: {NoiseFloor(**result['noise_floor']).describe()}; {below:,} documents below it"]
     if result["drops"]:
-        lines += ["select: documents of the main split dropped per source, by prepare's filters and the selection's "
-                  "(the budget's cut apart):", *table_lines(result["drops"])]
+        lines += [
+            "select: documents of the main split dropped per source, by prepare's filters and the selection's "
+            "(the budget's cut apart):",
+            *table_lines(result["drops"]),
+        ]
     return lines

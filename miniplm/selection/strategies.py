@@ -43,8 +43,9 @@ def _uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
     return np.clip(u, np.finfo(float).tiny, 1.0)
 
 
-def _key(cfg: SelectConfig, seed: int, ids: pl.Series | None, score: np.ndarray, teacher: np.ndarray,
-         loss: np.ndarray) -> np.ndarray:
+def _key(
+    cfg: SelectConfig, seed: int, ids: pl.Series | None, score: np.ndarray, teacher: np.ndarray, loss: np.ndarray
+) -> np.ndarray:
     if cfg.strategy == "difference":
         return score
     if cfg.strategy == "difference-sample":
@@ -72,8 +73,12 @@ def _ranking(key: np.ndarray, id_of: Callable[[np.ndarray], pl.Series]) -> np.nd
     ties = np.flatnonzero(ranked[1:] == ranked[:-1])
     if ties.size:
         tied = np.unique(np.concatenate([ties, ties + 1]))
-        perm = (pl.DataFrame({"k": -ranked[tied], "id": id_of(order[tied])}).with_row_index()
-                .sort(["k", "id"])["index"].to_numpy())
+        perm = (
+            pl.DataFrame({"k": -ranked[tied], "id": id_of(order[tied])})
+            .with_row_index()
+            .sort(["k", "id"])["index"]
+            .to_numpy()
+        )
         order[tied] = order[tied][perm]
     return order
 
@@ -102,16 +107,20 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     id_of = ids.gather if everyone else (lambda positions: ids.gather(eligible[positions]))
     key = np.full(scores.height, np.nan)
     needs_ids = cfg.strategy in ("random", "difference-sample")
-    key[eligible] = _key(cfg, seed, id_of(np.arange(len(eligible))) if needs_ids else None,
-                         pick(score), pick(teacher), pick(loss))
+    key[eligible] = _key(
+        cfg, seed, id_of(np.arange(len(eligible))) if needs_ids else None, pick(score), pick(teacher), pick(loss)
+    )
     order = eligible[_ranking(pick(key), id_of)]
 
     length = scores[length_column(scores)].to_numpy().astype(np.int64)
     budget, by_tokens = _budget(cfg, scores.height, length)
     cost = length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
-        spent = pl.DataFrame({"source": scores["source"].gather(order), "cost": cost}).select(
-            pl.col("cost").cum_sum().over("source"))["cost"].to_numpy()
+        spent = (
+            pl.DataFrame({"source": scores["source"].gather(order), "cost": cost})
+            .select(pl.col("cost").cum_sum().over("source"))["cost"]
+            .to_numpy()
+        )
         allowance = math.floor(cfg.max_source_fraction * budget + 1e-9)  # 0.29 * 100 is 28.999...
         reason[order[spent > allowance]] = 4
     competing = np.flatnonzero(reason[order] == 0)
@@ -121,10 +130,12 @@ def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     kept = np.zeros(scores.height, dtype=bool)
     kept[order[within]] = True
 
-    labels = pl.Series(reason).replace_strict({0: None, **{i + 1: r for i, r in enumerate(REASONS)}},
-                                              return_dtype=pl.Enum(list(REASONS)))
-    return scores.with_columns(score=score, teacher_per_token=teacher, reference_loss=loss, key=key,
-                               kept=kept, reason=labels)
+    labels = pl.Series(reason).replace_strict(
+        {0: None, **{i + 1: r for i, r in enumerate(REASONS)}}, return_dtype=pl.Enum(list(REASONS))
+    )
+    return scores.with_columns(
+        score=score, teacher_per_token=teacher, reference_loss=loss, key=key, kept=kept, reason=labels
+    )
 
 
 def _budget(cfg: SelectConfig, n_units: int, length: np.ndarray) -> tuple[int, bool]:
@@ -167,8 +178,10 @@ def counts(decisions: pl.DataFrame) -> dict:
     }
     length = length_column(decisions)
     total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
-    summary["kept_fraction"] = {"units": kept.height / decisions.height if decisions.height else 0.0,
-                                "tokens": kept_tokens / total if total else 0.0}
+    summary["kept_fraction"] = {
+        "units": kept.height / decisions.height if decisions.height else 0.0,
+        "tokens": kept_tokens / total if total else 0.0,
+    }
     if "doc_tokens" in decisions.columns:  # whole documents, where only prefixes were scored
         summary["doc_tokens"] = int(decisions["doc_tokens"].sum() or 0)
         summary["doc_tokens_kept"] = int(kept["doc_tokens"].sum() or 0)
@@ -218,7 +231,13 @@ def control_counts(decisions: pl.DataFrame) -> dict[str, dict]:
             continue
         pool = decisions.filter(control_pool(decisions, control.pool))
         kept = decisions.filter(pl.col(control.column))
-        out[control.entry] = {"pool": control.pool, "folder": control.folder, "label": control.label,
-                              "pool_units": pool.height, "pool_tokens": int(pool[length].sum() or 0),
-                              "kept": kept.height, "tokens": int(kept[length].sum() or 0)}
+        out[control.entry] = {
+            "pool": control.pool,
+            "folder": control.folder,
+            "label": control.label,
+            "pool_units": pool.height,
+            "pool_tokens": int(pool[length].sum() or 0),
+            "kept": kept.height,
+            "tokens": int(kept[length].sum() or 0),
+        }
     return out

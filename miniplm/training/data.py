@@ -24,7 +24,7 @@ class RowPlan:
         self.rows_per_step = rows_per_step
         self.seed = seed
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 (two epochs' orders per plan, and a run has one plan)
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
 

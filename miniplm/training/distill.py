@@ -22,8 +22,14 @@ from miniplm.models.linear_ce import Head
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.students import KDConfig, StudentConfig
-from miniplm.training.kd_losses import (KDLoss, OnlineTeacher, TopKTeacher, distill_losses, liger_applies,
-                                       liger_distill_losses)
+from miniplm.training.kd_losses import (
+    KDLoss,
+    OnlineTeacher,
+    TopKTeacher,
+    distill_losses,
+    liger_applies,
+    liger_distill_losses,
+)
 from miniplm.training.logit_files import TeacherLogitRows
 from miniplm.training.teacher import Teacher
 
@@ -43,8 +49,9 @@ class Distillation:
         self.fused = device.startswith("cuda") and all(importlib.util.find_spec(m) for m in ("liger_kernel", "triton"))
 
     @classmethod
-    def for_student(cls, job: JobConfig, student: StudentConfig, rd: RunDir, vocab: int, device: str, n_rows: int,
-                    seq_len: int) -> "Distillation":
+    def for_student(
+        cls, job: JobConfig, student: StudentConfig, rd: RunDir, vocab: int, device: str, n_rows: int, seq_len: int
+    ) -> "Distillation":
         """Load the teacher, or open the stored log-probs (checking that they cover the token set)."""
         kd = student.kd
         assert kd is not None
@@ -55,9 +62,11 @@ class Distillation:
         stored = TeacherLogitRows(folder)
         layout = stored.layout
         if (len(stored), layout.seq_len, layout.vocab) != (n_rows, seq_len, vocab):
-            raise StageError(f"{folder}: {len(stored)} rows of {layout.seq_len} positions over {layout.vocab} tokens, "
-                             f"and token set {student.tokens!r} has {n_rows} rows of {seq_len} over {vocab}; run "
-                             f"`miniplm teacher-logits --only {kd.logits} --force`")
+            raise StageError(
+                f"{folder}: {len(stored)} rows of {layout.seq_len} positions over {layout.vocab} tokens, "
+                f"and token set {student.tokens!r} has {n_rows} rows of {seq_len} over {vocab}; run "
+                f"`miniplm teacher-logits --only {kd.logits} --force`"
+            )
         return cls(kd, vocab, device, stored)
 
     def teacher_flops_per_token(self, seq_len: int) -> float:
@@ -72,8 +81,9 @@ class Distillation:
         # k = vocabulary: nothing is left over, and the loss is the full one
         return TopKTeacher(ids, logp, None if self.stored.layout.top_k == self.vocab else rest)
 
-    def losses(self, hidden: torch.Tensor, batch: torch.Tensor, rows: np.ndarray,
-               head: Head) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(
+        self, hidden: torch.Tensor, batch: torch.Tensor, rows: np.ndarray, head: Head
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss to back-propagate for a micro-batch of token rows (`rows`: their indices in the
         token set), from the student's final hidden states [positions, d] and output layer; and its
         cross-entropy and KD terms, over the positions whose target is not PAD.

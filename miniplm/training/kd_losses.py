@@ -113,8 +113,9 @@ class TopKTeacher:
 Teacher = OnlineTeacher | TopKTeacher
 
 
-def _outcome_grads(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLoss, counted: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _outcome_grads(
+    teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: KDLoss, counted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The KD sum over a chunk's counted positions, and its gradient with respect to the student's
     log-probabilities of the outcomes compared ([positions, outcomes]): autograd over this small
     graph only."""
@@ -127,9 +128,17 @@ def _outcome_grads(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kd: K
 
 
 @torch.no_grad()
-def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor, head: Head, kd: KDLoss,
-                 teacher: Teacher, start: int, end: int, kd_weight: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunk_grads(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    counted: torch.Tensor,
+    head: Head,
+    kd: KDLoss,
+    teacher: Teacher,
+    start: int,
+    end: int,
+    kd_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums of cross-entropy and KD loss over the counted positions among [start, end) (hidden:
     those positions; targets: any token id where not counted), and the gradient of (1 - w) CE + w KD
     with respect to the output layer's pre-activations (h W + b), in closed form: the divergence's
@@ -161,8 +170,9 @@ def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, counted: torch.Ten
             # (1 - sum of the top k's probabilities would lose it to rounding when it is small)
             logp_rest = torch.logsumexp(z.scatter(1, ids, float("-inf")), dim=-1, keepdim=True) - lse_t
             rest = teacher.rest[start:end, None].to(logits.dtype)
-            kd_sum, g = _outcome_grads(torch.cat([teacher_logp, rest], 1), torch.cat([logp_k, logp_rest], 1), kd,
-                                        counted)
+            kd_sum, g = _outcome_grads(
+                torch.cat([teacher_logp, rest], 1), torch.cat([logp_k, logp_rest], 1), kd, counted
+            )
             g_k, g_rest = g[:, :-1], g[:, -1:]
             # d log q_rest / d z_j = [j not in top k] p_j / q_rest - p_j
             per_rest = g_rest * torch.exp(-logp_rest)
@@ -199,8 +209,17 @@ class _ChunkedDistillation(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            ce, kd_sum, g = _chunk_grads(h, targets[start:end], counted[start:end], Head(weight, bias, scale, softcap),
-                                         kd, teacher, start, end, kd_weight)
+            ce, kd_sum, g = _chunk_grads(
+                h,
+                targets[start:end],
+                counted[start:end],
+                Head(weight, bias, scale, softcap),
+                kd,
+                teacher,
+                start,
+                end,
+                kd_weight,
+            )
             g /= n.to(g.dtype)
             if grad_h is not None:
                 grad_h[start:end] = (g.to(h.dtype) @ weight).to(hidden.dtype)
@@ -209,8 +228,11 @@ class _ChunkedDistillation(torch.autograd.Function):
             if grad_b is not None:
                 grad_b += g.sum(0)
             sums += torch.stack([ce, kd_sum]).to(acc)
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                              None if grad_b is None else grad_b.to(bias.dtype))
+        ctx.save_for_backward(
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+        )
         ce_mean, kd_mean = sums[0] / n.to(acc), sums[1] / n.to(acc)
         ctx.mark_non_differentiable(ce_mean, kd_mean)
         return (1 - kd_weight) * ce_mean + kd_weight * kd_mean, ce_mean, kd_mean
@@ -221,9 +243,16 @@ class _ChunkedDistillation(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
-def distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: Teacher,
-                   kd_weight: float, chunk: int | None = None, ignore_index: int = -100
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def distill_losses(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: Head,
+    kd: KDLoss,
+    teacher: Teacher,
+    kd_weight: float,
+    chunk: int | None = None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, mean CE, mean KD) over the positions whose target is not `ignore_index` (0 when there
     are none), loss = (1 - kd_weight) CE + kd_weight KD, from the student's final hidden states
     ([positions, d]), the targets and its output layer; differentiable with respect to the hidden
@@ -231,8 +260,9 @@ def distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: 
     the head and the teacher must have been cut to the same vocabulary (`Head.first`)."""
     _check_outcomes(head, teacher)
     chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"]))
-    return _ChunkedDistillation.apply(hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd,
-                                      kd_weight, teacher, chunk, ignore_index)
+    return _ChunkedDistillation.apply(
+        hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd, kd_weight, teacher, chunk, ignore_index
+    )
 
 
 def _check_outcomes(head: Head, teacher: Teacher) -> None:
@@ -241,8 +271,10 @@ def _check_outcomes(head: Head, teacher: Teacher) -> None:
     the first `vocab` pears."""
     vocab = head.weight.shape[0]
     if isinstance(teacher, OnlineTeacher) and teacher.vocab != vocab:
-        raise ValueError(f"the student's head has {vocab} outcomes and the teacher's {teacher.vocab}: cut both "
-                         "to the tokenizer's vocabulary")
+        raise ValueError(
+            f"the student's head has {vocab} outcomes and the teacher's {teacher.vocab}: cut both "
+            "to the tokenizer's vocabulary"
+        )
 
 
 # liger-kernel's generalised JSD: beta 0 is KL(P || Q), 1 is KL(Q || P), between them this module's jsd
@@ -253,21 +285,38 @@ def liger_applies(kd: KDLoss, head: Head, teacher: Teacher) -> bool:
     """Whether liger-kernel's fused linear JSD computes this loss: online, forward/reverse KL or
     JSD, and output layers that are a plain projection (no bias, scale or soft cap)."""
     plain = lambda h: h.bias is None and h.scale == 1.0 and not h.softcap  # noqa: E731
-    return (isinstance(teacher, OnlineTeacher) and kd.loss in ("forward_kl", "reverse_kl", "jsd") and plain(head)
-            and plain(teacher.head))
+    return (
+        isinstance(teacher, OnlineTeacher)
+        and kd.loss in ("forward_kl", "reverse_kl", "jsd")
+        and plain(head)
+        and plain(teacher.head)
+    )
 
 
-def liger_distill_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Head, kd: KDLoss, teacher: OnlineTeacher,
-                         kd_weight: float, compiled: bool = True, ignore_index: int = -100
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def liger_distill_losses(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: Head,
+    kd: KDLoss,
+    teacher: OnlineTeacher,
+    kd_weight: float,
+    compiled: bool = True,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`distill_losses` through liger-kernel's fused linear JSD (its chunked loss computes the
     gradients in the forward pass too, and compiles the chunk with torch.compile): the same
     definitions, temperature, weights and ignored targets, for the losses `liger_applies` accepts."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
     _check_outcomes(head, teacher)
-    fused = LigerFusedLinearJSDLoss(weight_hard_loss=1 - kd_weight, weight_soft_loss=kd_weight,
-                                    beta=LIGER_BETA.get(kd.loss, kd.mixing), temperature=kd.temperature,
-                                    ignore_index=ignore_index, compiled=compiled, return_soft_hard_loss=True)
+    fused = LigerFusedLinearJSDLoss(
+        weight_hard_loss=1 - kd_weight,
+        weight_soft_loss=kd_weight,
+        beta=LIGER_BETA.get(kd.loss, kd.mixing),
+        temperature=kd.temperature,
+        ignore_index=ignore_index,
+        compiled=compiled,
+        return_soft_hard_loss=True,
+    )
     loss, kd_mean, ce_mean = fused(hidden, head.weight, teacher.hidden, teacher.head.weight[: teacher.vocab], targets)
     return loss, ce_mean.detach(), kd_mean.detach()

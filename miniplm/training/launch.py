@@ -34,7 +34,9 @@ def set_distributed_env(env: MutableMapping[str, str] | None = None) -> tuple[in
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-        env.setdefault("MASTER_ADDR", _first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))))
+        env.setdefault(
+            "MASTER_ADDR", _first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1")))
+        )
         env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
     env.setdefault("RANK", "0")
     env.setdefault("WORLD_SIZE", "1")

@@ -50,9 +50,14 @@ class LogitsLayout:
 
     def schema(self) -> pa.Schema:
         width, value = self.seq_len * self.top_k, pa.from_numpy_dtype(np.dtype(self.logprob_dtype))
-        return pa.schema([("ids", pa.list_(pa.from_numpy_dtype(self.id_dtype), width)),
-                          ("logprobs", pa.list_(value, width)), ("rest", pa.list_(value, self.seq_len))],
-                         metadata={METADATA_KEY: json.dumps(asdict(self)).encode()})
+        return pa.schema(
+            [
+                ("ids", pa.list_(pa.from_numpy_dtype(self.id_dtype), width)),
+                ("logprobs", pa.list_(value, width)),
+                ("rest", pa.list_(value, self.seq_len)),
+            ],
+            metadata={METADATA_KEY: json.dumps(asdict(self)).encode()},
+        )
 
     def table(self, ids: np.ndarray, logp: np.ndarray, rest: np.ndarray) -> pa.Table:
         """Rows from ids and log-probs [rows, seq_len, k] and the remaining mass [rows, seq_len]."""

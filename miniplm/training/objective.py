@@ -23,8 +23,9 @@ class NextTokenLoss(torch.nn.Module):
     The Hugging Face model is `self.lm` (export it with `self.lm.save_pretrained`). Under ZeRO-3
     the output embedding is registered as used here, so DeepSpeed gathers it for this forward."""
 
-    def __init__(self, lm: torch.nn.Module, kernel: LinearCE = "torch", zero3: bool = False,
-                 distill: Distillation | None = None):
+    def __init__(
+        self, lm: torch.nn.Module, kernel: LinearCE = "torch", zero3: bool = False, distill: Distillation | None = None
+    ):
         super().__init__()
         self.lm = lm
         self.kernel = kernel

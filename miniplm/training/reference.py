@@ -3,15 +3,15 @@ teacher's tokenizer, into RUN_DIR/models/reference (which score then uses)."""
 
 from __future__ import annotations
 
+from miniplm import outputs
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.corpus.tokenize import part_for
 from miniplm.errors import ConfigError
+from miniplm.inputs import Input
 from miniplm.lookups import reference_token_set
 from miniplm.rundir import RunDir
-from miniplm import outputs
-from miniplm.inputs import Input
-from miniplm.stage import Part, Stage, Step, run_sharded
 from miniplm.schema.job import JobConfig
+from miniplm.stage import Part, Stage, Step, run_sharded
 from miniplm.training.launch import init_distributed
 from miniplm.training.train import train_models, training_progress, training_reads
 from miniplm.workers import Worker, resolve_worker
@@ -24,8 +24,10 @@ class TrainReference(Stage):
 
     name = NAME
     summary = "train the reference LM on the reference split (reference: {train: ...})"
-    description = ("Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
-                   "DeepSpeed into RUN_DIR/models/reference, which score then uses.")
+    description = (
+        "Tokenize the reference split with the teacher's tokenizer and train the reference LM with "
+        "DeepSpeed into RUN_DIR/models/reference, which score then uses."
+    )
     kind = "ranks"
     sections = ("seed",)  # plus the reference's training settings and its token set's hash
 
@@ -49,24 +51,33 @@ class TrainReference(Stage):
     def progress(self, job: JobConfig, rd: RunDir, step: Step) -> str:
         return training_progress(rd, "reference")
 
-    def run(self, job: JobConfig, worker: Worker = Worker(), *, only: str | None = None, force: bool = False,
-            show_progress: bool = True) -> dict:
+    def run(
+        self,
+        job: JobConfig,
+        worker: Worker = Worker(),
+        *,
+        only: str | None = None,
+        force: bool = False,
+        show_progress: bool = True,
+    ) -> dict:
         from miniplm import distributed
 
         if job.reference is None or job.reference.train is None:
             raise ConfigError("train-reference: the job gives no `reference: {train: {...}}`")
         init_distributed()
         token_set = reference_token_set(job)
-        run_sharded(TOKENIZE, job, self._token_part(job), resolve_worker(), force=force,
-                    show_progress=show_progress)
+        run_sharded(TOKENIZE, job, self._token_part(job), resolve_worker(), force=force, show_progress=show_progress)
         distributed.barrier()  # every rank's share of the token shards is written
-        return train_models(job, self, [job.reference.train], [*job.tokenize, token_set], force=force,
-                            show_progress=show_progress)
+        return train_models(
+            job, self, [job.reference.train], [*job.tokenize, token_set], force=force, show_progress=show_progress
+        )
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         counts = result["reference"]
-        return [f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
-                f"model in {job.run_dir}/models/reference"]
+        return [
+            f"train-reference: {counts['step']} steps, final loss {counts['loss']:.4f}; "
+            f"model in {job.run_dir}/models/reference"
+        ]
 
 
 STAGE = TrainReference()

@@ -13,8 +13,8 @@ import torch
 
 from miniplm.errors import ConfigError
 from miniplm.models.flops import forward_flops_per_token
-from miniplm.models.loading import load_model
 from miniplm.models.linear_ce import chunk_rows, head_logits, head_of
+from miniplm.models.loading import load_model
 from miniplm.training.kd_losses import OnlineTeacher
 
 
@@ -24,8 +24,9 @@ class Teacher:
         self.model = load_model(name, dtype, device)
         width = self.model.get_output_embeddings().weight.shape[0]
         if width < vocab:
-            raise ConfigError(f"teacher {name!r}: its output layer has {width} tokens, fewer than the tokenizer's "
-                              f"{vocab}")
+            raise ConfigError(
+                f"teacher {name!r}: its output layer has {width} tokens, fewer than the tokenizer's {vocab}"
+            )
         self.vocab = vocab
         self.head = head_of(self.model).first(vocab)
 

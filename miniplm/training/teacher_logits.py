@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from miniplm import outputs
 from miniplm.batch_checkpoints import BatchCheckpoints
 from miniplm.compute import record
 from miniplm.corpus import tokenize
@@ -30,15 +31,14 @@ from miniplm.corpus.tokens import row_blocks
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, file_lock
 from miniplm.inputs import Input, Model
-from miniplm import outputs
+from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
 from miniplm.models.loading import check_same_tokenizer, load_tokenizer, pick_device, resolve_model
 from miniplm.records import rerun
 from miniplm.rundir import RunDir, shard_name
-from miniplm.stage import EntryStage, Part, StageRun
-from miniplm.lookups import teacher_model, token_set_named, tokenizer_name
 from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.job import JobConfig
 from miniplm.schema.teacher_logits import TeacherLogitsSet
+from miniplm.stage import EntryStage, Part, StageRun
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
@@ -78,9 +78,15 @@ def check_teacher_tokenizer(job: JobConfig, teacher: str, token_set: str, where:
             raise
         return
     try:
-        check_same_tokenizer(teacher, student, tok_t, tok_s, role="student's tokenizer",
-                             advice="Distill a teacher that shares the student's tokenizer (cross-tokenizer "
-                             "distillation, such as ULD or DSKD, is not supported).")
+        check_same_tokenizer(
+            teacher,
+            student,
+            tok_t,
+            tok_s,
+            role="student's tokenizer",
+            advice="Distill a teacher that shares the student's tokenizer (cross-tokenizer "
+            "distillation, such as ULD or DSKD, is not supported).",
+        )
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -90,8 +96,10 @@ def _environment(teacher, device: str, rows_per_batch: int) -> str:
     import torch
 
     model = teacher.model
-    return (f"{torch.device(device).type}, torch {torch.__version__}, teacher {model.dtype} "
-            f"{model.config._attn_implementation}, {rows_per_batch} rows per batch")
+    return (
+        f"{torch.device(device).type}, torch {torch.__version__}, teacher {model.dtype} "
+        f"{model.config._attn_implementation}, {rows_per_batch} rows per batch"
+    )
 
 
 def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm) -> dict:
@@ -117,12 +125,17 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
             ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
             shape = (len(batch), seq_len)
             bar.update(batch.numel())
-            yield layout.table(ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(),
-                               rest.reshape(shape).numpy())
+            yield layout.table(
+                ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(), rest.reshape(shape).numpy()
+            )
 
-    checkpoints.keep(computed(), done, len(starts), entry.checkpoint_every,
-                     lambda first, last, tables: saved.append(checkpoints.save_table(first, last,
-                                                                                     pa.concat_tables(tables))))
+    checkpoints.keep(
+        computed(),
+        done,
+        len(starts),
+        entry.checkpoint_every,
+        lambda first, last, tables: saved.append(checkpoints.save_table(first, last, pa.concat_tables(tables))),
+    )
     out = run.rd.teacher_logits(entry.name) / shard_name(index, ".arrow")
     # from the files this process found and saved, not whatever the scratch folder holds now: another
     # process on the same set may have removed or replaced them
@@ -130,8 +143,12 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     check_rows(out, len(rows), run)
     # a padded instance row's PAD targets are stored (the teacher read PAD as token 0, as the student
     # does) but never predicted: `tokens` counts the positions training reads
-    stats = {"rows": len(rows), "tokens": int((rows[:, 1:] != PAD).sum()), "bytes": size,
-             "flops": len(rows) * seq_len * teacher.flops_per_token((seq_len + 1) / 2)}
+    stats = {
+        "rows": len(rows),
+        "tokens": int((rows[:, 1:] != PAD).sum()),
+        "bytes": size,
+        "flops": len(rows) * seq_len * teacher.flops_per_token((seq_len + 1) / 2),
+    }
     atomic_write_json(out.with_suffix(".json"), stats)
     shutil.rmtree(scratch, ignore_errors=True)
     return stats
@@ -142,8 +159,10 @@ def _read_back(saved: list[Path], run: StageRun) -> Iterator[pa.Table]:
         try:
             yield pq.read_table(f)
         except FileNotFoundError:
-            raise StageError(f"{f}: removed while this process was writing its shard (by another process on "
-                             f"{run.name}?); run `{_redo(run)}` again") from None
+            raise StageError(
+                f"{f}: removed while this process was writing its shard (by another process on "
+                f"{run.name}?); run `{_redo(run)}` again"
+            ) from None
 
 
 def _redo(run: StageRun) -> str:
@@ -156,8 +175,10 @@ def check_rows(path: Path, expected: int, run: StageRun) -> None:
     written = count_rows(path) if path.exists() else 0
     if written != expected:
         path.unlink(missing_ok=True)
-        raise StageError(f"{path}: {written:,} rows written where its token shard has {expected:,} (another "
-                         f"process on {run.name}?); run `{_redo(run)}` again")
+        raise StageError(
+            f"{path}: {written:,} rows written where its token shard has {expected:,} (another "
+            f"process on {run.name}?); run `{_redo(run)}` again"
+        )
 
 
 class TeacherLogits(EntryStage):
@@ -165,11 +186,13 @@ class TeacherLogits(EntryStage):
 
     name = NAME
     summary = "store the teacher's top-k log-probs for a token set (offline KD)"
-    description = ("For each set in the job's `teacher_logits:` list, run the teacher over every row of its token set "
-                   "and write, per position, the top-k token ids, their log-probs and the log of the remaining mass "
-                   "to RUN_DIR/teacher-logits/NAME/shard-*.arrow, aligned with the token set's shards and rows. "
-                   "Students with kd: {source: offline, logits: NAME} read them instead of running the teacher. "
-                   "Resumes inside a shard after a kill.")
+    description = (
+        "For each set in the job's `teacher_logits:` list, run the teacher over every row of its token set "
+        "and write, per position, the top-k token ids, their log-probs and the log of the remaining mass "
+        "to RUN_DIR/teacher-logits/NAME/shard-*.arrow, aligned with the token set's shards and rows. "
+        "Students with kd: {source: offline, logits: NAME} read them instead of running the teacher. "
+        "Resumes inside a shard after a kill."
+    )
     sections = ("seed",)  # plus the set, its token set's hash and the teacher's fingerprint
     only = "logits set"
     none = "teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])"
@@ -181,8 +204,12 @@ class TeacherLogits(EntryStage):
         """Its settings, its token set's rows and the teacher by content."""
         entry: TeacherLogitsSet = part.item
         teacher, dtype = teacher_model(job, entry.teacher)
-        return [json.dumps(hashable_dump(entry), sort_keys=True), _tokens(entry),
-                Model("teacher", resolve_model(teacher)), dtype]
+        return [
+            json.dumps(hashable_dump(entry), sort_keys=True),
+            _tokens(entry),
+            Model("teacher", resolve_model(teacher)),
+            dtype,
+        ]
 
     def spends_compute(self, entry: str) -> bool:
         return True
@@ -196,13 +223,15 @@ class TeacherLogits(EntryStage):
         token_sets = {t.name for t in job.tokenize}
         for t in job.teacher_logits:
             if t.tokens not in token_sets:
-                raise ConfigError(f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize "
-                                  "list")
+                raise ConfigError(
+                    f"teacher_logits.{t.name}.tokens: no token set {t.tokens!r} in the job's tokenize list"
+                )
             if t.teacher == "teacher" and job.teacher is None:
                 raise ConfigError(f"teacher_logits.{t.name}: teacher is the job's teacher, and the job has none")
         for entry in job.teacher_logits:
-            check_teacher_tokenizer(job, teacher_model(job, entry.teacher)[0], entry.tokens,
-                                    f"teacher_logits.{entry.name}", strict=False)
+            check_teacher_tokenizer(
+                job, teacher_model(job, entry.teacher)[0], entry.tokens, f"teacher_logits.{entry.name}", strict=False
+            )
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         token_set = token_set_named(job, part.item.tokens)
@@ -219,10 +248,13 @@ class TeacherLogits(EntryStage):
         token_set = token_set_named(job, entry.tokens)
         tokenizer = load_tokenizer(tokenizer_name(job, token_set))
         if entry.top_k > len(tokenizer):
-            raise ConfigError(f"teacher_logits.{entry.name}.top_k: {entry.top_k} is more than the vocabulary "
-                              f"({len(tokenizer)} tokens)")
-        return LogitsContext(teacher, dtype, len(tokenizer), sorted(rd.tokens(entry.tokens).glob("shard-*.arrow")),
-                             token_set.seq_len)
+            raise ConfigError(
+                f"teacher_logits.{entry.name}.top_k: {entry.top_k} is more than the vocabulary "
+                f"({len(tokenizer)} tokens)"
+            )
+        return LogitsContext(
+            teacher, dtype, len(tokenizer), sorted(rd.tokens(entry.tokens).glob("shard-*.arrow")), token_set.seq_len
+        )
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.teacher_logits(run.part.item.name)]
@@ -239,8 +271,14 @@ class TeacherLogits(EntryStage):
         teacher = Teacher(ctx.teacher, ctx.vocab, ctx.dtype, pick_device(entry.device))
         seq_len = ctx.seq_len
         total = sum(len(block) for i in todo for block in row_blocks(files[i])) * seq_len
-        with tqdm(total=total, desc=run.name.replace("/", " "), unit="tok", unit_scale=True,
-                  disable=not run.show_progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total,
+            desc=run.name.replace("/", " "),
+            unit="tok",
+            unit_scale=True,
+            disable=not run.show_progress,
+            dynamic_ncols=True,
+        ) as bar:
             for i in todo:
                 # one process per shard: a second process on the set waits, then skips what the first wrote
                 with file_lock(run.rd.work(run.name) / shard_name(i, ".lock")):
@@ -263,10 +301,12 @@ class TeacherLogits(EntryStage):
         return {**counts, "shards": len(per_shard), "top_k": entry.top_k, "token_set": entry.tokens}
 
     def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
-        return [f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
-                f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
-                f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
-                f"in {job.run_dir}/teacher-logits/{name}"]
+        return [
+            f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
+            f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
+            f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
+            f"in {job.run_dir}/teacher-logits/{name}"
+        ]
 
 
 STAGE = TeacherLogits()

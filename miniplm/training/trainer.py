@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 from miniplm import distributed
+from miniplm.compute import record
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_text, follow_umask, move_into
 from miniplm.logs import library_output
-from miniplm.compute import record
 from miniplm.lookups import init_model
 from miniplm.models.flops import ModelFlops, datasheet_peak, matmul_rate
 from miniplm.models.kernels import apply_liger_layers, attention_implementation, compile_layers, linear_ce_kernel
@@ -36,7 +36,6 @@ from miniplm.schema.job import JobConfig
 from miniplm.schema.students import StudentConfig
 from miniplm.training.data import RowPlan, to_tensor
 from miniplm.training.objective import NextTokenLoss, lm_state_dict
-
 
 if TYPE_CHECKING:
     from miniplm.training.distill import Distillation
@@ -79,8 +78,9 @@ def deepspeed_config(student: StudentConfig, accumulation: int, bf16: bool) -> d
     return deep_merge(config, student.deepspeed)
 
 
-def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, device: str = "cpu",
-                init: str | None = None):
+def build_model(
+    student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dtype, device: str = "cpu", init: str | None = None
+):
     """The student's Hugging Face model in float32 (DeepSpeed casts it to bf16 and keeps float32
     master weights): random weights of its preset or config, or the weights in `init`; with
     liger-kernel's fused layers and compiled decoder layers where asked for."""
@@ -88,15 +88,19 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
 
     attn = attention_implementation(dtype, device, choice=student.kernels)
     if init is not None:
-        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation=attn, dtype=torch.float32,
-                                                     device_map=device)
+        model = AutoModelForCausalLM.from_pretrained(
+            init, attn_implementation=attn, dtype=torch.float32, device_map=device
+        )
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            raise ConfigError(f"students.{student.name}: init {init!r} embeds {model.config.vocab_size} tokens, and "
-                              f"its token set's tokenizer has {len(tokenizer)}")
+            raise ConfigError(
+                f"students.{student.name}: init {init!r} embeds {model.config.vocab_size} tokens, and "
+                f"its token set's tokenizer has {len(tokenizer)}"
+            )
     else:
         if student.preset:
-            config = qwen_config(student.preset, len(tokenizer), max(seq_len, 2048), tokenizer.bos_token_id,
-                                 tokenizer.eos_token_id)
+            config = qwen_config(
+                student.preset, len(tokenizer), max(seq_len, 2048), tokenizer.bos_token_id, tokenizer.eos_token_id
+            )
         else:
             config = AutoConfig.from_pretrained(student.config)
             config.vocab_size = len(tokenizer)
@@ -113,8 +117,9 @@ def build_model(student: StudentConfig, tokenizer, seq_len: int, dtype: torch.dt
     return model
 
 
-def objective(student: StudentConfig, model: torch.nn.Module, device: str,
-              distill: Distillation | None = None) -> NextTokenLoss:
+def objective(
+    student: StudentConfig, model: torch.nn.Module, device: str, distill: Distillation | None = None
+) -> NextTokenLoss:
     """The module DeepSpeed trains: the model and its loss, with the fused kernel this machine has
     (and, for a distilled student, its distillation)."""
     zero3 = student.zero_stage == 3
@@ -173,8 +178,10 @@ class Metrics:
 
                 self.writers.append(("wandb", wandb.init(project="miniplm", name=student.name, resume="allow")))
         except ImportError as e:
-            raise ConfigError(f"students.{student.name}: tensorboard/wandb logging needs its package "
-                              f"(pip install tensorboard / wandb): {e}") from None
+            raise ConfigError(
+                f"students.{student.name}: tensorboard/wandb logging needs its package "
+                f"(pip install tensorboard / wandb): {e}"
+            ) from None
 
     def log(self, record: dict) -> None:
         if not self.active:
@@ -200,22 +207,30 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     seq_len = rows.width - 1
     rows_per_step, leftover = divmod(student.batch_tokens, seq_len)
     if leftover or rows_per_step % (student.micro_batch * world):
-        raise ConfigError(f"students.{student.name}: batch_tokens {student.batch_tokens} must be a multiple of "
-                          f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})")
+        raise ConfigError(
+            f"students.{student.name}: batch_tokens {student.batch_tokens} must be a multiple of "
+            f"seq_len ({seq_len}) x micro_batch ({student.micro_batch}) x processes ({world})"
+        )
     accumulation = rows_per_step // (student.micro_batch * world)
     seed = training_seed(job, student)
     plan = RowPlan(len(rows), rows_per_step, seed)
     heldout = TokenRows(rd.tokens(student.heldout)) if student.heldout else None
 
     torch.manual_seed(seed)
-    model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device,
-                        init_model(job, student))
+    model = build_model(
+        student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device, init_model(job, student)
+    )
     counted = ModelFlops.of(model)
     peak_lr = student.lr or default_lr(student.preset)
     # fused: one kernel for the whole update on the GPU (not for optimizer states offloaded to the CPU)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=student.betas, eps=student.eps,
-                                  weight_decay=student.weight_decay,
-                                  fused=bf16 and not student.offload_optimizer)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=peak_lr,
+        betas=student.betas,
+        eps=student.eps,
+        weight_decay=student.weight_decay,
+        fused=bf16 and not student.offload_optimizer,
+    )
     distill, teacher_flops_per_token = None, 0.0
     if student.kd is not None:
         from miniplm.training.distill import Distillation
@@ -223,9 +238,11 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         distill = Distillation.for_student(job, student, rd, len(tokenizer), device, len(rows), seq_len)
         teacher_flops_per_token = distill.teacher_flops_per_token(seq_len)
     with library_output():
-        engine, optimizer, _, _ = deepspeed.initialize(model=objective(student, model, device, distill),
-                                                       optimizer=optimizer,
-                                                       config=deepspeed_config(student, accumulation, bf16))
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=objective(student, model, device, distill),
+            optimizer=optimizer,
+            config=deepspeed_config(student, accumulation, bf16),
+        )
     work = rd.training(student.name)
     checkpoints = work / "checkpoints"
     step, last = 0, {}
@@ -242,8 +259,14 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     peak_flops = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device) * world
     datasheet = datasheet_peak(device) if bf16 else None  # what other trainers' MFU is against
     metrics = Metrics(work / "metrics.jsonl", step, student, active=rank == 0)
-    bar = tqdm(total=student.steps, initial=step, desc=f"train {student.name}", unit="step",
-               disable=rank != 0 or not show_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=student.steps,
+        initial=step,
+        desc=f"train {student.name}",
+        unit="step",
+        disable=rank != 0 or not show_progress,
+        dynamic_ncols=True,
+    )
     while step < student.steps:
         started = time.perf_counter()
         lr = lr_at(step, peak_lr, student.warmup_steps, student.steps, student.min_lr_ratio)
@@ -262,22 +285,32 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
         loss, terms = means.pop("loss"), means
         seconds = time.perf_counter() - started
         tokens_per_s = rows_per_step * seq_len / seconds
-        last = {"step": step, "loss": loss, **terms, "lr": lr,
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * flops_per_token / peak_flops}
+        last = {
+            "step": step,
+            "loss": loss,
+            **terms,
+            "lr": lr,
+            "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * flops_per_token / peak_flops,
+        }
         if datasheet:
             last["mfu_datasheet"] = tokens_per_s * flops_per_token / (datasheet * world)
         if heldout is not None and (step % student.eval_every == 0 or step == student.steps):
-            last["heldout_loss"] = heldout_loss(engine, heldout, student.eval_rows, rank, world, student.micro_batch,
-                                                device)
+            last["heldout_loss"] = heldout_loss(
+                engine, heldout, student.eval_rows, rank, world, student.micro_batch, device
+            )
         if student.log_rows:
             last["rows"] = plan.step_rows(step - 1).tolist()
         metrics.log(last)
         bar.update()
         bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", mfu=f"{last['mfu']:.1%}", refresh=False)
         if step % student.checkpoint_every == 0 or step == student.steps:
-            engine.save_checkpoint(str(checkpoints), tag=f"step-{step:08d}",
-                                   client_state={"step": step, "rng": torch.get_rng_state(), "last": last})
+            engine.save_checkpoint(
+                str(checkpoints),
+                tag=f"step-{step:08d}",
+                client_state={"step": step, "rng": torch.get_rng_state(), "last": last},
+            )
             if rank == 0:  # keep the newest two: the last one may be cut short by a kill
                 for old in sorted(checkpoints.glob("step-*"))[:-2]:
                     shutil.rmtree(old, ignore_errors=True)
@@ -286,10 +319,16 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     evaluations = len([s for s in range(1, student.steps + 1) if s % student.eval_every == 0 or s == student.steps])
     heldout_rows = evaluations * min(student.eval_rows, len(heldout)) if heldout is not None else 0
     tokens = student.steps * rows_per_step * seq_len
-    flops = record(training=3 * student.steps * rows_per_step * counted.forward(seq_len),
-                   heldout=heldout_rows * counted.forward(seq_len), teacher=tokens * teacher_flops_per_token)
-    return {k: last.get(k) for k in ("step", "loss", "heldout_loss")} | {k: last[k] for k in TERMS if k in last} | {
-        "tokens": tokens, "seed": seed, "flops": flops}
+    flops = record(
+        training=3 * student.steps * rows_per_step * counted.forward(seq_len),
+        heldout=heldout_rows * counted.forward(seq_len),
+        teacher=tokens * teacher_flops_per_token,
+    )
+    return (
+        {k: last.get(k) for k in ("step", "loss", "heldout_loss")}
+        | {k: last[k] for k in TERMS if k in last}
+        | {"tokens": tokens, "seed": seed, "flops": flops}
+    )
 
 
 def _checkpoint_classes() -> list:
@@ -306,15 +345,18 @@ def load_tensors_only(engine) -> None:
     """Make `engine` read checkpoint files as tensors and plain data only (torch's weights_only),
     never as arbitrary pickles that could run code: a run directory may be shared, and DeepSpeed
     itself unpickles everything. A file holding anything else is refused, named."""
+
     def load(path: str, map_location=None):
         try:
             with torch.serialization.safe_globals(_checkpoint_classes()):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             first = str(e).strip().splitlines()[-1][:300]
-            raise StageError(f"{path}: not a checkpoint miniplm wrote: it holds objects other than tensors and "
-                             f"DeepSpeed's state ({first}); it was not loaded. Move the checkpoint folder away to "
-                             "start over from the previous one, or redo the training with --force") from None
+            raise StageError(
+                f"{path}: not a checkpoint miniplm wrote: it holds objects other than tensors and "
+                f"DeepSpeed's state ({first}); it was not loaded. Move the checkpoint folder away to "
+                "start over from the previous one, or redo the training with --force"
+            ) from None
 
     engine.checkpoint_engine.load = load
 

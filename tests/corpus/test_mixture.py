@@ -23,13 +23,23 @@ def test_mixture_counts_keep_the_shares_without_repeating_rows():
 
 
 def _job(tmp_path: Path, tiny_models, **extra) -> Path:
-    job = {"run_dir": str(tmp_path / "run"), "seed": 4,
-           "corpus": {"inputs": [{"path": write_corpus(tmp_path / "corpus", files=2, docs=60), "format": "jsonl"}],
-                      "docs_per_shard": 30, "reference_fraction": 0.3, "heldout_fraction": 0.0},
-           "teacher": {"model": tiny_models["teacher"]},
-           "tokenize": [{"name": "mixed", "mix": {"main": 0.75, "ref": 0.25}, "seq_len": 8},
-                        {"name": "main", "input": "main", "seq_len": 8},
-                        {"name": "ref", "input": "reference", "seq_len": 8}], **extra}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "seed": 4,
+        "corpus": {
+            "inputs": [{"path": write_corpus(tmp_path / "corpus", files=2, docs=60), "format": "jsonl"}],
+            "docs_per_shard": 30,
+            "reference_fraction": 0.3,
+            "heldout_fraction": 0.0,
+        },
+        "teacher": {"model": tiny_models["teacher"]},
+        "tokenize": [
+            {"name": "mixed", "mix": {"main": 0.75, "ref": 0.25}, "seq_len": 8},
+            {"name": "main", "input": "main", "seq_len": 8},
+            {"name": "ref", "input": "reference", "seq_len": 8},
+        ],
+        **extra,
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path

@@ -14,7 +14,6 @@ from miniplm.corpus.near_duplicates import Bands, lsh_shape, near_copies
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
-
 from tests.conftest import REPO, write_jsonl
 from tests.corpus.test_prepare import kill_9_while_reading_then_rerun, read_docs, shard_bytes
 
@@ -91,8 +90,16 @@ def test_near_copies_dropped_the_same_with_any_number_of_workers(write_job, tmp_
     inputs = [{"path": str(src / "*.jsonl"), "format": "jsonl", "id_field": "id"}]
     outputs = []
     for name, workers in [("one", 1), ("three", 3)]:
-        job = load_job(write_job(inputs, name=f"{name}.yaml", run_dir=tmp_path / name, num_workers=workers,
-                                 docs_per_shard=25, quality=None))
+        job = load_job(
+            write_job(
+                inputs,
+                name=f"{name}.yaml",
+                run_dir=tmp_path / name,
+                num_workers=workers,
+                docs_per_shard=25,
+                quality=None,
+            )
+        )
         stats = prepare.STAGE.run(job, show_progress=False)
         outputs.append(shard_bytes(job.run_dir))
     # two array tasks splitting the sources: the second to finish decides
@@ -116,15 +123,25 @@ def test_near_copies_dropped_the_same_with_any_number_of_workers(write_job, tmp_
 def test_the_first_in_input_order_is_kept_whichever_is_the_original(write_job, tmp_path):
     rng = np.random.default_rng(2)
     original = CHAPTERS["text"][10]
-    rows = [{"id": "copy", "text": edited(original, 100, rng)}, {"id": "original", "text": original},
-            {"id": "other", "text": CHAPTERS["text"][11]}]
+    rows = [
+        {"id": "copy", "text": edited(original, 100, rng)},
+        {"id": "original", "text": original},
+        {"id": "other", "text": CHAPTERS["text"][11]},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     job = load_job(write_job([{"path": str(path), "format": "jsonl", "id_field": "id"}], quality=None))
     stats = prepare.STAGE.run(job, show_progress=False)
     assert sorted(read_docs(job.run_dir)["id"]) == ["copy", "other"] and stats["rejected"] == {"near_duplicate": 1}
     # off: both stay
-    job = load_job(write_job([{"path": str(path), "format": "jsonl", "id_field": "id"}], name="off.yaml",
-                             run_dir=tmp_path / "off", quality=None, near_duplicates=None))
+    job = load_job(
+        write_job(
+            [{"path": str(path), "format": "jsonl", "id_field": "id"}],
+            name="off.yaml",
+            run_dir=tmp_path / "off",
+            quality=None,
+            near_duplicates=None,
+        )
+    )
     assert prepare.STAGE.run(job, show_progress=False)["kept_total"] == 3
 
 

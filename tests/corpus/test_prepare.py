@@ -13,13 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from miniplm.config import ConfigError
-from miniplm.job import load_job
-from miniplm.stages import stage_config_hash
 from miniplm.corpus import prepare
 from miniplm.corpus.prepare import PrepareError
+from miniplm.job import load_job
 from miniplm.rundir import SPLITS, RunDir
+from miniplm.stages import stage_config_hash
 from miniplm.workers import Worker
-
 from tests.conftest import write_jsonl
 
 
@@ -42,16 +41,28 @@ def mixed_inputs(tmp_path):
     jsonl_rows = [{"text": f"json doc {i}\nwith two lines and ünïcödé {i}", "url": f"http://x/{i}"} for i in range(120)]
     write_jsonl(src / "a.jsonl", jsonl_rows[:60])
     (src / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in jsonl_rows[60:])))
-    pq.write_table(pa.table({"body": [f"parquet doc {i}  " for i in range(80)],
-                             "doc_id": [f"pq-{i}" for i in range(80)],
-                             "kind": [f"k{i % 3}" for i in range(80)]}), src / "c.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "body": [f"parquet doc {i}  " for i in range(80)],
+                "doc_id": [f"pq-{i}" for i in range(80)],
+                "kind": [f"k{i % 3}" for i in range(80)],
+            }
+        ),
+        src / "c.parquet",
+    )
     (src / "texts").mkdir()
     for i in range(15):
         (src / "texts" / f"{i:02d}.txt").write_text(f"  text file {i}\n\n")
     inputs = [
         {"path": str(src / "*.jsonl*"), "format": "jsonl", "metadata_fields": ["url"], "name": "web"},
-        {"path": str(src / "c.parquet"), "format": "parquet", "text_field": "body", "id_field": "doc_id",
-         "source_field": "kind"},
+        {
+            "path": str(src / "c.parquet"),
+            "format": "parquet",
+            "text_field": "body",
+            "id_field": "doc_id",
+            "source_field": "kind",
+        },
         {"path": str(src / "texts"), "format": "text"},
     ]
     expected = {r["text"]: ("web", r["url"]) for r in jsonl_rows}
@@ -91,33 +102,48 @@ def test_counts_add_up_on_every_kind_of_bad_input(write_job, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     big = b'{"text": "' + b"a" * (50 << 20) + b'"}\n'  # a 50 MB document
-    write_jsonl(src / "1-mixed.jsonl", [
-        {"text": "good one"},                    # 1 kept
-        b"{broken json\n",                       # 2 malformed_json
-        b'{"text": "bad \xff byte"}\n',          # 3 invalid_utf8
-        {"title": "no text here"},               # 4 missing_text
-        {"text": 42},                            # 5 not_string
-        {"text": ""},                            # 6 empty
-        {"text": " \n\t "},                      # 7 empty
-        {"text": "Good   ONE"},                  # 8 duplicate of 1 after normalisation
-        big,                                     # 9 too_long (50 MB)
-        {"text": "x" * 5000},                    # 10 too_long (parsed, over max_chars)
-        {"text": "good two"},                    # 11 kept
-    ])
+    write_jsonl(
+        src / "1-mixed.jsonl",
+        [
+            {"text": "good one"},  # 1 kept
+            b"{broken json\n",  # 2 malformed_json
+            b'{"text": "bad \xff byte"}\n',  # 3 invalid_utf8
+            {"title": "no text here"},  # 4 missing_text
+            {"text": 42},  # 5 not_string
+            {"text": ""},  # 6 empty
+            {"text": " \n\t "},  # 7 empty
+            {"text": "Good   ONE"},  # 8 duplicate of 1 after normalisation
+            big,  # 9 too_long (50 MB)
+            {"text": "x" * 5000},  # 10 too_long (parsed, over max_chars)
+            {"text": "good two"},  # 11 kept
+        ],
+    )
     rows = [{"text": f"gz line {i}" + "." * 300} for i in range(3000)]
     packed = gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     (src / "2-cut.jsonl.gz").write_bytes(packed[: len(packed) // 3])
     (src / "3-gone.jsonl").symlink_to(src / "does-not-exist")
     pq.write_table(pa.table({"other": ["a", "b", "c", "d"]}), src / "4-nocol.parquet")
 
-    job = load_job(write_job([{"path": str(src / "*.jsonl*"), "format": "jsonl"},
-                              {"path": str(src / "*.parquet"), "format": "parquet"}], max_chars=4000))
+    job = load_job(
+        write_job(
+            [{"path": str(src / "*.jsonl*"), "format": "jsonl"}, {"path": str(src / "*.parquet"), "format": "parquet"}],
+            max_chars=4000,
+        )
+    )
     stats = prepare.STAGE.run(job, show_progress=False)
 
-    gz_read = sum(1 for line in (json.loads(l) for l in _lines_until_cut(packed)))
+    gz_read = sum(1 for line in (json.loads(text) for text in _lines_until_cut(packed)))
     rejected = stats["rejected"]
-    assert rejected == {"empty": 2, "invalid_utf8": 1, "malformed_json": 1, "missing_text": 1 + 4,
-                        "not_string": 1, "too_long": 2, "truncated_file": 1, "unreadable_file": 1}
+    assert rejected == {
+        "empty": 2,
+        "invalid_utf8": 1,
+        "malformed_json": 1,
+        "missing_text": 1 + 4,
+        "not_string": 1,
+        "too_long": 2,
+        "truncated_file": 1,
+        "unreadable_file": 1,
+    }
     assert stats["duplicates"] == 1
     assert stats["kept_total"] == 2 + gz_read
     assert stats["documents_read"] == stats["kept_total"] + stats["rejected_total"] + stats["duplicates"]
@@ -127,7 +153,7 @@ def test_counts_add_up_on_every_kind_of_bad_input(write_job, tmp_path):
     assert read_docs(job.run_dir).height == stats["kept_total"]
 
     # Each rejection is in the rejects file with its file and line.
-    rejects = [json.loads(l) for l in (Path(job.run_dir) / "docs" / "rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(text) for text in (Path(job.run_dir) / "docs" / "rejects.jsonl").read_text().splitlines()]
     assert sum(r["count"] for r in rejects) == stats["rejected_total"]
     by_line = {(Path(r["file"]).name, r["line"]): r["reason"] for r in rejects}
     assert by_line[("1-mixed.jsonl", 2)] == "malformed_json"
@@ -159,8 +185,14 @@ def test_on_error_fail_stops_naming_file_and_line(write_job, tmp_path):
 def test_repeated_ids_are_rejected_not_kept_twice(write_job, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "three"}, {"text": "no id"}])
-    job = load_job(write_job([{"path": str(a), "format": "jsonl", "id_field": "id"},
-                              {"path": str(b), "format": "jsonl", "id_field": "id"}]))
+    job = load_job(
+        write_job(
+            [
+                {"path": str(a), "format": "jsonl", "id_field": "id"},
+                {"path": str(b), "format": "jsonl", "id_field": "id"},
+            ]
+        )
+    )
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["rejected"] == {"duplicate_id": 1, "missing_id": 1}
     assert sorted(read_docs(job.run_dir)["text"]) == ["one", "two"]
@@ -168,10 +200,19 @@ def test_repeated_ids_are_rejected_not_kept_twice(write_job, tmp_path):
 
 def test_dedup_keeps_the_first_occurrence_in_input_order(write_job, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{"id": "first", "text": "Café  au lait"}])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"id": "second", "text": "café au\nLAIT"}, {"id": "third", "text": "Cafe au lait"}])
-    job = load_job(write_job([{"path": str(a), "format": "jsonl", "id_field": "id"},
-                              {"path": str(b), "format": "jsonl", "id_field": "id"}],
-                             reference_fraction=0.0, heldout_fraction=0.0))
+    b = write_jsonl(
+        tmp_path / "b.jsonl", [{"id": "second", "text": "café au\nLAIT"}, {"id": "third", "text": "Cafe au lait"}]
+    )
+    job = load_job(
+        write_job(
+            [
+                {"path": str(a), "format": "jsonl", "id_field": "id"},
+                {"path": str(b), "format": "jsonl", "id_field": "id"},
+            ],
+            reference_fraction=0.0,
+            heldout_fraction=0.0,
+        )
+    )
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["duplicates"] == 1
     assert sorted(read_docs(job.run_dir)["id"]) == ["first", "third"]  # accents are not folded away
@@ -192,8 +233,9 @@ def test_same_output_for_any_number_of_workers_and_reruns(write_job, tmp_path):
     inputs = [{"path": str(src / "*.jsonl"), "format": "jsonl"}]
     outputs = []
     for name, workers in [("one", 1), ("three", 3), ("again", 1)]:
-        job = load_job(write_job(inputs, name=f"{name}.yaml", run_dir=tmp_path / name, docs_per_shard=300,
-                                 num_workers=workers))
+        job = load_job(
+            write_job(inputs, name=f"{name}.yaml", run_dir=tmp_path / name, docs_per_shard=300, num_workers=workers)
+        )
         prepare.STAGE.run(job, show_progress=False)
         outputs.append(shard_bytes(job.run_dir))
     # Two array tasks splitting the sources: the second to finish writes the shards.
@@ -211,8 +253,16 @@ def test_split_assignment_follows_the_fractions_and_the_seed(write_job, tmp_path
     inputs = [{"path": str(path), "format": "jsonl", "id_field": "id"}]
     runs = {}
     for seed in (0, 1):
-        job = load_job(write_job(inputs, name=f"s{seed}.yaml", run_dir=tmp_path / f"s{seed}", seed=seed,
-                                 reference_fraction=0.1, heldout_fraction=0.05))
+        job = load_job(
+            write_job(
+                inputs,
+                name=f"s{seed}.yaml",
+                run_dir=tmp_path / f"s{seed}",
+                seed=seed,
+                reference_fraction=0.1,
+                heldout_fraction=0.05,
+            )
+        )
         stats = prepare.STAGE.run(job, show_progress=False)
         assert abs(stats["kept"]["reference"] - 400) < 80 and abs(stats["kept"]["heldout"] - 200) < 60
         runs[seed] = {s: set(read_docs(job.run_dir, s)["id"]) for s in SPLITS}
@@ -231,7 +281,11 @@ def test_rerun_skips_finished_work_and_refuses_a_changed_config(write_job, tmp_p
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     # scratch space is gone once the stage is done
     assert sorted(n for n in os.listdir(job.run_dir) if not n.startswith(".")) == [
-        "docs", "job.yaml", "manifest.json", "records"]
+        "docs",
+        "job.yaml",
+        "manifest.json",
+        "records",
+    ]
     manifest = json.loads((Path(job.run_dir) / "manifest.json").read_text())["stages"]["prepare"]
     assert manifest["counts"]["documents_read"] == 10 and manifest["state"] == "done"
     # the config hash covers the job's sections and the inputs' content
@@ -356,8 +410,12 @@ def test_sigterm_to_prepare_ends_its_worker_processes_too(write_job, tmp_path):
     for name in ("a.txt", "b.txt"):  # reading a pipe nobody writes to blocks: a unit that never ends
         os.mkfifo(src / name)
     job = write_job([{"path": str(src / name), "format": "text"} for name in ("a.txt", "b.txt")], num_workers=2)
-    proc = subprocess.Popen([sys.executable, "-m", "miniplm", "prepare", str(job), "-q"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miniplm", "prepare", str(job), "-q"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: set[int] = set()
     try:
         deadline = time.time() + 60
@@ -378,10 +436,15 @@ def test_sigterm_to_prepare_ends_its_worker_processes_too(write_job, tmp_path):
 
 
 def test_integer_ids_beyond_64_bits_stay_distinct(write_job, tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [b'{"id": 18446744073709551616, "text": "one"}\n',
-                                             b'{"id": 18446744073709551617, "text": "two"}\n'])
-    job = load_job(write_job([{"path": str(path), "format": "jsonl", "id_field": "id"}],
-                             reference_fraction=0.0, heldout_fraction=0.0))
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [b'{"id": 18446744073709551616, "text": "one"}\n', b'{"id": 18446744073709551617, "text": "two"}\n'],
+    )
+    job = load_job(
+        write_job(
+            [{"path": str(path), "format": "jsonl", "id_field": "id"}], reference_fraction=0.0, heldout_fraction=0.0
+        )
+    )
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["kept_total"] == 2 and stats["rejected_total"] == 0
     assert sorted(read_docs(job.run_dir)["id"]) == ["18446744073709551616", "18446744073709551617"]
@@ -395,9 +458,22 @@ def test_an_input_that_gives_no_documents_is_warned_about(write_job, tmp_path, c
     job = write_job([{"path": str(good), "format": "jsonl"}, {"path": str(empty), "format": "jsonl"}], num_workers=1)
     assert main(["prepare", str(job), "-q"]) == 0
     err = capsys.readouterr().err
-    assert f"miniplm: warning: prepare: corpus.inputs.1 ({empty}) gave no documents: all 2 records read were " \
-           "rejected" in err
+    assert (
+        f"miniplm: warning: prepare: corpus.inputs.1 ({empty}) gave no documents: all 2 records read were "
+        "rejected" in err
+    )
     assert "corpus.inputs.0" not in err and "no document was kept" not in err
-    assert main(["prepare", str(job), "-q", "corpus.inputs.0.text_field=body", "corpus.inputs.1.text_field=nothing",
-                 f"run_dir={tmp_path / 'none'}"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(job),
+                "-q",
+                "corpus.inputs.0.text_field=body",
+                "corpus.inputs.1.text_field=nothing",
+                f"run_dir={tmp_path / 'none'}",
+            ]
+        )
+        == 0
+    )
     assert "no document was kept of 3 read" in capsys.readouterr().err

@@ -14,14 +14,15 @@ from miniplm.corpus.quality import QualityFilter, _rule_names
 from miniplm.errors import ConfigError
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
-
 from tests.conftest import REPO, write_jsonl
 from tests.corpus.test_near_duplicates import edited
 from tests.corpus.test_prepare import read_docs
 
 SAMPLE = REPO / "data" / "sample"
-PROSE = ("the people of the town have gone down to the river with their nets and that is where they "
-         "stay until the light fails over the water ").split()
+PROSE = (
+    "the people of the town have gone down to the river with their nets and that is where they "
+    "stay until the light fails over the water "
+).split()
 
 
 def prose(n_words: int, rng: np.random.Generator) -> str:
@@ -30,8 +31,13 @@ def prose(n_words: int, rng: np.random.Generator) -> str:
 
 def gibberish(rng: np.random.Generator, n_words=120) -> str:
     """Pronounceable nonsense: letters in words of ordinary length, but none of them English."""
-    return " ".join("".join(rng.choice(list("bcdfgklmnprstvz"), size=k // 2).tolist()
-                            + rng.choice(list("aiu"), size=k - k // 2).tolist()) for k in rng.integers(3, 8, n_words))
+    return " ".join(
+        "".join(
+            rng.choice(list("bcdfgklmnprstvz"), size=k // 2).tolist()
+            + rng.choice(list("aiu"), size=k - k // 2).tolist()
+        )
+        for k in rng.integers(3, 8, n_words)
+    )
 
 
 def keyboard_mash(rng: np.random.Generator, n_words=80) -> str:
@@ -45,8 +51,9 @@ def symbol_soup(rng: np.random.Generator, n_words=100) -> str:
 
 def boilerplate() -> str:
     repeated = "Click here to subscribe to our newsletter and the deals!"
-    return "\n".join(["Welcome to the shop of the week.", *[repeated] * 25,
-                      "Terms of use and privacy policy apply to the site."])
+    return "\n".join(
+        ["Welcome to the shop of the week.", *[repeated] * 25, "Terms of use and privacy policy apply to the site."]
+    )
 
 
 def test_each_rule_is_a_reason_with_its_threshold():
@@ -82,8 +89,10 @@ def test_rules_can_be_switched_off_and_short_documents_are_not_judged():
     assert QualityFilter(QualityConfig(min_stop_words=None))(text) is None
     no_lines = dict(max_duplicate_lines=None, max_duplicate_line_chars=None)
     assert QualityFilter(QualityConfig(**no_lines))(boilerplate())[0] == "top_ngram"  # the next rule catches it
-    assert QualityFilter(QualityConfig(**no_lines, max_top_ngram_chars={}, max_duplicate_ngram_chars={}))(
-        boilerplate()) is None
+    assert (
+        QualityFilter(QualityConfig(**no_lines, max_top_ngram_chars={}, max_duplicate_ngram_chars={}))(boilerplate())
+        is None
+    )
     short = gibberish(rng, n_words=30)
     assert QualityFilter(QualityConfig())(short) is None  # under min_words: too short for ratios
     assert QualityFilter(QualityConfig(drop_short=True))(short) == ("short_document", "30 words (min_words is 50)")
@@ -103,11 +112,21 @@ def test_bad_thresholds_fail_naming_the_key(write_job, tmp_path):
 
 def test_planted_noise_is_dropped_with_its_reason_and_real_documents_kept(write_job, tmp_path):
     rng = np.random.default_rng(3)
-    kjv = pl.read_parquet(SAMPLE / "kjv.parquet").filter(pl.col("id").is_in(
-        ["kjv/Genesis/1", "kjv/Exodus/3", "kjv/Ruth/1", "kjv/Psalms/23", "kjv/Isaiah/40", "kjv/John/1"]))
-    docs = pl.read_parquet(SAMPLE / "python-docs.parquet").filter(pl.col("id").is_in(
-        ["python-docs/bugs", "python-docs/c-api/allocation", "python-docs/howto/ipaddress",
-         "python-docs/library/_thread"]))
+    kjv = pl.read_parquet(SAMPLE / "kjv.parquet").filter(
+        pl.col("id").is_in(
+            ["kjv/Genesis/1", "kjv/Exodus/3", "kjv/Ruth/1", "kjv/Psalms/23", "kjv/Isaiah/40", "kjv/John/1"]
+        )
+    )
+    docs = pl.read_parquet(SAMPLE / "python-docs.parquet").filter(
+        pl.col("id").is_in(
+            [
+                "python-docs/bugs",
+                "python-docs/c-api/allocation",
+                "python-docs/howto/ipaddress",
+                "python-docs/library/_thread",
+            ]
+        )
+    )
     real = {i: t for i, t in pl.concat([kjv, docs]).select("id", "text").iter_rows()}
     assert len(real) == 10
     planted = {  # id: (text, the reason it must be dropped for)

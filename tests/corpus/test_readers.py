@@ -7,7 +7,6 @@ import pyzstd
 
 from miniplm.config import InputSpec, expand_input
 from miniplm.corpus.readers import RawDoc, Rejection, read_input
-
 from tests.conftest import write_jsonl
 
 ROWS = [{"text": f"document number {i}", "id": f"d{i}", "lang": "en"} for i in range(50)]
@@ -66,19 +65,28 @@ def test_a_small_zst_that_expands_hugely_is_read_in_bounded_memory(tmp_path):
 
 
 def test_jsonl_bad_lines_are_rejected_with_their_line(tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [
-        {"text": "good"},
-        b"{not json\n",
-        b'{"text": "caf\xe9"}\n',
-        b"\n",  # blank: not a record
-        b"[1, 2]\n",
-        b'{"text": "' + b"y" * 1_200_000 + b'"}\n',  # past the line limit: skipped unparsed
-        {"text": "after"},
-    ])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"text": "good"},
+            b"{not json\n",
+            b'{"text": "caf\xe9"}\n',
+            b"\n",  # blank: not a record
+            b"[1, 2]\n",
+            b'{"text": "' + b"y" * 1_200_000 + b'"}\n',  # past the line limit: skipped unparsed
+            {"text": "after"},
+        ],
+    )
     found = items(InputSpec(path=str(path), format="jsonl"), max_chars=1000)
     summary = [(x.line, x.reason) if isinstance(x, Rejection) else (x.line, x.text) for x in found]
-    assert summary == [(1, "good"), (2, "malformed_json"), (3, "invalid_utf8"), (5, "malformed_json"),
-                       (6, "too_long"), (7, "after")]
+    assert summary == [
+        (1, "good"),
+        (2, "malformed_json"),
+        (3, "invalid_utf8"),
+        (5, "malformed_json"),
+        (6, "too_long"),
+        (7, "after"),
+    ]
 
 
 def test_unreadable_file(tmp_path):
@@ -92,7 +100,9 @@ def test_parquet_string_and_binary_text(tmp_path):
     pq.write_table(pa.table({"text": ["a", "b"], "id": [1, 2]}), tmp_path / "s.parquet")
     pq.write_table(pa.table({"text": pa.array([b"ok", b"\xff\xfe"], pa.binary())}), tmp_path / "b.parquet")
     assert docs_of(items(InputSpec(path=str(tmp_path / "s.parquet"), format="parquet", id_field="id"))) == [
-        (1, "a", 1), (2, "b", 2)]
+        (1, "a", 1),
+        (2, "b", 2),
+    ]
     found = items(InputSpec(path=str(tmp_path / "b.parquet"), format="parquet"))
     assert docs_of(found) == [(1, "ok", None)]
     assert isinstance(found[1], Rejection) and (found[1].reason, found[1].line) == ("invalid_utf8", 2)
@@ -121,7 +131,11 @@ def test_text_files_and_folders(tmp_path):
     assert expand_input(spec) == [str(folder / n) for n in ("a.txt", "c.txt", "d.txt", "sub/b.md")]
     found = items(spec, max_chars=100)
     assert [(x.text if isinstance(x, RawDoc) else x.reason) for x in found] == [
-        "first file\n", "invalid_utf8", "too_long", "second file"]
+        "first file\n",
+        "invalid_utf8",
+        "too_long",
+        "second file",
+    ]
 
 
 def test_hf_save_to_disk(tmp_path):
@@ -151,8 +165,13 @@ def test_hf_hub_unreachable_is_a_counted_rejection(monkeypatch):
 
 def test_a_dotted_field_reaches_into_nested_objects(tmp_path):
     # the Pile: {"text": ..., "meta": {"pile_set_name": "ArXiv"}}
-    rows = [{"text": "a", "meta": {"pile_set_name": "ArXiv"}}, {"text": "b", "meta": {}}, {"text": "c", "meta": 3},
-            {"text": "d", "meta.pile_set_name": "flat key"}]
-    spec = InputSpec(path=str(write_jsonl(tmp_path / "pile.jsonl", rows)), format="jsonl",
-                     source_field="meta.pile_set_name")
+    rows = [
+        {"text": "a", "meta": {"pile_set_name": "ArXiv"}},
+        {"text": "b", "meta": {}},
+        {"text": "c", "meta": 3},
+        {"text": "d", "meta.pile_set_name": "flat key"},
+    ]
+    spec = InputSpec(
+        path=str(write_jsonl(tmp_path / "pile.jsonl", rows)), format="jsonl", source_field="meta.pile_set_name"
+    )
     assert [d.source for d in items(spec)] == ["ArXiv", None, None, "flat key"]

@@ -6,13 +6,12 @@ import pytest
 import yaml
 
 from miniplm.config import ConfigError
-from miniplm.job import load_job
 from miniplm.corpus import prepare, tokenize
 from miniplm.corpus.tokens import TokenRows
 from miniplm.errors import StageError
+from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
-
 from tests.conftest import write_jsonl
 
 
@@ -36,13 +35,25 @@ def _job(tmp_path, tiny_models, name="run", **token_set):
         words = "the god created heaven earth def return print import path numbers fox dog".split()
         write_jsonl(docs, [{"text": " ".join(rng.choice(words, size=rng.integers(1, 40)))} for _ in range(90)])
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / name), "seed": 5,
-        "corpus": {"inputs": [{"path": str(docs), "format": "jsonl"}], "docs_per_shard": 20,
-                   "reference_fraction": 0.2, "heldout_fraction": 0.0},
-        "teacher": {"model": tiny_models["teacher"]},
-        "tokenize": [{"name": "ref", "input": "reference", "seq_len": 16, **token_set},
-                     {"name": "main", "input": "main", "seq_len": 8}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / name),
+                "seed": 5,
+                "corpus": {
+                    "inputs": [{"path": str(docs), "format": "jsonl"}],
+                    "docs_per_shard": 20,
+                    "reference_fraction": 0.2,
+                    "heldout_fraction": 0.0,
+                },
+                "teacher": {"model": tiny_models["teacher"]},
+                "tokenize": [
+                    {"name": "ref", "input": "reference", "seq_len": 16, **token_set},
+                    {"name": "main", "input": "main", "seq_len": 8},
+                ],
+            }
+        )
+    )
     job = load_job(path)
     prepare.STAGE.run(job, show_progress=False)
     return job
@@ -113,21 +124,33 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
     from miniplm.selection import select
     from tests.selection.test_select import make_scored_run
 
-    sets = [{"name": name, "input": folder, "seq_len": 8, "tokenizer": tiny_models["teacher"]}
-            for name, folder in (("random", "selected-random"), ("random-filtered", "selected-random-filtered"))]
+    sets = [
+        {"name": name, "input": folder, "seq_len": 8, "tokenizer": tiny_models["teacher"]}
+        for name, folder in (("random", "selected-random"), ("random-filtered", "selected-random-filtered"))
+    ]
     noisy = [f"doc-{i:03d}" for i in range(0, 200, 10)]
-    job = make_scored_run(tmp_path, noisy=noisy, extra={"tokenize": sets}, keep_fraction=None,
-                          keep_token_fraction=0.5, min_teacher_logprob=-2.0, random_baseline="both")
+    job = make_scored_run(
+        tmp_path,
+        noisy=noisy,
+        extra={"tokenize": sets},
+        keep_fraction=None,
+        keep_token_fraction=0.5,
+        min_teacher_logprob=-2.0,
+        random_baseline="both",
+    )
     chosen = select.STAGE.run(job, show_progress=False)
     counts = tokenize.STAGE.run(job, show_progress=False)
     tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
     rd = RunDir(job.run_dir)
-    for name, entry, folder in (("random", "random_baseline", "selected-random"),
-                                ("random-filtered", "random_baseline_filtered", "selected-random-filtered")):
+    for name, entry, folder in (
+        ("random", "random_baseline", "selected-random"),
+        ("random-filtered", "random_baseline_filtered", "selected-random-filtered"),
+    ):
         docs = pl.concat([pl.read_parquet(p) for p in rd.selected(folder).glob("shard-*.parquet")])
         assert counts[name]["documents"] == docs.height == chosen[entry]["kept"] > 0
-        assert counts[name]["tokens"] == sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1
-                                             for t in docs["text"])
+        assert counts[name]["tokens"] == sum(
+            len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in docs["text"]
+        )
         assert len(TokenRows(rd.tokens(name))) == counts[name]["rows"] > 0
     filtered = pl.concat([pl.read_parquet(p) for p in rd.selected("selected-random-filtered").glob("*.parquet")])
     assert set(filtered["id"]).isdisjoint(noisy)
@@ -135,13 +158,16 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
     # a selection made without the filtered control cannot feed a token set that names it
     state = rd.stage_state("select")
     rd.update_stage("select", counts={k: v for k, v in state["counts"].items() if k != "random_baseline_filtered"})
-    with pytest.raises(ConfigError, match="input selected-random-filtered needs select.random_baseline: filtered "
-                                          r"\(or both\), and the selection there was made without it"):
+    with pytest.raises(
+        ConfigError,
+        match="input selected-random-filtered needs select.random_baseline: filtered "
+        r"\(or both\), and the selection there was made without it",
+    ):
         tokenize.input_shards(rd, job.tokenize[1])
 
 
 def test_special_token_text_in_documents_and_instance_pieces_is_read_as_text(tiny_models, tmp_path):
-    """"<eos>" written in a document is text: the only EOS ids in a token set are the ones after documents."""
+    """ "<eos>" written in a document is text: the only EOS ids in a token set are the ones after documents."""
     from types import SimpleNamespace
 
     import pyarrow.parquet as pq

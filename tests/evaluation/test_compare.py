@@ -5,9 +5,13 @@ from miniplm.evaluation.compare import markdown, table
 
 
 def _student(loss: float, training: float, teacher: float, on: str) -> dict:
-    return {"role": "student", "trained_on": on, "lm": {"heldout": {"loss": loss}},
-            "zero_shot": {"tasks": {"piqa": {"metric": "acc_norm", "value": 0.5}}, "average": 0.5},
-            "compute": {"training": training, "teacher": teacher, "shared": 0.0, "total": training}}
+    return {
+        "role": "student",
+        "trained_on": on,
+        "lm": {"heldout": {"loss": loss}},
+        "zero_shot": {"tasks": {"piqa": {"metric": "acc_norm", "value": 0.5}}, "average": 0.5},
+        "compute": {"training": training, "teacher": teacher, "shared": 0.0, "total": training},
+    }
 
 
 RESULTS = {
@@ -15,8 +19,7 @@ RESULTS = {
     "plain.seed1": _student(5.3, 1e12, 0.0, "random"),
     "vanilla-kd": _student(4.9, 4e12, 3e12, "random + KD (forward_kl, online)"),
     "vanilla-kd.seed1": _student(4.8, 4e12, 3e12, "random + KD (forward_kl, online)"),
-    "unigram (random)": {"role": "unigram", "trained_on": "random", "lm": {"heldout": {"loss": 6.5}},
-                         "compute": None},
+    "unigram (random)": {"role": "unigram", "trained_on": "random", "lm": {"heldout": {"loss": 6.5}}, "compute": None},
 }
 
 

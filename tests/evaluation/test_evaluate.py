@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from miniplm.job import load_job
 from miniplm.evaluation import evaluate
+from miniplm.job import load_job
 from miniplm.models.loading import load_tokenizer
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
@@ -30,12 +30,17 @@ def evaluated(tiny_models, tmp_path_factory):
     tasks = write_task(root)
     extra = root / "extra.jsonl"
     extra.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x + {i}"}) + "\n" for i in range(12)))
-    evaluation = {"models": ["students", "teacher", {"name": "other-ref", "model": tiny_models["reference"]}],
-                  "corpora": [{"path": str(extra), "format": "jsonl", "name": "code"}],
-                  "tasks": ["tiny_choices"], "task_paths": [str(tasks)], "batch_size": 4}
+    evaluation = {
+        "models": ["students", "teacher", {"name": "other-ref", "model": tiny_models["reference"]}],
+        "corpora": [{"path": str(extra), "format": "jsonl", "name": "code"}],
+        "tasks": ["tiny_choices"],
+        "task_paths": [str(tasks)],
+        "batch_size": 4,
+    }
     job_file = tiny_job(root, tiny_models, evaluation=evaluation)
-    result = subprocess.run([sys.executable, "-m", "miniplm", "run", str(job_file), "-q"], capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "miniplm", "run", str(job_file), "-q"], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return load_job(job_file), result.stdout
 
@@ -44,14 +49,22 @@ def test_every_model_is_evaluated_and_heldout_loss_is_the_plain_one(evaluated, t
     job, stdout = evaluated
     rd = RunDir(job.run_dir)
     results = json.loads((rd.root / "eval" / "results.json").read_text())
-    assert list(results) == ["on-selected", "on-random", "teacher", "other-ref", "unigram (selected)",
-                           "unigram (random)"]  # a unigram floor per token set the students train on
+    assert list(results) == [
+        "on-selected",
+        "on-random",
+        "teacher",
+        "other-ref",
+        "unigram (selected)",
+        "unigram (random)",
+    ]  # a unigram floor per token set the students train on
     assert results["on-selected"]["trained_on"] == "selected" and results["other-ref"]["role"] == "baseline"
     assert results["on-random"]["max_length"] == 32 and results["teacher"]["max_length"] == 1024
 
     heldout = pl.concat([pl.read_parquet(p) for p in rd.doc_shards("heldout")])["text"].to_list()
-    for name, folder, max_length in (("on-selected", rd.root / "models" / "on-selected", 32),
-                                     ("teacher", tiny_models["teacher"], 1024)):
+    for name, folder, max_length in (
+        ("on-selected", rd.root / "models" / "on-selected", 32),
+        ("teacher", tiny_models["teacher"], 1024),
+    ):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
         expected, count = plain_loss(model, load_tokenizer(str(folder)), heldout, max_length)
         assert results[name]["lm"]["heldout"]["tokens"] == count
@@ -61,7 +74,9 @@ def test_every_model_is_evaluated_and_heldout_loss_is_the_plain_one(evaluated, t
         assert task["n"] == len(ITEMS) and 0.0 <= task["value"] <= 1.0
 
     table = (rd.root / "eval" / "comparison.md").read_text()
-    assert table.splitlines()[0].startswith("| model | role | trained on | heldout loss | heldout ppl | heldout bpb | code loss")
+    assert table.splitlines()[0].startswith(
+        "| model | role | trained on | heldout loss | heldout ppl | heldout bpb | code loss"
+    )
     assert "tiny_choices (acc_norm) | average |" in table.splitlines()[0]
     assert len([line for line in table.splitlines() if line.startswith("|")]) == 2 + 4 + 2
     loss = results["on-random"]["lm"]["heldout"]["loss"]
@@ -96,8 +111,10 @@ def test_unigram_rows_are_the_add_one_unigram_of_each_token_set_on_the_students_
     rd = RunDir(job.run_dir)
     results = json.loads((rd.root / "eval" / "results.json").read_text())
     tokenizer = load_tokenizer(str(rd.model("on-random")))
-    texts = {"heldout": pl.concat([pl.read_parquet(p) for p in rd.doc_shards("heldout")])["text"].to_list(),
-             "code": [f"def f{i}(x):\n    return x + {i}" for i in range(12)]}
+    texts = {
+        "heldout": pl.concat([pl.read_parquet(p) for p in rd.doc_shards("heldout")])["text"].to_list(),
+        "code": [f"def f{i}(x):\n    return x + {i}" for i in range(12)],
+    }
     for token_set, student in (("selected", "on-selected"), ("random", "on-random")):
         rows = TokenRows(rd.tokens(token_set))
         counted = Counter(int(t) for i in range(len(rows)) for t in rows[i] if t != -1)
@@ -109,8 +126,10 @@ def test_unigram_rows_are_the_add_one_unigram_of_each_token_set_on_the_students_
             stream = [t for ids in encoded for t in ids + [tokenizer.eos_token_id]]
             ends = cut_points(Boundaries.for_tokenizer(tokenizer).mask(np.array(stream)), 32 + 1)
             packed = [t for a, b in zip([0, *ends[:-1]], ends) for t in stream[a + 1 : b]]
-            for got, targets in ((row["lm"][corpus], [t for ids in encoded for t in ids]),
-                                 (row["lm"][corpus]["packed"], packed)):
+            for got, targets in (
+                (row["lm"][corpus], [t for ids in encoded for t in ids]),
+                (row["lm"][corpus]["packed"], packed),
+            ):
                 expected = sum(-math.log((counted[t] + 1) / (total + vocab)) for t in targets) / len(targets)
                 assert got["loss"] == pytest.approx(expected, rel=1e-9), (token_set, corpus)
                 assert got["tokens"] == len(targets)
@@ -140,11 +159,22 @@ def test_models_split_over_workers_give_the_same_results(evaluated, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     job2 = job.model_copy(update={"run_dir": copy})
     assert evaluate.STAGE.run(job2, Worker(1, 2), show_progress=False) is None  # rows 1, 3 and 5 done, 0, 2, 4 left
-    assert sorted(p.stem for p in (copy / "eval" / "models").glob("*.json")) == ["on-random", "other-ref",
-                                                                                "unigram (random)"]
+    assert sorted(p.stem for p in (copy / "eval" / "models").glob("*.json")) == [
+        "on-random",
+        "other-ref",
+        "unigram (random)",
+    ]
     counts = evaluate.STAGE.run(job2, Worker(0, 2), show_progress=False)
-    assert set(counts) == {"on-selected", "on-random", "teacher", "other-ref", "unigram (selected)", "unigram (random)",
-                           "flops"}
+    assert set(counts) == {
+        "on-selected",
+        "on-random",
+        "teacher",
+        "other-ref",
+        "unigram (selected)",
+        "unigram (random)",
+        "flops",
+    }
+
     def without_paths(run):  # the students' folders differ; everything else must not
         results = json.loads((run / "eval" / "results.json").read_text())
         return {name: {k: v for k, v in r.items() if k != "model"} for name, r in results.items()}

@@ -9,8 +9,10 @@ from transformers import AutoModelForCausalLM
 
 from miniplm.models.loading import load_tokenizer
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional dependency (pip install "
-                              "'.[eval]'); the test set-up installs it")
+lm_eval = pytest.importorskip(
+    "lm_eval",
+    reason="lm-evaluation-harness is an optional dependency (pip install '.[eval]'); the test set-up installs it",
+)
 
 ITEMS = [
     ("In the beginning God created the", ["heaven and the earth.", "fox and the dog.", "import os", "return a + b"], 0),
@@ -55,7 +57,7 @@ def direct_loglikelihoods(model, tokenizer, context: str, choices: list[str]) ->
     out = []
     for choice in choices:
         whole = tokenizer(context + " " + choice, add_special_tokens=False)["input_ids"]
-        cont = whole[len(ctx):]
+        cont = whole[len(ctx) :]
         ids = torch.tensor([ctx + cont])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids[:, :-1]).logits.double(), dim=-1)[0]
@@ -69,8 +71,16 @@ def test_lm_eval_accuracy_equals_the_direct_computation(tiny_models, tmp_path):
     tasks = write_task(tmp_path)
     tokenizer = load_tokenizer(tiny_models["teacher"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
-    result = zero_shot(model, tokenizer, ["tiny_choices"], task_paths=[str(tasks)], limit=None, num_fewshot=0,
-                       batch_size=4, log_samples=True)
+    result = zero_shot(
+        model,
+        tokenizer,
+        ["tiny_choices"],
+        task_paths=[str(tasks)],
+        limit=None,
+        num_fewshot=0,
+        batch_size=4,
+        log_samples=True,
+    )
 
     correct, correct_norm = [], []
     for context, choices, label in ITEMS:

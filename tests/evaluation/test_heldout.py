@@ -9,8 +9,13 @@ from transformers import AutoModelForCausalLM
 from miniplm.evaluation.heldout import lm_loss
 from miniplm.models.loading import load_tokenizer
 
-TEXTS = ["In the beginning God created the heaven and the earth.", "def add(a, b):\n    return a + b",
-         "x", "The quick brown fox jumps over the lazy dog. " * 6, "import os\nprint(os.listdir('.'))"]
+TEXTS = [
+    "In the beginning God created the heaven and the earth.",
+    "def add(a, b):\n    return a + b",
+    "x",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "import os\nprint(os.listdir('.'))",
+]
 
 
 def plain_loss(model, tokenizer, texts, max_length=None):
@@ -48,7 +53,8 @@ def test_float32_model_agrees_closely(tiny_models):
     model32 = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float32).eval()
     expected, _ = plain_loss(model64, tokenizer, TEXTS)
     assert lm_loss(model32, tokenizer, TEXTS, max_length=1024, show_progress=False)["loss"] == pytest.approx(
-        expected, rel=1e-5)
+        expected, rel=1e-5
+    )
 
 
 def test_packed_loss_is_the_plain_loss_over_the_packed_instances(tiny_models):
@@ -58,7 +64,9 @@ def test_packed_loss_is_the_plain_loss_over_the_packed_instances(tiny_models):
 
     tokenizer = load_tokenizer(tiny_models["teacher"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
-    stream = [t for text in TEXTS for t in tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    stream = [
+        t for text in TEXTS for t in tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ]
     ends = cut_points(Boundaries.for_tokenizer(tokenizer).mask(np.array(stream)), 8 + 1)
     nll, count = 0.0, 0
     spans = [(a, b) for a, b in zip([0, *ends[:-1]], ends) if b - a > 1]  # a lone last token predicts nothing

@@ -11,9 +11,13 @@ from miniplm.evaluation import plots
 
 
 def _student(loss: float, accuracy: float, training: float, teacher: float, shared: float, on: str) -> dict:
-    return {"role": "student", "trained_on": on, "lm": {"heldout": {"loss": loss}},
-            "zero_shot": {"average": accuracy},
-            "compute": {"training": training, "teacher": teacher, "shared": shared, "total": training + shared}}
+    return {
+        "role": "student",
+        "trained_on": on,
+        "lm": {"heldout": {"loss": loss}},
+        "zero_shot": {"average": accuracy},
+        "compute": {"training": training, "teacher": teacher, "shared": shared, "total": training + shared},
+    }
 
 
 RESULTS = {
@@ -21,8 +25,7 @@ RESULTS = {
     "random": _student(5.2, 0.28, 1e12, 0.0, 0.0, "random"),
     "vanilla-kd": _student(4.9, 0.31, 4e12, 3e12, 0.0, "random + KD (forward_kl, online)"),
     "teacher": {"role": "teacher", "trained_on": "", "lm": {"heldout": {"loss": 3.0}}, "zero_shot": {"average": 0.5}},
-    "unigram (random)": {"role": "unigram", "trained_on": "random", "lm": {"heldout": {"loss": 6.5}},
-                         "compute": None},
+    "unigram (random)": {"role": "unigram", "trained_on": "random", "lm": {"heldout": {"loss": 6.5}}, "compute": None},
 }
 
 
@@ -63,8 +66,11 @@ def _labels(fig) -> list[Text]:
             for tick in axis.get_major_ticks() + axis.get_minor_ticks():
                 ticks.add(tick.label1)
                 texts += [tick.label1] if lo <= tick.get_loc() <= hi else []
-    texts += [t for t in fig.findobj(Text) if t.axes is None and t not in ticks
-              and t.get_figure(root=False) in (fig, *fig.subfigs)]
+    texts += [
+        t
+        for t in fig.findobj(Text)
+        if t.axes is None and t not in ticks and t.get_figure(root=False) in (fig, *fig.subfigs)
+    ]
     return [t for t in dict.fromkeys(texts) if t.get_visible() and t.get_text().strip()]
 
 
@@ -79,8 +85,10 @@ def test_each_student_is_drawn_against_its_training_and_its_total_flops(figure):
     for kind, axes in by_axis.items():
         for ax in axes:
             points = _points(ax)
-            assert points == {f"{name} ({RESULTS[name]['trained_on']})": RESULTS[name]["compute"][kind]
-                              for name in ("selected", "random", "vanilla-kd")}, kind
+            assert points == {
+                f"{name} ({RESULTS[name]['trained_on']})": RESULTS[name]["compute"][kind]
+                for name in ("selected", "random", "vanilla-kd")
+            }, kind
     # the training axis says what it counts: an online KD teacher's forward passes are in it
     assert all("teacher" in _x_title(ax) for ax in by_axis["training"])
     titles = " ".join(t.get_text() for t in figure.findobj(Text))
@@ -112,8 +120,11 @@ def test_no_label_overlaps_another(monkeypatch, tmp_path, tasks):
 def test_close_compute_values_keep_their_tick_labels_apart_and_the_legend_covers_no_point(monkeypatch, tmp_path):
     """kd-compare's totals of 2.47e12 and 2.69e12 printed their ticks over each other, and a legend
     inside a panel hid the points under it."""
-    results = {**RESULTS, "seqkd": _student(5.1, 0.29, 1e12, 0.0, 1.47e12, "written"),
-               "kd": _student(5.05, 0.29, 1e12, 0.0, 1.69e12, "random + KD")}
+    results = {
+        **RESULTS,
+        "seqkd": _student(5.1, 0.29, 1e12, 0.0, 1.47e12, "written"),
+        "kd": _student(5.05, 0.29, 1e12, 0.0, 1.69e12, "random + KD"),
+    }
     figure = _draw(monkeypatch, tmp_path, results)
     renderer = figure.canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _labels(figure)]

@@ -28,12 +28,19 @@ SETTINGS = {"prompt_tokens": 6, "max_new_tokens": 10, "samples": 2, "temperature
 def _job(tmp_path: Path, tiny_models, run="run", docs_per_shard=40, **entry) -> Path:
     corpus = tmp_path / "corpus"
     pattern = str(corpus / "*.jsonl") if corpus.exists() else write_corpus(corpus, files=2, docs=40)
-    job = {"run_dir": str(tmp_path / run), "seed": 5,
-           "corpus": {"inputs": [{"path": pattern, "format": "jsonl"}], "docs_per_shard": docs_per_shard,
-                      "reference_fraction": 0.1, "heldout_fraction": 0.1},
-           "teacher": {"model": tiny_models["teacher"]},
-           "generate": [{"name": "seqkd", **SETTINGS, **entry}],
-           "tokenize": [{"name": "written", "input": "generated/seqkd", "seq_len": 16}]}
+    job = {
+        "run_dir": str(tmp_path / run),
+        "seed": 5,
+        "corpus": {
+            "inputs": [{"path": pattern, "format": "jsonl"}],
+            "docs_per_shard": docs_per_shard,
+            "reference_fraction": 0.1,
+            "heldout_fraction": 0.1,
+        },
+        "teacher": {"model": tiny_models["teacher"]},
+        "generate": [{"name": "seqkd", **SETTINGS, **entry}],
+        "tokenize": [{"name": "written", "input": "generated/seqkd", "seq_len": 16}],
+    }
     path = tmp_path / f"{run}.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -51,17 +58,33 @@ def test_rows_equal_a_plain_generate_call(tiny_models, tmp_path):
     tok = PreTrainedTokenizerFast.from_pretrained(tiny_models["teacher"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"]).eval()
     rows = pl.read_parquet(rd.generated("seqkd") / "*.parquet")
-    assert rows.columns[:8] == ["id", "text", "source", "prompt_id", "prompt_source", "prompt", "prompt_tokens",
-                                "new_tokens"]
+    assert rows.columns[:8] == [
+        "id",
+        "text",
+        "source",
+        "prompt_id",
+        "prompt_source",
+        "prompt",
+        "prompt_tokens",
+        "new_tokens",
+    ]
     expected_flops = 0.0
     for k, doc_shard in enumerate(rd.doc_shards("main")):
         docs = pl.read_parquet(doc_shard)
         prompts = [t[:6] for t in tok(docs["text"].to_list(), add_special_tokens=False)["input_ids"]]
         assert {len(p) for p in prompts} == {6}  # one batch, no padding: a plain call sees the same tensor
         torch.manual_seed(batch_seed(5, "seqkd", k, 0))
-        out = model.generate(torch.tensor([[tok.bos_token_id, *p] for p in prompts]), do_sample=True,
-                             temperature=0.8, top_p=0.9, top_k=20, max_new_tokens=10, num_return_sequences=2,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            torch.tensor([[tok.bos_token_id, *p] for p in prompts]),
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.9,
+            top_k=20,
+            max_new_tokens=10,
+            num_return_sequences=2,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         got = rows.filter(pl.col("id").str.starts_with("seqkd-") & pl.col("prompt_id").is_in(docs["id"].to_list()))
         assert got["prompt_id"].to_list() == [i for i in docs["id"].to_list() for _ in range(2)]
         for r, (row, seq) in enumerate(zip(got.iter_rows(named=True), out.tolist())):
@@ -97,8 +120,7 @@ def test_two_workers_write_what_one_writes(tiny_models, tmp_path):
 
 def test_kill_9_inside_a_shard_and_rerun_gives_the_same_shards(tiny_models, tmp_path):
     # 4 prompts (8 sequences of 17 tokens) a batch: 16 batches in the one shard
-    clean = load_job(_job(tmp_path, tiny_models, run="clean", docs_per_shard=200, batch_tokens=136,
-                          checkpoint_every=1))
+    clean = load_job(_job(tmp_path, tiny_models, run="clean", docs_per_shard=200, batch_tokens=136, checkpoint_every=1))
     prepare.STAGE.run(clean, show_progress=False)
     generate.STAGE.run(clean, show_progress=False)
 
@@ -120,11 +142,21 @@ def test_kill_9_inside_a_shard_and_rerun_gives_the_same_shards(tiny_models, tmp_
 
 
 def test_prompts_from_a_file_skip_bad_records_and_keep_the_limit(tiny_models, tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"q": "def add(a, b):"}, b"{not json\n", {"q": ""},
-                                                       {"q": 7}, {"q": "In the beginning"}, {"q": "The quick"},
-                                                       {"q": "import os"}])
-    job = load_job(_job(tmp_path, tiny_models, prompts={"path": str(prompts), "field": "q"}, limit=2, samples=1,
-                        temperature=0))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {"q": "def add(a, b):"},
+            b"{not json\n",
+            {"q": ""},
+            {"q": 7},
+            {"q": "In the beginning"},
+            {"q": "The quick"},
+            {"q": "import os"},
+        ],
+    )
+    job = load_job(
+        _job(tmp_path, tiny_models, prompts={"path": str(prompts), "field": "q"}, limit=2, samples=1, temperature=0)
+    )
     counts = generate.STAGE.run(job, show_progress=False)["generate/seqkd"]
     rows = pl.read_parquet(RunDir(job.run_dir).generated("seqkd") / "*.parquet")
     assert rows["prompt"].to_list() == ["def add(a, b):", "In the beginning"]
@@ -132,8 +164,18 @@ def test_prompts_from_a_file_skip_bad_records_and_keep_the_limit(tiny_models, tm
     assert counts["prompts"] == 2 and rows["text"].str.starts_with("def add(a, b):").to_list() == [True, False]
 
     # greedy decoding: the same continuation whatever the seed
-    again = load_job(_job(tmp_path, tiny_models, run="again", prompts={"path": str(prompts), "field": "q"}, limit=2,
-                          samples=1, temperature=0), ["seed=11"])
+    again = load_job(
+        _job(
+            tmp_path,
+            tiny_models,
+            run="again",
+            prompts={"path": str(prompts), "field": "q"},
+            limit=2,
+            samples=1,
+            temperature=0,
+        ),
+        ["seed=11"],
+    )
     generate.STAGE.run(again, show_progress=False)
     assert pl.read_parquet(RunDir(again.run_dir).generated("seqkd") / "*.parquet")["text"].equals(rows["text"])
 
@@ -173,8 +215,16 @@ def test_a_file_prompt_longer_than_the_context_is_skipped_and_new_tokens_stop_at
     max_new_tokens past the context is cut to what fits after each prompt."""
     long = "The quick brown fox jumps over the lazy dog. " * 300
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"q": "def add(a, b):"}, {"q": long}, {"q": "import os"}])
-    job = load_job(_job(tmp_path, tiny_models, prompts={"path": str(prompts), "field": "q"}, samples=1,
-                        temperature=0, max_new_tokens=600))
+    job = load_job(
+        _job(
+            tmp_path,
+            tiny_models,
+            prompts={"path": str(prompts), "field": "q"},
+            samples=1,
+            temperature=0,
+            max_new_tokens=600,
+        )
+    )
     counts = generate.STAGE.run(job, show_progress=False)["generate/seqkd"]
     rows = pl.read_parquet(RunDir(job.run_dir).generated("seqkd") / "*.parquet").sort("prompt")
     assert rows["prompt"].to_list() == ["def add(a, b):", "import os"]
@@ -188,6 +238,8 @@ def test_a_generate_run_that_wrote_no_text_warns():
 
     counts = {"rows": 0, "prompts": 0, "prompts_too_long": 3}
     warnings = generate.STAGE.warnings(SimpleNamespace(run_dir="run"), {"generate/seqkd": counts, "generate/b": None})
-    assert warnings == ["generate seqkd: no text was generated (0 prompts; 3 skipped, too long for the model's "
-                        "context): anything made from generated/seqkd would be empty; check its prompts"]
+    assert warnings == [
+        "generate seqkd: no text was generated (0 prompts; 3 skipped, too long for the model's "
+        "context): anything made from generated/seqkd would be empty; check its prompts"
+    ]
     assert generate.STAGE.warnings(SimpleNamespace(run_dir="run"), {"generate/seqkd": counts | {"rows": 4}}) == []

@@ -55,8 +55,9 @@ def test_deepspeed_trains_bf16_with_fp32_master_weights_and_fp32_accumulation(nc
     student = StudentConfig(name="s", preset="tiny-4l", tokens="t", steps=8, micro_batch=4, batch_tokens=8 * 64)
     model = build_model(student, _Vocab(512), 64, torch.bfloat16, DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
-    engine, _, _, _ = deepspeed.initialize(model=objective(student, model, DEVICE), optimizer=optimizer,
-                                           config=deepspeed_config(student, 2, True))
+    engine, _, _, _ = deepspeed.initialize(
+        model=objective(student, model, DEVICE), optimizer=optimizer, config=deepspeed_config(student, 2, True)
+    )
     assert type(engine.optimizer).__name__ == "BF16_Optimizer"
     assert engine.get_data_types() == (torch.bfloat16, torch.float32)
     assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
@@ -127,7 +128,12 @@ def test_liger_fused_kd_matches_the_chunked_torch_path(loss, temperature):
         total, ce, kd_term = fn(h, y, Head(w, None), kd, teacher, 0.5)
         results[name] = (total.detach().float(), ce.float(), kd_term.float(), *torch.autograd.grad(total, [h, w]))
     for a, b in zip(results["torch"][:3], results["liger"][:3]):
-        assert torch.allclose(a, b, rtol=2e-2, atol=1e-3), (loss, temperature, results["torch"][:3], results["liger"][:3])
+        assert torch.allclose(a, b, rtol=2e-2, atol=1e-3), (
+            loss,
+            temperature,
+            results["torch"][:3],
+            results["liger"][:3],
+        )
     for a, b in zip(results["torch"][3:], results["liger"][3:]):
         assert torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0) > 0.99
 
@@ -165,8 +171,15 @@ def _tiny_qwen(dtype, attn, seed=0):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
     return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).eval()
 
 

@@ -64,7 +64,9 @@ def test_bundled_smollm2_teacher_finds_noise_less_likely(tmp_path_factory):
     def per_token(text: str) -> float:
         ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"][:80]
         x = torch.tensor([ids])
-        lp = target_logprobs(model, x[:, :-1], torch.ones_like(x[:, :-1]), x[:, 1:], torch.ones_like(x[:, 1:], dtype=torch.bool))
+        lp = target_logprobs(
+            model, x[:, :-1], torch.ones_like(x[:, :-1]), x[:, 1:], torch.ones_like(x[:, 1:], dtype=torch.bool)
+        )
         return float(lp.mean())
 
     by_source = {}

@@ -20,8 +20,13 @@ from miniplm.models.pruning import build, plan_width, shape_of
 from miniplm.rundir import RunDir
 from tests.pipeline.jobs import write_corpus
 
-TARGET = {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
-          "num_hidden_layers": 3}
+TARGET = {
+    "hidden_size": 48,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_hidden_layers": 3,
+}
 
 
 def _train_teacher(path: Path, tokenizer, corpus: str) -> str:
@@ -29,16 +34,24 @@ def _train_teacher(path: Path, tokenizer, corpus: str) -> str:
     texts = [json.loads(line)["text"] for f in sorted(Path(corpus).parent.glob("*.jsonl")) for line in open(f)]
     stream = torch.tensor([t for ids in tokenizer(texts)["input_ids"] for t in (*ids, tokenizer.eos_token_id)])
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rows = stream[: len(stream) // 33 * 33].view(-1, 33)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small only wait on each other with more threads on a busy machine
     try:
-        for step in range(120):
+        for _ in range(120):
             batch = rows[torch.randint(len(rows), (16,))]
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
@@ -57,22 +70,45 @@ def pruned_run(tiny_models, tmp_path_factory):
     corpus = write_corpus(root / "corpus", files=3, docs=60)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_models["teacher"])
     teacher = _train_teacher(root / "teacher", tokenizer, corpus)
-    student = {"tokens": "main", "heldout": "heldout", "steps": 8, "batch_tokens": 256, "micro_batch": 8,
-               "lr": 3e-3, "warmup_steps": 1, "eval_every": 8, "eval_rows": 64, "checkpoint_every": 8}
-    job = {"run_dir": str(root / "run"), "seed": 2,
-           "corpus": {"inputs": [{"path": corpus, "format": "jsonl"}], "docs_per_shard": 100,
-                      "reference_fraction": 0.2, "heldout_fraction": 0.1},
-           "teacher": {"model": teacher},
-           "prune": [{"name": "pruned", "calibration": {"split": "reference", "docs": 24, "max_length": 64},
-                      "target": TARGET}],
-           "tokenize": [{"name": "main", "input": "main", "seq_len": 32},
-                        {"name": "heldout", "input": "heldout", "seq_len": 32}],
-           "students": [{"name": "from-pruned", "init": "pruned", **student},
-                        {"name": "from-scratch", "config": str(root / "run" / "models" / "pruned"), **student}]}
+    student = {
+        "tokens": "main",
+        "heldout": "heldout",
+        "steps": 8,
+        "batch_tokens": 256,
+        "micro_batch": 8,
+        "lr": 3e-3,
+        "warmup_steps": 1,
+        "eval_every": 8,
+        "eval_rows": 64,
+        "checkpoint_every": 8,
+    }
+    job = {
+        "run_dir": str(root / "run"),
+        "seed": 2,
+        "corpus": {
+            "inputs": [{"path": corpus, "format": "jsonl"}],
+            "docs_per_shard": 100,
+            "reference_fraction": 0.2,
+            "heldout_fraction": 0.1,
+        },
+        "teacher": {"model": teacher},
+        "prune": [
+            {"name": "pruned", "calibration": {"split": "reference", "docs": 24, "max_length": 64}, "target": TARGET}
+        ],
+        "tokenize": [
+            {"name": "main", "input": "main", "seq_len": 32},
+            {"name": "heldout", "input": "heldout", "seq_len": 32},
+        ],
+        "students": [
+            {"name": "from-pruned", "init": "pruned", **student},
+            {"name": "from-scratch", "config": str(root / "run" / "models" / "pruned"), **student},
+        ],
+    }
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    result = subprocess.run([sys.executable, "-m", "miniplm", "run", str(path), "-q"], capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "miniplm", "run", str(path), "-q"], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return load_job(path), teacher, tokenizer
 
@@ -105,8 +141,10 @@ def test_pruned_beats_random_weights_of_its_shape_before_and_after_training(prun
     pruned = AutoModelForCausalLM.from_pretrained(rd.model("pruned")).eval()
     torch.manual_seed(0)
     scratch = AutoModelForCausalLM.from_config(pruned.config).eval()
-    before = {name: lm_loss(m, tokenizer, texts, max_length=64, show_progress=False)["loss"]
-              for name, m in (("pruned", pruned), ("random", scratch))}
+    before = {
+        name: lm_loss(m, tokenizer, texts, max_length=64, show_progress=False)["loss"]
+        for name, m in (("pruned", pruned), ("random", scratch))
+    }
     assert before["pruned"] < before["random"] - 0.5, before
     stages = json.loads(rd.manifest_file.read_text())["stages"]
     after = {name: stages[f"train/{name}"]["counts"]["heldout_loss"] for name in ("from-pruned", "from-scratch")}
@@ -126,16 +164,20 @@ def test_models_other_than_llama_and_qwen2_are_refused(tiny_models, tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300).save_pretrained(tmp_path / "gpt2")
-    job = {"run_dir": str(tmp_path / "run"),
-           "corpus": {"inputs": [{"path": write_corpus(tmp_path / "c", files=1, docs=10), "format": "jsonl"}]},
-           "teacher": {"model": tiny_models["teacher"]},
-           "prune": [{"name": "p", "model": str(tmp_path / "gpt2"), "target": {"num_hidden_layers": 1}}]}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "corpus": {"inputs": [{"path": write_corpus(tmp_path / "c", files=1, docs=10), "format": "jsonl"}]},
+        "teacher": {"model": tiny_models["teacher"]},
+        "prune": [{"name": "p", "model": str(tmp_path / "gpt2"), "target": {"num_hidden_layers": 1}}],
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError, match="llama and qwen2-shaped models; this one is 'gpt2'"):
         prune.STAGE.run(load_job(tmp_path / "job.yaml"), show_progress=False)
     with pytest.raises(ConfigError, match="larger than the model's"):
-        prune.STAGE.run(load_job(tmp_path / "job.yaml", ["prune.0.model=teacher", "prune.0.target.hidden_size=64"]),
-                        show_progress=False)
+        prune.STAGE.run(
+            load_job(tmp_path / "job.yaml", ["prune.0.model=teacher", "prune.0.target.hidden_size=64"]),
+            show_progress=False,
+        )
     with pytest.raises(ConfigError, match="students.0.init: 'nope' is neither a prune entry"):
         load_job(tmp_path / "job.yaml", ["students=[{name: s, init: nope, tokens: t, steps: 1}]"])
 
@@ -146,11 +188,21 @@ def _qwen2_listing_its_layers(path: Path, tokenizer) -> tuple[str, list[str]]:
     Any 3 of its 4 layers hold both kinds."""
     types = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         use_sliding_window=True, sliding_window=4, layer_types=types,
-                         layer_scales=[1.0, 2.0, 3.0, 4.0],
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        use_sliding_window=True,
+        sliding_window=4,
+        layer_types=types,
+        layer_scales=[1.0, 2.0, 3.0, 4.0],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path), types
@@ -165,13 +217,24 @@ def test_a_config_listing_its_layers_keeps_the_entries_of_the_kept_layers(tiny_m
     width = {"hidden_size": 24, "intermediate_size": 48, "num_attention_heads": 2}
     # rows of 16 tokens against a window of 4: sliding and full attention give different outputs
     calibration = {"split": "reference", "docs": 12, "max_length": 16}
-    job = {"run_dir": str(tmp_path / "run"), "seed": 1,
-           "corpus": {"inputs": [{"path": write_corpus(tmp_path / "corpus", files=1, docs=30), "format": "jsonl"}],
-                      "reference_fraction": 0.3},
-           "teacher": {"model": teacher},
-           "prune": [{"name": "wide", "calibration": calibration, "target": width, "device": "cpu"},
-                     {"name": "deep", "calibration": dict(calibration), "target": width | {"num_hidden_layers": 3},
-                      "device": "cpu"}]}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "seed": 1,
+        "corpus": {
+            "inputs": [{"path": write_corpus(tmp_path / "corpus", files=1, docs=30), "format": "jsonl"}],
+            "reference_fraction": 0.3,
+        },
+        "teacher": {"model": teacher},
+        "prune": [
+            {"name": "wide", "calibration": calibration, "target": width, "device": "cpu"},
+            {
+                "name": "deep",
+                "calibration": dict(calibration),
+                "target": width | {"num_hidden_layers": 3},
+                "device": "cpu",
+            },
+        ],
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     job = load_job(tmp_path / "job.yaml")
     prepare.STAGE.run(job, show_progress=False)
@@ -213,8 +276,14 @@ def test_embedding_channel_importance_sums_each_norm_layers_importance():
     channel 1: input norm rows (2, 2) and (0, 0): 2; post-attention norm rows (1, -3) and (0, 0): 2; sum 4.
     channel 2: input norm rows (3, 3) and (4, -4): sqrt(3^2 + 4^2) = 5; nothing elsewhere: 5.
     One L2 norm over every layer would rank channel 0 (3) above channel 1 (sqrt(2^2 + 2^2) = 2.83)."""
-    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=8,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     first, second, last = torch.zeros(3, 2, 2, 8)

@@ -170,7 +170,9 @@ def _install_packages() -> None:
         _run(["apt-get", "update"], timeout=600, env=env)
         out = _run(install, timeout=600, env=env)
     if out.returncode != 0:
-        raise ClusterUnavailable(f"`{' '.join(install)}` failed (rc {out.returncode}): {_tail(out.stdout + out.stderr)}")
+        raise ClusterUnavailable(
+            f"`{' '.join(install)}` failed (rc {out.returncode}): {_tail(out.stdout + out.stderr)}"
+        )
 
 
 # --- configuring and starting --------------------------------------------------
@@ -269,7 +271,9 @@ def _start_munge() -> Path | None:
     deadline = time.monotonic() + 10
     while not _munge_answers():
         if time.monotonic() > deadline:
-            raise ClusterUnavailable(f"munged started but does not answer: {_tail_file(Path('/var/log/munge/munged.log'))}")
+            raise ClusterUnavailable(
+                f"munged started but does not answer: {_tail_file(Path('/var/log/munge/munged.log'))}"
+            )
         time.sleep(0.2)
     return pid_file
 
@@ -297,16 +301,18 @@ def _start_local_cluster() -> Cluster:
             out = _run([daemon, *args], timeout=20)
             pid_files.append(state_dir / "pid" / f"{daemon}.pid")
             if out.returncode != 0:
-                raise ClusterUnavailable(f"{daemon} exited with rc {out.returncode}: "
-                                         f"{_tail(out.stdout + out.stderr)}{_logs(state_dir)}")
+                raise ClusterUnavailable(
+                    f"{daemon} exited with rc {out.returncode}: {_tail(out.stdout + out.stderr)}{_logs(state_dir)}"
+                )
         started_at = time.monotonic()
         while (_node_states() or [""])[0] != "idle":
             dead = [p.stem for p in pid_files[-2:] if _daemon_pid(p) is None]
             if dead and time.monotonic() > started_at + 3:  # pid files are written just after the fork
                 raise ClusterUnavailable(f"{', '.join(dead)} exited after starting{_logs(state_dir)}")
             if time.monotonic() > started_at + START_TIMEOUT_S:
-                raise ClusterUnavailable(f"node not idle within {START_TIMEOUT_S:.0f}s "
-                                         f"(sinfo: {_node_states()}){_logs(state_dir)}")
+                raise ClusterUnavailable(
+                    f"node not idle within {START_TIMEOUT_S:.0f}s (sinfo: {_node_states()}){_logs(state_dir)}"
+                )
             time.sleep(0.2)
     except BaseException:
         cluster.stop()
@@ -385,5 +391,6 @@ def _tail_file(path: Path, lines: int = 15) -> str:
 
 def _logs(state_dir: Path) -> str:
     """The end of both daemons' logs, for ClusterUnavailable reasons."""
-    return "".join(f"\n--- {name} ---\n{_tail_file(state_dir / 'log' / name)}"
-                   for name in ("slurmctld.log", "slurmd.log"))
+    return "".join(
+        f"\n--- {name} ---\n{_tail_file(state_dir / 'log' / name)}" for name in ("slurmctld.log", "slurmd.log")
+    )

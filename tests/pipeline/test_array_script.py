@@ -37,8 +37,9 @@ def test_prepare_array_tasks_in_any_order_equal_one_run(write_job, tmp_path):
 
 
 def test_a_failing_task_records_its_exit_code(write_job, tmp_path):
-    path = write_job([{"path": str(write_jsonl(tmp_path / "a.jsonl", [b"{broken\n"])), "format": "jsonl"}],
-                     on_error="fail")
+    path = write_job(
+        [{"path": str(write_jsonl(tmp_path / "a.jsonl", [b"{broken\n"])), "format": "jsonl"}], on_error="fail"
+    )
     job = load_job(path)
     script = tmp_path / "prepare.sbatch"
     script.write_text(render(job, RunDir(job.run_dir), step_named(job, "prepare"), path, [0], 1))

@@ -36,8 +36,9 @@ def run(tiny_models, tmp_path_factory):
     job["score"]["unit"] = "instance"
     job["select"] = {**job["select"], "keep_fraction": None, "keep_token_fraction": 0.5}
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "miniplm", "run", str(job_file), "-q"],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "miniplm", "run", str(job_file), "-q"], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run", result.stdout, tiny_models
 
@@ -50,8 +51,10 @@ def test_kept_instances_are_the_top_by_difference_within_half_the_tokens(run):
     run_dir, stdout, _ = run
     scores = _frame(run_dir / "scores").filter(pl.col("n_tokens") > 0)
     budget = math.floor(0.5 * int(_frame(run_dir / "scores")["n_tokens"].sum()) + 0.5)
-    ranked = sorted(scores.iter_rows(named=True),
-                    key=lambda r: (-(r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"], r["id"]))
+    ranked = sorted(
+        scores.iter_rows(named=True),
+        key=lambda r: (-(r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"], r["id"]),
+    )
     expected, left = set(), budget
     for r in ranked:
         if r["n_tokens"] <= left:
@@ -61,8 +64,9 @@ def test_kept_instances_are_the_top_by_difference_within_half_the_tokens(run):
     assert set(selected["id"]) == expected
     assert selected.columns == ["id", "text", "source", "score", "n_tokens", "input_ids", "docs"]
     assert budget - left == selected["n_tokens"].sum()
-    assert re.search(r"select: kept \d+ of \d+ instances \(\d+\.\d%\) and [\d,]+ of [\d,]+ tokens \(\d+\.\d%\)",
-                     stdout), stdout
+    assert re.search(
+        r"select: kept \d+ of \d+ instances \(\d+\.\d%\) and [\d,]+ of [\d,]+ tokens \(\d+\.\d%\)", stdout
+    ), stdout
 
     docs = dict(_frame(run_dir / "docs" / "main").select("id", "text").iter_rows())
     for row in selected.head(20).iter_rows(named=True):
@@ -83,10 +87,14 @@ def test_instances_train_as_they_are_and_another_tokenizer_reads_their_text(run)
     stream = []
     for text, pieces in selected.select("text", "docs").iter_rows():
         for piece, p in zip(piece_texts(text, pieces), pieces):
-            stream += other(piece, add_special_tokens=False)["input_ids"] + ([other.eos_token_id] if p["ends_doc"] else [])
+            stream += other(piece, add_special_tokens=False)["input_ids"] + (
+                [other.eos_token_id] if p["ends_doc"] else []
+            )
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert manifest["tokenize/other"]["counts"]["tokens"] == len(stream)
-    assert manifest["tokenize/selected"]["counts"]["pad_tokens"] == int(sum((rows[i] < 0).sum() for i in range(len(rows))))
+    assert manifest["tokenize/selected"]["counts"]["pad_tokens"] == int(
+        sum((rows[i] < 0).sum() for i in range(len(rows)))
+    )
 
 
 def test_flops_recorded_for_training_are_the_hand_count(run):
@@ -99,7 +107,8 @@ def test_flops_recorded_for_training_are_the_hand_count(run):
     held = len(TokenRows(run_dir / "tokens" / "heldout"))
     evaluations = 2  # steps 3 and 6 (eval_every 3)
     assert stages["train/on-selected"]["counts"]["flops"]["by"]["heldout"] == pytest.approx(
-        evaluations * min(16, held) * forward)
+        evaluations * min(16, held) * forward
+    )
     assert stages["train/on-selected"]["counts"]["seed"] + 1 == stages["train/on-selected.seed1"]["counts"]["seed"]
 
 
@@ -114,8 +123,9 @@ def test_comparison_shows_seeds_and_compute(run):
         r = results[name]
         training = stages[f"train/{name}"]["counts"]["flops"]["by"]["training"]
         share = scoring if name.startswith("on-selected") else 0.0  # the reference was not trained here
-        assert r["compute"] == pytest.approx({"training": training, "teacher": 0.0, "shared": share,
-                                              "total": training + share})
+        assert r["compute"] == pytest.approx(
+            {"training": training, "teacher": 0.0, "shared": share, "total": training + share}
+        )
         assert r["lm"]["heldout"]["packed"]["tokens"] > 0
         floor = results[f"unigram ({name.split('.')[0].removeprefix('on-')})"]["lm"]["heldout"]
         assert floor["tokens"] == r["lm"]["heldout"]["tokens"]  # the same targets
@@ -125,9 +135,11 @@ def test_comparison_shows_seeds_and_compute(run):
     assert table[0].endswith("| heldout packed loss | train FLOPs | total FLOPs | seeds |")
     assert len(table) == 2 + 2 + 2  # two students (two seeds each), a unigram floor per token set
     unigram = results["unigram (random)"]["lm"]["heldout"]
-    assert table[5] == (f"| unigram (random) | unigram | random | {unigram['loss']:.4f} | "
-                        f"{unigram['perplexity']:.2f} | {unigram['bits_per_byte']:.4f} | "
-                        f"{unigram['packed']['loss']:.4f} | - | - | 1 |")
+    assert table[5] == (
+        f"| unigram (random) | unigram | random | {unigram['loss']:.4f} | "
+        f"{unigram['perplexity']:.2f} | {unigram['bits_per_byte']:.4f} | "
+        f"{unigram['packed']['loss']:.4f} | - | - | 1 |"
+    )
     losses = [results[n]["lm"]["heldout"]["loss"] for n in ("on-selected", "on-selected.seed1")]
     mean, std = np.mean(losses), np.std(losses, ddof=1)
     total = results["on-selected"]["compute"]["total"]

@@ -51,14 +51,13 @@ class SubprocessLauncher(Launcher):
     def submit(self, job, rd, plan):
         failed = set()
         ids = {}
-        for number, sub in enumerate(plan):
+        for sub in plan:
             if sub.action != "submit":
                 continue
             sub.job_id = f"{len(self.records(rd)) + 1:03d}"
             ids[f"<{sub.step.name}>"] = sub.job_id
             tasks = sub.tasks if sub.step.kind == "array" else [None]
-            record = Record(sub.step.name, sub.job_id, sub.tasks if sub.step.kind == "array" else None,
-                            sub.num_workers)
+            record = Record(sub.step.name, sub.job_id, sub.tasks if sub.step.kind == "array" else None, sub.num_workers)
             (self._dir(rd) / "exit").mkdir(parents=True, exist_ok=True)
             (self._dir(rd) / "logs").mkdir(exist_ok=True)
             with open(self._dir(rd) / "submissions.jsonl", "a") as f:
@@ -92,7 +91,10 @@ def test_status_and_resubmission_through_a_new_launcher(launcher, tiny_models, t
 
     first = plan_submissions(job, rd, launcher, job_file)
     assert [(s.step.name, s.action, s.tasks) for s in first] == [
-        ("prepare", "submit", [0, 1, 2]), ("score", "submit", [0, 1, 2]), ("select", "submit", [0, 1, 2])]
+        ("prepare", "submit", [0, 1, 2]),
+        ("score", "submit", [0, 1, 2]),
+        ("select", "submit", [0, 1, 2]),
+    ]
     assert first[1].after == ["<prepare>"] and first[2].after == ["<score>"]
     launcher.submit(job, rd, first[:1])
     # a failure of task 1 alone: a file where its shard keeps its resume points (a damaged input
@@ -116,7 +118,10 @@ def test_status_and_resubmission_through_a_new_launcher(launcher, tiny_models, t
     blocker.unlink()
     third = plan_submissions(job, rd, launcher, job_file)
     assert [(s.step.name, s.action, s.tasks) for s in third] == [
-        ("prepare", "done", []), ("score", "submit", [1]), ("select", "submit", [0, 1, 2])]
+        ("prepare", "done", []),
+        ("score", "submit", [1]),
+        ("select", "submit", [0, 1, 2]),
+    ]
     launcher.submit(job, rd, third)
     assert main(["status", str(job_file)]) == 0
     out = capsys.readouterr().out

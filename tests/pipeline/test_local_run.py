@@ -17,8 +17,12 @@ from tests.pipeline.jobs import data_outputs, tiny_job
 
 
 def _run(job: Path, run_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "miniplm", "run", str(job), f"run_dir={run_dir}", "-q"],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "miniplm", "run", str(job), f"run_dir={run_dir}", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _final(run_dir: Path) -> dict:
@@ -43,8 +47,18 @@ def uninterrupted(job_file):
 def test_run_goes_through_every_stage_and_prints_the_comparison(uninterrupted, job_file):
     run_dir, stdout, _ = uninterrupted
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    expected = ["prepare", "tokenize/reference", "train/reference", "score", "select", "tokenize/selected",
-                "tokenize/random", "tokenize/heldout", "train/on-selected", "train/on-random"]
+    expected = [
+        "prepare",
+        "tokenize/reference",
+        "train/reference",
+        "score",
+        "select",
+        "tokenize/selected",
+        "tokenize/random",
+        "tokenize/heldout",
+        "train/on-selected",
+        "train/on-random",
+    ]
     assert list(stages) == expected and all(stages[s]["state"] == "done" for s in expected)
     assert (run_dir / "report" / "index.html").exists()
     assert (run_dir / "models" / "on-random" / "config.json").exists()
@@ -60,14 +74,22 @@ def test_run_goes_through_every_stage_and_prints_the_comparison(uninterrupted, j
     assert select["random_baseline"]["tokens"] > 0.6 * select["doc_tokens_kept"]
 
     # status reads the same run directory: every step done, no SLURM jobs
-    status = subprocess.run([sys.executable, "-m", "miniplm", "status", str(job_file), f"run_dir={run_dir}"],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "miniplm", "status", str(job_file), f"run_dir={run_dir}"], capture_output=True, text=True
+    )
     assert status.returncode == 0, status.stdout + status.stderr
     table = status.stdout.splitlines()[2:]
     assert [line.split()[:2] for line in table] == [
-        ["prepare", "done"], ["train-reference", "done"], ["score", "done"], ["select", "done"],
-        ["tokenize/selected", "done"], ["tokenize/random", "done"], ["tokenize/heldout", "done"],
-        ["train/on-selected", "done"], ["train/on-random", "done"]]
+        ["prepare", "done"],
+        ["train-reference", "done"],
+        ["score", "done"],
+        ["select", "done"],
+        ["tokenize/selected", "done"],
+        ["tokenize/random", "done"],
+        ["tokenize/heldout", "done"],
+        ["train/on-selected", "done"],
+        ["train/on-random", "done"],
+    ]
     assert table[0].split()[2:] == ["3/3", "units", "-"] and table[1].split()[2:] == ["step", "4", "-"]
 
     # a second run finds everything done: it reports the same and changes nothing
@@ -86,14 +108,21 @@ def test_killed_at_random_points_then_rerun_equals_uninterrupted(uninterrupted, 
     kills = []
     for _ in range(2):
         delay = rng.uniform(0.05, 0.9) * duration
-        proc = subprocess.Popen([sys.executable, "-m", "miniplm", "run", str(job_file), f"run_dir={run_dir}", "-q"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miniplm", "run", str(job_file), f"run_dir={run_dir}", "-q"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            state = json.loads((run_dir / "manifest.json").read_text())["stages"] if (run_dir / "manifest.json").exists() else {}
+            state = (
+                json.loads((run_dir / "manifest.json").read_text())["stages"]
+                if (run_dir / "manifest.json").exists()
+                else {}
+            )
             kills.append((round(delay, 1), [s for s, v in state.items() if v.get("state") != "done"]))
     result = _run(job_file, run_dir)
     assert result.returncode == 0, f"seed {seed}, kills {kills}: {result.stderr[-3000:]}"

@@ -13,14 +13,22 @@ import pytest
 
 from tests.pipeline.jobs import data_outputs, tiny_job
 
-SLURM = {"defaults": {"cpus": 1, "time": "00:30:00"},
-         "stages": {"score": {"max_tasks": 8, "parallel": 2}, "select": {"max_tasks": 2}, "tokenize": {"max_tasks": 2}}}
+SLURM = {
+    "defaults": {"cpus": 1, "time": "00:30:00"},
+    "stages": {"score": {"max_tasks": 8, "parallel": 2}, "select": {"max_tasks": 2}, "tokenize": {"max_tasks": 2}},
+}
 
 
 def _miniplm(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # what the array tasks get with cpus: 1: the same float sums
-    result = subprocess.run([sys.executable, "-m", "miniplm", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, env=env, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "miniplm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=900,
+    )
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
@@ -40,8 +48,9 @@ def _wait_for_queue(run_dir: Path, timeout: float = 600) -> None:
 
 @pytest.fixture(scope="module")
 def job_file(tiny_models, tmp_path_factory):
-    return tiny_job(tmp_path_factory.mktemp("slurm"), tiny_models, evaluation={"models": ["students"], "tasks": []},
-                    **SLURM)
+    return tiny_job(
+        tmp_path_factory.mktemp("slurm"), tiny_models, evaluation={"models": ["students"], "tasks": []}, **SLURM
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +63,40 @@ def local_run(job_file):
 def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, local_run):
     run_dir = job_file.parent / "on-slurm"
     submitted = _miniplm("slurm", job_file, f"run_dir={run_dir}", cwd=job_file.parent)
-    assert re.search(r"score +array 8 of 8 tasks \(shard count not known until prepare is done\): job \d+",
-                     submitted.stdout), submitted.stdout
+    assert re.search(
+        r"score +array 8 of 8 tasks \(shard count not known until prepare is done\): job \d+", submitted.stdout
+    ), submitted.stdout
     scripts = sorted(p.name for p in (run_dir / "slurm").glob("*.sbatch"))
-    assert scripts == ["eval.sbatch", "prepare.sbatch", "score.sbatch", "select.sbatch", "tokenize-heldout.sbatch",
-                       "tokenize-random.sbatch", "tokenize-selected.sbatch", "train-on-random.sbatch",
-                       "train-on-selected.sbatch"]
+    assert scripts == [
+        "eval.sbatch",
+        "prepare.sbatch",
+        "score.sbatch",
+        "select.sbatch",
+        "tokenize-heldout.sbatch",
+        "tokenize-random.sbatch",
+        "tokenize-selected.sbatch",
+        "train-on-random.sbatch",
+        "train-on-selected.sbatch",
+    ]
     snapshots = list((run_dir / "slurm").glob("job-*.yaml"))
-    assert len(snapshots) == 1 and f"-m miniplm score {snapshots[0]} " in (run_dir / "slurm" / "score.sbatch").read_text()
+    assert (
+        len(snapshots) == 1 and f"-m miniplm score {snapshots[0]} " in (run_dir / "slurm" / "score.sbatch").read_text()
+    )
     _wait_for_queue(run_dir)
 
     status = _miniplm("status", job_file, f"run_dir={run_dir}", cwd=job_file.parent, check=False)
     assert status.returncode == 0, status.stdout + status.stderr
-    for step in ("prepare", "score", "select", "tokenize/selected", "tokenize/random", "tokenize/heldout",
-                 "train/on-selected", "train/on-random", "eval"):
+    for step in (
+        "prepare",
+        "score",
+        "select",
+        "tokenize/selected",
+        "tokenize/random",
+        "tokenize/heldout",
+        "train/on-selected",
+        "train/on-random",
+        "eval",
+    ):
         assert re.search(rf"^{re.escape(step)} +done ", status.stdout, flags=re.M), status.stdout
     assert re.search(r"^score +done +\d+/\d+ shards +job \d+: 8 completed", status.stdout, flags=re.M), status.stdout
 
@@ -79,7 +108,9 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
         assert (run_dir / "models" / student / "model.safetensors").exists()
         assert ours[student]["lm"]["heldout"]["tokens"] == local[student]["lm"]["heldout"]["tokens"]
         # the same data; training under torchrun and in-process need not agree to the last bit
-        assert ours[student]["lm"]["heldout"]["loss"] == pytest.approx(local[student]["lm"]["heldout"]["loss"], rel=1e-3)
+        assert ours[student]["lm"]["heldout"]["loss"] == pytest.approx(
+            local[student]["lm"]["heldout"]["loss"], rel=1e-3
+        )
         assert list((run_dir / "logs").glob(f"train-{student}-*.log"))
 
     again = _miniplm("slurm", job_file, f"run_dir={run_dir}", cwd=job_file.parent)
@@ -107,8 +138,11 @@ def test_failed_array_task_is_reported_and_only_its_shard_resubmitted(slurm_clus
     log = Path(failed.group(2))
     assert log == run_dir.absolute() / "logs" / f"score-{failed.group(1)}_1.log" and log.exists()
     assert "work/score/shard-00001" in log.read_text()
-    assert re.search(rf"^score +\w+ +{n_shards - 1}/{n_shards} shards +job \d+: {n_shards - 1} completed, 1 failed",
-                     status.stdout, flags=re.M), status.stdout
+    assert re.search(
+        rf"^score +\w+ +{n_shards - 1}/{n_shards} shards +job \d+: {n_shards - 1} completed, 1 failed",
+        status.stdout,
+        flags=re.M,
+    ), status.stdout
     assert re.search(r"^select +waiting .* not run", status.stdout, flags=re.M), status.stdout
 
     blocker.unlink()
@@ -120,6 +154,10 @@ def test_failed_array_task_is_reported_and_only_its_shard_resubmitted(slurm_clus
 
     status = _miniplm("status", job_file, f"run_dir={run_dir}", cwd=cwd, check=False)
     assert status.returncode == 0, status.stdout
-    assert re.search(rf"^score +done +{n_shards}/{n_shards} shards +job \d+: {n_shards - 1} completed; job \d+: "
-                     r"1 completed", status.stdout, flags=re.M), status.stdout
+    assert re.search(
+        rf"^score +done +{n_shards}/{n_shards} shards +job \d+: {n_shards - 1} completed; job \d+: "
+        r"1 completed",
+        status.stdout,
+        flags=re.M,
+    ), status.stdout
     assert data_outputs(run_dir) == data_outputs(local_run)

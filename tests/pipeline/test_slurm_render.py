@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from miniplm.job import load_job
 from miniplm.corpus import prepare
+from miniplm.job import load_job
 from miniplm.pipeline import plan
 from miniplm.pipeline.slurm import array_spec, plan_submissions
 from miniplm.rundir import RunDir
@@ -35,20 +35,38 @@ def _plan(job_file, overrides):
 
 def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     _, subs = _plan(REPO / "jobs" / "paper-pile-qwen.yaml", pile)
-    students = ["qwen-200m", "qwen-500m", "qwen-1.2b", "qwen-200m-vanilla-kd", "qwen-500m-vanilla-kd",
-                "qwen-1.2b-vanilla-kd"]
+    students = [
+        "qwen-200m",
+        "qwen-500m",
+        "qwen-1.2b",
+        "qwen-200m-vanilla-kd",
+        "qwen-500m-vanilla-kd",
+        "qwen-1.2b-vanilla-kd",
+    ]
     sets = ["tokenize/selected", "tokenize/random", "tokenize/heldout"]  # one step per token set
-    assert list(subs) == ["prepare", "train-reference", "score", "select", *sets,
-                          *(f"train/{s}" for s in students), "eval"]
+    assert list(subs) == [
+        "prepare",
+        "train-reference",
+        "score",
+        "select",
+        *sets,
+        *(f"train/{s}" for s in students),
+        "eval",
+    ]
     assert all(s.action == "submit" for s in subs.values())
 
     # arrays: prepare over the 3 input files; later stages at max_tasks, since the shards do not exist yet
-    expected = {"prepare": ("0-2", 3), "score": ("0-511%64", 512), "select": ("0-127", 128),
-                **{name: ("0-255", 256) for name in sets}, "eval": ("0-9", 10)}  # eval: one task per row (6 students, the reference, the teacher, 2 unigrams)
+    expected = {
+        "prepare": ("0-2", 3),
+        "score": ("0-511%64", 512),
+        "select": ("0-127", 128),
+        **{name: ("0-255", 256) for name in sets},
+        "eval": ("0-9", 10),
+    }  # eval: one task per row (6 students, the reference, the teacher, 2 unigrams)
     for name, (array, workers) in expected.items():
         assert _sbatch(subs[name].text, "array") == [array], name
         assert f"--num-workers {workers} -q" in subs[name].text
-        assert "--worker \"$SLURM_ARRAY_TASK_ID\"" in subs[name].text
+        assert '--worker "$SLURM_ARRAY_TASK_ID"' in subs[name].text
         assert "--requeue" in subs[name].text
     assert _sbatch(subs["score"].text, "gres") == ["gpu:1"] == _sbatch(subs["eval"].text, "gres")
     assert _sbatch(subs["prepare"].text, "gres") == [] and _sbatch(subs["prepare"].text, "partition") == ["cpu"]
@@ -59,18 +77,29 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     after = {name: s.after for name, s in subs.items()}
     on_selected = ["<tokenize/selected>", "<tokenize/heldout>"]
     on_random = ["<tokenize/random>", "<tokenize/heldout>"]
-    assert after == {"prepare": [], "train-reference": ["<prepare>"], "score": ["<train-reference>"],
-                     "select": ["<score>"], "tokenize/selected": ["<select>"], "tokenize/random": ["<select>"],
-                     "tokenize/heldout": ["<prepare>"],
-                     **{f"train/{s}": on_random if "vanilla" in s else on_selected for s in students},
-                     "eval": [f"<train/{s}>" for s in students]}
+    assert after == {
+        "prepare": [],
+        "train-reference": ["<prepare>"],
+        "score": ["<train-reference>"],
+        "select": ["<score>"],
+        "tokenize/selected": ["<select>"],
+        "tokenize/random": ["<select>"],
+        "tokenize/heldout": ["<prepare>"],
+        **{f"train/{s}": on_random if "vanilla" in s else on_selected for s in students},
+        "eval": [f"<train/{s}>" for s in students],
+    }
     for name in sets:  # each array task tokenizes its share of one set
-        assert f"-m miniplm tokenize " in subs[name].text and f"--only {name.split('/')[1]}" in subs[name].text
+        assert "-m miniplm tokenize " in subs[name].text and f"--only {name.split('/')[1]}" in subs[name].text
     assert _sbatch(subs["tokenize/heldout"].text, "partition") == ["cpu"]  # slurm.stages.tokenize applies to each
 
     # training: nodes x torchrun with one process per GPU, c10d rendezvous across nodes
-    for name, nodes in (("train-reference", 1), ("train/qwen-200m", 4), ("train/qwen-500m", 4), ("train/qwen-1.2b", 8),
-                        ("train/qwen-1.2b-vanilla-kd", 8)):
+    for name, nodes in (
+        ("train-reference", 1),
+        ("train/qwen-200m", 4),
+        ("train/qwen-500m", 4),
+        ("train/qwen-1.2b", 8),
+        ("train/qwen-1.2b-vanilla-kd", 8),
+    ):
         text = subs[name].text
         assert _sbatch(text, "nodes") == [str(nodes)] and _sbatch(text, "gres") == ["gpu:8"], name
         assert _sbatch(text, "ntasks-per-node") == ["1"] and "--nproc-per-node=8" in text
@@ -83,7 +112,7 @@ def test_cluster_example_carries_every_user_setting(tmp_path):
     _, subs = _plan(REPO / "jobs" / "cluster-example.yaml", [f"run_dir={tmp_path / 'run'}"])
     for name, sub in subs.items():
         assert _sbatch(sub.text, "account") == ["my-project"] and "#SBATCH --mail-type=FAIL" in sub.text, name
-        assert "module load cuda/12.4\nsource \"$HOME/venvs/miniplm/bin/activate\"\n" in sub.text
+        assert 'module load cuda/12.4\nsource "$HOME/venvs/miniplm/bin/activate"\n' in sub.text
         assert _sbatch(sub.text, "chdir") and _sbatch(sub.text, "output")[0].startswith(str(tmp_path / "run" / "logs"))
     assert _sbatch(subs["score"].text, "constraint") == ["h100"] and _sbatch(subs["select"].text, "constraint") == []
     assert _sbatch(subs["train/student-random"].text, "qos") == ["low"]
@@ -123,13 +152,18 @@ def test_array_spec():
 
 
 def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"),
-                          "--dry-run", *pile], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "miniplm", "slurm", str(REPO / "jobs" / "paper-pile-qwen.yaml"), "--dry-run", *pile],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("#!/bin/bash") == 14  # 4 steps before tokenize, 3 token sets, 6 students, eval
     assert "dry run: would submit" in out.stdout
-    assert re.search(r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>",
-                     out.stdout)
+    assert re.search(
+        r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>", out.stdout
+    )
     snapshot = re.search(r"-m miniplm score (\S+/slurm/job-[0-9a-f]{12}\.yaml) ", out.stdout)
     assert snapshot and snapshot.group(1).startswith(str(tmp_path / "run"))
     assert not (tmp_path / "run" / "slurm").exists()  # named, not written
@@ -151,9 +185,12 @@ def test_resubmission_waits_for_live_jobs_and_replaces_those_that_can_never_star
     rd = RunDir(job.run_dir)
     slurm.records_file(rd).parent.mkdir(parents=True)
     names = [s.name for s in plan.steps(job)]
-    slurm.records_file(rd).write_bytes(b"".join(
-        orjson.dumps({"step": name, "job_id": str(10 + i), "tasks": [0], "num_workers": 1}) + b"\n"
-        for i, name in enumerate(names)))
+    slurm.records_file(rd).write_bytes(
+        b"".join(
+            orjson.dumps({"step": name, "job_id": str(10 + i), "tasks": [0], "num_workers": 1}) + b"\n"
+            for i, name in enumerate(names)
+        )
+    )
 
     def queue(live):
         monkeypatch.setattr(slurm, "queue_states", lambda ids: {k: slurm.QueueState(*v) for k, v in live.items()})
@@ -193,9 +230,19 @@ def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
 def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
     names = list(subs)
-    assert names[:11] == ["prepare", "train-reference", "score", "select", "generate/seqkd", "prune/pruned",
-                          "tokenize/selected", "tokenize/random", "tokenize/random-filtered", "tokenize/written",
-                          "tokenize/hybrid"]  # one step per part; a mix after the sets it draws on
+    assert names[:11] == [
+        "prepare",
+        "train-reference",
+        "score",
+        "select",
+        "generate/seqkd",
+        "prune/pruned",
+        "tokenize/selected",
+        "tokenize/random",
+        "tokenize/random-filtered",
+        "tokenize/written",
+        "tokenize/hybrid",
+    ]  # one step per part; a mix after the sets it draws on
     # each step waits for the steps it reads from only (one reached through another is not listed again)
     assert (subs["generate/seqkd"].after, subs["prune/pruned"].after) == (["<prepare>"], ["<prepare>"])
     assert subs["tokenize/random"].after == ["<select>"] and subs["tokenize/written"].after == ["<generate/seqkd>"]
@@ -217,11 +264,20 @@ def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     # a failed generate holds up the written corpus, what mixes it and what trains on either (and eval,
     # which compares every student); never prune, another token set or a student without them
     seqkd_students = {f"train/{s}{r}" for s in ("seqkd", "hybrid") for r in ("", ".seed1", ".seed2")}
-    assert held_up_by("generate/seqkd") == {"tokenize/written", "tokenize/hybrid", "teacher-logits/hybrid-top32",
-                                            "eval", *seqkd_students}
+    assert held_up_by("generate/seqkd") == {
+        "tokenize/written",
+        "tokenize/hybrid",
+        "teacher-logits/hybrid-top32",
+        "eval",
+        *seqkd_students,
+    }
     # a failed teacher-logits set holds up only the students distilled from it
-    assert held_up_by("teacher-logits/selected-top32") == {"eval", "train/miniplm-kd", "train/miniplm-kd.seed1",
-                                                           "train/miniplm-kd.seed2"}
+    assert held_up_by("teacher-logits/selected-top32") == {
+        "eval",
+        "train/miniplm-kd",
+        "train/miniplm-kd.seed1",
+        "train/miniplm-kd.seed2",
+    }
     for name in ("tokenize/written", "teacher-logits/hybrid-top32"):
         assert f"--only {name.split('/')[1]}" in subs[name].text, name
     assert sorted(subs["eval"].after) == sorted(f"<{n}>" for n in subs if n.startswith("train/"))

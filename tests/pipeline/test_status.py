@@ -6,7 +6,6 @@ from pathlib import Path
 
 from miniplm.cli import main
 from miniplm.selection import select
-
 from tests.conftest import write_jsonl
 from tests.selection.test_select import make_scored_run
 
@@ -39,7 +38,11 @@ def test_a_step_made_from_a_file_changed_since_is_stale_and_so_is_every_step_aft
     code, out = _status(tmp_path, capsys)
     assert code == 1
     assert re.search(r"^prepare +stale", out, re.M) and re.search(r"^select +stale", out, re.M)
-    assert "prepare: stale: corpus.inputs.0 changed since prepare read it; run `miniplm prepare --force` " \
-           "to redo prepare" in out
-    assert "select: stale: corpus.inputs.0 changed since prepare read it; run `miniplm prepare --force` " \
-           "to redo prepare, then `miniplm select --force`" in out
+    assert (
+        "prepare: stale: corpus.inputs.0 changed since prepare read it; run `miniplm prepare --force` "
+        "to redo prepare" in out
+    )
+    assert (
+        "select: stale: corpus.inputs.0 changed since prepare read it; run `miniplm prepare --force` "
+        "to redo prepare, then `miniplm select --force`" in out
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from miniplm.models.loading import load_tokenizer
-from miniplm.scoring.instances import (Boundaries, cut_points, instance_text, pack_documents, piece_texts)
+from miniplm.scoring.instances import Boundaries, cut_points, instance_text, pack_documents, piece_texts
 
 TEXTS = [
     "In the beginning God created the heaven and the earth. And the earth was without form, and void! "
@@ -30,6 +30,7 @@ def official_cut(tokenizer, stream: list[int], width: int) -> list[list[int]]:
     and whenever it holds `width` tokens scan back for the last boundary. Two refinements of miniplm:
     the sentence-end test looks for whitespace right after the mark (the official one for a space
     anywhere in the two tokens), and the source's rest becomes its last instance."""
+
     def text(t):
         return tokenizer.decode([t], clean_up_tokenization_spaces=False)
 

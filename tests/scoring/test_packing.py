@@ -59,10 +59,12 @@ def test_packed_windows_score_as_separate_documents_under_eager_attention(tiny_m
     rng = np.random.default_rng(0)
     sequences = [rng.integers(3, 300, size=n) for n in lengths]
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64,
-                                                 attn_implementation="eager").eval()
-    sums, n_batches = _score(Scorer({"m": model}, bos, "cpu", packed=True, batch_tokens=64), sequences, max_length,
-                             stride)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_models["teacher"], dtype=torch.float64, attn_implementation="eager"
+    ).eval()
+    sums, n_batches = _score(
+        Scorer({"m": model}, bos, "cpu", packed=True, batch_tokens=64), sequences, max_length, stride
+    )
     assert n_batches > 1
     plain = AutoModelForCausalLM.from_pretrained(tiny_models["teacher"], dtype=torch.float64).eval()
     expected = [reference_sum(plain, bos, s.tolist(), max_length, stride) for s in sequences]

@@ -11,16 +11,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from miniplm.config import ConfigError
-from miniplm.job import load_job
 from miniplm.corpus import prepare
-from miniplm.rundir import RunDir
-from miniplm.workers import Worker
-from miniplm.scoring import score
+from miniplm.job import load_job
 from miniplm.progress import TokenRate
+from miniplm.rundir import RunDir
+from miniplm.scoring import score
 from miniplm.scoring.logprobs import Scorer
 from miniplm.scoring.score import ShardTokens
 from miniplm.scoring.windows import windows_for
-
+from miniplm.workers import Worker
 from tests.conftest import write_jsonl
 
 
@@ -48,18 +47,29 @@ def test_sums_equal_a_plain_float64_computation(tiny_models, tmp_path, stride, p
     lengths = [1, 2, 7, 15, 16, 17, 31, 32, 33, 40, 47, 48]
     rng = np.random.default_rng(0)
     sequences = [rng.integers(3, 300, size=n) for n in lengths]
-    job = load_job(_job_file(tmp_path, tiny_models, "teacher"), [
-        f"score.max_length={max_length}", f"score.stride={stride}", "score.batch_tokens=64",
-        "teacher.dtype=float64", "reference.dtype=float64"])
-    models = {name: AutoModelForCausalLM.from_pretrained(tiny_models[name], dtype=torch.float64).eval()
-              for name in ("teacher", "reference")}
+    job = load_job(
+        _job_file(tmp_path, tiny_models, "teacher"),
+        [
+            f"score.max_length={max_length}",
+            f"score.stride={stride}",
+            "score.batch_tokens=64",
+            "teacher.dtype=float64",
+            "reference.dtype=float64",
+        ],
+    )
+    models = {
+        name: AutoModelForCausalLM.from_pretrained(tiny_models[name], dtype=torch.float64).eval()
+        for name in ("teacher", "reference")
+    }
     shard = ShardTokens(0, sequences, {"id": [str(i) for i in range(len(lengths))], "source": ["s"] * len(lengths)})
     rd = RunDir(tmp_path / "run")
     bos = AutoTokenizer.from_pretrained(tiny_models["teacher"]).bos_token_id
     from tqdm import tqdm
 
     scorer = Scorer(models, bos, "cpu", packed=packing == "packed", batch_tokens=job.score.batch_tokens)
-    assert len(scorer.plan([w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)])) > 1
+    assert (
+        len(scorer.plan([w for d, s in enumerate(sequences) for w in windows_for(d, len(s), max_length, stride)])) > 1
+    )
     table = score.score_shard(job, shard, scorer, rd, TokenRate(tqdm(disable=True)))
     assert table["n_tokens"].to_pylist() == lengths
     for name in ("teacher", "reference"):
@@ -94,11 +104,13 @@ def _job_file(tmp_path: Path, tiny_models, reference_key="reference", **corpus) 
         rng = np.random.default_rng(1)
         words = "the god created heaven earth def return print import path numbers fox dog café".split()
         write_jsonl(docs, [{"text": " ".join(rng.choice(words, size=rng.integers(1, 60)))} for _ in range(120)])
-    job = {"run_dir": str(tmp_path / "run"),
-           "corpus": {"inputs": [{"path": str(docs), "format": "jsonl"}], "docs_per_shard": 30, **corpus},
-           "teacher": {"model": tiny_models["teacher"]},
-           "reference": {"model": tiny_models[reference_key]},
-           "score": {"max_length": 32, "stride": 8, "batch_tokens": 96, "checkpoint_every": 1}}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "corpus": {"inputs": [{"path": str(docs), "format": "jsonl"}], "docs_per_shard": 30, **corpus},
+        "teacher": {"model": tiny_models["teacher"]},
+        "reference": {"model": tiny_models[reference_key]},
+        "score": {"max_length": 32, "stride": 8, "batch_tokens": 96, "checkpoint_every": 1},
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -167,7 +179,15 @@ def test_token_logprobs_and_instances(tiny_models, tmp_path):
     prepare.STAGE.run(instances, show_progress=False)
     counts = score.STAGE.run(instances, show_progress=False)
     rows = pl.read_parquet(str(tmp_path / "inst" / "scores" / "*.parquet"))
-    assert set(rows.columns) >= {"id", "source", "n_tokens", "teacher_logprob", "reference_logprob", "input_ids", "docs"}
+    assert set(rows.columns) >= {
+        "id",
+        "source",
+        "n_tokens",
+        "teacher_logprob",
+        "reference_logprob",
+        "input_ids",
+        "docs",
+    }
     # an instance is at most max_length + 1 tokens, read with its first token as context (no BOS)
     assert (rows["input_ids"].list.len() <= 33).all()
     assert rows["n_tokens"].to_list() == [max(n - 1, 0) for n in rows["input_ids"].list.len()]
@@ -261,9 +281,13 @@ def test_checkpoints_from_another_environment_or_damaged_are_not_used(tmp_path):
     cp = _Checkpoints(folder, "cpu, float32")
     cp.save(0, 1, [{"doc": 0, "start": 0, "teacher_logprob": -1.0, "reference_logprob": -2.0}])
     cp.save(2, 3, [{"doc": 1, "start": 0, "teacher_logprob": -3.0, "reference_logprob": -4.0}])
-    assert _Checkpoints(folder, "cpu, float32").load() == (4, {
-        (0, 0): {"teacher_logprob": -1.0, "reference_logprob": -2.0},
-        (1, 0): {"teacher_logprob": -3.0, "reference_logprob": -4.0}})
+    assert _Checkpoints(folder, "cpu, float32").load() == (
+        4,
+        {
+            (0, 0): {"teacher_logprob": -1.0, "reference_logprob": -2.0},
+            (1, 0): {"teacher_logprob": -3.0, "reference_logprob": -4.0},
+        },
+    )
     (folder / "batches-000002-000003.parquet").write_bytes(b"")  # a crash of the machine
     assert _Checkpoints(folder, "cpu, float32").load()[0] == 2
     assert not (folder / "batches-000002-000003.parquet").exists()
@@ -294,8 +318,8 @@ def test_logit_scaling_of_the_architecture_is_applied(tiny_models):
 def test_changed_weights_or_documents_change_the_stage_hash(tiny_models, tmp_path):
     import shutil
 
-    from miniplm.stages import stage_config_hash
     from miniplm.models.loading import model_fingerprint
+    from miniplm.stages import stage_config_hash
 
     copy = tmp_path / "teacher-copy"
     shutil.copytree(tiny_models["teacher"], copy)
@@ -306,7 +330,8 @@ def test_changed_weights_or_documents_change_the_stage_hash(tiny_models, tmp_pat
     job = load_job(_job_file(tmp_path, tiny_models))
     assert stage_config_hash(job, "score", "docs-a") != stage_config_hash(job, "score", "docs-b")
     assert stage_config_hash(job, "score") == stage_config_hash(
-        load_job(_job_file(tmp_path, tiny_models), ["score.checkpoint_every=7", "corpus.num_workers=2"]), "score")
+        load_job(_job_file(tmp_path, tiny_models), ["score.checkpoint_every=7", "corpus.num_workers=2"]), "score"
+    )
 
 
 def test_special_token_text_in_a_document_is_read_as_text(tiny_models, tmp_path):

@@ -16,14 +16,23 @@ def skewed_scores(n: int, lengths: np.ndarray, rng: np.random.Generator) -> pl.D
     """Scores whose difference rises mildly with length, as on web text."""
     score = 0.3 * np.log(lengths) + rng.normal(0, 0.5, n)
     teacher = -rng.gamma(4.0, 0.6, n) * lengths
-    return pl.DataFrame({"id": [f"u{i:05d}" for i in range(n)], "source": rng.choice(["web", "code"], n).tolist(),
-                         "n_tokens": lengths, "teacher_logprob": teacher, "reference_logprob": teacher - score * lengths})
+    return pl.DataFrame(
+        {
+            "id": [f"u{i:05d}" for i in range(n)],
+            "source": rng.choice(["web", "code"], n).tolist(),
+            "n_tokens": lengths,
+            "teacher_logprob": teacher,
+            "reference_logprob": teacher - score * lengths,
+        }
+    )
 
 
 def greedy(table: pl.DataFrame, budget: int) -> set[str]:
     """The budget walked down the ranking one unit at a time, keeping each unit that fits."""
-    ranked = sorted(table.iter_rows(named=True),
-                    key=lambda r: (-((r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"]), r["id"]))
+    ranked = sorted(
+        table.iter_rows(named=True),
+        key=lambda r: (-((r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"]), r["id"]),
+    )
     kept, left = set(), budget
     for r in ranked:
         if r["n_tokens"] <= left:
@@ -70,9 +79,15 @@ def test_a_fraction_of_documents_is_not_a_fraction_of_tokens():
 
 
 def test_one_huge_document_does_not_leave_the_budget_unspent():
-    table = pl.DataFrame({"id": ["a", "b", "c", "d"], "source": ["s"] * 4, "n_tokens": [50, 1000, 30, 20],
-                          "teacher_logprob": [-50.0, -1000.0, -30.0, -20.0],
-                          "reference_logprob": [-250.0, -4000.0, -60.0, -30.0]})  # ranking b a c d
+    table = pl.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "source": ["s"] * 4,
+            "n_tokens": [50, 1000, 30, 20],
+            "teacher_logprob": [-50.0, -1000.0, -30.0, -20.0],
+            "reference_logprob": [-250.0, -4000.0, -60.0, -30.0],
+        }
+    )  # ranking b a c d
     d = decide(table, SelectConfig(keep_tokens=100), 0)
     assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "c", "d"]
     assert d.filter(pl.col("id") == "b")["reason"][0] == "below_cut"

@@ -12,30 +12,66 @@ from miniplm.corpus import prepare
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.selection.drops import drop_table, table_lines
-
 from tests.conftest import REPO, write_jsonl
 from tests.corpus.test_near_duplicates import edited
 from tests.corpus.test_quality import gibberish
 
 
 def test_drop_table_counts_each_filter_per_source():
-    prepared = {"web": {"few_stop_words": 3, "duplicate_lines": 2, "duplicates": 1, "near_duplicate": 4},
-                "books": {"top_ngram": 1, "some_future_rule": 2}}
-    reasons = {"web": [None] * 5 + ["low_teacher_logprob"] * 2 + ["below_cut"] * 3 + ["too_few_tokens"],
-               "books": [None] * 7 + ["source_cap"] + ["non_finite_score"], "code": [None, "below_cut"]}
-    decisions = pl.DataFrame([{"source": s, "reason": r} for s, rs in reasons.items() for r in rs],
-                             schema={"source": pl.String, "reason": pl.String})
+    prepared = {
+        "web": {"few_stop_words": 3, "duplicate_lines": 2, "duplicates": 1, "near_duplicate": 4},
+        "books": {"top_ngram": 1, "some_future_rule": 2},
+    }
+    reasons = {
+        "web": [None] * 5 + ["low_teacher_logprob"] * 2 + ["below_cut"] * 3 + ["too_few_tokens"],
+        "books": [None] * 7 + ["source_cap"] + ["non_finite_score"],
+        "code": [None, "below_cut"],
+    }
+    decisions = pl.DataFrame(
+        [{"source": s, "reason": r} for s, rs in reasons.items() for r in rs],
+        schema={"source": pl.String, "reason": pl.String},
+    )
     rows = {r["source"]: r for r in drop_table(prepared, decisions)}
     assert {k: v for k, v in rows["web"].items() if k != "reasons"} == {
-        "source": "web", "documents": 21, "quality": 3, "repetition": 2, "duplicate": 1, "near_duplicate": 4,
-        "noise_floor": 2, "unscorable": 1, "other": 0, "filtered": 13, "budget": 3, "kept": 5}
+        "source": "web",
+        "documents": 21,
+        "quality": 3,
+        "repetition": 2,
+        "duplicate": 1,
+        "near_duplicate": 4,
+        "noise_floor": 2,
+        "unscorable": 1,
+        "other": 0,
+        "filtered": 13,
+        "budget": 3,
+        "kept": 5,
+    }
     assert rows["books"]["other"] == 2 and rows["books"]["filtered"] == 1 + 2 + 1 and rows["books"]["budget"] == 1
     assert rows["code"]["documents"] == 2 and rows["code"]["filtered"] == 0 and rows["code"]["kept"] == 1
-    assert rows["web"]["reasons"] == {"below_cut": 3, "duplicate_lines": 2, "duplicates": 1, "few_stop_words": 3,
-                                      "low_teacher_logprob": 2, "near_duplicate": 4, "too_few_tokens": 1}
+    assert rows["web"]["reasons"] == {
+        "below_cut": 3,
+        "duplicate_lines": 2,
+        "duplicates": 1,
+        "few_stop_words": 3,
+        "low_teacher_logprob": 2,
+        "near_duplicate": 4,
+        "too_few_tokens": 1,
+    }
     lines = table_lines(list(rows.values()))
-    assert lines[0].split() == ["source", "documents", "quality", "repetition", "duplicate", "near_duplicate",
-                                "noise_floor", "unscorable", "other", "filtered", "budget", "kept"]
+    assert lines[0].split() == [
+        "source",
+        "documents",
+        "quality",
+        "repetition",
+        "duplicate",
+        "near_duplicate",
+        "noise_floor",
+        "unscorable",
+        "other",
+        "filtered",
+        "budget",
+        "kept",
+    ]
     assert lines[3].split() == ["web", "21", "3", "2", "1", "4", "2", "1", "0", "13", "(61.9%)", "3", "5"]
 
 
@@ -53,11 +89,27 @@ def noisy_scored_run(tmp_path: Path):
     rows += [{"id": f"ocr-{i}", "text": t, "src": "noise-ocr"} for i, t in enumerate(low)]
     write_jsonl(tmp_path / "docs.jsonl", rows)
     job_path = tmp_path / "job.yaml"
-    job_path.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "seed": 0,
-        "corpus": {"inputs": [{"path": str(tmp_path / "docs.jsonl"), "format": "jsonl", "id_field": "id",
-                               "source_field": "src"}], "reference_fraction": 0.0, "heldout_fraction": 0.0},
-        "select": {"keep_fraction": 0.5}}))
+    job_path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "seed": 0,
+                "corpus": {
+                    "inputs": [
+                        {
+                            "path": str(tmp_path / "docs.jsonl"),
+                            "format": "jsonl",
+                            "id_field": "id",
+                            "source_field": "src",
+                        }
+                    ],
+                    "reference_fraction": 0.0,
+                    "heldout_fraction": 0.0,
+                },
+                "select": {"keep_fraction": 0.5},
+            }
+        )
+    )
     job = load_job(job_path)
     prepare.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
@@ -66,8 +118,9 @@ def noisy_scored_run(tmp_path: Path):
         d = pl.read_parquet(shard).select("id", "source")
         teacher = np.where(d["source"] == "noise-ocr", -8.0, -3.0 + rng.normal(0, 0.2, d.height))
         reference = rng.normal(-5, 0.5, d.height)
-        d.with_columns(n_tokens=pl.lit(50), teacher_logprob=teacher * 50, reference_logprob=reference * 50
-                       ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
+        d.with_columns(
+            n_tokens=pl.lit(50), teacher_logprob=teacher * 50, reference_logprob=reference * 50
+        ).write_parquet(rd.root / "scores" / f"shard-{k:05d}.parquet")
     rd.start_stage("score", "synthetic", outputs=["scores"])
     rd.finish_stage("score", {})  # records what it wrote, as the score stage does
     return job, job_path, kjv.height
@@ -93,7 +146,7 @@ def test_select_prints_and_reports_what_each_filter_dropped(tmp_path, capsys):
 
     assert f"auto noise floor at teacher log-prob {floor['threshold']:.3f} per token" in out
     assert "8 documents below it" in out
-    table = out[out.index("  source "):].splitlines()
+    table = out[out.index("  source ") :].splitlines()
     assert table[0].split()[:3] == ["source", "documents", "quality"]
     assert [line.split()[0] for line in table[1:5]] == ["copies", "kjv", "noise-gibberish", "noise-ocr"]
     assert table[3].split()[1:3] == ["8", "8"] and "(100.0%)" in table[3]
@@ -106,9 +159,10 @@ def test_select_prints_and_reports_what_each_filter_dropped(tmp_path, capsys):
 def test_many_sources_share_a_row_beyond_the_largest():
     from miniplm.selection.drops import collapsed
 
-    decisions = pl.DataFrame([{"source": f"s{i:02d}", "reason": r} for i in range(25)
-                              for r in [None] * (i + 1) + ["below_cut"]],
-                             schema={"source": pl.String, "reason": pl.String})
+    decisions = pl.DataFrame(
+        [{"source": f"s{i:02d}", "reason": r} for i in range(25) for r in [None] * (i + 1) + ["below_cut"]],
+        schema={"source": pl.String, "reason": pl.String},
+    )
     rows = drop_table({"s00": {"few_stop_words": 100}}, decisions)
     shown = collapsed(rows, 20)
     assert len(shown) == 21 and shown[-1]["source"] == "(5 other sources)"

@@ -14,9 +14,15 @@ from miniplm.selection.strategies import counts, decide
 
 def scores(teacher_per_token: list[float], n_tokens: list[int] | None = None) -> pl.DataFrame:
     n = n_tokens or [20] * len(teacher_per_token)
-    return pl.DataFrame({"id": [f"d{i:04d}" for i in range(len(n))], "source": ["s"] * len(n), "n_tokens": n,
-                         "teacher_logprob": [t * k for t, k in zip(teacher_per_token, n)],
-                         "reference_logprob": [-6.0 * k for k in n]})
+    return pl.DataFrame(
+        {
+            "id": [f"d{i:04d}" for i in range(len(n))],
+            "source": ["s"] * len(n),
+            "n_tokens": n,
+            "teacher_logprob": [t * k for t, k in zip(teacher_per_token, n)],
+            "reference_logprob": [-6.0 * k for k in n],
+        }
+    )
 
 
 def test_auto_floor_is_the_median_minus_k_absolute_deviations():

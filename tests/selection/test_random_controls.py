@@ -12,7 +12,6 @@ import pytest
 from miniplm.config import ConfigError, JobConfig, SelectConfig
 from miniplm.selection import select
 from miniplm.selection.strategies import decide, random_baseline
-
 from tests.selection.test_select import make_scored_run
 
 FILTERED_OUT = ("non_finite_score", "too_few_tokens", "low_teacher_logprob")
@@ -25,8 +24,15 @@ def noisy_table(n: int = 400) -> pl.DataFrame:
     teacher = np.where(i % 8 == 0, -6.0, -1.0 - (i % 5) / 10) * length
     reference = teacher - (0.5 + (i % 8 == 0) + (i % 11) / 10) * length
     teacher[i % 97 == 5] = np.nan
-    return pl.DataFrame({"id": [f"u{k:04d}" for k in i], "source": ["a", "b"] * (n // 2), "n_tokens": length,
-                         "teacher_logprob": teacher, "reference_logprob": reference})
+    return pl.DataFrame(
+        {
+            "id": [f"u{k:04d}" for k in i],
+            "source": ["a", "b"] * (n // 2),
+            "n_tokens": length,
+            "teacher_logprob": teacher,
+            "reference_logprob": reference,
+        }
+    )
 
 
 def _within_budget(table: pl.DataFrame, chosen: pl.Series, pool: pl.Series, budget: int) -> None:
@@ -75,10 +81,15 @@ def test_random_baseline_setting():
     def job(random_baseline, folder):
         from miniplm.stages import check_job
 
-        job = JobConfig.model_validate({
-            "run_dir": "run", "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
-            "select": {"random_baseline": random_baseline}, "tokenize": [{"name": "control", "input": folder}],
-            "students": [{"name": "student", "tokens": "control", "preset": "tiny", "steps": 1}]})
+        job = JobConfig.model_validate(
+            {
+                "run_dir": "run",
+                "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
+                "select": {"random_baseline": random_baseline},
+                "tokenize": [{"name": "control", "input": folder}],
+                "students": [{"name": "student", "tokens": "control", "preset": "tiny", "steps": 1}],
+            }
+        )
         check_job(job)  # the tokenize stage checks that select draws the control a token set reads
         return job
 
@@ -101,33 +112,50 @@ def _rows(run_dir, folder: str) -> pl.DataFrame:
 
 
 def test_select_writes_both_controls_of_the_selections_budget_and_reports_them(tmp_path):
-    job = make_scored_run(tmp_path, noisy=NOISY, keep_fraction=None, keep_token_fraction=0.5,
-                          min_teacher_logprob=-2.0, random_baseline="both")
+    job = make_scored_run(
+        tmp_path,
+        noisy=NOISY,
+        keep_fraction=None,
+        keep_token_fraction=0.5,
+        min_teacher_logprob=-2.0,
+        random_baseline="both",
+    )
     counts = select.STAGE.run(job, show_progress=False)
     assert counts["dropped"]["low_teacher_logprob"] == 20
-    selected, raw, filtered = (_rows(job.run_dir, f) for f in ("selected", "selected-random",
-                                                               "selected-random-filtered"))
+    selected, raw, filtered = (
+        _rows(job.run_dir, f) for f in ("selected", "selected-random", "selected-random-filtered")
+    )
     budget = counts["tokens_kept"]
     lengths = {f"doc-{i:03d}": i % 13 + 1 for i in range(200)}
     assert sum(lengths[i] for i in selected["id"]) == budget
-    for rows, entry, pool, pool_units in ((raw, "random_baseline", "raw", 200),
-                                          (filtered, "random_baseline_filtered", "filtered", 180)):
+    for rows, entry, pool, pool_units in (
+        (raw, "random_baseline", "raw", 200),
+        (filtered, "random_baseline_filtered", "filtered", 180),
+    ):
         tokens = sum(lengths[i] for i in rows["id"])
         assert budget - 13 < tokens <= budget  # whole documents of at most 13 tokens, up to the budget
-        assert counts[entry] == {"pool": pool, "folder": f"selected-{'random' if pool == 'raw' else 'random-filtered'}",
-                                 "label": f"random ({pool})", "pool_units": pool_units,
-                                 "pool_tokens": sum(lengths.values()) - (pool == "filtered") * sum(
-                                     lengths[i] for i in NOISY),
-                                 "kept": rows.height, "tokens": tokens}
+        assert counts[entry] == {
+            "pool": pool,
+            "folder": f"selected-{'random' if pool == 'raw' else 'random-filtered'}",
+            "label": f"random ({pool})",
+            "pool_units": pool_units,
+            "pool_tokens": sum(lengths.values()) - (pool == "filtered") * sum(lengths[i] for i in NOISY),
+            "kept": rows.height,
+            "tokens": tokens,
+        }
         assert rows.columns == ["id", "text", "source", "score"]
     assert set(filtered["id"]).isdisjoint(NOISY) and not set(raw["id"]).isdisjoint(NOISY)
     assert set(raw["id"]) != set(filtered["id"])
 
     lines = select.STAGE.describe(job, counts)
-    for c, pool in ((counts["random_baseline"], "raw: from every scored unit, 200 documents"),
-                    (counts["random_baseline_filtered"], "filtered: from what the filters left, 180 documents")):
-        assert (f"select: random control ({pool}) of the same token budget: {c['kept']:,} documents, "
-                f"{c['tokens']:,} tokens, in {job.run_dir}/{c['folder']}") in lines
+    for c, pool in (
+        (counts["random_baseline"], "raw: from every scored unit, 200 documents"),
+        (counts["random_baseline_filtered"], "filtered: from what the filters left, 180 documents"),
+    ):
+        assert (
+            f"select: random control ({pool}) of the same token budget: {c['kept']:,} documents, "
+            f"{c['tokens']:,} tokens, in {job.run_dir}/{c['folder']}"
+        ) in lines
 
     report = Path(job.run_dir) / "report"
     summary = json.loads((report / "summary.json").read_text())
@@ -136,19 +164,30 @@ def test_select_writes_both_controls_of_the_selections_budget_and_reports_them(t
     page = (report / "index.html").read_text()
     assert "<h2>Random controls</h2>" in page
     for c in (counts["random_baseline"], counts["random_baseline_filtered"]):
-        assert (f"<td>{c['label']}</td><td>" in page and f"<td>{c['pool_units']:,}</td><td>{c['pool_tokens']:,}</td>"
-                f"<td>{c['kept']:,}</td><td>{c['tokens']:,}</td><td>{c['folder']}/</td>") in page
+        assert (
+            f"<td>{c['label']}</td><td>" in page
+            and f"<td>{c['pool_units']:,}</td><td>{c['pool_tokens']:,}</td>"
+            f"<td>{c['kept']:,}</td><td>{c['tokens']:,}</td><td>{c['folder']}/</td>"
+        ) in page
 
     # true is raw: the same draw, alone, and no filtered folder
-    alone = make_scored_run(tmp_path, name="raw", noisy=NOISY, keep_fraction=None, keep_token_fraction=0.5,
-                            min_teacher_logprob=-2.0, random_baseline=True)
+    alone = make_scored_run(
+        tmp_path,
+        name="raw",
+        noisy=NOISY,
+        keep_fraction=None,
+        keep_token_fraction=0.5,
+        min_teacher_logprob=-2.0,
+        random_baseline=True,
+    )
     counts = select.STAGE.run(alone, show_progress=False)
     assert "random_baseline_filtered" not in counts and not (Path(alone.run_dir) / "selected-random-filtered").exists()
     assert _rows(alone.run_dir, "selected-random")["id"].to_list() == raw["id"].to_list()
     assert "Random controls" in (Path(alone.run_dir) / "report" / "index.html").read_text()
     with pytest.raises(ConfigError, match="needs select.random_baseline: filtered"):
-        from miniplm.job import load_job
         import yaml
+
+        from miniplm.job import load_job
 
         path = tmp_path / "raw.yaml"
         data = yaml.safe_load(path.read_text())

@@ -6,12 +6,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from miniplm.job import load_job
 from miniplm.corpus import prepare
+from miniplm.job import load_job
 from miniplm.rundir import RunDir
-from miniplm.workers import Worker
 from miniplm.selection import select
-
+from miniplm.workers import Worker
 from tests.conftest import write_jsonl
 
 
@@ -21,16 +20,32 @@ def make_scored_run(tmp_path: Path, name="run", noisy=(), extra=None, **select_c
     the same score, far below the rest). `extra`: more keys of the job."""
     docs = tmp_path / "docs.jsonl"
     if not docs.exists():
-        write_jsonl(docs, [{"id": f"doc-{i:03d}", "text": f"text of document {i} " + "w" * (i % 7),
-                            "src": ["web", "books"][i % 2]} for i in range(200)])
+        write_jsonl(
+            docs,
+            [
+                {"id": f"doc-{i:03d}", "text": f"text of document {i} " + "w" * (i % 7), "src": ["web", "books"][i % 2]}
+                for i in range(200)
+            ],
+        )
     import yaml
 
     job_path = tmp_path / f"{name}.yaml"
-    job_path.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / name), "seed": 3,
-        "corpus": {"inputs": [{"path": str(docs), "format": "jsonl", "id_field": "id", "source_field": "src"}],
-                   "docs_per_shard": 50, "reference_fraction": 0.0, "heldout_fraction": 0.0},
-        "select": {"report_examples": 5, **select_cfg}, **(extra or {})}))
+    job_path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / name),
+                "seed": 3,
+                "corpus": {
+                    "inputs": [{"path": str(docs), "format": "jsonl", "id_field": "id", "source_field": "src"}],
+                    "docs_per_shard": 50,
+                    "reference_fraction": 0.0,
+                    "heldout_fraction": 0.0,
+                },
+                "select": {"report_examples": 5, **select_cfg},
+                **(extra or {}),
+            }
+        )
+    )
     job = load_job(job_path)
     prepare.STAGE.run(job, show_progress=False)
     rd = RunDir(job.run_dir)
@@ -38,7 +53,7 @@ def make_scored_run(tmp_path: Path, name="run", noisy=(), extra=None, **select_c
     for k, shard in enumerate(rd.doc_shards("main")):
         d = pl.read_parquet(shard)
         i = d["id"].str.slice(4).cast(pl.Int64)
-        n = (i % 13 + 1)
+        n = i % 13 + 1
         teacher = pl.when(pl.col("id").is_in(list(noisy))).then(-4.0).otherwise(-1.0)
         d.select("id", "source").with_columns(
             n_tokens=n, teacher_logprob=teacher * n, reference_logprob=(teacher - i / 100) * n
@@ -118,8 +133,14 @@ def test_report_files_and_rebuild(tmp_path):
     select.STAGE.run(job, show_progress=False)
     report = Path(job.run_dir) / "report"
     names = sorted(p.name for p in report.iterdir())
-    assert names == ["difference.png", "index.html", "lengths.png", "sources.png", "summary.json",
-                     "teacher_vs_reference.png"]
+    assert names == [
+        "difference.png",
+        "index.html",
+        "lengths.png",
+        "sources.png",
+        "summary.json",
+        "teacher_vs_reference.png",
+    ]
     for png in report.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     summary = json.loads((report / "summary.json").read_text())
@@ -138,7 +159,9 @@ def test_report_files_and_rebuild(tmp_path):
 CHROMIUM = shutil.which("chromium") and shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    not CHROMIUM, reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)
 def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -148,17 +171,27 @@ def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     page = (Path(job.run_dir) / "report" / "index.html").resolve()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(page.as_uri())
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+        )
         tables = driver.execute_script(
-            "return Array.from(document.querySelectorAll('table')).map(t => [t.className, t.rows.length])")
+            "return Array.from(document.querySelectorAll('table')).map(t => [t.className, t.rows.length])"
+        )
     finally:
         driver.quit()
     assert len(images) == 4 and all(done and w > 200 and h > 200 for done, w, h in images), images
@@ -193,8 +226,11 @@ def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_dam
     job = make_scored_run(tmp_path)
     scores = Path(job.run_dir) / "scores"
     (scores / "shard-00002.parquet").unlink()
-    with pytest.raises(StageError, match=r"scores/shard-00002\.parquet: missing \(score wrote it\); run "
-                                         r"`miniplm score --force` to redo score"):
+    with pytest.raises(
+        StageError,
+        match=r"scores/shard-00002\.parquet: missing \(score wrote it\); run "
+        r"`miniplm score --force` to redo score",
+    ):
         select.STAGE.run(job, show_progress=False)
     assert not (Path(job.run_dir) / "selected").exists()
     # (hub ids that status never loads, so that the job has a score step)
@@ -206,8 +242,11 @@ def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_dam
     job = make_scored_run(tmp_path, name="cut")
     shard = Path(job.run_dir) / "docs" / "main" / "shard-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])  # a copy that stopped short
-    with pytest.raises(StageError, match=r"docs/main/shard-00001\.parquet: damaged: .* bytes where prepare "
-                                         r"wrote .*; run `miniplm prepare --force`"):
+    with pytest.raises(
+        StageError,
+        match=r"docs/main/shard-00001\.parquet: damaged: .* bytes where prepare "
+        r"wrote .*; run `miniplm prepare --force`",
+    ):
         select.STAGE.run(job, show_progress=False)
 
     job = make_scored_run(tmp_path, name="stray")
@@ -223,5 +262,6 @@ def test_nothing_kept_is_warned_about(tmp_path, capsys):
     assert main(["select", str(tmp_path / "run.yaml"), "-q", "select.min_teacher_logprob=0.5"]) == 0
     captured = capsys.readouterr()
     assert "kept 0 of 200 documents" in captured.out
-    assert "miniplm: warning: select: nothing was kept of 200 scored documents (low_teacher_logprob 200)" \
-        in captured.err
+    assert (
+        "miniplm: warning: select: nothing was kept of 200 scored documents (low_teacher_logprob 200)" in captured.err
+    )

@@ -8,19 +8,21 @@ from miniplm.selection.strategies import counts, decide
 def scores_table():
     # id: (source, n_tokens, teacher per token, reference per token)
     rows = {
-        "a": ("web", 10, -1.0, -4.0),   # difference 3.0
-        "b": ("web", 20, -2.0, -4.0),   # 2.0
+        "a": ("web", 10, -1.0, -4.0),  # difference 3.0
+        "b": ("web", 20, -2.0, -4.0),  # 2.0
         "c": ("books", 10, -1.0, -2.0),  # 1.0
         "d": ("books", 40, -3.0, -3.5),  # 0.5
-        "e": ("web", 10, -2.0, -2.0),   # 0.0
+        "e": ("web", 10, -2.0, -2.0),  # 0.0
         "f": ("code", 10, -6.0, -5.0),  # -1.0 (noise: teacher finds it hard)
         "g": ("code", 30, -1.5, -3.5),  # 2.0, ties with b: id breaks it
-        "h": ("web", 2, -0.5, -5.0),    # 4.5 but only 2 tokens
+        "h": ("web", 2, -0.5, -5.0),  # 4.5 but only 2 tokens
     }
-    return pl.DataFrame([
-        {"id": k, "source": s, "n_tokens": n, "teacher_logprob": t * n, "reference_logprob": r * n}
-        for k, (s, n, t, r) in rows.items()
-    ])
+    return pl.DataFrame(
+        [
+            {"id": k, "source": s, "n_tokens": n, "teacher_logprob": t * n, "reference_logprob": r * n}
+            for k, (s, n, t, r) in rows.items()
+        ]
+    )
 
 
 def kept(cfg: SelectConfig, seed=0) -> list[str]:
@@ -55,10 +57,20 @@ def test_noise_filter_and_counts_by_reason():
     assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "b", "c", "g"]
     reasons = dict(d.filter(~pl.col("kept")).select("id", "reason").iter_rows())
     assert reasons == {"h": "too_few_tokens", "f": "low_teacher_logprob", "d": "below_cut", "e": "below_cut"}
-    assert counts(d) == {"scored": 8, "kept": 4, "tokens_scored": 132, "tokens_kept": 70,
-                         "kept_fraction": {"units": 0.5, "tokens": 70 / 132},
-                         "dropped": {"non_finite_score": 0, "too_few_tokens": 1, "low_teacher_logprob": 1,
-                                     "source_cap": 0, "below_cut": 2}}
+    assert counts(d) == {
+        "scored": 8,
+        "kept": 4,
+        "tokens_scored": 132,
+        "tokens_kept": 70,
+        "kept_fraction": {"units": 0.5, "tokens": 70 / 132},
+        "dropped": {
+            "non_finite_score": 0,
+            "too_few_tokens": 1,
+            "low_teacher_logprob": 1,
+            "source_cap": 0,
+            "below_cut": 2,
+        },
+    }
     assert d.filter(pl.col("id") == "a")["score"][0] == pytest.approx(3.0)
 
 
@@ -66,7 +78,10 @@ def test_source_cap():
     # budget 4 documents, no source above half of it: web has h, a, b ranked first
     d = decide(scores_table(), SelectConfig(keep_fraction=0.5, max_source_fraction=0.5), 0)
     assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "c", "g", "h"]
-    assert dict(d.filter(pl.col("reason") == "source_cap").select("id", "source").iter_rows()) == {"b": "web", "e": "web"}
+    assert dict(d.filter(pl.col("reason") == "source_cap").select("id", "source").iter_rows()) == {
+        "b": "web",
+        "e": "web",
+    }
 
 
 def test_other_strategies():
@@ -74,7 +89,12 @@ def test_other_strategies():
     assert kept(SelectConfig(strategy="perplexity", perplexity_band="low", keep_fraction=0.25)) == ["c", "e"]
     assert kept(SelectConfig(strategy="perplexity", perplexity_band="high", keep_fraction=0.25)) == ["f", "h"]
     # losses: a4 b4 c2 d3.5 e2 f5 g3.5 h5 -> middle band is d, g (3.5) and a, b (4)
-    assert kept(SelectConfig(strategy="perplexity", perplexity_band="middle", keep_fraction=0.5)) == ["a", "b", "d", "g"]
+    assert kept(SelectConfig(strategy="perplexity", perplexity_band="middle", keep_fraction=0.5)) == [
+        "a",
+        "b",
+        "d",
+        "g",
+    ]
 
 
 def test_random_and_sampled_are_seeded_and_order_free():
@@ -109,7 +129,9 @@ def test_random_and_sampled_selections_are_exactly_the_documented_draws():
     u = dict(zip(ids, np.random.default_rng(11).random(len(ids))))
     top4 = lambda key: sorted(sorted(ids, key=lambda i: (-key[i], i))[:4])  # noqa: E731
     assert kept(SelectConfig(strategy="random", keep_fraction=0.5), seed=11) == top4(u)
-    score = {r["id"]: (r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"] for r in table.iter_rows(named=True)}
+    score = {
+        r["id"]: (r["teacher_logprob"] - r["reference_logprob"]) / r["n_tokens"] for r in table.iter_rows(named=True)
+    }
     gumbel = {i: score[i] / 2.0 - np.log(-np.log(u[i])) for i in ids}
     assert kept(SelectConfig(strategy="difference-sample", temperature=2.0, keep_fraction=0.5), seed=11) == top4(gumbel)
 
@@ -117,8 +139,12 @@ def test_random_and_sampled_selections_are_exactly_the_documented_draws():
 def test_non_finite_scores_are_dropped_not_ranked_first():
     table = scores_table().with_columns(
         teacher_logprob=pl.when(pl.col("id") == "e").then(float("nan")).otherwise(pl.col("teacher_logprob")),
-        reference_logprob=pl.when(pl.col("id") == "c").then(float("-inf"))
-        .when(pl.col("id") == "d").then(None).otherwise(pl.col("reference_logprob")))
+        reference_logprob=pl.when(pl.col("id") == "c")
+        .then(float("-inf"))
+        .when(pl.col("id") == "d")
+        .then(None)
+        .otherwise(pl.col("reference_logprob")),
+    )
     d = decide(table, SelectConfig(keep_fraction=0.5), 0)
     assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "b", "g", "h"]
     assert sorted(d.filter(pl.col("reason") == "non_finite_score")["id"]) == ["c", "d", "e"]
@@ -126,15 +152,29 @@ def test_non_finite_scores_are_dropped_not_ranked_first():
 
 def test_equal_differences_tie_exactly_and_fall_to_the_id():
     # (t - r) / n is 1/3 for all three, though t/n - r/n would round differently
-    table = pl.DataFrame({"id": ["d11", "d5", "d7"], "source": ["s"] * 3, "n_tokens": [3, 6, 9],
-                          "teacher_logprob": [-1.0, -2.0, -3.0], "reference_logprob": [-2.0, -4.0, -6.0]})
+    table = pl.DataFrame(
+        {
+            "id": ["d11", "d5", "d7"],
+            "source": ["s"] * 3,
+            "n_tokens": [3, 6, 9],
+            "teacher_logprob": [-1.0, -2.0, -3.0],
+            "reference_logprob": [-2.0, -4.0, -6.0],
+        }
+    )
     d = decide(table, SelectConfig(keep_fraction=0.34), 0)
     assert d.filter(pl.col("kept"))["id"].to_list() == ["d11"]  # ids compare as strings
 
 
 def test_source_cap_allowance_is_not_lost_to_rounding():
-    table = pl.DataFrame({"id": [f"x{i:03d}" for i in range(200)], "source": ["a", "b"] * 100, "n_tokens": [10] * 200,
-                          "teacher_logprob": [-float(i) for i in range(200)], "reference_logprob": [-300.0] * 200})
+    table = pl.DataFrame(
+        {
+            "id": [f"x{i:03d}" for i in range(200)],
+            "source": ["a", "b"] * 100,
+            "n_tokens": [10] * 200,
+            "teacher_logprob": [-float(i) for i in range(200)],
+            "reference_logprob": [-300.0] * 200,
+        }
+    )
     d = decide(table, SelectConfig(keep_fraction=0.5, max_source_fraction=0.29), 0)
     assert dict(d.filter(pl.col("kept")).group_by("source").len().iter_rows()) == {"a": 29, "b": 29}
 
@@ -142,9 +182,16 @@ def test_source_cap_allowance_is_not_lost_to_rounding():
 def test_random_baseline_matches_the_kept_token_budget_from_all_documents():
     from miniplm.selection.strategies import random_baseline
 
-    table = pl.DataFrame({"id": [f"d{i:03d}" for i in range(200)], "source": ["s"] * 200,
-                          "n_tokens": [8] * 200, "doc_tokens": [10 + (i * 37) % 90 for i in range(200)],
-                          "teacher_logprob": [-1.0 * i for i in range(200)], "reference_logprob": [-2.0] * 200})
+    table = pl.DataFrame(
+        {
+            "id": [f"d{i:03d}" for i in range(200)],
+            "source": ["s"] * 200,
+            "n_tokens": [8] * 200,
+            "doc_tokens": [10 + (i * 37) % 90 for i in range(200)],
+            "teacher_logprob": [-1.0 * i for i in range(200)],
+            "reference_logprob": [-2.0] * 200,
+        }
+    )
     decisions = decide(table, SelectConfig(keep_fraction=0.3), 0)
     budget = decisions.filter(pl.col("kept"))["doc_tokens"].sum()
     chosen = random_baseline(table, decisions, 0)

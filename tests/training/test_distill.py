@@ -16,22 +16,42 @@ VOCAB = 300
 
 
 def _student(name: str, **extra) -> dict:
-    return {"name": name, "preset": "tiny", "tokens": "main", "steps": STEPS, "batch_tokens": 512, "micro_batch": 4,
-            "warmup_steps": 2, "checkpoint_every": 2, **extra}
+    return {
+        "name": name,
+        "preset": "tiny",
+        "tokens": "main",
+        "steps": STEPS,
+        "batch_tokens": 512,
+        "micro_batch": 4,
+        "warmup_steps": 2,
+        "checkpoint_every": 2,
+        **extra,
+    }
 
 
-LOGITS = [{"name": "full", "tokens": "main", "top_k": VOCAB, "logprob_dtype": "float32", "batch_tokens": 512,
-           "checkpoint_every": 1},
-          {"name": "top32", "tokens": "main", "top_k": 32, "batch_tokens": 512, "checkpoint_every": 1}]
-STUDENTS = [_student("online", kd={"loss": "forward_kl", "weight": 0.5}),
-            _student("offline-full", kd={"source": "offline", "logits": "full"}),
-            _student("offline-32", kd={"source": "offline", "logits": "top32"})]
+LOGITS = [
+    {
+        "name": "full",
+        "tokens": "main",
+        "top_k": VOCAB,
+        "logprob_dtype": "float32",
+        "batch_tokens": 512,
+        "checkpoint_every": 1,
+    },
+    {"name": "top32", "tokens": "main", "top_k": 32, "batch_tokens": 512, "checkpoint_every": 1},
+]
+STUDENTS = [
+    _student("online", kd={"loss": "forward_kl", "weight": 0.5}),
+    _student("offline-full", kd={"source": "offline", "logits": "full"}),
+    _student("offline-32", kd={"source": "offline", "logits": "top32"}),
+]
 
 
 @pytest.fixture(scope="module")
 def tokenized(tiny_models, tmp_path_factory):
-    return tokenized_run(tmp_path_factory.mktemp("distill"), tiny_models["teacher"],
-                         {"teacher_logits": LOGITS, "students": STUDENTS})
+    return tokenized_run(
+        tmp_path_factory.mktemp("distill"), tiny_models["teacher"], {"teacher_logits": LOGITS, "students": STUDENTS}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +77,10 @@ def _same_losses(a: dict[int, dict], b: dict[int, dict], **tolerance) -> None:
 
 def test_offline_top_k_of_the_vocabulary_trains_like_online_kd(uninterrupted):
     online = metrics(uninterrupted, "online")
-    assert all(m["kd_loss"] > 0 and m["loss"] == pytest.approx(0.5 * m["ce_loss"] + 0.5 * m["kd_loss"], rel=1e-5)
-               for m in online.values())
+    assert all(
+        m["kd_loss"] > 0 and m["loss"] == pytest.approx(0.5 * m["ce_loss"] + 0.5 * m["kd_loss"], rel=1e-5)
+        for m in online.values()
+    )
     _same_losses(metrics(uninterrupted, "offline-full"), online, rel=1e-4)
     # top-32 of 300 tokens: the same student at step 1, a smaller KD term (a lower bound of the full one)
     top32 = metrics(uninterrupted, "offline-32")
@@ -71,7 +93,9 @@ def test_compute_and_storage_are_recorded(uninterrupted, tiny_models):
 
     stages = _manifest(uninterrupted)
     tokens = STEPS * 512
-    student = AutoConfig.from_pretrained(Path(yaml.safe_load(uninterrupted.read_text())["run_dir"]) / "models" / "online")
+    student = AutoConfig.from_pretrained(
+        Path(yaml.safe_load(uninterrupted.read_text())["run_dir"]) / "models" / "online"
+    )
     teacher = AutoConfig.from_pretrained(tiny_models["teacher"])
     online = stages["train/online"]["counts"]
     assert online["flops"]["by"]["teacher"] == pytest.approx(tokens * forward_flops_per_token(teacher, 32.5))
@@ -103,8 +127,9 @@ def test_kill_9_mid_shard_then_rerun_writes_the_same_bytes(tokenized, uninterrup
     scratch = run_dir / "work" / "teacher-logits" / "top32" / "shard-00000"
     kill_when(["teacher-logits", str(path), "--only", "top32"], lambda: len(list(scratch.glob("batches-*"))) >= 2)
     saved = len(list(scratch.glob("batches-*")))
-    assert saved >= 2 and not (run_dir / "teacher-logits" / "top32" / "shard-00000.arrow").exists(), \
+    assert saved >= 2 and not (run_dir / "teacher-logits" / "top32" / "shard-00000.arrow").exists(), (
         "the kill did not land inside the first shard"
+    )
     result = miniplm("teacher-logits", str(path), "--only", "top32")
     assert result.returncode == 0, result.stderr[-3000:]
     clean = Path(yaml.safe_load(uninterrupted.read_text())["run_dir"]) / "teacher-logits" / "top32"
@@ -127,8 +152,13 @@ def _refuse(tmp_path, tiny_models, monkeypatch, **job_keys):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", no_model)
     (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
-    job = {"run_dir": str(tmp_path / "run"), "corpus": {"inputs": [{"path": str(tmp_path / "d.jsonl"), "format": "jsonl"}]},
-           "teacher": {"model": tiny_models["teacher"]}, "tokenize": [{"name": "main", "input": "main"}], **job_keys}
+    job = {
+        "run_dir": str(tmp_path / "run"),
+        "corpus": {"inputs": [{"path": str(tmp_path / "d.jsonl"), "format": "jsonl"}]},
+        "teacher": {"model": tiny_models["teacher"]},
+        "tokenize": [{"name": "main", "input": "main"}],
+        **job_keys,
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError) as refused:
         load_job(tmp_path / "job.yaml")
@@ -137,12 +167,12 @@ def _refuse(tmp_path, tiny_models, monkeypatch, **job_keys):
 
 def test_a_teacher_with_another_tokenizer_is_refused_before_any_model_loads(tmp_path, tiny_models, monkeypatch):
     other = tiny_models["other"]
-    message = _refuse(tmp_path, tiny_models, monkeypatch,
-                      students=[_student("s", kd={"teacher": other})])
+    message = _refuse(tmp_path, tiny_models, monkeypatch, students=[_student("s", kd={"teacher": other})])
     assert "students.s.kd" in message and repr(other) in message and repr(tiny_models["teacher"]) in message
     assert "vocabularies differ" in message and "ULD or DSKD" in message
-    message = _refuse(tmp_path, tiny_models, monkeypatch,
-                      teacher_logits=[{"name": "t", "tokens": "main", "teacher": other}])
+    message = _refuse(
+        tmp_path, tiny_models, monkeypatch, teacher_logits=[{"name": "t", "tokens": "main", "teacher": other}]
+    )
     assert "teacher_logits.t" in message and repr(other) in message
 
 
@@ -154,11 +184,14 @@ def test_kd_settings_are_checked_when_the_job_loads(tmp_path, tiny_models):
     with pytest.raises(ValueError, match="name the teacher_logits set"):
         KDConfig(source="offline")
     path = tmp_path / "j.yaml"
-    job = {"run_dir": str(tmp_path / "r"), "corpus": {"inputs": [{"path": "x", "format": "jsonl"}]},
-           "teacher": {"model": tiny_models["teacher"]},
-           "tokenize": [{"name": "a", "input": "main"}, {"name": "b", "input": "main"}],
-           "teacher_logits": [{"name": "t", "tokens": "a", "temperature": 2.0}],
-           "students": [_student("s", tokens="b", kd={"source": "offline", "logits": "t", "temperature": 2.0})]}
+    job = {
+        "run_dir": str(tmp_path / "r"),
+        "corpus": {"inputs": [{"path": "x", "format": "jsonl"}]},
+        "teacher": {"model": tiny_models["teacher"]},
+        "tokenize": [{"name": "a", "input": "main"}, {"name": "b", "input": "main"}],
+        "teacher_logits": [{"name": "t", "tokens": "a", "temperature": 2.0}],
+        "students": [_student("s", tokens="b", kd={"source": "offline", "logits": "t", "temperature": 2.0})],
+    }
     path.write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError, match="holds log-probs for token set 'a', and the student trains on 'b'"):
         load_job(path)

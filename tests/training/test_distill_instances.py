@@ -20,8 +20,17 @@ from tests.pipeline.jobs import write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 300
-STUDENT = {"preset": "tiny", "tokens": "selected", "steps": 2, "batch_tokens": 256, "micro_batch": 8, "lr": 0.003,
-           "warmup_steps": 1, "checkpoint_every": 2, "log_rows": True}
+STUDENT = {
+    "preset": "tiny",
+    "tokens": "selected",
+    "steps": 2,
+    "batch_tokens": 256,
+    "micro_batch": 8,
+    "lr": 0.003,
+    "warmup_steps": 1,
+    "checkpoint_every": 2,
+    "log_rows": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +46,19 @@ def run(tiny_models, tmp_path_factory):
     job["reference"] = {"model": tiny_models["reference"]}
     job["score"].update(max_length=32, batch_tokens=256)
     job["tokenize"] = [{"name": "selected", "input": "selected", "seq_len": 32}]
-    job["teacher_logits"] = [{"name": "full", "tokens": "selected", "top_k": VOCAB, "logprob_dtype": "float32",
-                              "batch_tokens": 256}]
-    job["students"] = [{"name": "online", **STUDENT, "kd": {"loss": "forward_kl", "weight": 0.5}},
-                       {"name": "offline", **STUDENT, "kd": {"source": "offline", "logits": "full"}}]
+    job["teacher_logits"] = [
+        {"name": "full", "tokens": "selected", "top_k": VOCAB, "logprob_dtype": "float32", "batch_tokens": 256}
+    ]
+    job["students"] = [
+        {"name": "online", **STUDENT, "kd": {"loss": "forward_kl", "weight": 0.5}},
+        {"name": "offline", **STUDENT, "kd": {"source": "offline", "logits": "full"}},
+    ]
     job.pop("eval")
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "miniplm", "run", str(path), "-q"], capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "miniplm", "run", str(path), "-q"], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run", path
 

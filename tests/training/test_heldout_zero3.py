@@ -28,8 +28,19 @@ def test_every_rank_runs_the_same_micro_batches_and_together_they_cover_each_row
 def test_two_processes_under_zero3_finish_with_the_plain_loss(tmp_path):
     out = tmp_path / "result.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29900 + os.getpid() % 90), str(SCRIPT), str(out), "5", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29900 + os.getpid() % 90),
+        str(SCRIPT),
+        str(out),
+        "5",
+        "1",
+    ]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired:

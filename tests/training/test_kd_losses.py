@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from miniplm.models.loading import load_model
 from miniplm.models.linear_ce import head_of
+from miniplm.models.loading import load_model
 from miniplm.training.kd_losses import DEFAULT_BETA, LOSSES, KDLoss, TopKTeacher, distill_losses
 from miniplm.training.teacher import Teacher
 
@@ -28,7 +28,9 @@ def models(tiny_models):
     return student, teacher, ids
 
 
-def _mean_divergence64(loss: str, teacher_logits: np.ndarray, student_logits: np.ndarray, t: float, beta: float) -> float:
+def _mean_divergence64(
+    loss: str, teacher_logits: np.ndarray, student_logits: np.ndarray, t: float, beta: float
+) -> float:
     """The loss in probability space, float64 numpy: the definitions, written out."""
 
     def softmax(z):
@@ -39,11 +41,13 @@ def _mean_divergence64(loss: str, teacher_logits: np.ndarray, student_logits: np
         return (a * np.log(a / b)).sum(-1)
 
     p, q = softmax(teacher_logits), softmax(student_logits)
-    value = {"forward_kl": lambda: kl(p, q),
-             "reverse_kl": lambda: kl(q, p),
-             "jsd": lambda: beta * kl(p, beta * p + (1 - beta) * q) + (1 - beta) * kl(q, beta * p + (1 - beta) * q),
-             "skew_forward_kl": lambda: kl(p, beta * p + (1 - beta) * q),
-             "skew_reverse_kl": lambda: kl(q, (1 - beta) * p + beta * q)}[loss]()
+    value = {
+        "forward_kl": lambda: kl(p, q),
+        "reverse_kl": lambda: kl(q, p),
+        "jsd": lambda: beta * kl(p, beta * p + (1 - beta) * q) + (1 - beta) * kl(q, beta * p + (1 - beta) * q),
+        "skew_forward_kl": lambda: kl(p, beta * p + (1 - beta) * q),
+        "skew_reverse_kl": lambda: kl(q, (1 - beta) * p + beta * q),
+    }[loss]()
     return float(value.mean())
 
 
@@ -54,10 +58,13 @@ def _divergence(loss: str, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     def kl(a, c):
         return (a * (a / c).log()).sum(-1)
 
-    return {"forward_kl": lambda: kl(p, q), "reverse_kl": lambda: kl(q, p),
-            "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
-            "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
-            "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q)}[loss]()
+    return {
+        "forward_kl": lambda: kl(p, q),
+        "reverse_kl": lambda: kl(q, p),
+        "jsd": lambda: b * kl(p, b * p + (1 - b) * q) + (1 - b) * kl(q, b * p + (1 - b) * q),
+        "skew_forward_kl": lambda: kl(p, b * p + (1 - b) * q),
+        "skew_reverse_kl": lambda: kl(q, (1 - b) * p + b * q),
+    }[loss]()
 
 
 def _student_side(student, ids):

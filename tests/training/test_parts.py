@@ -30,16 +30,24 @@ def test_every_row_once_per_epoch_and_steps_split_among_ranks():
 def test_deepspeed_overrides_merge_deeply():
     base = {"zero_optimization": {"stage": 1, "overlap_comm": True}, "gradient_clipping": 1.0}
     merged = deep_merge(base, {"zero_optimization": {"stage": 2}, "wall_clock_breakdown": True})
-    assert merged == {"zero_optimization": {"stage": 2, "overlap_comm": True}, "gradient_clipping": 1.0,
-                      "wall_clock_breakdown": True}
+    assert merged == {
+        "zero_optimization": {"stage": 2, "overlap_comm": True},
+        "gradient_clipping": 1.0,
+        "wall_clock_breakdown": True,
+    }
     assert base["zero_optimization"]["stage"] == 1
 
 
 def test_ranks_come_from_torchrun_slurm_or_nothing():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
     assert set_distributed_env(env) == (3, 8, 1)
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NODELIST": "gpu-node7"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu-node7",
+    }
     assert set_distributed_env(env) == (5, 8, 1)
     assert env["MASTER_ADDR"] == "gpu-node7" and env["MASTER_PORT"] == str(29500 + 4242 % 1000)
     alone = {}
@@ -55,8 +63,11 @@ def test_presets_have_the_papers_shapes():
         c = qwen_config(name, vocab_size=151936, max_positions=1024, bos=None, eos=None)
         head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-        per_layer = (c.hidden_size * head * c.num_attention_heads * 2 + c.hidden_size * head * c.num_key_value_heads * 2
-                     + 3 * c.hidden_size * c.intermediate_size)
+        per_layer = (
+            c.hidden_size * head * c.num_attention_heads * 2
+            + c.hidden_size * head * c.num_key_value_heads * 2
+            + 3 * c.hidden_size * c.intermediate_size
+        )
         sizes[name] = (emb + c.num_hidden_layers * per_layer) / 1e6
     assert math.isclose(sizes["qwen-104m"], 104, rel_tol=0.05)
     assert math.isclose(sizes["qwen-200m"], 200, rel_tol=0.1)
@@ -71,7 +82,9 @@ def test_a_student_from_any_hugging_face_config(tiny_models):
     from miniplm.models.loading import load_tokenizer
     from miniplm.training.trainer import build_model
 
-    student = StudentConfig(name="llama", config=tiny_models["teacher"], tokens="t", steps=1, gradient_checkpointing=True)
+    student = StudentConfig(
+        name="llama", config=tiny_models["teacher"], tokens="t", steps=1, gradient_checkpointing=True
+    )
     model = build_model(student, load_tokenizer(tiny_models["teacher"]), 64, torch.float32)
     assert model.config.model_type == "llama" and model.config.vocab_size == 300
     assert model.is_gradient_checkpointing

@@ -19,21 +19,40 @@ import yaml
 from miniplm.corpus.tokens import row_blocks
 from tests.training.runs import copy_run, kill_when, miniplm, tokenized_run
 
-TARGET = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
-          "num_hidden_layers": 1}
+TARGET = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_hidden_layers": 1,
+}
 
 
 def _student(name: str, steps: int, **extra) -> dict:
-    return {"name": name, "preset": "tiny", "tokens": "main", "steps": steps, "batch_tokens": 256, "micro_batch": 4,
-            "warmup_steps": 1, "checkpoint_every": 1, **extra}
+    return {
+        "name": name,
+        "preset": "tiny",
+        "tokens": "main",
+        "steps": steps,
+        "batch_tokens": 256,
+        "micro_batch": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 1,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def tokenized(tiny_models, tmp_path_factory):
-    return tokenized_run(tmp_path_factory.mktemp("shared"), tiny_models["teacher"], {
-        "teacher_logits": [{"name": "t", "tokens": "main", "top_k": 8, "batch_tokens": 64, "checkpoint_every": 1}],
-        "prune": [{"name": "cut", "calibration": {"split": "main", "docs": 8, "max_length": 32}, "target": TARGET}],
-        "students": [_student("s", 3), _student("long", 60)]})
+    return tokenized_run(
+        tmp_path_factory.mktemp("shared"),
+        tiny_models["teacher"],
+        {
+            "teacher_logits": [{"name": "t", "tokens": "main", "top_k": 8, "batch_tokens": 64, "checkpoint_every": 1}],
+            "prune": [{"name": "cut", "calibration": {"split": "main", "docs": 8, "max_length": 32}, "target": TARGET}],
+            "students": [_student("s", 3), _student("long", 60)],
+        },
+    )
 
 
 def _run_dir(path: Path) -> Path:
@@ -41,8 +60,9 @@ def _run_dir(path: Path) -> Path:
 
 
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "miniplm", *args, "-q"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "miniplm", *args, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_a_shard_is_written_from_what_its_process_computed(tokenized):

@@ -20,9 +20,20 @@ STEPS = 30
 @pytest.fixture(scope="module")
 def tokenized(tiny_models, tmp_path_factory):
     """A prepared and tokenized run directory to copy: 'main' rows to train on, 'held' for held-out loss."""
-    student = {"name": "s", "preset": "tiny", "tokens": "main", "heldout": "held", "steps": STEPS, "batch_tokens": 512,
-               "micro_batch": 4, "warmup_steps": 3, "eval_every": 6, "eval_rows": 32, "checkpoint_every": 4,
-               "log_rows": True}
+    student = {
+        "name": "s",
+        "preset": "tiny",
+        "tokens": "main",
+        "heldout": "held",
+        "steps": STEPS,
+        "batch_tokens": 512,
+        "micro_batch": 4,
+        "warmup_steps": 3,
+        "eval_every": 6,
+        "eval_rows": 32,
+        "checkpoint_every": 4,
+        "log_rows": True,
+    }
     return tokenized_run(tmp_path_factory.mktemp("train"), tiny_models["teacher"], {"students": [student]})
 
 
@@ -31,8 +42,11 @@ def _copy(tokenized, name: str) -> Path:
 
 
 def _train(job_path: Path, *launcher: str) -> subprocess.CompletedProcess:
-    cmd = [*launcher, "-m", "miniplm", "train", str(job_path), "-q"] if launcher else \
-        [sys.executable, "-m", "miniplm", "train", str(job_path), "-q"]
+    cmd = (
+        [*launcher, "-m", "miniplm", "train", str(job_path), "-q"]
+        if launcher
+        else [sys.executable, "-m", "miniplm", "train", str(job_path), "-q"]
+    )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(_extensions(job_path))}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
@@ -75,9 +89,19 @@ def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninter
     resumed = _metrics(path)
     _assert_same_curve(resumed, clean, abs=1e-5)
     # every row exactly once per epoch, interruption or not
-    n_rows = int(subprocess.run([sys.executable, "-c", f"from miniplm.corpus.tokens import TokenRows; "
-                                 f"print(len(TokenRows('{metrics.parents[2] / 'tokens' / 'main'}')))"],
-                                capture_output=True, text=True, check=True).stdout)
+    n_rows = int(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from miniplm.corpus.tokens import TokenRows; "
+                f"print(len(TokenRows('{metrics.parents[2] / 'tokens' / 'main'}')))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     order = [r for step in range(1, STEPS + 1) for r in resumed[step]["rows"]]
     assert len(order) > n_rows, "the run should cover more than one epoch"
     assert sorted(order[:n_rows]) == list(range(n_rows))
@@ -106,8 +130,16 @@ def test_killed_after_its_last_checkpoint_the_rerun_reports_the_final_losses(tok
 def test_two_processes_follow_the_same_loss_curve_as_one(tokenized, uninterrupted):
     _, clean = uninterrupted
     path = _copy(tokenized, "two")
-    result = _train(path, sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(29600 + os.getpid() % 300))
+    result = _train(
+        path,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29600 + os.getpid() % 300),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not _extensions(path).exists(), "a process group start built a C++ op"
     two = _metrics(path)
@@ -144,8 +176,13 @@ def test_other_zero_stages_train_and_export(tokenized, zero_stage, offload):
     root, job = tokenized
     path = _copy(tokenized, f"zero{zero_stage}")
     job = yaml.safe_load(path.read_text())
-    job["students"][0].update(steps=3, zero_stage=zero_stage, offload_optimizer=offload, gradient_checkpointing=offload,
-                              deepspeed={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": True}})
+    job["students"][0].update(
+        steps=3,
+        zero_stage=zero_stage,
+        offload_optimizer=offload,
+        gradient_checkpointing=offload,
+        deepspeed={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": True}},
+    )
     path.write_text(yaml.safe_dump(job))
     result = _train(path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -173,7 +210,9 @@ def test_training_script_rendered_for_slurm_runs_two_processes(tokenized, uninte
     assert "--nproc-per-node=2" in script.read_text() and "--standalone" in script.read_text()
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done  # srun\'s own options\nexec "$@"\n')
+    (shim / "srun").write_text(
+        '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done  # srun\'s own options\nexec "$@"\n'
+    )
     (shim / "srun").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PATH=f"{shim}:{env['PATH']}", SLURM_JOB_ID="7", SLURM_CPUS_PER_TASK="2")

@@ -35,11 +35,19 @@ def main(out: Path, n_rows: int, micro: int) -> None:
         logits = model(batch[:, :-1]).logits
     plain = float(torch.nn.functional.cross_entropy(logits.reshape(-1, 64), batch[:, 1:].reshape(-1)))
     # no parameter is too small to partition: each forward gathers every one of them from all ranks
-    student = StudentConfig(name="s", preset="tiny", tokens="t", steps=1, micro_batch=micro, zero_stage=3,
-                            deepspeed={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+    student = StudentConfig(
+        name="s",
+        preset="tiny",
+        tokens="t",
+        steps=1,
+        micro_batch=micro,
+        zero_stage=3,
+        deepspeed={"zero_optimization": {"stage3_param_persistence_threshold": 0}},
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine, *_ = deepspeed.initialize(model=objective(student, model, "cpu"), optimizer=optimizer,
-                                      config=deepspeed_config(student, 1, False))
+    engine, *_ = deepspeed.initialize(
+        model=objective(student, model, "cpu"), optimizer=optimizer, config=deepspeed_config(student, 1, False)
+    )
     loss = heldout_loss(engine, rows, n_rows, rank, world, micro, "cpu")
     if rank == 0:
         out.write_text(json.dumps({"loss": loss, "plain": plain, "world": world}))
