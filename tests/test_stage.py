@@ -8,8 +8,9 @@ import pytest
 
 from miniplm import compute, outputs, stages
 from miniplm.cli import main
+from miniplm.entry_stage import EntryStage
 from miniplm.rundir import shard_name
-from miniplm.stage import EntryStage, Part, ShardedStage, StageRun
+from miniplm.stage import Part, ShardedStage, StageRun
 from tests.conftest import write_jsonl
 
 

@@ -30,6 +30,7 @@ from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
 from miniplm.corpus.tokens import write_rows
+from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Input, Tokenizer
@@ -40,7 +41,7 @@ from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.schema.tokenize import TokenSet
-from miniplm.stage import EntryStage, Part, StageRun, doc_shard_keys, run_sharded
+from miniplm.stage import Part, StageRun, doc_shard_keys, run_sharded
 from miniplm.workers import Worker
 
 NAME = "tokenize"

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from miniplm import compute, outputs
 from miniplm.batch_checkpoints import BatchCheckpoints
+from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
@@ -45,7 +46,7 @@ from miniplm.schema.generate import GenerateConfig, PromptFile
 from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.job import JobConfig
 from miniplm.scoring.windows import Window, plan_batches, prefix_token
-from miniplm.stage import EntryStage, Part, StageRun
+from miniplm.stage import Part, StageRun
 
 NAME = "generate"
 FINISH_REASONS = ("eos", "length")

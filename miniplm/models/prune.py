@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from miniplm import compute, outputs
+from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, follow_umask, move_into
 from miniplm.inputs import Input, Model
@@ -37,7 +38,7 @@ from miniplm.schema.base import ModelSpec
 from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.job import JobConfig
 from miniplm.schema.prune import PruneConfig
-from miniplm.stage import EntryStage, Part, StageRun
+from miniplm.stage import Part, StageRun
 
 NAME = "prune"
 SHARD = "model"

@@ -28,6 +28,7 @@ from miniplm.compute import record
 from miniplm.corpus import tokenize
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
+from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, file_lock
 from miniplm.inputs import Input, Model
@@ -38,7 +39,7 @@ from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.hashing import hashable_dump
 from miniplm.schema.job import JobConfig
 from miniplm.schema.teacher_logits import TeacherLogitsSet
-from miniplm.stage import EntryStage, Part, StageRun
+from miniplm.stage import Part, StageRun
 from miniplm.training.logit_files import LogitsLayout, count_rows, write_logits
 
 NAME = "teacher-logits"
