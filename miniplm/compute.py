@@ -13,7 +13,9 @@ does.
 
 Charging: a student's compute is its own training plus its share of the work
 its training data and starting weights needed. That work is manifest entries
-(`upstream`): the selected text needed the reference's training (when this
+(`upstream`), found by following what each stage reads (`Stage.reads`, from
+the student's training back) to the entries that run a model
+(`Stage.spends_compute`): the selected text needed the reference's training (when this
 run trains it) and the scoring by teacher and reference; a generated corpus
 its generate entry; a mix the work of every set it draws on; a student
 started from pruned weights the prune entry; offline KD the teacher-logits set
