@@ -1,4 +1,4 @@
-"""What a stage reads, as its `inputs` hook names it, turned into content fingerprints.
+"""What a stage reads, as its `reads` hook names it, turned into content fingerprints.
 
 - `Upstream(stage, folders)`: files an earlier stage of this run wrote. They are checked against
   its record (records.py: each file there, of its size and content, no shard it did not write),

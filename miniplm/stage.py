@@ -7,9 +7,10 @@ how it runs one shard, how it finishes and how it describes its counts. The
 registry (miniplm/stages.py) lists the stages in pipeline order; the CLI,
 `run`, `slurm`, `status` and the plan read it and nothing else.
 
-`run_sharded` is the life cycle of an array stage, written once: fingerprint
-what the stage reads (its `inputs`: earlier stages' outputs checked against
-their records, files and models by content), open the stage (refusing work
+`run_sharded` is the life cycle of an array stage, written once: set up the
+part (`setup`: checks, and what its hooks share), fingerprint what it reads
+(`reads`: earlier stages' outputs checked against their records, files and
+models by content), open the stage (refusing work
 done under another config or on other inputs), skip finished shards, run the
 rest, mark each one done, finish once under a lock when every shard is done
 (checking that the inputs did not change meanwhile, and recording what the
