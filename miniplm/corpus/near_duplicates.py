@@ -39,8 +39,15 @@ def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
+def shape(cfg: NearDuplicateConfig) -> tuple[int, int]:
+    """(bands, rows per band): as given, or tuned for the threshold."""
+    if cfg.bands is not None and cfg.rows is not None:
+        return cfg.bands, cfg.rows
+    return lsh_shape(cfg.threshold, cfg.num_perm)
+
+
 def band_columns(cfg: NearDuplicateConfig) -> list[str]:
-    bands, _ = lsh_shape(cfg.threshold, cfg.num_perm)
+    bands, _ = shape(cfg)
     return [f"_band_{i:02d}" for i in range(bands)]
 
 
@@ -51,7 +58,7 @@ class Bands:
         from datasketch import MinHash
 
         self.cfg = cfg
-        self.bands, self.rows = lsh_shape(cfg.threshold, cfg.num_perm)
+        self.bands, self.rows = shape(cfg)
         self._template = MinHash(num_perm=cfg.num_perm, seed=seed)  # its permutations, drawn once
 
     def __call__(self, normalised: str) -> list[int]:

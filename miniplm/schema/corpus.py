@@ -115,11 +115,23 @@ class NearDuplicateConfig(Strict):
     )
     ngram: int = Field(5, ge=1, description="words per shingle")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
+    bands: int | None = Field(
+        None, ge=1, description="LSH bands, given with rows instead of the shape tuned for the threshold (FineWeb: 14)"
+    )
+    rows: int | None = Field(None, ge=1, description="MinHash values per band (FineWeb: 8); bands x rows <= num_perm")
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "NearDuplicateConfig":
         from datasketch import MinHashLSH
 
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give bands and rows together (or neither: the shape is tuned for the threshold)")
+        if self.bands is not None and self.rows is not None:
+            if self.bands * self.rows > self.num_perm:
+                raise ValueError(
+                    f"bands x rows ({self.bands} x {self.rows}) is more than num_perm ({self.num_perm}) MinHash values"
+                )
+            return self
         try:  # the LSH shape prepare will use; a threshold near 1 with few permutations has no such shape
             MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         except ValueError as e:
