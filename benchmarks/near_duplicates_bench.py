@@ -3,7 +3,7 @@
 
     python benchmarks/near_duplicates_bench.py --docs 1000000 10000000
 
-Synthetic band columns (9 bands of 64-bit hashes, the default threshold's shape), one band made
+Synthetic band columns (14 bands of 64-bit hashes, the default shape), one band made
 at a time as prepare reads one band column at a time from the parts; 1% of the documents are
 near-copies of an earlier one (they share one to all bands with it). Prints seconds, the peak
 resident memory above the process's baseline and that peak per document, and checks that the
@@ -23,7 +23,7 @@ import numpy as np
 
 from miniplm.corpus.near_duplicates import near_copies
 
-BANDS = 9
+BANDS = 14
 
 
 def peak_rss_bytes() -> int:

@@ -29,8 +29,8 @@ from miniplm.corpus.near_duplicates import Bands, shape
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 TARGETS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 SHAPES = {
-    "tuned for 0.8, 128 perms (today)": NearDuplicateConfig(),
-    "FineWeb 14 x 8, 112 perms": NearDuplicateConfig(num_perm=112, bands=14, rows=8),
+    "tuned for 0.8, 128 perms (before)": NearDuplicateConfig(threshold=0.8, num_perm=128),
+    "FineWeb 14 x 8, 112 perms (default)": NearDuplicateConfig(),
 }
 
 

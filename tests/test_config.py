@@ -256,8 +256,11 @@ def test_replica_like_names_that_collide_with_nothing_load(tmp_path):
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("corpus.near_duplicates={threshold: 0.999}", r"corpus\.near_duplicates: threshold 0\.999 with num_perm 128"),
-        ("corpus.near_duplicates={num_perm: 8}", r"corpus\.near_duplicates: threshold 0\.8 with num_perm 8"),
+        ("corpus.near_duplicates={threshold: 0.999}", r"corpus\.near_duplicates: threshold 0\.999 with num_perm 112"),
+        (
+            "corpus.near_duplicates={num_perm: 8}",
+            r"corpus\.near_duplicates: bands x rows \(14 x 8\) is more than num_perm",
+        ),
         ("seed=-1", r"  seed: Input should be greater than or equal to 0"),
         ("seed=4294967296", r"  seed: Input should be less than 4294967296"),
         (

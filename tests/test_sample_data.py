@@ -31,11 +31,12 @@ def test_demo_job_prepares_the_bundled_corpus(tmp_path, monkeypatch):
     stats = prepare.STAGE.run(job, show_progress=False)
     assert stats["documents_read"] == 1866
     assert stats["duplicates"] == 9  # the repeated legal-footer pages
-    # one boilerplate page shares an LSH band with another made of the same few lines (Jaccard 0.51:
-    # found with probability 0.1% at the default threshold, and there are ~1,800 such pairs)
-    assert stats["rejected"] == {"near_duplicate": 1}
+    # boilerplate pages made of the same few lines (Jaccard 0.45 and up to each other) share LSH bands:
+    # 14 bands of 8 find a pair at 0.5 about 5% of the time, and there are ~1,800 such pairs; no
+    # chapter or documentation page is taken for a copy
+    assert stats["rejected"] == {"near_duplicate": 13}
     assert {s for s, c in stats["sources"].items() if "near_duplicate" in c} == {"noise-boilerplate"}
-    assert stats["kept_total"] == 1856
+    assert stats["kept_total"] == 1844
     assert set(stats["sources"]) == {"kjv", "python-docs", "noise-gibberish", "noise-boilerplate", "noise-ocr"}
 
 

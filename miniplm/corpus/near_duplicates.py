@@ -2,11 +2,11 @@
 reads the bands alone, never the texts (datatrove's minhash stages are the reference design).
 
 Per document, in any worker (prepare's step 1): the MinHash signature (datasketch) of its set of
-word n-grams, cut into `b` bands of `r` values, each band hashed to 64 bits. `b` and `r` are what
-datasketch's MinHashLSH picks for the threshold: a pair of documents whose n-gram sets have that
-Jaccard similarity shares a band about half the time, far more similar pairs almost always, far
-less similar ones almost never. The part file holds the bands: 8 * b bytes per document (b = 9 at
-the default threshold 0.8 and 128 permutations).
+word n-grams, cut into `b` bands of `r` values, each band hashed to 64 bits. A pair of documents
+whose n-gram sets have Jaccard similarity J shares a band with probability 1 - (1 - J**r)**b: with
+FineWeb's 14 bands of 8 (the default), 92% at J = 0.8, 56% at 0.7, 5% at 0.5. Given a `threshold`
+instead, `b` and `r` are what datasketch's MinHashLSH picks for it. The part file holds the bands:
+8 * b bytes per document (112 at the default).
 
 Once, over every part (step 2): documents that share a band in the same position are candidates.
 Reading one band position at a time, each document that repeats an earlier document's band is
@@ -40,8 +40,8 @@ def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def shape(cfg: NearDuplicateConfig) -> tuple[int, int]:
-    """(bands, rows per band): as given, or tuned for the threshold."""
-    if cfg.bands is not None and cfg.rows is not None:
+    """(bands, rows per band): as given, or tuned for the threshold when one is given."""
+    if cfg.threshold is None:
         return cfg.bands, cfg.rows
     return lsh_shape(cfg.threshold, cfg.num_perm)
 

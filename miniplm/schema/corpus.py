@@ -106,27 +106,23 @@ class NearDuplicateConfig(Strict):
     """Near-duplicate removal: MinHash signatures of each document's word n-grams, LSH bands, and of
     each group of documents whose bands collide, the first in input order kept."""
 
-    threshold: float = Field(
-        0.8,
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    num_perm: int = Field(112, ge=8, le=1024, description="MinHash permutations (signature length)")
+    bands: int = Field(14, ge=1, description="LSH bands: documents sharing one are near-copies (FineWeb's 14)")
+    rows: int = Field(8, ge=1, description="MinHash values per band (FineWeb's 8); bands x rows <= num_perm")
+    threshold: float | None = Field(
+        None,
         gt=0.0,
         lt=1.0,
-        description="Jaccard similarity of the n-gram sets at which "
-        "a pair is found with probability about one half (LSH bands are tuned for it)",
+        description="instead of bands and rows, the shape datasketch tunes for this Jaccard similarity of "
+        "the n-gram sets (a pair there is found about half the time)",
     )
-    ngram: int = Field(5, ge=1, description="words per shingle")
-    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
-    bands: int | None = Field(
-        None, ge=1, description="LSH bands, given with rows instead of the shape tuned for the threshold (FineWeb: 14)"
-    )
-    rows: int | None = Field(None, ge=1, description="MinHash values per band (FineWeb: 8); bands x rows <= num_perm")
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "NearDuplicateConfig":
         from datasketch import MinHashLSH
 
-        if (self.bands is None) != (self.rows is None):
-            raise ValueError("give bands and rows together (or neither: the shape is tuned for the threshold)")
-        if self.bands is not None and self.rows is not None:
+        if self.threshold is None:
             if self.bands * self.rows > self.num_perm:
                 raise ValueError(
                     f"bands x rows ({self.bands} x {self.rows}) is more than num_perm ({self.num_perm}) MinHash values"

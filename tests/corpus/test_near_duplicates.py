@@ -39,7 +39,7 @@ def edited(text: str, every: int, rng: np.random.Generator) -> str:
 
 
 def test_bands_match_only_for_similar_texts():
-    cfg = NearDuplicateConfig()
+    cfg = NearDuplicateConfig(threshold=0.8, num_perm=128)
     bands = Bands(cfg, seed=0)
     b, r = lsh_shape(cfg.threshold, cfg.num_perm)
     assert (b, r) == (9, 13) and b * r <= cfg.num_perm  # datasketch's choice for 0.8 and 128 permutations
@@ -166,21 +166,19 @@ def test_bad_near_duplicate_settings_fail_naming_the_key(write_job, tmp_path):
         load_job(write_job([{"path": str(path), "format": "jsonl"}], near_duplicates={"threshold": 1.5}))
 
 
-def test_an_lsh_shape_given_as_bands_and_rows_is_the_one_used():
+def test_the_lsh_shape_is_fineweb_s_unless_a_threshold_is_given():
     from miniplm.corpus.near_duplicates import band_columns, shape
 
-    fineweb = NearDuplicateConfig(num_perm=112, bands=14, rows=8)
-    assert shape(fineweb) == (14, 8) and len(band_columns(fineweb)) == 14
-    text = normalise(CHAPTERS["text"][0])
-    assert len(Bands(fineweb, seed=0)(text)) == 14
-    assert shape(NearDuplicateConfig()) == lsh_shape(0.8, 128)  # no shape given: tuned for the threshold
-    with pytest.raises(ValueError, match="give bands and rows together"):
-        NearDuplicateConfig(bands=14)
+    default = NearDuplicateConfig()
+    assert (default.num_perm, shape(default)) == (112, (14, 8)) and len(band_columns(default)) == 14
+    assert len(Bands(default, seed=0)(normalise(CHAPTERS["text"][0]))) == 14
+    tuned = NearDuplicateConfig(threshold=0.8, num_perm=128)
+    assert shape(tuned) == lsh_shape(0.8, 128) == (9, 13)  # a threshold: the shape datasketch tunes for it
     with pytest.raises(ValueError, match=r"bands x rows \(14 x 10\) is more than num_perm \(112\)"):
-        NearDuplicateConfig(num_perm=112, bands=14, rows=10)
+        NearDuplicateConfig(rows=10)
 
 
-def test_fineweb_bands_find_more_copies_at_jaccard_08_than_the_tuned_shape():
+def test_the_default_bands_find_more_copies_at_jaccard_08_than_the_shape_tuned_for_it():
     """P(found | J) = 1 - (1 - J**r)**b: at J = 0.8, 92% for 14 x 8 and 40% for 9 x 13. On 60 edited
     copies of real chapters near J = 0.8, the FineWeb shape finds most and the tuned one about half as
     many."""
@@ -200,5 +198,5 @@ def test_fineweb_bands_find_more_copies_at_jaccard_08_than_the_tuned_shape():
         bands = Bands(cfg, seed=0)
         return sum(any(x == y for x, y in zip(bands(a), bands(b))) for a, b in pairs)
 
-    fineweb, tuned = found(NearDuplicateConfig(num_perm=112, bands=14, rows=8)), found(NearDuplicateConfig())
+    fineweb, tuned = found(NearDuplicateConfig()), found(NearDuplicateConfig(threshold=0.8, num_perm=128))
     assert fineweb >= 48 and tuned <= 36 and fineweb > tuned, (fineweb, tuned)
