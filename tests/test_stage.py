@@ -66,6 +66,7 @@ def test_a_stage_declared_in_one_place_runs_everywhere(toy_stage, write_job, tmp
         docs_per_shard=10,
         reference_fraction=0.0,
         heldout_fraction=0.0,
+        near_duplicates=None,  # the documents differ by one word: every one is counted here
     )
 
     with pytest.raises(SystemExit) as exit_:
