@@ -36,7 +36,7 @@ from miniplm.replicas import base_name, trained_students
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.students import StudentConfig
-from miniplm.stage import registered
+from miniplm.stage import Stage, Step, registered
 
 RULE = (
     "Compute is model FLOPs (every matmul; training counts forward and backward as three forwards). A "
@@ -68,17 +68,23 @@ def spent(rd: RunDir, entry: str, part: str | None = None) -> float | None:
     return float(flops["total"] if part is None else flops["by"].get(part, 0.0))
 
 
-def upstream(job: JobConfig, student: StudentConfig) -> set[str]:
-    """The manifest entries whose work a student's training needed: every part that runs a model
-    among what its training reads, directly or through other stages' outputs (each stage's
-    `reads`), except behind an output that needed none of its stage's inputs' work (a random control)."""
-    owner = {
+def _owners(job: JobConfig) -> dict[str, tuple[Stage, Step]]:
+    """Per manifest entry of the job, the stage and the step that make it."""
+    return {
         entry: (stage, step)
         for stage in registered()
         if stage.applies(job)
         for step in stage.steps(job)
         for entry in stage.entries(job, step)
     }
+
+
+def upstream(job: JobConfig, student: StudentConfig, owner: dict[str, tuple[Stage, Step]] | None = None) -> set[str]:
+    """The manifest entries whose work a student's training needed: every part that runs a model
+    among what its training reads, directly or through other stages' outputs (each stage's
+    `reads`), except behind an output that needed none of its stage's inputs' work (a random control).
+    `owner`: `_owners(job)`, when the caller has it already."""
+    owner = _owners(job) if owner is None else owner
     entries: set[str] = set()
     seen: set[str] = set()
     pending = [outputs.trained(student.name).stage]
@@ -103,7 +109,8 @@ def student_compute(job: JobConfig, rd: RunDir) -> dict[str, dict[str, float | N
     of which the teacher's forward passes in the loop, its share of the work it needed (`upstream`),
     and the total; None where a stage recorded nothing."""
     students = trained_students(job)
-    needs = {s.name: upstream(job, s) for s in students}
+    owner = _owners(job)
+    needs = {s.name: upstream(job, s, owner) for s in students}
     out: dict[str, dict[str, float | None]] = {}
     for student in students:
         share: float | None = 0.0

@@ -15,12 +15,19 @@ class EntryStage(ShardedStage):
     """An array stage with one part per entry of a list in the job (`tokenize/NAME` for each token
     set): `--only NAME` picks one, and each is a step of its own in the plan."""
 
+    section = ""  # the job's list of entries: tokenize, generate, prune, teacher_logits
     only = "entry"  # what an entry is called, in words: token set, generated corpus, ...
     none = ""  # the error for a job whose list is empty
 
     def entries_of(self, job: JobConfig) -> list[Any]:
         """The job's entries (each has a `name`), in the order their parts run."""
-        raise NotImplementedError
+        return getattr(job, self.section)
+
+    def check(self, job: JobConfig) -> None:
+        """Names that differ: each is a part, a folder and an `--only`."""
+        names = [e.name for e in (getattr(job, self.section) if self.section else self.entries_of(job))]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"{self.section or self.name}: names must differ (got {', '.join(names)})")
 
     def part_for(self, entry: Any, command: str | None = None) -> Part:
         return Part(f"{self.name}/{entry.name}", entry, command or f"miniplm {self.name} --only {entry.name}")

@@ -163,6 +163,7 @@ class Tokenize(EntryStage):
         "RUN_DIR/tokens/NAME/shard-*.arrow (Arrow IPC, memory-mapped by the trainer)."
     )
     sections = ("seed",)  # plus the token set, its tokenizer and the input stage's hash
+    section = "tokenize"
     only = "token set"
     none = "tokenize: the job lists no token sets (tokenize: [{name: ..., input: selected}])"
 
@@ -187,9 +188,7 @@ class Tokenize(EntryStage):
         """Names that differ; inputs the job writes (a random control select draws, a generate entry);
         mixes of sets made from documents, with one seq_len and one tokenizer; selected instances in
         rows of their own length."""
-        names = [t.name for t in job.tokenize]
-        if len(names) != len(set(names)):
-            raise ConfigError(f"tokenize: names must differ (got {', '.join(names)})")
+        super().check(job)
         for control in RANDOM_CONTROLS:
             if any(t.input == control.folder for t in job.tokenize) and control not in job.select.random_controls:
                 raise ConfigError(

@@ -187,11 +187,9 @@ class Generate(EntryStage):
         "finish_reason). Seeded; resumes inside a shard after a kill."
     )
     sections = ("seed",)  # plus the entry, its model and its prompts
+    section = "generate"
     only = "generated corpus"
     none = "generate: the job lists no corpora to generate (generate: [{name: ...}])"
-
-    def entries_of(self, job: JobConfig) -> list[GenerateConfig]:
-        return job.generate
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         """Its settings, its model (and the backend that runs it) and its prompts: a file's content, or a
@@ -221,9 +219,7 @@ class Generate(EntryStage):
 
     def check(self, job: JobConfig) -> None:
         """Names that differ, and a teacher for the entries that write with it."""
-        generated = [g.name for g in job.generate]
-        if len(generated) != len(set(generated)):
-            raise ConfigError(f"generate: names must differ (got {', '.join(generated)})")
+        super().check(job)
         for g in job.generate:
             if g.model == "teacher" and job.teacher is None:
                 raise ConfigError(f"generate: {g.name!r} writes with the teacher, and the job has no teacher")

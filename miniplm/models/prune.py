@@ -179,13 +179,11 @@ class Prune(EntryStage):
         "tokenizer and pruning.json). Llama- and Qwen2-shaped models. students[].init: NAME trains from it."
     )
     sections = ("seed",)  # plus the entry, its model and the prepared documents
+    section = "prune"
     only = "pruned model"
     none = "prune: the job lists no models to prune (prune: [{name: ..., target: {...}}])"
     waiting = "another worker is pruning it"
     unit = "models"
-
-    def entries_of(self, job: JobConfig) -> list[PruneConfig]:
-        return job.prune
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         """Its settings, the model it cuts by content and the split it calibrates on."""
@@ -204,6 +202,7 @@ class Prune(EntryStage):
 
     def check(self, job: JobConfig) -> None:
         """A teacher for the entries that prune it."""
+        super().check(job)
         for p in job.prune:
             if p.model == "teacher" and job.teacher is None:
                 raise ConfigError(f"prune: {p.name!r} prunes the teacher, and the job has no teacher")

@@ -20,20 +20,25 @@ from miniplm.stages import STAGES, get
 def steps(job: JobConfig) -> list[Step]:
     """The job's steps in the order they must run: the registry's order, except that a step comes
     after every step it reads from (a stage registered late may feed an earlier one's part)."""
+    return ordered(job)[0]
+
+
+def ordered(job: JobConfig) -> tuple[list[Step], dict[str, list[str]]]:
+    """The job's steps in the order they must run, and per step the steps it reads from, in that order."""
     listed = [step for stage in STAGES for step in stage.steps(job)]
     reads = dependencies(job, listed)
-    ordered: list[Step] = []
+    out: list[Step] = []
     placed: set[str] = set()
-    while len(ordered) < len(listed):
+    while len(out) < len(listed):
         step = next((s for s in listed if s.name not in placed and set(reads[s.name]) <= placed), None)
         if step is None:
             raise ConfigError(
                 "the job's steps read from each other in a circle: "
                 + ", ".join(s.name for s in listed if s.name not in placed)
             )
-        ordered.append(step)
+        out.append(step)
         placed.add(step.name)
-    return ordered
+    return out, {name: [s.name for s in out if s.name in names] for name, names in reads.items()}
 
 
 def dependencies(job: JobConfig, steps_: list[Step]) -> dict[str, list[str]]:

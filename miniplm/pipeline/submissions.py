@@ -31,7 +31,7 @@ def array_tasks(launcher: Launcher, job: JobConfig, rd: RunDir, step: Step) -> t
 def plan_submissions(job: JobConfig, rd: RunDir, launcher: Launcher, job_file: Path) -> list[Submission]:
     """What the launcher would submit now, in order, with `<step>` placeholders for dependencies.
 
-    Each step waits for the unfinished steps it reads from (plan.dependencies), so a failure holds
+    Each step waits for the unfinished steps it reads from (plan.ordered), so a failure holds
     up only what reads its outputs; one reached through another step it waits for is not listed
     again (a dependency chain waits for its whole length).
     """
@@ -39,8 +39,7 @@ def plan_submissions(job: JobConfig, rd: RunDir, launcher: Launcher, job_file: P
     live = launcher.queued(rd, records)
     latest = {r.step: r for r in records}  # each step's latest submission
     out: list[Submission] = []
-    steps = plan.steps(job)
-    reads = plan.dependencies(job, steps)
+    steps, reads = plan.ordered(job)
     handles: dict[str, list[str]] = {}  # what waiting for a step means: its job, or nothing once it is done
     reach: dict[str, set[str]] = {}  # the steps a step waits for, through its chain
     resubmitted = False  # a step before this one is submitted anew: what pends on the old jobs must follow

@@ -195,11 +195,9 @@ class TeacherLogits(EntryStage):
         "Resumes inside a shard after a kill."
     )
     sections = ("seed",)  # plus the set, its token set's hash and the teacher's fingerprint
+    section = "teacher_logits"
     only = "logits set"
     none = "teacher-logits: the job lists no sets (teacher_logits: [{name: ..., tokens: ...}])"
-
-    def entries_of(self, job: JobConfig) -> list[TeacherLogitsSet]:
-        return job.teacher_logits
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         """Its settings, its token set's rows and the teacher by content."""
@@ -218,9 +216,7 @@ class TeacherLogits(EntryStage):
     def check(self, job: JobConfig) -> None:
         """Names that differ, a token set of the job and a teacher for each set; a set whose teacher
         has another tokenizer than its token set fails when the job loads."""
-        names = [t.name for t in job.teacher_logits]
-        if len(names) != len(set(names)):
-            raise ConfigError(f"teacher_logits: names must differ (got {', '.join(names)})")
+        super().check(job)
         token_sets = {t.name for t in job.tokenize}
         for t in job.teacher_logits:
             if t.tokens not in token_sets:
