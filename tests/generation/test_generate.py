@@ -25,7 +25,7 @@ from tests.pipeline.jobs import write_corpus
 SETTINGS = {"prompt_tokens": 6, "max_new_tokens": 10, "samples": 2, "temperature": 0.8, "top_p": 0.9, "top_k": 20}
 
 
-def _job(tmp_path: Path, tiny_models, run="run", docs_per_shard=40, **entry) -> Path:
+def _job(tmp_path: Path, tiny_models, run="run", docs_per_shard=20, **entry) -> Path:
     corpus = tmp_path / "corpus"
     pattern = str(corpus / "*.jsonl") if corpus.exists() else write_corpus(corpus, files=2, docs=40)
     job = {
