@@ -6,7 +6,8 @@ RUN_DIR/
   records/STAGE.json (what each finished stage wrote: every file, its size and content hash)
   docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
   scores/shard-NNNNN.parquet
-  selection/decisions.parquet, selected/, selected-random/, selected-random-filtered/
+  ranked/shard-NNNNN.{parquet,npy,json} (each score shard's units in rank order, for select's cut)
+  selection/cut.json, selection/decisions/shard-NNNNN.parquet, selected/, selected-random/, selected-random-filtered/
   generated/NAME/shard-NNNNN.parquet
   tokens/NAME/shard-NNNNN.arrow
   teacher-logits/NAME/shard-NNNNN.arrow (top-k teacher log-probs, aligned with a token set's rows)
@@ -106,8 +107,25 @@ class RunDir:
         return self.root / "selection"
 
     @property
+    def ranked(self) -> Path:
+        return self.root / "ranked"
+
+    def ranked_shard(self, index: int, suffix: str = ".parquet") -> Path:
+        """A score shard's units in rank order (.parquet), its sorted teacher log-probs per token (.npy)
+        and its totals (.json)."""
+        return self.ranked / shard_name(index, suffix)
+
+    @property
+    def cut(self) -> Path:
+        return self.selection / "cut.json"
+
+    @property
     def decisions(self) -> Path:
-        return self.selection / "decisions.parquet"
+        """Every scored unit's numbers and fate, one file per score shard."""
+        return self.selection / "decisions"
+
+    def decisions_shard(self, index: int) -> Path:
+        return self.decisions / shard_name(index, ".parquet")
 
     def selected(self, folder: str = "selected") -> Path:
         """A selection's document shards: `selected`, or a random control (`selected-random`,

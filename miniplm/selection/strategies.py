@@ -12,20 +12,22 @@ walks that ranking keeping what fits the budget: a fraction of the units
 or a fraction of the scored tokens (`keep_token_fraction`, the paper's alpha).
 A token budget keeps every unit that still fits when its turn comes, so one
 huge document passes its turn to the next ones that fit and the budget is
-spent to within one unit: exact and deterministic. Random draws come from a generator seeded with `seed`, handed
-out in id order, so they depend only on the set of documents, not on how
-shards were split among workers.
+spent to within one unit: exact and deterministic. Random draws are a seeded hash of each unit's id
+(selection/draws.py), so they depend on nothing else: not on the other units, nor on how shards
+were split among workers.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import polars as pl
 
-from miniplm.schema.select import RANDOM_CONTROLS, SelectConfig
+from miniplm.schema.select import RANDOM_CONTROLS, RandomControl, SelectConfig
+from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")
@@ -36,22 +38,26 @@ def length_column(table: pl.DataFrame) -> str:
     return "doc_tokens" if "doc_tokens" in table.columns else "n_tokens"
 
 
-def _uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
-    """A uniform (0, 1) draw per id: a seeded generator's numbers in sorted-id order."""
-    u = np.empty(len(ids))
-    u[ids.arg_sort().to_numpy()] = np.random.default_rng(seed).random(len(ids))
-    return np.clip(u, np.finfo(float).tiny, 1.0)
+def keys_per_unit(cfg: SelectConfig) -> bool:
+    """Whether the strategy's ranking key is a function of each unit alone (and the seed); perplexity's
+    middle band ranks by a percentile of the whole pool instead."""
+    return not (cfg.strategy == "perplexity" and cfg.perplexity_band == "middle")
 
 
-def _key(
+def needs_ids(cfg: SelectConfig) -> bool:
+    return cfg.strategy in ("random", "difference-sample")
+
+
+def unit_key(
     cfg: SelectConfig, seed: int, ids: pl.Series | None, score: np.ndarray, teacher: np.ndarray, loss: np.ndarray
 ) -> np.ndarray:
+    """The ranking key (higher is better) of units still in the running."""
     if cfg.strategy == "difference":
         return score
     if cfg.strategy == "difference-sample":
-        return score / cfg.temperature - np.log(-np.log(_uniform_by_id(ids, seed)))
+        return score / cfg.temperature - np.log(-np.log(uniform_by_id(ids, seed)))
     if cfg.strategy == "random":
-        return _uniform_by_id(ids, seed)
+        return uniform_by_id(ids, seed)
     if cfg.strategy == "teacher":
         return teacher
     if cfg.perplexity_band == "low":
@@ -60,6 +66,47 @@ def _key(
         return loss
     percentile = (pl.Series(loss).rank("average").to_numpy() - 0.5) / max(len(loss), 1)
     return -np.abs(percentile - 0.5)
+
+
+@dataclass(frozen=True)
+class UnitNumbers:
+    """What a unit's fate is decided from, from its score row alone."""
+
+    score: np.ndarray  # the difference: (teacher - reference) log-prob per token
+    teacher: np.ndarray  # teacher log-prob per token
+    loss: np.ndarray  # reference loss per token
+    pre: np.ndarray  # int8: 0 still in the running, else 1 + index in REASONS (the reasons before the floor)
+    length: np.ndarray  # int64: the tokens it trains on, which token budgets count
+
+
+def unit_numbers(scores: pl.DataFrame, cfg: SelectConfig) -> UnitNumbers:
+    n_tokens = scores["n_tokens"].to_numpy().astype(np.int64)
+    t = scores["teacher_logprob"].fill_null(np.nan).to_numpy()
+    r = scores["reference_logprob"].fill_null(np.nan).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = (t - r) / n_tokens  # one rounding, so equal differences tie and fall to the id
+        teacher = t / n_tokens
+        loss = -r / n_tokens
+    pre = np.zeros(scores.height, dtype=np.int8)
+    pre[~(np.isfinite(t) & np.isfinite(r))] = 1
+    pre[(pre == 0) & (n_tokens < cfg.min_tokens)] = 2
+    length = scores[length_column(scores)].to_numpy().astype(np.int64)
+    return UnitNumbers(score, teacher, loss, pre, length)
+
+
+def budget(cfg: SelectConfig, n_units: int, total_length: int) -> tuple[int, bool]:
+    """The budget over `n_units` scored units of `total_length` tokens, and whether it counts tokens
+    (else units)."""
+    if cfg.keep_tokens is not None:
+        return cfg.keep_tokens, True
+    if cfg.keep_token_fraction is not None:
+        return math.floor(cfg.keep_token_fraction * total_length + 0.5), True
+    return math.floor(cfg.keep_fraction * n_units + 0.5), False
+
+
+def cap_allowance(cfg: SelectConfig, budget: int) -> int:
+    """What one source may spend of the budget (select.max_source_fraction)."""
+    return math.floor(cfg.max_source_fraction * budget + 1e-9)  # 0.29 * 100 is 28.999...
 
 
 def _ranking(key: np.ndarray, id_of: Callable[[np.ndarray], pl.Series]) -> np.ndarray:
@@ -85,66 +132,61 @@ def _ranking(key: np.ndarray, id_of: Callable[[np.ndarray], pl.Series]) -> np.nd
 
 def decide(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     """scores: id, source, n_tokens, teacher_logprob, reference_logprob (+ any columns, kept as they are).
-    Returns the rows in the same order with score, teacher_per_token, reference_loss, key, kept, reason."""
-    n_tokens = scores["n_tokens"].to_numpy().astype(np.int64)
-    t = scores["teacher_logprob"].fill_null(np.nan).to_numpy()
-    r = scores["reference_logprob"].fill_null(np.nan).to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        score = (t - r) / n_tokens  # one rounding, so equal differences tie and fall to the id
-        teacher = t / n_tokens
-        loss = -r / n_tokens
+    Returns the rows in the same order with score, teacher_per_token, reference_loss, key, kept, reason.
 
-    reason = np.zeros(scores.height, dtype=np.int8)  # 0: kept, else 1 + index in REASONS
-    reason[~(np.isfinite(t) & np.isfinite(r))] = 1
-    reason[(reason == 0) & (n_tokens < cfg.min_tokens)] = 2
-    floor = noise_floor(cfg, teacher[reason == 0]).threshold
+    The whole corpus in one process: the reference the sharded selection (selection/cut.py) is tested
+    against, and what it falls back to for perplexity's middle band."""
+    u = unit_numbers(scores, cfg)
+    reason = u.pre.copy()  # 0: kept, else 1 + index in REASONS
+    floor = noise_floor(cfg, u.teacher[reason == 0]).threshold
     if floor is not None:
-        reason[(reason == 0) & (teacher < floor)] = 3
+        reason[(reason == 0) & (u.teacher < floor)] = 3
     eligible = np.flatnonzero(reason == 0)
     everyone = len(eligible) == scores.height  # the usual case: no copies needed
     pick = (lambda a: a) if everyone else (lambda a: a[eligible])
     ids = scores["id"]
     id_of = ids.gather if everyone else (lambda positions: ids.gather(eligible[positions]))
     key = np.full(scores.height, np.nan)
-    needs_ids = cfg.strategy in ("random", "difference-sample")
-    key[eligible] = _key(
-        cfg, seed, id_of(np.arange(len(eligible))) if needs_ids else None, pick(score), pick(teacher), pick(loss)
+    key[eligible] = unit_key(
+        cfg,
+        seed,
+        id_of(np.arange(len(eligible))) if needs_ids(cfg) else None,
+        pick(u.score),
+        pick(u.teacher),
+        pick(u.loss),
     )
     order = eligible[_ranking(pick(key), id_of)]
 
-    length = scores[length_column(scores)].to_numpy().astype(np.int64)
-    budget, by_tokens = _budget(cfg, scores.height, length)
-    cost = length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
+    spend, by_tokens = budget(cfg, scores.height, int(u.length.sum()))
+    cost = u.length[order] if by_tokens else np.ones(len(order), dtype=np.int64)
     if cfg.max_source_fraction is not None:
         spent = (
             pl.DataFrame({"source": scores["source"].gather(order), "cost": cost})
             .select(pl.col("cost").cum_sum().over("source"))["cost"]
             .to_numpy()
         )
-        allowance = math.floor(cfg.max_source_fraction * budget + 1e-9)  # 0.29 * 100 is 28.999...
-        reason[order[spent > allowance]] = 4
+        reason[order[spent > cap_allowance(cfg, spend)]] = 4
     competing = np.flatnonzero(reason[order] == 0)
     within = np.zeros(len(order), dtype=bool)
-    within[competing] = fill(cost[competing], budget)
+    within[competing] = fill(cost[competing], spend)
     reason[order[competing[~within[competing]]]] = 5
     kept = np.zeros(scores.height, dtype=bool)
     kept[order[within]] = True
+    return scores.with_columns(
+        score=u.score,
+        teacher_per_token=u.teacher,
+        reference_loss=u.loss,
+        key=key,
+        kept=kept,
+        reason=reason_labels(reason),
+    )
 
-    labels = pl.Series(reason).replace_strict(
+
+def reason_labels(reason: np.ndarray) -> pl.Series:
+    """Reason codes (0: kept, else 1 + index in REASONS) as the `reason` column."""
+    return pl.Series(reason).replace_strict(
         {0: None, **{i + 1: r for i, r in enumerate(REASONS)}}, return_dtype=pl.Enum(list(REASONS))
     )
-    return scores.with_columns(
-        score=score, teacher_per_token=teacher, reference_loss=loss, key=key, kept=kept, reason=labels
-    )
-
-
-def _budget(cfg: SelectConfig, n_units: int, length: np.ndarray) -> tuple[int, bool]:
-    """The budget, and whether it counts tokens (else units)."""
-    if cfg.keep_tokens is not None:
-        return cfg.keep_tokens, True
-    if cfg.keep_token_fraction is not None:
-        return math.floor(cfg.keep_token_fraction * int(length.sum()) + 0.5), True
-    return math.floor(cfg.keep_fraction * n_units + 0.5), False
 
 
 def fill(cost: np.ndarray, budget: int) -> np.ndarray:
@@ -207,17 +249,30 @@ def control_pool(decisions: pl.DataFrame, pool: str) -> pl.Series:
     raise ValueError(f"no random control drawn from {pool!r}: raw or filtered")
 
 
+def control_seed(seed: int, control: RandomControl) -> int:
+    """A seed of its own per control: the same draws as strategy random would be a needless coupling."""
+    return seed + 1 + RANDOM_CONTROLS.index(control)
+
+
 def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int, pool: str = "raw") -> pl.Series:
     """A random selection of about the token budget `decisions` kept (never more), drawn from `pool`
-    (control_pool): the control for what the strategy chose. Named after the control's decision column."""
-    eligible = np.flatnonzero(control_pool(decisions, pool).to_numpy())
+    (control_pool): the control for what the strategy chose. Each unit of the pool draws a number
+    (a seeded hash of its id); those of the smallest draws (ties by id) are kept while the tokens
+    they train on fit in the budget, so the control falls short of it by less than one unit.
+    Named after the control's decision column."""
     control = next(c for c in RANDOM_CONTROLS if c.pool == pool)
-    budget = int(decisions.filter(pl.col("kept"))[length_column(decisions)].sum() or 0)  # filled the same way
+    eligible = np.flatnonzero(control_pool(decisions, pool).to_numpy())
+    length = decisions[length_column(decisions)].to_numpy().astype(np.int64)
+    spend = int(length[decisions["kept"].to_numpy()].sum())
     chosen = np.zeros(scores.height, dtype=bool)
-    if budget and len(eligible):
-        # a seed of its own per pool: the same draws as strategy random would be a needless coupling
-        draw = SelectConfig(strategy="random", keep_tokens=budget, min_teacher_logprob=None)  # the pool is the filter
-        chosen[eligible] = decide(scores[eligible], draw, seed + 1 + RANDOM_CONTROLS.index(control))["kept"].to_numpy()
+    if spend and len(eligible):
+        draw = uniform_by_id(scores["id"].gather(eligible), control_seed(seed, control))
+        order = (
+            pl.DataFrame({"u": draw, "id": scores["id"].gather(eligible), "at": eligible})
+            .sort("u", "id")["at"]
+            .to_numpy()
+        )
+        chosen[order[np.cumsum(length[order]) <= spend]] = True
     return pl.Series(control.column, chosen)
 
 

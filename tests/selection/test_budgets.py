@@ -9,7 +9,9 @@ import polars as pl
 import pytest
 
 from miniplm.config import SelectConfig
-from miniplm.selection.strategies import counts, decide, fill, random_baseline
+from miniplm.schema.select import RANDOM_CONTROLS
+from miniplm.selection.draws import uniform_by_id
+from miniplm.selection.strategies import control_seed, counts, decide, fill, random_baseline
 
 
 def skewed_scores(n: int, lengths: np.ndarray, rng: np.random.Generator) -> pl.DataFrame:
@@ -94,13 +96,18 @@ def test_one_huge_document_does_not_leave_the_budget_unspent():
 
 
 @pytest.mark.parametrize("make", [documents, instances])
-def test_random_baseline_is_held_to_the_kept_tokens_the_same_way(make):
+def test_random_baseline_is_held_to_the_kept_tokens(make):
     table = make(np.random.default_rng(3))
     d = decide(table, SelectConfig(keep_fraction=None, keep_token_fraction=0.3), 0)
     budget = int(d.filter(pl.col("kept"))["n_tokens"].sum())
     chosen = random_baseline(table, d, 0)
     spent = int(table.filter(chosen)["n_tokens"].sum())
-    assert spent <= budget and budget - spent < table.filter(~chosen)["n_tokens"].min()
+    # the smallest draws are kept while they fit: the next draw, the first left out, would not
+    draws = uniform_by_id(table["id"], control_seed(0, RANDOM_CONTROLS[0]))
+    drawn = table.with_columns(u=draws, chosen=chosen).sort("u", "id")
+    cut = drawn["chosen"].arg_min()
+    assert drawn["chosen"][:cut].all() and not drawn["chosen"][cut:].any()
+    assert spent <= budget < spent + drawn["n_tokens"][cut]
 
 
 def test_fill_worst_case_terminates_and_is_exact():

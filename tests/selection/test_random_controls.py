@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 
 from miniplm.config import ConfigError, JobConfig, SelectConfig
+from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.selection import select
-from miniplm.selection.strategies import decide, random_baseline
+from miniplm.selection.draws import uniform_by_id
+from miniplm.selection.strategies import control_seed, decide, random_baseline
 from tests.selection.test_select import make_scored_run
 
 FILTERED_OUT = ("non_finite_score", "too_few_tokens", "low_teacher_logprob")
@@ -35,11 +37,14 @@ def noisy_table(n: int = 400) -> pl.DataFrame:
     )
 
 
-def _within_budget(table: pl.DataFrame, chosen: pl.Series, pool: pl.Series, budget: int) -> None:
-    """Spent no more than the budget, and no unit of the pool passed over would still have fit."""
-    spent = int(table.filter(chosen)["n_tokens"].sum())
-    passed_over = table.filter(pool & ~chosen)["n_tokens"]
-    assert spent <= budget and budget - spent < passed_over.min()
+def _within_budget(table: pl.DataFrame, chosen: pl.Series, pool: pl.Series, budget: int, seed: int) -> None:
+    """The pool's smallest draws, while they fit: spent no more than the budget, and the first draw left
+    out would not have fit."""
+    drawn = table.with_columns(u=uniform_by_id(table["id"], seed), chosen=chosen).filter(pool).sort("u", "id")
+    cut = drawn["chosen"].arg_min()
+    assert drawn["chosen"][:cut].all() and not drawn["chosen"][cut:].any()
+    spent = int(drawn.filter("chosen")["n_tokens"].sum())
+    assert spent <= budget < spent + drawn["n_tokens"][cut]
 
 
 def test_filtered_control_is_drawn_only_from_what_every_filter_left():
@@ -60,8 +65,8 @@ def test_filtered_control_is_drawn_only_from_what_every_filter_left():
     # the raw control reaches what the noise floor and min_tokens dropped; never a broken score
     assert (raw & (reasons == "low_teacher_logprob")).sum() > 3 and (raw & (reasons == "too_few_tokens")).sum() > 3
     assert not (raw & ~raw_pool).any()
-    for chosen, pool in ((raw, raw_pool), (filtered, filtered_pool)):
-        _within_budget(table, chosen, pool, budget)
+    for chosen, pool, control in ((raw, raw_pool, RANDOM_CONTROLS[0]), (filtered, filtered_pool, RANDOM_CONTROLS[1])):
+        _within_budget(table, chosen, pool, budget, control_seed(0, control))
     # seeded, and independent of row order
     assert random_baseline(table.reverse(), d.reverse(), 0, "filtered").reverse().to_list() == filtered.to_list()
     assert random_baseline(table, d, 1, "filtered").to_list() != filtered.to_list()

@@ -124,9 +124,11 @@ def test_both_budgets_is_a_config_error():
 def test_random_and_sampled_selections_are_exactly_the_documented_draws():
     import numpy as np
 
+    from miniplm.selection.draws import uniform_by_id
+
     table = scores_table()
-    ids = sorted(table["id"])  # draws are handed out in id order
-    u = dict(zip(ids, np.random.default_rng(11).random(len(ids))))
+    ids = sorted(table["id"])
+    u = dict(zip(ids, uniform_by_id(pl.Series(ids), 11)))  # each id's own draw (tests/selection/test_draws.py)
     top4 = lambda key: sorted(sorted(ids, key=lambda i: (-key[i], i))[:4])  # noqa: E731
     assert kept(SelectConfig(strategy="random", keep_fraction=0.5), seed=11) == top4(u)
     score = {
