@@ -260,8 +260,8 @@ def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int, po
     (a seeded hash of its id); those of the smallest draws (ties by id) are kept while the tokens
     they train on fit in the budget, so the control falls short of it by less than one unit.
     Named after the control's decision column."""
-    control = next(c for c in RANDOM_CONTROLS if c.pool == pool)
     eligible = np.flatnonzero(control_pool(decisions, pool).to_numpy())
+    control = next(c for c in RANDOM_CONTROLS if c.pool == pool)
     length = decisions[length_column(decisions)].to_numpy().astype(np.int64)
     spend = int(length[decisions["kept"].to_numpy()].sum())
     chosen = np.zeros(scores.height, dtype=bool)
