@@ -6,7 +6,7 @@ RUN_DIR/
   records/STAGE.json (what each finished stage wrote: every file, its size and content hash)
   docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
   scores/shard-NNNNN.parquet
-  ranked/shard-NNNNN.{parquet,npy,json} (each score shard's units in rank order, for select's cut)
+  ranked/run-NNNNN.{parquet,npy,json} (runs of score shards' units in rank order, for select's cut)
   selection/cut.json, selection/decisions/shard-NNNNN.parquet, selected/, selected-random/, selected-random-filtered/
   generated/NAME/shard-NNNNN.parquet
   tokens/NAME/shard-NNNNN.arrow
@@ -110,10 +110,10 @@ class RunDir:
     def ranked(self) -> Path:
         return self.root / "ranked"
 
-    def ranked_shard(self, index: int, suffix: str = ".parquet") -> Path:
-        """A score shard's units in rank order (.parquet), its sorted teacher log-probs per token (.npy)
-        and its totals (.json)."""
-        return self.ranked / shard_name(index, suffix)
+    def ranked_run(self, index: int, suffix: str = ".parquet") -> Path:
+        """A run of consecutive score shards: their units in rank order (.parquet), their sorted teacher
+        log-probs per token (.npy) and their totals (.json)."""
+        return self.ranked / f"run-{index:05d}{suffix}"
 
     @property
     def cut(self) -> Path:

@@ -65,6 +65,12 @@ class SelectConfig(Strict):
     max_source_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="cap on any one source's share of the budget"
     )
+    units_per_run: int = Field(
+        2_000_000,
+        gt=0,
+        description="rank: units one task sorts at once, a run of consecutive score shards (about 150 bytes "
+        "a unit in memory); select's cut merges the runs, one buffer of rows each",
+    )
     report_examples: int = Field(
         10, ge=0, description="rows in each example table of the report", json_schema_extra=EXECUTION_ONLY
     )

@@ -7,17 +7,19 @@ absolute deviations below the median teacher log-prob per token of the scored do
 still in the running after the non-finite and length checks), a rule that a minority of noise
 cannot drag along. The deviation is scaled by 1.4826, so that k = 3 is three standard deviations
 on normal data. It is decided once, in the selection's global step, from
-scores alone.
+scores alone: exactly, from the rank tasks' sorted files (selection/order_stats.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from miniplm.schema.select import SelectConfig
+from miniplm.selection import order_stats
 
 # The median absolute deviation of normal data is this many times smaller than its standard
 # deviation: 1 / Phi^-1(3/4), scipy's median_abs_deviation(scale="normal").
@@ -57,15 +59,30 @@ class NoiseFloor:
 
 def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
     """The floor for documents whose teacher log-prob per token are `teacher_per_token` (finite)."""
-    n = len(teacher_per_token)
+    values = np.asarray(teacher_per_token)
+    return _floor(cfg, len(values), lambda: float(np.median(values)), lambda m: float(np.median(np.abs(values - m))))
+
+
+def noise_floor_sorted(cfg: SelectConfig, sorted_parts: Sequence[np.ndarray]) -> NoiseFloor:
+    """The same floor from the values in parts, each sorted (memory maps of the rank tasks' files):
+    exactly the numbers `noise_floor` gives on their concatenation, without holding them."""
+    return _floor(
+        cfg,
+        sum(len(p) for p in sorted_parts),
+        lambda: order_stats.median(sorted_parts),
+        lambda m: order_stats.median_deviation(sorted_parts, m),
+    )
+
+
+def _floor(cfg: SelectConfig, n: int, median_of: Callable[[], float], deviation_of: Callable[[float], float]):
     if cfg.min_teacher_logprob is None:
         return NoiseFloor("off", None, n)
     if cfg.min_teacher_logprob != "auto":
         return NoiseFloor("fixed", float(cfg.min_teacher_logprob), n)
     if n < AUTO_MIN_DOCUMENTS:
         return NoiseFloor("auto", None, n, note=f"{n} documents, fewer than the {AUTO_MIN_DOCUMENTS} it needs")
-    median = float(np.median(teacher_per_token))
-    mad = float(np.median(np.abs(teacher_per_token - median))) * NORMAL_MAD
+    median = median_of()
+    mad = deviation_of(median) * NORMAL_MAD
     if mad == 0.0:
         return NoiseFloor(
             "auto",
