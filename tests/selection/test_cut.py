@@ -105,7 +105,7 @@ def test_the_sharded_cut_decides_every_unit_as_decide_does(tmp_path, monkeypatch
 
 
 def test_units_after_one_too_big_fill_what_it_left_across_runs(tmp_path):
-    # ranking b a c d (each its own run): b (1000 tokens) does not fit in 100, a c d do
+    # ranking a b c d (each its own run): a fits, b (1000 tokens) does not fit in the 50 left, c and d do
     scores = pl.DataFrame(
         {
             "id": ["b", "a", "c", "d"],
@@ -119,4 +119,4 @@ def test_units_after_one_too_big_fill_what_it_left_across_runs(tmp_path):
     got = sharded(tmp_path, scores, cfg, 0, shard_rows=1)
     assert_frame_equal(got, reference(scores, cfg, 0))
     cut = cuts.compute(RunDir(tmp_path), cfg, 0)
-    assert cut.boundary == [3.0, "b"] and cut.extras == ["a", "c", "d"] and cut.kept_length == 100
+    assert cut.boundary == [3.0, "b"] and cut.extras == ["c", "d"] and cut.kept_length == 100
