@@ -21,6 +21,11 @@ def scores(why: str = "") -> Upstream:
     return Upstream("score", ("scores",), why=why)
 
 
+def ranked(why: str = "") -> Upstream:
+    """rank's sorted runs of the score shards."""
+    return Upstream("rank", ("ranked",), why=why)
+
+
 def selection(folder: str, why: str = "") -> Upstream:
     """A folder select writes: the selected documents, or a random control (selected-random, ...)."""
     return Upstream("select", (folder,), why=why)

@@ -16,6 +16,7 @@ from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.models.prune import STAGE as PRUNE
 from miniplm.schema.job import JobConfig
 from miniplm.scoring.score import STAGE as SCORE
+from miniplm.selection.rank import STAGE as RANK
 from miniplm.selection.select import STAGE as SELECT
 from miniplm.stage import PIPELINE, Stage
 from miniplm.training.reference import STAGE as TRAIN_REFERENCE
@@ -27,6 +28,7 @@ STAGES += [
     PREPARE,
     TRAIN_REFERENCE,
     SCORE,
+    RANK,
     SELECT,
     GENERATE,
     PRUNE,

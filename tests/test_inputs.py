@@ -14,9 +14,10 @@ from miniplm.errors import StageError
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.scoring import score
-from miniplm.selection import select
+from miniplm.selection import rank, select
 from miniplm.workers import Worker
 from tests.conftest import write_jsonl
+from tests.selection.test_select import run_select
 
 WORDS = ["alpha", "bravo", "delta", "gamma"]
 
@@ -91,7 +92,7 @@ def _scored_job(tmp_path: Path, tiny_models, teacher: str) -> Path:
 
 def test_documents_prepared_again_make_score_and_select_out_of_date(tiny_models, tmp_path):
     job = load_job(_scored_job(tmp_path, tiny_models, tiny_models["teacher"]))
-    for stage in (prepare, score, select):
+    for stage in (prepare, score, rank, select):
         stage.STAGE.run(job, show_progress=False)
     selected = Path(job.run_dir) / "selected"
     assert all(t.startswith("old ") for t in _texts(selected))
@@ -102,10 +103,10 @@ def test_documents_prepared_again_make_score_and_select_out_of_date(tiny_models,
         score.STAGE.run(job, show_progress=False)
     for force in (False, True):  # with --force, select would pair the new text with the old scores
         with pytest.raises(StageError, match=r"score is out of date: prepare was redone .* `miniplm score --force`"):
-            select.STAGE.run(job, force=force, show_progress=False)
+            run_select(job, force=force, show_progress=False)
 
     score.STAGE.run(job, force=True, show_progress=False)
-    select.STAGE.run(job, force=True, show_progress=False)
+    run_select(job, force=True, show_progress=False)
     assert all(t.startswith("new ") for t in _texts(selected))
 
 
@@ -145,7 +146,7 @@ def test_a_stage_made_from_a_changed_model_or_file_is_out_of_date_for_every_stag
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_models["teacher"], teacher)
     job = load_job(_scored_job(tmp_path, tiny_models, str(teacher)))
-    for stage in (prepare, score, select):
+    for stage in (prepare, score, rank, select):
         stage.STAGE.run(job, show_progress=False)
 
     _halve_weights(teacher)  # score read the old teacher: select must not take its scores as done
@@ -155,9 +156,9 @@ def test_a_stage_made_from_a_changed_model_or_file_is_out_of_date_for_every_stag
             match=r"score is out of date: teacher changed since score read it; "
             r"run `miniplm score --force` first",
         ):
-            select.STAGE.run(job, force=force, show_progress=False)
+            run_select(job, force=force, show_progress=False)
     score.STAGE.run(job, force=True, show_progress=False)
-    select.STAGE.run(job, force=True, show_progress=False)
+    run_select(job, force=True, show_progress=False)
 
     # however far back: the corpus changed under prepare, which score read
     _documents(tmp_path / "docs.jsonl", 24, "new")
@@ -166,7 +167,7 @@ def test_a_stage_made_from_a_changed_model_or_file_is_out_of_date_for_every_stag
         match=r"score is out of date: corpus\.inputs\.0 changed since prepare read it; "
         r"run `miniplm prepare --force` first, then `miniplm score --force`",
     ):
-        select.STAGE.run(job, force=True, show_progress=False)
+        run_select(job, force=True, show_progress=False)
 
 
 def test_new_weights_beside_the_same_tokenizer_leave_its_token_sets_done(tiny_models, tmp_path):

@@ -245,6 +245,19 @@ def compute(rd: RunDir, cfg: SelectConfig, seed: int) -> Cut:
     return cut
 
 
+def in_memory(decisions: pl.DataFrame, cfg: SelectConfig) -> Cut:
+    """The record of a selection `decide` made over every score row (perplexity's middle band)."""
+    from miniplm.selection.noise_floor import floor_of
+    from miniplm.selection.strategies import length_column
+
+    length = decisions[length_column(decisions)]
+    spend, by_tokens = budget(cfg, decisions.height, int(length.sum() or 0))
+    kept = decisions["kept"]
+    cut = Cut(floor_of(decisions, cfg).as_dict(), spend, by_tokens, in_memory=True)
+    cut.kept_units, cut.kept_length = int(kept.sum()), int(length.filter(kept).sum() or 0)
+    return cut
+
+
 def _before(key: pl.Expr, unit: pl.Expr, at: list) -> pl.Expr:
     """Ranked before `at` ([key, id]) in an order of key, then id."""
     return (key < at[0]) | ((key == at[0]) & (unit < at[1]))

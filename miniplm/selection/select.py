@@ -1,12 +1,15 @@
 """`miniplm select`: keep the units (documents or packed instances) the strategy ranks highest,
 with their text.
 
-Two steps that scale:
-1. global, once: read every score shard (ids and scores, never text), decide
-   what is kept (selection/strategies.py) and write
-   RUN_DIR/selection/decisions.parquet;
-2. per document shard, by any worker: keep that shard's chosen rows, in
-   their original order, with a `score` column, as selected/shard-NNNNN.parquet.
+Two steps that scale, after rank sorted runs of the score shards (selection/rank.py):
+1. global, once: merge the runs into the cut (selection/cut.py: the noise floor, each
+   source's cap, the last unit kept, the random controls' draws) and write
+   RUN_DIR/selection/cut.json: a few numbers and ids, in memory bounded by the runs'
+   row groups, not by the corpus;
+2. per document shard, by any worker: decide that shard's units from their score rows
+   and the cut (RUN_DIR/selection/decisions/shard-NNNNN.parquet: every unit's numbers
+   and fate) and keep the chosen rows, in their original order, with a `score` column,
+   as selected/shard-NNNNN.parquet.
    Instances keep their tokens (`input_ids`, which a student of the scoring
    tokenizer trains on as they are), their provenance (`docs`) and their text
    rebuilt from the documents (for a student of another tokenizer). The random controls
@@ -27,34 +30,66 @@ from miniplm.files import atomic_path
 from miniplm.inputs import Input
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
-from miniplm.schema.select import RANDOM_CONTROLS, RandomControl
+from miniplm.schema.select import RANDOM_CONTROLS, RandomControl, SelectConfig
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 NAME = "select"
-SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
+EMPTY_SCORES = {
+    "id": pl.String,
+    "source": pl.String,
+    "n_tokens": pl.Int64,
+    "teacher_logprob": pl.Float64,
+    "reference_logprob": pl.Float64,
+    "shard": pl.Int32,
+}
 # decision column, output folder: the selection, then each random control
 OUTPUTS = (("kept", "selected"), *((c.column, c.folder) for c in RANDOM_CONTROLS))
 
 
 def read_scores(rd: RunDir) -> pl.DataFrame:
-    """Every score row, with the index of the shard it came from."""
+    """Every score row, with the index of the shard it came from: the whole corpus in memory, for
+    perplexity's middle band (a key of the whole pool) only."""
+    from miniplm.selection.rank import read_score_shard
+
     files = sorted(rd.scores.glob("shard-*.parquet"))
-    columns = SCORE_COLUMNS + (["doc_tokens"] if files and "doc_tokens" in pl.read_parquet_schema(files[0]) else [])
-    frames = [
-        pl.scan_parquet(f).select(columns).with_columns(shard=pl.lit(int(f.stem.split("-")[1]), pl.Int32))
-        for f in files
-    ]
-    if not frames:  # an empty main split
-        schema = {
-            "id": pl.String,
-            "source": pl.String,
-            "n_tokens": pl.Int64,
-            "teacher_logprob": pl.Float64,
-            "reference_logprob": pl.Float64,
-            "shard": pl.Int32,
-        }
-        return pl.DataFrame(schema=schema)
-    return pl.concat(frames).collect()
+    frames = [_with_shard(read_score_shard(f), int(f.stem.split("-")[1])) for f in files]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=EMPTY_SCORES)
+
+
+def _with_shard(scores: pl.DataFrame, index: int) -> pl.DataFrame:
+    """The score rows with the index of their shard, after the score columns (as decisions hold them)."""
+    return scores.with_columns(shard=pl.lit(index, pl.Int32))
+
+
+def _decide_in_memory(scores: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
+    from miniplm.selection.strategies import decide, random_baseline
+
+    decisions = decide(scores, cfg, seed)
+    for control in cfg.random_controls:
+        decisions = decisions.with_columns(random_baseline(scores, decisions, seed, control.pool))
+    return decisions
+
+
+def shard_decisions(run: StageRun, index: int) -> pl.DataFrame:
+    """A shard's decisions: its units decided from their score rows and the cut."""
+    from miniplm.selection.cut import Cut, apply
+    from miniplm.selection.rank import read_score_shard
+
+    cut = Cut.load(run.rd.cut)
+    if cut.in_memory:  # the global step decided every unit
+        return pl.read_parquet(run.rd.decisions_shard(index))
+    scores = _with_shard(read_score_shard(run.rd.score_shard(index)), index)
+    return apply(scores, cut, run.job.select, run.job.seed)
+
+
+def read_decisions(rd: RunDir) -> pl.DataFrame:
+    """Every unit's decision (the report's and the summary's counts read these)."""
+    from miniplm.selection.strategies import decide
+
+    files = sorted(rd.decisions.glob("shard-*.parquet"))
+    if not files:  # an empty main split
+        return decide(pl.DataFrame(schema=EMPTY_SCORES), SelectConfig(), 0)
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
 
 INSTANCE_COLUMNS = ["id", "text", "source", "score", "n_tokens", "input_ids", "docs"]
@@ -71,11 +106,12 @@ def _instances(rd: RunDir, index: int, doc_shard: Path) -> pl.DataFrame:
     )
 
 
-def _write_shard(rd: RunDir, index: int, doc_shard: Path, controls: tuple[RandomControl, ...], unit: str) -> None:
-    decisions = pl.scan_parquet(rd.decisions).filter(pl.col("shard") == index)
+def _write_shard(
+    rd: RunDir, index: int, doc_shard: Path, decisions: pl.DataFrame, controls: tuple[RandomControl, ...], unit: str
+) -> None:
     units = pl.read_parquet(doc_shard) if unit == "document" else _instances(rd, index, doc_shard)
     for column, folder in [OUTPUTS[0], *((c.column, c.folder) for c in controls)]:
-        keep = decisions.filter(pl.col(column)).select("id", "score").collect()
+        keep = decisions.filter(pl.col(column)).select("id", "score")
         chosen = units.join(keep, on="id", how="inner", maintain_order="left")
         if unit == "instance":
             chosen = chosen.select(INSTANCE_COLUMNS)
@@ -89,14 +125,14 @@ def _write_shard(rd: RunDir, index: int, doc_shard: Path, controls: tuple[Random
 
 
 class Select(ShardedStage):
-    """A global decision over all scores, then one selected shard per main-split document shard."""
+    """A cut over rank's sorted runs, then one decided and one selected shard per main-split document shard."""
 
     name = NAME
     summary = "keep the documents the strategy ranks highest, with their text, and write the report"
     description = (
-        "Decide from all score shards at once what to keep (select.strategy and its budget, the noise "
-        "floor, the source cap), then write RUN_DIR/selected/shard-*.parquet (the documents plus `score`) "
-        "and RUN_DIR/report/."
+        "Merge rank's sorted runs into the cut: what select.strategy keeps of its budget after the noise "
+        "floor and the source cap; then each task decides its own shards' units against it and writes "
+        "RUN_DIR/selected/shard-*.parquet (the documents plus `score`); the last one writes RUN_DIR/report/."
     )
     sections = ("seed", "select")  # plus the score stage's own hash, which covers the rest
 
@@ -107,7 +143,11 @@ class Select(ShardedStage):
         return doc_shard_keys(rd)
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
-        return [outputs.scores(why="select reads finished scores"), outputs.documents("main")]
+        return [
+            outputs.ranked(why="select merges the sorted runs into its cut"),
+            outputs.scores(why="each select task decides its shard's units from their scores"),
+            outputs.documents("main"),
+        ]
 
     def outputs(self, run: StageRun) -> list[Path]:
         # not report/: the page is assembled from every stage's sections and rebuilt when select finishes
@@ -118,18 +158,26 @@ class Select(ShardedStage):
         return doc_shard_keys(run.rd) or []
 
     def global_step(self, run: StageRun) -> None:
-        from miniplm.selection.strategies import decide, random_baseline
+        from miniplm.selection import cut
 
-        scores = read_scores(run.rd)
-        decisions = decide(scores, run.job.select, run.job.seed)
-        for control in run.job.select.random_controls:
-            decisions = decisions.with_columns(random_baseline(scores, decisions, run.job.seed, control.pool))
-        with atomic_path(run.rd.decisions) as tmp:
-            decisions.write_parquet(tmp)
+        rd, cfg, seed = run.rd, run.job.select, run.job.seed
+        rd.decisions.mkdir(parents=True, exist_ok=True)
+        if not cut.exact_in_memory(cfg):
+            cut.compute(rd, cfg, seed).save(rd.cut)
+            return
+        decisions = _decide_in_memory(read_scores(rd), cfg, seed)
+        for (index,), rows in decisions.group_by("shard"):
+            with atomic_path(rd.decisions_shard(index)) as tmp:
+                rows.write_parquet(tmp)
+        cut.in_memory(decisions, cfg).save(rd.cut)
 
     def run_shard(self, run: StageRun, index: int) -> None:
+        rd = run.rd
+        decisions = shard_decisions(run, index)
+        with atomic_path(rd.decisions_shard(index)) as tmp:
+            decisions.write_parquet(tmp)
         _write_shard(
-            run.rd, index, run.rd.doc_shards("main")[index], run.job.select.random_controls, run.job.score.unit
+            rd, index, rd.doc_shards("main")[index], decisions, run.job.select.random_controls, run.job.score.unit
         )
 
     def finish(self, run: StageRun) -> dict:
@@ -138,7 +186,7 @@ class Select(ShardedStage):
         from miniplm.selection.strategies import control_counts, counts
 
         rd = run.rd
-        decisions = pl.read_parquet(rd.decisions)
+        decisions = read_decisions(rd)
         summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
         controls = control_counts(decisions)
         summary |= controls
@@ -183,9 +231,9 @@ class Select(ShardedStage):
         """Its sections of the report again, from the decisions on disk."""
         from miniplm.selection import report
 
-        if not rd.decisions.exists():
+        if not rd.cut.exists():
             raise StageError(f"{rd.root}: no selection decisions; run `miniplm select` first")
-        report.build(job, rd, pl.read_parquet(rd.decisions))
+        report.build(job, rd, read_decisions(rd))
 
 
 STAGE = Select()

@@ -122,7 +122,7 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
     from transformers import AutoTokenizer
 
     from miniplm.selection import select
-    from tests.selection.test_select import make_scored_run
+    from tests.selection.test_select import make_scored_run, run_select
 
     sets = [
         {"name": name, "input": folder, "seq_len": 8, "tokenizer": tiny_models["teacher"]}
@@ -138,7 +138,7 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
         min_teacher_logprob=-2.0,
         random_baseline="both",
     )
-    chosen = select.STAGE.run(job, show_progress=False)
+    chosen = run_select(job, show_progress=False)
     counts = tokenize.STAGE.run(job, show_progress=False)
     tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
     rd = RunDir(job.run_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 from miniplm.cli import main
 from miniplm.selection import select
 from tests.conftest import write_jsonl
-from tests.selection.test_select import make_scored_run
+from tests.selection.test_select import make_scored_run, run_select
 
 # hub ids that status never loads, so that the job has a score step
 MODELS = ["teacher.model=org/t", "reference.model=org/r"]
@@ -32,7 +32,7 @@ def test_a_shard_changed_in_place_to_the_same_size_is_damaged(tmp_path, capsys):
 
 def test_a_step_made_from_a_file_changed_since_is_stale_and_so_is_every_step_after_it(tmp_path, capsys):
     job = make_scored_run(tmp_path)
-    select.STAGE.run(job, show_progress=False)
+    run_select(job, show_progress=False)
     assert _status(tmp_path, capsys)[0] == 0
     write_jsonl(tmp_path / "docs.jsonl", [{"id": "doc-000", "text": "another corpus", "src": "web"}])
     code, out = _status(tmp_path, capsys)

@@ -130,7 +130,7 @@ def test_select_prints_and_reports_what_each_filter_dropped(tmp_path, capsys):
     from miniplm.cli import main
 
     job, job_path, n_kjv = noisy_scored_run(tmp_path)
-    assert main(["select", str(job_path), "-q"]) == 0
+    assert main(["rank", str(job_path), "-q"]) == 0 and main(["select", str(job_path), "-q"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((Path(job.run_dir) / "report" / "summary.json").read_text())
     rows = {r["source"]: r for r in summary["drops"]}

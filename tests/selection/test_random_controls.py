@@ -14,7 +14,7 @@ from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.selection import select
 from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.strategies import control_seed, decide, random_baseline
-from tests.selection.test_select import make_scored_run
+from tests.selection.test_select import make_scored_run, run_select
 
 FILTERED_OUT = ("non_finite_score", "too_few_tokens", "low_teacher_logprob")
 
@@ -125,7 +125,7 @@ def test_select_writes_both_controls_of_the_selections_budget_and_reports_them(t
         min_teacher_logprob=-2.0,
         random_baseline="both",
     )
-    counts = select.STAGE.run(job, show_progress=False)
+    counts = run_select(job, show_progress=False)
     assert counts["dropped"]["low_teacher_logprob"] == 20
     selected, raw, filtered = (
         _rows(job.run_dir, f) for f in ("selected", "selected-random", "selected-random-filtered")
@@ -185,7 +185,7 @@ def test_select_writes_both_controls_of_the_selections_budget_and_reports_them(t
         min_teacher_logprob=-2.0,
         random_baseline=True,
     )
-    counts = select.STAGE.run(alone, show_progress=False)
+    counts = run_select(alone, show_progress=False)
     assert "random_baseline_filtered" not in counts and not (Path(alone.run_dir) / "selected-random-filtered").exists()
     assert _rows(alone.run_dir, "selected-random")["id"].to_list() == raw["id"].to_list()
     assert "Random controls" in (Path(alone.run_dir) / "report" / "index.html").read_text()

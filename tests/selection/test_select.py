@@ -9,7 +9,7 @@ import pytest
 from miniplm.corpus import prepare
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
-from miniplm.selection import select
+from miniplm.selection import rank, select
 from miniplm.workers import Worker
 from tests.conftest import write_jsonl
 
@@ -63,6 +63,12 @@ def make_scored_run(tmp_path: Path, name="run", noisy=(), extra=None, **select_c
     return job
 
 
+def run_select(job, worker: Worker = Worker(), *, force: bool = False, show_progress: bool = False):
+    """rank, then select, as `miniplm run` chains them."""
+    rank.STAGE.run(job, force=force, show_progress=show_progress)
+    return select.STAGE.run(job, worker, force=force, show_progress=show_progress)
+
+
 def selected_rows(run_dir) -> pl.DataFrame:
     files = sorted((Path(run_dir) / "selected").glob("shard-*.parquet"))
     return pl.concat([pl.read_parquet(f) for f in files])
@@ -70,7 +76,7 @@ def selected_rows(run_dir) -> pl.DataFrame:
 
 def test_difference_keeps_the_top_half_with_text_and_score(tmp_path):
     job = make_scored_run(tmp_path)
-    counts = select.STAGE.run(job, show_progress=False)
+    counts = run_select(job, show_progress=False)
     assert counts["scored"] == 200 and counts["kept"] == 100
     assert counts["kept"] + sum(counts["dropped"].values()) == counts["scored"]
     rows = selected_rows(job.run_dir)
@@ -90,14 +96,14 @@ def test_difference_keeps_the_top_half_with_text_and_score(tmp_path):
 
 def test_noise_filter_and_source_cap_counts_add_up(tmp_path):
     job = make_scored_run(tmp_path, min_tokens=3, min_teacher_logprob=-0.5, keep_fraction=0.5)
-    counts = select.STAGE.run(job, show_progress=False)
+    counts = run_select(job, show_progress=False)
     # teacher is -1 per token everywhere: the noise filter drops all (after the length filter)
     assert counts["dropped"]["too_few_tokens"] == sum(1 for i in range(200) if i % 13 + 1 < 3)
     assert counts["dropped"]["low_teacher_logprob"] == 200 - counts["dropped"]["too_few_tokens"]
     assert counts["kept"] == 0 and selected_rows(job.run_dir).height == 0
 
     capped = make_scored_run(tmp_path, name="capped", max_source_fraction=0.3, keep_fraction=0.5)
-    counts = select.STAGE.run(capped, show_progress=False)
+    counts = run_select(capped, show_progress=False)
     rows = selected_rows(capped.run_dir)
     assert counts["kept"] == 60 == rows.height  # 30 per source at most, two sources
     assert dict(rows.group_by("source").len().iter_rows()) == {"web": 30, "books": 30}
@@ -107,14 +113,14 @@ def test_noise_filter_and_source_cap_counts_add_up(tmp_path):
 def test_same_ids_on_rerun_and_with_two_workers(tmp_path):
     for strategy in ("difference", "difference-sample", "random"):
         one = make_scored_run(tmp_path, name=f"one-{strategy}", strategy=strategy, keep_fraction=0.3)
-        select.STAGE.run(one, show_progress=False)
+        run_select(one, show_progress=False)
         two = make_scored_run(tmp_path, name=f"two-{strategy}", strategy=strategy, keep_fraction=0.3)
-        assert select.STAGE.run(two, Worker(1, 2), show_progress=False) is None
-        assert select.STAGE.run(two, Worker(0, 2), show_progress=False)["kept"] == 60
+        assert run_select(two, Worker(1, 2), show_progress=False) is None
+        assert run_select(two, Worker(0, 2), show_progress=False)["kept"] == 60
         ids_one, ids_two = selected_rows(one.run_dir)["id"].to_list(), selected_rows(two.run_dir)["id"].to_list()
         assert ids_one == ids_two and len(ids_one) == 60
         shutil.rmtree(Path(one.run_dir) / "selected")
-        select.STAGE.run(one, force=True, show_progress=False)
+        run_select(one, force=True, show_progress=False)
         assert selected_rows(one.run_dir)["id"].to_list() == ids_one
 
 
@@ -123,14 +129,14 @@ def test_report_survives_odd_source_names(tmp_path):
     scores = Path(job.run_dir) / "scores" / "shard-00000.parquet"
     pl.read_parquet(scores).with_columns(source=pl.lit("$\\frac <b>&$5")).write_parquet(scores)
     RunDir(job.run_dir).finish_stage("score", {})  # as if score had written these
-    select.STAGE.run(job, show_progress=False)
+    run_select(job, show_progress=False)
     page = (Path(job.run_dir) / "report" / "index.html").read_text()
     assert "$\\frac &lt;b&gt;&amp;$5" in page and "<b>&$5" not in page
 
 
 def test_report_files_and_rebuild(tmp_path):
     job = make_scored_run(tmp_path)
-    select.STAGE.run(job, show_progress=False)
+    run_select(job, show_progress=False)
     report = Path(job.run_dir) / "report"
     names = sorted(p.name for p in report.iterdir())
     assert names == [
@@ -167,7 +173,7 @@ def test_report_opens_in_headless_chromium_with_every_image(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     job = make_scored_run(tmp_path)
-    select.STAGE.run(job, show_progress=False)
+    run_select(job, show_progress=False)
     page = (Path(job.run_dir) / "report" / "index.html").resolve()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -203,7 +209,7 @@ def test_cli_select_and_report(tmp_path, capsys):
     from miniplm.cli import main
 
     make_scored_run(tmp_path, keep_fraction=0.25)
-    assert main(["select", str(tmp_path / "run.yaml"), "-q"]) == 0
+    assert main(["rank", str(tmp_path / "run.yaml"), "-q"]) == 0 and main(["select", str(tmp_path / "run.yaml"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "kept 50 of 200 documents" in out and "below_cut 150" in out and "report/index.html" in out
     assert main(["report", str(tmp_path / "run.yaml")]) == 0
@@ -216,7 +222,7 @@ def test_select_needs_finished_scores(tmp_path):
     job = make_scored_run(tmp_path)
     RunDir(job.run_dir).update_stage("score", state="running")
     with pytest.raises(StageError, match="run `miniplm score` first"):
-        select.STAGE.run(job, show_progress=False)
+        run_select(job, show_progress=False)
 
 
 def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_damaged(tmp_path, capsys):
@@ -231,7 +237,7 @@ def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_dam
         match=r"scores/shard-00002\.parquet: missing \(score wrote it\); run "
         r"`miniplm score --force` to redo score",
     ):
-        select.STAGE.run(job, show_progress=False)
+        run_select(job, show_progress=False)
     assert not (Path(job.run_dir) / "selected").exists()
     # (hub ids that status never loads, so that the job has a score step)
     assert main(["status", str(tmp_path / "run.yaml"), "teacher.model=org/t", "reference.model=org/r"]) == 1
@@ -247,18 +253,19 @@ def test_a_deleted_or_truncated_shard_stops_select_naming_it_and_status_says_dam
         match=r"docs/main/shard-00001\.parquet: damaged: .* bytes where prepare "
         r"wrote .*; run `miniplm prepare --force`",
     ):
-        select.STAGE.run(job, show_progress=False)
+        run_select(job, show_progress=False)
 
     job = make_scored_run(tmp_path, name="stray")
     shutil.copy(scores / "shard-00000.parquet", Path(job.run_dir) / "scores" / "shard-00009.parquet")
     with pytest.raises(StageError, match=r"scores/shard-00009\.parquet: not written by score in this run"):
-        select.STAGE.run(job, show_progress=False)
+        run_select(job, show_progress=False)
 
 
 def test_nothing_kept_is_warned_about(tmp_path, capsys):
     from miniplm.cli import main
 
     make_scored_run(tmp_path)
+    assert main(["rank", str(tmp_path / "run.yaml"), "-q", "select.min_teacher_logprob=0.5"]) == 0
     assert main(["select", str(tmp_path / "run.yaml"), "-q", "select.min_teacher_logprob=0.5"]) == 0
     captured = capsys.readouterr()
     assert "kept 0 of 200 documents" in captured.out
