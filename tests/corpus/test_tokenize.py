@@ -121,7 +121,6 @@ def test_each_random_control_is_a_tokenize_input(tiny_models, tmp_path):
     import polars as pl
     from transformers import AutoTokenizer
 
-    from miniplm.selection import select
     from tests.selection.test_select import make_scored_run, run_select
 
     sets = [

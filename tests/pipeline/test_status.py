@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 from miniplm.cli import main
-from miniplm.selection import select
 from tests.conftest import write_jsonl
 from tests.selection.test_select import make_scored_run, run_select
 

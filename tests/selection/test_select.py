@@ -209,7 +209,8 @@ def test_cli_select_and_report(tmp_path, capsys):
     from miniplm.cli import main
 
     make_scored_run(tmp_path, keep_fraction=0.25)
-    assert main(["rank", str(tmp_path / "run.yaml"), "-q"]) == 0 and main(["select", str(tmp_path / "run.yaml"), "-q"]) == 0
+    assert main(["rank", str(tmp_path / "run.yaml"), "-q"]) == 0
+    assert main(["select", str(tmp_path / "run.yaml"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "kept 50 of 200 documents" in out and "below_cut 150" in out and "report/index.html" in out
     assert main(["report", str(tmp_path / "run.yaml")]) == 0
