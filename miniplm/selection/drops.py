@@ -11,13 +11,10 @@ from __future__ import annotations
 import html
 import json
 
-import polars as pl
-
 from miniplm.corpus.documents import QUALITY_REASONS, REPETITION_REASONS
 from miniplm.report.figures import html_table
 from miniplm.rundir import RunDir
-from miniplm.schema.job import JobConfig
-from miniplm.selection.noise_floor import floor_of
+from miniplm.selection.tally import Tally, reasons_by_source
 
 # column -> the reasons it counts, in the order documents meet them
 FILTERS = {
@@ -42,14 +39,11 @@ def prepare_drops(rd: RunDir) -> dict[str, dict[str, int]]:
     return json.loads(rd.doc_stats.read_text()).get("dropped_by_split", {}).get("main", {})
 
 
-def drop_table(prepared: dict[str, dict[str, int]], decisions: pl.DataFrame) -> list[dict]:
+def drop_table(prepared: dict[str, dict[str, int]], t: Tally) -> list[dict]:
     """One row per source: documents, each filter's drops (and `reasons`, every reason's count),
     filtered (their sum), budget, kept."""
-    selected = (
-        decisions.group_by("source", pl.col("reason").cast(pl.String)).len().filter(pl.col("source").is_not_null())
-    )
     by_source: dict[str, dict[str, int]] = {s: dict(r) for s, r in prepared.items()}
-    for source, reason, n in selected.iter_rows():
+    for source, reason, n in reasons_by_source(t):
         by_source.setdefault(source, {})[reason or "kept"] = n
     known = {r for reasons in FILTERS.values() for r in reasons} | set(BUDGET) | {"kept"}
     rows = []
@@ -83,12 +77,12 @@ def collapsed(rows: list[dict], limit: int) -> list[dict]:
     return sorted(shown, key=lambda r: r["source"]) + [other]
 
 
-def noise_summary(job: JobConfig, rd: RunDir, decisions: pl.DataFrame, limit: int | None = None) -> dict:
+def noise_summary(rd: RunDir, t: Tally, floor: dict, limit: int | None = None) -> dict:
     """The noise floor the selection used and the drop table (`limit` sources at most), for summary.json
     and the manifest."""
-    rows = drop_table(prepare_drops(rd), decisions)
+    rows = drop_table(prepare_drops(rd), t)
     return {
-        "noise_floor": floor_of(decisions, job.select).as_dict(),
+        "noise_floor": floor,
         "drops": collapsed(rows, limit) if limit else rows,
     }
 

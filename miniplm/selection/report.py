@@ -18,11 +18,14 @@ from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import SelectConfig
 from miniplm.scoring.instances import instance_text
+from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.drops import noise_summary, table_html
 from miniplm.selection.noise_floor import NoiseFloor
-from miniplm.selection.strategies import REASONS, control_counts, control_pool, counts, length_column
+from miniplm.selection.strategies import REASONS
+from miniplm.selection.tally import Tally, by_source, control_counts, counts, tally
 
 SCATTER_POINTS = 5000
+SAMPLE_UNITS = 200_000  # plotted and drawn from; beyond it, a uniform sample
 
 
 def _finite(series: pl.Series) -> np.ndarray:
@@ -30,7 +33,10 @@ def _finite(series: pl.Series) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) -> list[tuple[str, str]]:
+def _plots(
+    d: pl.DataFrame, sources: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str, of: str
+) -> list[tuple[str, str]]:
+    """The plots, from `d` (every unit, or a sample of them: `of` says which) and the per-source table."""
     kept, dropped = d.filter(pl.col("kept")), d.filter(~pl.col("kept"))
     plots = []
 
@@ -48,7 +54,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
     ax.set(xlabel="difference score: (log p_teacher - log p_reference) / tokens", ylabel=f"{unit}s")
     ax.legend()
     save_png(fig, out / "difference.png")
-    plots.append(("difference.png", f"Difference score per {unit}, with the cut"))
+    plots.append(("difference.png", f"Difference score per {unit}, with the cut{of}"))
 
     fig, ax = plt.subplots(figsize=(6, 6))
     sample = d.sample(min(SCATTER_POINTS, d.height), seed=seed) if d.height else d
@@ -64,7 +70,7 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
     save_png(fig, out / "teacher_vs_reference.png")
     plots.append(("teacher_vs_reference.png", f"Teacher against reference (up to {SCATTER_POINTS:,} {unit}s)"))
 
-    by_source = _by_source(d)
+    by_source = sources
     fig, ax = plt.subplots(figsize=(7, 0.4 * max(by_source.height, 3) + 1))
     ax.barh(by_source["source"].to_list(), by_source["kept_fraction"].to_list(), color="tab:green")
     ax.set(xlabel=f"fraction of the source's {unit}s kept", xlim=(0, 1))
@@ -81,17 +87,24 @@ def _plots(d: pl.DataFrame, cut: float | None, out: Path, seed: int, unit: str) 
     ax.set(xscale="log", xlabel=f"tokens per {unit}", ylabel=f"{unit}s")
     ax.legend()
     save_png(fig, out / "lengths.png")
-    plots.append(("lengths.png", f"{unit.capitalize()} length before and after"))
+    plots.append(("lengths.png", f"{unit.capitalize()} length before and after{of}"))
     return plots
 
 
-def _by_source(d: pl.DataFrame) -> pl.DataFrame:
-    return (
-        d.group_by("source")
-        .agg(scored=pl.len(), kept=pl.col("kept").sum(), tokens_kept=pl.col("n_tokens").filter(pl.col("kept")).sum())
-        .with_columns(kept_fraction=pl.col("kept") / pl.col("scored"))
-        .sort("source")
-    )
+PLOTTED = ["id", "shard", "source", "score", "teacher_per_token", "reference_loss", "n_tokens", "kept"]
+
+
+def _sample(files: list[Path], units: int, seed: int) -> pl.DataFrame:
+    """The plotted columns of every unit, or past SAMPLE_UNITS of a uniform sample of them (by a draw
+    per id), read one decision shard at a time."""
+    share = SAMPLE_UNITS / units if units > SAMPLE_UNITS else None
+    parts = []
+    for f in files:
+        rows = pl.read_parquet(f, columns=PLOTTED)
+        if share is not None:
+            rows = rows.filter(uniform_by_id(rows["id"], seed) < share)
+        parts.append(rows)
+    return pl.concat(parts) if parts else pl.DataFrame(schema={c: pl.Float64 for c in PLOTTED})
 
 
 def _texts(rd: RunDir, wanted: pl.DataFrame, unit: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -122,12 +135,16 @@ def _texts(rd: RunDir, wanted: pl.DataFrame, unit: str) -> tuple[dict[str, str],
     return texts, held
 
 
-def _examples(d: pl.DataFrame, rd: RunDir, n: int, seed: int, unit: str) -> dict[str, pl.DataFrame]:
-    scored = d.filter(pl.col("score").is_not_null() & pl.col("score").is_finite())
+def _examples(
+    decisions: pl.LazyFrame, sample: pl.DataFrame, rd: RunDir, n: int, seed: int, unit: str
+) -> dict[str, pl.DataFrame]:
+    finite = pl.col("score").is_not_null() & pl.col("score").is_finite()
+    scored = decisions.select(PLOTTED).filter(finite)
+    drawn = sample.filter(finite)
     picks = {
-        "Top by difference score": scored.sort(["score", "id"], descending=[True, False]).head(n),
-        "Bottom by difference score": scored.sort(["score", "id"]).head(n),
-        f"Random {unit}s": scored.sample(min(n, scored.height), seed=seed) if scored.height else scored,
+        "Top by difference score": scored.sort(["score", "id"], descending=[True, False]).head(n).collect(),
+        "Bottom by difference score": scored.sort(["score", "id"]).head(n).collect(),
+        f"Random {unit}s": drawn.sample(min(n, drawn.height), seed=seed) if drawn.height else drawn,
     }
     texts, held = _texts(rd, pl.concat(list(picks.values())).select("id", "shard").unique(), unit)
     return {
@@ -146,22 +163,20 @@ def _budget(cfg: SelectConfig) -> str:
     return f"{cfg.keep_fraction:.1%} of the scored units"
 
 
-def _controls_html(decisions: pl.DataFrame, controls: dict[str, dict], strategy: str, unit: str) -> list[str]:
+def _controls_html(t: Tally, controls: dict[str, dict], strategy: str, unit: str) -> list[str]:
     """The random controls beside the selection: the pool each is drawn from, what it kept, its tokens."""
     if not controls:
         return []
-    length = length_column(decisions)
-    ranked = decisions.filter(control_pool(decisions, "filtered"))
-    kept = decisions.filter(pl.col("kept"))
+    ranked, kept = pl.col("in_filtered"), pl.col("kept")
     drawn = {"raw": "every scored unit, noise included", "filtered": "what every filter left"}
     rows = [
         [
             "selected",
             html.escape(f"what every filter left, ranked by {strategy}"),
-            f"{ranked.height:,}",
-            f"{int(ranked[length].sum() or 0):,}",
-            f"{kept.height:,}",
-            f"{int(kept[length].sum() or 0):,}",
+            f"{t.total('units', ranked):,}",
+            f"{t.total('length', ranked):,}",
+            f"{t.total('units', kept):,}",
+            f"{t.total('length', kept):,}",
             "selected/",
         ]
     ]
@@ -190,36 +205,44 @@ def _controls_html(decisions: pl.DataFrame, controls: dict[str, dict], strategy:
     ]
 
 
-def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
+def build(job: JobConfig, rd: RunDir, floor: dict) -> Path:
     """The selection's sections of the report (counts and sources first, plots and examples after
-    whatever later stages add), summary.json, and the page; the page's path."""
+    whatever later stages add), summary.json, and the page; the page's path. Read from the decision
+    shards in bounded memory: sums in one streaming pass, the plots from a sample past SAMPLE_UNITS."""
     out = rd.report
     out.mkdir(parents=True, exist_ok=True)
     cfg = job.select
     unit = job.score.unit
-    kept = decisions.filter(pl.col("kept"))
-    finite_kept = _finite(kept["score"])
-    cut = float(finite_kept.min()) if cfg.strategy == "difference" and len(finite_kept) else None
-    controls = control_counts(decisions)
+    files = decision_files(rd)
+    decisions = scan_decisions(rd)
+    t = tally(decisions)
+    cut = None
+    if cfg.strategy == "difference":
+        finite_kept = pl.col("score").filter(pl.col("kept") & pl.col("score").is_finite())
+        cut = decisions.select(finite_kept.min()).collect(engine="streaming").item()
+    controls = control_counts(t)
+    sources = by_source(t)
     summary = {
         "strategy": cfg.strategy,
         "unit": unit,
         "budget": _budget(cfg),
         "select": cfg.model_dump(mode="json"),
-        **counts(decisions),
+        **counts(t),
         "cut_score": cut,
-        "sources": _by_source(decisions).to_dicts(),
-        **noise_summary(job, rd, decisions),
+        "sources": sources.to_dicts(),
+        **noise_summary(rd, t, floor),
         **controls,
     }
     atomic_write_json(out / "summary.json", summary)
 
-    plots = _plots(decisions, cut, out, job.seed, unit)
-    examples = _examples(decisions, rd, cfg.report_examples, job.seed, unit)
+    c = summary
+    sample = _sample(files, c["scored"], job.seed)
+    of = f" (a sample of {sample.height:,} of {c['scored']:,} {unit}s)" if sample.height < c["scored"] else ""
+    plots = _plots(sample, sources, cut, out, job.seed, unit, of)
+    examples = _examples(decisions, sample, rd, cfg.report_examples, job.seed, unit)
 
     c = summary
-    length = length_column(decisions)
-    total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
+    total, kept_tokens = t.total("length"), t.total("length", pl.col("kept"))
     count_rows = [
         ["scored", f"{c['scored']:,}", f"{total:,}"],
         [
@@ -247,7 +270,7 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
         f"{unit} in rank order that still fits, so it is spent to within one {unit}.</p>",
         "<h2>Counts</h2>",
         html_table(["", f"{unit}s", "tokens"], count_rows, "counts"),
-        *_controls_html(decisions, controls, cfg.strategy, unit),
+        *_controls_html(t, controls, cfg.strategy, unit),
         "<h2>Sources</h2>",
         html_table(["source", "scored", "kept", "kept fraction", "tokens kept"], source_rows, "sources"),
         "<h2>Noise filters</h2>",
@@ -285,3 +308,19 @@ def build(job: JobConfig, rd: RunDir, decisions: pl.DataFrame) -> Path:
     write_section(rd, 10, "selection", "\n".join(overview))
     write_section(rd, 30, "selection-details", "\n".join(details))
     return assemble(rd)
+
+
+def decision_files(rd: RunDir) -> list[Path]:
+    return sorted(rd.decisions.glob("shard-*.parquet"))
+
+
+def scan_decisions(rd: RunDir) -> pl.LazyFrame:
+    """Every unit's decision, as a scan of the decision shards (nothing read yet)."""
+    from miniplm.selection.strategies import decide
+
+    files = decision_files(rd)
+    if files:
+        return pl.scan_parquet(files)
+    empty = {"id": pl.String, "source": pl.String, "n_tokens": pl.Int64, "shard": pl.Int32}
+    scores = pl.DataFrame(schema=empty | {"teacher_logprob": pl.Float64, "reference_logprob": pl.Float64})
+    return decide(scores, SelectConfig(), 0).lazy()  # an empty main split

@@ -82,16 +82,6 @@ def shard_decisions(run: StageRun, index: int) -> pl.DataFrame:
     return apply(scores, cut, run.job.select, run.job.seed)
 
 
-def read_decisions(rd: RunDir) -> pl.DataFrame:
-    """Every unit's decision (the report's and the summary's counts read these)."""
-    from miniplm.selection.strategies import decide
-
-    files = sorted(rd.decisions.glob("shard-*.parquet"))
-    if not files:  # an empty main split
-        return decide(pl.DataFrame(schema=EMPTY_SCORES), SelectConfig(), 0)
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-
-
 INSTANCE_COLUMNS = ["id", "text", "source", "score", "n_tokens", "input_ids", "docs"]
 
 
@@ -182,13 +172,15 @@ class Select(ShardedStage):
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
+        from miniplm.selection.cut import Cut
         from miniplm.selection.drops import SHOWN_IN_TERMINAL, noise_summary
-        from miniplm.selection.strategies import control_counts, counts
+        from miniplm.selection.tally import control_counts, counts, tally
 
         rd = run.rd
-        decisions = read_decisions(rd)
-        summary = counts(decisions) | noise_summary(run.job, rd, decisions, limit=SHOWN_IN_TERMINAL)
-        controls = control_counts(decisions)
+        floor = Cut.load(rd.cut).floor
+        t = tally(report.scan_decisions(rd))
+        summary = counts(t) | noise_summary(rd, t, floor, limit=SHOWN_IN_TERMINAL)
+        controls = control_counts(t)
         summary |= controls
         for folder, kept in [("selected", summary["kept"]), *((c["folder"], c["kept"]) for c in controls.values())]:
             written = sum(
@@ -198,7 +190,7 @@ class Select(ShardedStage):
             if written != kept:
                 raise StageError(f"{folder} shards hold {written} documents, the decisions keep {kept}")
         summary["unit"] = run.job.score.unit
-        report.build(run.job, rd, decisions)
+        report.build(run.job, rd, floor)
         return summary
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
@@ -230,10 +222,11 @@ class Select(ShardedStage):
     def report(self, job: JobConfig, rd: RunDir) -> None:
         """Its sections of the report again, from the decisions on disk."""
         from miniplm.selection import report
+        from miniplm.selection.cut import Cut
 
         if not rd.cut.exists():
             raise StageError(f"{rd.root}: no selection decisions; run `miniplm select` first")
-        report.build(job, rd, read_decisions(rd))
+        report.build(job, rd, Cut.load(rd.cut).floor)
 
 
 STAGE = Select()

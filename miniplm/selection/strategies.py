@@ -208,45 +208,28 @@ def fill(cost: np.ndarray, budget: int) -> np.ndarray:
     return keep
 
 
-def counts(decisions: pl.DataFrame) -> dict:
-    dropped = dict(decisions.filter(~pl.col("kept"))["reason"].cast(pl.String).value_counts().iter_rows())
-    kept = decisions.filter(pl.col("kept"))
-    summary = {
-        "scored": decisions.height,
-        "kept": kept.height,
-        "dropped": {r: int(dropped.get(r, 0)) for r in REASONS},
-        "tokens_scored": int(decisions["n_tokens"].sum() or 0),
-        "tokens_kept": int(kept["n_tokens"].sum() or 0),
-    }
-    length = length_column(decisions)
-    total, kept_tokens = int(decisions[length].sum() or 0), int(kept[length].sum() or 0)
-    summary["kept_fraction"] = {
-        "units": kept.height / decisions.height if decisions.height else 0.0,
-        "tokens": kept_tokens / total if total else 0.0,
-    }
-    if "doc_tokens" in decisions.columns:  # whole documents, where only prefixes were scored
-        summary["doc_tokens"] = int(decisions["doc_tokens"].sum() or 0)
-        summary["doc_tokens_kept"] = int(kept["doc_tokens"].sum() or 0)
-    return summary
-
-
 # Reasons that take a unit out of the pool before anything is ranked; source_cap and below_cut are the
 # budget's, decided on the ranking.
 FILTERS = REASONS[:3]
 
 
-def control_pool(decisions: pl.DataFrame, pool: str) -> pl.Series:
-    """Which units a random control is drawn from. raw: every scored unit with a usable score (finite
-    log-probs, a token or more), noise included: MiniPLM's baseline of no refinement. filtered: what is
-    left after every filter (broken scores, select.min_tokens, the noise floor): the pool the strategy
-    ranks, so that the selected text and this control differ only in how units are chosen from it (the
-    ranking, and the source cap where one is set)."""
-    reason = decisions["reason"].cast(pl.String)
+def pool_expr(pool: str) -> pl.Expr:
+    """Whether a unit is in a random control's pool, over decisions. raw: every scored unit with a
+    usable score (finite log-probs, a token or more), noise included: MiniPLM's baseline of no
+    refinement. filtered: what is left after every filter (broken scores, select.min_tokens, the
+    noise floor): the pool the strategy ranks, so that the selected text and this control differ
+    only in how units are chosen from it (the ranking, and the source cap where one is set)."""
+    reason = pl.col("reason").cast(pl.String)
     if pool == "raw":
-        return (reason.is_null() | (reason != "non_finite_score")) & (decisions["n_tokens"] >= 1)
+        return ((reason.is_null() | (reason != "non_finite_score")) & (pl.col("n_tokens") >= 1)).fill_null(False)
     if pool == "filtered":
-        return reason.is_null() | ~reason.is_in(FILTERS)
+        return (reason.is_null() | ~reason.is_in(FILTERS)).fill_null(False)
     raise ValueError(f"no random control drawn from {pool!r}: raw or filtered")
+
+
+def control_pool(decisions: pl.DataFrame, pool: str) -> pl.Series:
+    """Which units a random control is drawn from (pool_expr)."""
+    return decisions.select(pool_expr(pool)).to_series()
 
 
 def control_seed(seed: int, control: RandomControl) -> int:
@@ -274,25 +257,3 @@ def random_baseline(scores: pl.DataFrame, decisions: pl.DataFrame, seed: int, po
         )
         chosen[order[np.cumsum(length[order]) <= spend]] = True
     return pl.Series(control.column, chosen)
-
-
-def control_counts(decisions: pl.DataFrame) -> dict[str, dict]:
-    """Per random control drawn (by its summary entry): its pool, what it kept and the tokens those
-    train on (counted as the budget is: whole documents), and its folder."""
-    length = length_column(decisions)
-    out = {}
-    for control in RANDOM_CONTROLS:
-        if control.column not in decisions.columns:
-            continue
-        pool = decisions.filter(control_pool(decisions, control.pool))
-        kept = decisions.filter(pl.col(control.column))
-        out[control.entry] = {
-            "pool": control.pool,
-            "folder": control.folder,
-            "label": control.label,
-            "pool_units": pool.height,
-            "pool_tokens": int(pool[length].sum() or 0),
-            "kept": kept.height,
-            "tokens": int(kept[length].sum() or 0),
-        }
-    return out

@@ -11,7 +11,8 @@ import pytest
 from miniplm.config import SelectConfig
 from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.selection.draws import uniform_by_id
-from miniplm.selection.strategies import control_seed, counts, decide, fill, random_baseline
+from miniplm.selection.strategies import control_seed, decide, fill, random_baseline
+from miniplm.selection.tally import counts, tally
 
 
 def skewed_scores(n: int, lengths: np.ndarray, rng: np.random.Generator) -> pl.DataFrame:
@@ -68,14 +69,16 @@ def test_token_fraction_is_spent_to_within_one_unit(make, fraction):
     spent = int(chosen["n_tokens"].sum())
     passed_over = d.filter(~pl.col("kept"))["n_tokens"]
     assert spent <= budget and budget - spent < passed_over.min()  # nothing passed over fits in what is left
-    assert counts(d)["kept_fraction"]["tokens"] == pytest.approx(spent / total)
+    assert counts(tally(d))["kept_fraction"]["tokens"] == pytest.approx(spent / total)
     assert abs(spent / total - fraction) < passed_over.min() / total
 
 
 def test_a_fraction_of_documents_is_not_a_fraction_of_tokens():
     table = documents(np.random.default_rng(7))
-    by_units = counts(decide(table, SelectConfig(keep_fraction=0.5), 0))["kept_fraction"]
-    by_tokens = counts(decide(table, SelectConfig(keep_fraction=None, keep_token_fraction=0.5), 0))["kept_fraction"]
+    by_units = counts(tally(decide(table, SelectConfig(keep_fraction=0.5), 0)))["kept_fraction"]
+    by_tokens = counts(tally(decide(table, SelectConfig(keep_fraction=None, keep_token_fraction=0.5), 0)))[
+        "kept_fraction"
+    ]
     assert by_units["units"] == 0.5 and abs(by_units["tokens"] - 0.5) > 0.1  # longer documents score higher
     assert by_tokens["tokens"] == pytest.approx(0.5, abs=1e-3) and by_tokens["units"] < 0.5
 

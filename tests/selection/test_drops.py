@@ -12,6 +12,7 @@ from miniplm.corpus import prepare
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.selection.drops import drop_table, table_lines
+from miniplm.selection.tally import tally
 from tests.conftest import REPO, write_jsonl
 from tests.corpus.test_near_duplicates import edited
 from tests.corpus.test_quality import gibberish
@@ -31,7 +32,12 @@ def test_drop_table_counts_each_filter_per_source():
         [{"source": s, "reason": r} for s, rs in reasons.items() for r in rs],
         schema={"source": pl.String, "reason": pl.String},
     )
-    rows = {r["source"]: r for r in drop_table(prepared, decisions)}
+    rows = {
+        r["source"]: r
+        for r in drop_table(
+            prepared, tally(decisions.with_columns(kept=pl.col("reason").is_null(), n_tokens=pl.lit(1)))
+        )
+    }
     assert {k: v for k, v in rows["web"].items() if k != "reasons"} == {
         "source": "web",
         "documents": 21,
@@ -163,7 +169,10 @@ def test_many_sources_share_a_row_beyond_the_largest():
         [{"source": f"s{i:02d}", "reason": r} for i in range(25) for r in [None] * (i + 1) + ["below_cut"]],
         schema={"source": pl.String, "reason": pl.String},
     )
-    rows = drop_table({"s00": {"few_stop_words": 100}}, decisions)
+    rows = drop_table(
+        {"s00": {"few_stop_words": 100}},
+        tally(decisions.with_columns(kept=pl.col("reason").is_null(), n_tokens=pl.lit(1))),
+    )
     shown = collapsed(rows, 20)
     assert len(shown) == 21 and shown[-1]["source"] == "(5 other sources)"
     assert {r["source"] for r in shown[:-1]} == {"s00", *(f"s{i:02d}" for i in range(6, 25))}  # the largest 20

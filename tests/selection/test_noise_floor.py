@@ -9,7 +9,8 @@ from scipy.stats import median_abs_deviation
 
 from miniplm.config import SelectConfig
 from miniplm.selection.noise_floor import AUTO_MIN_DOCUMENTS, floor_of, noise_floor
-from miniplm.selection.strategies import counts, decide
+from miniplm.selection.strategies import decide
+from miniplm.selection.tally import counts, tally
 
 
 def scores(teacher_per_token: list[float], n_tokens: list[int] | None = None) -> pl.DataFrame:
@@ -43,7 +44,7 @@ def test_auto_floor_is_the_median_minus_k_absolute_deviations():
     # at k = 3 the floor lies between the real text and the noise: all noise below, no real text
     d = decide(scores(values), SelectConfig(keep_fraction=1.0), 0)
     assert set(d.filter(pl.col("reason") == "low_teacher_logprob")["id"]) == {f"d{i:04d}" for i in range(300, 320)}
-    assert counts(d)["dropped"]["low_teacher_logprob"] == 20 and counts(d)["kept"] == 300
+    assert counts(tally(d))["dropped"]["low_teacher_logprob"] == 20 and counts(tally(d))["kept"] == 300
 
 
 def test_the_floor_is_measured_after_the_length_and_finite_checks():
@@ -52,7 +53,7 @@ def test_the_floor_is_measured_after_the_length_and_finite_checks():
     d = decide(scores(values, [20] * 100 + [2] * 80), SelectConfig(min_tokens=5, keep_fraction=1.0), 0)
     floor = floor_of(d, SelectConfig())
     assert floor.documents == 100 and floor.median == pytest.approx(statistics.median(values[:100]))
-    assert counts(d)["dropped"]["too_few_tokens"] == 80
+    assert counts(tally(d))["dropped"]["too_few_tokens"] == 80
 
 
 def test_fixed_off_and_no_auto_floor_without_enough_documents_or_spread():

@@ -2,7 +2,8 @@ import polars as pl
 import pytest
 
 from miniplm.config import SelectConfig
-from miniplm.selection.strategies import counts, decide
+from miniplm.selection.strategies import decide
+from miniplm.selection.tally import counts, tally
 
 
 def scores_table():
@@ -27,7 +28,7 @@ def scores_table():
 
 def kept(cfg: SelectConfig, seed=0) -> list[str]:
     d = decide(scores_table(), cfg, seed)
-    c = counts(d)
+    c = counts(tally(d))
     assert c["scored"] == 8 == c["kept"] + sum(c["dropped"].values())
     return sorted(d.filter(pl.col("kept"))["id"])
 
@@ -57,7 +58,7 @@ def test_noise_filter_and_counts_by_reason():
     assert sorted(d.filter(pl.col("kept"))["id"]) == ["a", "b", "c", "g"]
     reasons = dict(d.filter(~pl.col("kept")).select("id", "reason").iter_rows())
     assert reasons == {"h": "too_few_tokens", "f": "low_teacher_logprob", "d": "below_cut", "e": "below_cut"}
-    assert counts(d) == {
+    assert counts(tally(d)) == {
         "scored": 8,
         "kept": 4,
         "tokens_scored": 132,
@@ -204,4 +205,4 @@ def test_random_baseline_matches_the_kept_token_budget_from_all_documents():
     assert random_baseline(table, decisions, 0).to_list() == chosen.to_list()
     assert random_baseline(table.reverse(), decisions.reverse(), 0).reverse().to_list() == chosen.to_list()
     # where only prefixes were scored, the budgets count whole documents
-    assert counts(decisions)["doc_tokens_kept"] == budget
+    assert counts(tally(decisions))["doc_tokens_kept"] == budget
