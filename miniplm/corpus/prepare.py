@@ -6,10 +6,12 @@ Two steps, so that the work scales and a killed run resumes:
    parallel processes: read, check, give each document an id, a dedup key
    and a split, and write a *part* file plus its rejects and counts. A unit
    whose completion marker exists is not read again.
-2. Once every part exists: drop exact duplicates (first occurrence in input
-   order wins) and repeated ids, looking at keys only, then stream the parts
-   into `docs/{split}/shard-NNNNN.parquet` and write `docs/stats.json` and
-   `docs/rejects.jsonl`.
+2. Once every part exists: the dedup, partitioned by key hash so that any
+   worker still running (a process, or another array task) answers a share
+   in bounded memory (corpus/dedup.py); then, once, drop exact duplicates
+   (first occurrence in input order wins), repeated ids and near-copies, and
+   stream the parts into `docs/{split}/shard-NNNNN.parquet` and write
+   `docs/stats.json` and `docs/rejects.jsonl`.
 
 Input order, not worker timing, decides everything, so any number of worker
 processes (or SLURM array tasks) gives byte-identical shards.
@@ -25,7 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniplm.corpus.prepare_shards import finalize
+from miniplm.corpus import dedup
+from miniplm.corpus.prepare_shards import dedup_plan, finalize
 from miniplm.corpus.prepare_units import NAME, PrepareError, Unit, plan_units, run_units
 from miniplm.inputs import Files, Input
 from miniplm.lookups import expand_input
@@ -98,6 +101,8 @@ class Prepare(ShardedStage):
     def run_shards(self, run: StageRun, todo: list[int]) -> None:
         units = self._units(run)
         run_units(run.job, [units[i] for i in todo], run.config_hash, run.show_progress)
+        if all(run.is_done(u.key) for u in units):  # every part is written: answer dedup partitions
+            dedup.run(dedup_plan(run.job, run.rd, units), run.job.corpus.num_workers or os.cpu_count() or 1)
 
     def finish(self, run: StageRun) -> dict:
         stats = finalize(run.job, run.rd, self._units(run))

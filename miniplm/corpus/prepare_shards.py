@@ -1,6 +1,7 @@
 """Step 2 of `miniplm prepare`, once every part exists: drop exact duplicates (first occurrence in
-input order wins), repeated ids and near-copies, looking at keys only, then stream the parts into
-`docs/{split}/shard-NNNNN.parquet` and write `docs/stats.json` and `docs/rejects.jsonl`."""
+input order wins), repeated ids and near-copies, as the partitioned dedup decided from the keys
+alone (corpus/dedup.py), then stream the parts into `docs/{split}/shard-NNNNN.parquet` and write
+`docs/stats.json` and `docs/rejects.jsonl`."""
 
 from __future__ import annotations
 
@@ -11,46 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from miniplm.corpus.near_duplicates import near_copies
+from miniplm.corpus import dedup
+from miniplm.corpus.dedup import DUPLICATE, KEEP, NEAR_DUPLICATE, REPEATED_ID
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
-from miniplm.corpus.prepare_units import NAME, PrepareError, Unit, band_names_of, shard_schema
+from miniplm.corpus.prepare_units import NAME, PrepareError, Unit, shard_schema
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.rundir import SPLITS, RunDir
-from miniplm.schema.corpus import CorpusConfig
 from miniplm.schema.job import JobConfig
 
-KEEP, DUPLICATE, REPEATED_ID, NEAR_DUPLICATE = range(4)
 DROPS = {DUPLICATE: "duplicates", REPEATED_ID: "duplicate_id", NEAR_DUPLICATE: "near_duplicate"}
 
 
-def _drop_status(parts: list[Path], corpus: CorpusConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """Per row of the concatenated parts: its status (KEEP or why it is dropped), and for near-copies
-    the row of the document they copy (else -1); with the ids of the rows copied.
-
-    Reads only the keys (16-byte hashes, ids, band hashes), never the text. Exact duplicates go
-    first, then repeated ids, then near-copies among what is left.
-    """
-    keys = pl.concat([pl.scan_parquet(p).select("text_hash", "id") for p in parts]).with_row_index("row").collect()
-    status = np.zeros(keys.height, dtype=np.int8)
-    duplicate = ~keys["text_hash"].is_first_distinct()
-    status[duplicate.to_numpy()] = DUPLICATE
-    survivors = keys.filter(~duplicate)
-    status[survivors.filter(~pl.col("id").is_first_distinct())["row"].to_numpy()] = REPEATED_ID
-    copy_of = np.full(keys.height, -1, dtype=np.int64)
-    if corpus.near_duplicates is not None:
-
-        def read_band(name: str) -> np.ndarray:
-            return pl.concat([pl.scan_parquet(p).select(name) for p in parts]).collect()[name].to_numpy()
-
-        copy_of = near_copies(read_band, band_names_of(corpus), status == KEEP)
-        status[copy_of >= 0] = NEAR_DUPLICATE
-    copied = np.unique(copy_of[copy_of >= 0])
-    return status, copy_of, dict(zip(copied.tolist(), keys["id"].gather(copied).to_list()))
+def dedup_plan(job: JobConfig, rd: RunDir, units: list[Unit]) -> dedup.Plan:
+    """Where the units' dedup keys are, and how many documents each holds (from its counts)."""
+    work = rd.work(NAME)
+    rows = tuple(json.loads((work / f"{u.key}.stats.json").read_text())["accepted"] for u in units)
+    return dedup.Plan(
+        work, tuple(u.key for u in units), rows, job.corpus.dedup_partitions, job.corpus.near_duplicates is not None
+    )
 
 
 def finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
@@ -63,18 +46,20 @@ def finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
         for stale in (rd.docs / split).glob("*shard-*"):
             stale.unlink()
 
-    status, copy_of, copied_ids = _drop_status(parts, job.corpus) if parts else (np.zeros(0, np.int8), None, {})
+    plan = dedup_plan(job, rd, units)
+    dedup.run(plan, job.corpus.num_workers or 1)  # done already, unless a worker died in it
+    decisions = dedup.decide(plan)
     schema = shard_schema(job.corpus)
     writers = {s: ShardWriter(schema, lambda i, s=s: rd.doc_shard(s, i), job.corpus.docs_per_shard) for s in SPLITS}
     kept: Counter[str] = Counter()
     kept_chars: Counter[str] = Counter()
     by_source: dict[str, Counter[str]] = {}
     offset = 0
-    with _Drops(work / "global.rejects.jsonl", _merged_filter_counts(unit_stats), copy_of, copied_ids) as drops:
+    with _Drops(work / "global.rejects.jsonl", _merged_filter_counts(unit_stats), decisions) as drops:
         for part in parts:
             for batch in iter_batches(pq.ParquetFile(part, buffer_size=READ_BUFFER_BYTES), 4096):
                 table = pa.Table.from_batches([batch])
-                st = status[offset : offset + table.num_rows]
+                st = decisions.status(offset, table.num_rows)
                 drops.add(table, st, offset)
                 offset += table.num_rows
                 good = table.filter(pa.array(st == KEEP))
@@ -145,16 +130,12 @@ class _Drops:
     """What the global step drops, batch by batch: counts per split and source, and a rejects line
     (written as it goes) for each repeated id and near-copy."""
 
-    def __init__(
-        self,
-        path: Path,
-        by_split: dict[str, dict[str, Counter[str]]],
-        copy_of: np.ndarray | None,
-        copied_ids: dict[int, str],
-    ):
+    def __init__(self, path: Path, by_split: dict[str, dict[str, Counter[str]]], decisions: dedup.Decisions):
         self.path = path
         self.by_split = by_split  # split -> source -> reason, step 1's filters included
-        self.copy_of, self.copied_ids = copy_of, copied_ids
+        self.decisions = decisions
+        self.keepers = decisions.keepers
+        self.kept_ids: dict[int, str] = {}  # of the documents near-copies were dropped for, as they pass
         self.duplicates = self.duplicate_chars = self.rejected_chars = 0
         self.rejected: Counter[str] = Counter()
         self.first_repeated_id: dict | None = None
@@ -167,6 +148,9 @@ class _Drops:
         self.file.close()
 
     def add(self, table: pa.Table, status: np.ndarray, offset: int) -> None:
+        rows = np.arange(offset, offset + table.num_rows)
+        for at in np.flatnonzero(np.isin(rows, self.keepers)):  # a group's first document comes before its copies
+            self.kept_ids[offset + int(at)] = table["id"][int(at)].as_py()
         for code, label in DROPS.items():
             where = np.flatnonzero(status == code)
             if not len(where):
@@ -181,7 +165,7 @@ class _Drops:
             rows = dropped.select(["_file", "_line", "id", "source", "split", "text"]).to_pylist()
             for row, at in zip(rows, offset + where):
                 detail = (
-                    f"a near-copy of document {self.copied_ids[self.copy_of[at]]!r}"
+                    f"a near-copy of document {self.kept_ids[self.decisions.copy_of(int(at))]!r}"
                     if code == NEAR_DUPLICATE
                     else f"id {row['id']!r} already used"
                 )

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from miniplm.corpus.dedup import write_keys
 from miniplm.corpus.documents import BAD_INPUT_REASONS, assign_split, dedup_key, generated_id, normalise, problem_with
 from miniplm.corpus.near_duplicates import Bands, band_columns
 from miniplm.corpus.readers import Rejection, read_input
@@ -91,6 +92,11 @@ def _part_schema(corpus: CorpusConfig) -> pa.Schema:
     extra = [("split", pa.string()), ("text_hash", pa.binary(16)), ("_file", pa.string()), ("_line", pa.int64())]
     bands = [(name, pa.uint64()) for name in band_names_of(corpus)]
     return pa.schema(list(shard_schema(corpus)) + extra + bands)
+
+
+def keys_path(work: Path, unit: Unit, kind: str) -> Path:
+    """A unit's dedup keys of one kind (corpus/dedup.py), beside its part."""
+    return work / f"{unit.key}.{kind}.parquet"
 
 
 def _meta_value(value: Any) -> str | None:
@@ -240,6 +246,9 @@ def process_unit(job: JobConfig, unit: Unit, config_hash: str, progress: Callabl
             part.add(row, len(item.text))
         part.close()
         progress(read % PROGRESS_EVERY)
+    write_keys(
+        work / f"{unit.key}.parquet", lambda kind: keys_path(work, unit, kind), band_names, corpus.dedup_partitions
+    )
 
     stats = {
         "read": read,

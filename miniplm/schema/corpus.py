@@ -154,6 +154,14 @@ class CorpusConfig(Strict):
     near_duplicates: NearDuplicateConfig | None = Field(
         default_factory=NearDuplicateConfig, description="near-duplicate removal; null: off"
     )
+    dedup_partitions: int = Field(
+        16,
+        gt=0,
+        le=65535,
+        description="partitions of the dedup keys, each answered by one worker at a time (about 250 bytes "
+        "a document: one per 2 million documents keeps a worker near 0.5 GB); the kept set is the same "
+        "for any number",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_a_main_split(self) -> "CorpusConfig":

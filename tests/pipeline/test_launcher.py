@@ -93,9 +93,11 @@ def test_status_and_resubmission_through_a_new_launcher(launcher, tiny_models, t
     assert [(s.step.name, s.action, s.tasks) for s in first] == [
         ("prepare", "submit", [0, 1, 2]),
         ("score", "submit", [0, 1, 2]),
+        ("rank", "submit", [0, 1, 2]),
         ("select", "submit", [0, 1, 2]),
     ]
     assert first[1].after == ["<prepare>"] and first[2].after == ["<score>"]
+    assert first[3].after == ["<rank>"]  # and through it score, whose scores select reads too
     launcher.submit(job, rd, first[:1])
     # a failure of task 1 alone: a file where its shard keeps its resume points (a damaged input
     # shard would stop every task, which all check what they read before starting)
@@ -104,12 +106,17 @@ def test_status_and_resubmission_through_a_new_launcher(launcher, tiny_models, t
     blocker.write_text("in the way")
 
     again = plan_submissions(job, rd, launcher, job_file)
-    assert [(s.step.name, s.action) for s in again] == [("prepare", "done"), ("score", "submit"), ("select", "submit")]
+    assert [(s.step.name, s.action) for s in again] == [
+        ("prepare", "done"),
+        ("score", "submit"),
+        ("rank", "submit"),
+        ("select", "submit"),
+    ]
     launcher.submit(job, rd, again)
     capsys.readouterr()
     assert main(["status", str(job_file)]) == 1
     out = capsys.readouterr().out
-    score_job, select_job = again[1].job_id, again[2].job_id
+    score_job, select_job = again[1].job_id, again[3].job_id
     assert f"score task 1 (job {score_job}_1): exit code 1" in out
     assert "File exists: " in out and "work/score/shard-00001" in out  # the log's last line
     shards = len(rd.doc_shards("main"))  # select writes one selected shard per main-split document shard
@@ -120,6 +127,7 @@ def test_status_and_resubmission_through_a_new_launcher(launcher, tiny_models, t
     assert [(s.step.name, s.action, s.tasks) for s in third] == [
         ("prepare", "done", []),
         ("score", "submit", [1]),
+        ("rank", "submit", [0, 1, 2]),
         ("select", "submit", [0, 1, 2]),
     ]
     launcher.submit(job, rd, third)

@@ -48,6 +48,7 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
         "prepare",
         "train-reference",
         "score",
+        "rank",
         "select",
         *sets,
         *(f"train/{s}" for s in students),
@@ -59,6 +60,7 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     expected = {
         "prepare": ("0-2", 3),
         "score": ("0-511%64", 512),
+        "rank": ("0-127", 128),
         "select": ("0-127", 128),
         **{name: ("0-255", 256) for name in sets},
         "eval": ("0-9", 10),
@@ -71,7 +73,7 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
     assert _sbatch(subs["score"].text, "gres") == ["gpu:1"] == _sbatch(subs["eval"].text, "gres")
     assert _sbatch(subs["prepare"].text, "gres") == [] and _sbatch(subs["prepare"].text, "partition") == ["cpu"]
     assert _sbatch(subs["score"].text, "partition") == ["gpu"]
-    assert _sbatch(subs["score"].text, "time") == ["12:00:00"] and _sbatch(subs["select"].text, "mem") == ["128G"]
+    assert _sbatch(subs["score"].text, "time") == ["12:00:00"] and _sbatch(subs["select"].text, "mem") == ["8G"]
 
     # the chain: each step after the steps it reads from; the students after the token shards, not each other
     after = {name: s.after for name, s in subs.items()}
@@ -81,7 +83,8 @@ def test_paper_job_renders_arrays_dependencies_and_nodes(pile):
         "prepare": [],
         "train-reference": ["<prepare>"],
         "score": ["<train-reference>"],
-        "select": ["<score>"],
+        "rank": ["<score>"],
+        "select": ["<rank>"],
         "tokenize/selected": ["<select>"],
         "tokenize/random": ["<select>"],
         "tokenize/heldout": ["<prepare>"],
@@ -159,7 +162,7 @@ def test_dry_run_command_prints_scripts_and_plan_and_submits_nothing(pile, tmp_p
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("#!/bin/bash") == 14  # 4 steps before tokenize, 3 token sets, 6 students, eval
+    assert out.stdout.count("#!/bin/bash") == 15  # 5 steps before tokenize, 3 token sets, 6 students, eval
     assert "dry run: would submit" in out.stdout
     assert re.search(
         r"score +array 512 of 512 tasks .*sbatch --parsable --dependency=afterok:<train-reference>", out.stdout
@@ -211,8 +214,9 @@ def test_resubmission_waits_for_live_jobs_and_replaces_those_that_can_never_star
 
     # a step submitted anew takes the still-pending steps after it along, chained to the new job
     subs = queue({str(10 + i): ("PENDING", "Dependency") for i in range(3, len(names))})
-    assert [subs[n].action for n in ("prepare", "train-reference", "score", "select")] == ["submit"] * 4
-    assert subs["select"].cancel == ["13"] and subs["select"].after == ["<score>"]
+    assert [subs[n].action for n in ("prepare", "train-reference", "score", "rank", "select")] == ["submit"] * 5
+    assert subs["rank"].cancel == ["13"] and subs["rank"].after == ["<score>"]
+    assert subs["select"].cancel == ["14"] and subs["select"].after == ["<rank>"]
 
 
 def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
@@ -230,10 +234,11 @@ def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
 def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
     names = list(subs)
-    assert names[:11] == [
+    assert names[:12] == [
         "prepare",
         "train-reference",
         "score",
+        "rank",
         "select",
         "generate/seqkd",
         "prune/pruned",
