@@ -60,7 +60,7 @@ def test_stages_chain_from_raw_text_to_a_trained_student(tiny_models, tmp_path):
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    for stage in ("prepare", "train-reference", "score", "select", "tokenize", "train"):
+    for stage in ("prepare", "train-reference", "score", "rank", "select", "tokenize", "train"):
         result = subprocess.run(
             [sys.executable, "-m", "miniplm", stage, str(path), "-q"], capture_output=True, text=True
         )
@@ -73,6 +73,7 @@ def test_stages_chain_from_raw_text_to_a_trained_student(tiny_models, tmp_path):
         "tokenize/reference",
         "train/reference",
         "score",
+        "rank",
         "select",
         "tokenize/selected",
         "tokenize/heldout",

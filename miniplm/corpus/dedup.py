@@ -115,11 +115,12 @@ def write_keys(part: Path, keys: Callable[[str], Path], band_columns: list[str],
                     )
                     _write_sorted(bands, table, writers)
                 row += n
+            written = set(writers)
             for w in writers.values():
                 w.close()
             writers.clear()
-            for path in (exact, ids, bands):  # an empty unit: empty files, so that every unit has its three
-                if not path.exists():
+            for path in (exact, ids, bands):  # no rows: an empty file, so that every unit has its three
+                if path.name not in written:
                     pq.write_table(pa.table({"partition": pa.array([], pa.uint16())}), path)
     finally:
         for w in writers.values():

@@ -15,7 +15,12 @@ from tests.pipeline.jobs import data_outputs, tiny_job
 
 SLURM = {
     "defaults": {"cpus": 1, "time": "00:30:00"},
-    "stages": {"score": {"max_tasks": 8, "parallel": 2}, "select": {"max_tasks": 2}, "tokenize": {"max_tasks": 2}},
+    "stages": {
+        "score": {"max_tasks": 8, "parallel": 2},
+        "rank": {"max_tasks": 2},
+        "select": {"max_tasks": 2},
+        "tokenize": {"max_tasks": 2},
+    },
 }
 
 
@@ -70,6 +75,7 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     assert scripts == [
         "eval.sbatch",
         "prepare.sbatch",
+        "rank.sbatch",
         "score.sbatch",
         "select.sbatch",
         "tokenize-heldout.sbatch",
@@ -89,6 +95,7 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     for step in (
         "prepare",
         "score",
+        "rank",
         "select",
         "tokenize/selected",
         "tokenize/random",
@@ -99,6 +106,9 @@ def test_slurm_chain_writes_what_a_local_run_writes(slurm_cluster, job_file, loc
     ):
         assert re.search(rf"^{re.escape(step)} +done ", status.stdout, flags=re.M), status.stdout
     assert re.search(r"^score +done +\d+/\d+ shards +job \d+: 8 completed", status.stdout, flags=re.M), status.stdout
+    # the selection as array work: rank's tasks sort runs, select's decide their own shards after the cut
+    assert re.search(r"^rank +done +1/1 runs +job \d+: 2 completed", status.stdout, flags=re.M), status.stdout
+    assert re.search(r"^select +done +\d+/\d+ shards +job \d+: 2 completed", status.stdout, flags=re.M), status.stdout
 
     assert sorted((run_dir / "selected").glob("*.parquet"))
     assert data_outputs(run_dir) == data_outputs(local_run)
