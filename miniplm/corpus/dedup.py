@@ -54,16 +54,19 @@ def _id_partition(ids: list[str], partitions: int) -> np.ndarray:
     return np.array([xxhash.xxh64_intdigest(i.encode()) % partitions for i in ids], dtype=np.uint16)
 
 
-def _write_sorted(path: Path, table: pa.Table, writer: dict[str, pq.ParquetWriter]) -> None:
-    """Append a table's rows, one row group per partition (so that a reader finds its partition's
-    rows by the row groups' statistics)."""
+def _write_sorted(path: Path, table: pa.Table, writer: dict[str, pq.ParquetWriter], by: tuple[str, ...]) -> None:
+    """Append a table's rows, one row group per value of `by` (the partition, and the band), so that
+    a reader finds its rows by the row groups' statistics."""
     if not table.num_rows:
         return
-    table = table.sort_by([("partition", "ascending"), ("row", "ascending")])
+    table = table.sort_by([*((c, "ascending") for c in by), ("row", "ascending")])
     if path.name not in writer:
         writer[path.name] = pq.ParquetWriter(path, table.schema, compression="lz4")
-    part = table["partition"].to_numpy()
-    bounds = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
+    change = np.zeros(table.num_rows - 1, dtype=bool)
+    for column in by:
+        values = table[column].to_numpy()
+        change |= values[1:] != values[:-1]
+    bounds = np.flatnonzero(np.r_[True, change, True])
     for start, end in zip(bounds[:-1], bounds[1:]):
         writer[path.name].write_table(table.slice(start, end - start))
 
@@ -94,6 +97,7 @@ def write_keys(part: Path, keys: Callable[[str], Path], band_columns: list[str],
                         }
                     ),
                     writers,
+                    ("partition",),
                 )
                 unit_ids = batch.column("id")
                 _write_sorted(
@@ -102,6 +106,7 @@ def write_keys(part: Path, keys: Callable[[str], Path], band_columns: list[str],
                         {"partition": _id_partition(unit_ids.to_pylist(), partitions), "id": unit_ids, "row": rows}
                     ),
                     writers,
+                    ("partition",),
                 )
                 for b, name in enumerate(band_columns):
                     value = batch.column(name).to_numpy()
@@ -113,7 +118,7 @@ def write_keys(part: Path, keys: Callable[[str], Path], band_columns: list[str],
                             "row": rows,
                         }
                     )
-                    _write_sorted(bands, table, writers)
+                    _write_sorted(bands, table, writers, ("partition", "band"))
                 row += n
             written = set(writers)
             for w in writers.values():
@@ -136,7 +141,11 @@ class Plan:
     units: tuple[str, ...]  # the units' keys, in input order
     rows: tuple[int, ...]  # documents per unit
     partitions: int
-    near: bool  # near-duplicate removal is on
+    bands: int  # near-duplicate bands per document; 0: near-duplicate removal is off
+
+    @property
+    def near(self) -> bool:
+        return self.bands > 0
 
     @property
     def folder(self) -> Path:
@@ -157,8 +166,13 @@ class Plan:
         return [(kind, p) for kind in kinds for p in range(self.partitions)]
 
 
-def _read_partition(plan: Plan, kind: str, partition: int, columns: list[str]) -> pl.DataFrame:
-    """A partition's keys of every unit, with each document's row in the whole corpus."""
+def _holds(file: pq.ParquetFile, group: int, column: int, value: int) -> bool:
+    stats = file.metadata.row_group(group).column(column).statistics
+    return stats is not None and stats.has_min_max and stats.min == value
+
+
+def _read_partition(plan: Plan, kind: str, partition: int, columns: list[str], band: int | None = None):
+    """A partition's keys of every unit (of one band), with each document's row in the whole corpus."""
     frames = []
     offset = 0
     for unit, n in zip(plan.units, plan.rows):
@@ -166,7 +180,7 @@ def _read_partition(plan: Plan, kind: str, partition: int, columns: list[str]) -
         groups = [
             g
             for g in range(file.num_row_groups)
-            if (s := file.metadata.row_group(g).column(0).statistics) is not None and s.min == partition
+            if _holds(file, g, 0, partition) and (band is None or _holds(file, g, 1, band))
         ]
         if groups:
             table = file.read_row_groups(groups, columns=[*columns, "row"])
@@ -210,20 +224,23 @@ def is_set(bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _near(plan: Plan, partition: int) -> None:
-    """Per band value of the partition, the documents still in that share it: (group, row)."""
-    keys = _read_partition(plan, "bands", partition, ["band", "value"])
-    shared = pl.DataFrame({"group": pl.Series(values=[], dtype=pl.Int64), "row": pl.Series(values=[], dtype=pl.Int64)})
-    if keys.height:
-        keys = keys.filter(~pl.Series(values=is_set(exact_bitmap(plan), keys["row"].to_numpy()))).sort(
-            "band", "value", "row"
-        )
-        band, value = keys["band"].to_numpy(), keys["value"].to_numpy()
-        starts = np.r_[True, (band[1:] != band[:-1]) | (value[1:] != value[:-1])]
-        group = np.cumsum(starts) - 1
-        size = np.bincount(group)
-        shared = pl.DataFrame({"group": group, "row": keys["row"]}).filter(pl.Series(values=size[group] > 1))
+    """Per band value of the partition, the documents still in that share it: (group, row). One band
+    at a time: the partition's keys of one band are in memory, and the exact-duplicate bitmap."""
+    exact = exact_bitmap(plan)
+    found, groups = [], 0
+    for b in range(plan.bands):
+        keys = _read_partition(plan, "bands", partition, ["value"], band=b)
+        if not keys.height:
+            continue
+        keys = keys.filter(~pl.Series(values=is_set(exact, keys["row"].to_numpy()))).sort("value", "row")
+        value = keys["value"].to_numpy()
+        group = np.cumsum(np.r_[True, value[1:] != value[:-1]]) - 1
+        shared = np.bincount(group)[group] > 1
+        found.append(pl.DataFrame({"group": group[shared] + groups, "row": keys["row"].filter(shared)}))
+        groups += int(group[-1]) + 1 if len(group) else 0
+    answer = pl.concat(found) if found else pl.DataFrame(schema={"group": pl.Int64, "row": pl.Int64})
     with atomic_path(plan.answer("near", partition)) as tmp:
-        shared.write_parquet(tmp)
+        answer.write_parquet(tmp)
 
 
 ANSWER = {"exact": _exact, "ids": _ids, "near": _near}

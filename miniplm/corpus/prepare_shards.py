@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from miniplm.corpus import dedup
 from miniplm.corpus.dedup import DUPLICATE, KEEP, NEAR_DUPLICATE, REPEATED_ID
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, ShardWriter, iter_batches
-from miniplm.corpus.prepare_units import NAME, PrepareError, Unit, shard_schema
+from miniplm.corpus.prepare_units import NAME, PrepareError, Unit, band_names_of, shard_schema
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.rundir import SPLITS, RunDir
 from miniplm.schema.job import JobConfig
@@ -31,9 +31,8 @@ def dedup_plan(job: JobConfig, rd: RunDir, units: list[Unit]) -> dedup.Plan:
     """Where the units' dedup keys are, and how many documents each holds (from its counts)."""
     work = rd.work(NAME)
     rows = tuple(json.loads((work / f"{u.key}.stats.json").read_text())["accepted"] for u in units)
-    return dedup.Plan(
-        work, tuple(u.key for u in units), rows, job.corpus.dedup_partitions, job.corpus.near_duplicates is not None
-    )
+    bands = len(band_names_of(job.corpus))
+    return dedup.Plan(work, tuple(u.key for u in units), rows, job.corpus.dedup_partitions, bands)
 
 
 def finalize(job: JobConfig, rd: RunDir, units: list[Unit]) -> dict:
