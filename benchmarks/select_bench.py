@@ -14,7 +14,7 @@ lengths) and runs what `miniplm rank` and `miniplm select` run, each task in a p
 - in memory: what select did before, every score row and `decide` in one process (skipped where it
   would not fit in the memory this machine has free).
 
-Peak memory is each process's own (ru_maxrss), Python and polars included; for tasks, the largest
+Peak memory is each process's own (VmHWM), Python and polars included; for tasks, the largest
 of them. The budget is the top half by difference score with the auto noise floor and the raw
 random control, which is the paper's setting with the control its comparison needs.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -95,7 +94,11 @@ def phase(name: str, root: Path, task: int, tasks: int) -> dict:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _spawn(name: str, root: Path, task: int, tasks: int) -> subprocess.Popen:
