@@ -327,11 +327,11 @@ def decide(plan: Plan) -> Decisions:
             groups.append(g.with_columns(pl.col("group") + base))
             base += int(g["group"].max() or 0) + 1
         shared = pl.concat(groups).filter(~pl.col("row").is_in(pl.Series(values=repeated).implode()))
-        near, keeper = _groups(shared)
+        near, keeper = near_groups(shared)
     return Decisions(exact, repeated, near, keeper)
 
 
-def _groups(shared: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def near_groups(shared: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(rows of near-copies, the first row of each one's connected group): documents sharing a
     band value are joined, one after the other, and groups joined through any document merge."""
     from scipy.sparse import coo_matrix

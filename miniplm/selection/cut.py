@@ -193,8 +193,8 @@ def _pool(rows: pl.DataFrame, control: RandomControl, threshold: float | None) -
     return ok & (rows["teacher"] >= threshold) if threshold is not None else ok
 
 
-def _control_reads(rd: RunDir, totals: list[dict], control: RandomControl):
-    columns = [draw_column(control), "id", "length", "raw_pool", "pre", "teacher"]
+def _control_reads(rd: RunDir, totals: list[dict], control: RandomControl, ids: bool):
+    columns = [draw_column(control), *(["id"] if ids else []), "length", "raw_pool", "pre", "teacher"]
     for i in range(len(totals)):
         file = pq.ParquetFile(rd.ranked_run(i))
         for g in range(file.num_row_groups):
@@ -206,7 +206,7 @@ def control_cut(rd: RunDir, totals: list[dict], control: RandomControl, threshol
     histogram of its pool's draws and then the sorted units of the one bin the cut falls in."""
     column = draw_column(control)
     tokens = np.zeros(DRAW_BINS)
-    for rows in _control_reads(rd, totals, control):
+    for rows in _control_reads(rd, totals, control, ids=False):
         rows = rows.filter(_pool(rows, control, threshold))
         bins = (rows[column].to_numpy() * DRAW_BINS).astype(np.int64)
         tokens += np.bincount(bins, weights=rows["length"].to_numpy(), minlength=DRAW_BINS)
@@ -216,7 +216,7 @@ def control_cut(rd: RunDir, totals: list[dict], control: RandomControl, threshol
     b = int(np.searchsorted(cumulative, spend, side="right"))  # the bin where the draws overflow
     before = int(round(cumulative[b - 1])) if b else 0
     parts = []
-    for rows in _control_reads(rd, totals, control):
+    for rows in _control_reads(rd, totals, control, ids=True):
         rows = rows.filter(_pool(rows, control, threshold))
         parts.append(rows.filter((pl.col(column) * DRAW_BINS).cast(pl.Int64) == b).select(column, "id", "length"))
     inside = pl.concat(parts).sort(column, "id")

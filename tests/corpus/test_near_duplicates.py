@@ -9,8 +9,9 @@ import pytest
 
 from miniplm.config import NearDuplicateConfig
 from miniplm.corpus import prepare
+from miniplm.corpus.dedup import near_groups
 from miniplm.corpus.documents import normalise
-from miniplm.corpus.near_duplicates import Bands, lsh_shape, near_copies
+from miniplm.corpus.near_duplicates import Bands, lsh_shape
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
 from miniplm.workers import Worker
@@ -55,14 +56,12 @@ def test_bands_match_only_for_similar_texts():
 
 
 def test_groups_keep_the_first_row_and_chain_transitively():
-    # rows 0-5; band 0 links 1~4 and 2~5, band 1 links 4~5: one group {1, 2, 4, 5} kept at 1.
-    # Row 3 shares a band with 0, but 3 is not eligible (an exact duplicate), so 0 stays alone.
-    band0 = np.array([7, 1, 2, 7, 1, 2], dtype=np.uint64)
-    band1 = np.array([10, 11, 12, 10, 14, 14], dtype=np.uint64)
-    eligible = np.array([True, True, True, False, True, True])
-    out = near_copies({"a": band0, "b": band1}.__getitem__, ["a", "b"], eligible)
-    assert out.tolist() == [-1, -1, 1, -1, 1, 1]
-    assert near_copies({"a": band0}.__getitem__, ["a"], np.zeros(6, bool)).tolist() == [-1] * 6
+    # rows 0-5; band 0 is shared by 1~4 and 2~5, band 1 by 4~5: one group {1, 2, 4, 5} kept at 1.
+    # Row 3 shares a band with 0, but 3 is an exact duplicate (never among the holders), so 0 stays alone.
+    shared = pl.DataFrame({"group": [0, 0, 1, 1, 2, 2], "row": [1, 4, 2, 5, 4, 5]})
+    copies, keepers = near_groups(shared)
+    assert copies.tolist() == [2, 4, 5] and keepers.tolist() == [1, 1, 1]
+    assert [a.tolist() for a in near_groups(shared.head(0))] == [[], []]
 
 
 def planted_files(folder: Path, n_files: int, per_file: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from polars.testing import assert_frame_equal
 
 from miniplm.config import SelectConfig
@@ -13,6 +14,7 @@ from miniplm.rundir import RunDir
 from miniplm.selection import cut as cuts
 from miniplm.selection.rank import read_score_shard, runs, write_run
 from miniplm.selection.strategies import decide, random_baseline
+from tests.conftest import REPO
 
 
 def score_set(rng: np.random.Generator, n: int, unit: str) -> pl.DataFrame:
@@ -120,3 +122,22 @@ def test_units_after_one_too_big_fill_what_it_left_across_runs(tmp_path):
     assert_frame_equal(got, reference(scores, cfg, 0))
     cut = cuts.compute(RunDir(tmp_path), cfg, 0)
     assert cut.boundary == [3.0, "b"] and cut.extras == ["c", "d"] and cut.kept_length == 100
+
+
+# the bundled jobs that select (demo-gpu-teacher.yaml trains the GPU demo's teacher and selects nothing)
+JOBS = [
+    p for p in sorted((REPO / "jobs").glob("*.yaml")) if {"teacher", "reference"} <= set(yaml.safe_load(p.read_text()))
+]
+
+
+@pytest.mark.parametrize("job_file", JOBS, ids=lambda p: p.name)
+def test_every_bundled_jobs_selection_is_decided_as_decide_does(tmp_path, job_file):
+    job = yaml.safe_load(job_file.read_text())  # its select settings (its models need not be here)
+    unit = job.get("score", {}).get("unit", "document")
+    scores = score_set(np.random.default_rng(len(job_file.name)), 3000, unit)
+    cfg = SelectConfig(**job.get("select", {}), units_per_run=700)
+    if cfg.keep_tokens is not None:  # a budget for the synthetic set's size
+        cfg = cfg.model_copy(update={"keep_tokens": int(scores["n_tokens"].sum() // 3)})
+    expected = reference(scores, cfg, job.get("seed", 0))
+    assert_frame_equal(sharded(tmp_path, scores, cfg, job.get("seed", 0), shard_rows=300), expected)
+    assert expected["kept"].sum() > 0

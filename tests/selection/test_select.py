@@ -9,7 +9,7 @@ import pytest
 from miniplm.corpus import prepare
 from miniplm.job import load_job
 from miniplm.rundir import RunDir
-from miniplm.selection import rank, select
+from miniplm.selection import cut, rank, select
 from miniplm.workers import Worker
 from tests.conftest import write_jsonl
 
@@ -122,6 +122,52 @@ def test_same_ids_on_rerun_and_with_two_workers(tmp_path):
         shutil.rmtree(Path(one.run_dir) / "selected")
         run_select(one, force=True, show_progress=False)
         assert selected_rows(one.run_dir)["id"].to_list() == ids_one
+
+
+def _written(run_dir) -> dict[str, bytes]:
+    root = Path(run_dir)
+    folders = ("ranked", "selection", "selected", "selected-random", "selected-random-filtered")
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file() and p.suffix in (".parquet", ".npy", ".json")
+    }
+
+
+def test_rank_and_select_stopped_in_a_task_resume_to_the_same_bytes(tmp_path, monkeypatch):
+    settings = {"keep_fraction": 0.3, "random_baseline": "both", "units_per_run": 60}  # four runs
+    clean = make_scored_run(tmp_path, name="clean", **settings)
+    run_select(clean)
+    stopped = make_scored_run(tmp_path, name="stopped", **settings)
+    real_write_run, real_apply = rank.write_run, cut.apply
+
+    def write_run(rd, index, *args):
+        if index == 2:
+            raise RuntimeError("killed")
+        real_write_run(rd, index, *args)
+
+    monkeypatch.setattr(rank, "write_run", write_run)
+    with pytest.raises(RuntimeError, match="killed"):
+        rank.STAGE.run(stopped, show_progress=False)
+    monkeypatch.setattr(rank, "write_run", real_write_run)
+    assert rank.STAGE.run(stopped, show_progress=False)["runs"] == 4
+
+    calls = []
+
+    def apply(*args):
+        calls.append(1)
+        if len(calls) == 3:  # the third shard of four: after the cut and two shards
+            raise RuntimeError("killed")
+        return real_apply(*args)
+
+    monkeypatch.setattr(cut, "apply", apply)
+    with pytest.raises(RuntimeError, match="killed"):
+        select.STAGE.run(stopped, show_progress=False)
+    assert RunDir(stopped.run_dir).cut.exists() and len(list((Path(stopped.run_dir) / "selected").glob("*"))) == 2
+    monkeypatch.setattr(cut, "apply", real_apply)
+    select.STAGE.run(stopped, show_progress=False)
+    assert _written(stopped.run_dir) == _written(clean.run_dir) != {}
 
 
 def test_report_survives_odd_source_names(tmp_path):
