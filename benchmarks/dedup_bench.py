@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from processes import peak_memory, run_tasks
 
 UNIT = 500_000
 BANDS = 14
@@ -88,34 +88,17 @@ def phase(name: str, root: Path, rows: list[int], partitions: int, task: int) ->
     elif name == "end":
         d = dedup.decide(p)
         out = {"exact": int(np.unpackbits(d.exact).sum()), "repeated": len(d.repeated), "near": len(d.near)}
-    return {"seconds": time.perf_counter() - start, "peak": _peak(), **out}
-
-
-def _peak() -> int:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return {"seconds": time.perf_counter() - start, "peak": peak_memory(), **out}
 
 
 def dedup_bands() -> list[str]:
     return [f"_band_{b:02d}" for b in range(BANDS)]
 
 
-def run_tasks(name: str, root: Path, rows: list[int], partitions: int, tasks: int, parallel: int):
-    start, results, running, todo = time.perf_counter(), [], [], list(range(tasks))
-    while todo or running:
-        while todo and len(running) < parallel:
-            command = [sys.executable, __file__, "--phase", name, "--root", str(root), "--task", str(todo.pop(0))]
-            command += ["--rows", json.dumps(rows), "--partitions", str(partitions)]
-            running.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
-        done = running.pop(0)
-        out, _ = done.communicate()
-        if done.returncode:
-            raise SystemExit(f"{name} task failed")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return time.perf_counter() - start, results
+def tasks_of(name: str, root: Path, rows: list[int], partitions: int, tasks: int, parallel: int):
+    command = [sys.executable, __file__, "--phase", name, "--root", str(root)]
+    command += ["--rows", json.dumps(rows), "--partitions", str(partitions)]
+    return run_tasks([[*command, "--task", str(t)] for t in range(tasks)], parallel)
 
 
 def measure(documents: int, partitions: int, parallel: int, workdir: Path | None) -> dict:
@@ -124,7 +107,7 @@ def measure(documents: int, partitions: int, parallel: int, workdir: Path | None
         rows = write_units(root, documents)
         row = {"documents": documents, "partitions": partitions}
         for name, tasks in (("keys", len(rows)), ("phase 1", partitions), ("phase 2", partitions), ("end", 1)):
-            wall, results = run_tasks(name, root, rows, partitions, tasks, parallel)
+            wall, results = tasks_of(name, root, rows, partitions, tasks, parallel)
             row[name] = {"wall": wall, "peak": max(r["peak"] for r in results)}
             if name == "end":
                 row["found"] = {k: results[0][k] for k in ("exact", "repeated", "near")}

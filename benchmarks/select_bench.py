@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from processes import peak_memory, run_tasks
 
 ROWS_PER_SHARD = 500_000
 BYTES_PER_UNIT_IN_MEMORY = 230  # what the in-memory decision held per unit (benchmarks/README.md)
@@ -89,35 +89,14 @@ def phase(name: str, root: Path, task: int, tasks: int) -> dict:
         decisions = decide(scores, cfg, seed)
         decisions = decisions.with_columns(random_baseline(scores, decisions, seed))
         kept = decisions.filter("kept")
-        return {"seconds": time.perf_counter() - start, "peak": _peak(), "kept": kept.height}
-    return {"seconds": time.perf_counter() - start, "peak": _peak()}
+        return {"seconds": time.perf_counter() - start, "peak": peak_memory(), "kept": kept.height}
+    return {"seconds": time.perf_counter() - start, "peak": peak_memory()}
 
 
-def _peak() -> int:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _spawn(name: str, root: Path, task: int, tasks: int) -> subprocess.Popen:
-    command = [sys.executable, __file__, "--phase", name, "--root", str(root), "--task", str(task)]
-    return subprocess.Popen([*command, "--tasks", str(tasks)], stdout=subprocess.PIPE, text=True)
-
-
-def run_tasks(name: str, root: Path, tasks: int, parallel: int) -> tuple[float, list[dict]]:
+def tasks_of(name: str, root: Path, tasks: int, parallel: int) -> tuple[float, list[dict]]:
     """Every task of a phase, `parallel` at a time: (wall seconds, each task's figures)."""
-    start, results, running, todo = time.perf_counter(), [], [], list(range(tasks))
-    while todo or running:
-        while todo and len(running) < parallel:
-            running.append(_spawn(name, root, todo.pop(0), tasks))
-        done = running.pop(0)
-        out, _ = done.communicate()
-        if done.returncode:
-            raise SystemExit(f"{name} task failed")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return time.perf_counter() - start, results
+    command = [sys.executable, __file__, "--phase", name, "--root", str(root), "--tasks", str(tasks)]
+    return run_tasks([[*command, "--task", str(t)] for t in range(tasks)], parallel)
 
 
 def _available() -> int:
@@ -134,13 +113,13 @@ def measure(units: int, tasks: int, parallel: int, workdir: Path | None) -> dict
         row = {"units": units}
         for name in ("rank", "cut", "decide"):
             count = 1 if name == "cut" else tasks
-            wall, results = run_tasks(name, root, count, parallel)
+            wall, results = tasks_of(name, root, count, parallel)
             row[name] = {"wall": wall, "peak": max(r["peak"] for r in results)}
         cut = json.loads((root / "selection" / "cut.json").read_text())
         row["kept"] = cut["kept_units"]
         row["runs"] = len(list((root / "ranked").glob("run-*.json")))
         if units * BYTES_PER_UNIT_IN_MEMORY < 0.8 * _available():
-            wall, [result] = run_tasks("in-memory", root, 1, 1)
+            wall, [result] = tasks_of("in-memory", root, 1, 1)
             row["in-memory"] = {"wall": wall, "peak": result["peak"]}
             assert result["kept"] == row["kept"], (result["kept"], row["kept"])  # the same selection
         return row

@@ -23,6 +23,7 @@ decisions of `decide` on the whole corpus (tests/selection/test_cut.py).
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -229,12 +230,20 @@ def run_totals(rd: RunDir) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(rd.ranked.glob("run-*.json"))]
 
 
+def _sorted_teacher(rd: RunDir, index: int) -> np.ndarray:
+    """A run's sorted teacher log-probs, memory-mapped for binary searches: without read-ahead, only
+    the pages a search touches are read (a few hundred per run, not the file)."""
+    values = np.load(rd.ranked_run(index, ".npy"), mmap_mode="r")
+    if isinstance(values, np.memmap) and hasattr(mmap, "MADV_RANDOM"):
+        values._mmap.madvise(mmap.MADV_RANDOM)
+    return values
+
+
 def compute(rd: RunDir, cfg: SelectConfig, seed: int) -> Cut:
     """The cut, from the runs under RUN_DIR/ranked/."""
     totals = run_totals(rd)
     spend, by_tokens = budget(cfg, sum(t["units"] for t in totals), sum(t["length"] for t in totals))
-    teacher = [np.load(rd.ranked_run(i, ".npy"), mmap_mode="r") for i in range(len(totals))]
-    cut = Cut(noise_floor_sorted(cfg, teacher).as_dict(), spend, by_tokens)
+    cut = Cut(noise_floor_sorted(cfg, [_sorted_teacher(rd, i) for i in range(len(totals))]).as_dict(), spend, by_tokens)
     walk = _Walk(cfg, cut)
     for batch in merged(rd, totals):
         walk.feed(batch)

@@ -37,7 +37,7 @@ from miniplm.stage import Part, ShardedStage, StageRun
 
 NAME = "rank"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
-ROWS_PER_GROUP = 8192  # the merge holds one row group per run
+ROWS_PER_GROUP = 2048  # the cut's merge holds about one row group per run (some 3,000 rows' worth of memory)
 
 
 def draw_column(control: RandomControl) -> str:
