@@ -6,7 +6,7 @@ RUN_DIR/
   records/STAGE.json (what each finished stage wrote: every file, its size and content hash)
   docs/{main,reference,heldout}/shard-NNNNN.parquet, docs/stats.json, docs/rejects.jsonl
   scores/shard-NNNNN.parquet
-  ranked/run-NNNNN.{parquet,npy,json} (runs of score shards' units in rank order, for select's cut)
+  ranked/run-NNNNN.{arrow,npy,json} (runs of score shards' units in rank order, for select's cut)
   selection/cut.json, selection/decisions/shard-NNNNN.parquet, selected/, selected-random/, selected-random-filtered/
   generated/NAME/shard-NNNNN.parquet
   tokens/NAME/shard-NNNNN.arrow
@@ -110,8 +110,8 @@ class RunDir:
     def ranked(self) -> Path:
         return self.root / "ranked"
 
-    def ranked_run(self, index: int, suffix: str = ".parquet") -> Path:
-        """A run of consecutive score shards: their units in rank order (.parquet), their sorted teacher
+    def ranked_run(self, index: int, suffix: str = ".arrow") -> Path:
+        """A run of consecutive score shards: their units in rank order (.arrow), their sorted teacher
         log-probs per token (.npy) and their totals (.json)."""
         return self.ranked / f"run-{index:05d}{suffix}"
 

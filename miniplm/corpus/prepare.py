@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,13 @@ class Prepare(ShardedStage):
             for i, given in enumerate(result.get("inputs", []))
             if not given["accepted"]
         ]
+        per_partition = result["documents_read"] / job.corpus.dedup_partitions
+        if per_partition > DOCUMENTS_PER_PARTITION:
+            found.append(
+                f"prepare: {job.corpus.dedup_partitions} dedup partitions of about {per_partition:,.0f} documents "
+                f"each: a worker held about {per_partition * KEY_BYTES / 2**30:.1f} GB of keys; for a corpus this "
+                f"size set corpus.dedup_partitions to {math.ceil(result['documents_read'] / DOCUMENTS_PER_PARTITION)}"
+            )
         if not result["kept_total"]:
             found.append(
                 f"prepare: no document was kept of {result['documents_read']:,} read (rejected "
@@ -131,6 +139,8 @@ class Prepare(ShardedStage):
 
 
 STAGE = Prepare()
+DOCUMENTS_PER_PARTITION = 4_000_000  # past this, a dedup worker holds over half a GB of keys
+KEY_BYTES = 150  # what a worker holds per document of its partition, at the peak (benchmarks/README.md)
 
 
 def summary_lines(stats: dict) -> list[str]:

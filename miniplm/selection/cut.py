@@ -4,7 +4,8 @@
 same decisions from the runs rank wrote (selection/rank.py), holding one row group per run:
 
 1. the noise floor, exactly, from the runs' sorted teacher log-probs (selection/order_stats.py);
-2. one merge of the runs in rank order (key, highest first, then id), fed in batches to the same
+2. one merge of the runs in rank order (key, highest first, then id: one record batch of each run in
+   memory), fed in batches to the same
    walk as `decide`'s, carrying what it spent: each source's spending, for the source cap, and what
    is left of the budget. A unit that does not fit when its turn comes passes it on: the first
    such unit is the boundary, everything in the running before it is kept, and after it only units
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from miniplm.files import atomic_write_json
 from miniplm.rundir import RunDir
@@ -51,6 +52,7 @@ from miniplm.selection.strategies import (
 )
 
 DRAW_BINS = 1 << 16
+CONTROL_BATCHES = 32  # record batches a control's pass reads at once
 MERGE_COLUMNS = ["key", "id", "source", "length", "teacher"]
 
 
@@ -80,23 +82,28 @@ class Cut:
 
 
 # ---------------------------------------------------------------------------------------------- the merge
+def batches(path: Path) -> pa.ipc.RecordBatchFileReader:
+    """A run's record batches, each read from the file when asked for (nothing mapped or cached)."""
+    return pa.ipc.open_file(pa.OSFile(str(path)))
+
+
 class _Run:
-    """One run's units still in the running, read a row group at a time."""
+    """One run's units still in the running, read a record batch at a time."""
 
     def __init__(self, path: Path, running: int):
-        self.file = pq.ParquetFile(path)
+        self.file = batches(path)
         self.left = running  # rows of the run still to read: those in the running come first
-        self.group = 0
+        self.batch = 0
         self.rows: pl.DataFrame | None = None
         self.negkey = np.zeros(0)
         self._read()
 
     def _read(self) -> None:
         self.rows = None
-        while self.left > 0 and self.group < self.file.num_row_groups:
-            table = self.file.read_row_group(self.group, columns=MERGE_COLUMNS)
-            self.group += 1
-            rows = pl.from_arrow(table).head(self.left)
+        while self.left > 0 and self.batch < self.file.num_record_batches:
+            batch = self.file.get_batch(self.batch).select(MERGE_COLUMNS)
+            self.batch += 1
+            rows = pl.from_arrow(batch).head(self.left)
             self.left -= rows.height
             if rows.height:
                 self.rows = rows
@@ -120,7 +127,7 @@ class _Run:
 
 
 def merged(rd: RunDir, totals: list[dict]):
-    """Every unit in the running, of every run, in rank order: batches of at least one row group."""
+    """Every unit in the running, of every run, in rank order: batches of at least a run's record batch."""
     active = [r for i, t in enumerate(totals) if (r := _Run(rd.ranked_run(i), t["running"])).rows is not None]
     while active:
         upto = min(r.last() for r in active)
@@ -197,9 +204,11 @@ def _pool(rows: pl.DataFrame, control: RandomControl, threshold: float | None) -
 def _control_reads(rd: RunDir, totals: list[dict], control: RandomControl, ids: bool):
     columns = [draw_column(control), *(["id"] if ids else []), "length", "raw_pool", "pre", "teacher"]
     for i in range(len(totals)):
-        file = pq.ParquetFile(rd.ranked_run(i))
-        for g in range(file.num_row_groups):
-            yield pl.from_arrow(file.read_row_group(g, columns=columns))
+        file = batches(rd.ranked_run(i))
+        for start in range(0, file.num_record_batches, CONTROL_BATCHES):
+            end = min(start + CONTROL_BATCHES, file.num_record_batches)
+            chunk = [file.get_batch(b).select(columns) for b in range(start, end)]
+            yield pl.from_arrow(pa.Table.from_batches(chunk))
 
 
 def control_cut(rd: RunDir, totals: list[dict], control: RandomControl, threshold: float | None, spend: int):

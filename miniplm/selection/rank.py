@@ -4,11 +4,12 @@ The selection keeps the top of one ranking over the whole corpus. No process hol
 rank tasks each sort a run of consecutive score shards (about select.units_per_run units: a task's
 memory, whatever the corpus size) and write
 
-    ranked/run-NNNNN.parquet  every unit of the run, those still in the running (a finite score and
+    ranked/run-NNNNN.arrow    every unit of the run, those still in the running (a finite score and
                               select.min_tokens) first, by key (highest first) then id: the
                               key, id, source, length (the tokens it trains on), teacher log-prob
                               per token, `pre` (0, or the reason it is out before the noise floor),
-                              `raw_pool` and each random control's draw;
+                              `raw_pool` and each random control's draw; Arrow IPC in record batches
+                              of ROWS_PER_BATCH, so that the cut reads any batch alone;
     ranked/run-NNNNN.npy      the teacher log-probs per token of those in the running, sorted: the
                               noise floor's median is found from these without reading them;
     ranked/run-NNNNN.json     the run's totals (units, tokens, score shards).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from miniplm import outputs
@@ -37,7 +39,7 @@ from miniplm.stage import Part, ShardedStage, StageRun
 
 NAME = "rank"
 SCORE_COLUMNS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
-ROWS_PER_GROUP = 2048  # the cut's merge holds about one row group per run (some 3,000 rows' worth of memory)
+ROWS_PER_BATCH = 2048  # the cut's merge reads a run a record batch at a time
 
 
 def draw_column(control: RandomControl) -> str:
@@ -95,8 +97,10 @@ def write_run(rd: RunDir, index: int, shards: list[int], cfg: SelectConfig, seed
     running = run.filter(pl.col("pre") == 0)
     with atomic_path(rd.ranked_run(index, ".npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, np.sort(running["teacher"].to_numpy()))
-    with atomic_path(rd.ranked_run(index)) as tmp:
-        run.write_parquet(tmp, row_group_size=ROWS_PER_GROUP, statistics=False)
+    table = run.to_arrow()
+    with atomic_path(rd.ranked_run(index)) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=ROWS_PER_BATCH)
     totals = {
         "units": run.height,
         "running": running.height,

@@ -123,3 +123,14 @@ def test_kill_9_in_a_dedup_partition_and_rerun_gives_the_same_bytes(write_job, t
     assert not (tmp_path / "killed" / "docs" / "main").exists() or not list((tmp_path / "killed" / "docs").rglob("*"))
     subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert shard_bytes(tmp_path / "killed") == shard_bytes(clean.run_dir)
+
+
+def test_too_few_partitions_for_the_corpus_is_warned_about(write_job, tmp_path):
+    src = tmp_path / "src"
+    corpus(src, n_files=1)
+    job = load_job(_job(write_job, tmp_path, src, "warned", dedup_partitions=2))
+    result = {"documents_read": 10_000_000, "kept_total": 9_000_000, "inputs": []}
+    [warning] = prepare.STAGE.warnings(job, result)
+    assert "2 dedup partitions of about 5,000,000 documents" in warning
+    assert "set corpus.dedup_partitions to 3" in warning
+    assert prepare.STAGE.warnings(job, {**result, "documents_read": 8_000_000}) == []

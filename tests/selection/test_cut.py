@@ -84,8 +84,8 @@ CASES = CASES[::5]
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_the_sharded_cut_decides_every_unit_as_decide_does(tmp_path, monkeypatch, case):
     unit, strategy, budget, cap, floor = CASES[case]
-    if case % 2:  # row groups of 16 units: the merge reads each run in many pieces
-        monkeypatch.setattr("miniplm.selection.rank.ROWS_PER_GROUP", 16)
+    if case % 2:  # record batches of 16 units: the merge reads each run in many pieces
+        monkeypatch.setattr("miniplm.selection.rank.ROWS_PER_BATCH", 16)
     rng = np.random.default_rng(case)
     scores = score_set(rng, 1500, unit)
     if budget.get("keep_fraction", 0.5) is None and "keep_token_fraction" not in budget:

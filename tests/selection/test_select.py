@@ -131,7 +131,7 @@ def _written(run_dir) -> dict[str, bytes]:
         str(p.relative_to(root)): p.read_bytes()
         for folder in folders
         for p in sorted((root / folder).rglob("*"))
-        if p.is_file() and p.suffix in (".parquet", ".npy", ".json")
+        if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".json")
     }
 
 
