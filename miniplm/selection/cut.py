@@ -3,7 +3,8 @@
 `decide` (selection/strategies.py) walks one ranking of every unit in one process. The cut makes the
 same decisions from the runs rank wrote (selection/rank.py), holding one row group per run:
 
-1. the noise floor, exactly, from the runs' sorted teacher log-probs (selection/order_stats.py);
+1. the noise floor, exactly, from the runs' sorted teacher log-probs, read a value at a time by
+   binary searches (selection/order_stats.py);
 2. one merge of the runs in rank order (key, highest first, then id: one record batch of each run in
    memory), fed in batches to the same
    walk as `decide`'s, carrying what it spent: each source's spending, for the source cap, and what
@@ -24,7 +25,6 @@ decisions of `decide` on the whole corpus (tests/selection/test_cut.py).
 from __future__ import annotations
 
 import json
-import mmap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from miniplm.rundir import RunDir
 from miniplm.schema.select import RandomControl, SelectConfig
 from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.noise_floor import noise_floor_sorted
+from miniplm.selection.order_stats import SortedFile
 from miniplm.selection.rank import draw_column
 from miniplm.selection.strategies import (
     budget,
@@ -239,20 +240,12 @@ def run_totals(rd: RunDir) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(rd.ranked.glob("run-*.json"))]
 
 
-def _sorted_teacher(rd: RunDir, index: int) -> np.ndarray:
-    """A run's sorted teacher log-probs, memory-mapped for binary searches: without read-ahead, only
-    the pages a search touches are read (a few hundred per run, not the file)."""
-    values = np.load(rd.ranked_run(index, ".npy"), mmap_mode="r")
-    if isinstance(values, np.memmap) and hasattr(mmap, "MADV_RANDOM"):
-        values._mmap.madvise(mmap.MADV_RANDOM)
-    return values
-
-
 def compute(rd: RunDir, cfg: SelectConfig, seed: int) -> Cut:
     """The cut, from the runs under RUN_DIR/ranked/."""
     totals = run_totals(rd)
     spend, by_tokens = budget(cfg, sum(t["units"] for t in totals), sum(t["length"] for t in totals))
-    cut = Cut(noise_floor_sorted(cfg, [_sorted_teacher(rd, i) for i in range(len(totals))]).as_dict(), spend, by_tokens)
+    teacher = [SortedFile(rd.ranked_run(i, ".npy")) for i in range(len(totals))]
+    cut = Cut(noise_floor_sorted(cfg, teacher).as_dict(), spend, by_tokens)
     walk = _Walk(cfg, cut)
     for batch in merged(rd, totals):
         walk.feed(batch)

@@ -63,7 +63,7 @@ def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
     return _floor(cfg, len(values), lambda: float(np.median(values)), lambda m: float(np.median(np.abs(values - m))))
 
 
-def noise_floor_sorted(cfg: SelectConfig, sorted_parts: Sequence[np.ndarray]) -> NoiseFloor:
+def noise_floor_sorted(cfg: SelectConfig, sorted_parts: Sequence) -> NoiseFloor:
     """The same floor from the values in parts, each sorted (memory maps of the rank tasks' files):
     exactly the numbers `noise_floor` gives on their concatenation, without holding them."""
     return _floor(
