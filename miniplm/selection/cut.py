@@ -1,7 +1,7 @@
 """The selection's cut over the whole corpus, from the rank tasks' sorted runs, in bounded memory.
 
 `decide` (selection/strategies.py) walks one ranking of every unit in one process. The cut makes the
-same decisions from the runs rank wrote (selection/rank.py), holding one row group per run:
+same decisions from the runs rank wrote (selection/rank.py), holding one record batch per run:
 
 1. the noise floor, exactly, from the runs' sorted teacher log-probs, read a value at a time by
    binary searches (selection/order_stats.py);
@@ -229,8 +229,9 @@ def control_cut(rd: RunDir, totals: list[dict], control: RandomControl, threshol
     parts = []
     for rows in _control_reads(rd, totals, control, ids=True):
         rows = rows.filter(_pool(rows, control, threshold))
-        parts.append(rows.filter((pl.col(column) * DRAW_BINS).cast(pl.Int64) == b).select(column, "id", "length"))
-    inside = pl.concat(parts).sort(column, "id")
+        # as Python values: a filtered string column still points into the whole chunk's buffers
+        parts += rows.filter((pl.col(column) * DRAW_BINS).cast(pl.Int64) == b).select(column, "id", "length").rows()
+    inside = pl.DataFrame(parts, schema=[column, "id", "length"], orient="row").sort(column, "id")
     over = int(np.searchsorted(before + np.cumsum(inside["length"].to_numpy()), spend, side="right"))
     return [inside[column][over], inside["id"][over]]
 

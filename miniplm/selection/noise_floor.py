@@ -64,7 +64,7 @@ def noise_floor(cfg: SelectConfig, teacher_per_token: np.ndarray) -> NoiseFloor:
 
 
 def noise_floor_sorted(cfg: SelectConfig, sorted_parts: Sequence) -> NoiseFloor:
-    """The same floor from the values in parts, each sorted (memory maps of the rank tasks' files):
+    """The same floor from the values in parts, each sorted (the rank tasks' files, as SortedFile):
     exactly the numbers `noise_floor` gives on their concatenation, without holding them."""
     return _floor(
         cfg,

@@ -4,8 +4,8 @@ with their text.
 Two steps that scale, after rank sorted runs of the score shards (selection/rank.py):
 1. global, once: merge the runs into the cut (selection/cut.py: the noise floor, each
    source's cap, the last unit kept, the random controls' draws) and write
-   RUN_DIR/selection/cut.json: a few numbers and ids, in memory bounded by the runs'
-   row groups, not by the corpus;
+   RUN_DIR/selection/cut.json: a few numbers and ids, in memory bounded by a record
+   batch per run, not by the corpus;
 2. per document shard, by any worker: decide that shard's units from their score rows
    and the cut (RUN_DIR/selection/decisions/shard-NNNNN.parquet: every unit's numbers
    and fate) and keep the chosen rows, in their original order, with a `score` column,
