@@ -101,8 +101,9 @@ def _sample(files: list[Path], units: int, seed: int) -> pl.DataFrame:
     parts = []
     for f in files:
         rows = pl.read_parquet(f, columns=PLOTTED)
-        if share is not None:
-            rows = rows.filter(uniform_by_id(rows["id"], seed) < share)
+        if share is not None:  # copied: a filtered string column would keep the whole shard's ids alive
+            drawn = rows.filter(uniform_by_id(rows["id"], seed) < share)
+            rows = pl.DataFrame(drawn.rows(), schema=drawn.schema, orient="row")
         parts.append(rows)
     return pl.concat(parts) if parts else pl.DataFrame(schema={c: pl.Float64 for c in PLOTTED})
 

@@ -319,3 +319,16 @@ def test_nothing_kept_is_warned_about(tmp_path, capsys):
     assert (
         "miniplm: warning: select: nothing was kept of 200 scored documents (low_teacher_logprob 200)" in captured.err
     )
+
+
+def test_past_the_sample_size_plots_come_from_a_sample_and_the_counts_stay_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr("miniplm.selection.report.SAMPLE_UNITS", 50)
+    job = make_scored_run(tmp_path, keep_fraction=0.25)
+    run_select(job)
+    report = Path(job.run_dir) / "report"
+    page = (report / "index.html").read_text()
+    sampled = re.search(r"a sample of (\d+) of 200 documents", page)
+    assert sampled and 20 <= int(sampled.group(1)) <= 90  # each document drawn with probability 1/4
+    summary = json.loads((report / "summary.json").read_text())
+    assert (summary["scored"], summary["kept"]) == (200, 50)
+    assert sum(s["scored"] for s in summary["sources"]) == 200
