@@ -140,7 +140,7 @@ class Prepare(ShardedStage):
 
 STAGE = Prepare()
 DOCUMENTS_PER_PARTITION = 4_000_000  # past this, a dedup worker holds over half a GB of keys
-KEY_BYTES = 150  # what a worker holds per document of its partition, at the peak (benchmarks/README.md)
+KEY_BYTES = 120  # what a worker holds per document of its partition, at the peak (benchmarks/README.md)
 
 
 def summary_lines(stats: dict) -> list[str]:

@@ -158,9 +158,9 @@ class CorpusConfig(Strict):
         16,
         gt=0,
         le=65535,
-        description="partitions of the dedup keys, each answered by one worker at a time (about 250 bytes "
-        "a document: one per 2 million documents keeps a worker near 0.5 GB); the kept set is the same "
-        "for any number",
+        description="partitions of the dedup keys, each answered by one worker at a time, which holds about "
+        "120 bytes per document of its partition (one per 4 million documents keeps a worker near 0.6 GB); "
+        "the kept set is the same for any number",
     )
 
     @model_validator(mode="after")
