@@ -51,6 +51,9 @@ def main(out: Path, n_rows: int, micro: int) -> None:
     loss = heldout_loss(engine, rows, n_rows, rank, world, micro, "cpu")
     if rank == 0:
         out.write_text(json.dumps({"loss": loss, "plain": plain, "world": world}))
+    # leave together: a rank exiting with the process group's threads still up can abort at exit
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
