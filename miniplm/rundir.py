@@ -111,8 +111,7 @@ class RunDir:
         return self.root / "ranked"
 
     def ranked_run(self, index: int, suffix: str = ".arrow") -> Path:
-        """A run of consecutive score shards: their units in rank order (.arrow), their sorted teacher
-        log-probs per token (.npy) and their totals (.json)."""
+        """A run of score shards: units in rank order (.arrow), sorted teacher log-probs (.npy), totals (.json)."""
         return self.ranked / f"run-{index:05d}{suffix}"
 
     @property
