@@ -17,7 +17,9 @@ its training data and starting weights needed. That work is manifest entries
 the student's training back) to the entries that run a model
 (`Stage.spends_compute`): the selected text needed the reference's training (when this
 run trains it) and the scoring by teacher and reference; a generated corpus
-its generate entry; a mix the work of every set it draws on; a student
+its generate entry; a mix the work of every set it draws on; scores from a proxy
+the proxy's fitting and prediction and the LM scores of its sample (when the LMs
+scored every unit beside it, the proxy charges the sample's share itself); a student
 started from pruned weights the prune entry; offline KD the teacher-logits set
 it reads. Each entry's FLOPs are split equally over the job's students that
 need it (a student's seed replicas repeat one experiment: each carries the
@@ -89,12 +91,14 @@ def upstream(job: JobConfig, student: StudentConfig, owner: dict[str, tuple[Stag
     seen: set[str] = set()
     pending = [outputs.trained(student.name).stage]
     while pending:
-        found = owner.get(pending.pop())
+        entry = pending.pop()
+        found = owner.get(entry)
         if found is None:
             continue
         stage, step = found
-        for read in (r for part in stage.parts(job, step.only) for r in stage.reads(job, part)):
-            if not isinstance(read, Upstream) or read.stage in seen:
+        parts = [part for part in stage.parts(job, step.only) if part.name == entry]  # select/proxy: its own reads
+        for read in (r for part in parts for r in stage.reads(job, part)):
+            if not isinstance(read, Upstream) or not read.charged or read.stage in seen:
                 continue
             seen.add(read.stage)
             if read.stage in owner and owner[read.stage][0].spends_compute(read.stage):

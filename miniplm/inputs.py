@@ -33,6 +33,7 @@ class Upstream:
     stage: str  # its manifest entry: prepare, score, tokenize/NAME, ...
     folders: tuple[str, ...] = ()  # relative to the run directory; empty: everything it wrote
     why: str = ""  # what needs it, for the error when it is not done ("student 'a' trains on token set 'b'")
+    charged: bool = True  # False: the reader charges what it used of that work itself (the proxy's labels)
 
     @property
     def label(self) -> str:

@@ -8,8 +8,11 @@ entry or a folder is never spelled twice. A stage's `reads` lists these `Upstrea
 from __future__ import annotations
 
 from miniplm.inputs import Upstream
+from miniplm.schema.proxy import SELECTED
 
 GENERATED = "generated/"  # a token set's input naming a generated corpus: generated/NAME
+PROXY_SCORES = "proxy/scores"
+PROXY_SELECTED = SELECTED  # the proxy's own selection, when it runs beside the LM scores
 
 
 def documents(split: str, why: str = "") -> Upstream:
@@ -21,14 +24,20 @@ def scores(why: str = "") -> Upstream:
     return Upstream("score", ("scores",), why=why)
 
 
+def proxy_scores(why: str = "") -> Upstream:
+    """The proxy's score shards: the LM scores of its sample, its own for the rest."""
+    return Upstream("proxy", (PROXY_SCORES,), why=why)
+
+
 def ranked(why: str = "") -> Upstream:
     """rank's sorted runs of the score shards."""
     return Upstream("rank", ("ranked",), why=why)
 
 
 def selection(folder: str, why: str = "") -> Upstream:
-    """A folder select writes: the selected documents, or a random control (selected-random, ...)."""
-    return Upstream("select", (folder,), why=why)
+    """A folder select writes: the selected documents, a random control (selected-random, ...), or
+    the proxy's selection beside the LM's (select/proxy's)."""
+    return Upstream("select/proxy" if folder == PROXY_SELECTED else "select", (folder,), why=why)
 
 
 def generated(name: str, why: str = "") -> Upstream:

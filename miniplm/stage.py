@@ -213,6 +213,11 @@ class ShardedStage(Stage):
         """The part's shard keys as far as they can be known before it runs (None: not yet)."""
         return None
 
+    def run_dir(self, job: JobConfig, part: Part) -> RunDir:
+        """The run directory the part reads and writes through (a selection on the proxy's scores
+        sees its own folders)."""
+        return RunDir(job.run_dir)
+
     def setup(self, run: StageRun) -> Any:
         """Check what the part needs before any work (raise ConfigError or StageError naming the
         command to run first) and load what its hooks share (a tokenizer, a backend): returns the
@@ -260,7 +265,7 @@ def run_sharded(
 ) -> Any:
     """This worker's share of one part of an array stage. Returns the part's result once every
     shard is done (by this worker or others), None while other workers still have shards to do."""
-    rd = RunDir(job.run_dir)
+    rd = stage.run_dir(job, part)
     run = StageRun(stage, job, rd, part, worker, show_progress)
     run.context = stage.setup(run)
     reads = stage.reads(job, part)

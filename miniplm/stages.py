@@ -14,6 +14,7 @@ from miniplm.errors import ConfigError
 from miniplm.evaluation.evaluate import STAGE as EVAL
 from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.models.prune import STAGE as PRUNE
+from miniplm.proxy.proxy import STAGE as PROXY
 from miniplm.schema.job import JobConfig
 from miniplm.scoring.score import STAGE as SCORE
 from miniplm.selection.rank import STAGE as RANK
@@ -28,6 +29,7 @@ STAGES += [
     PREPARE,
     TRAIN_REFERENCE,
     SCORE,
+    PROXY,
     RANK,
     SELECT,
     GENERATE,

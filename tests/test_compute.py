@@ -3,6 +3,7 @@ teacher log-probs needed, checked against shares worked out by hand."""
 
 import pytest
 
+import miniplm.stages  # noqa: F401  (fills the registry compute walks; run alone, nothing else imports it)
 from miniplm import compute
 from miniplm.config import JobConfig
 from miniplm.rundir import RunDir
@@ -90,3 +91,50 @@ def test_work_not_recorded_leaves_the_total_unknown(tmp_path):
     assert got["seqkd"] == {"training": 10.0, "teacher": 0.0, "shared": None, "total": None}
     assert got["plain"] == {"training": 10.0, "teacher": 0.0, "shared": 0.0, "total": 10.0}
     assert got["hybrid"] == {"training": None, "teacher": None, "shared": None, "total": None}  # not trained yet
+
+
+def _proxy_job(tmp_path, use: str) -> JobConfig:
+    tokenize = [{"name": "selected", "input": "selected"}]
+    students = [{"name": "miniplm", "tokens": "selected", **TINY}]
+    if use == "beside":
+        tokenize.append({"name": "proxy", "input": "selected-proxy"})
+        students.append({"name": "miniplm-proxy", "tokens": "proxy", **TINY})
+    return JobConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / use),
+            "corpus": {"inputs": [{"path": "x.jsonl", "format": "jsonl"}]},
+            "teacher": {"model": "smollm2-135m"},
+            "reference": {"train": {"preset": "tiny", "steps": 1}},
+            "proxy": {"use": use},
+            "tokenize": tokenize,
+            "students": students,
+        }
+    )
+
+
+def test_proxy_scores_charge_their_labels_fit_and_prediction(tmp_path):
+    # instead: the LMs scored the sample alone, and the selection reads the proxy's scores
+    job = _proxy_job(tmp_path, "instead")
+    rd = RunDir(job.run_dir)
+    rd.root.mkdir(parents=True)
+    _spent(rd, "train/reference", training=100.0)
+    _spent(rd, "score", teacher=50.0, reference=10.0)
+    _spent(rd, "proxy", fit=3.0, predict=2.0)
+    _spent(rd, "train/miniplm", training=10.0)
+    assert compute.upstream(job, job.students[0]) == {"train/reference", "score", "proxy"}
+    assert compute.student_compute(job, rd)["miniplm"]["shared"] == pytest.approx(100 + 60 + 5)
+
+    # beside: the LMs scored everything for the LM selection; the proxy charges its sample's share itself
+    job = _proxy_job(tmp_path, "beside")
+    rd = RunDir(job.run_dir)
+    rd.root.mkdir(parents=True)
+    _spent(rd, "train/reference", training=100.0)
+    _spent(rd, "score", teacher=500.0, reference=100.0)
+    _spent(rd, "proxy", fit=3.0, predict=2.0, labels_teacher=50.0, labels_reference=10.0)
+    for student in ("miniplm", "miniplm-proxy"):
+        _spent(rd, f"train/{student}", training=10.0)
+    assert compute.upstream(job, job.students[0]) == {"train/reference", "score"}
+    assert compute.upstream(job, job.students[1]) == {"train/reference", "proxy"}
+    got = compute.student_compute(job, rd)
+    assert got["miniplm"]["shared"] == pytest.approx(100 / 2 + 600)
+    assert got["miniplm-proxy"]["shared"] == pytest.approx(100 / 2 + 65)

@@ -39,6 +39,7 @@ from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.models.text_tokens import token_ids
 from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
+from miniplm.schema.proxy import SELECTED as PROXY_SELECTED
 from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.schema.tokenize import TokenSet
 from miniplm.stage import Part, StageRun, doc_shard_keys, run_sharded
@@ -194,6 +195,11 @@ class Tokenize(EntryStage):
                 raise ConfigError(
                     f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} (or both)"
                 )
+        if any(t.input == PROXY_SELECTED for t in job.tokenize) and (job.proxy is None or job.proxy.use != "beside"):
+            raise ConfigError(
+                f"tokenize: input {PROXY_SELECTED} is the selection from proxy scores beside the LM's; it needs "
+                "`proxy: {use: beside}` (with use: instead the proxy's selection is `selected` itself)"
+            )
         generated = [g.name for g in job.generate]
         sets = {t.name: t for t in job.tokenize}
         for t in job.tokenize:

@@ -14,6 +14,7 @@ from miniplm.schema.base import ModelSpec, Strict, expand_home, replica_base, re
 from miniplm.schema.corpus import CorpusConfig
 from miniplm.schema.eval import EvalConfig, EvalModel
 from miniplm.schema.generate import GenerateConfig
+from miniplm.schema.proxy import ProxyConfig
 from miniplm.schema.prune import PruneConfig
 from miniplm.schema.reference import ReferenceSpec
 from miniplm.schema.score import ScoreConfig
@@ -31,6 +32,7 @@ class JobConfig(Strict):
     teacher: ModelSpec | None = None
     reference: ReferenceSpec | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    proxy: ProxyConfig | None = None
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: list[GenerateConfig] = Field(default_factory=list)
     prune: list[PruneConfig] = Field(default_factory=list)

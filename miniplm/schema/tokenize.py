@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from miniplm.schema.base import Name, Strict, plain_name
+from miniplm.schema.proxy import SELECTED as PROXY_SELECTED
 from miniplm.schema.select import RANDOM_CONTROLS
 
-DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), "main", "reference", "heldout")
+DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), PROXY_SELECTED, "main", "reference", "heldout")
 GENERATED = "generated/"
 
 
@@ -18,7 +19,8 @@ class TokenSet(Strict):
     input: str = Field(
         "selected",
         description="selected, selected-random or selected-random-filtered (select's random controls: "
-        "drawn from every scored unit, or from what the filters left), a split of the prepared "
+        "drawn from every scored unit, or from what the filters left), selected-proxy (the selection from "
+        "proxy scores, with proxy.use: beside), a split of the prepared "
         "documents (main, reference, heldout), or generated/NAME (a corpus the generate stage wrote)",
     )
     mix: dict[str, float] | None = Field(

@@ -63,6 +63,12 @@ class ShardTokens:
         """Tokens predicted per sequence."""
         return [max(len(s) - self.first_is_context, 0) for s in self.sequences]
 
+    def subset(self, keep: np.ndarray) -> "ShardTokens":
+        """The sequences where `keep` is true, with their rows."""
+        chosen = np.flatnonzero(keep).tolist()
+        rows = {name: [values[i] for i in chosen] for name, values in self.rows.items()}
+        return ShardTokens(self.index, [self.sequences[i] for i in chosen], rows, self.first_is_context)
+
 
 @contextlib.contextmanager
 def _reading(path: Path):
@@ -169,6 +175,18 @@ class ScoreContext:
     tokenizer: Any
     bos: int | None
     boundaries: Boundaries | None
+    sample_rates: dict[str, float] | None = None  # proxy.use instead: each source's share the LMs label
+
+    def labelled(self, shard: ShardTokens, seed: int) -> ShardTokens:
+        """The units the LMs score: all of them, or the proxy's sample."""
+        if self.sample_rates is None:
+            return shard
+        import polars as pl
+
+        from miniplm.scoring.sample import in_sample
+
+        ids, sources = pl.Series(shard.rows["id"], dtype=pl.String), pl.Series(shard.rows["source"], dtype=pl.String)
+        return shard.subset(in_sample(ids, sources, self.sample_rates, seed))
 
 
 class Score(ShardedStage):
@@ -197,6 +215,7 @@ class Score(ShardedStage):
             Model("teacher", resolve_model(job.teacher.model)),
             Model("reference", resolve_model(reference_model(job))),
             *trained,
+            *([sample_setting(job)] if labels_sample_only(job) else []),
         ]
 
     def spends_compute(self, entry: str) -> bool:
@@ -223,7 +242,12 @@ class Score(ShardedStage):
             if tokenizer.eos_token_id is None:
                 raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
             boundaries = Boundaries.for_tokenizer(tokenizer)
-        return ScoreContext(tokenizer, prefix_token(tokenizer, job.teacher.model), boundaries)
+        sample_rates = None
+        if labels_sample_only(job):
+            from miniplm.scoring.sample import rates, source_counts
+
+            sample_rates = rates(source_counts(rd), job.proxy)
+        return ScoreContext(tokenizer, prefix_token(tokenizer, job.teacher.model), boundaries, sample_rates)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.scores]
@@ -264,7 +288,7 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
         models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels, compile=cfg.compile
     )
     total = None
-    if job.score.unit == "document":
+    if job.score.unit == "document" and ctx.sample_rates is None:
         total = 0
         for _, path in shards:
             with _reading(path):
@@ -281,7 +305,7 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     with ThreadPoolExecutor(1) as pool, bar:
         upcoming = pool.submit(tokenize_shard, job, tokenizer, boundaries, *shards[0])
         for k in range(len(shards)):
-            shard = upcoming.result()
+            shard = ctx.labelled(upcoming.result(), job.seed)
             if k + 1 < len(shards):
                 upcoming = pool.submit(tokenize_shard, job, tokenizer, boundaries, *shards[k + 1])
             table = score_shard(job, shard, scorer, rd, progress)
@@ -289,6 +313,17 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
                 pq.write_table(table, tmp, compression="zstd")
             run.mark_done(shard_name(shard.index, ""))
             shutil.rmtree(rd.work(NAME) / shard_name(shard.index, ""), ignore_errors=True)
+
+
+def labels_sample_only(job: JobConfig) -> bool:
+    """Whether the LMs score the proxy's sample only (proxy.use: instead)."""
+    return job.proxy is not None and job.proxy.use == "instead"
+
+
+def sample_setting(job: JobConfig) -> str:
+    """The proxy settings that decide which units the LMs score: part of the scores' config hash."""
+    p = job.proxy
+    return f"proxy sample: fraction {p.sample_fraction}, units {p.sample_units}, min per source {p.min_source_units}"
 
 
 def _flops(job: JobConfig, rd: RunDir) -> dict:

@@ -27,12 +27,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from miniplm import outputs
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Input
 from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RandomControl, SelectConfig
+from miniplm.selection import scores_source
 from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.strategies import control_seed, keys_per_unit, needs_ids, unit_key, unit_numbers
 from miniplm.stage import Part, ShardedStage, StageRun
@@ -126,13 +126,19 @@ class Rank(ShardedStage):
     def applies(self, job: JobConfig) -> bool:
         return job.teacher is not None and job.reference is not None
 
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        return scores_source.parts(self.name, job)
+
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
-        return [outputs.scores(why="rank sorts the finished scores")]
+        return [scores_source.scores(job, part, why="rank sorts the finished scores")]
+
+    def run_dir(self, job: JobConfig, part: Part) -> RunDir:
+        return scores_source.run_dir(job, part)
 
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
-        if rd.stage_state("score").get("state") != "done":
+        if rd.stage_state(scores_source.scores(job, part, "").stage).get("state") != "done":
             return None
-        return [shard_name(i, "") for i in range(len(runs(rd, job.select)))]
+        return [shard_name(i, "") for i in range(len(runs(scores_source.run_dir(job, part, rd.root), job.select)))]
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.ranked]
@@ -145,7 +151,8 @@ class Rank(ShardedStage):
 
     def run_shard(self, run: StageRun, index: int) -> None:
         job = run.job
-        write_run(run.rd, index, run.context[index], job.select, job.seed, job.select.random_controls)
+        cfg = scores_source.select_config(job, run.part)
+        write_run(run.rd, index, run.context[index], cfg, job.seed, cfg.random_controls)
 
     def finish(self, run: StageRun) -> dict:
         import json
@@ -159,8 +166,11 @@ class Rank(ShardedStage):
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
         return [
-            f"rank: {result['units']:,} units in {result['runs']:,} sorted runs, {result['running']:,} of them "
+            f"{label}: {counts['units']:,} units in {counts['runs']:,} sorted runs, {counts['running']:,} of them "
             "with a usable score"
+            if counts is not None
+            else f"{label}: this worker's share is done; the last worker to finish completes it"
+            for label, counts in scores_source.per_part(self.name, result)
         ]
 
 

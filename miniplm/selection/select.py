@@ -28,9 +28,11 @@ from miniplm import outputs
 from miniplm.errors import StageError
 from miniplm.files import atomic_path
 from miniplm.inputs import Input
+from miniplm.outputs import PROXY_SELECTED
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RANDOM_CONTROLS, RandomControl, SelectConfig
+from miniplm.selection import scores_source
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 NAME = "select"
@@ -79,7 +81,7 @@ def shard_decisions(run: StageRun, index: int) -> pl.DataFrame:
     if cut.in_memory:  # the global step decided every unit
         return pl.read_parquet(run.rd.decisions_shard(index))
     scores = _with_shard(read_score_shard(run.rd.score_shard(index)), index)
-    return apply(scores, cut, run.job.select, run.job.seed)
+    return apply(scores, cut, scores_source.select_config(run.job, run.part), run.job.seed)
 
 
 INSTANCE_COLUMNS = ["id", "text", "source", "score", "n_tokens", "input_ids", "docs"]
@@ -132,16 +134,24 @@ class Select(ShardedStage):
     def planned_shards(self, job: JobConfig, rd: RunDir, part: Part) -> list[str] | None:
         return doc_shard_keys(rd)
 
+    def parts(self, job: JobConfig, only: str | None = None) -> list[Part]:
+        return scores_source.parts(self.name, job)
+
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
         return [
-            outputs.ranked(why="select merges the sorted runs into its cut"),
-            outputs.scores(why="each select task decides its shard's units from their scores"),
+            scores_source.ranked(part, why="select merges the sorted runs into its cut"),
+            scores_source.scores(job, part, why="each select task decides its shard's units from their scores"),
             outputs.documents("main"),
         ]
+
+    def run_dir(self, job: JobConfig, part: Part) -> RunDir:
+        return scores_source.run_dir(job, part)
 
     def outputs(self, run: StageRun) -> list[Path]:
         # not report/: the page is assembled from every stage's sections and rebuilt when select finishes
         rd = run.rd
+        if scores_source.of_proxy(run.part):
+            return [rd.selected(), rd.selection]
         return [*(rd.selected(folder) for _, folder in OUTPUTS), rd.selection]
 
     def shards(self, run: StageRun) -> list[str]:
@@ -150,7 +160,7 @@ class Select(ShardedStage):
     def global_step(self, run: StageRun) -> None:
         from miniplm.selection import cut
 
-        rd, cfg, seed = run.rd, run.job.select, run.job.seed
+        rd, cfg, seed = run.rd, scores_source.select_config(run.job, run.part), run.job.seed
         rd.decisions.mkdir(parents=True, exist_ok=True)
         if not cut.exact_in_memory(cfg):
             cut.compute(rd, cfg, seed).save(rd.cut)
@@ -166,9 +176,8 @@ class Select(ShardedStage):
         decisions = shard_decisions(run, index)
         with atomic_path(rd.decisions_shard(index)) as tmp:
             decisions.write_parquet(tmp)
-        _write_shard(
-            rd, index, rd.doc_shards("main")[index], decisions, run.job.select.random_controls, run.job.score.unit
-        )
+        controls = scores_source.select_config(run.job, run.part).random_controls
+        _write_shard(rd, index, rd.doc_shards("main")[index], decisions, controls, run.job.score.unit)
 
     def finish(self, run: StageRun) -> dict:
         from miniplm.selection import report
@@ -190,10 +199,21 @@ class Select(ShardedStage):
             if written != kept:
                 raise StageError(f"{folder} shards hold {written} documents, the decisions keep {kept}")
         summary["unit"] = run.job.score.unit
-        report.build(run.job, rd, floor)
+        if not scores_source.of_proxy(run.part):  # the report shows the selection the job trains on
+            report.build(run.job, rd, floor)
         return summary
 
     def describe(self, job: JobConfig, result: dict) -> list[str]:
+        lines = []
+        for label, counts in scores_source.per_part(self.name, result):
+            if counts is None:
+                lines.append(f"{label}: this worker's share is done; the last worker to finish completes it")
+                continue
+            said = self._describe(job, counts) if label == self.name else self._describe_proxy(job, counts)
+            lines += [line.replace(f"{self.name}:", f"{label}:", 1) for line in said]
+        return lines
+
+    def _describe(self, job: JobConfig, result: dict) -> list[str]:
         dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
         kept, total = result["tokens_kept"], result["tokens_scored"]
         scored_on = ""
@@ -210,7 +230,14 @@ class Select(ShardedStage):
         lines += _control_lines(job, result, units)
         return [*lines, f"report: {job.run_dir}/report/index.html"]
 
+    def _describe_proxy(self, job: JobConfig, result: dict) -> list[str]:
+        """The selection from the proxy's scores, beside the LM's: what it kept, and where."""
+        return [*self._describe(job, result)[:-1], f"select: the proxy's selection in {job.run_dir}/{PROXY_SELECTED}"]
+
     def warnings(self, job: JobConfig, result: dict) -> list[str]:
+        return [w for _, counts in scores_source.per_part(self.name, result) if counts for w in self._warnings(counts)]
+
+    def _warnings(self, result: dict) -> list[str]:
         if result["kept"] or not result["scored"]:
             return []
         dropped = ", ".join(f"{r} {n:,}" for r, n in result["dropped"].items() if n)
@@ -224,6 +251,7 @@ class Select(ShardedStage):
         from miniplm.selection import report
         from miniplm.selection.cut import Cut
 
+        rd = scores_source.run_dir(job, Part(self.name), rd.root)
         if not rd.cut.exists():
             raise StageError(f"{rd.root}: no selection decisions; run `miniplm select` first")
         report.build(job, rd, Cut.load(rd.cut).floor)

@@ -1,0 +1,116 @@
+"""What the proxy stage reports: how many units each source of scores covers, how far the proxy
+agrees with the LMs on held-out units, and what it cost against scoring every unit."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import numpy as np
+import polars as pl
+
+from miniplm.compute import record, spent
+from miniplm.models.flops import model_flops
+from miniplm.proxy.agreement import held_out_budget, kept_overlap, rank_agreement
+from miniplm.proxy.files import fit_record, holdout, scores_shard, shard_stats
+from miniplm.rundir import RunDir
+from miniplm.schema.job import JobConfig
+from miniplm.scoring.cost import scoring_flops
+from miniplm.stage import StageRun
+
+REPORT_ORDER = 15  # after the corpus, before the selection
+
+
+def _scoring(job: JobConfig, n_tokens: np.ndarray) -> dict[str, float]:
+    """What the teacher and the reference spend scoring units of these lengths."""
+    from miniplm.lookups import reference_model
+
+    cfg = job.score
+    return {
+        name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
+        for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))
+    }
+
+
+def summarize(run: StageRun) -> dict:
+    """The proxy stage's counts: units by source of score, agreement, FLOPs (the manifest's `flops`:
+    fitting and prediction, and in `beside` the LM scores of the sample)."""
+    job, rd = run.job, run.rd
+    files = [scores_shard(rd, i) for i in range(len(rd.doc_shards("main")))]
+    length = ["n_tokens", "doc_tokens"] if job.score.unit == "document" else ["n_tokens"]
+    frame = pl.concat([pl.read_parquet(p, columns=[*length, "score_source"]) for p in files]) if files else None
+    fit = json.loads(fit_record(rd).read_text())
+    stats = [shard_stats(p) for p in files]
+    n_tokens = frame["n_tokens"].to_numpy() if frame is not None else np.zeros(0, np.int64)
+    lm = frame["score_source"] == "lm" if frame is not None else pl.Series([], dtype=pl.Boolean)
+    everything = _scoring(job, n_tokens)
+    flops = {"fit": fit["flops"], "predict": sum(s["flops"] for s in stats)}
+    labels = spent(rd, "score") or 0.0
+    if job.proxy.use == "beside":  # the LMs scored everything: the proxy's labels are the sample's share
+        sample = _scoring(job, n_tokens[lm.to_numpy()]) if len(n_tokens) else {"teacher": 0.0, "reference": 0.0}
+        flops |= {f"labels_{name}": value for name, value in sample.items()}
+        labels = sum(sample.values())
+    held = pl.read_parquet(holdout(rd))
+    budget_tokens = int(frame[length[-1]].sum()) if frame is not None else 0
+    return {
+        "units": len(n_tokens),
+        "lm": int(lm.sum()),
+        "proxy": int((~lm).sum()),
+        "tokens": int(n_tokens.sum()),
+        "fit": fit,
+        "held_out": held.height,
+        **rank_agreement(held),
+        **kept_overlap(held, held_out_budget(job.select, budget_tokens), job.seed),
+        "labels_flops": labels,
+        "scoring_everything_flops": sum(everything.values()),
+        "cpu_seconds": {"fit": fit["seconds"], "predict": sum(s["seconds"] for s in stats)},
+        "flops": record(**flops),
+    }
+
+
+def spent_share(result: dict) -> tuple[float, float]:
+    """(FLOPs the proxy's scores cost in all: labels, fit, prediction; that over scoring everything)."""
+    total = result["labels_flops"] + result["flops"]["by"]["fit"] + result["flops"]["by"]["predict"]
+    return total, total / result["scoring_everything_flops"] if result["scoring_everything_flops"] else float("nan")
+
+
+def describe(job: JobConfig, result: dict) -> list[str]:
+    total, share = spent_share(result)
+    by, everything = result["flops"]["by"], result["scoring_everything_flops"]
+    labelled = result["lm"] / max(result["units"], 1)
+    return [
+        f"proxy: {result['units']:,} units: {result['lm']:,} scored by the teacher and the reference "
+        f"({labelled:.1%}), {result['proxy']:,} by the proxy, in {job.run_dir}/proxy/scores",
+        f"proxy: on {result['held_out']:,} held-out sample units, Spearman with the LM scores "
+        f"{result['spearman_difference']:.3f} (difference per token), {result['spearman_teacher']:.3f} "
+        f"(teacher log-prob per token); the job's selection from proxy scores keeps "
+        f"{result['kept_overlap']:.1%} of what it keeps from LM scores ({result['kept_lm']:,} units)",
+        f"proxy: {total:.3g} FLOPs (LM scores of the sample {result['labels_flops']:.3g}, fit {by['fit']:.3g}, "
+        f"prediction {by['predict']:.3g}), {share:.1%} of scoring every unit ({everything:.3g}); "
+        f"CPU {result['cpu_seconds']['fit']:.1f} s fitting, {result['cpu_seconds']['predict']:.1f} s predicting",
+    ]
+
+
+def write_report(rd: RunDir, result: dict) -> None:
+    """The proxy's section of the report."""
+    from miniplm.report.page import assemble, write_section
+
+    total, share = spent_share(result)
+    everything = result["scoring_everything_flops"]
+    rows = [
+        ("units scored by the teacher and the reference", f"{result['lm']:,} of {result['units']:,}"),
+        ("units scored by the proxy", f"{result['proxy']:,}"),
+        ("held-out sample units (never fitted on)", f"{result['held_out']:,}"),
+        ("Spearman, difference per token", f"{result['spearman_difference']:.3f}"),
+        ("Spearman, teacher log-prob per token", f"{result['spearman_teacher']:.3f}"),
+        (
+            "kept by the job's selection from LM scores, also kept from proxy scores",
+            f"{result['kept_overlap']:.1%} of {result['kept_lm']:,}",
+        ),
+        ("FLOPs: LM scores of the sample", f"{result['labels_flops']:.3g}"),
+        ("FLOPs: fit and prediction", f"{result['flops']['by']['fit'] + result['flops']['by']['predict']:.3g}"),
+        ("FLOPs in all, against scoring every unit", f"{total:.3g} ({share:.1%} of {everything:.3g})"),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    write_section(rd, REPORT_ORDER, "proxy", f"<h2>Proxy scores</h2><table>{body}</table>")
+    assemble(rd)
