@@ -108,7 +108,10 @@ def test_every_rerun_command_the_manifest_suggests_parses(tmp_path):
             assert words[0] == "miniplm", words
             args = parser.parse_args([words[1], str(tmp_path / "job.yaml"), *words[2:]])
             assert args.stage == name and args.force, words
-            if "/" in part.name:
+            if stage.only is not None:
                 assert args.only == part.name.split("/", 1)[1], words
-            seen.add(name)
-    assert {"generate", "prune", "teacher-logits", "tokenize"} <= seen
+            else:  # a part of a stage without --only (select/proxy) is redone with its stage
+                assert "--only" not in words, words
+            seen.add(part.name)
+    assert {"generate/seqkd", "prune/pruned", "teacher-logits/random-top32", "tokenize/hybrid"} <= seen
+    assert {"proxy", "rank/proxy", "select/proxy"} <= seen

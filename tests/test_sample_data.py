@@ -229,6 +229,7 @@ def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_s
     assert methods == {
         "scratch": ("selected-random", None, None),
         "miniplm": ("selected", None, None),
+        "miniplm-proxy": ("selected-proxy", None, None),
         "scratch-filtered": ("selected-random-filtered", None, None),
         "vanilla-kd": ("selected-random", None, kd),
         "seqkd": ("generated/seqkd", None, None),
@@ -246,4 +247,5 @@ def test_kd_compare_job_trains_every_method_at_one_shape_and_budget_with_three_s
     assert all(logits[s.kd.logits] == s.tokens for s in job.students if s.kd)
     assert job.eval.seeds >= 3 and job.eval.heldout
     assert job.select.random_baseline == "both"  # the raw control and the one from the filtered pool
-    assert len(targets(job)) == 8 * job.eval.seeds
+    assert job.proxy.use == "beside"  # the LM selection and the proxy's side by side
+    assert len(targets(job)) == 9 * job.eval.seeds

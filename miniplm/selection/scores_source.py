@@ -59,7 +59,8 @@ def beside(job: JobConfig) -> bool:
 
 def parts(name: str, job: JobConfig) -> list[Part]:
     """A selection stage's parts: one, or with the proxy beside a second on its scores."""
-    return [Part(name), *([Part(f"{name}/{PROXY}", PROXY)] if beside(job) else [])]
+    # the proxy's part is redone with its stage: `miniplm select --force` redoes both
+    return [Part(name), *([Part(f"{name}/{PROXY}", PROXY, f"miniplm {name}")] if beside(job) else [])]
 
 
 def of_proxy(part: Part) -> bool:

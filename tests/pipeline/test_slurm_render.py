@@ -234,10 +234,11 @@ def test_squeue_failure_is_an_error_not_an_empty_queue(monkeypatch):
 def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
     _, subs = _plan(REPO / "jobs" / "kd-compare.yaml", [f"run_dir={tmp_path / 'run'}"])
     names = list(subs)
-    assert names[:12] == [
+    assert names[:14] == [
         "prepare",
         "train-reference",
         "score",
+        "proxy",
         "rank",
         "select",
         "generate/seqkd",
@@ -245,6 +246,7 @@ def test_kd_compare_job_renders_generate_and_prune_as_array_steps(tmp_path):
         "tokenize/selected",
         "tokenize/random",
         "tokenize/random-filtered",
+        "tokenize/proxy-selected",
         "tokenize/written",
         "tokenize/hybrid",
     ]  # one step per part; a mix after the sets it draws on
