@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 import pyarrow.parquet as pq
 
 from miniplm import outputs
@@ -44,6 +45,7 @@ from miniplm.scoring.sample import held_out, in_sample, rates, source_counts
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 LABELS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
+ALL = "*"  # tokens_per_char: a source the sample did not see
 INSTANCE_COLUMNS = ["input_ids", "docs"]
 
 
@@ -59,16 +61,22 @@ def _sample_column(frame: pl.DataFrame, ctx: ProxyContext, job: JobConfig) -> np
     return in_sample(frame["id"], frame["source"], ctx.rates, job.seed)
 
 
-def units(job: JobConfig, ctx: ProxyContext, index: int, path: Path) -> pl.DataFrame:
+def units(
+    job: JobConfig, ctx: ProxyContext, index: int, path: Path, tokens_per_char: dict[str, float] | None = None
+) -> pl.DataFrame:
     """A document shard's units as the score stage makes them: id, source, n_tokens (and doc_tokens
-    for documents; input_ids and docs for instances), with each unit's text."""
+    for documents; input_ids and docs for instances), with each unit's text. `tokens_per_char`: count
+    a document's tokens from its characters (proxy.token_counts: estimated)."""
     from miniplm.models.text_tokens import token_ids
     from miniplm.scoring.instances import instance_text
     from miniplm.scoring.score import tokenize_shard
 
     docs = pl.read_parquet(path, columns=["id", "source", "text"])
     if job.score.unit == "document":
-        lengths = np.array([len(t) for t in token_ids(ctx.tokenizer, docs["text"].to_list())], dtype=np.int64)
+        if tokens_per_char is None:
+            lengths = np.array([len(t) for t in token_ids(ctx.tokenizer, docs["text"].to_list())], dtype=np.int64)
+        else:
+            lengths = estimated_tokens(docs, tokens_per_char)
         predicted = np.minimum(lengths, job.score.max_tokens) if job.score.max_tokens else lengths
         return docs.select(
             "id", "source", n_tokens=pl.Series(predicted), doc_tokens=pl.Series(lengths), text=pl.col("text")
@@ -88,12 +96,26 @@ def units(job: JobConfig, ctx: ProxyContext, index: int, path: Path) -> pl.DataF
     )
 
 
+def estimated_tokens(docs: pl.DataFrame, tokens_per_char: dict[str, float]) -> np.ndarray:
+    """Each document's tokens, estimated from its characters and its source's tokens per character."""
+    ratio = docs["source"].replace_strict(tokens_per_char, default=tokens_per_char[ALL], return_dtype=pl.Float64)
+    chars = docs["text"].str.len_chars().to_numpy()
+    return np.where(chars > 0, np.maximum(np.rint(chars * ratio.to_numpy()), 1), 0).astype(np.int64)
+
+
+def tokens_per_char(frame: pl.DataFrame) -> dict[str, float]:
+    """Tokens per character, per source and over all, of labelled documents (doc_tokens and text)."""
+    chars = frame.with_columns(chars=pl.col("text").str.len_chars())
+    per = chars.group_by("source").agg(pl.col("doc_tokens").sum() / pl.col("chars").sum().clip(1))
+    return {**dict(per.iter_rows()), ALL: float(chars["doc_tokens"].sum() / max(chars["chars"].sum(), 1))}
+
+
 def labels(run: StageRun, index: int) -> pl.DataFrame:
     """The LM scores of a shard's sampled units."""
     path = run.rd.score_shard(index)
     if not path.exists():
         raise StageError(f"{path}: no score shard; run `miniplm score` first")
-    rows = pl.read_parquet(path, columns=LABELS)
+    rows = pl.read_parquet(path, columns=LABELS + (["doc_tokens"] if run.job.score.unit == "document" else []))
     if run.job.proxy.use == "beside":  # the LMs scored every unit: the sample is a part of them
         rows = rows.filter(pl.Series(_sample_column(rows, run.context, run.job)))
     return rows
@@ -129,9 +151,16 @@ class Proxy(ShardedStage):
         return job.proxy is not None and job.teacher is not None and job.reference is not None
 
     def check(self, job: JobConfig) -> None:
-        if job.proxy is not None and (job.teacher is None or job.reference is None):
+        if job.proxy is None:
+            return
+        if job.teacher is None or job.reference is None:
             raise ConfigError(
                 "proxy: learns the teacher's and the reference's scores of a sample; give `teacher:` and `reference:`"
+            )
+        if job.proxy.token_counts == "estimated" and job.score.unit != "document":
+            raise ConfigError(
+                "proxy.token_counts: estimated counts documents' tokens from their characters; score.unit: instance "
+                "packs instances from the tokens themselves (use exact)"
             )
 
     def reads(self, job: JobConfig, part: Part) -> list[Input]:
@@ -229,12 +258,20 @@ def fit(run: StageRun) -> None:
     held = test.drop("text", *INSTANCE_COLUMNS, strict=False).with_columns(
         proxy_teacher_logprob=pl.Series(teacher), proxy_reference_logprob=pl.Series(reference)
     )
+    estimate = {}
+    if cfg.token_counts == "estimated":  # fitted on the same units as the model; judged on the held-out ones
+        ratio = tokens_per_char(train)
+        guessed = estimated_tokens(test, ratio)
+        estimate = {
+            "tokens_per_char": ratio,
+            "token_estimate_error": float(guessed.sum() / max(test["doc_tokens"].sum(), 1) - 1),
+        }
     model.save(model_folder(rd))
     with atomic_path(holdout(rd)) as tmp:
         held.write_parquet(tmp)
     atomic_write_json(
         fit_record(rd),
-        {"labelled": sample.height, "train": train.height, "held_out": test.height, **cost.__dict__},
+        {"labelled": sample.height, "train": train.height, "held_out": test.height, **cost.__dict__, **estimate},
     )
 
 
@@ -281,9 +318,14 @@ def predict_shard(run: StageRun, index: int) -> None:
     job, rd = run.job, run.rd
     start = time.perf_counter()
     model = HashedRidge.load(model_folder(rd))
-    shard = units(job, run.context, index, rd.doc_shards("main")[index])
-    lm = labels(run, index).select("id", "teacher_logprob", "reference_logprob")
-    joined = shard.join(lm, on="id", how="left", maintain_order="left")
+    ratio = json.loads(fit_record(rd).read_text()).get("tokens_per_char")
+    shard = units(job, run.context, index, rd.doc_shards("main")[index], ratio)
+    lm = labels(run, index).drop("source")
+    joined = shard.join(lm, on="id", how="left", maintain_order="left", suffix="_lm")
+    # the LMs' own rows as they scored them (estimated counts are for the units they did not score)
+    joined = joined.with_columns(
+        pl.coalesce(f"{c}_lm", c).alias(c) for c in ("n_tokens", "doc_tokens") if f"{c}_lm" in joined.columns
+    ).drop(cs.ends_with("_lm"))
     todo = np.flatnonzero(joined["teacher_logprob"].is_null().to_numpy())
     teacher = joined["teacher_logprob"].to_numpy().astype(np.float64, copy=True)
     reference = joined["reference_logprob"].to_numpy().astype(np.float64, copy=True)

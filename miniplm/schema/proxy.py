@@ -38,6 +38,12 @@ class ProxyConfig(Strict):
         lt=1.0,
         description="the sample's share kept out of fitting: the agreement with the LM scores is measured on it",
     )
+    token_counts: Literal["exact", "estimated"] = Field(
+        "exact",
+        description="the token counts the budgets read: exact (the teacher's tokenizer over every document, as "
+        "the score stage counts; the slower half of prediction) or estimated (characters times each source's "
+        "tokens per character in the sample; documents only)",
+    )
     word_ngrams: int = Field(
         2, ge=1, le=3, description="the model's features: hashed words (1), and word pairs (2), and triples (3)"
     )

@@ -1,5 +1,7 @@
 """The proxy stage on a corpus whose (synthetic) LM scores its words carry, and on real tiny models."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -284,3 +286,26 @@ def test_instances_are_predicted_as_the_score_stage_packs_them(tiny_models, tmp_
     assert select.STAGE.run(job, show_progress=False)["kept"] > 0
     kept = pl.read_parquet(str(rd.selected() / "*.parquet"))
     assert {"input_ids", "docs", "text"} <= set(kept.columns)
+
+
+def test_estimated_token_counts_come_from_characters_and_the_lm_rows_keep_their_own(tiny_models, tmp_path):
+    job = job_file(tmp_path, tiny_models, proxy_cfg={"sample_fraction": 0.3, "token_counts": "estimated"})
+    prepare.STAGE.run(job, show_progress=False)
+    synthetic_scores(job, only_sample=True)
+    proxy.STAGE.run(job, show_progress=False)
+    rd = RunDir(job.run_dir)
+    fit = json.loads((rd.root / "proxy" / "fit.json").read_text())
+    ratio = fit["tokens_per_char"]
+    assert set(ratio) == {"web", "books", "noise", "*"} and abs(fit["token_estimate_error"]) < 0.1
+    rows = proxy_rows(job)
+    docs = pl.concat([pl.read_parquet(p) for p in rd.doc_shards("main")])
+    tokenizer = load_tokenizer(job.teacher.model)
+    exact = [len(t) for t in token_ids(tokenizer, docs["text"].to_list())]
+    guess = [max(round(len(t) * ratio[s]), 1) for t, s in zip(docs["text"], docs["source"])]
+    lm = (rows["score_source"] == "lm").to_list()
+    assert rows["doc_tokens"].to_list() == [e if s else g for e, g, s in zip(exact, guess, lm)]
+    assert sum(guess) == pytest.approx(sum(exact), rel=0.1)
+
+    instances = job.model_copy(update={"score": job.score.model_copy(update={"unit": "instance"})})
+    with pytest.raises(ConfigError, match=r"token_counts: estimated .* \(use exact\)"):
+        proxy.STAGE.check(instances)
