@@ -124,6 +124,8 @@ def test_demo_job_compares_its_two_students_in_the_report(monkeypatch):
     sets = {t.name: t.input for t in job.tokenize}
     assert (sets["random"], sets["random-filtered"]) == ("selected-random", "selected-random-filtered")
     assert job.select.random_baseline == "both" and job.select.keep_token_fraction == 0.5
+    assert job.proxy.use == "beside"  # the demo's selection is the LMs'; the proxy's is printed beside it
+    assert "selected-proxy" not in sets.values()  # and no student trains on it
     assert len({(s.preset, s.steps, s.batch_tokens, s.lr, s.heldout) for s in job.students}) == 1
     assert not job.eval.heldout and job.eval.tasks == ["bundled_cloze"]
     assert [c.path for c in job.eval.corpora] == ["data/eval/clean-heldout.jsonl"]

@@ -18,7 +18,7 @@ from miniplm.schema.job import JobConfig
 from miniplm.scoring.cost import scoring_flops
 from miniplm.stage import StageRun
 
-REPORT_ORDER = 15  # after the corpus, before the selection
+REPORT_ORDER = 15  # after the selection's counts, before the students' comparison
 
 
 def _scoring(job: JobConfig, n_tokens: np.ndarray) -> dict[str, float]:
