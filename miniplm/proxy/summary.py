@@ -15,6 +15,7 @@ from miniplm.proxy.agreement import held_out_budget, kept_overlap, rank_agreemen
 from miniplm.proxy.files import fit_record, holdout, scores_shard, shard_stats
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
+from miniplm.schema.select import SelectConfig
 from miniplm.scoring.cost import scoring_flops
 from miniplm.stage import StageRun
 
@@ -52,6 +53,7 @@ def summarize(run: StageRun) -> dict:
         labels = sum(sample.values())
     held = pl.read_parquet(holdout(rd))
     budget_tokens = int(frame[length[-1]].sum()) if frame is not None else 0
+    held_cfg = held_out_budget(job.select, budget_tokens)
     return {
         "units": len(n_tokens),
         "lm": int(lm.sum()),
@@ -60,12 +62,33 @@ def summarize(run: StageRun) -> dict:
         "fit": fit,
         "held_out": held.height,
         **rank_agreement(held),
-        **kept_overlap(held, held_out_budget(job.select, budget_tokens), job.seed),
+        **kept_overlap(held, held_cfg, job.seed),
+        "held_out_budget": budget_words(held_cfg),
         "labels_flops": labels,
         "scoring_everything_flops": sum(everything.values()),
         "cpu_seconds": {"fit": fit["seconds"], "predict": sum(s["seconds"] for s in stats)},
         "flops": record(**flops),
     }
+
+
+def budget_words(cfg: SelectConfig) -> str:
+    """The selection's budget as the held-out units get it: a share of their units or tokens."""
+    if cfg.keep_token_fraction is not None:
+        return f"{cfg.keep_token_fraction:.1%} of the tokens"
+    return f"{cfg.keep_fraction:.1%} of the units"
+
+
+def overlap_words(result: dict) -> str:
+    """The kept-set overlap in words, or why there is none to measure."""
+    if not result["kept_lm"]:
+        return (
+            f"on them the job's budget ({result.get('held_out_budget', 'its share')}) keeps no unit from LM scores, "
+            "so the kept sets cannot be compared (a larger sample can)"
+        )
+    return (
+        f"the job's selection from proxy scores keeps {result['kept_overlap']:.1%} of what it keeps from LM scores "
+        f"({result['kept_lm']:,} units)"
+    )
 
 
 def spent_share(result: dict) -> tuple[float, float]:
@@ -83,8 +106,7 @@ def describe(job: JobConfig, result: dict) -> list[str]:
         f"({labelled:.1%}), {result['proxy']:,} by the proxy, in {job.run_dir}/proxy/scores",
         f"proxy: on {result['held_out']:,} held-out sample units, Spearman with the LM scores "
         f"{result['spearman_difference']:.3f} (difference per token), {result['spearman_teacher']:.3f} "
-        f"(teacher log-prob per token); the job's selection from proxy scores keeps "
-        f"{result['kept_overlap']:.1%} of what it keeps from LM scores ({result['kept_lm']:,} units)",
+        f"(teacher log-prob per token); {overlap_words(result)}",
         f"proxy: {total:.3g} FLOPs (LM scores of the sample {result['labels_flops']:.3g}, fit {by['fit']:.3g}, "
         f"prediction {by['predict']:.3g}), {share:.1%} of scoring every unit ({everything:.3g}); "
         f"CPU {result['cpu_seconds']['fit']:.1f} s fitting, {result['cpu_seconds']['predict']:.1f} s predicting",
@@ -105,7 +127,7 @@ def write_report(rd: RunDir, result: dict) -> None:
         ("Spearman, teacher log-prob per token", f"{result['spearman_teacher']:.3f}"),
         (
             "kept by the job's selection from LM scores, also kept from proxy scores",
-            f"{result['kept_overlap']:.1%} of {result['kept_lm']:,}",
+            f"{result['kept_overlap']:.1%} of {result['kept_lm']:,}" if result["kept_lm"] else overlap_words(result),
         ),
         ("FLOPs: LM scores of the sample", f"{result['labels_flops']:.3g}"),
         ("FLOPs: fit and prediction", f"{result['flops']['by']['fit'] + result['flops']['by']['predict']:.3g}"),

@@ -50,3 +50,13 @@ def test_a_token_budget_becomes_the_corpus_share_on_the_held_out_units():
     share = held_out_budget(cfg, 1000)
     assert share.keep_token_fraction == 0.25 and share.keep_tokens is None and share.keep_fraction is None
     assert held_out_budget(SelectConfig(keep_fraction=0.3), 1000).keep_fraction == 0.3
+
+
+def test_a_budget_no_held_out_unit_fits_is_said_in_words_not_as_nan():
+    from miniplm.proxy.summary import overlap_words
+
+    cfg = SelectConfig(keep_token_fraction=0.01, min_teacher_logprob=None)
+    result = kept_overlap(frame(np.arange(10.0), np.arange(10.0)), cfg, 0)
+    assert result["kept_lm"] == 0
+    words = overlap_words({**result, "held_out_budget": "1.0% of the tokens"})
+    assert "keeps no unit from LM scores" in words and "nan" not in words
