@@ -97,7 +97,10 @@ def upstream(job: JobConfig, student: StudentConfig, owner: dict[str, tuple[Stag
         if found is None:
             continue
         stage, step = found
-        parts = [part for part in stage.parts(job, step.only) if part.name == entry]  # select/proxy: its own reads
+        # the part the entry names (select-proxy reads the proxy's scores, select the LMs'); a stage whose
+        # entries are not its parts' names (train-reference) reads through all of them
+        parts = stage.parts(job, step.only)
+        parts = [part for part in parts if part.name == entry] or parts
         for read in (r for part in parts for r in stage.reads(job, part)):
             if not isinstance(read, Upstream) or not read.charged or read.stage in seen:
                 continue

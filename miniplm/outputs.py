@@ -36,8 +36,8 @@ def ranked(why: str = "") -> Upstream:
 
 def selection(folder: str, why: str = "") -> Upstream:
     """A folder select writes: the selected documents, a random control (selected-random, ...), or
-    the proxy's selection beside the LM's (select/proxy's)."""
-    return Upstream("select/proxy" if folder == PROXY_SELECTED else "select", (folder,), why=why)
+    the proxy's selection beside the LM's (select-proxy's)."""
+    return Upstream("select-proxy" if folder == PROXY_SELECTED else "select", (folder,), why=why)
 
 
 def generated(name: str, why: str = "") -> Upstream:

@@ -110,8 +110,8 @@ def test_every_rerun_command_the_manifest_suggests_parses(tmp_path):
             assert args.stage == name and args.force, words
             if stage.only is not None:
                 assert args.only == part.name.split("/", 1)[1], words
-            else:  # a part of a stage without --only (select/proxy) is redone with its stage
+            else:  # a part of a stage without --only (select-proxy) is redone with its stage
                 assert "--only" not in words, words
             seen.add(part.name)
     assert {"generate/seqkd", "prune/pruned", "teacher-logits/random-top32", "tokenize/hybrid"} <= seen
-    assert {"proxy", "rank/proxy", "select/proxy"} <= seen
+    assert {"proxy", "rank-proxy", "select-proxy"} <= seen

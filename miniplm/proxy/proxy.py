@@ -45,6 +45,14 @@ from miniplm.scoring.sample import held_out, in_sample, rates, source_counts
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 LABELS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
+ROW_TYPES = {
+    "id": pl.String,
+    "source": pl.String,
+    "n_tokens": pl.Int64,
+    "doc_tokens": pl.Int64,
+    "teacher_logprob": pl.Float64,
+    "reference_logprob": pl.Float64,
+}
 ALL = "*"  # tokens_per_char: a source the sample did not see
 INSTANCE_COLUMNS = ["input_ids", "docs"]
 
@@ -115,7 +123,8 @@ def labels(run: StageRun, index: int) -> pl.DataFrame:
     path = run.rd.score_shard(index)
     if not path.exists():
         raise StageError(f"{path}: no score shard; run `miniplm score` first")
-    rows = pl.read_parquet(path, columns=LABELS + (["doc_tokens"] if run.job.score.unit == "document" else []))
+    columns = LABELS + (["doc_tokens"] if run.job.score.unit == "document" else [])
+    rows = pl.read_parquet(path, columns=columns).cast({c: ROW_TYPES[c] for c in columns})  # an empty shard's too
     if run.job.proxy.use == "beside":  # the LMs scored every unit: the sample is a part of them
         rows = rows.filter(pl.Series(_sample_column(rows, run.context, run.job)))
     return rows
@@ -241,7 +250,10 @@ def fit(run: StageRun) -> None:
             frames.append(_with_text(job, run.context, index, path, rows, texts))
     sample = pl.concat(frames) if frames else pl.DataFrame()
     _check_sample(rd, run.job, sample, scored)
-    sample = sample.filter(pl.col("n_tokens") >= 1)  # a unit that predicts no token has no score
+    # a unit that predicts no token has no score, and one the LMs scored NaN or infinite (which the
+    # selection drops) teaches the model nothing
+    finite = pl.col("teacher_logprob").is_finite() & pl.col("reference_logprob").is_finite()
+    sample = sample.filter((pl.col("n_tokens") >= 1) & finite)
     out = pl.Series(held_out(sample["id"], cfg, job.seed))
     train, test = sample.filter(~out), sample.filter(out)
     if train.height < MIN_TRAIN_UNITS or test.height < MIN_HELDOUT_UNITS:
@@ -304,7 +316,7 @@ def _check_sample(rd: RunDir, job: JobConfig, sample: pl.DataFrame, scored: int)
         )
     sampled = set(sample["source"].unique().to_list())
     missing = [name for name in counts if name not in sampled]
-    if missing and job.score.unit == "document":  # instances pack small sources' documents with others'
+    if missing:  # instances are packed source by source: each source has its own
         name = missing[0]
         raise ConfigError(
             f"proxy: source {name!r} ({counts[name]:,} documents in the main split) has no unit in the sample, so "

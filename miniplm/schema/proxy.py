@@ -25,12 +25,18 @@ class ProxyConfig(Strict):
     sample_fraction: float | None = Field(
         0.01, gt=0.0, le=1.0, description="the share of the main split's units the teacher and reference score"
     )
-    sample_units: int | None = Field(None, gt=0, description="or: about this many units in the sample")
+    sample_units: int | None = Field(
+        None,
+        gt=0,
+        description="or: about this many units in the sample (as a share of the main split's documents; with "
+        "score.unit: instance, that share of the instances)",
+    )
     min_source_units: int = Field(
         20,
         ge=1,
         description="each source is sampled at a rate that gives it at least about this many units (all of a "
-        "smaller source), so that no source is predicted from none of its own labels",
+        "smaller source; counted in documents, so with instances a source of short documents gets fewer), so "
+        "that no source is predicted from none of its own labels",
     )
     holdout_fraction: float = Field(
         0.2,

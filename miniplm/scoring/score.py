@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 
 NAME = "score"
 MODELS = ("teacher", "reference")
+ROW_TYPES = {
+    "id": pa.string(),
+    "source": pa.string(),
+    "n_tokens": pa.int64(),
+    "doc_tokens": pa.int64(),
+    "teacher_logprob": pa.float64(),
+    "reference_logprob": pa.float64(),
+}
 
 
 @dataclass
@@ -164,7 +172,10 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     if "docs" in shard.rows:  # instances: their tokens and provenance
         columns["input_ids"] = pa.array(shard.rows["input_ids"], pa.list_(pa.int32()))
         columns["docs"] = shard.rows["docs"]
-    return pa.table(columns)
+    table = pa.table(columns)
+    # typed even when empty (a proxy's sample may draw none of a shard's units): a null column would
+    # not join or concatenate with the other shards'
+    return table.cast(pa.schema([pa.field(f.name, ROW_TYPES.get(f.name, f.type)) for f in table.schema]))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 With `proxy.use: instead` rank and select read the proxy's score shards (RUN_DIR/proxy/scores/,
 the LM scores of the sample and the cheap model's of the rest) and write where they always do.
-With `proxy.use: beside` they run twice: their usual part on the LM scores, and a part `NAME/proxy`
+With `proxy.use: beside` they run twice: their usual part on the LM scores, and a part `NAME-proxy`
 on the proxy's, into folders of its own (ranked-proxy/, selection-proxy/, selected-proxy/), with
 no random controls (the usual part draws them). Either way the selection's code is the same: it
 reads and writes through the run directory it is handed, here a view of RUN_DIR whose score and
@@ -60,7 +60,13 @@ def beside(job: JobConfig) -> bool:
 def parts(name: str, job: JobConfig) -> list[Part]:
     """A selection stage's parts: one, or with the proxy beside a second on its scores."""
     # the proxy's part is redone with its stage: `miniplm select --force` redoes both
-    return [Part(name), *([Part(f"{name}/{PROXY}", PROXY, f"miniplm {name}")] if beside(job) else [])]
+    return [Part(name), *([Part(part_name(name), PROXY, f"miniplm {name}")] if beside(job) else [])]
+
+
+def part_name(name: str) -> str:
+    """The manifest entry of a stage's part on the proxy's scores: `select-proxy`, beside `select` and not
+    below it, so that the usual part's markers and scratch, cleared when it finishes, are not its."""
+    return f"{name}{SUFFIX}"
 
 
 def of_proxy(part: Part) -> bool:
@@ -87,7 +93,7 @@ def scores(job: JobConfig, part: Part, why: str) -> Upstream:
 def ranked(part: Part, why: str) -> Upstream:
     """rank's sorted runs, as the same part of select reads them."""
     up = outputs.ranked(why)
-    return Upstream(f"{up.stage}/{PROXY}", (f"{up.folders[0]}{SUFFIX}",), why) if of_proxy(part) else up
+    return Upstream(part_name(up.stage), (f"{up.folders[0]}{SUFFIX}",), why) if of_proxy(part) else up
 
 
 def select_config(job: JobConfig, part: Part) -> SelectConfig:
@@ -99,7 +105,7 @@ def select_config(job: JobConfig, part: Part) -> SelectConfig:
 def per_part(name: str, result: Any) -> list[tuple[str, Any]]:
     """A selection stage's result by part: [(NAME, counts)], or with the proxy beside, two (counts
     None for a part other workers are still finishing)."""
-    key = f"{name}/{PROXY}"
+    key = part_name(name)
     if isinstance(result, dict) and key in result:
         return [(name, result[name]), (key, result[key])]
     return [(name, result)]

@@ -128,7 +128,7 @@ def test_proxy_scores_rank_like_the_lm_scores_and_the_noise_floor_drops_the_nois
     # rank and select read the proxy's scores as they read LM scores
     rank.STAGE.run(job, show_progress=False)
     result = select.STAGE.run(job, show_progress=False)
-    chosen = result if use == "instead" else result["select/proxy"]
+    chosen = result if use == "instead" else result["select-proxy"]
     assert chosen["kept"] > 0
     noise = next(r for r in chosen["drops"] if r["source"] == "noise")
     assert noise["noise_floor"] >= 0.95 * noise["documents"]
@@ -309,3 +309,60 @@ def test_estimated_token_counts_come_from_characters_and_the_lm_rows_keep_their_
     instances = job.model_copy(update={"score": job.score.model_copy(update={"unit": "instance"})})
     with pytest.raises(ConfigError, match=r"token_counts: estimated .* \(use exact\)"):
         proxy.STAGE.check(instances)
+
+
+def test_beside_parts_finish_with_two_workers_in_any_order(tiny_models, tmp_path):
+    """select-proxy's markers and scratch are its own: the usual part finishing (and clearing its
+    own) after another worker got on with the proxy's part loses none of that worker's work."""
+    jobs = {}
+    for name in ("one", "two"):
+        jobs[name] = job_file(
+            tmp_path,
+            tiny_models,
+            proxy_cfg={"use": "beside", "sample_fraction": 0.3},
+            select_cfg={"units_per_run": 200},
+            name=name,
+        )
+        prepare.STAGE.run(jobs[name], show_progress=False)
+        synthetic_scores(jobs[name], only_sample=False)
+        proxy.STAGE.run(jobs[name], show_progress=False)
+    one, two = jobs["one"], jobs["two"]
+    rank.STAGE.run(one, show_progress=False)
+    alone = select.STAGE.run(one, show_progress=False)
+    for stage in (rank, select):  # worker 1 first: it finishes its share of both parts before worker 0 ends
+        assert stage.STAGE.run(two, Worker(1, 2), show_progress=False) == {
+            stage.NAME: None,
+            f"{stage.NAME}-proxy": None,
+        }
+        done = stage.STAGE.run(two, Worker(0, 2), show_progress=False)
+    assert done["select"] == alone["select"] and done["select-proxy"] == alone["select-proxy"]
+    for folder in ("selected", "selected-proxy"):
+        a = pl.read_parquet(str(RunDir(one.run_dir).root / folder / "*.parquet"))
+        b = pl.read_parquet(str(RunDir(two.run_dir).root / folder / "*.parquet"))
+        assert a.equals(b)
+
+
+def test_a_shard_with_no_sampled_unit_and_a_non_finite_label(tiny_models, tmp_path):
+    job = job_file(tmp_path, tiny_models, proxy_cfg={"sample_fraction": 0.3})
+    prepare.STAGE.run(job, show_progress=False)
+    synthetic_scores(job, only_sample=True)
+    rd = RunDir(job.run_dir)
+    first = pl.read_parquet(rd.score_shard(0))
+    first.with_columns(
+        teacher_logprob=pl.when(pl.int_range(pl.len()) == 0).then(float("nan")).otherwise(pl.col("teacher_logprob"))
+    ).write_parquet(rd.score_shard(0))
+    # the last shard's sample is empty, written as score writes an empty shard
+    last = len(rd.doc_shards("main")) - 1
+    empty = score._assemble(job, score.ShardTokens(last, [], {"id": [], "source": [], "doc_tokens": []}), [], {})
+    import pyarrow.parquet as pq
+
+    pq.write_table(empty, rd.score_shard(last))
+    rd.update_stage("score", state="running")
+    rd.finish_stage("score", {"flops": record(teacher=1.0)})
+    counts = proxy.STAGE.run(job, show_progress=False)
+    rows = proxy_rows(job)
+    assert counts["units"] == rows.height == sum(pl.read_parquet(p).height for p in rd.doc_shards("main"))
+    assert rows.filter(pl.col("id").is_in(pl.read_parquet(rd.doc_shards("main")[last])["id"].implode()))[
+        "score_source"
+    ].unique().to_list() == ["proxy"]
+    assert rows["teacher_logprob"].is_nan().sum() == 1  # the NaN label is kept as the LMs gave it, not fitted on

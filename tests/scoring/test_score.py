@@ -354,3 +354,18 @@ def test_special_token_text_in_a_document_is_read_as_text(tiny_models, tmp_path)
         tokens = [t for seq in got.sequences for t in seq.tolist()]
         n_eos = 0 if unit == "document" else 2  # the EOS packing adds after each document
         assert tokens.count(tokenizer.eos_token_id) == n_eos and tokenizer.bos_token_id not in tokens, unit
+
+
+def test_an_empty_shard_is_written_with_typed_columns(tiny_models, tmp_path):
+    import pyarrow as pa
+
+    job = load_job(_job_file(tmp_path, tiny_models))
+    empty = score._assemble(job, score.ShardTokens(0, [], {"id": [], "source": [], "doc_tokens": []}), [], {})
+    assert empty.num_rows == 0
+    assert [empty.schema.field(c).type for c in ("id", "source", "n_tokens", "doc_tokens", "teacher_logprob")] == [
+        pa.string(),
+        pa.string(),
+        pa.int64(),
+        pa.int64(),
+        pa.float64(),
+    ]
