@@ -3,7 +3,7 @@
 Each source is sampled at its own rate: the job's share (`proxy.sample_fraction`, or
 `sample_units` over the main split's units), raised for a small source so that it gets about
 `proxy.min_source_units` (all of a source smaller than that). A unit is in the sample when a
-seeded hash of its id falls below its source's rate (selection/draws.py): the same whichever
+seeded hash of its id falls below its source's rate (miniplm/draws.py): the same whichever
 shard holds it and whichever task asks, so the score stage and the proxy agree on the sample
 without writing it down. A second draw splits the sample into the units the cheap model is fitted
 on and those it is judged on.
@@ -16,10 +16,10 @@ import json
 import numpy as np
 import polars as pl
 
+from miniplm.draws import uniform_by_id
 from miniplm.errors import StageError
 from miniplm.rundir import RunDir
 from miniplm.schema.proxy import ProxyConfig
-from miniplm.selection.draws import uniform_by_id
 
 # Draws of their own: the same seed as a random control or strategy would couple them.
 SAMPLE_SALT = 1 << 33

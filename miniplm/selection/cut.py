@@ -32,10 +32,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from miniplm.draws import uniform_by_id
 from miniplm.files import atomic_write_json
 from miniplm.rundir import RunDir
 from miniplm.schema.select import RandomControl, SelectConfig
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.noise_floor import noise_floor_sorted
 from miniplm.selection.order_stats import SortedFile
 from miniplm.selection.rank import draw_column

@@ -27,13 +27,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from miniplm.draws import uniform_by_id
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Input
 from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import RandomControl, SelectConfig
 from miniplm.selection import scores_source
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.strategies import control_seed, keys_per_unit, needs_ids, unit_key, unit_numbers
 from miniplm.stage import Part, ShardedStage, StageRun
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
+from miniplm.draws import uniform_by_id
 from miniplm.files import atomic_write_json
 from miniplm.report.figures import figure_html, html_table, save_png, snippet  # also puts matplotlib in Agg mode
 from miniplm.report.page import assemble, write_section
@@ -18,7 +19,6 @@ from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import SelectConfig
 from miniplm.scoring.instances import instance_text
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.drops import noise_summary, table_html
 from miniplm.selection.noise_floor import NoiseFloor
 from miniplm.selection.strategies import REASONS

@@ -13,7 +13,7 @@ or a fraction of the scored tokens (`keep_token_fraction`, the paper's alpha).
 A token budget keeps every unit that still fits when its turn comes, so one
 huge document passes its turn to the next ones that fit and the budget is
 spent to within one unit: exact and deterministic. Random draws are a seeded hash of each unit's id
-(selection/draws.py), so they depend on nothing else: not on the other units, nor on how shards
+(miniplm/draws.py), so they depend on nothing else: not on the other units, nor on how shards
 were split among workers.
 """
 
@@ -26,8 +26,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from miniplm.draws import uniform_by_id
 from miniplm.schema.select import RANDOM_CONTROLS, RandomControl, SelectConfig
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.noise_floor import noise_floor
 
 REASONS = ("non_finite_score", "too_few_tokens", "low_teacher_logprob", "source_cap", "below_cut")

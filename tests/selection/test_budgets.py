@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from miniplm.config import SelectConfig
+from miniplm.draws import uniform_by_id
 from miniplm.schema.select import RANDOM_CONTROLS
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.strategies import control_seed, decide, fill, random_baseline
 from miniplm.selection.tally import counts, tally
 

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from miniplm.config import ConfigError, JobConfig, SelectConfig
+from miniplm.draws import uniform_by_id
 from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.selection import select
-from miniplm.selection.draws import uniform_by_id
 from miniplm.selection.strategies import control_seed, decide, random_baseline
 from tests.selection.test_select import make_scored_run, run_select
 

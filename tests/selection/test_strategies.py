@@ -125,7 +125,7 @@ def test_both_budgets_is_a_config_error():
 def test_random_and_sampled_selections_are_exactly_the_documented_draws():
     import numpy as np
 
-    from miniplm.selection.draws import uniform_by_id
+    from miniplm.draws import uniform_by_id
 
     table = scores_table()
     ids = sorted(table["id"])

@@ -1,7 +1,7 @@
 import numpy as np
 import polars as pl
 
-from miniplm.selection.draws import uniform_by_id
+from miniplm.draws import uniform_by_id
 
 MASK = 2**64 - 1
 
