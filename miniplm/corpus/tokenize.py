@@ -195,7 +195,7 @@ class Tokenize(EntryStage):
                 raise ConfigError(
                     f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} (or both)"
                 )
-        if any(t.input == PROXY_SELECTED for t in job.tokenize) and (job.proxy is None or job.proxy.use != "beside"):
+        if any(t.input == PROXY_SELECTED for t in job.tokenize) and job.proxy_use != "beside":
             raise ConfigError(
                 f"tokenize: input {PROXY_SELECTED} is the selection from proxy scores beside the LM's; it needs "
                 "`proxy: {use: beside}` (with use: instead the proxy's selection is `selected` itself)"

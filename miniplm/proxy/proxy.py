@@ -45,14 +45,6 @@ from miniplm.scoring.sample import held_out, in_sample, rates, source_counts
 from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 LABELS = ["id", "source", "n_tokens", "teacher_logprob", "reference_logprob"]
-ROW_TYPES = {
-    "id": pl.String,
-    "source": pl.String,
-    "n_tokens": pl.Int64,
-    "doc_tokens": pl.Int64,
-    "teacher_logprob": pl.Float64,
-    "reference_logprob": pl.Float64,
-}
 ALL = "*"  # tokens_per_char: a source the sample did not see
 INSTANCE_COLUMNS = ["input_ids", "docs"]
 
@@ -62,11 +54,6 @@ class ProxyContext:
     tokenizer: Any
     boundaries: Boundaries | None
     rates: dict[str, float]  # each source's sampling rate
-
-
-def _sample_column(frame: pl.DataFrame, ctx: ProxyContext, job: JobConfig) -> np.ndarray:
-    """Which units of `frame` (id, source) are in the sample."""
-    return in_sample(frame["id"], frame["source"], ctx.rates, job.seed)
 
 
 def units(
@@ -123,10 +110,12 @@ def labels(run: StageRun, index: int) -> pl.DataFrame:
     path = run.rd.score_shard(index)
     if not path.exists():
         raise StageError(f"{path}: no score shard; run `miniplm score` first")
+    from miniplm.scoring.score import typed
+
     columns = LABELS + (["doc_tokens"] if run.job.score.unit == "document" else [])
-    rows = pl.read_parquet(path, columns=columns).cast({c: ROW_TYPES[c] for c in columns})  # an empty shard's too
-    if run.job.proxy.use == "beside":  # the LMs scored every unit: the sample is a part of them
-        rows = rows.filter(pl.Series(_sample_column(rows, run.context, run.job)))
+    rows = pl.from_arrow(typed(pq.read_table(path, columns=columns)))  # an empty shard's columns typed too
+    if run.job.proxy_use == "beside":  # the LMs scored every unit: the sample is a part of them
+        rows = rows.filter(pl.Series(in_sample(rows["id"], rows["source"], run.context.rates, run.job.seed)))
     return rows
 
 
@@ -176,7 +165,7 @@ class Proxy(ShardedStage):
         if job.proxy is None:
             return []
         why = "the proxy is fitted to the LM scores of its sample"
-        if job.proxy.use == "instead":
+        if job.proxy_use == "instead":
             return [outputs.scores(why), outputs.documents("main")]
         # beside: the LMs scored every unit; the proxy charges the sample's share of that itself
         trained = [outputs.trained("reference")] if job.reference is not None and job.reference.train else []
@@ -338,7 +327,8 @@ def predict_shard(run: StageRun, index: int) -> None:
     joined = joined.with_columns(
         pl.coalesce(f"{c}_lm", c).alias(c) for c in ("n_tokens", "doc_tokens") if f"{c}_lm" in joined.columns
     ).drop(cs.ends_with("_lm"))
-    todo = np.flatnonzero(joined["teacher_logprob"].is_null().to_numpy())
+    unlabelled = joined["teacher_logprob"].is_null().to_numpy()
+    todo = np.flatnonzero(unlabelled)
     teacher = joined["teacher_logprob"].to_numpy().astype(np.float64, copy=True)
     reference = joined["reference_logprob"].to_numpy().astype(np.float64, copy=True)
     texts, n_tokens, flops = joined["text"], joined["n_tokens"].to_numpy(), 0.0
@@ -348,7 +338,7 @@ def predict_shard(run: StageRun, index: int) -> None:
         predicted, spent = model.predict(texts.gather(rows).to_list())
         teacher[rows], reference[rows] = as_sums(predicted, n_tokens[rows])
         flops += spent
-    source = np.where(np.isin(np.arange(joined.height), todo), "proxy", "lm")
+    source = np.where(unlabelled, "proxy", "lm")
     table = (
         joined.drop("text")
         .with_columns(teacher_logprob=pl.Series(teacher), reference_logprob=pl.Series(reference))

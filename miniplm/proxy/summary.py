@@ -6,53 +6,40 @@ from __future__ import annotations
 import html
 import json
 
-import numpy as np
 import polars as pl
 
 from miniplm.compute import record, spent
-from miniplm.models.flops import model_flops
 from miniplm.proxy.agreement import held_out_budget, kept_overlap, rank_agreement
 from miniplm.proxy.files import fit_record, holdout, scores_shard, shard_stats
 from miniplm.rundir import RunDir
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import SelectConfig
-from miniplm.scoring.cost import scoring_flops
+from miniplm.scoring.score import lm_flops
 from miniplm.stage import StageRun
 
 REPORT_ORDER = 15  # after the selection's counts, before the students' comparison
-
-
-def _scoring(job: JobConfig, n_tokens: np.ndarray) -> dict[str, float]:
-    """What the teacher and the reference spend scoring units of these lengths."""
-    from miniplm.lookups import reference_model
-
-    cfg = job.score
-    return {
-        name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
-        for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))
-    }
 
 
 def summarize(run: StageRun) -> dict:
     """The proxy stage's counts: units by source of score, agreement, FLOPs (the manifest's `flops`:
     fitting and prediction, and in `beside` the LM scores of the sample)."""
     job, rd = run.job, run.rd
-    files = [scores_shard(rd, i) for i in range(len(rd.doc_shards("main")))]
+    files = [scores_shard(rd, i) for i in range(len(rd.doc_shards("main")))]  # a fit found scored units
     length = ["n_tokens", "doc_tokens"] if job.score.unit == "document" else ["n_tokens"]
-    frame = pl.concat([pl.read_parquet(p, columns=[*length, "score_source"]) for p in files]) if files else None
+    frame = pl.concat([pl.read_parquet(p, columns=[*length, "score_source"]) for p in files])
     fit = json.loads(fit_record(rd).read_text())
     stats = [shard_stats(p) for p in files]
-    n_tokens = frame["n_tokens"].to_numpy() if frame is not None else np.zeros(0, np.int64)
-    lm = frame["score_source"] == "lm" if frame is not None else pl.Series([], dtype=pl.Boolean)
-    everything = _scoring(job, n_tokens)
+    n_tokens = frame["n_tokens"].to_numpy()
+    lm = frame["score_source"] == "lm"
+    everything = lm_flops(job, n_tokens)
     flops = {"fit": fit["flops"], "predict": sum(s["flops"] for s in stats)}
     labels = spent(rd, "score") or 0.0
-    if job.proxy.use == "beside":  # the LMs scored everything: the proxy's labels are the sample's share
-        sample = _scoring(job, n_tokens[lm.to_numpy()]) if len(n_tokens) else {"teacher": 0.0, "reference": 0.0}
+    if job.proxy_use == "beside":  # the LMs scored everything: the proxy's labels are the sample's share
+        sample = lm_flops(job, n_tokens[lm.to_numpy()])
         flops |= {f"labels_{name}": value for name, value in sample.items()}
         labels = sum(sample.values())
     held = pl.read_parquet(holdout(rd))
-    budget_tokens = int(frame[length[-1]].sum()) if frame is not None else 0
+    budget_tokens = int(frame[length[-1]].sum())
     held_cfg = held_out_budget(job.select, budget_tokens)
     return {
         "units": len(n_tokens),

@@ -47,6 +47,11 @@ class JobConfig(Strict):
     def _run_dir_home(cls, value: Any) -> Any:
         return expand_home(str(value)) if isinstance(value, (str, Path)) else value
 
+    @property
+    def proxy_use(self) -> str | None:
+        """How the job uses a proxy: `instead` of scoring every unit, `beside` it, or None (no proxy)."""
+        return self.proxy.use if self.proxy is not None else None
+
     @model_validator(mode="after")
     def _one_model_per_folder(self) -> "JobConfig":
         """Prune entries, students and the reference each write RUN_DIR/models/NAME."""

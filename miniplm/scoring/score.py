@@ -172,9 +172,12 @@ def _assemble(job: JobConfig, shard: ShardTokens, windows: list[Window], results
     if "docs" in shard.rows:  # instances: their tokens and provenance
         columns["input_ids"] = pa.array(shard.rows["input_ids"], pa.list_(pa.int32()))
         columns["docs"] = shard.rows["docs"]
-    table = pa.table(columns)
-    # typed even when empty (a proxy's sample may draw none of a shard's units): a null column would
-    # not join or concatenate with the other shards'
+    return typed(pa.table(columns))
+
+
+def typed(table: pa.Table) -> pa.Table:
+    """A score shard's columns in their types even when it is empty (a proxy's sample may draw none of
+    a shard's units): a null-typed column would not join or concatenate with the other shards'."""
     return table.cast(pa.schema([pa.field(f.name, ROW_TYPES.get(f.name, f.type)) for f in table.schema]))
 
 
@@ -226,7 +229,7 @@ class Score(ShardedStage):
             Model("teacher", resolve_model(job.teacher.model)),
             Model("reference", resolve_model(reference_model(job))),
             *trained,
-            *([sample_setting(job)] if labels_sample_only(job) else []),
+            *([sample_setting(job)] if job.proxy_use == "instead" else []),
         ]
 
     def spends_compute(self, entry: str) -> bool:
@@ -254,7 +257,7 @@ class Score(ShardedStage):
                 raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
             boundaries = Boundaries.for_tokenizer(tokenizer)
         sample_rates = None
-        if labels_sample_only(job):
+        if job.proxy_use == "instead":
             from miniplm.scoring.sample import rates, source_counts
 
             sample_rates = rates(source_counts(rd), job.proxy)
@@ -326,11 +329,6 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
             shutil.rmtree(rd.work(NAME) / shard_name(shard.index, ""), ignore_errors=True)
 
 
-def labels_sample_only(job: JobConfig) -> bool:
-    """Whether the LMs score the proxy's sample only (proxy.use: instead)."""
-    return job.proxy is not None and job.proxy.use == "instead"
-
-
 def sample_setting(job: JobConfig) -> str:
     """The proxy settings that decide which units the LMs score: part of the scores' config hash."""
     p = job.proxy
@@ -342,18 +340,22 @@ def _flops(job: JobConfig, rd: RunDir) -> dict:
     import polars as pl
 
     from miniplm.compute import record
-    from miniplm.models.flops import model_flops
-    from miniplm.scoring.cost import scoring_flops
 
     files = sorted(rd.scores.glob("shard-*.parquet"))
     n_tokens = pl.scan_parquet(files).select("n_tokens").collect()["n_tokens"].to_numpy() if files else np.zeros(0)
+    return record(**lm_flops(job, n_tokens))
+
+
+def lm_flops(job: JobConfig, n_tokens: np.ndarray) -> dict[str, float]:
+    """What the teacher and the reference spend scoring units that predict `n_tokens` tokens each."""
+    from miniplm.models.flops import model_flops
+    from miniplm.scoring.cost import scoring_flops
+
     cfg = job.score
-    return record(
-        **{
-            name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
-            for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))
-        }
-    )
+    return {
+        name: scoring_flops(n_tokens, cfg.unit, cfg.max_length, cfg.stride, model_flops(model))
+        for name, model in (("teacher", job.teacher.model), ("reference", reference_model(job)))
+    }
 
 
 def _counts(rd: RunDir) -> dict:

@@ -53,14 +53,10 @@ class ProxySelectionDir(RunDir):
         return self.root / f"selected{SUFFIX}"
 
 
-def beside(job: JobConfig) -> bool:
-    return job.proxy is not None and job.proxy.use == "beside"
-
-
 def parts(name: str, job: JobConfig) -> list[Part]:
     """A selection stage's parts: one, or with the proxy beside a second on its scores."""
     # the proxy's part is redone with its stage: `miniplm select --force` redoes both
-    return [Part(name), *([Part(part_name(name), PROXY, f"miniplm {name}")] if beside(job) else [])]
+    return [Part(name), *([Part(part_name(name), PROXY, f"miniplm {name}")] if job.proxy_use == "beside" else [])]
 
 
 def part_name(name: str) -> str:
@@ -78,14 +74,14 @@ def run_dir(job: JobConfig, part: Part, root: Any = None) -> RunDir:
     root = job.run_dir if root is None else root
     if of_proxy(part):
         return ProxySelectionDir(root, own=True)
-    if job.proxy is not None and job.proxy.use == "instead":
+    if job.proxy_use == "instead":
         return ProxySelectionDir(root, own=False)
     return RunDir(root)
 
 
 def scores(job: JobConfig, part: Part, why: str) -> Upstream:
     """The score shards a part of rank or select reads."""
-    if of_proxy(part) or job.proxy is not None and job.proxy.use == "instead":
+    if of_proxy(part) or job.proxy_use == "instead":
         return outputs.proxy_scores(why)
     return outputs.scores(why)
 
