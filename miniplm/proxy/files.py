@@ -35,6 +35,12 @@ def scores_shard(rd: RunDir, index: int) -> Path:
     return rd.root / outputs.PROXY_SCORES / shard_name(index, ".parquet")
 
 
+def cpu_seconds(rd: RunDir, key: str) -> Path:
+    """How long a part of the work (`fit`, a shard) took: kept in the stage's scratch until it finishes,
+    not in its outputs, which an interrupted and an uninterrupted run write to the same bytes."""
+    return rd.work(NAME) / "cpu-seconds" / f"{key}.json"
+
+
 def shard_stats(path: Path) -> dict:
     """What predicting a proxy score shard did and cost."""
     return json.loads(pq.read_schema(path).metadata[STATS_KEY])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,18 @@ from miniplm import outputs
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.inputs import Input, Upstream
-from miniplm.proxy.files import NAME, STATS_KEY, fit_record, folder, holdout, model_folder, scores_shard
+from miniplm.proxy.files import (
+    NAME,
+    STATS_KEY,
+    cpu_seconds,
+    fit_record,
+    folder,
+    holdout,
+    model_folder,
+    scores_shard,
+)
 from miniplm.proxy.model import HashedRidge
-from miniplm.rundir import RunDir
+from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.proxy import MIN_HELDOUT_UNITS, MIN_TRAIN_UNITS
 from miniplm.scoring.instances import Boundaries
@@ -270,9 +279,11 @@ def fit(run: StageRun) -> None:
     model.save(model_folder(rd))
     with atomic_path(holdout(rd)) as tmp:
         held.write_parquet(tmp)
+    spent = asdict(cost)
+    atomic_write_json(cpu_seconds(rd, "fit"), {"seconds": spent.pop("seconds")})
     atomic_write_json(
         fit_record(rd),
-        {"labelled": sample.height, "train": train.height, "held_out": test.height, **cost.__dict__, **estimate},
+        {"labelled": sample.height, "train": train.height, "held_out": test.height, **spent, **estimate},
     )
 
 
@@ -348,7 +359,8 @@ def predict_shard(run: StageRun, index: int) -> None:
     first += ["teacher_logprob", "reference_logprob", "score_source"]  # as a score shard, then the source
     table = table.select(*first, pl.exclude(*first))
     arrow = table.to_arrow()
-    stats = {"predicted": len(todo), "flops": flops, "seconds": time.perf_counter() - start}
+    stats = {"predicted": len(todo), "flops": flops}
+    atomic_write_json(cpu_seconds(rd, shard_name(index, "")), {"seconds": time.perf_counter() - start})
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), STATS_KEY: json.dumps(stats)})
     path = scores_shard(rd, index)
     path.parent.mkdir(parents=True, exist_ok=True)

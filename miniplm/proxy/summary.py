@@ -10,8 +10,8 @@ import polars as pl
 
 from miniplm.compute import record, spent
 from miniplm.proxy.agreement import held_out_budget, kept_overlap, rank_agreement
-from miniplm.proxy.files import fit_record, holdout, scores_shard, shard_stats
-from miniplm.rundir import RunDir
+from miniplm.proxy.files import cpu_seconds, fit_record, holdout, scores_shard, shard_stats
+from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.job import JobConfig
 from miniplm.schema.select import SelectConfig
 from miniplm.scoring.score import lm_flops
@@ -53,9 +53,17 @@ def summarize(run: StageRun) -> dict:
         "held_out_budget": budget_words(held_cfg),
         "labels_flops": labels,
         "scoring_everything_flops": sum(everything.values()),
-        "cpu_seconds": {"fit": fit["seconds"], "predict": sum(s["seconds"] for s in stats)},
+        "cpu_seconds": {
+            "fit": _seconds(rd, "fit"),
+            "predict": sum(_seconds(rd, shard_name(i, "")) for i in range(len(files))),
+        },
         "flops": record(**flops),
     }
+
+
+def _seconds(rd: RunDir, key: str) -> float:
+    path = cpu_seconds(rd, key)
+    return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
 
 
 def budget_words(cfg: SelectConfig) -> str:

@@ -40,7 +40,7 @@ def write_corpus(path, n=600, seed=0):
     write_jsonl(path, rows)
 
 
-def job_file(tmp_path, tiny_models, *, proxy_cfg, select_cfg=None, name="job"):
+def job_file(tmp_path, tiny_models, *, proxy_cfg, select_cfg=None, name="job", docs_per_shard=150):
     docs = tmp_path / "docs.jsonl"
     if not docs.exists():
         write_corpus(docs)
@@ -49,7 +49,7 @@ def job_file(tmp_path, tiny_models, *, proxy_cfg, select_cfg=None, name="job"):
         "seed": 5,
         "corpus": {
             "inputs": [{"path": str(docs), "format": "jsonl", "id_field": "id", "source_field": "src"}],
-            "docs_per_shard": 150,
+            "docs_per_shard": docs_per_shard,
             "reference_fraction": 0.0,
             "heldout_fraction": 0.0,
             "quality": None,
@@ -366,3 +366,68 @@ def test_a_shard_with_no_sampled_unit_and_a_non_finite_label(tiny_models, tmp_pa
         "score_source"
     ].unique().to_list() == ["proxy"]
     assert rows["teacher_logprob"].is_nan().sum() == 1  # the NaN label is kept as the LMs gave it, not fitted on
+
+
+def test_kill_9_mid_stage_and_rerun_writes_the_same_bytes(tiny_models, tmp_path):
+    """Shards are written whole: a proxy killed after some of them, run again, leaves exactly what an
+    uninterrupted run leaves (nothing time-dependent in its outputs)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    jobs = {
+        name: job_file(tmp_path, tiny_models, proxy_cfg={"sample_fraction": 0.3}, name=name, docs_per_shard=20)
+        for name in ("clean", "killed")
+    }
+    for job in jobs.values():
+        prepare.STAGE.run(job, show_progress=False)
+        synthetic_scores(job, only_sample=True)
+    proxy.STAGE.run(jobs["clean"], show_progress=False)
+
+    cmd = [sys.executable, "-m", "miniplm", "proxy", str(tmp_path / "killed.yaml"), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = scores_shard(RunDir(jobs["killed"].run_dir), 0)
+    deadline = time.time() + 120
+    while time.time() < deadline and not first.exists() and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shards = len(RunDir(jobs["killed"].run_dir).doc_shards("main"))
+    written = len(list(first.parent.glob("shard-*.parquet")))
+    assert 1 <= written < shards, "killed after the first shard and before the last"
+
+    subprocess.run(cmd, check=True, capture_output=True)
+
+    def outputs(job) -> dict[str, bytes]:
+        root = Path(job.run_dir) / "proxy"
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert outputs(jobs["killed"]) == outputs(jobs["clean"]) != {}
+    assert len([k for k in outputs(jobs["clean"]) if k.startswith("scores/")]) == shards
+
+
+def test_two_processes_at_once_write_what_one_writes(tiny_models, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    jobs = {
+        name: job_file(tmp_path, tiny_models, proxy_cfg={"sample_fraction": 0.3}, name=name, docs_per_shard=50)
+        for name in ("one", "two")
+    }
+    for job in jobs.values():
+        prepare.STAGE.run(job, show_progress=False)
+        synthetic_scores(job, only_sample=True)
+    proxy.STAGE.run(jobs["one"], show_progress=False)
+    cmd = [sys.executable, "-m", "miniplm", "proxy", str(tmp_path / "two.yaml"), "-q", "--num-workers", "2"]
+    procs = [subprocess.Popen([*cmd, "--worker", str(i)], stderr=subprocess.PIPE) for i in range(2)]
+    assert [p.wait() for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+
+    def outputs(job) -> dict[str, bytes]:
+        root = Path(job.run_dir) / "proxy"
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert outputs(jobs["two"]) == outputs(jobs["one"]) != {}
+    assert RunDir(jobs["two"].run_dir).stage_state("proxy")["state"] == "done"
