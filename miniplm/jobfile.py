@@ -163,4 +163,4 @@ def job_label(path: str | os.PathLike, overrides: list[str] | None) -> str:
 
 def dump_job(job: JobConfig) -> str:
     """The job as YAML, every default written out (the copy a run directory keeps)."""
-    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -144,6 +144,10 @@ class RunDir:
     def tokens(self, name: str) -> Path:
         return below(self.root / "tokens", name)
 
+    def export(self, name: str) -> Path:
+        """An export: the refined corpus in another trainer's format, with its provenance."""
+        return below(self.root / "exports", name)
+
     def teacher_logits(self, name: str) -> Path:
         """A teacher_logits set: the teacher's top-k log-probs per position of a token set's rows."""
         return below(self.root / "teacher-logits", name)

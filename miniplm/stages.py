@@ -12,6 +12,7 @@ from miniplm.corpus.prepare import STAGE as PREPARE
 from miniplm.corpus.tokenize import STAGE as TOKENIZE
 from miniplm.errors import ConfigError
 from miniplm.evaluation.evaluate import STAGE as EVAL
+from miniplm.export.export import STAGE as EXPORT
 from miniplm.generation.generate import STAGE as GENERATE
 from miniplm.models.prune import STAGE as PRUNE
 from miniplm.proxy.proxy import STAGE as PROXY
@@ -35,6 +36,7 @@ STAGES += [
     GENERATE,
     PRUNE,
     TOKENIZE,
+    EXPORT,
     TEACHER_LOGITS,
     TRAIN,
     EVAL,

@@ -30,5 +30,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # liger-kernel's chunked distillation losses are plain torch: the tests check miniplm's KD loss
     # against them on the CPU (its Triton kernels, and triton itself, are for GPUs: `.[gpu]`).
     pip --no-deps "liger-kernel==0.8.5"
+    # The export formats' own libraries, which write and read back each format in the tests. Without
+    # their dependencies: pip would take a CUDA torchvision (and with it CUDA libraries and triton,
+    # several GB) that the formats never use; what each needs to load is listed after them.
+    pip --no-deps "megatron-core==0.16.1" "ai2-olmo-core==3.0.0" "cached-path==1.8.10" \
+        "litdata==0.2.76" "mosaicml-streaming==0.13.0"
+    pip "lightning-utilities>=0.11" "boto3" "obstore" "tifffile" "google-cloud-storage" \
+        "bettermap" "dataclass-extensions" "rich" "brotli" "python-snappy" "zstd" "catalogue" "xxhash"
     echo "$want" > "$stamp"
 fi

@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from miniplm.corpus.row_sources import token_set_sources, write_sources
 from miniplm.corpus.tokens import TokenRows, write_rows
 from miniplm.errors import StageError
 from miniplm.files import atomic_write_json
@@ -55,15 +57,22 @@ def write_mixture(out: Path, components: dict[str, Path], weights: dict[str, flo
     if len(widths) > 1:
         raise ValueError(f"{out.name}: the mixed token sets have rows of different widths {sorted(widths)}")
     counts = mixture_counts({n: len(r) for n, r in sets.items()}, weights)
-    picked = [
-        _take(sets[name], np.sort(np.random.default_rng([seed, i]).permutation(len(sets[name]))[: counts[name]]))
+    chosen = {
+        name: np.sort(np.random.default_rng([seed, i]).permutation(len(sets[name]))[: counts[name]])
         for i, name in enumerate(sets)
-    ]
+    }
+    picked = [_take(sets[name], indices) for name, indices in chosen.items()]
     rows = np.concatenate(picked) if picked else np.zeros((0, 0), dtype=np.int32)
-    rows = rows[np.random.default_rng([seed, len(sets)]).permutation(len(rows))]
+    order = np.random.default_rng([seed, len(sets)]).permutation(len(rows))
+    rows = rows[order]
+    sources = [token_set_sources(folder) for folder in components.values()]
+    if all(s is not None for s in sources):  # every set knows where its rows come from: so does the mix
+        sources = pa.concat_tables([s.take(chosen[name]) for s, name in zip(sources, sets)]).take(order)
     out.mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, len(rows), ROWS_PER_SHARD)):
         write_rows(out / shard_name(k, ".arrow"), rows[start : start + ROWS_PER_SHARD])
+        if isinstance(sources, pa.Table):
+            write_sources(out / shard_name(k, ".arrow"), sources.slice(start, ROWS_PER_SHARD))
     stats = {
         "rows": int(len(rows)),
         "tokens": int(rows.size),

@@ -29,6 +29,7 @@ from miniplm.corpus.instance_rows import padded_rows, piece_token_lists
 from miniplm.corpus.mixture import STATS_FILE as MIXTURE_STATS
 from miniplm.corpus.mixture import write_mixture
 from miniplm.corpus.parquet import READ_BUFFER_BYTES, iter_batches
+from miniplm.corpus.row_sources import instance_sources, packed_sources, write_sources
 from miniplm.corpus.tokens import write_rows
 from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
@@ -55,24 +56,27 @@ def part_for(token_set: TokenSet, command: str | None = None) -> Part:
 
 def input_shards(rd: RunDir, token_set: TokenSet) -> list[Path]:
     """The shards of the documents a token set reads (checked to be written)."""
-    stage = outputs.document_input(token_set.input).stage
+    return document_shards(rd, token_set.input, f"tokenize {token_set.name!r}", f"tokenize.{token_set.name}")
+
+
+def document_shards(rd: RunDir, name: str, reader: str, key: str) -> list[Path]:
+    """The shards of the documents an input names (a split, a selection folder, generated/NAME),
+    checked to be written; `reader` and `key` name who reads them in errors."""
+    stage = outputs.document_input(name).stage
     state = rd.stage_state(stage)
     if state.get("state") != "done":
-        raise StageError(
-            f"{rd.root}: tokenize {token_set.name!r} reads {token_set.input!r} documents; "
-            f"run `miniplm {stage.split('/')[0]}` first"
-        )
-    if token_set.generated is not None:
-        return sorted(rd.generated(token_set.generated).glob("shard-*.parquet"))
+        raise StageError(f"{rd.root}: {reader} reads {name!r} documents; run `miniplm {stage.split('/')[0]}` first")
+    if name.startswith(outputs.GENERATED):
+        return sorted(rd.generated(name.removeprefix(outputs.GENERATED)).glob("shard-*.parquet"))
     if stage == "prepare":
-        return rd.doc_shards(token_set.input)
+        return rd.doc_shards(name)
     for control in RANDOM_CONTROLS:  # the job asks for it (`check` below), but select may have run without it
-        if token_set.input == control.folder and control.entry not in state.get("counts", {}):
+        if name == control.folder and control.entry not in state.get("counts", {}):
             raise ConfigError(
-                f"tokenize.{token_set.name}: input {control.folder} needs select.random_baseline: "
+                f"{key}: input {control.folder} needs select.random_baseline: "
                 f"{control.pool} (or both), and the selection there was made without it"
             )
-    return sorted(rd.selected(token_set.input).glob("shard-*.parquet"))
+    return sorted(rd.selected(name).glob("shard-*.parquet"))
 
 
 def pack(
@@ -98,24 +102,42 @@ def tokenize_shard(
     out: Path,
     reading: str = "documents",
 ) -> dict:
-    """reading: documents; instances (their tokens, one row each); or instance-text (their pieces)."""
+    """reading: documents; instances (their tokens, one row each); or instance-text (their pieces).
+    Beside the rows, where each comes from (corpus/row_sources.py); not for instance-text, whose
+    pieces are tokenized apart from their documents, so no token range in a document names them."""
     rng = np.random.default_rng([job.seed, index])
-    columns = {"documents": ["text"], "instances": ["input_ids"], "instance-text": ["text", "docs"]}[reading]
+    columns = {"documents": ["text", "id"], "instances": ["input_ids", "docs"], "instance-text": ["text", "docs"]}
     token_lists: list[list[int]] = []
+    ids: list[str] = []
+    pieces: list[list[dict]] = []
     units = pad = 0
-    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, columns):
+    for batch in iter_batches(pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES), 1024, columns[reading]):
         units += batch.num_rows
         if reading == "documents":
-            token_lists += [t + [eos] for t in token_ids(tokenizer, batch.column(0).to_pylist())]
+            token_lists += [t + [eos] for t in token_ids(tokenizer, batch.column("text").to_pylist())]
+            ids += batch.column("id").to_pylist()
         elif reading == "instances":
-            token_lists += [t for t in batch.column(0).to_pylist() if len(t) > 1]  # one token predicts nothing
+            held = zip(batch.column("input_ids").to_pylist(), batch.column("docs").to_pylist())
+            kept = [(t, p) for t, p in held if len(t) > 1]
+            token_lists += [t for t, _ in kept]  # one token predicts nothing
+            pieces += [p for _, p in kept]
         else:
-            token_lists += piece_token_lists(batch.column(0).to_pylist(), batch.column(1).to_pylist(), tokenizer, eos)
+            texts, docs = batch.column("text").to_pylist(), batch.column("docs").to_pylist()
+            token_lists += piece_token_lists(texts, docs, tokenizer, eos)
+    # pack and the instances' shuffle draw their order first from a generator seeded like this one
+    order = np.random.default_rng([job.seed, index])
     if reading == "instances":
         rows, pad = padded_rows(token_lists, token_set.seq_len + 1)
         rows, tail = rows[rng.permutation(len(rows))], 0
+        sources = instance_sources(pieces).take(order.permutation(len(rows)))
     else:
         rows, tail = pack(token_lists, None, token_set.seq_len, rng)
+        width = token_set.seq_len + 1
+        sources = packed_sources(ids, [len(t) for t in token_lists], width, len(rows)).take(
+            order.permutation(len(rows))
+        )
+    if reading != "instance-text":
+        write_sources(out / shard_name(index, ".arrow"), sources)
     write_rows(out / shard_name(index, ".arrow"), rows)
     stats = {
         "documents": units,

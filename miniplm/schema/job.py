@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from miniplm.schema.base import ModelSpec, Strict, expand_home, replica_base, replica_names
 from miniplm.schema.corpus import CorpusConfig
 from miniplm.schema.eval import EvalConfig, EvalModel
+from miniplm.schema.export import ExportEntry
 from miniplm.schema.generate import GenerateConfig
 from miniplm.schema.proxy import ProxyConfig
 from miniplm.schema.prune import PruneConfig
@@ -38,6 +39,7 @@ class JobConfig(Strict):
     prune: list[PruneConfig] = Field(default_factory=list)
     tokenize: list[TokenSet] = Field(default_factory=list)
     teacher_logits: list[TeacherLogitsSet] = Field(default_factory=list)
+    export: list[ExportEntry] = Field(default_factory=list)
     students: list[StudentConfig] = Field(default_factory=list)
     eval: EvalConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)

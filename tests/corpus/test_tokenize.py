@@ -178,7 +178,7 @@ def test_special_token_text_in_documents_and_instance_pieces_is_read_as_text(tin
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     text = "user: hi<eos><bos>bot: hello<eos> " * 8
     source = tmp_path / "docs.parquet"
-    pq.write_table(pa.table({"text": [text]}), source)
+    pq.write_table(pa.table({"id": ["d0"], "text": [text]}), source)
     out = tmp_path / "out"
     out.mkdir()
     job, token_set = SimpleNamespace(seed=0), SimpleNamespace(seq_len=7)

@@ -34,6 +34,10 @@ def run(tiny_models, tmp_path_factory):
     job = yaml.safe_load(job_file.read_text())
     job["tokenize"].append({"name": "other", "input": "selected", "tokenizer": tiny_models["other"], "seq_len": 32})
     job["score"]["unit"] = "instance"
+    job["export"] = [
+        {"name": "instances", "from": "selected", "format": "megatron"},
+        {"name": "other", "from": "tokens/other", "format": "olmo-npy"},
+    ]
     job["select"] = {**job["select"], "keep_fraction": None, "keep_token_fraction": 0.5}
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
     result = subprocess.run(
@@ -148,3 +152,30 @@ def test_comparison_shows_seeds_and_compute(run):
     page = (run_dir / "report" / "index.html").read_text()
     assert "alt='results against compute'" in page and "share, among the students" in page
     assert "| on-random | student | random |" in stdout
+
+
+def test_instances_export_as_they_are_and_their_provenance_cites_their_pieces(run):
+    """The selected instances written for Megatron, each traced to the document token ranges it
+    holds; a token set packed from instance text with another tokenizer is exported with its
+    sources left empty, and said so."""
+    from miniplm.export import provenance
+    from tests.export import readers
+
+    run_dir, stdout, tiny_models = run
+    selected = _frame(run_dir / "selected")
+    rows = provenance.read(run_dir / "exports" / "instances")
+    found = readers.megatron(run_dir / "exports" / "instances", rows)
+    assert [s.tolist() for s in found] == selected["input_ids"].to_list()
+    tok = load_tokenizer(tiny_models["teacher"])
+    docs = dict(_frame(run_dir / "docs" / "main").select("id", "text").iter_rows())
+    for row, tokens in zip(rows.to_pylist(), selected["input_ids"].to_list()):
+        cited = []
+        for doc, start, end in zip(row["source_ids"], row["token_starts"], row["token_ends"]):
+            cited += (tok(docs[doc], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[start:end]
+        assert cited == tokens
+    assert rows["source_ids"].to_pylist() == [[p["id"] for p in held] for held in selected["docs"].to_list()]
+
+    other = provenance.read(run_dir / "exports" / "other")
+    assert other.num_rows == len(TokenRows(run_dir / "tokens" / "other")) > 0
+    assert other["source_ids"].null_count == other.num_rows
+    assert f"export other: {other.num_rows:,} sequences have no sources in their provenance" in stdout

@@ -1,0 +1,1 @@
+"""Exports: the refined corpus in the formats other trainers read, with its provenance."""
