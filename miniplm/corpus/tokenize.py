@@ -129,15 +129,13 @@ def tokenize_shard(
     if reading == "instances":
         rows, pad = padded_rows(token_lists, token_set.seq_len + 1)
         rows, tail = rows[rng.permutation(len(rows))], 0
-        sources = instance_sources(pieces).take(order.permutation(len(rows)))
+        sources = instance_sources(pieces)
     else:
         rows, tail = pack(token_lists, None, token_set.seq_len, rng)
-        width = token_set.seq_len + 1
-        sources = packed_sources(ids, [len(t) for t in token_lists], width, len(rows)).take(
-            order.permutation(len(rows))
-        )
-    if reading != "instance-text":
-        write_sources(out / shard_name(index, ".arrow"), sources)
+        lengths = [len(t) for t in token_lists]
+        sources = packed_sources(ids, lengths, token_set.seq_len + 1, len(rows)) if reading == "documents" else None
+    if sources is not None:
+        write_sources(out / shard_name(index, ".arrow"), sources.take(order.permutation(len(rows))))
     write_rows(out / shard_name(index, ".arrow"), rows)
     stats = {
         "documents": units,

@@ -31,6 +31,7 @@ from miniplm.export.litdata_chunks import FORMAT as LITDATA
 from miniplm.export.mds import FORMAT as MDS
 from miniplm.export.megatron import FORMAT as MEGATRON
 from miniplm.export.olmo_npy import FORMAT as OLMO_NPY
+from miniplm.export.report import DESCRIPTION, write_report
 from miniplm.export.sequences import SCHEMA, arrays, document_batches, instances, token_rows
 from miniplm.files import atomic_write_json
 from miniplm.inputs import Input, Tokenizer
@@ -45,7 +46,6 @@ from miniplm.stage import Part, StageRun, doc_shard_keys
 
 NAME = "export"
 FORMATS: dict[str, Format] = {f.name: f for f in (MEGATRON, OLMO_NPY, LITDATA, MDS)}
-DESCRIPTION = "export.json"
 
 
 def reading(job: JobConfig, entry: ExportEntry) -> str:
@@ -248,6 +248,7 @@ class Export(EntryStage):
             "train": ctx.format.train_hint(Path("."), files, [per_file[f] for f in files]),  # paths from here
         }
         atomic_write_json(out / DESCRIPTION, description)
+        write_report(run.rd, [e.name for e in run.job.export], finishing=entry.name)
         return counts
 
     def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
@@ -268,6 +269,9 @@ class Export(EntryStage):
                 "of a document names"
             )
         return lines
+
+    def report(self, job: JobConfig, rd: RunDir) -> None:
+        write_report(rd, [e.name for e in job.export])
 
     def warnings(self, job: JobConfig, result: dict) -> list[str]:
         return [

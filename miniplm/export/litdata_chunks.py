@@ -75,10 +75,7 @@ class LitData(Format):
         atomic_write_text(out / INDEX, json.dumps(merged, sort_keys=True))
 
     def train_hint(self, out: Path, files: list[str], tokens: list[int]) -> str:
-        return (
-            f"litgpt pretrain ... --data LitData --data.data_path {out.parent}/ (with the export in "
-            f"{out.parent}/train, as LitData reads its train split there)"
-        )
+        return f"litgpt pretrain MODEL --data LitData --data.data_path {out}"
 
 
 FORMAT = LitData()

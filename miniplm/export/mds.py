@@ -75,7 +75,7 @@ class Mds(Format):
         merge_index([str(out / shard_name(i, "") / "index.json") for i in range(shards)], str(out), keep_local=True)
 
     def train_hint(self, out: Path, files: list[str], tokens: list[int]) -> str:
-        return f"llm-foundry: train_loader.dataset.local: {out} (streams: one, with its tokens column)"
+        return f"llm-foundry: train_loader: {{name: text, dataset: {{local: {out}, max_seq_len: ...}}}}"
 
 
 def _without_vision():

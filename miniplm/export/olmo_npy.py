@@ -34,7 +34,7 @@ class OlmoNpy(Format):
 
     def train_hint(self, out: Path, files: list[str], tokens: list[int]) -> str:
         paths = ", ".join(f'"{out / f}"' for f, n in zip(files, tokens) if n)
-        return f"NumpyDatasetConfig(paths=[{paths}], ...)"
+        return f"OLMo-core: NumpyFSLDatasetConfig(paths=[{paths}], dtype=..., tokenizer=..., sequence_length=...)"
 
 
 FORMAT = OlmoNpy()

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,23 @@ def test_a_changed_selection_makes_the_export_out_of_date_and_force_deletes_only
     counts = export.STAGE.run(changed, force=True, show_progress=False)["export/a"]
     assert counts["tokens"] == len(TokenRows(RunDir(job.run_dir).tokens("rows"))) * 13
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_status_and_the_report_show_the_exports(tiny_models, tmp_path):
+    import subprocess
+    import sys
+
+    path = write_job(tmp_path, tiny_models, [{"name": "meg", "from": "main", "format": "megatron"}])
+    cli = [sys.executable, "-m", "miniplm"]
+    subprocess.run([*cli, "prepare", str(path), "-q"], check=True, capture_output=True)
+    before = subprocess.run([*cli, "status", str(path)], check=True, capture_output=True, text=True).stdout
+    assert re.search(r"export/meg\s.*0/3", before), before
+    ran = subprocess.run([*cli, "export", str(path), "-q"], check=True, capture_output=True, text=True).stdout
+    out = Path(tmp_path / "run" / "exports" / "meg")
+    documents = len(main_texts(RunDir(tmp_path / "run")))
+    assert f"export meg: {documents} sequences" in ran and "train with --data-path" in ran
+    assert str(out / "shard-00000") in ran
+    after = subprocess.run([*cli, "status", str(path)], check=True, capture_output=True, text=True).stdout
+    assert re.search(r"export/meg\s.*done", after), after
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "<h2>Exports</h2>" in page and "megatron" in page and str(out) in page
