@@ -4,11 +4,12 @@ from text (tokenizing with the bundled teacher's tokenizer, SmolLM2's 49,152 ids
 
     python benchmarks/export_bench.py [--copies 4] [--run-dir DIR]
 
-The bundled corpus (every document, repeated `--copies` times with fresh ids so that there is
-enough to time; the quality and near-duplicate filters off) is prepared once and packed into a token set of 1,024-token rows; then each format
-exports the main split from its text and the token set as it is, through the export stage itself
-(`miniplm export`'s code path: one worker, one thread), its provenance included. Each figure is the
-export's tokens over its wall time, the best of `--repeats` runs.
+The bundled corpus (every document, repeated `--copies` times with distinct text so that there is
+enough to time; the quality and near-duplicate filters off) is prepared once and packed into a
+token set of 1,025-token rows; then each format exports the main split from its text and the token
+set as it is, through the export stage itself (`miniplm export`'s code path: one worker, one
+thread), its provenance included. Each figure is the export's tokens over its wall time, the best
+of `--repeats` runs.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ FORMATS = ("megatron", "olmo-npy", "litdata", "mds")
 def corpus(folder: Path, copies: int) -> Path:
     frame = pl.concat([pl.read_parquet(p) for p in sorted((REPO / "data" / "sample").glob("*.parquet"))])
     # each copy's text made distinct, or prepare's exact dedup would keep one of each
-    frame = pl.concat(
-        [frame.with_columns(pl.col("id") + f"-{k}", pl.col("text") + f"\n\n{k}") for k in range(copies)]
-    )
+    frame = pl.concat([frame.with_columns(pl.col("id") + f"-{k}", pl.col("text") + f"\n\n{k}") for k in range(copies)])
     path = folder / "corpus.parquet"
     frame.write_parquet(path)
     return path

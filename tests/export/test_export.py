@@ -1,4 +1,5 @@
 import json
+import os
 import re
 from pathlib import Path
 
@@ -320,12 +321,20 @@ def test_status_and_the_report_show_the_exports(tiny_models, tmp_path):
     subprocess.run([*cli, "prepare", str(path), "-q"], check=True, capture_output=True)
     before = subprocess.run([*cli, "status", str(path)], check=True, capture_output=True, text=True).stdout
     assert re.search(r"export/meg\s.*0/3", before), before
-    ran = subprocess.run([*cli, "export", str(path), "-q"], check=True, capture_output=True, text=True).stdout
+    ran = subprocess.run(
+        [*cli, "export", str(path), "-q"],
+        check=True,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.umask(0o027),  # a group that shares the run directory reads, others do not
+    ).stdout
     out = Path(tmp_path / "run" / "exports" / "meg")
     documents = len(main_texts(RunDir(tmp_path / "run")))
     assert f"export meg: {documents} sequences" in ran and "train with --data-path" in ran
     assert str(out / "shard-00000") in ran
     after = subprocess.run([*cli, "status", str(path)], check=True, capture_output=True, text=True).stdout
     assert re.search(r"export/meg\s.*done", after), after
+    for p in [out, *out.rglob("*")]:  # what the stage and the format's library wrote follows the umask
+        assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "<h2>Exports</h2>" in page and "megatron" in page and str(out) in page
