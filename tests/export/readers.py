@@ -65,3 +65,20 @@ def mds(out: Path, rows: pa.Table) -> list[np.ndarray]:
         at += part["samples"]
     assert at == len(data)
     return [np.asarray(data[firsts[r["file"]] + r["item"]]["tokens"], dtype=np.int64) for r in rows.to_pylist()]
+
+
+def olmo_fsl(out: Path, files: list[str], sequence_length: int, eos: int, vocab_size: int, dtype: str, work: Path):
+    """The training instances OLMo-core's fixed-length dataset cuts from the files, in order."""
+    from olmo_core.data import NumpyFSLDataset
+
+    data = NumpyFSLDataset(
+        *(str(out / f) for f in files),
+        sequence_length=sequence_length,
+        pad_token_id=eos,
+        eos_token_id=eos,
+        vocab_size=vocab_size,
+        dtype=np.dtype(dtype).type,
+    )
+    data.work_dir = work
+    data.prepare()
+    return [np.asarray(data[i]["input_ids"], dtype=np.int64) for i in range(len(data))]

@@ -104,11 +104,18 @@ def test_documents_and_a_token_set_read_back_by_the_formats_own_reader(tiny_mode
     assert cited(rows, texts, tok, eos) == expected
     assert counts["export/docs"]["sequences"] == len(texts) == rows.num_rows
     assert counts["export/docs"]["tokens"] == sum(map(len, expected))
-    if fmt == "olmo-npy":  # OLMo-core finds the same documents by their EOS
+    if fmt == "olmo-npy":  # OLMo-core finds the same documents by their EOS, and trains on their stream
         _, documents = readers.olmo_npy(out, rows, eos, description["dtype"])
         assert [d for f in sorted(documents) for d in documents[f]] == [
             (r["offset"], r["offset"] + r["length"]) for r in rows.to_pylist()
         ]
+        files = sorted(description["files"])
+        instances = readers.olmo_fsl(out, files, 8, eos, len(tok), description["dtype"], tmp_path / "olmo-work")
+        streams = {f: [] for f in files}
+        for row, tokens in zip(rows.to_pylist(), expected):
+            streams[row["file"]] += tokens
+        cut = [s[i : i + 8] for f in files for s in [streams[f]] for i in range(0, len(s) - 7, 8)]
+        assert [i.tolist() for i in instances] == cut and len(cut) > 20
 
     out = rd.export("rows")
     rows = provenance.read(out)
