@@ -13,6 +13,7 @@ and how the format's trainer is pointed at it.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from miniplm.corpus.tokenize import document_shards
 from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.export import provenance
-from miniplm.export.formats import Format, vocabulary_fits
+from miniplm.export.formats import Format, remove_tmp, vocabulary_fits
 from miniplm.export.litdata_chunks import FORMAT as LITDATA
 from miniplm.export.mds import FORMAT as MDS
 from miniplm.export.megatron import FORMAT as MEGATRON
@@ -141,6 +142,9 @@ class Export(EntryStage):
                     f"tokenizer {entry.tokenizer!r}, make a token set with it (tokenize: [{{name: ..., input: "
                     f"{entry.source}, tokenizer: ...}}]) and export that (from: tokens/NAME)"
                 )
+            fmt = FORMATS[entry.format]
+            if entry.dtype != "auto" and entry.dtype not in fmt.dtypes:
+                raise ConfigError(f"{key}.dtype: {entry.format} takes {' or '.join(fmt.dtypes)} (got {entry.dtype})")
             if entry.token_set is None:
                 tokenizer_of(job, entry)
 
@@ -180,8 +184,6 @@ class Export(EntryStage):
             raise ConfigError(f"{key}: tokenizer {name!r} has no EOS token to end documents with")
         vocab = len(tokenizer)
         dtype = fmt.auto_dtype(vocab) if entry.dtype == "auto" else entry.dtype
-        if dtype not in fmt.dtypes:
-            raise ConfigError(f"{key}.dtype: {entry.format} takes {' or '.join(fmt.dtypes)} (got {dtype})")
         if not vocabulary_fits(dtype, vocab):
             raise ConfigError(
                 f"{key}.dtype: tokenizer {name!r} has {vocab:,} ids, more than {dtype} holds; "
@@ -202,12 +204,16 @@ class Export(EntryStage):
             return token_rows(source)
         if ctx.reading == "instances":
             return instances(source)
-        saved = BatchCheckpoints(run.rd.work(run.name) / "tokenized" / shard_name(index, ""), run.config_hash)
+        saved = BatchCheckpoints(self._tokenized(run, index), run.config_hash)
         done, tables = saved.load_tables()
         for i, table in enumerate(document_batches(source, ctx.tokenizer, ctx.tokenizer.eos_token_id, done), done):
             saved.save_table(i, i, table)
             tables.append(table)
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+    def _tokenized(self, run: StageRun, index: int) -> Path:
+        """Where a shard's tokenized batches are saved until its files are written."""
+        return run.rd.work(run.name) / "tokenized" / shard_name(index, "")
 
     def run_shard(self, run: StageRun, index: int) -> None:
         ctx: ExportContext = run.context
@@ -215,15 +221,17 @@ class Export(EntryStage):
         out.mkdir(parents=True, exist_ok=True)
         table = self._sequences(run, index)
         sequences = arrays(table)
-        placed = ctx.format.write_shard(out, index, sequences, ctx.dtype, run.rd.work(run.name) / "format")
+        placed = ctx.format.write_shard(out, index, sequences, ctx.dtype) if sequences else []
         provenance.write(out, index, placed, [len(s) for s in sequences], table)
+        shutil.rmtree(self._tokenized(run, index), ignore_errors=True)  # written: its checkpoints are spent
 
     def finish(self, run: StageRun) -> dict:
         ctx: ExportContext = run.context
         entry: ExportEntry = run.part.item
         out = run.rd.export(entry.name)
         out.mkdir(parents=True, exist_ok=True)
-        ctx.format.finish(out, len(ctx.shards), run.rd.work(run.name) / "format", stamp=run.config_hash)
+        remove_tmp(out)  # what writers killed midway left (every shard is written whole by now)
+        ctx.format.finish(out, len(ctx.shards), stamp=run.config_hash)
         rows = provenance.read(out)
         per_file: dict[str, int] = {}
         for file, length in zip(rows["file"].to_pylist(), rows["length"].to_pylist()):
@@ -264,9 +272,9 @@ class Export(EntryStage):
         )
         if counts["without_sources"]:
             lines.append(
-                f"export {name}: {counts['without_sources']:,} sequences have no sources in their provenance: "
-                "their token set was made from instance text with another tokenizer, whose pieces no token range "
-                "of a document names"
+                f"export {name}: {counts['without_sources']:,} sequences have no sources in their provenance: their "
+                "token set (or a set it mixes) was packed from instance text with another tokenizer, whose pieces no "
+                "token range of a document names, or written before token sets recorded their sources"
             )
         return lines
 

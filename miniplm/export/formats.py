@@ -9,6 +9,9 @@ package to install and not a failure at start-up.
 from __future__ import annotations
 
 import importlib
+import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ class Placed:
 class Format:
     name: str = ""
     package: str = ""  # what `pip install` takes
-    module: str = ""  # what it imports
+    module: str = ""  # what it imports ("": written with numpy alone)
     dtypes: tuple[str, ...] = ()  # the token types its readers take, smallest first
 
     def auto_dtype(self, vocab_size: int) -> str:
@@ -39,6 +42,8 @@ class Format:
 
     def library(self):
         """The format's library, imported; a ConfigError naming the package when it is missing."""
+        if not self.module:
+            return None
         try:
             return importlib.import_module(self.module)
         except ImportError as e:
@@ -46,13 +51,12 @@ class Format:
                 f"export format {self.name} is written with {self.package}: pip install {self.package} ({e})"
             ) from e
 
-    def write_shard(
-        self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str, scratch: Path
-    ) -> list[Placed]:
-        """Write one shard's sequences (whole: a shard killed midway is written again from the start)."""
+    def write_shard(self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str) -> list[Placed]:
+        """Write one shard's sequences, which are never none (a shard with none writes no files),
+        under temporary names renamed into place: a shard killed midway is written again."""
         raise NotImplementedError
 
-    def finish(self, out: Path, shards: int, scratch: Path, stamp: str) -> None:
+    def finish(self, out: Path, shards: int, stamp: str) -> None:
         """Once every shard is written: the dataset's index, where the format has one for all shards;
         `stamp` stands wherever the library would write the time, so that a rerun writes the same bytes."""
 
@@ -63,3 +67,27 @@ class Format:
 
 def vocabulary_fits(dtype: str, vocab_size: int) -> bool:
     return vocab_size - 1 <= np.iinfo(np.dtype(dtype)).max
+
+
+TMP = ".tmp"
+
+
+def new_tmp_dir(out: Path, name: str) -> Path:
+    """A folder of its own in `out` for one writer (two processes writing one shard must not share it),
+    made with the mode the umask gives, as any new folder."""
+    while True:
+        tmp = out / f".{name}.{secrets.token_hex(4)}{TMP}"
+        try:
+            os.mkdir(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def remove_tmp(out: Path) -> None:
+    """What writers killed midway left: `.NAME.XXXX.tmp` files and folders."""
+    for path in out.glob(f".*{TMP}"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

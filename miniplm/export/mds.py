@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from miniplm.errors import ConfigError
-from miniplm.export.formats import Format, Placed
+from miniplm.export.formats import Format, Placed, new_tmp_dir
 from miniplm.rundir import shard_name
 
 SIZE_LIMIT = 1 << 26  # bytes per .mds file, streaming's default
@@ -41,13 +41,10 @@ class Mds(Format):
         except (ImportError, RuntimeError):  # its torchvision: see _without_vision
             return _without_vision()
 
-    def write_shard(
-        self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str, scratch: Path
-    ) -> list[Placed]:
+    def write_shard(self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str) -> list[Placed]:
         streaming = self.library()
         folder = out / shard_name(shard, "")
-        tmp = out / f".{folder.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = new_tmp_dir(out, folder.name)
         with streaming.MDSWriter(
             out=str(tmp),
             columns={"tokens": f"ndarray:{dtype}"},
@@ -64,15 +61,17 @@ class Mds(Format):
                 placed.append(Placed(f"{folder.name}/{part['raw_data']['basename']}", item, offset))
                 offset += len(sequences[at])
                 at += 1
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)  # a partition written before, by a run killed since
         tmp.rename(folder)
         return placed
 
-    def finish(self, out: Path, shards: int, scratch: Path, stamp: str) -> None:
+    def finish(self, out: Path, shards: int, stamp: str) -> None:
         from streaming.base.util import merge_index
 
         self.library()
-        merge_index([str(out / shard_name(i, "") / "index.json") for i in range(shards)], str(out), keep_local=True)
+        indexes = [str(p) for i in range(shards) if (p := out / shard_name(i, "") / "index.json").exists()]
+        if indexes:  # none: nothing was exported, and MDS has no empty dataset
+            merge_index(indexes, str(out), keep_local=True)
 
     def train_hint(self, out: Path, files: list[str], tokens: list[int]) -> str:
         return f"llm-foundry: train_loader: {{name: text, dataset: {{local: {out}, max_seq_len: ...}}}}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from miniplm.export.formats import Format, Placed
+from miniplm.export.formats import Format, Placed, new_tmp_dir
 from miniplm.rundir import shard_name
 
 
@@ -25,23 +25,22 @@ class Megatron(Format):
     def auto_dtype(self, vocab_size: int) -> str:
         return np.dtype(self.library().DType.optimal_dtype(vocab_size)).name
 
-    def write_shard(
-        self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str, scratch: Path
-    ) -> list[Placed]:
+    def write_shard(self, out: Path, shard: int, sequences: list[np.ndarray], dtype: str) -> list[Placed]:
         import torch
 
         indexed = self.library()
         prefix = out / shard_name(shard, "")
-        tmp = out / f".{prefix.name}.tmp"
-        builder = indexed.IndexedDatasetBuilder(f"{tmp}.bin", dtype=np.dtype(dtype).type)
+        tmp = new_tmp_dir(out, prefix.name)
+        builder = indexed.IndexedDatasetBuilder(str(tmp / "data.bin"), dtype=np.dtype(dtype).type)
         placed, offset = [], 0
         for i, tokens in enumerate(sequences):
             builder.add_document(torch.from_numpy(tokens), [len(tokens)])
             placed.append(Placed(f"{prefix.name}.bin", i, offset))
             offset += len(tokens)
-        builder.finalize(f"{tmp}.idx")
-        os.replace(f"{tmp}.bin", f"{prefix}.bin")  # the index last: a prefix with an .idx is whole
-        os.replace(f"{tmp}.idx", f"{prefix}.idx")
+        builder.finalize(str(tmp / "data.idx"))
+        os.replace(tmp / "data.bin", f"{prefix}.bin")  # the index last: a prefix with an .idx is whole
+        os.replace(tmp / "data.idx", f"{prefix}.idx")
+        tmp.rmdir()
         return placed
 
     def train_hint(self, out: Path, files: list[str], tokens: list[int]) -> str:

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
+from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import TokenRows
 from miniplm.models.loading import load_tokenizer
 from miniplm.scoring.instances import instance_text, piece_texts
@@ -37,6 +38,7 @@ def run(tiny_models, tmp_path_factory):
     job["export"] = [
         {"name": "instances", "from": "selected", "format": "megatron"},
         {"name": "other", "from": "tokens/other", "format": "olmo-npy"},
+        {"name": "rows", "from": "tokens/selected", "format": "mds"},
     ]
     job["select"] = {**job["select"], "keep_fraction": None, "keep_token_fraction": 0.5}
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
@@ -174,6 +176,20 @@ def test_instances_export_as_they_are_and_their_provenance_cites_their_pieces(ru
             cited += (tok(docs[doc], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[start:end]
         assert cited == tokens
     assert rows["source_ids"].to_pylist() == [[p["id"] for p in held] for held in selected["docs"].to_list()]
+
+    # the instances' rows as the trainer reads them, less their padding, traced like the instances
+    rows = provenance.read(run_dir / "exports" / "rows")
+    token_rows = TokenRows(run_dir / "tokens" / "selected")
+    expected = [[t for t in np.asarray(token_rows[i]).tolist() if t != PAD] for i in range(len(token_rows))]
+    assert any(len(r) < token_rows.width for r in expected)  # some were padded
+    assert [s.tolist() for s in readers.mds(run_dir / "exports" / "rows", rows)] == expected
+    pieces = lambda ids, starts, ends: tuple(zip(ids, starts, ends))  # noqa: E731
+    by_pieces = {
+        pieces([p["id"] for p in held], [p["start"] for p in held], [p["end"] for p in held]): tokens
+        for held, tokens in zip(selected["docs"].to_list(), selected["input_ids"].to_list())
+    }
+    cited = [pieces(r["source_ids"], r["token_starts"], r["token_ends"]) for r in rows.to_pylist()]
+    assert [by_pieces[c] for c in cited] == expected
 
     other = provenance.read(run_dir / "exports" / "other")
     assert other.num_rows == len(TokenRows(run_dir / "tokens" / "other")) > 0
