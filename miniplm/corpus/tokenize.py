@@ -79,6 +79,20 @@ def document_shards(rd: RunDir, name: str, reader: str, key: str) -> list[Path]:
     return sorted(rd.selected(name).glob("shard-*.parquet"))
 
 
+def unwritten_input(job: JobConfig, name: str, label: str) -> None:
+    """A ConfigError for documents the job's select never writes: a random control it is not asked
+    for, or the proxy's selection without the proxy beside the LM scores. `label` names who reads
+    them (`tokenize: input`, `export.NAME: from`)."""
+    for control in RANDOM_CONTROLS:
+        if name == control.folder and control not in job.select.random_controls:
+            raise ConfigError(f"{label} {control.folder} needs select.random_baseline: {control.pool} (or both)")
+    if name == PROXY_SELECTED and job.proxy_use != "beside":
+        raise ConfigError(
+            f"{label} {PROXY_SELECTED} is the selection from proxy scores beside the LM's; it needs "
+            "`proxy: {use: beside}` (with use: instead the proxy's selection is `selected` itself)"
+        )
+
+
 def pack(
     token_lists: list[list[int]], eos: int | None, seq_len: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, int]:
@@ -210,16 +224,8 @@ class Tokenize(EntryStage):
         mixes of sets made from documents, with one seq_len and one tokenizer; selected instances in
         rows of their own length."""
         super().check(job)
-        for control in RANDOM_CONTROLS:
-            if any(t.input == control.folder for t in job.tokenize) and control not in job.select.random_controls:
-                raise ConfigError(
-                    f"tokenize: input {control.folder} needs select.random_baseline: {control.pool} (or both)"
-                )
-        if any(t.input == PROXY_SELECTED for t in job.tokenize) and job.proxy_use != "beside":
-            raise ConfigError(
-                f"tokenize: input {PROXY_SELECTED} is the selection from proxy scores beside the LM's; it needs "
-                "`proxy: {use: beside}` (with use: instead the proxy's selection is `selected` itself)"
-            )
+        for token_set in job.tokenize:
+            unwritten_input(job, token_set.input, "tokenize: input")
         generated = [g.name for g in job.generate]
         sets = {t.name: t for t in job.tokenize}
         for t in job.tokenize:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from miniplm import outputs
 from miniplm.batch_checkpoints import BatchCheckpoints
-from miniplm.corpus.tokenize import document_shards
+from miniplm.corpus.tokenize import document_shards, unwritten_input
 from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.export import provenance
@@ -41,8 +41,6 @@ from miniplm.models.loading import load_tokenizer, resolve_model
 from miniplm.rundir import RunDir, shard_name
 from miniplm.schema.export import ExportEntry
 from miniplm.schema.job import JobConfig
-from miniplm.schema.proxy import SELECTED as PROXY_SELECTED
-from miniplm.schema.select import RANDOM_CONTROLS
 from miniplm.stage import Part, StageRun, doc_shard_keys
 
 NAME = "export"
@@ -129,13 +127,7 @@ class Export(EntryStage):
                     f"{key}: from {entry.source!r} names no corpus of the job's generate list "
                     f"(generate: {', '.join(generated) or 'none'})"
                 )
-            for control in RANDOM_CONTROLS:
-                if entry.source == control.folder and control not in job.select.random_controls:
-                    raise ConfigError(
-                        f"{key}: from {control.folder} needs select.random_baseline: {control.pool} (or both)"
-                    )
-            if entry.source == PROXY_SELECTED and job.proxy_use != "beside":
-                raise ConfigError(f"{key}: from {PROXY_SELECTED} needs `proxy: {{use: beside}}`")
+            unwritten_input(job, entry.source, f"{key}: from")
             if reading(job, entry) == "instances" and entry.tokenizer not in (None, job.teacher and job.teacher.model):
                 raise ConfigError(
                     f"{key}: selected instances are exported as the teacher's tokenizer cut them; to write them with "

@@ -7,9 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from miniplm.schema.base import Name, Strict, plain_name
-from miniplm.schema.tokenize import DOCUMENT_INPUTS, GENERATED
+from miniplm.schema.tokenize import DOCUMENT_INPUTS, document_input
 
-FORMATS = ("megatron", "olmo-npy", "litdata", "mds")
 TOKENS = "tokens/"  # a `from` naming a token set of the job: tokens/NAME
 
 
@@ -53,9 +52,7 @@ class ExportEntry(Strict):
                     f"from: {self.source} is a token set, written as it was tokenized: give no tokenizer "
                     "(export its documents to tokenize them with another)"
                 )
-        elif self.source not in DOCUMENT_INPUTS and not (
-            self.source.startswith(GENERATED) and plain_name(self.source.removeprefix(GENERATED))
-        ):
+        elif not document_input(self.source):
             raise ValueError(
                 f"from must be one of {', '.join(DOCUMENT_INPUTS)}, generated/NAME or tokens/NAME (got {self.source!r})"
             )

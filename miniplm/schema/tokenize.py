@@ -12,6 +12,11 @@ DOCUMENT_INPUTS = ("selected", *(c.folder for c in RANDOM_CONTROLS), PROXY_SELEC
 GENERATED = "generated/"
 
 
+def document_input(name: str) -> bool:
+    """Whether `name` names documents a stage can read: a selection, a split or generated/NAME."""
+    return name in DOCUMENT_INPUTS or (name.startswith(GENERATED) and plain_name(name.removeprefix(GENERATED)))
+
+
 class TokenSet(Strict):
     """Documents packed into training rows for one tokenizer: RUN_DIR/tokens/NAME/."""
 
@@ -45,9 +50,7 @@ class TokenSet(Strict):
                 if weight / top == 0:  # below the smallest float, next to the largest share
                     raise ValueError(f"mix: shares so far apart that {part!r} would get no rows")
             return self
-        if self.input not in DOCUMENT_INPUTS and not (
-            self.input.startswith(GENERATED) and plain_name(self.input.removeprefix(GENERATED))
-        ):
+        if not document_input(self.input):
             raise ValueError(
                 f"input must be one of {', '.join(DOCUMENT_INPUTS)} or generated/NAME (got {self.input!r})"
             )
