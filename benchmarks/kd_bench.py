@@ -27,10 +27,10 @@ from train_bench import VocabStub, timed  # benchmarks/, the script's folder
 from miniplm.config import KDConfig, StudentConfig
 from miniplm.models.flops import forward_flops_per_token, matmul_rate
 from miniplm.training.distill import Distillation
+from miniplm.training.engine import build_model, deepspeed_config, objective
 from miniplm.training.launch import set_distributed_env
 from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, write_logits
 from miniplm.training.teacher import Teacher
-from miniplm.training.trainer import build_model, deepspeed_config, objective
 
 TEACHERS = {  # Llama/Qwen shapes: (hidden, layers, FFN, heads, kv heads, vocab)
     "smollm2-135m": dict(
@@ -91,7 +91,9 @@ def bench(args, device: str, folder: Path) -> None:
     model = build_model(student, VocabStub(vocab), args.seq_len, torch.bfloat16 if bf16 else torch.float32, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     engine, _, _, _ = deepspeed.initialize(
-        model=objective(student, model, device), optimizer=optimizer, config=deepspeed_config(student, 1, bf16)
+        model=objective(student, model, device),
+        optimizer=optimizer,
+        config=deepspeed_config(student, args.micro, 1, bf16),
     )
     save_teacher(args.teacher, folder / "teacher", args.seq_len)
     teacher = Teacher(str(folder / "teacher"), vocab, "auto", device)

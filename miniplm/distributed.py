@@ -75,6 +75,13 @@ def all_mean(value: torch.Tensor | float) -> float:
     return all_sum(value.reshape(1) if isinstance(value, torch.Tensor) else [value])[0] / world_size()
 
 
+def all_min(value: int) -> int:
+    """The least of one whole number over ranks."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def barrier() -> None:
     """Wait for every rank. Under nccl the barrier runs on this process's GPU, named so that it
     never picks another one."""

@@ -20,7 +20,7 @@ SCORE_TARGETS = {
     "qwen-1.8b": (">= 150k tok/s and >= 4x naive", lambda best, x: best >= 150e3 and x >= 4),
     "ref-104m": (">= 1M tok/s", lambda best, x: best >= 1e6),
 }
-TRAIN_TARGETS = {"qwen-1.2b": 0.45, "qwen-200m": 0.35}
+TRAIN_TARGETS = {"qwen-1.2b": 0.48, "qwen-200m": 0.40}
 DEMO_TARGET_S = 120
 
 
@@ -53,6 +53,37 @@ def _yes(ok: bool) -> str:
 def _missing(label: str, step: dict | None, target: str, out: Path) -> list[str]:
     """The row of a figure its step did not produce."""
     return [label, _status(step, out) or "not measured", "-", "-", "-", target, "not measured"]
+
+
+def _train_rows(preset: str, found: list[dict], steps: dict, out: Path) -> list[list[str]]:
+    """One row per trainer variant measured for `preset` (the last figure of each); the target is
+    judged on the fastest."""
+    target = TRAIN_TARGETS.get(preset)
+    words = f">= {target:.0%} MFU (datasheet)" if target else "-"
+    label = f"train {preset}, {found[-1]['seq_len'] if found else 1024}-token rows"
+    variants = {b["variant"]: b for b in found}
+    plain = variants.pop("plain", None)
+    if not variants:
+        return [_missing(label, steps.get("train"), words, out)]
+    best = max(variants.values(), key=lambda b: b["tok_s"])
+    table = []
+    for name, b in variants.items():
+        sheet = b.get("mfu_datasheet")
+        shown = f"{sheet:.1%} MFU datasheet" if sheet is not None else "no datasheet peak"
+        naive = f"{plain['tok_s']:,.0f} tok/s plain torch" if plain else "not measured"
+        judged = b is best and target is not None
+        table.append(
+            [
+                f"{label}: {name}, micro-batch {b['micro']}",
+                f"{b['tok_s']:,.0f} tok/s, {shown}, {b['peak_memory_gb']:.0f} GB peak",
+                naive,
+                f"{b['tok_s'] / plain['tok_s']:.2f}x" if plain else "-",
+                f"{b['mfu']:.1%} of {b['matmul_tflops']:.0f} TFLOP/s measured",
+                words if judged else "-",
+                _yes(sheet is not None and sheet >= target) if judged else "-",
+            ]
+        )
+    return table
 
 
 def rows(out: Path) -> list[list[str]]:
@@ -127,30 +158,7 @@ def rows(out: Path) -> list[list[str]]:
 
     measured = [b["preset"] for b in bench if b["bench"] == "train"]
     for preset in dict.fromkeys([*TRAIN_TARGETS, *measured]):
-        target = TRAIN_TARGETS.get(preset)
-        found = [b for b in bench if b["bench"] == "train" and b["preset"] == preset]
-        label = f"train {preset}, {found[-1]['seq_len'] if found else 1024}-token rows"
-        words = f">= {target:.0%} MFU (datasheet)" if target else "-"
-        if not found:
-            table.append(_missing(label, steps.get("train"), words, out))
-            continue
-        b = found[-1]
-        plain = next(r for r in b["rows"] if r["name"] == "plain")
-        best = max((r for r in b["rows"] if r["name"] != "plain"), key=lambda r: r["tok_s"])
-        sheet = best.get("mfu_datasheet")
-        shown = f"{sheet:.1%} MFU datasheet" if sheet is not None else "no datasheet peak"
-        plain_sheet = f"{plain['mfu_datasheet']:.1%}" if plain.get("mfu_datasheet") is not None else "-"
-        table.append(
-            [
-                label,
-                f"{shown}, {best['mfu']:.1%} measured; {best['tok_s']:,.0f} tok/s ({best['name']})",
-                f"{plain_sheet} datasheet, {plain['mfu']:.1%} measured (plain torch)",
-                f"{best['tok_s'] / plain['tok_s']:.1f}x",
-                f"{b['matmul_tflops']:.0f} TFLOP/s measured",
-                words,
-                _yes(sheet is not None and sheet >= target) if target else "-",
-            ]
-        )
+        table += _train_rows(preset, [b for b in bench if b["bench"] == "train" and b["preset"] == preset], steps, out)
 
     kd = [b for b in bench if b["bench"] == "kd"]
     if not kd:

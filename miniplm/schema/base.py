@@ -17,6 +17,7 @@ EXECUTION_ONLY = {"execution_only": True}
 def _numbers_only(annotation: Any) -> bool:
     """Whether a field takes numbers and not booleans (pydantic would read YAML's `true` as 1)."""
     args = typing.get_args(annotation) or (annotation,)
+    args = tuple(typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a for a in args)
     return bool({int, float} & set(args)) and bool not in args
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from miniplm.schema.base import EXECUTION_ONLY, KERNELS_HELP, KernelChoice, Name, Strict
 from miniplm.schema.presets import PRESETS
@@ -66,7 +66,15 @@ class StudentConfig(Strict):
         None, ge=0, lt=2**32, description="the training seed (initialisation, data order); default: the job's"
     )
     batch_tokens: int = Field(524_288, gt=0, description="global batch in tokens (the paper: 512 x 1024)")
-    micro_batch: int = Field(8, gt=0, description="rows per device per forward pass")
+    micro_batch: int | None = Field(
+        None, gt=0, description="rows per device per forward pass (instead of micro_batch_tokens)"
+    )
+    micro_batch_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        None,
+        description="tokens per device per forward pass: the largest whole number of rows within it that "
+        "divides the step; auto (the default when micro_batch is not given): the largest that fits the "
+        "GPU's memory, measured once and recorded",
+    )
     lr: float | None = Field(None, gt=0, description="peak learning rate; default: the preset's")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to lr * this")
     warmup_steps: int = Field(2000, ge=0)
@@ -89,12 +97,42 @@ class StudentConfig(Strict):
     tensorboard: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     wandb: bool = Field(False, json_schema_extra=EXECUTION_ONLY)
     kernels: KernelChoice = Field("auto", description=KERNELS_HELP, json_schema_extra=EXECUTION_ONLY)
-    compile: bool = Field(
-        False,
-        description="torch.compile each decoder layer (minutes of compiling once, then faster steps)",
+    compile: Literal["off", "layers", "model", "step"] = Field(
+        "off",
+        description="torch.compile (minutes of compiling once, then faster steps): layers, each decoder "
+        "layer; model, the whole body (the loss by the fused kernel); step, the body and the loss in one "
+        "graph with nothing waiting for the host (true means step)",
         json_schema_extra=EXECUTION_ONLY,
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="with compile: step, replay the step as CUDA graphs (torch.compile's reduce-overhead)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
+    float8: bool = Field(
+        False,
+        description="float8 matmuls in the decoder layers (torchao's float8 training; CUDA compute "
+        "capability 8.9 or newer: H100, H200, L40S)",
+    )
     kd: KDConfig | None = Field(None, description="distill a teacher into the student while it trains")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_true_is_step(cls, value: Any) -> Any:
+        return {True: "step", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_micro_batch(self) -> "StudentConfig":
+        if self.micro_batch is not None and self.micro_batch_tokens is not None:
+            raise ValueError("give micro_batch (rows) or micro_batch_tokens, not both")
+        if self.cuda_graphs and self.compile != "step":
+            raise ValueError("cuda_graphs replays the compiled step: set compile: step")
+        if self.compile in ("model", "step") and self.zero_stage == 3:
+            raise ValueError(
+                f"compile: {self.compile} with zero_stage 3 is not supported (ZeRO-3 gathers each layer's "
+                "weights in hooks a whole-model graph would break on): use compile: layers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "StudentConfig":

@@ -50,13 +50,13 @@ def test_deepspeed_trains_bf16_with_fp32_master_weights_and_fp32_accumulation(nc
     import deepspeed
 
     from miniplm.config import StudentConfig
-    from miniplm.training.trainer import build_model, deepspeed_config, objective
+    from miniplm.training.engine import build_model, deepspeed_config, objective
 
     student = StudentConfig(name="s", preset="tiny-4l", tokens="t", steps=8, micro_batch=4, batch_tokens=8 * 64)
     model = build_model(student, _Vocab(512), 64, torch.bfloat16, DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
     engine, _, _, _ = deepspeed.initialize(
-        model=objective(student, model, DEVICE), optimizer=optimizer, config=deepspeed_config(student, 2, True)
+        model=objective(student, model, DEVICE), optimizer=optimizer, config=deepspeed_config(student, 4, 2, True)
     )
     assert type(engine.optimizer).__name__ == "BF16_Optimizer"
     assert engine.get_data_types() == (torch.bfloat16, torch.float32)
@@ -259,17 +259,68 @@ def test_no_host_synchronisation_in_the_scoring_and_training_passes():
             scorer._logprobs("m", scorer.inputs(batch, sequences))
         finally:
             torch.cuda.set_sync_debug_mode(0)
+    # the training pass, eager and compiled whole: transformers' question whether the rows hold packed
+    # sequences is answered by the causal-only masks miniplm passes
     objective = NextTokenLoss(_tiny_qwen(torch.bfloat16, "sdpa").to(DEVICE).train(), kernel="torch")
     rows = torch.randint(0, 512, (4, 65), device=DEVICE)
-    objective(rows).backward()
-    # transformers' mask builder asks whether the rows are packed sequences (`.all()` on the
-    # position ids, skipped when compiled): one wait per forward pass, its own; answered here as it
-    # answers for unpacked rows, so that only miniplm's code is checked
-    from unittest import mock
-
-    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda position_ids: None):
+    for compiled in (False, True):
+        if compiled:
+            objective.compile_step()
+        objective(rows).backward()  # warm-up: compiling may wait
         torch.cuda.set_sync_debug_mode("error")
         try:
             objective(rows).backward()
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+
+def test_the_compiled_step_gives_the_eager_loss_and_gradients_in_bf16():
+    from miniplm.training.objective import NextTokenLoss
+
+    model = _tiny_qwen(torch.bfloat16, "sdpa").to(DEVICE)
+    rows = torch.randint(0, 512, (4, 129), device=DEVICE)
+    rows[0, 100:] = -1  # a padded instance row: PAD targets are not predicted
+    results = []
+    for compiled in (False, True):
+        objective = NextTokenLoss(copy.deepcopy(model), kernel="torch")
+        if compiled:
+            objective.compile_step()
+        loss = objective(rows)
+        loss.backward()
+        results.append((loss.float(), [p.grad.float() for p in objective.parameters()]))
+    (eager, eager_grads), (fused, fused_grads) = results
+    assert abs(float(eager - fused)) < 2e-3
+    for a, b in zip(eager_grads, fused_grads):
+        assert (a - b).norm() <= 0.02 * a.norm() + 1e-6
+
+
+def test_auto_micro_batch_is_measured_on_the_gpu_and_recorded(nccl, tmp_path):
+    from miniplm.config import StudentConfig
+    from miniplm.training import micro_batches
+    from miniplm.training.trainer import prepare
+
+    student = StudentConfig(name="s", preset="tiny-4l", tokens="t", steps=1, batch_tokens=64 * 256)
+    record = tmp_path / micro_batches.RECORD
+    run = prepare(student, _Vocab(512), 256, DEVICE, record=record)
+    assert run.micro.rows * run.micro.accumulation == 64 and "measured" in run.micro.how
+    assert micro_batches.recorded(record, 256, 64) == run.micro
+
+
+def test_float8_converts_the_decoder_layers_and_trains(nccl, tmp_path):
+    pytest.importorskip("torchao", reason="float8 training needs torchao")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 matmuls need compute capability 8.9 or newer")
+    from miniplm.config import StudentConfig
+    from miniplm.corpus.tokens import TokenRows, write_rows
+    from miniplm.training.data import RowPlan
+    from miniplm.training.trainer import prepare, train_step
+
+    student = StudentConfig(name="s", preset="tiny-4l", tokens="t", steps=1, batch_tokens=8 * 256, float8=True)
+    run = prepare(student, _Vocab(512), 256, DEVICE)
+    kinds = {type(m).__name__ for m in run.engine.module.lm.model.layers.modules()}
+    assert "Float8Linear" in kinds and type(run.engine.module.lm.lm_head).__name__ == "Linear"
+    write_rows(tmp_path / "shard-00000.arrow", np.random.default_rng(0).integers(2, 512, (64, 257)))
+    rows = TokenRows(tmp_path)
+    plan = RowPlan(len(rows), run.rows_per_step, seed=0)
+    losses = [float(train_step(run, rows, plan, step, 3e-3, DEVICE)["loss"]) for step in range(6)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -73,7 +73,7 @@ def _initial_student(job_path: Path, name: str):
     from miniplm.job import load_job
     from miniplm.models.loading import load_tokenizer
     from miniplm.replicas import training_seed
-    from miniplm.training.trainer import build_model
+    from miniplm.training.engine import build_model
 
     job = load_job(job_path)
     student = next(s for s in job.students if s.name == name)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from miniplm.training.data import RowPlan
+from miniplm.training.engine import deep_merge
 from miniplm.training.launch import set_distributed_env
-from miniplm.training.trainer import deep_merge, lr_at
+from miniplm.training.trainer import lr_at
 
 
 def test_lr_warms_up_then_decays_to_a_tenth():
@@ -80,7 +81,7 @@ def test_a_student_from_any_hugging_face_config(tiny_models):
 
     from miniplm.config import StudentConfig
     from miniplm.models.loading import load_tokenizer
-    from miniplm.training.trainer import build_model
+    from miniplm.training.engine import build_model
 
     student = StudentConfig(
         name="llama", config=tiny_models["teacher"], tokens="t", steps=1, gradient_checkpointing=True

@@ -68,12 +68,16 @@ def _assert_same_curve(got: dict[int, dict], clean: dict[int, dict], **tolerance
         assert got[step]["loss"] == pytest.approx(clean[step]["loss"], **tolerance)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tokenized):
-    path = _copy(tokenized, "clean")
+def _trained(path: Path) -> tuple[Path, dict[int, dict]]:
+    """Train the job at `path` to the end in one go: the job and its metrics."""
     result = _train(path)
     assert result.returncode == 0, result.stderr[-3000:]
     return path, _metrics(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tokenized):
+    return _trained(_copy(tokenized, "clean"))
 
 
 def test_kill_9_mid_run_resumes_with_the_same_losses_and_rows(tokenized, uninterrupted):
@@ -222,3 +226,41 @@ def test_training_script_rendered_for_slurm_runs_two_processes(tokenized, uninte
     two = _metrics(path)
     assert sorted(two) == list(range(1, STEPS + 1))
     assert all(two[s]["loss"] == pytest.approx(clean[s]["loss"], rel=1e-4) for s in two)
+
+
+def _new_settings(tokenized, name: str) -> Path:
+    """A copy whose student sizes its micro-batches by tokens (auto: on a CPU, all 8 rows of a step in
+    one pass, where the plain run takes 2 passes of 4) and compiles its body and loss as one graph."""
+    path = _copy(tokenized, name)
+    job = yaml.safe_load(path.read_text())
+    job["students"][0].pop("micro_batch")
+    job["students"][0].update(micro_batch_tokens="auto", compile="step")
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compiled(tokenized):
+    return _trained(_new_settings(tokenized, "compiled"))
+
+
+def test_a_compiled_step_on_token_sized_micro_batches_follows_the_eager_row_sized_curve(uninterrupted, compiled):
+    _, clean = uninterrupted
+    path, new = compiled
+    assert {clean[s]["micro_batch_rows"] for s in clean} == {4}
+    assert {new[s]["micro_batch_rows"] for s in new} == {8}
+    record = Path(yaml.safe_load(path.read_text())["run_dir"]) / "train" / "s" / "micro_batch.json"
+    assert json.loads(record.read_text())["rows"] == 8
+    _assert_same_curve(new, clean, rel=1e-4)
+    assert new[STEPS]["heldout_loss"] == pytest.approx(clean[STEPS]["heldout_loss"], rel=1e-4)
+
+
+def test_kill_9_under_the_new_settings_resumes_with_the_same_losses(tokenized, compiled):
+    _, clean = compiled
+    path = _new_settings(tokenized, "compiled-killed")
+    metrics = Path(yaml.safe_load(path.read_text())["run_dir"]) / "train" / "s" / "metrics.jsonl"
+    kill_when(["train", str(path)], lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 10)
+    assert 10 <= len(metrics.read_text().splitlines()) < STEPS
+    result = _train(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_curve(_metrics(path), clean, abs=1e-5)

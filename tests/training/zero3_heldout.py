@@ -16,8 +16,9 @@ def main(out: Path, n_rows: int, micro: int) -> None:
     from miniplm.config import StudentConfig
     from miniplm.corpus.tokens import TokenRows, write_rows
     from miniplm.models.presets import qwen_config
+    from miniplm.training.engine import deepspeed_config, objective
     from miniplm.training.launch import init_distributed
-    from miniplm.training.trainer import deepspeed_config, heldout_loss, objective
+    from miniplm.training.trainer import heldout_loss
 
     rank = init_distributed()
     import deepspeed
@@ -46,7 +47,7 @@ def main(out: Path, n_rows: int, micro: int) -> None:
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     engine, *_ = deepspeed.initialize(
-        model=objective(student, model, "cpu"), optimizer=optimizer, config=deepspeed_config(student, 1, False)
+        model=objective(student, model, "cpu"), optimizer=optimizer, config=deepspeed_config(student, micro, 1, False)
     )
     loss = heldout_loss(engine, rows, n_rows, rank, world, micro, "cpu")
     if rank == 0:
