@@ -10,7 +10,9 @@ training loads it (bfloat16 on GPU, float32 on CPU); offline KD reads top-k log-
 teacher-logits stage's format. MiniPLM's loss (0.5 CE + 0.5 forward KL) through miniplm's DeepSpeed
 set-up (ZeRO-1, torch AdamW). tokens/s counts the student's tokens; MFU counts every matmul of the
 student's forward and backward and, online, the teacher's forward, against the matmul rate measured
-in the same run. --json appends the figures to a file (JSON lines).
+in the same run. --compile times the student compiled as the trainer compiles it (with
+distillation, `step` compiles the body; the KD loss stays eager). --json appends the figures to a
+file (JSON lines).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from train_bench import VocabStub, timed  # benchmarks/, the script's folder
 from miniplm.config import KDConfig, StudentConfig
 from miniplm.models.flops import forward_flops_per_token, matmul_rate
 from miniplm.training.distill import Distillation
-from miniplm.training.engine import build_model, deepspeed_config, objective
+from miniplm.training.engine import build_model, deepspeed_config, objective, speed_up
 from miniplm.training.launch import set_distributed_env
 from miniplm.training.logit_files import LogitsLayout, TeacherLogitRows, write_logits
 from miniplm.training.teacher import Teacher
@@ -87,11 +89,14 @@ def bench(args, device: str, folder: Path) -> None:
         steps=args.steps,
         micro_batch=args.micro,
         batch_tokens=args.micro * args.seq_len,
+        compile=args.compile,
     )
     model = build_model(student, VocabStub(vocab), args.seq_len, torch.bfloat16 if bf16 else torch.float32, device)
+    module = objective(student, model, device)
+    speed_up(model, module, student)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     engine, _, _, _ = deepspeed.initialize(
-        model=objective(student, model, device),
+        model=module,
         optimizer=optimizer,
         config=deepspeed_config(student, args.micro, 1, bf16),
     )
@@ -114,7 +119,7 @@ def bench(args, device: str, folder: Path) -> None:
     print(
         f"student {args.student} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), teacher {args.teacher} "
         f"({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.1f}M), {args.micro} x {args.seq_len} tokens per "
-        f"step, {device}, matmul {rate / 1e12:.2f} TFLOP/s"
+        f"step, compile {args.compile}, {device}, matmul {rate / 1e12:.2f} TFLOP/s"
     )
     print(f"{'':<22} {'tokens/s':>10} {'x no KD':>8} {'GFLOP/tok':>10} {'MFU':>6}")
     base, figures = None, []
@@ -146,6 +151,7 @@ def bench(args, device: str, folder: Path) -> None:
                             "device": device,
                             "seq_len": args.seq_len,
                             "top_k": args.top_k,
+                            "compile": args.compile,
                             "rows": figures,
                         }
                     )
@@ -162,6 +168,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="default: 1024 on GPU, 256 on CPU")
     parser.add_argument("--micro", type=int, default=None, help="rows per step; default: 8 on GPU, 4 on CPU")
     parser.add_argument("--top-k", type=int, default=32)
+    parser.add_argument(
+        "--compile", choices=["off", "layers", "model", "step"], default="off", help="the student's compile setting"
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", help="append the figures to this file (JSON lines)")
     args = parser.parse_args()

@@ -17,8 +17,10 @@
 #   train          benchmarks/train_bench.py for qwen-1.2b and qwen-200m through the trainer's code:
 #                  today's settings, auto micro-batches, compiled layers / model / step, CUDA graphs,
 #                  float8; plain torch in the same run
+#   gap            benchmarks/loss_gap.py: qwen-200m on the demo's selected tokens for 200 steps, compiled,
+#                  in bf16 and with float8 matmuls: float8's loss gap
 #   kd             benchmarks/kd_bench.py: qwen-200m trained without KD, with a qwen-1.8b-shaped teacher
-#                  in the loop and from stored top-32 log-probs, in the same run
+#                  in the loop and from stored top-32 log-probs, in the same run; eager, then compiled
 # Then benchmarks/gpu/table.py prints one table (card, figure, ratio to naive, fraction of limit,
 # target), also written to OUT/table.md. Logs are in OUT/logs/.
 set -uo pipefail
@@ -32,7 +34,7 @@ while (($#)); do
         --cpu) mode=cpu ;;
         --out) out=$2; shift ;;
         --steps) only=",$2,"; shift ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -97,7 +99,7 @@ teacher_job=(jobs/demo-gpu-teacher.yaml "run_dir=$demo/teacher" "tokenize.0.toke
 demo_job=(jobs/demo-gpu.yaml "run_dir=$demo/run" "teacher.model=$demo/teacher/models/teacher")
 if [[ $mode == cpu ]]; then
     tests=(tests/gpu tests/test_distributed.py tests/models/test_linear_ce.py tests/scoring/test_packing.py)
-    limits=(900 900 1200 900 900 900)
+    limits=(900 900 1200 900 900 900 600)
     small="students.0.batch_tokens=2048 students.0.micro_batch=8 students.0.steps=3"
     teacher_job+=(corpus.inputs.0.limit=30 tokenize.0.seq_len=128 students.0.preset=tiny $small)
     demo_job+=(corpus.inputs.0.limit=30 score.packing=packed score.max_length=256 score.batch_tokens=2048
@@ -107,13 +109,15 @@ if [[ $mode == cpu ]]; then
     score_args=(--shape tiny --docs 16 --batch-tokens 2048)
     train_args=(--preset tiny --steps 2 --seq-len 64 --micro 2 --batch-tokens 512)
     kd_args=(--student tiny --seq-len 64 --micro 2 --steps 2)
+    gap_args=(--preset tiny --steps 6 --variants rows auto+step)
     vocab=1024
 else
     tests=(-m gpu tests/gpu)
-    limits=(240 100 120 130 420 150)
+    limits=(240 100 120 130 420 240 300)
     score_args=(--shape qwen-1.8b ref-104m --compile)
-    train_args=(--preset qwen-1.2b qwen-200m --steps 5)
+    train_args=(--preset qwen-200m qwen-1.2b --steps 5)
     kd_args=(--student qwen-200m --teacher qwen-1.8b --steps 6)
+    gap_args=(--preset qwen-200m --steps 200 --variants auto+step auto+step+float8)
     vocab=8192
 fi
 
@@ -124,6 +128,9 @@ step demo-teacher "${limits[1]}" bash -c "set -e
 step demo "${limits[2]}" "$py" -m miniplm run "${demo_job[@]}" -q
 step score "${limits[3]}" "$py" benchmarks/score_bench.py "${score_args[@]}" --json "$out/bench.jsonl"
 step train "${limits[4]}" "$py" benchmarks/train_bench.py "${train_args[@]}" --json "$out/bench.jsonl"
-step kd "${limits[5]}" "$py" benchmarks/kd_bench.py "${kd_args[@]}" --json "$out/bench.jsonl"
+step kd "${limits[5]}" bash -c "for mode in off step; do
+    '$py' benchmarks/kd_bench.py ${kd_args[*]} --compile \$mode --json '$out/bench.jsonl' || exit; done"
+step gap "${limits[6]}" "$py" benchmarks/loss_gap.py --tokens "$demo/run/tokens/selected" "${gap_args[@]}" \
+    --json "$out/bench.jsonl"
 cp "$demo/run/eval/comparison.md" "$out/demo-comparison.md" 2>/dev/null
 python3 benchmarks/gpu/table.py "$out"

@@ -160,16 +160,32 @@ def rows(out: Path) -> list[list[str]]:
     for preset in dict.fromkeys([*TRAIN_TARGETS, *measured]):
         table += _train_rows(preset, [b for b in bench if b["bench"] == "train" and b["preset"] == preset], steps, out)
 
+    gaps = {(b["preset"], b["variant"]): b for b in bench if b["bench"] == "gap"}
+    for (preset, variant), b in gaps.items():
+        table.append(
+            [
+                f"loss of {preset} over {b['steps']} steps: {variant}",
+                f"{b['tail_loss']:.4f} over the last tenth",
+                "-",
+                "-",
+                f"{b['gap']:+.4f} against the first variant",
+                "-",
+                "-",
+            ]
+        )
+    if not gaps and steps.get("gap"):
+        table.append(_missing("loss gap (float8 against bf16)", steps.get("gap"), "-", out))
+
     kd = [b for b in bench if b["bench"] == "kd"]
     if not kd:
         table.append(_missing("train with KD (online, offline top-k)", steps.get("kd"), "-", out))
-    for b in kd[-1:]:
+    for b in {b.get("compile", "off"): b for b in kd}.values():  # the last figures of each compile setting
         speeds = {r["name"]: r for r in b["rows"]}
         plain = speeds.pop("no KD")
         for name, r in speeds.items():
             table.append(
                 [
-                    f"train {b['student']} with {name}, teacher {b['teacher']}",
+                    f"train {b['student']} with {name}, teacher {b['teacher']}, compile {b.get('compile', 'off')}",
                     f"{r['tok_s']:,.0f} tok/s, {r['mfu']:.1%} MFU measured (teacher FLOPs counted)",
                     f"{plain['tok_s']:,.0f} tok/s no KD",
                     f"{r['tok_s'] / plain['tok_s']:.2f}x",

@@ -32,7 +32,7 @@ class NextTokenLoss(torch.nn.Module):
         self.distill = distill  # a plain object: the teacher stays outside DeepSpeed
         self.terms: dict[str, torch.Tensor] = {}  # the last training forward's CE and KD terms
         self.masks = causal_only(lm.config)
-        self._ce = self.ce
+        self._ce, self._hidden = self.ce, self.hidden  # compiled by compile_step
         if zero3:
             import deepspeed
 
@@ -42,7 +42,7 @@ class NextTokenLoss(torch.nn.Module):
         """With `indices` (the rows' places in their token set) and a distillation, the distillation
         loss (1 - weight) * CE + weight * KD, its terms kept in `self.terms`; else the mean CE."""
         if self.distill is not None and indices is not None:
-            loss, ce, kd = self.distill.losses(self.hidden(rows), rows, indices, head_of(self.lm))
+            loss, ce, kd = self.distill.losses(self._hidden(rows), rows, indices, head_of(self.lm))
             self.terms = {"ce_loss": ce.detach(), "kd_loss": kd.detach()}
             return loss
         return self._ce(rows)
@@ -64,10 +64,11 @@ class NextTokenLoss(torch.nn.Module):
     def compile_step(self, cuda_graphs: bool = False) -> None:
         """Compile the body and the loss as one graph: `fullgraph` makes anything that would wait for
         the host (a data-dependent shape, a `.item()`) an error instead of a silent break. With
-        `cuda_graphs`, the compiled step is replayed as CUDA graphs. The distillation loss stays
-        eager (it reads stored log-probs by row index)."""
+        `cuda_graphs`, the compiled step is replayed as CUDA graphs. With a distillation only the
+        body is compiled: its loss reads stored log-probs by row index, or runs the teacher."""
         mode = "reduce-overhead" if cuda_graphs else None
         self._ce = torch.compile(self.ce, fullgraph=True, dynamic=False, mode=mode)
+        self._hidden = torch.compile(self.hidden, fullgraph=True, dynamic=False, mode=mode)
 
 
 def causal_only(config) -> dict[str, None] | None:
