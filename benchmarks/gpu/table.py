@@ -75,7 +75,8 @@ def _train_rows(preset: str, found: list[dict], steps: dict, out: Path) -> list[
         table.append(
             [
                 f"{label}: {name}, micro-batch {b['micro']}",
-                f"{b['tok_s']:,.0f} tok/s, {shown}, {b['peak_memory_gb']:.0f} GB peak",
+                f"{b['tok_s']:,.0f} tok/s, {shown}"
+                + (f", {b['peak_memory_gb']:.0f} GB peak" if b.get("peak_memory_gb") is not None else ""),
                 naive,
                 f"{b['tok_s'] / plain['tok_s']:.2f}x" if plain else "-",
                 f"{b['mfu']:.1%} of {b['matmul_tflops']:.0f} TFLOP/s measured",

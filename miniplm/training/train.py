@@ -266,6 +266,7 @@ class Train(Stage):
                 f"{counts['loss']:.4f}{terms}"
                 + (f", held-out loss {held:.4f}" if held is not None else "")
                 + (f", {flops:.3g} FLOPs" if flops else "")
+                + (f", micro-batches of {counts['micro_batch']}" if "micro_batch" in counts else "")
                 + f"; model in {job.run_dir}/models/{name}"
             )
         return lines

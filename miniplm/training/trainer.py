@@ -259,7 +259,8 @@ def train(job: JobConfig, student: StudentConfig, rd: RunDir, tokenizer, show_pr
     return (
         {k: last.get(k) for k in ("step", "loss", "heldout_loss")}
         | {k: last[k] for k in TERMS if k in last}
-        | {"tokens": tokens, "seed": seed, "flops": flops, "micro_batch": f"{micro.rows} rows x {micro.accumulation}"}
+        | {"tokens": tokens, "seed": seed, "flops": flops}
+        | {"micro_batch": f"{micro.rows} rows, {micro.accumulation} a step"}
     )
 
 
