@@ -79,7 +79,7 @@ def _train_rows(preset: str, found: list[dict], steps: dict, out: Path) -> list[
                 + (f", {b['peak_memory_gb']:.0f} GB peak" if b.get("peak_memory_gb") is not None else ""),
                 naive,
                 f"{b['tok_s'] / plain['tok_s']:.2f}x" if plain else "-",
-                f"{b['mfu']:.1%} of {b['matmul_tflops']:.0f} TFLOP/s measured",
+                f"{b['mfu']:.1%} of {b['matmul_tflops']:.3g} TFLOP/s measured",
                 words if judged else "-",
                 _yes(sheet is not None and sheet >= target) if judged else "-",
             ]
