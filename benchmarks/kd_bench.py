@@ -4,6 +4,7 @@ the teacher in the loop (online KD) and from stored top-k log-probs (offline KD)
 
     python benchmarks/kd_bench.py       # CPU: tiny-4l, a SmolLM2-135M-shaped teacher
     python benchmarks/kd_bench.py --student qwen-200m --teacher qwen-1.8b   # one GPU: the paper's KD shapes
+    python benchmarks/kd_bench.py --storage    # each storage mode's bytes per token and what it keeps
 
 Random weights and random tokens; the teacher is saved to a temporary folder and loaded the way
 training loads it (bfloat16 on GPU, float32 on CPU); offline KD reads top-k log-probs written in the
@@ -173,7 +174,19 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", help="append the figures to this file (JSON lines)")
+    parser.add_argument(
+        "--storage",
+        action="store_true",
+        help="instead: each storage mode's bytes per token and what it keeps of the bundled teacher "
+        "(benchmarks/kd_storage.py)",
+    )
+    parser.add_argument("--rows", type=int, default=32, help="--storage: rows of the bundled corpus")
     args = parser.parse_args()
+    if args.storage:
+        from kd_storage import storage  # benchmarks/, the script's folder
+
+        storage(args.rows, args.seq_len or 128, args.json)
+        return
     set_distributed_env()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = device == "cuda"

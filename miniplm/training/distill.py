@@ -25,6 +25,7 @@ from miniplm.schema.students import KDConfig, StudentConfig
 from miniplm.training.kd_losses import (
     KDLoss,
     OnlineTeacher,
+    SampledTeacher,
     TopKTeacher,
     distill_losses,
     liger_applies,
@@ -38,8 +39,11 @@ class Distillation:
     """A student's KD: built once per training run, asked for each micro-batch's losses. The
     teacher's side is a Teacher (online) or stored rows (offline)."""
 
-    def __init__(self, kd: KDConfig, vocab: int, device: str, teacher: Teacher | TeacherLogitRows):
+    def __init__(
+        self, kd: KDConfig, vocab: int, device: str, teacher: Teacher | TeacherLogitRows, compiled: bool = False
+    ):
         self.kd = KDLoss(kd.loss, kd.temperature, kd.beta)
+        self.compiled = compiled  # the stored-teacher loss's chunks through torch.compile
         self.weight = kd.weight
         self.vocab = vocab
         self.device = device
@@ -57,7 +61,7 @@ class Distillation:
         assert kd is not None
         if kd.source == "online":
             name, dtype = teacher_model(job, kd.teacher)
-            return cls(kd, vocab, device, Teacher(name, vocab, dtype, device))
+            return cls(kd, vocab, device, Teacher(name, vocab, dtype, device), student.compile != "off")
         folder = rd.teacher_logits(str(kd.logits))
         stored = TeacherLogitRows(folder)
         layout = stored.layout
@@ -67,19 +71,22 @@ class Distillation:
                 f"and token set {student.tokens!r} has {n_rows} rows of {seq_len} over {vocab}; run "
                 f"`miniplm teacher-logits --only {kd.logits} --force`"
             )
-        return cls(kd, vocab, device, stored)
+        return cls(kd, vocab, device, stored, student.compile != "off")
 
     def teacher_flops_per_token(self, seq_len: int) -> float:
         """The teacher's forward FLOPs per trained token (none offline: the teacher-logits stage spent them)."""
         return self.teacher.flops_per_token((seq_len + 1) / 2) if self.teacher is not None else 0.0
 
-    def _teacher_side(self, batch: torch.Tensor, rows: np.ndarray) -> OnlineTeacher | TopKTeacher:
+    def _teacher_side(self, batch: torch.Tensor, rows: np.ndarray) -> OnlineTeacher | TopKTeacher | SampledTeacher:
         if self.teacher is not None:
             return self.teacher.side(batch[:, :-1])
         assert self.stored is not None
-        ids, logp, rest = self.stored.batch(rows, self.device)
+        stored = self.stored.batch(rows, self.device)
+        if self.stored.layout.mode == "sampled":
+            return SampledTeacher(stored.ids, stored.logp)
         # k = vocabulary: nothing is left over, and the loss is the full one
-        return TopKTeacher(ids, logp, None if self.stored.layout.top_k == self.vocab else rest)
+        rest = None if self.stored.layout.top_k == self.vocab else stored.rest
+        return TopKTeacher(stored.ids, stored.logp, rest, stored.valid)
 
     def losses(
         self, hidden: torch.Tensor, batch: torch.Tensor, rows: np.ndarray, head: Head
@@ -96,4 +103,4 @@ class Distillation:
         args = (hidden, batch[:, 1:].reshape(-1), head.first(self.vocab), self.kd, teacher, self.weight)
         if self.fused and liger_applies(self.kd, args[2], teacher):
             return liger_distill_losses(*args, ignore_index=PAD)
-        return distill_losses(*args, ignore_index=PAD)
+        return distill_losses(*args, ignore_index=PAD, compiled=self.compiled and self.stored is not None)

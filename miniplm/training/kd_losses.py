@@ -32,6 +32,7 @@ inequality): top-k is a lower bound of the full loss.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -102,15 +103,27 @@ class OnlineTeacher:
 
 @dataclass
 class TopKTeacher:
-    """Stored top-k per position: token ids [positions, k], their log-probabilities at the KD
-    temperature, and the log of the remaining mass (None when k is the whole vocabulary)."""
+    """Stored top-k (or top-p) per position: token ids [positions, k], their log-probabilities at
+    the KD temperature, and the log of the remaining mass (None when k is the whole vocabulary).
+    Top-p keeps fewer than k at some positions: their unused slots have log-probability -inf and
+    repeat a kept id (`valid` marks the slots in use)."""
 
     ids: torch.Tensor
     logp: torch.Tensor
     rest: torch.Tensor | None
+    valid: torch.Tensor | None = None
 
 
-Teacher = OnlineTeacher | TopKTeacher
+@dataclass
+class SampledTeacher:
+    """k tokens per position drawn from the teacher's distribution at the KD temperature (with
+    replacement: a token drawn twice is there twice), and their log-probabilities [positions, k]."""
+
+    ids: torch.Tensor
+    logp: torch.Tensor
+
+
+Teacher = OnlineTeacher | TopKTeacher | SampledTeacher
 
 
 def _outcome_grads(
@@ -119,6 +132,11 @@ def _outcome_grads(
     """The KD sum over a chunk's counted positions, and its gradient with respect to the student's
     log-probabilities of the outcomes compared ([positions, outcomes]): autograd over this small
     graph only."""
+    if kd.loss == "forward_kl":  # in closed form: d/d log q_i of sum_i p_i (log p_i - log q_i) is -p_i
+        floor = torch.finfo(student_logp.dtype).min
+        terms = divergence(teacher_logp, student_logp, kd)
+        grad = -teacher_logp.clamp_min(floor).exp().to(student_logp.dtype)
+        return torch.where(counted, terms, 0).sum(), torch.where(counted[:, None], grad, 0)
     with torch.enable_grad():
         leaf = student_logp.detach().requires_grad_()
         # where(), not a product: an uncounted position's terms may be anything, nan included
@@ -157,10 +175,20 @@ def _chunk_grads(
         kd_sum, g = _outcome_grads(teacher_logp, z - lse_t, kd, counted)
         # d log p_i / d z_j = [i = j] - p_j
         dz = g - p * g.sum(-1, keepdim=True)
+    elif isinstance(teacher, SampledTeacher):
+        # the draws' mean of log P(x) - log Q(x): unbiased for KL(P || Q); its gradient with respect to
+        # z is the student's distribution less the draws' frequencies, unbiased for q - p
+        ids = teacher.ids[start:end]
+        draws = ids.shape[1]
+        logq = z.gather(1, ids) - lse_t
+        kd_sum = torch.where(counted, (teacher.logp[start:end].to(logits.dtype) - logq).mean(1), 0).sum()
+        dz = p.clone().scatter_add_(1, ids, torch.full_like(logq, -1.0 / draws))
     else:
         ids = teacher.ids[start:end]
         z_k = z.gather(1, ids)
         logp_k = z_k - lse_t
+        if teacher.valid is not None:  # top-p's unused slots: no mass on either side, so no term
+            logp_k = logp_k.masked_fill(~teacher.valid[start:end], float("-inf"))
         teacher_logp = teacher.logp[start:end].to(logits.dtype)
         if teacher.rest is None:  # k = vocabulary
             kd_sum, g = _outcome_grads(teacher_logp, logp_k, kd, counted)
@@ -196,7 +224,7 @@ class _ChunkedDistillation(torch.autograd.Function):
     only scales them. Returns the loss, and its CE and KD means (for reporting, no gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale, softcap, kd, kd_weight, teacher, chunk, ignore_index):
+    def forward(ctx, hidden, weight, bias, targets, scale, softcap, kd, kd_weight, teacher, chunk, ignore_index, grads):
         counted = targets != ignore_index
         targets = torch.where(counted, targets, 0)
         n = counted.sum().clamp(min=1)  # a tensor: no wait for the host
@@ -209,7 +237,7 @@ class _ChunkedDistillation(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            ce, kd_sum, g = _chunk_grads(
+            ce, kd_sum, g = grads(
                 h,
                 targets[start:end],
                 counted[start:end],
@@ -240,7 +268,14 @@ class _ChunkedDistillation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_ce, grad_kd):
         grad_h, grad_w, grad_b = (None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+
+@functools.cache
+def _compiled_chunk_grads():
+    """`_chunk_grads` through torch.compile: each chunk's projection, log-softmax, KD term and
+    gradient fused into a few kernels (compiled once per chunk shape)."""
+    return torch.compile(_chunk_grads, dynamic=False)
 
 
 def distill_losses(
@@ -252,16 +287,32 @@ def distill_losses(
     kd_weight: float,
     chunk: int | None = None,
     ignore_index: int = -100,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, mean CE, mean KD) over the positions whose target is not `ignore_index` (0 when there
     are none), loss = (1 - kd_weight) CE + kd_weight KD, from the student's final hidden states
     ([positions, d]), the targets and its output layer; differentiable with respect to the hidden
     states and the layer's weight (and bias). Both models' distributions are over the same outcomes:
-    the head and the teacher must have been cut to the same vocabulary (`Head.first`)."""
+    the head and the teacher must have been cut to the same vocabulary (`Head.first`). CE and KD
+    share each chunk's projection and log-sum-exp; `compiled` fuses each chunk with torch.compile."""
     _check_outcomes(head, teacher)
+    if isinstance(teacher, SampledTeacher) and kd.loss != "forward_kl":
+        raise ValueError(f"sampled teacher tokens estimate forward_kl only, not {kd.loss}")
     chunk = chunk or chunk_rows(head.weight.shape[0], CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"]))
+    grads = _compiled_chunk_grads() if compiled else _chunk_grads
     return _ChunkedDistillation.apply(
-        hidden, head.weight, head.bias, targets, head.scale, head.softcap, kd, kd_weight, teacher, chunk, ignore_index
+        hidden,
+        head.weight,
+        head.bias,
+        targets,
+        head.scale,
+        head.softcap,
+        kd,
+        kd_weight,
+        teacher,
+        chunk,
+        ignore_index,
+        grads,
     )
 
 

@@ -1,6 +1,6 @@
 """The teacher in distillation: one frozen copy per process (bfloat16 on GPU, float32 on CPU), its
 final hidden states for a batch of token rows, its logits over the student's vocabulary, and its
-top-k log-probabilities for the teacher-logits stage.
+log-probabilities as the teacher-logits stage keeps them.
 
 A teacher's output layer may be wider than its tokenizer (Qwen pads 151,646 tokens to 151,936):
 the padding ids are never in the data, so the teacher's distribution is taken over the tokenizer's
@@ -16,6 +16,7 @@ from miniplm.models.flops import forward_flops_per_token
 from miniplm.models.linear_ce import chunk_rows, head_logits, head_of
 from miniplm.models.loading import load_model
 from miniplm.training.kd_losses import OnlineTeacher
+from miniplm.training.logit_modes import Kept, keep
 
 
 class Teacher:
@@ -53,21 +54,18 @@ class Teacher:
         return OnlineTeacher(hidden.reshape(-1, hidden.shape[-1]), self.head, self.vocab)
 
     @torch.no_grad()
-    def top_k(self, hidden: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, ...]:
-        """Per position of `hidden` ([positions, d]): the k most likely token ids under
-        softmax(logits / temperature), most likely first, their log-probs, and the log of the mass
-        left to the other tokens (-inf when k is the whole vocabulary)."""
-        n = hidden.shape[0]
-        ids = torch.empty(n, k, dtype=torch.int64)
-        logp = torch.empty(n, k, dtype=torch.float32)
-        rest = torch.empty(n, dtype=torch.float32)
-        step = chunk_rows(self.vocab)
-        for s in range(0, n, step):
-            lp = torch.log_softmax(self.logits(hidden[s : s + step]) / temperature, dim=-1)
-            values, indices = torch.topk(lp, k, dim=-1)
-            ids[s : s + step], logp[s : s + step] = indices.cpu(), values.cpu()
-            rest[s : s + step] = torch.logsumexp(lp.scatter(1, indices, float("-inf")), dim=-1).cpu()
-        return ids, logp, rest
+    def keep(
+        self, hidden: torch.Tensor, mode: str, k: int, temperature: float, p: float | None = None, generator=None
+    ) -> Kept:
+        """What a teacher_logits set of `mode` keeps (training/logit_modes.py) of softmax(logits /
+        temperature) at each position of `hidden` ([positions, d]), a chunk of positions at a time;
+        on the CPU. `generator` draws the samples of mode sampled (on the teacher's device)."""
+        parts = []
+        for s in range(0, hidden.shape[0], chunk_rows(self.vocab)):
+            lp = torch.log_softmax(self.logits(hidden[s : s + chunk_rows(self.vocab)]) / temperature, dim=-1)
+            parts.append(keep(lp, mode, k, p, generator))
+        joined = {f: [getattr(part, f) for part in parts] for f in ("ids", "logp", "rest", "counts")}
+        return Kept(*(torch.cat(v).cpu() if v[0] is not None else None for v in joined.values()))
 
     def flops_per_token(self, mean_context: float) -> float:
         """Forward FLOPs per token (every matmul, the vocabulary projection included)."""

@@ -1,18 +1,21 @@
-"""`miniplm teacher-logits`: the teacher's top-k next-token log-probs at every position of a token
-set's rows, stored once for offline distillation (the teacher never sits in training memory).
+"""`miniplm teacher-logits`: what the teacher predicts at every position of a token set's rows (its
+top-k or top-p tokens, or tokens drawn from it, with their log-probs: training/logit_modes.py),
+stored once for offline distillation (the teacher never sits in training memory).
 
 One part per `teacher_logits:` entry (`teacher-logits/NAME`), one shard per shard of its token set:
 `teacher-logits/NAME/shard-NNNNN.arrow` holds, row for row, what the teacher predicts at each
 position of `tokens/TOKENS/shard-NNNNN.arrow` (miniplm/training/logit_files.py). Within a shard the
 rows go through the teacher in fixed batches; every `checkpoint_every` batches the results so far
 are saved to the shard's scratch folder, so a worker killed at any point resumes at the first batch
-not saved and writes the same bytes an uninterrupted run writes (on CPU).
+not saved and writes the same bytes an uninterrupted run writes (on CPU; a sampled set draws with
+a generator seeded by the job's seed, the set, the shard and the batch).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -111,7 +114,7 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     seq_len = run.context.seq_len
     blocks = row_blocks(token_file)
     rows = np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), dtype=np.int32)
-    layout = LogitsLayout(seq_len, entry.top_k, teacher.vocab, entry.temperature, entry.logprob_dtype)
+    layout = layout_of(entry, seq_len, teacher.vocab)
     per_batch = max(1, entry.batch_tokens // seq_len)
     starts = range(0, len(rows), per_batch)
     scratch = run.rd.work(run.name) / shard_name(index, "")
@@ -123,11 +126,18 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
         for b in range(done, len(starts)):
             batch = torch.from_numpy(rows[starts[b] : starts[b] + per_batch, :-1].astype(np.int64))
             hidden = teacher.hidden(batch)
-            ids, logp, rest = teacher.top_k(hidden.reshape(-1, hidden.shape[-1]), entry.top_k, entry.temperature)
+            # draws seeded by (job seed, set, shard, batch): a resumed shard draws what it would have
+            generator = torch.Generator(teacher.device).manual_seed(_draw_seed(run.job.seed, entry.name, index, b))
+            kept = teacher.keep(
+                hidden.reshape(-1, hidden.shape[-1]), entry.mode, entry.top_k, entry.temperature, entry.top_p, generator
+            )
             shape = (len(batch), seq_len)
             bar.update(batch.numel())
             yield layout.table(
-                ids.reshape(*shape, -1).numpy(), logp.reshape(*shape, -1).numpy(), rest.reshape(shape).numpy()
+                kept.ids.reshape(*shape, -1).numpy(),
+                kept.logp.reshape(*shape, -1).numpy(),
+                None if kept.rest is None else kept.rest.reshape(shape).numpy(),
+                None if kept.counts is None else kept.counts.reshape(shape).numpy(),
             )
 
     checkpoints.keep(
@@ -153,6 +163,20 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
     atomic_write_json(out.with_suffix(".json"), stats)
     shutil.rmtree(scratch, ignore_errors=True)
     return stats
+
+
+def _kept_words(counts: dict) -> str:
+    k, mode = counts["top_k"], counts.get("mode", "top_k")
+    words = {"top_k": f"top-{k}", "top_p": f"top-p (at most {k})", "sampled": f"{k} draws"}[mode]
+    return f"{words} in {counts.get('logprob_dtype', 'float16')}"
+
+
+def layout_of(entry: TeacherLogitsSet, seq_len: int, vocab: int) -> LogitsLayout:
+    return LogitsLayout(seq_len, entry.top_k, vocab, entry.temperature, entry.logprob_dtype, entry.mode, entry.top_p)
+
+
+def _draw_seed(seed: int, name: str, shard: int, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode()), shard, batch]).generate_state(1)[0])
 
 
 def _read_back(saved: list[Path], run: StageRun) -> Iterator[pa.Table]:
@@ -186,10 +210,11 @@ class TeacherLogits(EntryStage):
     """One part per teacher_logits set; its shards are its token set's shards."""
 
     name = NAME
-    summary = "store the teacher's top-k log-probs for a token set (offline KD)"
+    summary = "store the teacher's top-k, top-p or sampled log-probs for a token set (offline KD)"
     description = (
         "For each set in the job's `teacher_logits:` list, run the teacher over every row of its token set "
-        "and write, per position, the top-k token ids, their log-probs and the log of the remaining mass "
+        "and write, per position, the tokens its mode keeps (top_k, top_p or sampled), their log-probs "
+        "and (top_k, top_p) the log of the remaining mass, ids packed and log-probs optionally in 8 bits, "
         "to RUN_DIR/teacher-logits/NAME/shard-*.arrow, aligned with the token set's shards and rows. "
         "Students with kd: {source: offline, logits: NAME} read them instead of running the teacher. "
         "Resumes inside a shard after a kill."
@@ -295,11 +320,18 @@ class TeacherLogits(EntryStage):
         counts = {key: sum(s[key] for s in per_shard) for key in STATS}
         counts["flops"] = record(teacher=counts["flops"])
         counts["bytes_per_token"] = counts["bytes"] / max(counts["tokens"], 1)
-        return {**counts, "shards": len(per_shard), "top_k": entry.top_k, "token_set": entry.tokens}
+        return {
+            **counts,
+            "shards": len(per_shard),
+            "top_k": entry.top_k,
+            "mode": entry.mode,
+            "logprob_dtype": entry.logprob_dtype,
+            "token_set": entry.tokens,
+        }
 
     def describe_entry(self, job: JobConfig, name: str, counts: dict) -> list[str]:
         return [
-            f"teacher-logits {name}: top-{counts['top_k']} of {counts['tokens']:,} positions "
+            f"teacher-logits {name}: {_kept_words(counts)} at {counts['tokens']:,} positions "
             f"({counts['rows']:,} rows of {counts['token_set']!r}), {counts['bytes_per_token']:.0f} "
             f"bytes per token ({counts['bytes'] / 1e6:,.1f} MB), {counts['flops']['total']:.3g} teacher FLOPs; "
             f"in {job.run_dir}/teacher-logits/{name}"

@@ -209,6 +209,12 @@ class Train(Stage):
                     f"{where}.temperature: {kd.temperature} differs from teacher_logits.{kd.logits}."
                     f"temperature ({stored.temperature}), the temperature its log-probs were taken at"
                 )
+            if stored.mode == "sampled" and kd.loss != "forward_kl":
+                raise ConfigError(
+                    f"{where}.loss: {kd.loss} cannot be estimated from set {kd.logits!r}'s sampled tokens "
+                    "(mode sampled estimates forward_kl, without bias); use loss: forward_kl, or a set of "
+                    "mode top_k or top_p"
+                )
         for student in job.students:
             if base_name(student.name) != student.name:
                 raise ConfigError(

@@ -1,6 +1,7 @@
 """Distillation in training, end to end on CPU with tiny models: online KD, offline KD from the
-teacher-logits stage (top-k = vocabulary: the online losses; top-32: below them), ZeRO-3, kill -9
-and resume for training and for the stage, and teachers with another tokenizer refused."""
+teacher-logits stage (top-k = vocabulary: the online losses; top-32 and top-p: below them; sampled
+tokens: about them), ZeRO-3, kill -9 and resume for training and for the stage, and teachers with
+another tokenizer refused."""
 
 import json
 from pathlib import Path
@@ -39,11 +40,17 @@ LOGITS = [
         "checkpoint_every": 1,
     },
     {"name": "top32", "tokens": "main", "top_k": 32, "batch_tokens": 512, "checkpoint_every": 1},
-]
+    {"name": "sampled", "tokens": "main", "mode": "sampled", "top_k": 8, "logprob_dtype": "uint8",
+     "batch_tokens": 512, "checkpoint_every": 1},
+    {"name": "topp", "tokens": "main", "mode": "top_p", "top_p": 0.9, "top_k": 32, "logprob_dtype": "uint8",
+     "batch_tokens": 512, "checkpoint_every": 1},
+]  # fmt: skip
 STUDENTS = [
     _student("online", kd={"loss": "forward_kl", "weight": 0.5}),
     _student("offline-full", kd={"source": "offline", "logits": "full"}),
     _student("offline-32", kd={"source": "offline", "logits": "top32"}),
+    _student("offline-sampled", kd={"source": "offline", "logits": "sampled"}),
+    _student("offline-topp", kd={"source": "offline", "logits": "topp"}),
 ]
 
 
@@ -86,6 +93,16 @@ def test_offline_top_k_of_the_vocabulary_trains_like_online_kd(uninterrupted):
     top32 = metrics(uninterrupted, "offline-32")
     assert top32[1]["ce_loss"] == pytest.approx(online[1]["ce_loss"], rel=1e-6)
     assert 0 < top32[1]["kd_loss"] < online[1]["kd_loss"]
+    # top-p: fewer tokens where the teacher is sure, a lower bound again (in 8 bits)
+    top_p = metrics(uninterrupted, "offline-topp")
+    assert top_p[1]["ce_loss"] == pytest.approx(online[1]["ce_loss"], rel=1e-6)
+    assert 0 < top_p[1]["kd_loss"] < online[1]["kd_loss"]
+    # 8 draws a position: an estimate of the full KD term (unbiased: tests/training/test_kd_modes.py), here
+    # one draw of it, of a term of 0.02 nats whose draws spread by about 0.003
+    sampled = metrics(uninterrupted, "offline-sampled")
+    assert sampled[1]["ce_loss"] == pytest.approx(online[1]["ce_loss"], rel=1e-6)
+    assert sampled[1]["kd_loss"] == pytest.approx(online[1]["kd_loss"], rel=0.4)
+    assert all(m["loss"] < sampled[1]["loss"] for step, m in sampled.items() if step > 4)
 
 
 def test_compute_and_storage_are_recorded(uninterrupted, tiny_models):
@@ -105,9 +122,11 @@ def test_compute_and_storage_are_recorded(uninterrupted, tiny_models):
     rows = stages["tokenize/main"]["counts"]["rows"]
     assert logits["rows"] == rows and logits["tokens"] == rows * 64
     assert logits["flops"]["total"] == pytest.approx(rows * 64 * forward_flops_per_token(teacher, 32.5))
-    # per position: 32 uint16 ids, 32 float16 log-probs, one float16 remaining mass (+ the file's framing)
-    assert 130 <= logits["bytes_per_token"] < 140
-    assert 300 * 6 + 4 <= stages["teacher-logits/full"]["counts"]["bytes_per_token"] < 300 * 6 + 20
+    # per position: 32 ids of 9 bits, 32 float16 log-probs, one float16 remaining mass (+ the file's framing)
+    assert 36 + 66 <= logits["bytes_per_token"] < 36 + 66 + 4
+    assert 337.5 + 301 * 4 <= stages["teacher-logits/full"]["counts"]["bytes_per_token"] < 337.5 + 301 * 4 + 8
+    # 8 draws: 8 ids of 9 bits, 8 log-probs in 8 bits and their scale (two float16)
+    assert 9 + 8 + 4 <= stages["teacher-logits/sampled"]["counts"]["bytes_per_token"] < 9 + 8 + 4 + 4
 
 
 def test_kill_9_mid_kd_run_resumes_with_the_same_losses(tokenized, uninterrupted):
@@ -121,22 +140,24 @@ def test_kill_9_mid_kd_run_resumes_with_the_same_losses(tokenized, uninterrupted
     _same_losses(metrics(path, "online"), metrics(uninterrupted, "online"), abs=1e-5)
 
 
-def test_kill_9_mid_shard_then_rerun_writes_the_same_bytes(tokenized, uninterrupted):
-    path = copy_run(tokenized, "killed-logits")
+@pytest.mark.parametrize("name", ["top32", "sampled"])
+def test_kill_9_mid_shard_then_rerun_writes_the_same_bytes(tokenized, uninterrupted, name):
+    """Sampled too: its draws are seeded by the job's seed, the set, the shard and the batch."""
+    path = copy_run(tokenized, f"killed-logits-{name}")
     run_dir = Path(yaml.safe_load(path.read_text())["run_dir"])
-    scratch = run_dir / "work" / "teacher-logits" / "top32" / "shard-00000"
-    kill_when(["teacher-logits", str(path), "--only", "top32"], lambda: len(list(scratch.glob("batches-*"))) >= 2)
+    scratch = run_dir / "work" / "teacher-logits" / name / "shard-00000"
+    kill_when(["teacher-logits", str(path), "--only", name], lambda: len(list(scratch.glob("batches-*"))) >= 2)
     saved = len(list(scratch.glob("batches-*")))
-    assert saved >= 2 and not (run_dir / "teacher-logits" / "top32" / "shard-00000.arrow").exists(), (
+    assert saved >= 2 and not (run_dir / "teacher-logits" / name / "shard-00000.arrow").exists(), (
         "the kill did not land inside the first shard"
     )
-    result = miniplm("teacher-logits", str(path), "--only", "top32")
+    result = miniplm("teacher-logits", str(path), "--only", name)
     assert result.returncode == 0, result.stderr[-3000:]
-    clean = Path(yaml.safe_load(uninterrupted.read_text())["run_dir"]) / "teacher-logits" / "top32"
+    clean = Path(yaml.safe_load(uninterrupted.read_text())["run_dir"]) / "teacher-logits" / name
     shards = sorted(p.name for p in clean.glob("shard-*.arrow"))
     assert len(shards) >= 2
-    for name in shards:
-        assert (run_dir / "teacher-logits" / "top32" / name).read_bytes() == (clean / name).read_bytes(), name
+    for shard in shards:
+        assert (run_dir / "teacher-logits" / name / shard).read_bytes() == (clean / shard).read_bytes(), shard
 
 
 def _refuse(tmp_path, tiny_models, monkeypatch, **job_keys):
@@ -199,6 +220,17 @@ def test_kd_settings_are_checked_when_the_job_loads(tmp_path, tiny_models):
     path.write_text(yaml.safe_dump(job))
     with pytest.raises(ConfigError, match=r"kd.temperature: 1.0 differs from teacher_logits.t.temperature \(2.0\)"):
         load_job(path)
+    # sampled tokens estimate forward KL only
+    job["teacher_logits"] = [{"name": "t", "tokens": "a", "mode": "sampled", "top_k": 12}]
+    job["students"][0].update(kd={"source": "offline", "logits": "t", "loss": "reverse_kl"})
+    path.write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError, match="kd.loss: reverse_kl cannot be estimated from set 't'.s sampled tokens"):
+        load_job(path)
+    # top_p is a setting of mode top_p
+    job["teacher_logits"] = [{"name": "t", "tokens": "a", "top_p": 0.9}]
+    path.write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError, match="top_p is read with mode: top_p only"):
+        load_job(path)
 
 
 def test_the_stage_is_in_the_plan_status_and_slurm_scripts(tokenized, uninterrupted):
@@ -212,9 +244,11 @@ def test_the_stage_is_in_the_plan_status_and_slurm_scripts(tokenized, uninterrup
     job = load_job(uninterrupted)
     steps = {s.step.name: s for s in status.collect(job)}
     names = list(steps)  # one step per token set and per logits set
-    logit_steps = ["teacher-logits/full", "teacher-logits/top32"]
-    assert names.index("tokenize/held") + 1 == names.index(logit_steps[0]) == names.index(logit_steps[1]) - 1
-    assert names[names.index(logit_steps[1]) + 1].startswith("train/")
+    logit_steps = [f"teacher-logits/{entry['name']}" for entry in LOGITS]
+    assert [names.index(step) for step in logit_steps] == list(
+        range(names.index("tokenize/held") + 1, names.index("tokenize/held") + 1 + len(LOGITS))
+    )
+    assert names[names.index(logit_steps[-1]) + 1].startswith("train/")
     shards = len(list(RunDir(job.run_dir).tokens("main").glob("shard-*.arrow")))
     for name in logit_steps:
         assert steps[name].state == "done" and steps[name].done == steps[name].total == shards

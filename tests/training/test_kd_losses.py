@@ -67,6 +67,11 @@ def _divergence(loss: str, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     }[loss]()
 
 
+def _top_k(teacher, hidden, k, temperature):
+    kept = teacher.keep(hidden, "top_k", k, temperature)
+    return kept.ids, kept.logp, kept.rest
+
+
 def _student_side(student, ids):
     hidden = student.base_model(input_ids=ids[:, :-1]).last_hidden_state.reshape(-1, 32).detach().requires_grad_()
     return hidden, ids[:, 1:].reshape(-1), head_of(student)
@@ -107,7 +112,7 @@ def test_top_k_of_the_whole_vocabulary_is_the_full_loss(models, loss):
     hidden, targets, head = _student_side(student, ids)
     kd = KDLoss(loss, 1.7)
     online = distill_losses(hidden, targets, head, kd, teacher.side(ids[:, :-1]), 0.5)
-    top_ids, top_logp, rest = teacher.top_k(teacher.side(ids[:, :-1]).hidden, VOCAB, 1.7)
+    top_ids, top_logp, rest = _top_k(teacher, teacher.side(ids[:, :-1]).hidden, VOCAB, 1.7)
     assert torch.isneginf(rest).all()  # nothing is left over
     online[0].backward()
     online_grad, hidden.grad = hidden.grad.clone(), None
@@ -130,7 +135,7 @@ def test_top_32_is_a_lower_bound_within_the_stated_margin(models, loss):
     kd = KDLoss(loss, 1.0)
     online = teacher.side(ids[:, :-1])
     _, _, full = distill_losses(hidden, targets, head, kd, online, 1.0)
-    top_ids, top_logp, rest = teacher.top_k(online.hidden, 32, 1.0)
+    top_ids, top_logp, rest = _top_k(teacher, online.hidden, 32, 1.0)
     _, _, top = distill_losses(hidden, targets, head, kd, TopKTeacher(top_ids, top_logp, rest), 1.0, chunk=CHUNK)
     assert 0 < float(top) <= float(full) + 1e-6
     if loss != "forward_kl":
@@ -160,7 +165,7 @@ def test_top_32_loss_and_gradient_equal_float64_autograd_through_a_biased_scaled
     bias = torch.linspace(-0.3, 0.3, VOCAB)
     head = Head(weight, bias, 0.7, 5.0)
     t, w = 1.3, 0.3
-    top_ids, top_logp, rest = teacher.top_k(teacher.side(ids[:, :-1]).hidden, 32, t)
+    top_ids, top_logp, rest = _top_k(teacher, teacher.side(ids[:, :-1]).hidden, 32, t)
     kd = KDLoss(loss, t)
     total, ce, value = distill_losses(hidden, targets, head, kd, TopKTeacher(top_ids, top_logp, rest), w, chunk=CHUNK)
     total.backward()
@@ -241,7 +246,7 @@ def test_padded_instance_rows_predict_no_pad_target(models, loss):
     hidden = hidden.detach().requires_grad_()
     targets, head, kd = rows[:, 1:].reshape(-1), head_of(student), KDLoss(loss, 1.5)
     online = teacher.side(rows[:, :-1])
-    stored = TopKTeacher(*teacher.top_k(online.hidden, VOCAB, 1.5)[:2], None)  # k = vocabulary: the full loss
+    stored = TopKTeacher(*_top_k(teacher, online.hidden, VOCAB, 1.5)[:2], None)  # k = vocabulary: the full loss
     for side in (online, stored):
         hidden.grad = None
         total, ce, value = distill_losses(hidden, targets, head, kd, side, 0.4, chunk=CHUNK, ignore_index=PAD)
