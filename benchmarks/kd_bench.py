@@ -68,13 +68,16 @@ def save_teacher(shape: str, folder: Path, seq_len: int) -> None:
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
 
 
-def stored_logits(folder: Path, rows: int, seq_len: int, k: int, vocab: int) -> TeacherLogitRows:
-    """Random top-k log-probs for `rows` rows, in the teacher-logits stage's format."""
+def stored_logits(
+    folder: Path, rows: int, seq_len: int, k: int, vocab: int, mode: str = "top_k", dtype: str = "float16"
+) -> TeacherLogitRows:
+    """Random top-k log-probs (or k random draws) for `rows` rows, in the teacher-logits stage's format."""
     rng = np.random.default_rng(0)
     ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(rows * seq_len)]).reshape(rows, seq_len, k)
     logp = np.sort(np.log(rng.dirichlet(np.ones(k + 1), size=(rows, seq_len))), axis=-1)[..., ::-1]
-    layout = LogitsLayout(seq_len, k, vocab, 1.0)
-    write_logits(folder / "shard-00000.arrow", layout, [layout.table(ids, logp[..., :k], logp[..., k])])
+    layout = LogitsLayout(seq_len, k, vocab, 1.0, dtype, mode)
+    rest = logp[..., k] if layout.has_rest else None
+    write_logits(folder / "shard-00000.arrow", layout, [layout.table(np.sort(ids, -1), logp[..., :k], rest)])
     return TeacherLogitRows(folder)
 
 
@@ -112,7 +115,12 @@ def bench(args, device: str, folder: Path) -> None:
         unfused = Distillation(kd, vocab, device, teacher)
         unfused.fused = False
         ways |= {"online KD (liger)": ways.pop("online KD"), "online KD (torch)": (unfused, teacher_flops)}
-    ways[f"offline KD (top-{args.top_k})"] = (Distillation(kd, vocab, device, stored), 0.0)
+    compiled = args.compile != "off"  # the stored-teacher chunks compiled with the student, as training does
+    ways[f"offline KD (top-{args.top_k})"] = (Distillation(kd, vocab, device, stored, compiled), 0.0)
+    small = stored_logits(folder / "uint8", args.micro, args.seq_len, args.top_k, vocab, dtype="uint8")
+    ways[f"offline KD (top-{args.top_k} uint8)"] = (Distillation(kd, vocab, device, small, compiled), 0.0)
+    draws = stored_logits(folder / "sampled", args.micro, args.seq_len, 12, vocab, "sampled", "uint8")
+    ways["offline KD (12 draws uint8)"] = (Distillation(kd, vocab, device, draws, compiled), 0.0)
     batch = torch.randint(2, vocab, (args.micro, args.seq_len + 1), device=device)
     rows = np.arange(args.micro)
     student_flops = 3 * forward_flops_per_token(model.config, (args.seq_len + 1) / 2)
@@ -122,7 +130,7 @@ def bench(args, device: str, folder: Path) -> None:
         f"({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.1f}M), {args.micro} x {args.seq_len} tokens per "
         f"step, compile {args.compile}, {device}, matmul {rate / 1e12:.2f} TFLOP/s"
     )
-    print(f"{'':<22} {'tokens/s':>10} {'x no KD':>8} {'GFLOP/tok':>10} {'MFU':>6}")
+    print(f"{'':<28} {'tokens/s':>10} {'x no KD':>8} {'GFLOP/tok':>10} {'MFU':>6}")
     base, figures = None, []
     for label, (distill, teacher_flops) in ways.items():
         engine.module.distill = distill
@@ -136,7 +144,7 @@ def bench(args, device: str, folder: Path) -> None:
         base = base or tokens_per_s
         flops = student_flops + teacher_flops
         print(
-            f"{label:<22} {tokens_per_s:>10,.0f} {tokens_per_s / base:>8.2f} {flops / 1e9:>10.2f} "
+            f"{label:<28} {tokens_per_s:>10,.0f} {tokens_per_s / base:>8.2f} {flops / 1e9:>10.2f} "
             f"{tokens_per_s * flops / rate:>6.1%}",
             flush=True,
         )

@@ -28,7 +28,7 @@ from miniplm.training.teacher import Teacher
 
 # name -> (mode, k, p, dtype)
 MODES = {
-    "top-32 float16 (before)": ("top_k", 32, None, "float16"),
+    "top-32 float16": ("top_k", 32, None, "float16"),
     "top-32 uint8": ("top_k", 32, None, "uint8"),
     "top-p 0.95 (<= 32) uint8": ("top_p", 32, 0.95, "uint8"),
     "top-p 0.99 (<= 64) uint8": ("top_p", 64, 0.99, "uint8"),
@@ -107,7 +107,10 @@ def _compare(stored, teacher_logp, positions: int, mode: str, exact_logp: torch.
     for s in range(0, positions, 512):
         lp = teacher_logp(s, s + 512)
         ids, got, ok = stored.ids[s : s + 512], stored.logp[s : s + 512].double(), valid[s : s + 512]
-        distinct = torch.zeros_like(lp, dtype=torch.bool).scatter_(1, ids, ok)
+        # by index where a slot is in use: top-p's unused slots repeat a kept id, and a scatter of
+        # them would overwrite that id's entry
+        where = (torch.arange(len(ids))[:, None].expand_as(ids)[ok], ids[ok])
+        distinct = torch.zeros_like(lp, dtype=torch.bool).index_put_(where, torch.tensor(True))
         mass += float((lp.exp() * distinct).sum())
         want = exact_logp[s : s + 512].double()
         if mode == "sampled":
@@ -116,7 +119,7 @@ def _compare(stored, teacher_logp, positions: int, mode: str, exact_logp: torch.
         rest = stored.rest[s : s + 512].double()
         others = lp.shape[1] - ok.sum(1)
         rebuilt = (rest - others.double().log())[:, None].expand_as(lp).clone()
-        rebuilt.scatter_(1, ids, torch.where(ok, got, rebuilt.gather(1, ids)))
+        rebuilt.index_put_(where, got[ok])
         kl += float((lp.exp() * (lp - rebuilt)).sum())
         exact = torch.cat(
             [want.masked_fill(~ok, -torch.inf), lp.masked_fill(distinct, -torch.inf).logsumexp(1, True)], 1

@@ -1,7 +1,8 @@
 """What distillation adds to a training step: the teacher's side of each micro-batch (the teacher run
-on the rows, or the top-k log-probs the teacher-logits stage stored for them, read in the same
-(seed, step) row order), and the loss (1 - weight) * CE + weight * KD computed from the student's
-final hidden states a chunk of positions at a time (miniplm/training/kd_losses.py).
+on the rows, or what the teacher-logits stage stored for them: top-k or top-p log-probs, or tokens
+drawn from the teacher; read in the same (seed, step) row order), and the loss
+(1 - weight) * CE + weight * KD computed from the student's final hidden states a chunk of
+positions at a time (miniplm/training/kd_losses.py).
 
 The teacher is a frozen copy on every rank, outside DeepSpeed. The loss takes the student's final
 hidden states and output layer as tensors (training/objective.py hands them over) and computes its

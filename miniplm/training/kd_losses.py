@@ -21,13 +21,16 @@ both models' logits (as Liger-Kernel and TRL do), with no T^2 factor: the KD wei
 loss is the mean over predicted positions; miniplm's packed rows have no padding, so every position
 counts (the official codes mask prompt and padding positions, which pretraining rows do not have).
 
-The teacher is either the full distribution (online: its logits from its hidden states, a chunk at
-a time) or its top-k tokens with their log-probabilities and the log of the remaining mass
-(offline, stored by the teacher-logits stage). Top-k compares both models on k + 1 outcomes: the k
-tokens, and "any other token" (the student's mass there is what its top-k tokens leave). With k
-equal to the vocabulary there is no remaining mass and the loss is the full one. With fewer, every
-loss here is an f-divergence, so collapsing outcomes can only lower it (the data-processing
-inequality): top-k is a lower bound of the full loss.
+The teacher is the full distribution (online: its logits from its hidden states, a chunk at a
+time), or what the teacher-logits stage stored (training/logit_modes.py). Its top-k (or top-p)
+tokens with their log-probabilities and the log of the remaining mass compare both models on k + 1
+outcomes: the k tokens, and "any other token" (the student's mass there is what its top-k tokens
+leave). With k equal to the vocabulary there is no remaining mass and the loss is the full one.
+With fewer, every loss here is an f-divergence, so collapsing outcomes can only lower it (the
+data-processing inequality): top-k is a lower bound of the full loss, biased. Tokens drawn from the
+teacher give forward KL's unbiased estimate instead: the draws' mean of log P(x) - log Q(x), whose
+gradient with respect to the student's logits is its distribution less the draws' frequencies.
+CE and KD share each chunk's projection and log-sum-exp.
 """
 
 from __future__ import annotations
