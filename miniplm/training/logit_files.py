@@ -41,6 +41,7 @@ from miniplm.training import logit_codec
 
 BATCH_ROWS = 64
 METADATA_KEY = b"miniplm.teacher_logits"
+FORMAT = 2  # 1: ids as uint16/int32 lists and a separate rest column (before ids were packed)
 MODES = ("top_k", "top_p", "sampled")
 
 
@@ -57,6 +58,7 @@ class LogitsLayout:
     logprob_dtype: str = "float16"
     mode: str = "top_k"
     top_p: float | None = None
+    format: int = FORMAT
 
     @property
     def bits(self) -> int:
@@ -226,7 +228,13 @@ class TeacherLogitRows:
         layouts = set()
         for f in self.files:
             reader = ipc.open_file(pa.memory_map(str(f)))
-            layouts.add(LogitsLayout(**json.loads(reader.schema.metadata[METADATA_KEY])))
+            stored = json.loads(reader.schema.metadata[METADATA_KEY])
+            if stored.get("format", 1) != FORMAT:
+                raise ValueError(
+                    f"{f}: teacher log-probs in an earlier format of miniplm's (ids not packed); write the "
+                    "set again with `miniplm teacher-logits --only NAME --force`"
+                )
+            layouts.add(LogitsLayout(**stored))
             self._blocks += [_numpy_rows(reader.get_batch(i)) for i in range(reader.num_record_batches)]
         if len(layouts) > 1:
             raise ValueError(f"{folder}: shards written with different settings: {sorted(map(str, layouts))}")

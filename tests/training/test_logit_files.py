@@ -80,3 +80,20 @@ def test_a_whole_vocabulary_keeps_no_remaining_mass(tmp_path):
     row = stored.stored(3)
     assert np.isneginf(row.rest).all()
     assert np.allclose(np.logaddexp.reduce(row.logp, axis=1), 0, atol=1e-4)
+
+
+def test_a_set_in_the_earlier_format_is_refused_naming_the_fix(tmp_path):
+    """Before ids were packed: uint16 id lists and a separate rest column, no format in the metadata."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from miniplm.training.logit_files import METADATA_KEY
+
+    old = {"seq_len": 2, "top_k": 1, "vocab": 10, "temperature": 1.0, "logprob_dtype": "float16"}
+    schema = pa.schema([("ids", pa.list_(pa.uint16(), 2))], metadata={METADATA_KEY: json.dumps(old).encode()})
+    with ipc.new_file(str(tmp_path / "shard-00000.arrow"), schema) as writer:
+        writer.write_table(pa.table({"ids": pa.array([[1, 2]], pa.list_(pa.uint16(), 2))}, schema=schema))
+    with pytest.raises(ValueError, match="earlier format .* teacher-logits --only NAME --force"):
+        TeacherLogitRows(tmp_path)
