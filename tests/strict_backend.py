@@ -77,6 +77,7 @@ def _rank(rank: int, world: int, store: str, out_dir: str) -> None:
         "broadcast_flag": [distributed.broadcast_flag(rank == 0), distributed.broadcast_flag(rank == 1, src=1)],
         "all_sum": [distributed.all_sum([rank + 1.0, 10.0]), distributed.all_sum(torch.tensor([0.5 * (rank + 1)]))],
         "all_mean": distributed.all_mean(torch.tensor(2.0 * rank)),
+        "all_min": distributed.all_min(5 - rank),
     }
     distributed.barrier()
     out["barrier"] = True

@@ -126,6 +126,7 @@ def test_every_collective_function_runs_under_a_backend_serving_one_other_device
         assert rank["broadcast_flag"] == [True, True]  # rank 0's True, then rank 1's True
         assert rank["all_sum"] == [[3.0, 20.0], [1.5]]
         assert rank["all_mean"] == pytest.approx(1.0)
+        assert rank["all_min"] == 4
         assert rank["barrier"] is True
 
 
