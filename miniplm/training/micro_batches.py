@@ -58,6 +58,11 @@ def rows_per_step(student: StudentConfig, seq_len: int, world: int) -> tuple[int
     return rows, rows // world
 
 
+def is_auto(student: StudentConfig) -> bool:
+    """Whether the micro-batch is measured (`micro_batch_tokens: auto`, or nothing given)."""
+    return student.micro_batch is None and student.micro_batch_tokens in (None, "auto")
+
+
 def largest_within(share: int, limit_rows: int) -> int:
     """The largest divisor of `share` that is at most `limit_rows` (1 at least)."""
     return max(d for d in divisors(share) if d <= max(limit_rows, 1))

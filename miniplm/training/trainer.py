@@ -84,14 +84,15 @@ def prepare(
     model = build_model(student, tokenizer, seq_len, torch.bfloat16 if bf16 else torch.float32, device, init)
     loss = objective(student, model, device, distill)
     fits = None
-    if bf16 and student.micro_batch is None and student.micro_batch_tokens in (None, "auto"):
+    auto = micro_batches.is_auto(student)
+    if bf16 and auto:
         model.to(torch.bfloat16)  # as DeepSpeed would next: the passes measured are the training's
         reserve = micro_batches.optimizer_state_bytes(sum(p.numel() for p in model.parameters()), student, world)
         fits = micro_batches.gpu_probe(loss, len(tokenizer), seq_len, device, reserve)
     micro = micro_batches.choose(student, seq_len, world, record, fits)
     if micro.rows != (least := distributed.all_min(micro.rows)):  # every rank runs the same passes
         micro = MicroBatch(least, share // least, micro.how + f"; {least} rows, the least over ranks")
-    if record is not None and distributed.rank() == 0 and micro_batches.recorded(record, seq_len, share) is None:
+    if auto and record is not None and distributed.rank() == 0 and not micro_batches.recorded(record, seq_len, share):
         micro_batches.keep(record, micro, seq_len, share)
     speed_up(model, loss, student)
     peak_lr = student.lr or default_lr(student.preset)

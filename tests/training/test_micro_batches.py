@@ -94,3 +94,9 @@ def test_settings_that_cannot_go_together_are_refused_at_load():
     with pytest.raises(ValueError, match="compile: step with zero_stage 3 is not supported"):
         _student(compile=True, zero_stage=3)
     assert _student(compile=True).compile == "step" and _student(compile=False).compile == "off"
+
+
+def test_only_auto_is_measured_and_recorded():
+    assert micro_batches.is_auto(_student()) and micro_batches.is_auto(_student(micro_batch_tokens="auto"))
+    assert not micro_batches.is_auto(_student(micro_batch=4))
+    assert not micro_batches.is_auto(_student(micro_batch_tokens=4096))
