@@ -7,25 +7,18 @@ import pytest
 import torch
 
 from miniplm.models.linear_ce import head_of
-from miniplm.models.loading import load_model
 from miniplm.training.kd_losses import DEFAULT_BETA, LOSSES, KDLoss, TopKTeacher, distill_losses
 from miniplm.training.teacher import Teacher
+from tests.training.kd_models import VOCAB, student_and_teacher
 
-VOCAB = 300
 CHUNK = 7  # positions per chunk: 48 positions make 7 chunks, the last one short
 
 
 @pytest.fixture(scope="module")
 def models(tiny_models):
-    """A student (the tiny Qwen2) and a teacher (the tiny Llama) sharing a 300-token vocabulary, and a batch."""
-    torch.manual_seed(0)
-    student = load_model(tiny_models["reference"], "float32", "cpu")
-    teacher = Teacher(tiny_models["teacher"], VOCAB, "float32", "cpu")
-    # a sharper teacher than random weights give, so that the distributions differ clearly
-    with torch.no_grad():
-        teacher.model.get_output_embeddings().weight.mul_(8.0)
-    ids = torch.randint(3, VOCAB, (2, 25))
-    return student, teacher, ids
+    """A student (the tiny Qwen2) and a teacher (the tiny Llama) sharing a 300-token vocabulary, and a batch;
+    the teacher sharper than random weights give, so that the distributions differ clearly."""
+    return student_and_teacher(tiny_models, "float32", 8.0)
 
 
 def _mean_divergence64(

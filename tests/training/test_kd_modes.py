@@ -8,24 +8,17 @@ import pytest
 import torch
 
 from miniplm.models.linear_ce import Head, head_of
-from miniplm.models.loading import load_model
 from miniplm.training.kd_losses import KDLoss, SampledTeacher, TopKTeacher, distill_losses
 from miniplm.training.logit_modes import keep
-from miniplm.training.teacher import Teacher
+from tests.training.kd_models import student_and_teacher
 
-VOCAB = 300
 T = 1.5
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_models):
     """float64 student hidden states and head, and the teacher's log-probs at T, for 48 positions."""
-    torch.manual_seed(0)
-    student = load_model(tiny_models["reference"], "float64", "cpu")
-    teacher = Teacher(tiny_models["teacher"], VOCAB, "float32", "cpu")
-    with torch.no_grad():
-        teacher.model.get_output_embeddings().weight.mul_(80.0)  # peaked, as trained models are
-    ids = torch.randint(3, VOCAB, (2, 25))
+    student, teacher, ids = student_and_teacher(tiny_models, "float64", 80.0)  # peaked, as trained models are
     with torch.no_grad():
         hidden = student.base_model(input_ids=ids[:, :-1]).last_hidden_state.reshape(-1, 32)
         teacher_lp = torch.log_softmax(teacher.logits(teacher.side(ids[:, :-1]).hidden).double() / T, dim=-1)
