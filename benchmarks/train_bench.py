@@ -20,15 +20,17 @@ ones) in rows of --seq-len tokens, a global batch of --batch-tokens. Variants:
   graphs), +float8 (torchao's float8 matmuls).
 MFU counts every matmul of the forward and backward pass against the matmul
 rate measured in the same run, and on a GPU against the card's datasheet bf16
-dense peak (what other trainers publish). --json appends each figure as it is
-measured, so a run cut short keeps what it had.
+dense peak (what other trainers publish). Each variant runs in a process of its
+own (a kernel that crashes, or memory one leaves behind, spoils no other), and
+--json appends each figure as it is measured, so a run cut short keeps what it had.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +58,7 @@ VARIANTS = {  # in the order a GPU run times them: what matters most first, as a
     "auto+layers": {"micro_batch": None, "compile": "layers"},
 }
 GPU_VARIANTS = ["plain", *VARIANTS]
+RESULT = "RESULT "  # the line a variant's own process prints its figures on
 CPU_VARIANTS = ["plain", "rows", "auto+step", "auto"]
 
 
@@ -121,7 +124,8 @@ def random_rows(folder: Path, n: int, seq_len: int, vocab: int) -> TokenRows:
     return TokenRows(folder)
 
 
-def bench(preset: str, args, device: str, folder: Path) -> None:
+def measure(preset: str, name: str, args, device: str, folder: Path) -> dict:
+    """One variant's figures for one preset, measured in this process."""
     bf16 = device.startswith("cuda")
     vocab = 32768 if preset.startswith("tiny") else 151936
     seq_len = args.seq_len
@@ -129,47 +133,47 @@ def bench(preset: str, args, device: str, folder: Path) -> None:
         name="bench", preset=preset, tokens="bench", steps=args.steps, micro_batch=args.micro,
         batch_tokens=args.batch_tokens, gradient_checkpointing=False,
     )  # fmt: skip
-    rows = random_rows(folder / preset, 2 * args.batch_tokens // seq_len, seq_len, vocab)
+    rows = random_rows(folder, 2 * args.batch_tokens // seq_len, seq_len, vocab)
     flops = 3 * forward_flops_per_token(qwen_config(preset, vocab, seq_len, 0, 1), (seq_len + 1) / 2)
-    rate = matmul_rate(torch.bfloat16 if bf16 else torch.float32, device)
+    rate = args.matmul_tflops * 1e12  # measured once, by the parent: every variant against the same rate
     sheet = datasheet_peak(device) if bf16 else None
-    plain = float("nan")
-    for name in args.variants:
-        config = student if name == "plain" else student.model_copy(update=VARIANTS[name])
-        make = plain_step if name == "plain" else trainer_step
-        if bf16:
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            module, step, micro = make(StudentConfig(**config.model_dump()), vocab, seq_len, device, rows, args.micro)
-            params = sum(p.numel() for p in module.parameters())
-            seconds = timed(step, args.steps, device)
-        except Exception as e:  # one variant's failure (a kernel that does not build) leaves the others
-            print(f"{preset:<10} {name:<17} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            continue
-        finally:
-            module = step = None
-            gc.collect()
-        memory = torch.cuda.max_memory_allocated() / 2**30 if bf16 else None
-        if bf16:
-            torch.cuda.empty_cache()
-        tokens_per_s = args.steps * args.batch_tokens / seconds
-        plain = tokens_per_s if name == "plain" else plain
-        mfu, mfu_sheet = tokens_per_s * flops / rate, (tokens_per_s * flops / sheet if sheet else None)
-        sheet_text, memory_text = f"{mfu_sheet:.1%}" if sheet else "-", f"{memory:.1f}" if bf16 else "-"
-        print(
-            f"{preset:<10} {name:<17} {params / 1e6:>8.1f}M {micro:>12} {tokens_per_s:>12,.0f} "
-            f"{tokens_per_s / plain:>7.2f} {mfu:>7.1%} {sheet_text:>7} {memory_text:>7}",
-            flush=True,
-        )
-        if args.json:
-            figure = {
-                "bench": "train", "preset": preset, "device": device, "variant": name, "seq_len": seq_len,
-                "batch_tokens": args.batch_tokens, "micro": micro, "params": params, "tok_s": tokens_per_s,
-                "x_plain": tokens_per_s / plain, "mfu": mfu, "mfu_datasheet": mfu_sheet,
-                "matmul_tflops": rate / 1e12, "peak_memory_gb": memory,
-            }  # fmt: skip
-            with open(args.json, "a") as f:
-                f.write(json.dumps(figure) + "\n")
+    config = student if name == "plain" else StudentConfig(**student.model_copy(update=VARIANTS[name]).model_dump())
+    make = plain_step if name == "plain" else trainer_step
+    module, step, micro = make(config, vocab, seq_len, device, rows, args.micro)
+    params = sum(p.numel() for p in module.parameters())
+    tokens_per_s = args.steps * args.batch_tokens / timed(step, args.steps, device)
+    return {
+        "bench": "train", "preset": preset, "device": device, "variant": name, "seq_len": seq_len,
+        "batch_tokens": args.batch_tokens, "micro": micro, "params": params, "tok_s": tokens_per_s,
+        "mfu": tokens_per_s * flops / rate, "mfu_datasheet": tokens_per_s * flops / sheet if sheet else None,
+        "matmul_tflops": rate / 1e12, "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if bf16 else None,
+    }  # fmt: skip
+
+
+def in_own_process(preset: str, name: str, argv: list[str]) -> dict | str:
+    """`measure` in a process of its own: a variant that crashes (a kernel's illegal memory access
+    ends the process) or leaks GPU memory leaves the others as they were. Its figures, or why not."""
+    cmd = [sys.executable, __file__, *argv, "--preset", preset, "--variants", name, "--in-process"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line.removeprefix(RESULT))
+    last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["no output"]
+    return f"exit {done.returncode}: {last[0][:300]}"
+
+
+def report(figure: dict, plain: float, json_path: str | None) -> None:
+    figure["x_plain"] = figure["tok_s"] / plain
+    sheet = f"{figure['mfu_datasheet']:.1%}" if figure["mfu_datasheet"] is not None else "-"
+    memory = f"{figure['peak_memory_gb']:.1f}" if figure["peak_memory_gb"] is not None else "-"
+    print(
+        f"{figure['preset']:<10} {figure['variant']:<17} {figure['params'] / 1e6:>8.1f}M {figure['micro']:>12} "
+        f"{figure['tok_s']:>12,.0f} {figure['x_plain']:>7.2f} {figure['mfu']:>7.1%} {sheet:>7} {memory:>7}",
+        flush=True,
+    )
+    if json_path:  # as each figure comes: a run cut short keeps what it measured
+        with open(json_path, "a") as f:
+            f.write(json.dumps(figure) + "\n")
 
 
 def main() -> None:
@@ -183,23 +187,38 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=GPU_VARIANTS, help="default: all on GPU; a CPU's four")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed, after two not timed")
     parser.add_argument("--json", help="append the figures to this file (JSON lines)")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # one variant, here
+    parser.add_argument("--matmul-tflops", type=float, help=argparse.SUPPRESS)  # the parent's measured rate
     args = parser.parse_args()
-    init_distributed()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     gpu = device != "cpu"
     args.seq_len = args.seq_len or (1024 if gpu else 256)
     args.micro = args.micro or (8 if gpu else 4)
     args.batch_tokens = args.batch_tokens or (131_072 if gpu else 4_096)
     args.variants = args.variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)
+    if args.in_process:
+        init_distributed()  # here only: the processes of the variants each join a group of their own
+        with tempfile.TemporaryDirectory() as folder:
+            print(RESULT + json.dumps(measure(args.preset[0], args.variants[0], args, device, Path(folder))))
+        return
     card = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"{card}; MFU against the matmul rate measured here and against the datasheet bf16 peak")
     print(
         f"{'preset':<10} {'trainer':<17} {'params':>9} {'micro-batch':>12} {'tokens/s':>12} {'x plain':>7} "
         f"{'MFU':>7} {'MFU@ds':>7} {'mem GB':>7}"
     )
-    with tempfile.TemporaryDirectory() as folder:
-        for preset in args.preset:
-            bench(preset, args, device, Path(folder))
+    shared = ["--seq-len", str(args.seq_len), "--micro", str(args.micro), "--batch-tokens", str(args.batch_tokens)]
+    rate = matmul_rate(torch.bfloat16 if gpu else torch.float32, device)
+    shared += ["--steps", str(args.steps), "--matmul-tflops", str(rate / 1e12)]
+    for preset in args.preset:
+        plain = float("nan")
+        for name in args.variants:
+            figure = in_own_process(preset, name, shared)
+            if isinstance(figure, str):
+                print(f"{preset:<10} {name:<17} failed: {figure}", flush=True)
+                continue
+            plain = figure["tok_s"] if name == "plain" else plain
+            report(figure, plain, args.json)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ if [[ $mode == cpu ]]; then
     vocab=1024
 else
     tests=(-m gpu tests/gpu)
-    limits=(240 100 120 130 420 240 300)
+    limits=(240 100 120 130 540 240 300)
     score_args=(--shape qwen-1.8b ref-104m --compile)
     train_args=(--preset qwen-200m qwen-1.2b --steps 5)
     kd_args=(--student qwen-200m --teacher qwen-1.8b --steps 6)
