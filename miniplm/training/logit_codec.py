@@ -40,8 +40,10 @@ def unpack_ids(data: np.ndarray | bytes, n: int, bits: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if bits == 16:
         return raw[: 2 * n].view(">u2").astype(np.int64)
-    unpacked = np.unpackbits(raw, count=n * bits).reshape(n, bits).astype(np.int64)
-    return unpacked @ (np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    # each id's bits right-aligned in 32, packed again as big-endian uint32: no arithmetic per bit
+    padded = np.zeros((n, 32), dtype=np.uint8)
+    padded[:, 32 - bits :] = np.unpackbits(raw, count=n * bits).reshape(n, bits)
+    return np.packbits(padded, axis=1).view(">u4").ravel().astype(np.int64)
 
 
 def quantize(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -102,33 +102,31 @@ class LogitsLayout:
 
     def decode(self, row: dict[str, np.ndarray]) -> StoredRow:
         """One row's stored columns (as `TeacherLogitRows` reads them) as arrays per position."""
-        n, k = self.seq_len, self.top_k
-        counts = row["counts"].astype(np.int64) if self.mode == "top_p" else np.full(n, k)
-        kept = np.arange(k) < counts[:, None]
-        per_position = counts + self.has_rest
-        flat = row["logprobs"]
-        if self.logprob_dtype == "uint8":
-            starts = np.repeat(np.arange(n), per_position)
-            scales = row["scales"].reshape(n, 2)[starts]
-            flat = logit_codec.dequantize(flat[:, None], scales)[:, 0]
-        flat = flat.astype(np.float32)
-        ends = np.cumsum(per_position)
-        values = np.full((n, k + self.has_rest), -np.inf, dtype=np.float32)
-        slots = np.concatenate([kept, np.ones((n, 1), bool)], axis=1) if self.has_rest else kept
-        if self.has_rest:  # the remaining mass is each position's last value
-            values[:, k] = flat[ends - 1]
-            values[:, :k][kept] = np.delete(flat, ends - 1)
-        else:
-            values[slots] = flat
+        n, k, width = self.seq_len, self.top_k, self.top_k + self.has_rest
+        flat, quantized = row["logprobs"], self.logprob_dtype == "uint8"
+        kept = None
+        if self.mode != "top_p":  # every position holds k values (and its rest): plain reshapes
+            values = flat.reshape(n, width)
+            values = logit_codec.dequantize(values, row["scales"].reshape(n, 2)) if quantized else values
+            values = values.astype(np.float32)
+            ids = logit_codec.unpack_ids(row["ids"], n * k, self.bits).reshape(n, k)
+        else:  # each position its kept values, then its rest: in row-major order of the slots in use
+            counts = row["counts"].astype(np.int64)
+            kept = np.arange(k) < counts[:, None]
+            if quantized:
+                scales = row["scales"].reshape(n, 2)[np.repeat(np.arange(n), counts + 1)]
+                flat = logit_codec.dequantize(flat[:, None], scales)[:, 0]
+            values = np.full((n, width), -np.inf, dtype=np.float32)
+            values[np.concatenate([kept, np.ones((n, 1), bool)], axis=1)] = flat
+            ids = np.zeros((n, k), dtype=np.int64)
+            ids[kept] = logit_codec.unpack_ids(row["ids"], int(counts.sum()), self.bits)
+            ids = np.where(kept, ids, ids[:, :1])  # unused slots repeat a kept id (their log-prob is -inf)
         if self.has_rest and self.top_k == self.vocab:
             values[:, k] = -np.inf  # every token kept: nothing remains
-        if self.logprob_dtype == "uint8" and self.has_rest:  # each position's outcomes sum to 1 again
-            values -= np.logaddexp.reduce(values, axis=1, keepdims=True)
-        ids = np.zeros((n, k), dtype=np.int64)
-        ids[kept] = logit_codec.unpack_ids(row["ids"], int(counts.sum()), self.bits)
-        ids = np.where(kept, ids, ids[:, :1])  # unused slots repeat a kept id (their log-prob is -inf)
-        rest = values[:, k] if self.has_rest else None
-        return StoredRow(ids, values[:, :k], rest, None if self.mode != "top_p" else kept)
+        if quantized and self.has_rest:  # each position's outcomes sum to 1 again
+            top = values.max(axis=1, keepdims=True)
+            values -= top + np.log(np.exp(values - top).sum(axis=1, keepdims=True))
+        return StoredRow(ids, values[:, :k], values[:, k] if self.has_rest else None, kept)
 
 
 @dataclass
