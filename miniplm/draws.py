@@ -1,4 +1,4 @@
-"""A uniform draw per unit from a seeded hash of its id alone.
+"""A uniform draw per unit from a seeded hash of its id alone; seeds derived from names and numbers.
 
 The random strategies (`random`, `difference-sample`) and the random controls draw a number per
 unit. Drawn from its id and the seed, and nothing else, it is the same whichever shard holds the
@@ -11,6 +11,8 @@ polars' own `hash`.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import polars as pl
@@ -49,3 +51,10 @@ def hash_ids(ids: pl.Series, seed: int) -> np.ndarray:
 def uniform_by_id(ids: pl.Series, seed: int) -> np.ndarray:
     """A uniform draw in (0, 1) per id: the top 53 bits of its seeded hash, never exactly 0 or 1."""
     return ((hash_ids(ids, seed) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed from its parts (a job's seed, names, shard and batch numbers): the same parts,
+    the same seed, on any machine; a worker resuming a shard draws what it would have drawn."""
+    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)

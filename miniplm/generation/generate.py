@@ -17,7 +17,6 @@ of workers write what one writes (for a given backend and device).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from miniplm import compute, outputs
 from miniplm.batch_checkpoints import BatchCheckpoints
+from miniplm.draws import derived_seed
 from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_path, atomic_write_json
@@ -57,19 +57,14 @@ def part_for(entry: GenerateConfig) -> Part:
     return STAGE.part_for(entry)
 
 
-def _derived_seed(*parts: object) -> int:
-    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & (2**63 - 1)
-
-
 def batch_seed(seed: int, name: str, shard: int, batch: int) -> int:
     """The torch seed set right before batch `batch` of shard `shard` is generated (hf backend)."""
-    return _derived_seed(seed, name, shard, batch)
+    return derived_seed(seed, name, shard, batch)
 
 
 def prompt_seed(seed: int, name: str, prompt_id: str) -> int:
     """The per-prompt seed (vllm backend)."""
-    return _derived_seed(seed, name, prompt_id)
+    return derived_seed(seed, name, prompt_id)
 
 
 def generation_flops(config, input_tokens: int, new_tokens: int) -> float:

@@ -60,9 +60,9 @@ class Teacher:
         """What a teacher_logits set of `mode` keeps (training/logit_modes.py) of softmax(logits /
         temperature) at each position of `hidden` ([positions, d]), a chunk of positions at a time;
         on the CPU. `generator` draws the samples of mode sampled (on the teacher's device)."""
-        parts = []
-        for s in range(0, hidden.shape[0], chunk_rows(self.vocab)):
-            lp = torch.log_softmax(self.logits(hidden[s : s + chunk_rows(self.vocab)]) / temperature, dim=-1)
+        parts, chunk = [], chunk_rows(self.vocab)
+        for s in range(0, hidden.shape[0], chunk):
+            lp = torch.log_softmax(self.logits(hidden[s : s + chunk]) / temperature, dim=-1)
             parts.append(keep(lp, mode, k, p, generator))
         joined = {f: [getattr(part, f) for part in parts] for f in ("ids", "logp", "rest", "counts")}
         return Kept(*(torch.cat(v).cpu() if v[0] is not None else None for v in joined.values()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +30,7 @@ from miniplm.compute import record
 from miniplm.corpus import tokenize
 from miniplm.corpus.instance_rows import PAD
 from miniplm.corpus.tokens import row_blocks
+from miniplm.draws import derived_seed
 from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_write_json, file_lock
@@ -127,7 +127,7 @@ def logits_shard(run: StageRun, teacher, index: int, token_file: Path, bar: tqdm
             batch = torch.from_numpy(rows[starts[b] : starts[b] + per_batch, :-1].astype(np.int64))
             hidden = teacher.hidden(batch)
             # draws seeded by (job seed, set, shard, batch): a resumed shard draws what it would have
-            generator = torch.Generator(teacher.device).manual_seed(_draw_seed(run.job.seed, entry.name, index, b))
+            generator = torch.Generator(teacher.device).manual_seed(derived_seed(run.job.seed, entry.name, index, b))
             kept = teacher.keep(
                 hidden.reshape(-1, hidden.shape[-1]), entry.mode, entry.top_k, entry.temperature, entry.top_p, generator
             )
@@ -173,10 +173,6 @@ def _kept_words(counts: dict) -> str:
 
 def layout_of(entry: TeacherLogitsSet, seq_len: int, vocab: int) -> LogitsLayout:
     return LogitsLayout(seq_len, entry.top_k, vocab, entry.temperature, entry.logprob_dtype, entry.mode, entry.top_p)
-
-
-def _draw_seed(seed: int, name: str, shard: int, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode()), shard, batch]).generate_state(1)[0])
 
 
 def _read_back(saved: list[Path], run: StageRun) -> Iterator[pa.Table]:
