@@ -23,27 +23,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-mode=gpu
-out=""
 only=",corpus,tokenizer,teacher,reference,select,students,eval,"
-while (($#)); do
-    case $1 in
-        --cpu) mode=cpu ;;
-        --out) out=$2; shift ;;
-        --steps) only=",$2,"; shift ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
-        *) echo "evidence.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-    esac
-    shift
-done
-out=$(mkdir -p "${out:-runs/evidence-$mode}" && cd "${out:-runs/evidence-$mode}" && pwd)
-work=${MINIPLM_GPU_WORK:-/tmp/miniplm-evidence-$mode}
-rm -rf "$work" "$out/logs" "$out"/*.jsonl "$out/table.md" "$out/report"
-mkdir -p "$work" "$out/logs"
-: >"$out/steps.jsonl"
-date -u +%Y-%m-%dT%H:%M:%SZ >"$out/started.txt"
-
-source benchmarks/gpu/lib.sh
+help_lines=2,22 results=evidence
+source benchmarks/gpu/lib.sh "$@"
 
 ev=$work/evidence
 if [[ $mode == cpu ]]; then

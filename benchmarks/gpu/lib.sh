@@ -1,9 +1,30 @@
-# What benchmarks/gpu/run.sh and evidence.sh share, sourced by both after they set mode (gpu or cpu),
-# out (where results go), work (installed packages, run directories) and only (",step,step,"):
-# `step` runs one step under a time limit and records it; then the interpreter: the machine's own
-# on a GPU machine, or on this one a venv with what the GPU image holds (made once and kept); the
-# wheel folder installed into $work/site; PYTHONPATH, the offline switches and OUT/card.txt set.
+# What benchmarks/gpu/run.sh and evidence.sh share, sourced by both with their arguments after they
+# set repo, only (the steps run by default, ",step,step,"), help_lines (their header) and results
+# (the name of their OUT folder): the options (--cpu, --out DIR, --steps A,B, --help), a clean OUT
+# (logs/, steps.jsonl, started.txt) and work folder; `step`, which runs one step under a time limit
+# and records it; then the interpreter: the machine's own on a GPU machine, or on this one a venv
+# with what the GPU image holds (made once and kept); the wheel folder installed into $work/site;
+# PYTHONPATH, the offline switches and OUT/card.txt set.
 
+mode=gpu
+out=""
+script=$(basename "$0")
+while (($#)); do
+    case $1 in
+        --cpu) mode=cpu ;;
+        --out) out=$2; shift ;;
+        --steps) only=",$2,"; shift ;;
+        -h | --help) sed -n "${help_lines}p" "$0"; exit 0 ;;
+        *) echo "$script: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+out=$(mkdir -p "${out:-runs/$results-$mode}" && cd "${out:-runs/$results-$mode}" && pwd)
+work=${MINIPLM_GPU_WORK:-/tmp/miniplm-$results-$mode}   # installed packages and run directories: not sent back
+rm -rf "$work" "$out/logs" "$out"/*.jsonl "$out/table.md" "$out/report"
+mkdir -p "$work" "$out/logs"
+: >"$out/steps.jsonl"
+date -u +%Y-%m-%dT%H:%M:%SZ >"$out/started.txt"
 wheels=$repo/.whl/gpu
 
 step() { # step NAME LIMIT_SECONDS COMMAND...
@@ -41,7 +62,7 @@ if [[ $mode == cpu ]]; then
 else
     py=${PYTHON:-python3}
 fi
-[[ -d $wheels ]] || echo "$(basename "$0"): no $wheels; run benchmarks/gpu/build_wheels.sh on a machine with a network first" >&2
+[[ -d $wheels ]] || echo "$script: no $wheels; run benchmarks/gpu/build_wheels.sh on a machine with a network first" >&2
 
 site=$work/site
 step install 40 "$py" -m pip install --no-index --no-deps --find-links "$wheels" --target "$site" \

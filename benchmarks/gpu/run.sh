@@ -26,27 +26,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-mode=gpu
-out=""
-only=",tests,demo-teacher,demo,score,train,"
-while (($#)); do
-    case $1 in
-        --cpu) mode=cpu ;;
-        --out) out=$2; shift ;;
-        --steps) only=",$2,"; shift ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-    esac
-    shift
-done
-out=$(mkdir -p "${out:-runs/gpu-check-$mode}" && cd "${out:-runs/gpu-check-$mode}" && pwd)
-work=${MINIPLM_GPU_WORK:-/tmp/miniplm-gpu-$mode}   # installed packages and run directories: not sent back
-rm -rf "$work" "$out/logs" "$out"/*.jsonl "$out/table.md"
-mkdir -p "$work" "$out/logs"
-: >"$out/steps.jsonl"
+only=",tests,demo-teacher,demo,score,train,"   # the steps run unless --steps names others
+help_lines=2,25 results=gpu-check
+source benchmarks/gpu/lib.sh "$@"
 : >"$out/bench.jsonl"
-
-source benchmarks/gpu/lib.sh
 
 demo=$work/demo
 teacher_job=(jobs/demo-gpu-teacher.yaml "run_dir=$demo/teacher" "tokenize.0.tokenizer=$demo/tokenizer")

@@ -252,11 +252,6 @@ class TeacherLogitRows:
             {name: values[offsets[r] : offsets[r + 1]] for name, (offsets, values) in self._blocks[b].items()}
         )
 
-    def row(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """ids and log-probs [seq_len, k] and the remaining mass [seq_len] of row i."""
-        row = self.stored(i)
-        return row.ids, row.logp, row.rest
-
     def batch(self, indices: np.ndarray, device: str | torch.device) -> StoredRow:
         """The rows at `indices`, flattened to positions, as tensors on `device`: ids (int64) and
         log-probs (float32) [rows * seq_len, k], remaining mass [rows * seq_len], kept slots."""

@@ -62,7 +62,6 @@ class Prepared:
     rows_per_step: int
     counted: ModelFlops
     peak_lr: float
-    peak_memory: int = 0  # bytes: the most the GPU held, read after steps
 
 
 def prepare(

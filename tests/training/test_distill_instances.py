@@ -123,7 +123,8 @@ def test_stored_log_probs_are_the_teachers_at_every_predicted_position(run, tiny
         log_p = torch.log_softmax(teacher(input_ids=torch.from_numpy(rows[:, :-1]).clamp(min=0)).logits.double(), -1)
     predicted = rows[:, 1:] != PAD
     for i in range(len(tokens)):
-        ids, logp, _ = stored.row(i)
+        row = stored.stored(i)
+        ids, logp = row.ids, row.logp
         want = log_p[i].gather(1, torch.from_numpy(ids.astype(np.int64))).numpy()
         assert np.allclose(logp[predicted[i]], want[predicted[i]], atol=2e-5)
     counts = json.loads((run_dir / "manifest.json").read_text())["stages"]["teacher-logits/full"]["counts"]
