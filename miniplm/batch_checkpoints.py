@@ -18,24 +18,30 @@ import pyarrow.parquet as pq
 from miniplm.files import atomic_path, atomic_write_text
 
 
+def start_folder(folder: Path, environment: str, results: str) -> None:
+    """Make a shard's progress folder, or keep it when its results (files matching the glob `results`)
+    were computed in the same environment; results from another are deleted with a word."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env_file = folder / "environment.txt"
+    if env_file.exists() and env_file.read_text() != environment:
+        print(
+            f"{folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
+            f"now {environment!r}; computing the shard again",
+            file=sys.stderr,
+        )
+        for f in folder.glob(results):
+            f.unlink()
+    if not env_file.exists() or env_file.read_text() != environment:
+        atomic_write_text(env_file, environment)
+
+
 class BatchCheckpoints:
     """Results of consecutive batches in files `batches-FIRST-LAST.parquet`: tables, or rows keyed
     by (doc, start)."""
 
     def __init__(self, folder: Path, environment: str):
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        env_file = folder / "environment.txt"
-        if env_file.exists() and env_file.read_text() != environment:
-            print(
-                f"{folder.name}: checkpoints were computed on {env_file.read_text()!r}, "
-                f"now {environment!r}; computing the shard again",
-                file=sys.stderr,
-            )
-            for f in folder.glob("batches-*.parquet"):
-                f.unlink()
-        if not env_file.exists() or env_file.read_text() != environment:
-            atomic_write_text(env_file, environment)
+        start_folder(folder, environment, "batches-*.parquet")
 
     def saved(self) -> tuple[int, list[Path]]:
         """(the first batch not saved, the files of the batches before it, in order). A file that
