@@ -33,7 +33,7 @@ class Backend(Protocol):
 
 
 def pick_backend(requested: str, device: str) -> str:
-    """hf or vllm; a ConfigError when vllm is asked for where it cannot run."""
+    """hf, vllm or server; a ConfigError when vllm is asked for where it cannot run."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if requested == "auto":
         return "vllm" if has_vllm and device.startswith("cuda") else "hf"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,7 +36,7 @@ from miniplm.entry_stage import EntryStage
 from miniplm.errors import ConfigError
 from miniplm.files import atomic_path, atomic_write_json
 from miniplm.generation import prompts as P
-from miniplm.inputs import Files, Input, Model
+from miniplm.inputs import Files, Input, Model, Tokenizer
 from miniplm.lookups import source_model
 from miniplm.models.flops import forward_flops_per_token
 from miniplm.models.loading import load_tokenizer, pick_device, resolve_model
@@ -131,25 +132,38 @@ def _assemble(run: StageRun, backend, shard: P.PromptShard, results: dict) -> tu
         )
     }
     stats: dict[str, Any] = dict.fromkeys(STATS, 0) | {"finish_reasons": dict.fromkeys(FINISH_REASONS, 0)}
+    served = backend.name == "server"
+    if served:
+        stats |= {"server_prompt_tokens": 0, "requests_failed": {}}
     for i, prompt in enumerate(shard.tokens):
+        prompt_text = tokenizer.decode(prompt, skip_special_tokens=True)
         for k in range(entry.samples):
             row = results[(i, k)]
-            new, finish = list(row["tokens"]), row["finish"]
+            if "failed" in row:  # refused by the server: counted by reason, never a silent gap
+                stats["requests_failed"][row["failed"]] = stats["requests_failed"].get(row["failed"], 0) + 1
+                continue
+            finish = row["finish"]
+            if served:  # the server's text, and its token counts
+                n_new, eos_read = row["new_tokens"], 0
+                text = prompt_text + row["text"] if entry.include_prompt else row["text"]
+                stats["server_prompt_tokens"] += row["server_prompt_tokens"]
+            else:
+                new = list(row["tokens"])
+                n_new, eos_read = len(new), finish == "eos"
+                text = tokenizer.decode(prompt + new if entry.include_prompt else new, skip_special_tokens=True)
             columns["id"].append(f"{entry.name}-{shard.ids[i]}-{k}")
-            columns["text"].append(
-                tokenizer.decode(prompt + new if entry.include_prompt else new, skip_special_tokens=True)
-            )
+            columns["text"].append(text)
             columns["source"].append(entry.name)
             columns["prompt_id"].append(shard.ids[i])
             columns["prompt_source"].append(shard.sources[i])
-            columns["prompt"].append(tokenizer.decode(prompt, skip_special_tokens=True))
+            columns["prompt"].append(prompt_text)
             columns["prompt_tokens"].append(len(prompt))
-            columns["new_tokens"].append(len(new))
+            columns["new_tokens"].append(n_new)
             columns["finish_reason"].append(finish)
             stats["rows"] += 1
-            stats["new_tokens"] += len(new)
+            stats["new_tokens"] += n_new
             stats["finish_reasons"][finish] += 1
-            stats["flops"] += generation_flops(backend.config, 1 + len(prompt), len(new) + (finish == "eos"))
+            stats["flops"] += generation_flops(backend.config, 1 + len(prompt), n_new + eos_read)
         stats["prompts"] += 1
         stats["prompt_tokens"] += len(prompt)
     stats["prompts_too_long"] = shard.too_long
@@ -166,7 +180,7 @@ class GenerateContext:
     tokenizer: Any
     prefix: int  # the token every prompt is read after
     device: Any
-    backend: str  # hf or vllm
+    backend: str  # hf, vllm or server
     sources: list[tuple[Path, int]] | None = None  # per generated shard, its prompt shard and rows to read
 
 
@@ -201,12 +215,14 @@ class Generate(EntryStage):
                 entry.prompts, why=f"generate {entry.name!r} takes its prompts from the {entry.prompts} split"
             )
         backend = pick_backend(entry.backend, pick_device(entry.device))
+        # behind a server, the weights are the server's (named in the settings); here only the tokenizer
+        local = Tokenizer("tokenizer", resolve_model(spec.model)) if backend == "server" else None
         return [
             json.dumps(hashable_dump(entry), sort_keys=True),
             spec.model_dump_json(),
             backend,
             prompts,
-            Model("model", resolve_model(spec.model)),
+            local or Model("model", resolve_model(spec.model)),
         ]
 
     def spends_compute(self, entry: str) -> bool:
@@ -240,9 +256,12 @@ class Generate(EntryStage):
         tokenizer = load_tokenizer(spec.model)
         tokenizer.model_max_length = sys.maxsize  # prompts are cut here, not by the tokenizer
         device = pick_device(entry.device)
-        return GenerateContext(
-            spec, tokenizer, prefix_token(tokenizer, spec.model), device, pick_backend(entry.backend, device)
-        )
+        backend = pick_backend(entry.backend, device)
+        if backend == "server":  # a wrong URL, key or model name stops here, before any shard
+            from miniplm.server.client import ServerClient
+
+            ServerClient(entry.server).check()
+        return GenerateContext(spec, tokenizer, prefix_token(tokenizer, spec.model), device, backend)
 
     def outputs(self, run: StageRun) -> list[Path]:
         return [run.rd.generated(run.part.item.name)]
@@ -268,13 +287,18 @@ class Generate(EntryStage):
         return [shard_name(k, "") for k in range(len(self._sources(run)))]
 
     def run_shards(self, run: StageRun, todo: list[int]) -> None:
+        from miniplm.generation import served
         from miniplm.generation.backends import HFBackend, VLLMBackend
 
         entry: GenerateConfig = run.part.item
         ctx: GenerateContext = run.context
         rd, tokenizer, spec = run.rd, ctx.tokenizer, ctx.model
         sources = self._sources(run)
-        if ctx.backend == "vllm":
+        if ctx.backend == "server":
+            from transformers import AutoConfig
+
+            backend = served.ServerBackend(entry, tokenizer, AutoConfig.from_pretrained(resolve_model(spec.model)))
+        elif ctx.backend == "vllm":
             backend = VLLMBackend(spec.model, spec.dtype, entry, tokenizer.eos_token_id)
         else:
             backend = HFBackend(
@@ -293,7 +317,10 @@ class Generate(EntryStage):
                 if rd.stage_state(run.name).get("state") == "done":
                     break  # a late worker: the others finished meanwhile
                 shard = P.read_prompts(*sources[k], entry, tokenizer, k, P.context_length(backend.config))
-                table, stats = generate_shard(run, backend, shard, progress)
+                if ctx.backend == "server":
+                    table, stats = _assemble(run, backend, shard, served.generate_shard(run, backend, shard, progress))
+                else:
+                    table, stats = generate_shard(run, backend, shard, progress)
                 with atomic_path(rd.generated_shard(entry.name, k)) as tmp:
                     pq.write_table(table, tmp, compression="zstd")
                 atomic_write_json(rd.generated(entry.name) / shard_name(k, ".json"), stats)
@@ -308,6 +335,9 @@ class Generate(EntryStage):
         per_shard = [json.loads(p.read_text()) for p in sorted(out.glob("shard-*.json"))]
         counts: dict[str, Any] = {key: sum(s.get(key, 0) for s in per_shard) for key in STATS}
         counts["finish_reasons"] = {r: sum(s["finish_reasons"][r] for s in per_shard) for r in FINISH_REASONS}
+        if entry.backend == "server":
+            counts["server_prompt_tokens"] = sum(s["server_prompt_tokens"] for s in per_shard)
+            counts["requests_failed"] = dict(sum((Counter(s["requests_failed"]) for s in per_shard), Counter()))
         counts["shards"] = len(per_shard)
         if isinstance(entry.prompts, PromptFile):
             read = P.file_prompt_stats(P.prompt_folder(run.rd, run.name))
@@ -329,15 +359,21 @@ class Generate(EntryStage):
                 f"generate {name}: {c['prompts_too_long']:,} prompts skipped, too long for the "
                 "model's context (counted as rejected: too_long)"
             )
+        for reason, n in c.get("requests_failed", {}).items():
+            lines.append(f"generate {name}: {n:,} requests refused by the server, no text written ({reason})")
         return lines
 
     def warnings(self, job: JobConfig, result: dict[str, dict | None]) -> list[str]:
-        """An entry that wrote no text: a token set made from it would be empty."""
+        """An entry that wrote no text (a token set made from it would be empty), and requests a server
+        refused (their rows are missing)."""
         found = []
         for part, c in result.items():
+            name = part.removeprefix(f"{NAME}/")
+            if c is not None and c.get("requests_failed"):
+                reasons = "; ".join(f"{n:,} x {r}" for r, n in c["requests_failed"].items())
+                found.append(f"generate {name}: the server refused requests, their rows are missing: {reasons}")
             if c is None or c["rows"]:
                 continue
-            name = part.removeprefix(f"{NAME}/")
             too_long = c.get("prompts_too_long")
             skipped = f"; {too_long:,} skipped, too long for the model's context" if too_long else ""
             found.append(

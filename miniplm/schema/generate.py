@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from miniplm.schema.base import EXECUTION_ONLY, Name, Strict
 from miniplm.schema.corpus import Split
+from miniplm.schema.server import ServerConfig
 
 
 class PromptFile(Strict):
@@ -45,11 +46,13 @@ class GenerateConfig(Strict):
         description="text is the prompt followed by its continuation (MiniPLM's "
         "SeqKD corpus); false: the continuation alone",
     )
-    backend: Literal["auto", "hf", "vllm"] = Field(
+    backend: Literal["auto", "hf", "vllm", "server"] = Field(
         "auto",
         description="hf: batched Hugging Face generate (CPU or GPU); vllm: on a GPU, when installed; "
-        "auto: vllm where it can run, else hf",
+        "auto: vllm where it can run, else hf; server: a teacher behind an OpenAI-compatible server "
+        "(`server:`), `model` naming its tokenizer",
     )
+    server: ServerConfig | None = Field(None, description="backend: server: where the teacher is served")
     limit: int | None = Field(None, gt=0, description="use only the first N prompts")
     batch_tokens: int = Field(
         16384,
@@ -62,3 +65,11 @@ class GenerateConfig(Strict):
     )
     report_examples: int = Field(8, ge=0, description="examples shown in the report", json_schema_extra=EXECUTION_ONLY)
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+
+    @model_validator(mode="after")
+    def _server_with_its_backend(self) -> "GenerateConfig":
+        if self.backend == "server" and self.server is None:
+            raise ValueError("backend: server needs `server: {url: ..., model: ...}`")
+        if self.server is not None and self.backend != "server":
+            raise ValueError(f"`server:` is set and backend is {self.backend!r}: set backend: server")
+        return self
