@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from miniplm.schema.base import EXECUTION_ONLY, KERNELS_HELP, KernelChoice, Strict
+from miniplm.schema.server import ServerConfig
 
 
 class ScoreConfig(Strict):
@@ -26,6 +27,12 @@ class ScoreConfig(Strict):
         "difference score (the selection's token budgets still count whole documents)",
     )
     save_token_logprobs: bool = False
+    teacher_server: ServerConfig | None = Field(
+        None,
+        description="score with a teacher behind an OpenAI-compatible server that returns prompt log-probs "
+        "(completions with echo and logprobs: vLLM, SGLang, llama-cpp-python); teacher.model then names "
+        "its tokenizer",
+    )
     device: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
     packing: Literal["auto", "packed", "padded"] = Field(
         "auto",
@@ -46,6 +53,11 @@ class ScoreConfig(Strict):
             raise ValueError(f"stride ({self.stride}) must be below max_length ({self.max_length})")
         if self.max_tokens is not None and self.unit != "document":
             raise ValueError("max_tokens cuts documents short, and unit is instance: packed instances are scored whole")
+        if self.teacher_server is not None and self.teacher_server.prompt == "text":
+            raise ValueError(
+                "teacher_server.prompt: text: scoring sends token ids (the log-probs must be of the job's own "
+                "tokens); use a server that takes them (vLLM, SGLang)"
+            )
         if self.batch_tokens < self.max_length:
             raise ValueError(
                 f"batch_tokens ({self.batch_tokens}) must hold one window of max_length ({self.max_length})"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from miniplm import outputs
 from miniplm.errors import ConfigError, StageError
 from miniplm.files import atomic_path
-from miniplm.inputs import Input, Model
+from miniplm.inputs import Input, Model, Tokenizer
 from miniplm.lookups import reference_model
 from miniplm.models.loading import check_same_tokenizer, load_model, load_tokenizer, pick_device, resolve_model
 from miniplm.models.text_tokens import token_ids
@@ -40,6 +40,7 @@ from miniplm.stage import Part, ShardedStage, StageRun, doc_shard_keys
 
 if TYPE_CHECKING:
     from miniplm.scoring.logprobs import Scorer
+    from miniplm.scoring.served import ServedTeacher
 
 NAME = "score"
 MODELS = ("teacher", "reference")
@@ -109,13 +110,23 @@ def _environment(scorer: Scorer) -> str:
     return ", ".join([*parts, scorer.describe()])
 
 
-def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, progress: TokenRate) -> pa.Table:
+def score_shard(
+    job: JobConfig,
+    shard: ShardTokens,
+    scorer: Scorer,
+    rd: RunDir,
+    progress: TokenRate,
+    teacher: ServedTeacher | None = None,
+) -> pa.Table:
+    """A shard's rows; the teacher in `scorer` with the reference, or behind a server (`teacher`)."""
     from miniplm.batch_checkpoints import BatchCheckpoints
 
     cfg = job.score
     windows = shard.windows(cfg.max_length, cfg.stride)
     batches = scorer.plan(windows)
-    checkpoints = BatchCheckpoints(rd.work(NAME) / shard_name(shard.index, ""), _environment(scorer))
+    folder = rd.work(NAME) / shard_name(shard.index, "")
+    environment = _environment(scorer) + (f", {teacher.describe()}" if teacher is not None else "")
+    checkpoints = BatchCheckpoints(folder, environment)
     done, results = checkpoints.load()
     # documents with nothing to score, and those finished before a restart
     progress.update(
@@ -123,9 +134,15 @@ def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, 
         + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results)
     )
 
+    served = None
+    if teacher is not None:
+        served = teacher.start(folder / "teacher-requests", [w for b in batches[done:] for w in b], shard.sequences)
+
     def scored() -> Iterator[list[dict]]:
         for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):
             batch, rows = batches[b], []
+            if served is not None:
+                per_model["teacher"] = served.take(batch)
             for i, w in enumerate(batch):
                 row = {"doc": w.doc, "start": w.start}
                 for name in MODELS:
@@ -137,13 +154,17 @@ def score_shard(job: JobConfig, shard: ShardTokens, scorer: Scorer, rd: RunDir, 
             progress.update(sum(w.end == len(shard.sequences[w.doc]) for w in batch), sum(w.scored for w in batch))
             yield rows
 
-    checkpoints.keep(
-        scored(),
-        done,
-        len(batches),
-        cfg.checkpoint_every,
-        lambda first, last, rows: checkpoints.save_rows(first, last, rows, results),
-    )
+    try:
+        checkpoints.keep(
+            scored(),
+            done,
+            len(batches),
+            cfg.checkpoint_every,
+            lambda first, last, rows: checkpoints.save_rows(first, last, rows, results),
+        )
+    finally:
+        if served is not None:
+            served.close()
     return _assemble(job, shard, windows, results)
 
 
@@ -224,9 +245,11 @@ class Score(ShardedStage):
         if job.teacher is None or job.reference is None:
             return []
         trained = [outputs.trained("reference")] if job.reference.train is not None else []
+        # behind a server, the teacher's weights are the server's (named in the settings); here its tokenizer
+        served = job.score.teacher_server is not None
         return [
             outputs.documents("main"),
-            Model("teacher", resolve_model(job.teacher.model)),
+            (Tokenizer if served else Model)("teacher", resolve_model(job.teacher.model)),
             Model("reference", resolve_model(reference_model(job))),
             *trained,
             *([sample_setting(job)] if job.proxy_use == "instead" else []),
@@ -256,6 +279,10 @@ class Score(ShardedStage):
             if tokenizer.eos_token_id is None:
                 raise ConfigError(f"score.unit: instance joins documents with EOS, and {job.teacher.model!r} has none")
             boundaries = Boundaries.for_tokenizer(tokenizer)
+        if job.score.teacher_server is not None:  # a wrong URL, key or model name stops here, before any shard
+            from miniplm.scoring.served import ServedTeacher
+
+            ServedTeacher(job.score.teacher_server, prefix_token(tokenizer, job.teacher.model)).check()
         sample_rates = None
         if job.proxy_use == "instead":
             from miniplm.scoring.sample import rates, source_counts
@@ -294,10 +321,16 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
     cfg = job.score
     device = pick_device(cfg.device)
     packed = use_packing(cfg.packing, device)
-    models = {
-        "teacher": load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels),
-        "reference": load_model(reference_model(job), job.reference.dtype, device, packed=packed, kernels=cfg.kernels),
-    }
+    models, teacher = {}, None
+    if cfg.teacher_server is not None:
+        from miniplm.scoring.served import ServedTeacher
+
+        teacher = ServedTeacher(cfg.teacher_server, bos)
+    else:
+        models["teacher"] = load_model(job.teacher.model, job.teacher.dtype, device, packed=packed, kernels=cfg.kernels)
+    models["reference"] = load_model(
+        reference_model(job), job.reference.dtype, device, packed=packed, kernels=cfg.kernels
+    )
     scorer = Scorer(
         models, bos, device, packed=packed, batch_tokens=cfg.batch_tokens, kernels=cfg.kernels, compile=cfg.compile
     )
@@ -322,7 +355,7 @@ def _score_shards(run: StageRun, shards: list[tuple[int, Path]]) -> None:
             shard = ctx.labelled(upcoming.result(), job.seed)
             if k + 1 < len(shards):
                 upcoming = pool.submit(tokenize_shard, job, tokenizer, boundaries, *shards[k + 1])
-            table = score_shard(job, shard, scorer, rd, progress)
+            table = score_shard(job, shard, scorer, rd, progress, teacher)
             with atomic_path(rd.score_shard(shard.index)) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
             run.mark_done(shard_name(shard.index, ""))
