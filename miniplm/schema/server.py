@@ -35,7 +35,13 @@ class ServerConfig(Strict):
         "defaults can reshape the teacher's distribution: for llama-cpp-python (top_k 40, min_p 0.05, "
         "repeat_penalty 1.1) send {top_k: 0, min_p: 0, repeat_penalty: 1}; vLLM's defaults are neutral",
     )
-    max_concurrency: int = Field(8, gt=0, description="requests in flight at once", json_schema_extra=EXECUTION_ONLY)
+    max_concurrency: int = Field(
+        16,
+        gt=0,
+        description="requests in flight at once from each worker: near the server's batch (vLLM's --max-num-seqs) "
+        "over the workers; 1 for a server that runs one at a time (llama-cpp-python)",
+        json_schema_extra=EXECUTION_ONLY,
+    )
     timeout_s: float = Field(
         600.0, gt=0, description="seconds one request may take before it is retried", json_schema_extra=EXECUTION_ONLY
     )

@@ -40,16 +40,18 @@ def free_port() -> int:
 class LlamaServer:
     """`python -m llama_cpp.server` on a port of its own; start(), kill() (SIGKILL) and start() again."""
 
-    def __init__(self, log: Path, port: int | None = None, key: str | None = KEY):
-        self.port, self.log, self.key = port or free_port(), log, key
+    def __init__(self, log: Path, port: int | None = None, key: str | None = KEY, threads: int = 2, *extra: str):
+        self.port, self.log, self.key, self.threads = port or free_port(), log, key, threads
+        self.extra = list(extra)  # more server options
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_s: float = 120) -> "LlamaServer":
         gguf = _smollm2_package_dir() / SMOLLM2_GGUF
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", str(self.threads)]
         cmd += ["--api_key", self.key] if self.key else []
+        cmd += self.extra
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + wait_s

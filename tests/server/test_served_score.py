@@ -37,9 +37,9 @@ TOKEN_TOLERANCE = 1.0
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """One file for every run, so that document ids (derived from its path) agree."""
+    """One file for every run, its ids its own: the same documents in the main split every time."""
     folder = tmp_path_factory.mktemp("docs")
-    return write_jsonl(folder / "docs.jsonl", [{"text": f"{t} ({i})"} for i, t in enumerate(DOCS)])
+    return write_jsonl(folder / "docs.jsonl", [{"id": f"doc-{i}", "text": t} for i, t in enumerate(DOCS)])
 
 
 def _job(tmp_path: Path, corpus: Path, run: str, url: str | None = None, **server) -> Path:
@@ -57,7 +57,7 @@ def _job(tmp_path: Path, corpus: Path, run: str, url: str | None = None, **serve
         "run_dir": str(tmp_path / run),
         "seed": 5,
         "corpus": {
-            "inputs": [{"path": str(corpus), "format": "jsonl"}],
+            "inputs": [{"path": str(corpus), "format": "jsonl", "id_field": "id"}],
             "heldout_fraction": 0.0,
             "reference_fraction": 0.2,
         },
