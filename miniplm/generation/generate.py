@@ -216,13 +216,13 @@ class Generate(EntryStage):
             )
         backend = pick_backend(entry.backend, pick_device(entry.device))
         # behind a server, the weights are the server's (named in the settings); here only the tokenizer
-        local = Tokenizer("tokenizer", resolve_model(spec.model)) if backend == "server" else None
+        read = Tokenizer if backend == "server" else Model
         return [
             json.dumps(hashable_dump(entry), sort_keys=True),
             spec.model_dump_json(),
             backend,
             prompts,
-            local or Model("model", resolve_model(spec.model)),
+            read("model", resolve_model(spec.model)),
         ]
 
     def spends_compute(self, entry: str) -> bool:

@@ -16,7 +16,7 @@ from miniplm.draws import derived_seed
 from miniplm.generation.prompts import PromptShard, context_length, new_token_limit
 from miniplm.rundir import shard_name
 from miniplm.schema.generate import GenerateConfig
-from miniplm.server.client import ServerClient, ServerError
+from miniplm.server.client import ServerClient, ServerError, unanswered
 from miniplm.server.journal import RequestJournal
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def generate_shard(run: StageRun, backend: ServerBackend, shard: PromptShard, pr
     prefix = run.context.prefix
     folder = run.rd.work(run.name) / shard_name(shard.index, "") / "requests"
     with RequestJournal(folder, backend.environment()) as journal:
-        results: dict = dict(journal.done)
+        results: dict = {key: e for key, e in journal.done.items() if not e.get("again")}
         left = {i: entry.samples for i in range(len(shard.tokens))}
         for i, _ in results:
             left[i] -= 1
@@ -92,4 +92,6 @@ def generate_shard(run: StageRun, backend: ServerBackend, shard: PromptShard, pr
             results[(i, k)] = answer
             left[i] -= 1
             progress.update(int(left[i] == 0), answer.get("new_tokens", 0))
+    named = {f"prompt {shard.ids[i]} sample {k}": e for (i, k), e in results.items()}
+    unanswered(named, entry.server.url, "requests")
     return results

@@ -25,7 +25,7 @@ import torch
 
 from miniplm.schema.server import ServerConfig
 from miniplm.scoring.windows import Window
-from miniplm.server.client import Rejected, ServerClient, ServerError
+from miniplm.server.client import Failed, ServerClient, ServerError
 from miniplm.server.journal import RequestJournal
 
 
@@ -71,12 +71,9 @@ class ServedTeacher:
             "scoring sends prompts of token ids and reads their log-probs from the echo (vLLM and SGLang do; "
             "llama-cpp-python's server takes only text)"
         )
-        try:
-            answer = self.client.complete(self.body([self.prefix] * 3))
-        except ServerError as e:
-            raise ServerError(f"{e}\n{self.cfg.url} failed a three-token probe: {needs}") from None
-        if isinstance(answer, Rejected):
-            raise ServerError(f"{self.cfg.url}: the server refused a prompt of token ids ({answer.reason}): {needs}")
+        answer = self.client.complete(self.body([self.prefix] * 3))
+        if isinstance(answer, Failed):
+            raise ServerError(f"{self.cfg.url} failed a three-token probe: {needs}. The answer: {answer.reason}")
         self.prompt_logprobs(answer, 3)
 
     def start(self, folder: Path, windows: Sequence[Window], sequences: Sequence[np.ndarray]) -> "_Pending":
@@ -90,7 +87,7 @@ class _Pending:
     def __init__(self, teacher: ServedTeacher, folder: Path, windows: Sequence[Window], sequences):
         self.teacher, self.by_key = teacher, {(w.doc, w.start): w for w in windows}
         self.journal = RequestJournal(folder, teacher.client.describe())
-        self.answers: dict = dict(self.journal.done)
+        self.answers: dict = {key: e for key, e in self.journal.done.items() if not e.get("again")}
         self.lengths = {key: len(teacher.prompt(w, sequences)) for key, w in self.by_key.items()}
         self.error: BaseException | None = None
         self.ready, self.stopped = threading.Condition(), threading.Event()
@@ -126,9 +123,12 @@ class _Pending:
             self.ready.wait_for(lambda: self.error is not None or all(k in self.answers for k in keys))
             if self.error is not None and not all(k in self.answers for k in keys):
                 raise self.error
-        refused = next((self.answers[k]["failed"] for k in keys if "failed" in self.answers[k]), None)
-        if refused is not None:  # every window needs its score: a refusal stops the stage
-            raise ServerError(f"{self.teacher.cfg.url} refused a window ({refused}); lower score.max_length?")
+        failed = next((self.answers[k] for k in keys if "failed" in self.answers[k]), None)
+        if failed is not None:  # every window needs its score
+            url, reason = self.teacher.cfg.url, failed["failed"]
+            if failed.get("again"):
+                raise ServerError(f"{url}: a window failed after its retries ({reason}); run the stage again")
+            raise ServerError(f"{url} refused a window ({reason}); lower score.max_length?")
         return tuple(torch.tensor(self.answers[k]["logprobs"], dtype=torch.float64) for k in keys)
 
     def close(self) -> None:

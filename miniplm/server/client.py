@@ -1,13 +1,14 @@
 """Requests to an OpenAI-compatible completions endpoint, many in flight, each answer journaled.
 
 The `openai` client does the HTTP: timeouts, and retries with exponential backoff (honouring
-Retry-After) on dropped connections, timeouts, 408, 409, 429 and 5xx. What it cannot retry splits
-two ways:
-- the server is unusable (unreachable, still failing after the retries, the key or the model
-  refused): a ServerError naming the URL and the last status; requests already answered stay in
-  the journal, so the rerun sends only the rest;
-- one request is refused (400 or 422: a prompt too long for the server's context, say): recorded
-  in the journal as failed, with the reason, and the others go on.
+Retry-After) on dropped connections, timeouts, 408, 409, 429 and 5xx. What it gives up on:
+- one request refused outright (400, 413, 422: a prompt too long for the server's context, say):
+  journaled as failed, with the reason, for good;
+- one request still failing after its retries: journaled as failed with the last status, to be sent
+  again by the next run, while the others go on (one bad request does not hold up a shard);
+- the server unusable: the key or the model refused, or FAILING_IN_A_ROW requests failing after
+  their retries with none answered between: a ServerError naming the URL and the last status stops
+  the stage; what was answered stays in the journal, so the rerun sends only the rest.
 
 The API key is read from the environment variable the job names, and never printed.
 """
@@ -24,6 +25,7 @@ from miniplm.server.journal import RequestJournal
 
 NO_KEY = "none"  # what the client sends where the server needs no key (it insists on one)
 REJECTED = (400, 413, 422)  # one request the server will never take; the others may go on
+FAILING_IN_A_ROW = 3  # requests failing after their retries, none answered between: the server is down
 
 
 class ServerError(StageError):
@@ -97,17 +99,21 @@ class ServerClient:
             )
 
     def complete(self, body: dict[str, Any]):
-        """One completion (the openai client retries what can be retried); a failure as described above."""
+        """One completion (the openai client retries what can be retried), or a Failed answer; a
+        ServerError when the key or the model is refused."""
         import openai
 
         try:
             return self.client.completions.create(model=self.cfg.model, **body)
         except openai.APIStatusError as e:
             if e.status_code in REJECTED:
-                return Rejected(f"status {e.status_code}: {_said(e, 200)}")
-            raise self._failure(e) from None
+                return Failed(f"status {e.status_code}: {_said(e, 200)}", final=True)
+            failure = self._failure(e)
+            if e.status_code in (401, 403, 404):
+                raise failure from None
+            return Failed(str(failure), final=False)
         except openai.OpenAIError as e:
-            raise self._failure(e) from None
+            return Failed(str(self._failure(e)), final=False)
 
     def run(
         self,
@@ -116,8 +122,9 @@ class ServerClient:
         journal: RequestJournal,
     ) -> Iterator[tuple[Any, dict]]:
         """Send (key, body) requests, at most max_concurrency at once; as each is answered, journal
-        `parse(key, completion)` (or `{"failed": reason}`) under its key and yield (key, entry).
-        On a ServerError, the requests already answered are journaled before it is raised."""
+        `parse(key, completion)`, or `{"failed": reason}` (with `"again": true` where the next run should
+        send it again), under its key and yield (key, entry). On a ServerError, the requests answered
+        meanwhile are journaled before it is raised."""
         todo = iter(requests)
         with ThreadPoolExecutor(self.cfg.max_concurrency, thread_name_prefix="server") as pool:
             running: dict[Future, Any] = {}
@@ -130,6 +137,7 @@ class ServerClient:
                     running[pool.submit(self.complete, nxt[1])] = nxt[0]
 
             error: BaseException | None = None
+            in_a_row = 0
             fill()
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -137,7 +145,13 @@ class ServerClient:
                     key = running.pop(f)
                     try:
                         answer = f.result()
-                        entry = {"failed": answer.reason} if isinstance(answer, Rejected) else parse(key, answer)
+                        if isinstance(answer, Failed):
+                            entry = {"failed": answer.reason} | ({} if answer.final else {"again": True})
+                            in_a_row = 0 if answer.final else in_a_row + 1
+                            if in_a_row >= FAILING_IN_A_ROW:
+                                error = error or ServerError(answer.reason)
+                        else:
+                            entry, in_a_row = parse(key, answer), 0
                     except BaseException as e:  # noqa: BLE001 - journal what the others answered, then raise
                         error = error or e
                         continue
@@ -149,8 +163,20 @@ class ServerClient:
                 raise error
 
 
-class Rejected:
-    """A request the server refused outright (its reason kept for the report)."""
+class Failed:
+    """A request the server did not answer: refused for good (`final`), or failing after its retries."""
 
-    def __init__(self, reason: str):
-        self.reason = reason
+    def __init__(self, reason: str, final: bool):
+        self.reason, self.final = reason, final
+
+
+def unanswered(entries: dict, url: str, what: str) -> None:
+    """Raise when requests failed after their retries: the shard is not done until they are answered,
+    and the rerun sends only them."""
+    again = [(key, e["failed"]) for key, e in entries.items() if e.get("again")]
+    if again:
+        named = ", ".join(map(str, [k for k, _ in again][:5])) + (", ..." if len(again) > 5 else "")
+        raise ServerError(
+            f"{url}: {len(again)} {what} failed after their retries ({named}); the last: {again[-1][1]}. "
+            "Run the stage again to send them again"
+        )

@@ -164,7 +164,8 @@ def test_killed_server_resumes_without_duplicates(server_key, tmp_path):
             generate.STAGE.run(job, show_progress=False)
         killer.join()
         journal = next(Path(job.run_dir).glob("work/generate/seqkd/shard-*/requests/requests.jsonl"))
-        answered = len(journal.read_text().splitlines())
+        # the requests in flight when it died are journaled as failed, to be sent again
+        answered = sum('"failed"' not in line for line in journal.read_text().splitlines())
         assert 6 <= answered < len(prompts)
         restarted = LlamaServer(tmp_path / "second.log", port=server.port).start()
         try:
@@ -186,6 +187,33 @@ def _fail(status: int):
         handler.send_json(status, {"error": {"message": f"failing on purpose ({n})", "type": "server_error"}})
 
     return respond
+
+
+def test_one_request_failing_for_good_does_not_hold_up_the_others(llama_server, server_key, tmp_path):
+    """A request the server fails (500) after every retry leaves the shard unfinished, naming it; the
+    others are answered meanwhile, and the next run sends only the failed one."""
+
+    def poisoned(handler, body, n):
+        if "bread" in body["prompt"]:
+            handler.send_json(500, {"error": {"message": "cannot tokenize"}})
+        else:
+            forward(llama_server, handler, body)
+
+    first = StandIn(poisoned)
+    try:
+        job = load_job(_job(tmp_path, first.url, server={"retries": 1, "max_concurrency": 2}))
+        with pytest.raises(ServerError, match=r"1 requests failed after their retries \(prompt .* sample 0\)"):
+            generate.STAGE.run(job, show_progress=False)
+        assert first.count == len(PROMPTS) + 1  # every prompt once, the bad one retried once
+    finally:
+        first.close()
+    second = StandIn(lambda handler, body, n: forward(llama_server, handler, body))
+    try:
+        healed = load_job(_job(tmp_path, second.url, server={"retries": 1, "max_concurrency": 2}))
+        counts = generate.STAGE.run(healed, show_progress=False)["generate/seqkd"]
+        assert second.count == 1 and counts["rows"] == len(PROMPTS) and counts["requests_failed"] == {}
+    finally:
+        second.close()
 
 
 def test_a_server_answering_500_stops_after_the_retries(server_key, tmp_path):

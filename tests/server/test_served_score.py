@@ -147,7 +147,9 @@ def test_a_server_lost_mid_shard_costs_only_the_unanswered_windows(server_key, c
     finally:
         first.close()
     journal = next(Path(job.run_dir).glob("work/score/shard-*/teacher-requests/requests.jsonl"))
-    assert len(journal.read_text().splitlines()) == 6
+    lines = journal.read_text().splitlines()
+    # six answered; the failures journaled until a batch waited on one, or three in a row
+    assert sum('"failed"' not in line for line in lines) == 6 and 7 <= len(lines) <= 9
     second = StandIn(echo)
     try:
         resumed = load_job(_job(tmp_path, corpus, "broken", second.url, max_concurrency=1))
