@@ -126,6 +126,12 @@ class StandIn:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> "StandIn":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def forward(real: LlamaServer, handler, body: dict) -> None:
     """Send the request on to the real server and its answer back."""

@@ -199,45 +199,33 @@ def test_one_request_failing_for_good_does_not_hold_up_the_others(llama_server, 
         else:
             forward(llama_server, handler, body)
 
-    first = StandIn(poisoned)
-    try:
+    with StandIn(poisoned) as first:
         job = load_job(_job(tmp_path, first.url, server={"retries": 1, "max_concurrency": 2}))
         with pytest.raises(ServerError, match=r"1 requests failed after their retries \(prompt .* sample 0\)"):
             generate.STAGE.run(job, show_progress=False)
         assert first.count == len(PROMPTS) + 1  # every prompt once, the bad one retried once
-    finally:
-        first.close()
-    second = StandIn(lambda handler, body, n: forward(llama_server, handler, body))
-    try:
+    with StandIn(lambda handler, body, n: forward(llama_server, handler, body)) as second:
         healed = load_job(_job(tmp_path, second.url, server={"retries": 1, "max_concurrency": 2}))
         counts = generate.STAGE.run(healed, show_progress=False)["generate/seqkd"]
         assert second.count == 1 and counts["rows"] == len(PROMPTS) and counts["requests_failed"] == {}
-    finally:
-        second.close()
 
 
 def test_a_server_answering_500_stops_after_the_retries(server_key, tmp_path):
-    stand_in = StandIn(_fail(500))
-    try:
+    with StandIn(_fail(500)) as stand_in:
         job = load_job(_job(tmp_path, stand_in.url, prompts=PROMPTS[:1], server={"retries": 2, "max_concurrency": 1}))
         with pytest.raises(ServerError, match=rf"{stand_in.url}: last status 500 after 2 retries"):
             generate.STAGE.run(job, show_progress=False)
         assert stand_in.count == 3  # the first try and two retries
-    finally:
-        stand_in.close()
 
 
 def test_a_hanging_server_times_out_after_the_retries(server_key, tmp_path):
-    stand_in = StandIn(lambda handler, body, n: time.sleep(5))
-    try:
+    with StandIn(lambda handler, body, n: time.sleep(5)) as stand_in:
         settings = {"retries": 1, "max_concurrency": 1, "timeout_s": 0.5}
         job = load_job(_job(tmp_path, stand_in.url, prompts=PROMPTS[:1], server=settings))
         started = time.monotonic()
         with pytest.raises(ServerError, match=r"no answer within timeout_s \(0.5 s\) after 1 retries"):
             generate.STAGE.run(job, show_progress=False)
         assert time.monotonic() - started < 10 and stand_in.count == 2
-    finally:
-        stand_in.close()
 
 
 def test_overload_is_retried_and_refusals_are_counted(llama_server, server_key, tmp_path):
@@ -252,8 +240,7 @@ def test_overload_is_retried_and_refusals_are_counted(llama_server, server_key, 
         else:
             forward(llama_server, handler, body)
 
-    stand_in = StandIn(respond)
-    try:
+    with StandIn(respond) as stand_in:
         job = load_job(_job(tmp_path, stand_in.url, server={"retries": 3, "max_concurrency": 1}))
         counts = generate.STAGE.run(job, show_progress=False)["generate/seqkd"]
         rows = _rows(job)
@@ -263,8 +250,6 @@ def test_overload_is_retried_and_refusals_are_counted(llama_server, server_key, 
         direct = load_job(_job(tmp_path, llama_server.url, run="direct"))
         generate.STAGE.run(direct, show_progress=False)
         assert rows["text"].to_list() == _rows(direct).filter(~pl.col("prompt").str.contains("bread"))["text"].to_list()
-    finally:
-        stand_in.close()
 
 
 def test_wrong_model_or_key_stops_before_any_shard(llama_server, monkeypatch, tmp_path):

@@ -84,13 +84,10 @@ def in_process(tmp_path_factory, corpus):
 
 
 def test_server_log_probs_equal_in_process_scoring(server_key, corpus, in_process, tmp_path):
-    stand_in = StandIn(EchoLogprobs())
-    try:
+    with StandIn(EchoLogprobs()) as stand_in:
         job = load_job(_job(tmp_path, corpus, "served", stand_in.url))
         prepare.STAGE.run(job, show_progress=False)
         score.STAGE.run(job, show_progress=False)
-    finally:
-        stand_in.close()
     served = _scores(job)
     assert served["id"].to_list() == in_process["id"].to_list()
     assert served["n_tokens"].to_list() == in_process["n_tokens"].to_list()
@@ -114,14 +111,11 @@ def test_servers_that_cannot_score_are_refused_before_any_shard(llama_server, se
     probe = f"{llama_server.url} failed a three-token probe: scoring sends prompts of token ids"
     with pytest.raises(ServerError, match=probe):
         score.STAGE.run(job, show_progress=False)
-    stand_in = StandIn(EchoLogprobs(drop_first=True))  # answers in llama-cpp-python's layout
-    try:
+    with StandIn(EchoLogprobs(drop_first=True)) as stand_in:  # answers in llama-cpp-python's layout
         job = load_job(_job(tmp_path, corpus, "shifted", stand_in.url))
         prepare.STAGE.run(job, show_progress=False)
         with pytest.raises(ServerError, match="not one per prompt token"):
             score.STAGE.run(job, show_progress=False)
-    finally:
-        stand_in.close()
     assert not RunDir(job.run_dir).scores.exists() or not list(RunDir(job.run_dir).scores.glob("*.parquet"))
     with pytest.raises(ConfigError, match="scoring sends token ids"):
         load_job(_job(tmp_path, corpus, "text", llama_server.url, prompt="text"))
@@ -138,20 +132,16 @@ def test_a_server_lost_mid_shard_costs_only_the_unanswered_windows(server_key, c
         else:
             handler.send_json(503, {"error": {"message": "gone"}})
 
-    first = StandIn(dying)
-    try:
+    with StandIn(dying) as first:
         job = load_job(_job(tmp_path, corpus, "broken", first.url, max_concurrency=1))
         prepare.STAGE.run(job, show_progress=False)
         with pytest.raises(ServerError, match=rf"{first.url}: last status 503 after 1 retries: gone"):
             score.STAGE.run(job, show_progress=False)
-    finally:
-        first.close()
     journal = next(Path(job.run_dir).glob("work/score/shard-*/teacher-requests/requests.jsonl"))
     lines = journal.read_text().splitlines()
     # six answered; the failures journaled until a batch waited on one, or three in a row
     assert sum('"failed"' not in line for line in lines) == 6 and 7 <= len(lines) <= 9
-    second = StandIn(echo)
-    try:
+    with StandIn(echo) as second:
         resumed = load_job(_job(tmp_path, corpus, "broken", second.url, max_concurrency=1))
         score.STAGE.run(resumed, show_progress=False)
         sent = second.count
@@ -159,7 +149,5 @@ def test_a_server_lost_mid_shard_costs_only_the_unanswered_windows(server_key, c
         prepare.STAGE.run(whole, show_progress=False)
         score.STAGE.run(whole, show_progress=False)
         windows = second.count - sent - 1  # all of them, less the probe
-    finally:
-        second.close()
     assert sent == 1 + windows - 6  # the probe, then only what was not answered
     assert _scores(resumed).equals(_scores(whole))
