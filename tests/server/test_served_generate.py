@@ -3,6 +3,9 @@ fail on purpose): the same text as the in-process backend, samples from the same
 resumption after the server dies, bounded retries, and refusals before any work."""
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -182,6 +185,42 @@ def test_killed_server_resumes_without_duplicates(server_key, tmp_path):
         server.stop()
 
 
+def _shards(job) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(RunDir(job.run_dir).generated("seqkd").glob("*.parquet"))}
+
+
+def test_kill_9_of_a_worker_and_two_workers_at_once_write_what_one_writes(llama_server, server_key, tmp_path):
+    """A worker killed with SIGKILL mid-shard, then rerun, and two workers started together on one run,
+    write the same bytes as one unbroken run (greedy decoding: the server's answers are fixed)."""
+    prompts = [f"{p} (number {i})" for i in range(3) for p in PROMPTS]
+    clean = load_job(_job(tmp_path, llama_server.url, run="clean", prompts=prompts))
+    generate.STAGE.run(clean, show_progress=False)
+
+    path = _job(tmp_path, llama_server.url, run="killed", prompts=prompts, server={"max_concurrency": 1})
+    cmd = [sys.executable, "-m", "miniplm", "generate", str(path), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = tmp_path / "killed" / "work" / "generate" / "seqkd" / "shard-00000" / "requests" / "requests.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_bytes().splitlines()) >= 6:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = load_job(path)
+    assert 6 <= len(journal.read_bytes().splitlines()) < len(prompts) and not _shards(killed), "killed too late"
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert _shards(killed) == _shards(clean) != {}
+
+    both = _job(tmp_path, llama_server.url, run="both", prompts=prompts)
+    pair = [subprocess.Popen([sys.executable, "-m", "miniplm", "generate", str(both), "-q"]) for _ in range(2)]
+    assert [w.wait(300) for w in pair] == [0, 0]
+    assert _shards(load_job(both)) == _shards(clean)
+
+
+TIMED_OUT = r"no answer within timeout_s \(0.5 s\) after 1 retries"
+
+
 def _fail(status: int):
     def respond(handler, body, n):
         handler.send_json(status, {"error": {"message": f"failing on purpose ({n})", "type": "server_error"}})
@@ -210,22 +249,21 @@ def test_one_request_failing_for_good_does_not_hold_up_the_others(llama_server, 
         assert second.count == 1 and counts["rows"] == len(PROMPTS) and counts["requests_failed"] == {}
 
 
-def test_a_server_answering_500_stops_after_the_retries(server_key, tmp_path):
-    with StandIn(_fail(500)) as stand_in:
-        job = load_job(_job(tmp_path, stand_in.url, prompts=PROMPTS[:1], server={"retries": 2, "max_concurrency": 1}))
-        with pytest.raises(ServerError, match=rf"{stand_in.url}: last status 500 after 2 retries"):
-            generate.STAGE.run(job, show_progress=False)
-        assert stand_in.count == 3  # the first try and two retries
-
-
-def test_a_hanging_server_times_out_after_the_retries(server_key, tmp_path):
-    with StandIn(lambda handler, body, n: time.sleep(5)) as stand_in:
-        settings = {"retries": 1, "max_concurrency": 1, "timeout_s": 0.5}
-        job = load_job(_job(tmp_path, stand_in.url, prompts=PROMPTS[:1], server=settings))
+@pytest.mark.parametrize(
+    "respond, settings, said, tries",
+    [
+        (_fail(500), {"retries": 2}, r"last status 500 after 2 retries", 3),  # the first try and two retries
+        (lambda handler, body, n: time.sleep(5), {"retries": 1, "timeout_s": 0.5}, TIMED_OUT, 2),
+    ],
+    ids=["500", "hang"],
+)
+def test_a_failing_server_stops_after_the_retries(server_key, tmp_path, respond, settings, said, tries):
+    with StandIn(respond) as stand_in:
+        job = load_job(_job(tmp_path, stand_in.url, prompts=PROMPTS[:1], server={"max_concurrency": 1, **settings}))
         started = time.monotonic()
-        with pytest.raises(ServerError, match=r"no answer within timeout_s \(0.5 s\) after 1 retries"):
+        with pytest.raises(ServerError, match=rf"{stand_in.url}: {said}"):
             generate.STAGE.run(job, show_progress=False)
-        assert time.monotonic() - started < 10 and stand_in.count == 2
+        assert time.monotonic() - started < 10 and stand_in.count == tries
 
 
 def test_overload_is_retried_and_refusals_are_counted(llama_server, server_key, tmp_path):
