@@ -134,9 +134,8 @@ def score_shard(
         + sum(w.end == len(shard.sequences[w.doc]) for w in windows if (w.doc, w.start) in results)
     )
 
-    served = None
-    if teacher is not None:
-        served = teacher.start(folder / "teacher-requests", [w for b in batches[done:] for w in b], shard.sequences)
+    todo = [w for b in batches[done:] for w in b]  # the teacher's windows, sent ahead from a thread of their own
+    served = teacher.start(folder / "teacher-requests", todo, shard.sequences) if teacher is not None else None
 
     def scored() -> Iterator[list[dict]]:
         for b, per_model in enumerate(scorer.run(batches[done:], shard.sequences), start=done):

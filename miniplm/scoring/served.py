@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +88,6 @@ class _Pending:
         self.teacher, self.by_key = teacher, {(w.doc, w.start): w for w in windows}
         self.journal = RequestJournal(folder, teacher.client.describe())
         self.answers: dict = {key: e for key, e in self.journal.done.items() if not e.get("again")}
-        self.lengths = {key: len(teacher.prompt(w, sequences)) for key, w in self.by_key.items()}
         self.error: BaseException | None = None
         self.ready, self.stopped = threading.Condition(), threading.Event()
         todo = (
@@ -101,10 +100,10 @@ class _Pending:
 
     def _parse(self, key: Any, completion: Any) -> dict:
         """The scored tokens' log-probs of one window (those its `skip` leaves out are dropped)."""
-        key = tuple(key)
-        return {"logprobs": self.teacher.prompt_logprobs(completion, self.lengths[key])[self.by_key[key].skip :]}
+        w = self.by_key[tuple(key)]
+        return {"logprobs": self.teacher.prompt_logprobs(completion, w.length + 1)[w.skip :]}  # inputs + last target
 
-    def _send(self, todo: list) -> None:
+    def _send(self, todo: Iterator) -> None:
         try:
             for key, entry in self.teacher.client.run(todo, self._parse, self.journal):
                 with self.ready:
